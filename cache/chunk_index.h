@@ -1,0 +1,71 @@
+// The chunk store's persistent index in RocksDB: one record per object and
+// one per present chunk. Every record carries a format version and its own
+// checksum, so a torn or corrupt record is recognised and dropped, not used.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace rocksdb {
+class DB;
+}
+
+namespace strata::cache {
+
+struct ObjectRecord {
+  uint64_t size = 0;
+  uint32_t chunk_size = 0;
+  int64_t last_use_us = 0;
+  std::string file;      // name of the object's data file under objects/
+  std::string identity;  // where the bytes came from and which version
+};
+
+struct ChunkRecord {
+  uint64_t checksum = 0;  // xxh3-64 of the chunk's bytes
+  uint32_t length = 0;
+};
+
+class ChunkIndex {
+ public:
+  // Opens (creating) the index in `dir`. A database RocksDB itself reports as
+  // corrupt is moved aside and replaced by an empty one, which is logged; the
+  // caller then finds no objects and discards their files.
+  static absl::StatusOr<std::unique_ptr<ChunkIndex>> Open(const std::string& dir);
+  ~ChunkIndex();
+
+  struct LoadStats {
+    uint64_t corrupt_records = 0;  // dropped: undecodable, or chunks of no object
+  };
+  // Calls `on_object` for every object, then `on_chunk` for every chunk whose
+  // object was seen. Corrupt records are deleted and counted.
+  absl::StatusOr<LoadStats> Load(
+      const std::function<void(const std::string& key, const ObjectRecord&)>& on_object,
+      const std::function<void(const std::string& key, uint32_t index, const ChunkRecord&)>&
+          on_chunk);
+
+  absl::Status PutObject(const std::string& key, const ObjectRecord& rec);
+  absl::Status PutChunk(const std::string& key, uint32_t index, const ChunkRecord& rec);
+  absl::Status DeleteChunks(const std::string& key, const std::vector<uint32_t>& indexes);
+  // Deletes the object record and all of its chunk records in one batch.
+  absl::Status DeleteObject(const std::string& key);
+  // Writes many objects' last-use times in one batch.
+  absl::Status PutObjects(const std::vector<std::pair<std::string, ObjectRecord>>& recs);
+
+  // Raw access for fault-injection tests that damage records on purpose.
+  rocksdb::DB* db_for_testing() { return db_.get(); }
+  static std::string ObjectKeyForTesting(const std::string& key);
+  static std::string ChunkKeyForTesting(const std::string& key, uint32_t index);
+
+ private:
+  explicit ChunkIndex(std::unique_ptr<rocksdb::DB> db);
+  absl::Status Recover();  // after a failed write (for example ENOSPC)
+  std::unique_ptr<rocksdb::DB> db_;
+};
+
+}  // namespace strata::cache

@@ -1,0 +1,193 @@
+// The node-local chunk store: objects (a blob, or one version of an origin
+// file) cached in fixed-size chunks, each object in one sparse file at its own
+// offsets, with a RocksDB index of what is present. Every read path in Strata
+// goes through it; it never serves bytes whose checksum it has not checked
+// since the process started.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "cache/store_fs.h"
+
+namespace strata::cache {
+
+inline constexpr uint32_t kDefaultChunkSize = 4u << 20;
+
+struct StoreOptions {
+  std::string dir;  // holds objects/ (data files) and index/ (RocksDB)
+  uint32_t chunk_size = kDefaultChunkSize;
+  // Byte budget for cached data. 0: 80% of the file system holding `dir`.
+  uint64_t capacity_bytes = 0;
+  // Eviction starts above high * capacity and stops below low * capacity.
+  double high_watermark = 0.90;
+  double low_watermark = 0.80;
+  // When the directory or index cannot be used, open anyway and serve
+  // without caching (health() says why) instead of failing.
+  bool degrade_on_error = false;
+  // Run the background evictor. Tools that only inspect a store turn it off.
+  bool background_eviction = true;
+  std::shared_ptr<StoreFs> fs;            // null: the real io_uring file system
+  std::function<int64_t()> clock_us;      // null: wall clock, microseconds
+};
+
+// What a caller says about an object when it first uses it.
+struct ObjectSpec {
+  std::string key;       // immutable name; no NUL, at most 4096 bytes
+  uint64_t size = 0;
+  std::string identity;  // origin and version, for operators and logs
+  uint32_t chunk_size = 0;  // 0: the store's default
+};
+
+struct ObjectInfo {
+  std::string key;
+  std::string identity;
+  uint64_t size = 0;
+  uint32_t chunk_size = 0;
+  uint32_t chunks = 0;
+  uint32_t chunks_present = 0;
+  uint64_t bytes_present = 0;
+  int64_t last_use_us = 0;
+  int pins = 0;
+};
+
+// A read is all or nothing: either every byte of the range was copied, or
+// nothing was and `missing` lists the chunks to fill first.
+struct ReadResult {
+  size_t bytes = 0;
+  std::vector<uint32_t> missing;
+};
+
+// The bytes of one chunk after a Fill. `bytes` is set when this fill (or the
+// one it waited for) fetched them, so a caller can serve them even if they
+// could not be cached; it is null when the chunk was already present.
+struct FillResult {
+  std::shared_ptr<const std::string> bytes;
+  bool cached = false;
+};
+
+// Produces a chunk's bytes into `out` (exactly the chunk's length).
+using ChunkSource = absl::FunctionRef<absl::Status(absl::Span<char> out)>;
+
+struct StoreStats {
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;
+  uint64_t objects = 0;
+  uint64_t chunks_present = 0;
+  uint64_t reads = 0;
+  uint64_t read_hits = 0;
+  uint64_t read_misses = 0;
+  uint64_t bytes_read = 0;
+  uint64_t chunks_written = 0;
+  uint64_t bytes_written = 0;
+  uint64_t write_errors = 0;
+  uint64_t checksum_failures = 0;
+  uint64_t chunks_verified = 0;
+  uint64_t fills = 0;
+  uint64_t fill_waits = 0;
+  uint64_t evicted_objects = 0;
+  uint64_t evicted_chunks = 0;
+  uint64_t evicted_bytes = 0;
+  uint64_t corrupt_index_records = 0;
+  bool degraded = false;
+  std::string health;  // "ok" or why the store is not caching
+};
+
+struct EvictRequest {
+  enum class Mode { kToTarget, kAll, kKey };
+  Mode mode = Mode::kToTarget;
+  uint64_t target_bytes = 0;  // kToTarget: evict until used <= target
+  std::string key;            // kKey
+};
+
+struct EvictReport {
+  uint64_t objects = 0;  // removed whole
+  uint64_t chunks = 0;   // punched out of objects that stay
+  uint64_t bytes = 0;
+  uint64_t skipped_busy = 0;  // objects being read or pinned
+};
+
+struct VerifyReport {
+  uint64_t objects = 0;
+  uint64_t chunks_checked = 0;
+  uint64_t chunks_bad = 0;       // wrong checksum or unreadable: dropped
+  uint64_t objects_missing_file = 0;  // data file deleted behind the store
+};
+
+// A range of an object that is present and verified, held against eviction
+// until the lease is destroyed: the FUSE layer splices from (fd, offset).
+class ReadLease {
+ public:
+  ReadLease() = default;
+  ReadLease(int fd, uint64_t offset, size_t length, std::function<void()> release)
+      : release_(std::move(release)), fd_(fd), offset_(offset), length_(length) {}
+  ReadLease(ReadLease&&) noexcept;
+  ReadLease& operator=(ReadLease&&) noexcept;
+  ReadLease(const ReadLease&) = delete;
+  ReadLease& operator=(const ReadLease&) = delete;
+  ~ReadLease();
+
+  int fd() const { return fd_; }
+  uint64_t offset() const { return offset_; }
+  size_t length() const { return length_; }
+
+ private:
+  std::function<void()> release_;
+  int fd_ = -1;
+  uint64_t offset_ = 0;
+  size_t length_ = 0;
+};
+
+class ChunkStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<ChunkStore>> Open(StoreOptions options);
+  virtual ~ChunkStore() = default;
+
+  // Declares an object, or confirms one already cached. A known key whose
+  // size or chunk size differ is dropped and started anew (and logged).
+  virtual absl::Status Register(const ObjectSpec& spec) = 0;
+  virtual std::optional<ObjectInfo> Lookup(const std::string& key) const = 0;
+  virtual std::vector<ObjectInfo> List() const = 0;
+
+  // Copies [offset, offset + out.size()) of the object into `out`, clipped at
+  // the object's end. NotFound for an unknown object, OutOfRange past its end.
+  virtual absl::StatusOr<ReadResult> Read(const std::string& key, uint64_t offset,
+                                          absl::Span<char> out) = 0;
+
+  // Makes chunk `index` present. Only one fill per chunk runs at a time:
+  // concurrent callers wait for it and share its bytes and its status.
+  virtual absl::StatusOr<FillResult> Fill(const std::string& key, uint32_t index,
+                                          ChunkSource source) = 0;
+  // Fill with bytes already in hand.
+  absl::StatusOr<FillResult> WriteChunk(const std::string& key, uint32_t index,
+                                        absl::Span<const char> data);
+
+  // A verified, present range held against eviction (for splicing).
+  virtual absl::StatusOr<ReadLease> Lease(const std::string& key, uint64_t offset,
+                                          size_t length) = 0;
+
+  // Pinned objects are never evicted. Pins live as long as the process.
+  virtual absl::Status Pin(const std::string& key) = 0;
+  virtual absl::Status Unpin(const std::string& key) = 0;
+
+  virtual absl::Status Remove(const std::string& key) = 0;
+  virtual EvictReport Evict(const EvictRequest& req) = 0;
+  // Reads every present chunk and checks it; bad ones are dropped.
+  virtual VerifyReport Verify() = 0;
+  virtual StoreStats Stats() const = 0;
+  // OK, or why the store is serving without caching.
+  virtual absl::Status health() const = 0;
+  // Writes last-use times and stops the evictor; also done on destruction.
+  virtual void Flush() = 0;
+};
+
+}  // namespace strata::cache

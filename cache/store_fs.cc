@@ -1,0 +1,258 @@
+// io_uring-backed StoreFs. A batch takes one ring from a small pool, submits
+// all of its ops at once and reaps them; short transfers are resubmitted.
+#include "cache/store_fs.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "cache/logging.h"
+
+namespace strata::cache {
+
+absl::Status ErrnoStatus(int err, const std::string& what) {
+  if (err < 0) err = -err;
+  std::string msg = absl::StrCat(what, ": ", std::strerror(err));
+  switch (err) {
+    case ENOENT:
+      return absl::NotFoundError(msg);
+    case ENOSPC:
+    case EDQUOT:
+      return absl::ResourceExhaustedError(msg);
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return absl::PermissionDeniedError(msg);
+    case EINVAL:
+      return absl::InvalidArgumentError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
+}
+
+namespace {
+
+constexpr unsigned kRingDepth = 64;
+constexpr int kRings = 4;
+
+// Runs the remaining part of `op` with plain syscalls; the fallback path.
+void RunSync(IoOp& op) {
+  size_t done = 0;
+  while (done < op.len) {
+    ssize_t n = op.kind == IoOp::Kind::kRead
+                    ? ::pread(op.fd, op.buf + done, op.len - done, op.offset + done)
+                    : ::pwrite(op.fd, op.buf + done, op.len - done, op.offset + done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      op.result = -errno;
+      return;
+    }
+    if (n == 0) break;  // end of file
+    done += n;
+  }
+  op.result = static_cast<ssize_t>(done);
+}
+
+struct Ring {
+  absl::Mutex mu;
+  io_uring ring ABSL_GUARDED_BY(mu);
+};
+
+class PosixStoreFs final : public StoreFs {
+ public:
+  PosixStoreFs() {
+    for (auto& r : rings_) {
+      r = std::make_unique<Ring>();
+      absl::MutexLock l(&r->mu);
+      int rc = io_uring_queue_init(kRingDepth, &r->ring, 0);
+      if (rc < 0) {
+        spdlog::warn("io_uring unavailable ({}); the store falls back to pread/pwrite",
+                     std::strerror(-rc));
+        uring_ok_ = false;
+        break;
+      }
+      ++rings_ready_;
+    }
+  }
+
+  ~PosixStoreFs() override {
+    for (int i = 0; i < rings_ready_; ++i) {
+      absl::MutexLock l(&rings_[i]->mu);
+      io_uring_queue_exit(&rings_[i]->ring);
+    }
+  }
+
+  absl::StatusOr<int> Open(const std::string& path, bool create) override {
+    int flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0);
+    int fd = ::open(path.c_str(), flags, 0600);
+    if (fd < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
+    return fd;
+  }
+
+  void Close(int fd) override {
+    if (fd >= 0) ::close(fd);
+  }
+
+  absl::Status Submit(absl::Span<IoOp> ops) override {
+    for (auto& op : ops) op.result = 0;
+    if (!uring_ok_) {
+      for (auto& op : ops) RunSync(op);
+      return absl::OkStatus();
+    }
+    Ring* r = PickRing();
+    // `r->mu` is held: the ring is ours for the whole batch.
+    absl::Status st = RunOnRing(r->ring, ops);
+    r->mu.Unlock();
+    return st;
+  }
+
+  absl::Status PunchHole(int fd, uint64_t offset, uint64_t len) override {
+    if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len) != 0) {
+      return ErrnoStatus(errno, "punch hole");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Unlink(const std::string& path) override {
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return ErrnoStatus(errno, absl::StrCat("unlink ", path));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MakeDirs(const std::string& path) override {
+    std::error_code ec;
+    std::filesystem::create_directories(path, ec);
+    if (ec) return ErrnoStatus(ec.value(), absl::StrCat("create directory ", path));
+    if (::access(path.c_str(), W_OK | X_OK) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("directory ", path, " is not writable"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<std::string>> ListFiles(const std::string& dir) override {
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return ErrnoStatus(errno, absl::StrCat("list ", dir));
+    std::vector<std::string> names;
+    while (dirent* e = ::readdir(d)) {
+      if (e->d_type == DT_REG || e->d_type == DT_UNKNOWN) {
+        std::string n = e->d_name;
+        if (n != "." && n != "..") names.push_back(std::move(n));
+      }
+    }
+    ::closedir(d);
+    return names;
+  }
+
+  absl::Status FileState(int fd, uint64_t* size, uint64_t* links) override {
+    struct stat st;
+    if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, "fstat");
+    *size = st.st_size;
+    *links = st.st_nlink;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<FsSpace> Space(const std::string& path) override {
+    struct statvfs sv;
+    if (::statvfs(path.c_str(), &sv) != 0) return ErrnoStatus(errno, absl::StrCat("statvfs ", path));
+    return FsSpace{static_cast<uint64_t>(sv.f_blocks) * sv.f_frsize,
+                   static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize};
+  }
+
+ private:
+  // Returns a ring with its mutex held: a free one if there is one.
+  Ring* PickRing() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    unsigned start = next_.fetch_add(1, std::memory_order_relaxed);
+    for (int i = 0; i < rings_ready_; ++i) {
+      Ring* r = rings_[(start + i) % rings_ready_].get();
+      if (r->mu.TryLock()) return r;
+    }
+    Ring* r = rings_[start % rings_ready_].get();
+    r->mu.Lock();
+    return r;
+  }
+
+  static void Prep(io_uring& ring, IoOp& op, size_t idx) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    size_t done = static_cast<size_t>(op.result);
+    if (op.kind == IoOp::Kind::kRead) {
+      io_uring_prep_read(sqe, op.fd, op.buf + done, op.len - done, op.offset + done);
+    } else {
+      io_uring_prep_write(sqe, op.fd, op.buf + done, op.len - done, op.offset + done);
+    }
+    io_uring_sqe_set_data64(sqe, idx);
+  }
+
+  // Keeps up to kRingDepth ops in flight until every op is complete, failed
+  // or (reads) at end of file. op.result accumulates bytes until done.
+  static absl::Status RunOnRing(io_uring& ring, absl::Span<IoOp> ops) {
+    std::vector<size_t> pending;
+    pending.reserve(ops.size());
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (ops[i].len > 0) pending.push_back(i);
+    }
+    size_t next = 0, inflight = 0;
+    std::vector<size_t> retry;
+    while (next < pending.size() || inflight > 0 || !retry.empty()) {
+      unsigned queued = 0;
+      while (!retry.empty() && inflight + queued < kRingDepth) {
+        Prep(ring, ops[retry.back()], retry.back());
+        retry.pop_back();
+        ++queued;
+      }
+      while (next < pending.size() && inflight + queued < kRingDepth) {
+        Prep(ring, ops[pending[next]], pending[next]);
+        ++next;
+        ++queued;
+      }
+      int rc = io_uring_submit_and_wait(&ring, 1);
+      if (rc < 0 && rc != -EINTR) {
+        return ErrnoStatus(rc, "io_uring submit");
+      }
+      inflight += queued;
+      io_uring_cqe* cqe;
+      unsigned head, seen = 0;
+      io_uring_for_each_cqe(&ring, head, cqe) {
+        ++seen;
+        IoOp& op = ops[io_uring_cqe_get_data64(cqe)];
+        int res = cqe->res;
+        if (res == -EINTR || res == -EAGAIN) {
+          retry.push_back(io_uring_cqe_get_data64(cqe));
+        } else if (res < 0) {
+          op.result = res;
+        } else if (res == 0) {
+          // End of file for a read; a zero-byte write would loop forever.
+          if (op.kind == IoOp::Kind::kWrite) op.result = -EIO;
+        } else {
+          op.result += res;
+          if (static_cast<size_t>(op.result) < op.len) retry.push_back(io_uring_cqe_get_data64(cqe));
+        }
+      }
+      io_uring_cq_advance(&ring, seen);
+      inflight -= seen;
+    }
+    return absl::OkStatus();
+  }
+
+  std::array<std::unique_ptr<Ring>, kRings> rings_;
+  int rings_ready_ = 0;
+  bool uring_ok_ = true;
+  std::atomic<unsigned> next_{0};
+};
+
+}  // namespace
+
+std::unique_ptr<StoreFs> NewPosixStoreFs() { return std::make_unique<PosixStoreFs>(); }
+
+}  // namespace strata::cache

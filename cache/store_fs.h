@@ -1,0 +1,63 @@
+// The chunk store's one seam to the operating system: object files, batched
+// reads and writes (io_uring), hole punching and directory housekeeping.
+// Tests wrap it to inject faults (ENOSPC, EIO, short reads, corruption).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace strata::cache {
+
+// One read or write of a batch. `result` is the number of bytes transferred
+// (short only at end of file for reads) or -errno.
+struct IoOp {
+  enum class Kind : uint8_t { kRead, kWrite };
+  Kind kind = Kind::kRead;
+  int fd = -1;
+  uint64_t offset = 0;
+  char* buf = nullptr;
+  size_t len = 0;
+  ssize_t result = 0;
+};
+
+struct FsSpace {
+  uint64_t total_bytes = 0;
+  uint64_t free_bytes = 0;
+};
+
+class StoreFs {
+ public:
+  virtual ~StoreFs() = default;
+
+  virtual absl::StatusOr<int> Open(const std::string& path, bool create) = 0;
+  virtual void Close(int fd) = 0;
+  // Runs every op of the batch (several in flight); the status is not OK only
+  // when the batch could not be run at all. Per-op errors land in op.result.
+  virtual absl::Status Submit(absl::Span<IoOp> ops) = 0;
+  virtual absl::Status PunchHole(int fd, uint64_t offset, uint64_t len) = 0;
+  virtual absl::Status Unlink(const std::string& path) = 0;
+  virtual absl::Status MakeDirs(const std::string& path) = 0;
+  // Names (not paths) of the regular files in `dir`.
+  virtual absl::StatusOr<std::vector<std::string>> ListFiles(const std::string& dir) = 0;
+  // Size and link count of an open file: a count of 0 means it was deleted
+  // behind the store's back.
+  virtual absl::Status FileState(int fd, uint64_t* size, uint64_t* links) = 0;
+  virtual absl::StatusOr<FsSpace> Space(const std::string& path) = 0;
+};
+
+// The real file system. Uses a small pool of io_uring rings, or pread/pwrite
+// where io_uring is unavailable (old kernel, seccomp), which it logs once.
+std::unique_ptr<StoreFs> NewPosixStoreFs();
+
+// Converts a -errno op result or an errno into a status naming `what`.
+absl::Status ErrnoStatus(int err, const std::string& what);
+
+}  // namespace strata::cache

@@ -1,0 +1,27 @@
+// Subcommands of the `strata` binary. Each Add* registers its subcommand on
+// the app and arranges for it to run; the returned code is the exit status.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
+
+namespace strata::cmd {
+
+// Where the subcommand's work goes once CLI11 has parsed its options.
+using Runner = std::function<int()>;
+
+void AddNodeCommand(CLI::App& app, Runner& run);
+void AddCacheCommands(CLI::App& app, Runner& run);
+void AddBenchCommands(CLI::App& app, Runner& run);
+
+// "4MiB", "2G", "1048576" -> bytes (K/M/G/T, with or without "iB"/"B").
+absl::StatusOr<uint64_t> ParseSize(const std::string& text);
+// The node's state directory when none is given: /var/lib/strata as root,
+// $XDG_STATE_HOME/strata (or ~/.local/state/strata) otherwise.
+std::string DefaultStateDir();
+
+}  // namespace strata::cmd

@@ -1,0 +1,24 @@
+// `strata`: one binary for the node daemon and the operator's tools.
+#include <cstdio>
+
+#include "CLI/CLI.hpp"
+#include "cmd/commands.h"
+#include "cache/logging.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Strata: a caching storage layer for AI workloads on Kubernetes"};
+  app.set_version_flag("--version", "strata 0.1.0");
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  strata::cmd::Runner run;
+  strata::cmd::AddNodeCommand(app, run);
+  strata::cmd::AddCacheCommands(app, run);
+  strata::cmd::AddBenchCommands(app, run);
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_default_logger(spdlog::stderr_color_mt("strata"));
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  return run ? run() : 2;
+}

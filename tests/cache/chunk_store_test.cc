@@ -1,0 +1,495 @@
+// Unit tests of the chunk store against the real file system, with faults
+// injected at the StoreFs seam where a test needs them.
+#include "cache/chunk_store.h"
+
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <rocksdb/db.h>
+
+#include <atomic>
+#include <random>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "cache/chunk_index.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/cache/faulty_fs.h"
+#include "tests/cache/test_util.h"
+
+namespace strata::cache {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+using testing::FaultyFs;
+using testing::Pattern;
+using testing::TempDir;
+
+constexpr uint32_t kChunk = 64 << 10;
+
+class ChunkStoreTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<ChunkStore> OpenStore(uint64_t capacity = 64 << 20) {
+    StoreOptions o;
+    o.dir = dir_.path();
+    o.chunk_size = kChunk;
+    o.capacity_bytes = capacity;
+    o.fs = fs_;
+    o.clock_us = [this] { return clock_.load(); };
+    auto s = ChunkStore::Open(o);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+
+  // Writes chunks [0, n) of `key` (size n chunks unless `size` is given).
+  void Put(ChunkStore& s, const std::string& key, uint32_t n, uint64_t size = 0) {
+    if (size == 0) size = uint64_t{n} * kChunk;
+    ASSERT_TRUE(s.Register({key, size, "test", 0}).ok());
+    for (uint32_t i = 0; i < n; ++i) {
+      uint32_t len = std::min<uint64_t>(kChunk, size - uint64_t{i} * kChunk);
+      auto r = s.WriteChunk(key, i, Pattern(1, i, len));
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_TRUE(r->cached);
+    }
+  }
+
+  std::string ReadAll(ChunkStore& s, const std::string& key, uint64_t off, size_t len) {
+    std::string out(len, '\0');
+    auto r = s.Read(key, off, absl::MakeSpan(out));
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok() || !r->missing.empty()) return "<missing>";
+    out.resize(r->bytes);
+    return out;
+  }
+
+  std::string ObjectFile(ChunkStore&, const std::string&) {
+    for (auto& e : std::filesystem::directory_iterator(dir_.path() + "/objects")) {
+      return e.path().string();  // tests that use this cache one object
+    }
+    return "";
+  }
+
+  TempDir dir_;
+  std::shared_ptr<FaultyFs> fs_ = std::make_shared<FaultyFs>(NewPosixStoreFs());
+  std::atomic<int64_t> clock_{1'000'000};
+};
+
+TEST_F(ChunkStoreTest, ReadsBackWhatWasWrittenAtOddOffsets) {
+  auto s = OpenStore();
+  const uint64_t size = 3 * kChunk + 1234;
+  Put(*s, "obj", 4, size);
+  std::string whole;
+  for (uint32_t i = 0; i < 4; ++i) whole += Pattern(1, i, std::min<uint64_t>(kChunk, size - i * kChunk));
+  EXPECT_EQ(ReadAll(*s, "obj", 0, size), whole);
+  EXPECT_EQ(ReadAll(*s, "obj", 7, 3), whole.substr(7, 3));
+  EXPECT_EQ(ReadAll(*s, "obj", kChunk - 5, 10), whole.substr(kChunk - 5, 10));
+  // Clipped at the end of the object; at the end exactly: zero bytes.
+  EXPECT_EQ(ReadAll(*s, "obj", size - 10, 100), whole.substr(size - 10));
+  EXPECT_EQ(ReadAll(*s, "obj", size, 100), "");
+  std::string buf(1, '\0');
+  EXPECT_EQ(s->Read("obj", size + 1, absl::MakeSpan(buf)).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(s->Read("nope", 0, absl::MakeSpan(buf)).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ChunkStoreTest, ReadIsAllOrNothingAndNamesMissingChunks) {
+  auto s = OpenStore();
+  ASSERT_TRUE(s->Register({"obj", 4 * kChunk, "t", 0}).ok());
+  ASSERT_TRUE(s->WriteChunk("obj", 1, Pattern(1, 1, kChunk)).ok());
+  std::string out(3 * kChunk, 'x');
+  auto r = s->Read("obj", 0, absl::MakeSpan(out));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->bytes, 0u);
+  EXPECT_THAT(r->missing, ElementsAre(0, 2));
+  EXPECT_EQ(out, std::string(3 * kChunk, 'x'));  // nothing copied
+  EXPECT_EQ(s->Stats().read_misses, 1u);
+}
+
+TEST_F(ChunkStoreTest, RejectsBadInputWithClearErrors) {
+  auto s = OpenStore();
+  EXPECT_EQ(s->Register({"", 10, "", 0}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s->Register({std::string("a\0b", 3), 10, "", 0}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s->Register({std::string(5000, 'k'), 10, "", 0}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s->Register({"x", 10, "", 1000}).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(s->Register({"obj", 2 * kChunk, "", 0}).ok());
+  auto r = s->WriteChunk("obj", 0, std::string(10, 'a'));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s->WriteChunk("obj", 2, std::string(kChunk, 'a')).status().code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(s->WriteChunk("other", 0, std::string(kChunk, 'a')).status().code(),
+            absl::StatusCode::kNotFound);
+  // A failed write leaves the chunk missing, not half there.
+  std::string out(10, '\0');
+  EXPECT_THAT(s->Read("obj", 0, absl::MakeSpan(out))->missing, ElementsAre(0));
+}
+
+TEST_F(ChunkStoreTest, SurvivesReopenAndVerifiesOnFirstServe) {
+  {
+    auto s = OpenStore();
+    Put(*s, "obj", 3);
+  }
+  auto s = OpenStore();
+  auto info = s->Lookup("obj");
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->chunks_present, 3u);
+  EXPECT_EQ(ReadAll(*s, "obj", kChunk, 100), Pattern(1, 1, kChunk).substr(0, 100));
+  EXPECT_EQ(s->Stats().chunks_verified, 1u);
+  ReadAll(*s, "obj", kChunk + 100, 100);
+  EXPECT_EQ(s->Stats().chunks_verified, 1u);  // once per start
+}
+
+TEST_F(ChunkStoreTest, CorruptBytesOnDiskAreAMissNeverServed) {
+  {
+    auto s = OpenStore();
+    Put(*s, "obj", 2);
+  }
+  {
+    // Flip one byte of chunk 1 behind the store's back.
+    auto file = ObjectFile(*OpenStore(), "obj");
+    int fd = ::open(file.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    char c;
+    ASSERT_EQ(::pread(fd, &c, 1, kChunk + 77), 1);
+    c ^= 1;
+    ASSERT_EQ(::pwrite(fd, &c, 1, kChunk + 77), 1);
+    ::close(fd);
+  }
+  auto s = OpenStore();
+  std::string out(2 * kChunk, '\0');
+  auto r = s->Read("obj", 0, absl::MakeSpan(out));
+  ASSERT_TRUE(r.ok());
+  EXPECT_THAT(r->missing, ElementsAre(1));
+  EXPECT_EQ(s->Stats().checksum_failures, 1u);
+  EXPECT_EQ(ReadAll(*s, "obj", 0, kChunk), Pattern(1, 0, kChunk));
+  // Refetch and serve right bytes.
+  ASSERT_TRUE(s->WriteChunk("obj", 1, Pattern(1, 1, kChunk)).ok());
+  EXPECT_EQ(ReadAll(*s, "obj", kChunk, kChunk), Pattern(1, 1, kChunk));
+}
+
+TEST_F(ChunkStoreTest, FaultyReadsAreMissesNotWrongBytes) {
+  {
+    auto s = OpenStore();
+    Put(*s, "obj", 2);
+  }
+  auto s = OpenStore();
+  fs_->flip_read_bits = true;
+  std::string out(kChunk, '\0');
+  auto r = s->Read("obj", 0, absl::MakeSpan(out));
+  ASSERT_TRUE(r.ok());
+  EXPECT_THAT(r->missing, ElementsAre(0));
+  fs_->flip_read_bits = false;
+  fs_->short_reads = true;
+  r = s->Read("obj", kChunk, absl::MakeSpan(out));
+  ASSERT_TRUE(r.ok());
+  EXPECT_THAT(r->missing, ElementsAre(1));
+  fs_->short_reads = false;
+  fs_->read_errno = EIO;
+  ASSERT_TRUE(s->WriteChunk("obj", 0, Pattern(1, 0, kChunk)).ok());
+  r = s->Read("obj", 0, absl::MakeSpan(out));
+  ASSERT_TRUE(r.ok());
+  EXPECT_THAT(r->missing, ElementsAre(0));  // I/O error on a verified chunk: a miss
+  EXPECT_GE(s->Stats().checksum_failures, 3u);
+}
+
+TEST_F(ChunkStoreTest, WriteErrorsServeUncachedAndKeepServing) {
+  auto s = OpenStore();
+  ASSERT_TRUE(s->Register({"obj", 2 * kChunk, "t", 0}).ok());
+  fs_->write_errno = EIO;
+  auto r = s->WriteChunk("obj", 0, Pattern(1, 0, kChunk));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->cached);
+  ASSERT_TRUE(r->bytes);
+  EXPECT_EQ(*r->bytes, Pattern(1, 0, kChunk));
+  EXPECT_EQ(s->Stats().write_errors, 1u);
+  std::string out(10, '\0');
+  EXPECT_THAT(s->Read("obj", 0, absl::MakeSpan(out))->missing, ElementsAre(0));
+  EXPECT_EQ(s->Stats().used_bytes, 0u);
+  fs_->write_errno = 0;
+  ASSERT_TRUE(s->WriteChunk("obj", 0, Pattern(1, 0, kChunk))->cached);
+  EXPECT_EQ(ReadAll(*s, "obj", 0, kChunk), Pattern(1, 0, kChunk));
+}
+
+TEST_F(ChunkStoreTest, UnusableDirectoryDegradesToServingWithoutCaching) {
+  fs_->makedirs_errno = EROFS;
+  StoreOptions o;
+  o.dir = dir_.path() + "/cache";
+  o.fs = fs_;
+  o.chunk_size = kChunk;
+  EXPECT_EQ(ChunkStore::Open(o).status().code(), absl::StatusCode::kPermissionDenied);
+  o.degrade_on_error = true;
+  auto s = ChunkStore::Open(o);
+  ASSERT_TRUE(s.ok());
+  EXPECT_FALSE((*s)->health().ok());
+  EXPECT_THAT(std::string((*s)->health().message()), ::testing::HasSubstr("Read-only file system"));
+  EXPECT_TRUE((*s)->Stats().degraded);
+  ASSERT_TRUE((*s)->Register({"obj", kChunk, "t", 0}).ok());
+  auto r = (*s)->WriteChunk("obj", 0, Pattern(1, 0, kChunk));
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->cached);
+  EXPECT_EQ(*r->bytes, Pattern(1, 0, kChunk));
+}
+
+TEST_F(ChunkStoreTest, ReadOnlyFileSystemDegrades) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to mount a read-only tmpfs";
+  std::string mnt = dir_.path() + "/ro";
+  std::filesystem::create_directory(mnt);
+  ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", MS_RDONLY, "size=1m"), 0) << strerror(errno);
+  StoreOptions o;
+  o.dir = mnt + "/cache";
+  o.degrade_on_error = true;
+  auto s = ChunkStore::Open(o);
+  ::umount2(mnt.c_str(), MNT_DETACH);
+  ASSERT_TRUE(s.ok());
+  EXPECT_TRUE((*s)->Stats().degraded);
+  EXPECT_THAT((*s)->Stats().health, ::testing::HasSubstr(mnt));
+}
+
+TEST_F(ChunkStoreTest, CorruptIndexRecordsAreDroppedAtOpen) {
+  {
+    auto s = OpenStore();
+    Put(*s, "good", 2);
+    Put(*s, "bad-object", 2);
+    Put(*s, "bad-chunk", 2);
+  }
+  {
+    auto idx = ChunkIndex::Open(dir_.path() + "/index");
+    ASSERT_TRUE(idx.ok());
+    auto* db = (*idx)->db_for_testing();
+    // A truncated object record, and a chunk record with a flipped bit.
+    std::string v;
+    ASSERT_TRUE(db->Get({}, ChunkIndex::ObjectKeyForTesting("bad-object"), &v).ok());
+    ASSERT_TRUE(db->Put({}, ChunkIndex::ObjectKeyForTesting("bad-object"), v.substr(0, v.size() / 2)).ok());
+    ASSERT_TRUE(db->Get({}, ChunkIndex::ChunkKeyForTesting("bad-chunk", 1), &v).ok());
+    v[3] ^= 0x10;
+    ASSERT_TRUE(db->Put({}, ChunkIndex::ChunkKeyForTesting("bad-chunk", 1), v).ok());
+    ASSERT_TRUE(db->Put({}, std::string("c\0garbage", 9), "zz").ok());
+  }
+  auto s = OpenStore();
+  EXPECT_FALSE(s->Lookup("bad-object"));
+  EXPECT_EQ(s->Lookup("bad-chunk")->chunks_present, 1u);
+  EXPECT_EQ(ReadAll(*s, "good", 0, 2 * kChunk), Pattern(1, 0, kChunk) + Pattern(1, 1, kChunk));
+  EXPECT_EQ(ReadAll(*s, "bad-chunk", 0, kChunk), Pattern(1, 0, kChunk));
+  EXPECT_GE(s->Stats().corrupt_index_records, 4u);  // object + its 2 chunks + chunk + garbage
+  // The bad object's file was orphaned and removed.
+  int files = 0;
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(dir_.path() + "/objects")) ++files;
+  EXPECT_EQ(files, 2);
+}
+
+TEST_F(ChunkStoreTest, DataFileDeletedBehindTheStoresBack) {
+  {
+    auto s = OpenStore();
+    Put(*s, "obj", 2);
+    std::filesystem::remove(ObjectFile(*s, "obj"));
+    // While running: verify notices and drops the object's chunks.
+    VerifyReport rep = s->Verify();
+    EXPECT_EQ(rep.objects_missing_file, 1u);
+    EXPECT_EQ(rep.chunks_bad, 2u);
+    std::string out(10, '\0');
+    EXPECT_THAT(s->Read("obj", 0, absl::MakeSpan(out))->missing, ElementsAre(0));
+    Put(*s, "obj", 2);
+  }
+  std::filesystem::remove(ObjectFile(*OpenStore(), "obj"));
+  // At start: the chunks of a missing file are reported missing.
+  auto s = OpenStore();
+  ASSERT_TRUE(s->Lookup("obj"));
+  EXPECT_EQ(s->Lookup("obj")->chunks_present, 0u);
+  ASSERT_TRUE(s->WriteChunk("obj", 0, Pattern(1, 0, kChunk))->cached);
+  EXPECT_EQ(ReadAll(*s, "obj", 0, kChunk), Pattern(1, 0, kChunk));
+}
+
+TEST_F(ChunkStoreTest, TruncatedDataFileIsAMiss) {
+  {
+    auto s = OpenStore();
+    Put(*s, "obj", 3);
+  }
+  std::filesystem::resize_file(ObjectFile(*OpenStore(), "obj"), kChunk + 10);
+  auto s = OpenStore();
+  EXPECT_EQ(ReadAll(*s, "obj", 0, kChunk), Pattern(1, 0, kChunk));
+  std::string out(kChunk, '\0');
+  EXPECT_THAT(s->Read("obj", kChunk, absl::MakeSpan(out))->missing, ElementsAre(1));
+  EXPECT_THAT(s->Read("obj", 2 * kChunk, absl::MakeSpan(out))->missing, ElementsAre(2));
+}
+
+TEST_F(ChunkStoreTest, ReRegisterWithAnotherSizeStartsOver) {
+  auto s = OpenStore();
+  Put(*s, "obj", 2);
+  ASSERT_TRUE(s->Register({"obj", 2 * kChunk, "t", 0}).ok());
+  EXPECT_EQ(s->Lookup("obj")->chunks_present, 2u);
+  ASSERT_TRUE(s->Register({"obj", 3 * kChunk, "t", 0}).ok());
+  EXPECT_EQ(s->Lookup("obj")->chunks_present, 0u);
+  EXPECT_EQ(s->Stats().used_bytes, 0u);
+}
+
+TEST_F(ChunkStoreTest, EvictsLeastRecentlyUsedBetweenWatermarks) {
+  auto s = OpenStore(/*capacity=*/10 * kChunk);  // high 9 chunks, low 8
+  for (int i = 0; i < 8; ++i) {
+    clock_ += 1000;
+    Put(*s, "obj" + std::to_string(i), 1);
+  }
+  clock_ += 1000;
+  ReadAll(*s, "obj0", 0, 10);  // obj0 is now the most recent
+  EvictReport rep = s->Evict({EvictRequest::Mode::kToTarget, 5 * kChunk, ""});
+  EXPECT_EQ(rep.objects, 3u);
+  EXPECT_FALSE(s->Lookup("obj1"));
+  EXPECT_FALSE(s->Lookup("obj2"));
+  EXPECT_FALSE(s->Lookup("obj3"));
+  EXPECT_TRUE(s->Lookup("obj0"));
+  EXPECT_EQ(s->Stats().used_bytes, 5 * kChunk);
+  // Background eviction: crossing the high watermark brings use under low.
+  for (int i = 10; i < 15; ++i) {
+    clock_ += 1000;
+    Put(*s, "obj" + std::to_string(i), 1);
+  }
+  for (int t = 0; t < 500 && s->Stats().used_bytes > 8 * kChunk; ++t) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_LE(s->Stats().used_bytes, 8 * kChunk);
+  EXPECT_TRUE(s->Lookup("obj14"));
+  EXPECT_TRUE(s->Lookup("obj0"));
+}
+
+TEST_F(ChunkStoreTest, PunchesColdChunksOfALargeObject) {
+  auto s = OpenStore(/*capacity=*/32 * kChunk);
+  Put(*s, "big", 20);
+  for (uint32_t i = 10; i < 20; ++i) {
+    clock_ += 1000;
+    ReadAll(*s, "big", uint64_t{i} * kChunk, 10);
+  }
+  EvictReport rep = s->Evict({EvictRequest::Mode::kToTarget, 12 * kChunk, ""});
+  EXPECT_EQ(rep.objects, 0u);
+  EXPECT_EQ(rep.chunks, 8u);
+  auto info = s->Lookup("big");
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->chunks_present, 12u);
+  std::string out(kChunk, '\0');
+  EXPECT_THAT(s->Read("big", 0, absl::MakeSpan(out))->missing, ElementsAre(0));  // cold: punched
+  EXPECT_EQ(ReadAll(*s, "big", 15 * kChunk, kChunk), Pattern(1, 15, kChunk));   // hot: kept
+  struct stat st;
+  ASSERT_EQ(::stat(ObjectFile(*s, "big").c_str(), &st), 0);
+  EXPECT_LE(static_cast<uint64_t>(st.st_blocks) * 512, 13ull * kChunk);  // holes really punched
+}
+
+TEST_F(ChunkStoreTest, NeverEvictsPinnedOrLeasedObjects) {
+  auto s = OpenStore();
+  Put(*s, "pinned", 2);
+  Put(*s, "leased", 2);
+  Put(*s, "free", 2);
+  ASSERT_TRUE(s->Pin("pinned").ok());
+  {
+    auto lease = s->Lease("leased", 10, 100);
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    EXPECT_EQ(lease->offset(), 10u);
+    char buf[100];
+    ASSERT_EQ(::pread(lease->fd(), buf, 100, lease->offset()), 100);
+    EXPECT_EQ(std::string(buf, 100), Pattern(1, 0, kChunk).substr(10, 100));
+    EvictReport rep = s->Evict({EvictRequest::Mode::kAll, 0, ""});
+    EXPECT_EQ(rep.objects, 1u);
+    EXPECT_EQ(rep.skipped_busy, 2u);
+    EXPECT_TRUE(s->Lookup("leased"));
+    EXPECT_EQ(s->Evict({EvictRequest::Mode::kKey, 0, "leased"}).skipped_busy, 1u);
+  }
+  EXPECT_EQ(s->Evict({EvictRequest::Mode::kKey, 0, "leased"}).objects, 1u);
+  EXPECT_TRUE(s->Lookup("pinned"));
+  ASSERT_TRUE(s->Unpin("pinned").ok());
+  EXPECT_EQ(s->Unpin("pinned").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s->Evict({EvictRequest::Mode::kAll, 0, ""}).objects, 1u);
+  EXPECT_EQ(s->Stats().used_bytes, 0u);
+  EXPECT_EQ(s->Lease("gone", 0, 1).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ChunkStoreTest, SingleFlightFetchesEachChunkOnce) {
+  auto s = OpenStore();
+  ASSERT_TRUE(s->Register({"obj", 4 * kChunk, "t", 0}).ok());
+  std::atomic<int> fetches{0};
+  std::atomic<int> ok{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 16; ++t) {
+    ts.emplace_back([&, t] {
+      uint32_t idx = t % 4;
+      auto r = s->Fill("obj", idx, [&](absl::Span<char> out) {
+        ++fetches;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        std::string p = Pattern(1, idx, out.size());
+        std::copy(p.begin(), p.end(), out.begin());
+        return absl::OkStatus();
+      });
+      if (r.ok() && (!r->bytes || *r->bytes == Pattern(1, idx, kChunk))) ++ok;
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(fetches.load(), 4);
+  EXPECT_EQ(ok.load(), 16);
+  EXPECT_GE(s->Stats().fill_waits, 1u);
+  EXPECT_EQ(ReadAll(*s, "obj", 0, 4 * kChunk),
+            Pattern(1, 0, kChunk) + Pattern(1, 1, kChunk) + Pattern(1, 2, kChunk) + Pattern(1, 3, kChunk));
+}
+
+TEST_F(ChunkStoreTest, AFailedFetchIsSharedAndRetryable) {
+  auto s = OpenStore();
+  ASSERT_TRUE(s->Register({"obj", kChunk, "t", 0}).ok());
+  std::atomic<int> fetches{0};
+  std::vector<std::thread> ts;
+  std::atomic<int> failed{0};
+  for (int t = 0; t < 4; ++t) {
+    ts.emplace_back([&] {
+      auto r = s->Fill("obj", 0, [&](absl::Span<char>) {
+        ++fetches;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        return absl::UnavailableError("origin down");
+      });
+      if (absl::IsUnavailable(r.status())) ++failed;
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(failed.load(), 4);
+  EXPECT_LE(fetches.load(), 4);
+  ASSERT_TRUE(s->WriteChunk("obj", 0, Pattern(1, 0, kChunk))->cached);
+}
+
+TEST_F(ChunkStoreTest, ConcurrentReadersWritersAndEviction) {
+  auto s = OpenStore(/*capacity=*/24 * kChunk);
+  constexpr int kObjects = 8, kChunks = 6;
+  for (int o = 0; o < kObjects; ++o) {
+    ASSERT_TRUE(s->Register({"o" + std::to_string(o), kChunks * kChunk, "t", 0}).ok());
+  }
+  std::atomic<int> wrong{0}, served{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 6; ++t) {
+    ts.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      std::string out(kChunk, '\0');
+      for (int n = 0; n < 400; ++n) {
+        std::string key = "o" + std::to_string(rng() % kObjects);
+        uint32_t idx = rng() % kChunks;
+        if (!s->Lookup(key)) {
+          ASSERT_TRUE(s->Register({key, kChunks * kChunk, "t", 0}).ok());
+        }
+        auto r = s->Read(key, uint64_t{idx} * kChunk, absl::MakeSpan(out));
+        if (!r.ok()) continue;  // evicted between Lookup and Read
+        if (!r->missing.empty()) {
+          auto f = s->Fill(key, idx, [&](absl::Span<char> b) {
+            std::string p = Pattern(7, idx, b.size());
+            std::copy(p.begin(), p.end(), b.begin());
+            return absl::OkStatus();
+          });
+          if (f.ok() && f->bytes && *f->bytes != Pattern(7, idx, kChunk)) ++wrong;
+          continue;
+        }
+        ++served;
+        if (out != Pattern(7, idx, kChunk)) ++wrong;
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(served.load(), 0);
+  s->Evict({EvictRequest::Mode::kToTarget, 0, ""});
+  EXPECT_EQ(s->Stats().used_bytes, 0u);
+}
+
+}  // namespace
+}  // namespace strata::cache

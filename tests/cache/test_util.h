@@ -1,0 +1,43 @@
+// Helpers for the cache tests: scratch directories and deterministic chunks.
+#pragma once
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "absl/types/span.h"
+
+namespace strata::cache::testing {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "strata-test-XXXXXX").string();
+    path_ = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Bytes that depend on (seed, index, position): any misplaced or stale byte shows.
+inline std::string Pattern(uint64_t seed, uint32_t index, size_t len) {
+  std::string s(len, '\0');
+  uint64_t x = (seed + 1) * 0x9e3779b97f4a7c15ull ^ (uint64_t{index} + 1) * 0xbf58476d1ce4e5b9ull;
+  for (size_t i = 0; i < len; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    s[i] = static_cast<char>(x);
+  }
+  return s;
+}
+
+}  // namespace strata::cache::testing
