@@ -38,7 +38,8 @@ class Reader {
   bool Fixed(uint64_t* v, int bytes) {
     if (s_.size() < static_cast<size_t>(bytes)) return false;
     *v = 0;
-    for (int i = 0; i < bytes; ++i) *v |= static_cast<uint64_t>(static_cast<uint8_t>(s_[i])) << (8 * i);
+    for (int i = 0; i < bytes; ++i)
+      *v |= static_cast<uint64_t>(static_cast<uint8_t>(s_[i])) << (8 * i);
     s_.remove_prefix(bytes);
     return true;
   }
@@ -55,7 +56,9 @@ class Reader {
   std::string_view s_;
 };
 
-void Seal(std::string& v) { PutFixed(v, static_cast<uint32_t>(XXH3_64bits(v.data(), v.size())), 4); }
+void Seal(std::string& v) {
+  PutFixed(v, static_cast<uint32_t>(XXH3_64bits(v.data(), v.size())), 4);
+}
 
 // Returns the payload after the version byte if the trailer matches.
 std::optional<std::string_view> Unseal(std::string_view v) {
@@ -108,7 +111,8 @@ std::optional<ChunkRecord> DecodeChunk(std::string_view v) {
   Reader rd(*body);
   ChunkRecord r;
   uint64_t len;
-  if (!rd.Fixed(&r.checksum, 8) || !rd.Fixed(&len, 4) || !rd.Done() || len == 0) return std::nullopt;
+  if (!rd.Fixed(&r.checksum, 8) || !rd.Fixed(&len, 4) || !rd.Done() || len == 0)
+    return std::nullopt;
   r.length = static_cast<uint32_t>(len);
   return r;
 }
@@ -157,21 +161,23 @@ absl::StatusOr<std::unique_ptr<ChunkIndex>> ChunkIndex::Open(const std::string& 
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(opts, dir, &raw);
   if (s.IsCorruption()) {
-    std::string aside = absl::StrCat(
-        dir, ".corrupt-",
-        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-            .count());
-    spdlog::error("cache index {} is corrupt ({}); moved to {} and starting empty", dir, s.ToString(),
-                  aside);
+    std::string aside = absl::StrCat(dir, ".corrupt-",
+                                     std::chrono::duration_cast<std::chrono::seconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count());
+    spdlog::error("cache index {} is corrupt ({}); moved to {} and starting empty", dir,
+                  s.ToString(), aside);
     std::error_code ec;
     std::filesystem::rename(dir, aside, ec);
-    if (ec) return absl::DataLossError(absl::StrCat("cache index ", dir, " is corrupt and cannot be moved aside: ", ec.message()));
+    if (ec)
+      return absl::DataLossError(absl::StrCat(
+          "cache index ", dir, " is corrupt and cannot be moved aside: ", ec.message()));
     s = rocksdb::DB::Open(opts, dir, &raw);
   }
   if (!s.ok()) {
     if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("cache index ", dir, " is in use by another strata process: ", s.ToString()));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cache index ", dir, " is in use by another strata process: ", s.ToString()));
     }
     return FromRocks(s, absl::StrCat("open ", dir));
   }
@@ -260,7 +266,8 @@ absl::Status ChunkIndex::PutChunk(const std::string& key, uint32_t index, const 
   return WriteWithRecovery(db_.get(), &b, "put chunk");
 }
 
-absl::Status ChunkIndex::DeleteChunks(const std::string& key, const std::vector<uint32_t>& indexes) {
+absl::Status ChunkIndex::DeleteChunks(const std::string& key,
+                                      const std::vector<uint32_t>& indexes) {
   rocksdb::WriteBatch b;
   for (uint32_t i : indexes) b.Delete(ChunkKey(key, i));
   return WriteWithRecovery(db_.get(), &b, "delete chunks");

@@ -44,8 +44,8 @@ absl::StatusOr<FillResult> ChunkStore::WriteChunk(const std::string& key, uint32
                                                   absl::Span<const char> data) {
   return Fill(key, index, [&](absl::Span<char> out) -> absl::Status {
     if (out.size() != data.size()) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "chunk %u of %s is %u bytes, got %u", index, key, out.size(), data.size()));
+      return absl::InvalidArgumentError(absl::StrFormat("chunk %u of %s is %u bytes, got %u", index,
+                                                        key, out.size(), data.size()));
     }
     std::copy(data.begin(), data.end(), out.begin());
     return absl::OkStatus();
@@ -160,8 +160,8 @@ class ChunkStoreImpl final : public ChunkStore {
     }
     uint32_t cs = spec.chunk_size ? spec.chunk_size : opts_.chunk_size;
     if (cs < kMinChunkSize || cs > kMaxChunkSize || cs % kMinChunkSize != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("chunk size %u of %s must be a multiple of 4096 up to 256 MiB", cs, spec.key));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "chunk size %u of %s must be a multiple of 4096 up to 256 MiB", cs, spec.key));
     }
     if ((spec.size + cs - 1) / cs > UINT32_MAX) {
       return absl::InvalidArgumentError(absl::StrCat("object ", spec.key, " is too large"));
@@ -184,9 +184,9 @@ class ChunkStoreImpl final : public ChunkStore {
           return absl::OkStatus();
         }
         if (o.Busy()) {
-          return absl::FailedPreconditionError(absl::StrFormat(
-              "object %s is in use with size %u; cannot replace it with size %u", spec.key,
-              o.rec.size, spec.size));
+          return absl::FailedPreconditionError(
+              absl::StrFormat("object %s is in use with size %u; cannot replace it with size %u",
+                              spec.key, o.rec.size, spec.size));
         }
         spdlog::warn("object {} changed size ({} -> {}); dropping its cached chunks", spec.key,
                      o.rec.size, spec.size);
@@ -253,8 +253,9 @@ class ChunkStoreImpl final : public ChunkStore {
     absl::Status st = fs_->Submit(absl::MakeSpan(&op, 1));
     if (!st.ok() || op.result != static_cast<ssize_t>(a.length)) {
       std::string why = !st.ok() ? std::string(st.message())
-                        : op.result < 0 ? ErrnoStatus(op.result, "read").ToString()
-                                        : absl::StrFormat("short read (%d of %u bytes)", op.result, a.length);
+                        : op.result < 0
+                            ? ErrnoStatus(op.result, "read").ToString()
+                            : absl::StrFormat("short read (%d of %u bytes)", op.result, a.length);
       spdlog::error("cannot read {} [{}, +{}) from {}: {}; dropping its chunks", key, offset,
                     a.length, a.obj->rec.file, why);
       std::vector<uint32_t> all;
@@ -363,7 +364,8 @@ class ChunkStoreImpl final : public ChunkStore {
         return absl::NotFoundError(absl::StrCat("object not in the cache: ", key));
       }
       if (it->second->Busy()) {
-        return absl::FailedPreconditionError(absl::StrCat("object ", key, " is being read, filled or is pinned"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("object ", key, " is being read, filled or is pinned"));
       }
       obj = it->second;
       BeginRemoveLocked(*obj);
@@ -386,8 +388,8 @@ class ChunkStoreImpl final : public ChunkStore {
     {
       absl::MutexLock l(&mu_);
       need = req.mode == EvictRequest::Mode::kAll ? UINT64_MAX
-             : used_ > req.target_bytes          ? used_ - req.target_bytes
-                                                 : 0;
+             : used_ > req.target_bytes           ? used_ - req.target_bytes
+                                                  : 0;
     }
     if (need > 0) EvictBytes(need, req.mode == EvictRequest::Mode::kAll, &rep);
     return rep;
@@ -409,7 +411,8 @@ class ChunkStoreImpl final : public ChunkStore {
         absl::MutexLock l(&mu_);
         if (obj->removing) continue;
         for (uint32_t i = 0; i < obj->chunks.size(); ++i) {
-          if (obj->chunks[i].state == ChunkState::kPresent) present.emplace_back(i, obj->chunks[i].checksum);
+          if (obj->chunks[i].state == ChunkState::kPresent)
+            present.emplace_back(i, obj->chunks[i].checksum);
         }
         if (present.empty()) continue;
         auto fd_or = EnsureFdLocked(*obj);
@@ -496,7 +499,8 @@ class ChunkStoreImpl final : public ChunkStore {
     {
       absl::MutexLock l(&mu_);
       auto it = objects_.find(key);
-      if (it == objects_.end()) return absl::NotFoundError(absl::StrCat("object not in the cache: ", key));
+      if (it == objects_.end())
+        return absl::NotFoundError(absl::StrCat("object not in the cache: ", key));
       Object& o = *it->second;
       if (offset > o.rec.size) {
         return absl::OutOfRangeError(
@@ -552,7 +556,8 @@ class ChunkStoreImpl final : public ChunkStore {
   bool CheckChunk(Object& obj, int fd, uint32_t i, uint64_t want, std::string& buf) {
     uint32_t len = obj.ChunkLength(i);
     buf.resize(len);
-    IoOp op{IoOp::Kind::kRead, fd, static_cast<uint64_t>(i) * obj.rec.chunk_size, buf.data(), len, 0};
+    IoOp op{IoOp::Kind::kRead, fd,  static_cast<uint64_t>(i) * obj.rec.chunk_size,
+            buf.data(),        len, 0};
     absl::Status st = fs_->Submit(absl::MakeSpan(&op, 1));
     if (!st.ok() || op.result != static_cast<ssize_t>(len)) {
       spdlog::error("chunk {} of {} is unreadable in {} ({}); treating it as missing", i, obj.key,
@@ -563,8 +568,9 @@ class ChunkStoreImpl final : public ChunkStore {
     }
     uint64_t got = XXH3_64bits(buf.data(), len);
     if (got != want) {
-      spdlog::error("chunk {} of {} failed its checksum in {} (want {:016x}, got {:016x}); refetching",
-                    i, obj.key, obj.rec.file, want, got);
+      spdlog::error(
+          "chunk {} of {} failed its checksum in {} (want {:016x}, got {:016x}); refetching", i,
+          obj.key, obj.rec.file, want, got);
       return false;
     }
     ++ctr_.chunks_verified;
@@ -576,7 +582,8 @@ class ChunkStoreImpl final : public ChunkStore {
 
   // Takes present chunks out of the index and the file. Returns the chunks
   // that are now absent (all of `indexes` that were present, or already not).
-  std::vector<uint32_t> Drop(const ObjectPtr& obj, const std::vector<uint32_t>& indexes, bool corrupt) {
+  std::vector<uint32_t> Drop(const ObjectPtr& obj, const std::vector<uint32_t>& indexes,
+                             bool corrupt) {
     std::vector<uint32_t> dropping;
     {
       absl::MutexLock l(&mu_);
@@ -598,7 +605,8 @@ class ChunkStoreImpl final : public ChunkStore {
       }
       if (obj->fd >= 0) {
         for (uint32_t i : dropping) {
-          fs_->PunchHole(obj->fd, static_cast<uint64_t>(i) * obj->rec.chunk_size, obj->ChunkLength(i))
+          fs_->PunchHole(obj->fd, static_cast<uint64_t>(i) * obj->rec.chunk_size,
+                         obj->ChunkLength(i))
               .IgnoreError();  // the index no longer claims it; a hole only saves space
         }
       }
@@ -641,17 +649,23 @@ class ChunkStoreImpl final : public ChunkStore {
       absl::MutexLock l(&mu_);
       used_ -= len;
       if (absl::IsResourceExhausted(why)) {
+        disk_full_ = true;
         evict_kick_ = true;
         evict_cv_.Signal();
       }
       return why;
     };
     uint64_t sum = XXH3_64bits(bytes.data(), len);
-    IoOp op{IoOp::Kind::kWrite, fd, static_cast<uint64_t>(index) * obj->rec.chunk_size,
-            const_cast<char*>(bytes.data()), len, 0};
+    IoOp op{IoOp::Kind::kWrite,
+            fd,
+            static_cast<uint64_t>(index) * obj->rec.chunk_size,
+            const_cast<char*>(bytes.data()),
+            len,
+            0};
     absl::Status st = fs_->Submit(absl::MakeSpan(&op, 1));
     if (st.ok() && op.result != static_cast<ssize_t>(len)) {
-      st = op.result < 0 ? ErrnoStatus(op.result, absl::StrCat("write ", opts_.dir, "/objects/", obj->rec.file))
+      st = op.result < 0 ? ErrnoStatus(op.result, absl::StrCat("write ", opts_.dir, "/objects/",
+                                                               obj->rec.file))
                          : absl::DataLossError("short write");
     }
     if (!st.ok()) {
@@ -686,8 +700,15 @@ class ChunkStoreImpl final : public ChunkStore {
   }
 
   ObjectInfo InfoLocked(const Object& o) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    ObjectInfo info{o.key, o.rec.identity, o.rec.size, o.rec.chunk_size,
-                    static_cast<uint32_t>(o.chunks.size()), 0, o.bytes_present, o.rec.last_use_us, o.pins};
+    ObjectInfo info{o.key,
+                    o.rec.identity,
+                    o.rec.size,
+                    o.rec.chunk_size,
+                    static_cast<uint32_t>(o.chunks.size()),
+                    0,
+                    o.bytes_present,
+                    o.rec.last_use_us,
+                    o.pins};
     for (const Chunk& c : o.chunks) info.chunks_present += c.state == ChunkState::kPresent;
     return info;
   }
@@ -754,7 +775,8 @@ class ChunkStoreImpl final : public ChunkStore {
         } else {
           std::vector<std::pair<int64_t, uint32_t>> present;
           for (uint32_t i = 0; i < obj->chunks.size(); ++i) {
-            if (obj->chunks[i].state == ChunkState::kPresent) present.emplace_back(obj->chunks[i].last_use_us, i);
+            if (obj->chunks[i].state == ChunkState::kPresent)
+              present.emplace_back(obj->chunks[i].last_use_us, i);
           }
           std::sort(present.begin(), present.end());
           uint64_t got = 0;
@@ -828,6 +850,18 @@ class ChunkStoreImpl final : public ChunkStore {
         if (!stop_ && !evict_kick_) evict_cv_.WaitWithTimeout(&mu_, absl::Seconds(1));
         if (stop_) return;
         evict_kick_ = false;
+        if (disk_full_) {
+          // The file system filled before the budget did (it is shared, or
+          // smaller than configured): what fit is the real capacity.
+          disk_full_ = false;
+          uint64_t cap = std::max<uint64_t>(used_, opts_.chunk_size);
+          if (cap < capacity_) {
+            spdlog::warn(
+                "cache file system is full at {} bytes cached; lowering capacity from {} to {}",
+                used_, capacity_, cap);
+            capacity_ = cap;
+          }
+        }
         if (used_ > HighLocked()) {
           need = used_ - static_cast<uint64_t>(capacity_ * opts_.low_watermark);
         }
@@ -835,8 +869,8 @@ class ChunkStoreImpl final : public ChunkStore {
       if (need > 0) {
         EvictReport rep;
         EvictBytes(need, /*whole_objects=*/false, &rep);
-        spdlog::info("evicted {} objects and {} chunks ({} bytes); {} busy objects skipped",
-                     rep.objects, rep.chunks, rep.bytes, rep.skipped_busy);
+        spdlog::debug("evicted {} objects and {} chunks ({} bytes); {} busy objects skipped",
+                      rep.objects, rep.chunks, rep.bytes, rep.skipped_busy);
       }
       auto now = std::chrono::steady_clock::now();
       if (now - last_flush > kLastUseFlushInterval) {
@@ -888,8 +922,8 @@ class ChunkStoreImpl final : public ChunkStore {
     if (!stats.ok()) return stats.status();
     ctr_.corrupt_index_records += stats->corrupt_records;
     for (auto& [key, idxs] : bad_chunks) {
-      spdlog::error("cache: {} chunk records of {} do not match its data file {}; dropped", idxs.size(),
-                    key, loaded[key]->rec.file);
+      spdlog::error("cache: {} chunk records of {} do not match its data file {}; dropped",
+                    idxs.size(), key, loaded[key]->rec.file);
       ctr_.corrupt_index_records += idxs.size();
       index_->DeleteChunks(key, idxs).IgnoreError();
     }
@@ -934,6 +968,7 @@ class ChunkStoreImpl final : public ChunkStore {
   absl::Status health_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool evict_kick_ ABSL_GUARDED_BY(mu_) = false;
+  bool disk_full_ ABSL_GUARDED_BY(mu_) = false;
   Counters ctr_;
   std::thread evictor_;
 };

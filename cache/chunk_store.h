@@ -36,15 +36,15 @@ struct StoreOptions {
   bool degrade_on_error = false;
   // Run the background evictor. Tools that only inspect a store turn it off.
   bool background_eviction = true;
-  std::shared_ptr<StoreFs> fs;            // null: the real io_uring file system
-  std::function<int64_t()> clock_us;      // null: wall clock, microseconds
+  std::shared_ptr<StoreFs> fs;        // null: the real io_uring file system
+  std::function<int64_t()> clock_us;  // null: wall clock, microseconds
 };
 
 // What a caller says about an object when it first uses it.
 struct ObjectSpec {
-  std::string key;       // immutable name; no NUL, at most 4096 bytes
+  std::string key;  // immutable name; no NUL, at most 4096 bytes
   uint64_t size = 0;
-  std::string identity;  // origin and version, for operators and logs
+  std::string identity;     // origin and version, for operators and logs
   uint32_t chunk_size = 0;  // 0: the store's default
 };
 
@@ -119,7 +119,7 @@ struct EvictReport {
 struct VerifyReport {
   uint64_t objects = 0;
   uint64_t chunks_checked = 0;
-  uint64_t chunks_bad = 0;       // wrong checksum or unreadable: dropped
+  uint64_t chunks_bad = 0;            // wrong checksum or unreadable: dropped
   uint64_t objects_missing_file = 0;  // data file deleted behind the store
 };
 

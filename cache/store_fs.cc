@@ -165,7 +165,8 @@ class PosixStoreFs final : public StoreFs {
 
   absl::StatusOr<FsSpace> Space(const std::string& path) override {
     struct statvfs sv;
-    if (::statvfs(path.c_str(), &sv) != 0) return ErrnoStatus(errno, absl::StrCat("statvfs ", path));
+    if (::statvfs(path.c_str(), &sv) != 0)
+      return ErrnoStatus(errno, absl::StrCat("statvfs ", path));
     return FsSpace{static_cast<uint64_t>(sv.f_blocks) * sv.f_frsize,
                    static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize};
   }
@@ -236,7 +237,8 @@ class PosixStoreFs final : public StoreFs {
           if (op.kind == IoOp::Kind::kWrite) op.result = -EIO;
         } else {
           op.result += res;
-          if (static_cast<size_t>(op.result) < op.len) retry.push_back(io_uring_cqe_get_data64(cqe));
+          if (static_cast<size_t>(op.result) < op.len)
+            retry.push_back(io_uring_cqe_get_data64(cqe));
         }
       }
       io_uring_cq_advance(&ring, seen);

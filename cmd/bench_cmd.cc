@@ -6,8 +6,8 @@
 
 #include "absl/strings/str_format.h"
 #include "cache/chunk_store.h"
-#include "cmd/commands.h"
 #include "cache/logging.h"
+#include "cmd/commands.h"
 
 namespace strata::cmd {
 namespace {
@@ -78,11 +78,13 @@ void AddBenchCommands(CLI::App& app, Runner& run) {
         auto t0 = std::chrono::steady_clock::now();
         std::vector<char> buf(info.chunk_size);
         for (uint32_t i = 0; i < info.chunks; ++i) {
-          uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(info.chunk_size, *size - uint64_t{i} * info.chunk_size));
+          uint32_t len = static_cast<uint32_t>(
+              std::min<uint64_t>(info.chunk_size, *size - uint64_t{i} * info.chunk_size));
           FillPattern(i, absl::MakeSpan(buf.data(), len));
           auto r = store->WriteChunk(ro->key, i, absl::MakeConstSpan(buf.data(), len));
           if (!r.ok() || !r->cached) {
-            spdlog::error("populate failed at chunk {}: {}", i, r.ok() ? "not cached" : r.status().message());
+            spdlog::error("populate failed at chunk {}: {}", i,
+                          r.ok() ? "not cached" : r.status().message());
             return 1;
           }
         }
@@ -103,8 +105,8 @@ void AddBenchCommands(CLI::App& app, Runner& run) {
           total += r->bytes;
         }
         double s = Seconds(t0);
-        std::printf("pass=%d bytes=%llu seconds=%.3f mibps=%.1f\n", p, static_cast<unsigned long long>(total), s,
-                    total / 1048576.0 / s);
+        std::printf("pass=%d bytes=%llu seconds=%.3f mibps=%.1f\n", p,
+                    static_cast<unsigned long long>(total), s, total / 1048576.0 / s);
       }
       return 0;
     };
@@ -169,8 +171,8 @@ void AddBenchCommands(CLI::App& app, Runner& run) {
         spdlog::error("a lookup failed");
         return 1;
       }
-      std::printf("lookups=%llu seconds=%.2f per_second=%.0f\n", static_cast<unsigned long long>(total.load()),
-                  lo->seconds, total / lo->seconds);
+      std::printf("lookups=%llu seconds=%.2f per_second=%.0f\n",
+                  static_cast<unsigned long long>(total.load()), lo->seconds, total / lo->seconds);
       return 0;
     };
   });

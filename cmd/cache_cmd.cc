@@ -5,8 +5,8 @@
 
 #include "absl/strings/str_format.h"
 #include "cache/chunk_store.h"
-#include "cmd/commands.h"
 #include "cache/logging.h"
+#include "cmd/commands.h"
 
 namespace strata::cmd {
 namespace {
@@ -73,34 +73,39 @@ void AddCacheCommands(CLI::App& app, Runner& run) {
       }
       std::printf("%-12s %-12s %-8s %s\n", "SIZE", "CACHED", "CHUNKS", "KEY (IDENTITY)");
       for (const auto& o : (*store)->List()) {
-        std::printf("%-12s %-12s %u/%-6u %s (%s)\n", Human(o.size).c_str(), Human(o.bytes_present).c_str(),
-                    o.chunks_present, o.chunks, o.key.c_str(), o.identity.c_str());
+        std::printf("%-12s %-12s %u/%-6u %s (%s)\n", Human(o.size).c_str(),
+                    Human(o.bytes_present).c_str(), o.chunks_present, o.chunks, o.key.c_str(),
+                    o.identity.c_str());
       }
       return 0;
     };
   });
 
-  add("verify", "Read every cached chunk, check its checksum and drop bad ones")->callback([dir, &run] {
-    run = [dir] {
-      auto store = OpenForTool(*dir);
-      if (!store.ok()) {
-        spdlog::error("{}", store.status().message());
-        return 1;
-      }
-      cache::VerifyReport r = (*store)->Verify();
-      std::printf("checked %llu chunks in %llu objects: %llu bad (dropped), %llu data files missing\n",
-                  static_cast<unsigned long long>(r.chunks_checked),
-                  static_cast<unsigned long long>(r.objects), static_cast<unsigned long long>(r.chunks_bad),
-                  static_cast<unsigned long long>(r.objects_missing_file));
-      return r.chunks_bad == 0 ? 0 : 3;
-    };
-  });
+  add("verify", "Read every cached chunk, check its checksum and drop bad ones")
+      ->callback([dir, &run] {
+        run = [dir] {
+          auto store = OpenForTool(*dir);
+          if (!store.ok()) {
+            spdlog::error("{}", store.status().message());
+            return 1;
+          }
+          cache::VerifyReport r = (*store)->Verify();
+          std::printf(
+              "checked %llu chunks in %llu objects: %llu bad (dropped), %llu data files missing\n",
+              static_cast<unsigned long long>(r.chunks_checked),
+              static_cast<unsigned long long>(r.objects),
+              static_cast<unsigned long long>(r.chunks_bad),
+              static_cast<unsigned long long>(r.objects_missing_file));
+          return r.chunks_bad == 0 ? 0 : 3;
+        };
+      });
 
   auto target = std::make_shared<std::string>();
   auto key = std::make_shared<std::string>();
   auto all = std::make_shared<bool>(false);
   CLI::App* ev = add("evict", "Evict cached data: down to a size, one object, or everything");
-  auto* t = ev->add_option("--to", *target, "Evict least recently used data until at most this much is cached");
+  auto* t = ev->add_option("--to", *target,
+                           "Evict least recently used data until at most this much is cached");
   auto* k = ev->add_option("--key", *key, "Evict this object");
   auto* a = ev->add_flag("--all", *all, "Evict everything");
   t->excludes(k)->excludes(a);
@@ -134,7 +139,8 @@ void AddCacheCommands(CLI::App& app, Runner& run) {
         return 1;
       }
       cache::EvictReport r = (*store)->Evict(req);
-      std::printf("evicted %llu objects and %llu chunks (%s)\n", static_cast<unsigned long long>(r.objects),
+      std::printf("evicted %llu objects and %llu chunks (%s)\n",
+                  static_cast<unsigned long long>(r.objects),
                   static_cast<unsigned long long>(r.chunks), Human(r.bytes).c_str());
       return 0;
     };

@@ -2,8 +2,8 @@
 #include <cstdio>
 
 #include "CLI/CLI.hpp"
-#include "cmd/commands.h"
 #include "cache/logging.h"
+#include "cmd/commands.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 
 int main(int argc, char** argv) {

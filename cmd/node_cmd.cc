@@ -4,8 +4,8 @@
 #include <cstdio>
 
 #include "cache/chunk_store.h"
-#include "cmd/commands.h"
 #include "cache/logging.h"
+#include "cmd/commands.h"
 
 namespace strata::cmd {
 
@@ -17,7 +17,8 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
     std::string chunk_size = "4MiB";
   };
   auto o = std::make_shared<Opts>();
-  CLI::App* c = app.add_subcommand("node", "Run the node daemon (chunk cache) until SIGINT/SIGTERM");
+  CLI::App* c =
+      app.add_subcommand("node", "Run the node daemon (chunk cache) until SIGINT/SIGTERM");
   c->add_option("--state-dir", o->state_dir, "Where state that outlives the process lives")
       ->capture_default_str();
   c->add_option("--cache-dir", o->cache_dir, "Chunk cache directory (default: STATE_DIR/cache)");
@@ -50,10 +51,11 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
         return 1;
       }
       cache::StoreStats s = (*store)->Stats();
-      std::printf("strata node: state in %s, chunk cache in %s (%llu objects, %.1f of %.1f GiB used%s)\n",
-                  o->state_dir.c_str(), so.dir.c_str(), static_cast<unsigned long long>(s.objects),
-                  s.used_bytes / 1073741824.0, s.capacity_bytes / 1073741824.0,
-                  s.degraded ? ", NOT CACHING: " : "");
+      std::printf(
+          "strata node: state in %s, chunk cache in %s (%llu objects, %.1f of %.1f GiB used%s)\n",
+          o->state_dir.c_str(), so.dir.c_str(), static_cast<unsigned long long>(s.objects),
+          s.used_bytes / 1073741824.0, s.capacity_bytes / 1073741824.0,
+          s.degraded ? ", NOT CACHING: " : "");
       if (s.degraded) std::printf("  %s\n", s.health.c_str());
       std::printf("strata node: running; stop with Ctrl-C or SIGTERM\n");
       std::fflush(stdout);

@@ -3,15 +3,14 @@
 #include "cache/chunk_store.h"
 
 #include <fcntl.h>
+#include <rocksdb/db.h>
 #include <sys/mount.h>
 #include <unistd.h>
 
-#include <rocksdb/db.h>
-
 #include <atomic>
-#include <random>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <thread>
 
 #include "cache/chunk_index.h"
@@ -24,8 +23,8 @@ namespace strata::cache {
 namespace {
 
 using ::testing::ElementsAre;
-using ::testing::IsEmpty;
 using testing::FaultyFs;
+using ::testing::IsEmpty;
 using testing::Pattern;
 using testing::TempDir;
 
@@ -83,7 +82,8 @@ TEST_F(ChunkStoreTest, ReadsBackWhatWasWrittenAtOddOffsets) {
   const uint64_t size = 3 * kChunk + 1234;
   Put(*s, "obj", 4, size);
   std::string whole;
-  for (uint32_t i = 0; i < 4; ++i) whole += Pattern(1, i, std::min<uint64_t>(kChunk, size - i * kChunk));
+  for (uint32_t i = 0; i < 4; ++i)
+    whole += Pattern(1, i, std::min<uint64_t>(kChunk, size - i * kChunk));
   EXPECT_EQ(ReadAll(*s, "obj", 0, size), whole);
   EXPECT_EQ(ReadAll(*s, "obj", 7, 3), whole.substr(7, 3));
   EXPECT_EQ(ReadAll(*s, "obj", kChunk - 5, 10), whole.substr(kChunk - 5, 10));
@@ -91,7 +91,8 @@ TEST_F(ChunkStoreTest, ReadsBackWhatWasWrittenAtOddOffsets) {
   EXPECT_EQ(ReadAll(*s, "obj", size - 10, 100), whole.substr(size - 10));
   EXPECT_EQ(ReadAll(*s, "obj", size, 100), "");
   std::string buf(1, '\0');
-  EXPECT_EQ(s->Read("obj", size + 1, absl::MakeSpan(buf)).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(s->Read("obj", size + 1, absl::MakeSpan(buf)).status().code(),
+            absl::StatusCode::kOutOfRange);
   EXPECT_EQ(s->Read("nope", 0, absl::MakeSpan(buf)).status().code(), absl::StatusCode::kNotFound);
 }
 
@@ -111,8 +112,10 @@ TEST_F(ChunkStoreTest, ReadIsAllOrNothingAndNamesMissingChunks) {
 TEST_F(ChunkStoreTest, RejectsBadInputWithClearErrors) {
   auto s = OpenStore();
   EXPECT_EQ(s->Register({"", 10, "", 0}).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(s->Register({std::string("a\0b", 3), 10, "", 0}).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(s->Register({std::string(5000, 'k'), 10, "", 0}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s->Register({std::string("a\0b", 3), 10, "", 0}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s->Register({std::string(5000, 'k'), 10, "", 0}).code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(s->Register({"x", 10, "", 1000}).code(), absl::StatusCode::kInvalidArgument);
   ASSERT_TRUE(s->Register({"obj", 2 * kChunk, "", 0}).ok());
   auto r = s->WriteChunk("obj", 0, std::string(10, 'a'));
@@ -261,7 +264,8 @@ TEST_F(ChunkStoreTest, CorruptIndexRecordsAreDroppedAtOpen) {
     // A truncated object record, and a chunk record with a flipped bit.
     std::string v;
     ASSERT_TRUE(db->Get({}, ChunkIndex::ObjectKeyForTesting("bad-object"), &v).ok());
-    ASSERT_TRUE(db->Put({}, ChunkIndex::ObjectKeyForTesting("bad-object"), v.substr(0, v.size() / 2)).ok());
+    ASSERT_TRUE(
+        db->Put({}, ChunkIndex::ObjectKeyForTesting("bad-object"), v.substr(0, v.size() / 2)).ok());
     ASSERT_TRUE(db->Get({}, ChunkIndex::ChunkKeyForTesting("bad-chunk", 1), &v).ok());
     v[3] ^= 0x10;
     ASSERT_TRUE(db->Put({}, ChunkIndex::ChunkKeyForTesting("bad-chunk", 1), v).ok());
@@ -275,7 +279,8 @@ TEST_F(ChunkStoreTest, CorruptIndexRecordsAreDroppedAtOpen) {
   EXPECT_GE(s->Stats().corrupt_index_records, 4u);  // object + its 2 chunks + chunk + garbage
   // The bad object's file was orphaned and removed.
   int files = 0;
-  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(dir_.path() + "/objects")) ++files;
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(dir_.path() + "/objects"))
+    ++files;
   EXPECT_EQ(files, 2);
 }
 
@@ -367,7 +372,7 @@ TEST_F(ChunkStoreTest, PunchesColdChunksOfALargeObject) {
   EXPECT_EQ(info->chunks_present, 12u);
   std::string out(kChunk, '\0');
   EXPECT_THAT(s->Read("big", 0, absl::MakeSpan(out))->missing, ElementsAre(0));  // cold: punched
-  EXPECT_EQ(ReadAll(*s, "big", 15 * kChunk, kChunk), Pattern(1, 15, kChunk));   // hot: kept
+  EXPECT_EQ(ReadAll(*s, "big", 15 * kChunk, kChunk), Pattern(1, 15, kChunk));    // hot: kept
   struct stat st;
   ASSERT_EQ(::stat(ObjectFile(*s, "big").c_str(), &st), 0);
   EXPECT_LE(static_cast<uint64_t>(st.st_blocks) * 512, 13ull * kChunk);  // holes really punched
@@ -424,8 +429,8 @@ TEST_F(ChunkStoreTest, SingleFlightFetchesEachChunkOnce) {
   EXPECT_EQ(fetches.load(), 4);
   EXPECT_EQ(ok.load(), 16);
   EXPECT_GE(s->Stats().fill_waits, 1u);
-  EXPECT_EQ(ReadAll(*s, "obj", 0, 4 * kChunk),
-            Pattern(1, 0, kChunk) + Pattern(1, 1, kChunk) + Pattern(1, 2, kChunk) + Pattern(1, 3, kChunk));
+  EXPECT_EQ(ReadAll(*s, "obj", 0, 4 * kChunk), Pattern(1, 0, kChunk) + Pattern(1, 1, kChunk) +
+                                                   Pattern(1, 2, kChunk) + Pattern(1, 3, kChunk));
 }
 
 TEST_F(ChunkStoreTest, AFailedFetchIsSharedAndRetryable) {

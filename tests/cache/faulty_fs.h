@@ -13,8 +13,8 @@ class FaultyFs final : public StoreFs {
  public:
   explicit FaultyFs(std::unique_ptr<StoreFs> base) : base_(std::move(base)) {}
 
-  std::atomic<int> write_errno{0};   // every write fails with this errno
-  std::atomic<int> read_errno{0};    // every read fails with this errno
+  std::atomic<int> write_errno{0};  // every write fails with this errno
+  std::atomic<int> read_errno{0};   // every read fails with this errno
   std::atomic<bool> short_reads{false};
   std::atomic<bool> flip_read_bits{false};
   std::atomic<int> makedirs_errno{0};

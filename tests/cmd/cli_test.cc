@@ -1,0 +1,142 @@
+// Runs the real `strata` binary the way an operator does: help on every
+// subcommand, the cache tools on a populated store, and the node daemon's
+// start, report and clean stop.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/cache/test_util.h"
+#include "tests/util/subprocess.h"
+
+namespace strata {
+namespace {
+
+using cache::testing::TempDir;
+using ::testing::HasSubstr;
+
+using testing::Child;
+using testing::ReadUntil;
+using testing::Spawn;
+using testing::Wait;
+
+Child SpawnStrata(std::vector<std::string> args) {
+  args.insert(args.begin(), STRATA_PATH);
+  return Spawn(std::move(args));
+}
+
+// Exit code of a child that exited, -1 otherwise.
+int ExitCode(int status) { return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
+
+struct Result {
+  int code;
+  std::string out;
+};
+
+Result RunStrata(const std::vector<std::string>& args) {
+  Child c = SpawnStrata(args);
+  if (c.pid < 0) return {-1, "spawn failed"};
+  std::string out = ReadUntil(c.out, "", std::chrono::seconds(60));
+  return {ExitCode(Wait(c)), out};
+}
+
+TEST(CliTest, EverySubcommandHasHelp) {
+  for (auto args : std::vector<std::vector<std::string>>{{"--help"},
+                                                         {"node", "--help"},
+                                                         {"cache", "--help"},
+                                                         {"cache", "stats", "--help"},
+                                                         {"cache", "ls", "--help"},
+                                                         {"cache", "verify", "--help"},
+                                                         {"cache", "evict", "--help"},
+                                                         {"bench", "--help"},
+                                                         {"bench", "store-read", "--help"},
+                                                         {"bench", "index-lookups", "--help"}}) {
+    Result r = RunStrata(args);
+    EXPECT_EQ(r.code, 0) << args[0];
+    EXPECT_THAT(r.out, HasSubstr("Usage")) << args[0];
+  }
+  Result bad = RunStrata({"no-such-command"});
+  EXPECT_NE(bad.code, 0);
+}
+
+TEST(CliTest, CacheToolsInspectVerifyAndEvict) {
+  TempDir dir;
+  std::string cache = dir.path() + "/cache";
+  Result r = RunStrata({"bench", "store-read", "--cache-dir", cache, "--size", "9MiB", "--populate",
+                        "--key", "model/a"});
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("mibps="));
+
+  r = RunStrata({"cache", "stats", "--cache-dir", cache});
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("objects:              1"));
+  EXPECT_THAT(r.out, HasSubstr("chunks present:       3"));
+  r = RunStrata({"cache", "ls", "--cache-dir", cache});
+  EXPECT_THAT(r.out, HasSubstr("model/a"));
+  EXPECT_THAT(r.out, HasSubstr("3/3"));
+  r = RunStrata({"cache", "verify", "--cache-dir", cache});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("checked 3 chunks in 1 objects: 0 bad"));
+
+  // Damage a byte of the data file: verify reports and drops that chunk.
+  std::string file;
+  for (auto& e : std::filesystem::directory_iterator(cache + "/objects")) file = e.path();
+  int fd = ::open(file.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::pwrite(fd, "\xff\xfe", 2, (4 << 20) + 12345), 2);
+  ::close(fd);
+  r = RunStrata({"cache", "verify", "--cache-dir", cache});
+  EXPECT_EQ(r.code, 3) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("1 bad"));
+  r = RunStrata({"cache", "verify", "--cache-dir", cache});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("checked 2 chunks"));
+
+  r = RunStrata({"cache", "evict", "--cache-dir", cache});
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("say what to evict"));
+  r = RunStrata({"cache", "evict", "--cache-dir", cache, "--key", "nope"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.out, HasSubstr("no object nope"));
+  r = RunStrata({"cache", "evict", "--cache-dir", cache, "--all"});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("evicted 1 objects"));
+  r = RunStrata({"cache", "stats", "--cache-dir", cache});
+  EXPECT_THAT(r.out, HasSubstr("objects:              0"));
+}
+
+TEST(CliTest, NodeReportsItsStateAndStopsOnSigterm) {
+  TempDir dir;
+  Child node = SpawnStrata({"node", "--state-dir", dir.path(), "--cache-capacity", "1GiB"});
+  ASSERT_GT(node.pid, 0);
+  std::string out = ReadUntil(node.out, "running", std::chrono::seconds(30));
+  EXPECT_THAT(out, HasSubstr("state in " + dir.path()));
+  EXPECT_THAT(out, HasSubstr("chunk cache in " + dir.path() + "/cache"));
+  ASSERT_THAT(out, HasSubstr("running"));
+
+  // The tools refuse a store that a running node holds, and say why.
+  Result r = RunStrata({"cache", "stats", "--cache-dir", dir.path() + "/cache"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.out, HasSubstr("in use by another strata process"));
+
+  ASSERT_EQ(::kill(node.pid, SIGTERM), 0);
+  out += ReadUntil(node.out, "stopped", std::chrono::seconds(30));
+  EXPECT_THAT(out, HasSubstr("stopped"));
+  EXPECT_EQ(ExitCode(Wait(node)), 0);
+}
+
+TEST(CliTest, BadSizesAreRejected) {
+  TempDir dir;
+  Result r = RunStrata({"node", "--state-dir", dir.path(), "--cache-capacity", "lots"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.out, HasSubstr("not a size"));
+}
+
+}  // namespace
+}  // namespace strata

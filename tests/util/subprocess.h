@@ -1,0 +1,86 @@
+// Child processes for tests: spawn with stdout+stderr on a pipe, read with a
+// deadline, and wait with a bound (killing the child when it runs over).
+#pragma once
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+namespace strata::testing {
+
+struct Child {
+  pid_t pid = -1;
+  int out = -1;  // the child's stdout (and stderr when merged)
+};
+
+// Starts `argv[0]` with `argv`. stdout goes to the pipe in Child::out; stderr
+// too when `merge_stderr`, otherwise it stays the test's own.
+inline Child Spawn(std::vector<std::string> argv, bool merge_stderr = true) {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) return {};
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+  if (merge_stderr) posix_spawn_file_actions_adddup2(&fa, p[1], 2);
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  Child c;
+  int rc = posix_spawn(&c.pid, args[0], &fa, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(p[1]);
+  if (rc != 0) {
+    ::close(p[0]);
+    return {};
+  }
+  c.out = p[0];
+  return c;
+}
+
+// Reads the child's output until `want` appears, EOF, or `limit` passes.
+inline std::string ReadUntil(int fd, const std::string& want, std::chrono::milliseconds limit) {
+  std::string got;
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  char buf[4096];
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!want.empty() && got.find(want) != std::string::npos) break;
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    got.append(buf, n);
+  }
+  return got;
+}
+
+// Waits for the child up to `limit`, then kills it. Returns the raw wait
+// status (-1 if it had to be killed) and closes its pipe.
+inline int Wait(Child& c, std::chrono::milliseconds limit = std::chrono::seconds(60)) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  bool killed = false;
+  while (::waitpid(c.pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(c.pid, SIGKILL);
+      ::waitpid(c.pid, &status, 0);
+      killed = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (c.out >= 0) ::close(c.out);
+  c.out = -1;
+  return killed ? -1 : status;
+}
+
+}  // namespace strata::testing
