@@ -273,13 +273,12 @@ absl::Status ChunkIndex::DeleteChunks(const std::string& key,
   return WriteWithRecovery(db_.get(), &b, "delete chunks");
 }
 
-absl::Status ChunkIndex::DeleteObject(const std::string& key) {
+absl::Status ChunkIndex::DeleteObject(const std::string& key, uint32_t chunks) {
+  // Point deletes, not DeleteRange: range tombstones cost every later read
+  // of the range, and an object has at most a few ten thousand chunks.
   rocksdb::WriteBatch b;
   b.Delete(ObjectKey(key));
-  std::string prefix = ChunkPrefix(key);
-  std::string end = prefix;
-  end.back() = '\x01';  // every chunk key of `key` sorts before this
-  b.DeleteRange(prefix, end);
+  for (uint32_t i = 0; i < chunks; ++i) b.Delete(ChunkKey(key, i));
   return WriteWithRecovery(db_.get(), &b, "delete object");
 }
 

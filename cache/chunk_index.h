@@ -52,8 +52,8 @@ class ChunkIndex {
   absl::Status PutObject(const std::string& key, const ObjectRecord& rec);
   absl::Status PutChunk(const std::string& key, uint32_t index, const ChunkRecord& rec);
   absl::Status DeleteChunks(const std::string& key, const std::vector<uint32_t>& indexes);
-  // Deletes the object record and all of its chunk records in one batch.
-  absl::Status DeleteObject(const std::string& key);
+  // Deletes the object record and its chunk records [0, chunks) in one batch.
+  absl::Status DeleteObject(const std::string& key, uint32_t chunks);
   // Writes many objects' last-use times in one batch.
   absl::Status PutObjects(const std::vector<std::pair<std::string, ObjectRecord>>& recs);
 

@@ -724,9 +724,10 @@ class ChunkStoreImpl final : public ChunkStore {
 
   // Second half of a removal: index first, then the file, then the map.
   absl::Status FinishRemove(const ObjectPtr& obj) {
+    spdlog::debug("removing {} ({} bytes cached)", obj->key, obj->bytes_present);
     absl::Status st;
     if (health_ok_) {
-      st = index_->DeleteObject(obj->key);
+      st = index_->DeleteObject(obj->key, static_cast<uint32_t>(obj->chunks.size()));
       if (st.ok()) st = fs_->Unlink(objects_dir_ + "/" + obj->rec.file);
       if (!st.ok()) spdlog::error("removing {} from the cache: {}", obj->key, st.message());
     }
@@ -863,6 +864,7 @@ class ChunkStoreImpl final : public ChunkStore {
           }
         }
         if (used_ > HighLocked()) {
+          spdlog::debug("evicting: {} of {} bytes used", used_, capacity_);
           need = used_ - static_cast<uint64_t>(capacity_ * opts_.low_watermark);
         }
       }

@@ -53,6 +53,7 @@ TEST(CrashTest, SigkillAtRandomMomentsNeverServesWrongBytes) {
     bool pressure = round % 2 == 1;
     uint64_t capacity = pressure ? 48 * kChunk : 1ull << 30;
     std::filesystem::remove(journal);
+    std::fprintf(stderr, "round %d starts\n", round);
     strata::testing::Child writer = StartWriter(cache, journal, round, capacity);
     ASSERT_GT(writer.pid, 0) << "crash_writer did not start in round " << round;
     std::this_thread::sleep_for(std::chrono::milliseconds(5 + rng() % 150));
@@ -98,7 +99,13 @@ TEST(CrashTest, SigkillAtRandomMomentsNeverServesWrongBytes) {
       for (const auto& [key, idx] : complete) {
         std::string out(10, '\0');
         auto r = (*store)->Read(key, static_cast<uint64_t>(idx) * kChunk, absl::MakeSpan(out));
-        ASSERT_TRUE(r.ok()) << key << " " << r.status();
+        if (!r.ok()) {
+          std::ifstream jj(journal);
+          std::string line, all;
+          while (std::getline(jj, line))
+            if (line.rfind(key + " ", 0) == 0) all += line + ",";
+          FAIL() << key << " " << r.status() << " journal: " << all;
+        }
         EXPECT_TRUE(r->missing.empty())
             << key << " chunk " << idx << " was complete before the kill";
       }
@@ -109,8 +116,8 @@ TEST(CrashTest, SigkillAtRandomMomentsNeverServesWrongBytes) {
     ASSERT_TRUE(w.ok() && w->cached) << w.status();
     ASSERT_TRUE((*store)->Remove("after-crash").ok());
     verified_total += present;
-    std::printf("round %d: %llu chunks present and right\n", round,
-                static_cast<unsigned long long>(present));
+    std::fprintf(stderr, "round %d: %llu chunks present and right\n", round,
+                 static_cast<unsigned long long>(present));
   }
   EXPECT_GT(verified_total, 0u) << "the writer never got a chunk in before the kill";
 }

@@ -49,10 +49,11 @@ int main(int argc, char** argv) {
         int obj = t + 2 * (rng() % 3);
         std::string key = "obj" + std::to_string(obj);
         if (rng() % 200 == 0) {
-          if ((*store)->Remove(key).ok()) {
-            std::string line = key + " -1\n";
-            if (::write(journal, line.data(), line.size()) < 0) std::abort();
-          }
+          // Journaled before it happens: a kill between the two must not
+          // leave the parent expecting chunks that are gone.
+          std::string line = key + " -1\n";
+          if (::write(journal, line.data(), line.size()) < 0) std::abort();
+          (*store)->Remove(key).IgnoreError();
           continue;
         }
         if (!(*store)->Register({key, 40 * o.chunk_size - 1000, "crash", 0}).ok()) continue;
