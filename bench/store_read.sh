@@ -21,9 +21,9 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 $strata --log-level warn bench store-read --cache-dir "$work/cache" --size "$SIZE" --populate --passes 0
 file=$(ls "$work"/cache/objects/*)
 
-fio_mibps() {  # fio's read bandwidth in MiB/s (terse field 7 is KiB/s)
+fio_mibps() {  # fio's read bandwidth in MiB/s (terse field 7 is KiB/s); $1: invalidate the page cache?
   fio --name=seq --filename="$file" --readonly --rw=read --bs=1M --ioengine=psync \
-      --minimal | awk -F';' '{printf "%.1f\n", $7 / 1024}'
+      --invalidate="$1" --minimal | awk -F';' '{printf "%.1f\n", $7 / 1024}'
 }
 strata_mibps() {  # pass number $1 of a `strata bench store-read --passes $1`
   $strata --log-level warn bench store-read --cache-dir "$work/cache" --size "$SIZE" --passes "$1" \
@@ -32,9 +32,9 @@ strata_mibps() {  # pass number $1 of a `strata bench store-read --passes $1`
 
 : > "$work/fio_cold"; : > "$work/strata_cold"; : > "$work/fio_hot"; : > "$work/strata_hot"
 for r in $(seq "$REPS"); do
-  drop_caches; fio_mibps >> "$work/fio_cold"
+  drop_caches; fio_mibps 1 >> "$work/fio_cold"
   drop_caches; strata_mibps 1 >> "$work/strata_cold"
-  fio_mibps >> "$work/fio_hot"          # page cache now holds the whole object
+  fio_mibps 0 >> "$work/fio_hot"        # page cache now holds the whole object
   strata_mibps 2 >> "$work/strata_hot"  # pass 1 verifies from page cache, pass 2 is hot
 done
 fio_cold=$(median < "$work/fio_cold"); strata_cold=$(median < "$work/strata_cold")

@@ -76,6 +76,7 @@ std::string EncodeObject(const ObjectRecord& r) {
   PutFixed(v, r.size, 8);
   PutFixed(v, r.chunk_size, 4);
   PutFixed(v, static_cast<uint64_t>(r.last_use_us), 8);
+  PutFixed(v, r.flags, 4);
   PutString(v, r.file);
   PutString(v, r.identity);
   Seal(v);
@@ -87,13 +88,14 @@ std::optional<ObjectRecord> DecodeObject(std::string_view v) {
   if (!body) return std::nullopt;
   Reader rd(*body);
   ObjectRecord r;
-  uint64_t cs, lu;
-  if (!rd.Fixed(&r.size, 8) || !rd.Fixed(&cs, 4) || !rd.Fixed(&lu, 8) || !rd.String(&r.file) ||
-      !rd.String(&r.identity) || !rd.Done() || cs == 0 || r.file.empty()) {
+  uint64_t cs, lu, flags;
+  if (!rd.Fixed(&r.size, 8) || !rd.Fixed(&cs, 4) || !rd.Fixed(&lu, 8) || !rd.Fixed(&flags, 4) ||
+      !rd.String(&r.file) || !rd.String(&r.identity) || !rd.Done() || cs == 0 || r.file.empty()) {
     return std::nullopt;
   }
   r.chunk_size = static_cast<uint32_t>(cs);
   r.last_use_us = static_cast<int64_t>(lu);
+  r.flags = static_cast<uint32_t>(flags);
   return r;
 }
 

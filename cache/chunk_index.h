@@ -22,9 +22,14 @@ struct ObjectRecord {
   uint64_t size = 0;
   uint32_t chunk_size = 0;
   int64_t last_use_us = 0;
+  uint32_t flags = 0;    // kObjectDigestVerified
   std::string file;      // name of the object's data file under objects/
   std::string identity;  // where the bytes came from and which version
 };
+
+// The whole object was checked against its content digest after its chunks
+// were written; cleared whenever a chunk is dropped.
+inline constexpr uint32_t kObjectDigestVerified = 1;
 
 struct ChunkRecord {
   uint64_t checksum = 0;  // xxh3-64 of the chunk's bytes

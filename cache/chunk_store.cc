@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <random>
 #include <thread>
 
@@ -64,7 +65,8 @@ enum class ChunkState : uint8_t { kAbsent, kFilling, kPresent, kDropping };
 
 struct Chunk {
   ChunkState state = ChunkState::kAbsent;
-  bool verified = false;  // checksum checked (or written) by this process
+  bool verified = false;   // checksum checked (or written) by this process
+  bool verifying = false;  // a check is under way; readers wait for it
   uint64_t checksum = 0;
   int64_t last_use_us = 0;
 };
@@ -85,6 +87,7 @@ struct Object {
   int readers = 0;
   int pins = 0;
   uint64_t bytes_present = 0;
+  uint64_t next_offset = 0;  // where the last read ended: sequential reads verify ahead
   bool removing = false;
   bool last_use_dirty = false;
   StoreFs* fs = nullptr;
@@ -108,6 +111,18 @@ struct Counters {
   std::atomic<uint64_t> evicted_objects{0}, evicted_chunks{0}, evicted_bytes{0};
   std::atomic<uint64_t> corrupt_index_records{0};
 };
+
+// Per-thread scratch space for chunk verification: a fresh zero-filled
+// buffer per chunk costs more than the read it holds.
+char* Scratch(size_t len) {
+  static thread_local std::unique_ptr<char[]> buf;
+  static thread_local size_t cap = 0;
+  if (cap < len) {
+    buf.reset(new char[len]);
+    cap = len;
+  }
+  return buf.get();
+}
 
 std::string RandomSuffix() {
   static thread_local std::mt19937_64 rng(std::random_device{}() ^
@@ -148,7 +163,10 @@ class ChunkStoreImpl final : public ChunkStore {
       absl::MutexLock l(&mu_);
       health_ = st;
     }
-    if (opts_.background_eviction) evictor_ = std::thread([this] { EvictorLoop(); });
+    if (opts_.background_work) {
+      evictor_ = std::thread([this] { EvictorLoop(); });
+      verifier_ = std::thread([this] { VerifierLoop(); });
+    }
     return absl::OkStatus();
   }
 
@@ -335,6 +353,27 @@ class ChunkStoreImpl final : public ChunkStore {
     return FillResult{std::move(bytes), cached};
   }
 
+  absl::Status MarkDigestVerified(const std::string& key) override {
+    ObjectRecord rec;
+    {
+      absl::MutexLock l(&mu_);
+      auto it = objects_.find(key);
+      if (it == objects_.end() || it->second->removing) {
+        return absl::NotFoundError(absl::StrCat("object not in the cache: ", key));
+      }
+      Object& o = *it->second;
+      for (const Chunk& c : o.chunks) {
+        if (c.state != ChunkState::kPresent) {
+          return absl::FailedPreconditionError(absl::StrCat("object ", key, " is not complete"));
+        }
+      }
+      o.rec.flags |= kObjectDigestVerified;
+      rec = o.rec;
+      if (!health_.ok()) return absl::OkStatus();
+    }
+    return index_->PutObject(key, rec);
+  }
+
   absl::Status Pin(const std::string& key) override {
     absl::MutexLock l(&mu_);
     auto it = objects_.find(key);
@@ -402,7 +441,6 @@ class ChunkStoreImpl final : public ChunkStore {
       absl::MutexLock l(&mu_);
       for (auto& [k, o] : objects_) objs.push_back(o);
     }
-    std::string buf;
     for (const ObjectPtr& obj : objs) {
       ++rep.objects;
       std::vector<std::pair<uint32_t, uint64_t>> present;  // index, checksum
@@ -426,7 +464,7 @@ class ChunkStoreImpl final : public ChunkStore {
       std::vector<uint32_t> bad;
       for (auto [i, sum] : present) {
         ++rep.chunks_checked;
-        if (!CheckChunk(*obj, fd, i, sum, buf) || links == 0) bad.push_back(i);
+        if (!CheckChunk(*obj, fd, i, sum) || links == 0) bad.push_back(i);
       }
       rep.chunks_bad += bad.size();
       if (!bad.empty()) Drop(obj, bad, /*corrupt=*/true);
@@ -477,7 +515,9 @@ class ChunkStoreImpl final : public ChunkStore {
       stop_ = true;
       evict_cv_.SignalAll();
     }
+    stop_verify_ = true;  // queued checks are released unchecked
     if (evictor_.joinable()) evictor_.join();
+    if (verifier_.joinable()) verifier_.join();
     FlushLastUse();
   }
 
@@ -498,45 +538,65 @@ class ChunkStoreImpl final : public ChunkStore {
     int64_t now = opts_.clock_us();
     {
       absl::MutexLock l(&mu_);
-      auto it = objects_.find(key);
-      if (it == objects_.end())
-        return absl::NotFoundError(absl::StrCat("object not in the cache: ", key));
-      Object& o = *it->second;
-      if (offset > o.rec.size) {
-        return absl::OutOfRangeError(
-            absl::StrFormat("offset %u is past the end of %s (%u bytes)", offset, key, o.rec.size));
+      Object* op = nullptr;
+      for (;;) {
+        auto it = objects_.find(key);
+        if (it == objects_.end()) {
+          return absl::NotFoundError(absl::StrCat("object not in the cache: ", key));
+        }
+        Object& o = *it->second;
+        if (offset > o.rec.size) {
+          return absl::OutOfRangeError(absl::StrFormat("offset %u is past the end of %s (%u bytes)",
+                                                       offset, key, o.rec.size));
+        }
+        a.length = std::min<uint64_t>(length, o.rec.size - offset);
+        if (a.length == 0) return a;
+        a.first = offset / o.rec.chunk_size;
+        a.last = (offset + a.length - 1) / o.rec.chunk_size;
+        bool checking = false;
+        for (uint32_t i = a.first; i <= a.last; ++i) checking |= o.chunks[i].verifying;
+        if (!checking) {
+          op = &o;
+          a.obj = it->second;
+          break;
+        }
+        cv_.Wait(&mu_);  // another thread is checking one of these chunks
       }
-      a.length = std::min<uint64_t>(length, o.rec.size - offset);
-      if (a.length == 0) return a;
-      a.first = offset / o.rec.chunk_size;
-      a.last = (offset + a.length - 1) / o.rec.chunk_size;
+      Object& o = *op;
       for (uint32_t i = a.first; i <= a.last; ++i) {
         if (o.removing || o.chunks[i].state != ChunkState::kPresent) a.missing.push_back(i);
       }
-      if (!a.missing.empty()) return a;
+      if (!a.missing.empty()) {
+        a.obj = nullptr;
+        return a;
+      }
       auto fd = EnsureFdLocked(o);
       if (!fd.ok()) {
         for (uint32_t i = a.first; i <= a.last; ++i) a.missing.push_back(i);
+        a.obj = nullptr;
         return a;
       }
       a.fd = *fd;
       for (uint32_t i = a.first; i <= a.last; ++i) {
         Chunk& c = o.chunks[i];
         c.last_use_us = now;
-        if (!c.verified) unverified.emplace_back(i, c.checksum);
+        if (!c.verified) {
+          unverified.emplace_back(i, c.checksum);
+          c.verifying = true;
+        }
       }
       o.rec.last_use_us = now;
       o.last_use_dirty = true;
       ++o.readers;
-      a.obj = it->second;
+      if (offset == o.next_offset && opts_.background_work) VerifyAheadLocked(a.obj, a.last);
+      o.next_offset = offset + a.length;
     }
     if (!unverified.empty()) {
       std::vector<uint32_t> bad;
-      std::string buf;
       for (auto [i, sum] : unverified) {
-        if (CheckChunk(*a.obj, a.fd, i, sum, buf)) continue;
-        bad.push_back(i);
+        if (!CheckChunk(*a.obj, a.fd, i, sum)) bad.push_back(i);
       }
+      EndVerify(*a.obj, unverified);
       if (!bad.empty()) {
         Release(a.obj);
         a.missing = Drop(a.obj, bad, /*corrupt=*/true);
@@ -546,6 +606,55 @@ class ChunkStoreImpl final : public ChunkStore {
     return a;
   }
 
+  // A sequential reader will want the next chunks soon: check them on the
+  // verifier thread now, so the first read after a start overlaps the disk
+  // reads of verification with serving.
+  void VerifyAheadLocked(const ObjectPtr& obj, uint32_t last) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    constexpr uint32_t kAhead = 2;
+    for (uint32_t j = last + 1; j <= last + kAhead && j < obj->chunks.size(); ++j) {
+      Chunk& c = obj->chunks[j];
+      if (c.state != ChunkState::kPresent || c.verified || c.verifying) continue;
+      c.verifying = true;
+      ++obj->readers;
+      verify_queue_.push_back({obj, j, c.checksum});
+    }
+  }
+
+  void EndVerify(Object& obj, const std::vector<std::pair<uint32_t, uint64_t>>& chunks) {
+    absl::MutexLock l(&mu_);
+    for (auto [i, sum] : chunks) obj.chunks[i].verifying = false;
+    cv_.SignalAll();
+  }
+
+  void VerifierLoop() {
+    for (;;) {
+      VerifyItem item;
+      {
+        absl::MutexLock l(&mu_);
+        mu_.Await(absl::Condition(
+            +[](ChunkStoreImpl* s)
+                 ABSL_NO_THREAD_SAFETY_ANALYSIS { return s->stop_ || !s->verify_queue_.empty(); },
+            this));
+        if (verify_queue_.empty()) return;  // stopping, nothing left
+        item = std::move(verify_queue_.front());
+        verify_queue_.pop_front();
+      }
+      // Keep the disk busy with the chunk after this one while this one is
+      // read and hashed.
+      uint64_t cs = item.obj->rec.chunk_size;
+      uint64_t next = (uint64_t{item.index} + 1) * cs;
+      if (next < item.obj->rec.size) fs_->WillNeed(item.obj->fd, next, cs);
+      if (!stop_verify_ && !CheckChunk(*item.obj, item.obj->fd, item.index, item.checksum)) {
+        EndVerify(*item.obj, {{item.index, item.checksum}});
+        Release(item.obj);
+        Drop(item.obj, {item.index}, /*corrupt=*/true);
+        continue;
+      }
+      EndVerify(*item.obj, {{item.index, item.checksum}});
+      Release(item.obj);
+    }
+  }
+
   void Release(const ObjectPtr& obj) {
     if (obj == nullptr) return;  // an empty range holds nothing
     absl::MutexLock l(&mu_);
@@ -553,20 +662,27 @@ class ChunkStoreImpl final : public ChunkStore {
   }
 
   // Reads chunk `i` and compares its checksum; marks it verified on success.
-  bool CheckChunk(Object& obj, int fd, uint32_t i, uint64_t want, std::string& buf) {
+  // The read is split so that several parts are in flight at once.
+  bool CheckChunk(Object& obj, int fd, uint32_t i, uint64_t want) {
+    constexpr uint32_t kPart = 1u << 20;
     uint32_t len = obj.ChunkLength(i);
-    buf.resize(len);
-    IoOp op{IoOp::Kind::kRead, fd,  static_cast<uint64_t>(i) * obj.rec.chunk_size,
-            buf.data(),        len, 0};
-    absl::Status st = fs_->Submit(absl::MakeSpan(&op, 1));
-    if (!st.ok() || op.result != static_cast<ssize_t>(len)) {
+    char* buf = Scratch(len);
+    uint64_t base = static_cast<uint64_t>(i) * obj.rec.chunk_size;
+    std::vector<IoOp> ops;
+    for (uint32_t off = 0; off < len; off += kPart) {
+      ops.push_back({IoOp::Kind::kRead, fd, base + off, buf + off, std::min(kPart, len - off), 0});
+    }
+    absl::Status st = fs_->Submit(absl::MakeSpan(ops));
+    ssize_t got_bytes = 0;
+    for (const IoOp& op : ops) got_bytes += op.result == static_cast<ssize_t>(op.len) ? op.len : 0;
+    if (!st.ok() || got_bytes != static_cast<ssize_t>(len)) {
       spdlog::error("chunk {} of {} is unreadable in {} ({}); treating it as missing", i, obj.key,
                     obj.rec.file,
                     !st.ok() ? std::string(st.message())
-                             : absl::StrFormat("read %d of %u bytes", op.result, len));
+                             : absl::StrFormat("read %d of %u bytes", got_bytes, len));
       return false;
     }
-    uint64_t got = XXH3_64bits(buf.data(), len);
+    uint64_t got = XXH3_64bits(buf, len);
     if (got != want) {
       spdlog::error(
           "chunk {} of {} failed its checksum in {} (want {:016x}, got {:016x}); refetching", i,
@@ -585,6 +701,8 @@ class ChunkStoreImpl final : public ChunkStore {
   std::vector<uint32_t> Drop(const ObjectPtr& obj, const std::vector<uint32_t>& indexes,
                              bool corrupt) {
     std::vector<uint32_t> dropping;
+    bool was_verified = false;
+    ObjectRecord rec;
     {
       absl::MutexLock l(&mu_);
       for (uint32_t i : indexes) {
@@ -597,9 +715,17 @@ class ChunkStoreImpl final : public ChunkStore {
         used_ -= len;
         dropping.push_back(i);
       }
+      if (!dropping.empty()) {
+        was_verified = (obj->rec.flags & kObjectDigestVerified) != 0;
+        obj->rec.flags &= ~kObjectDigestVerified;
+        rec = obj->rec;
+      }
     }
     if (corrupt) ctr_.checksum_failures += dropping.size();
     if (!dropping.empty() && health_ok_) {
+      // The mark goes first: a crash between the two leaves the object
+      // unverified, never a refetched chunk trusted.
+      if (was_verified) index_->PutObject(obj->key, rec).IgnoreError();
       if (auto st = index_->DeleteChunks(obj->key, dropping); !st.ok()) {
         spdlog::error("cannot drop chunks of {} from the index: {}", obj->key, st.message());
       }
@@ -971,8 +1097,16 @@ class ChunkStoreImpl final : public ChunkStore {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool evict_kick_ ABSL_GUARDED_BY(mu_) = false;
   bool disk_full_ ABSL_GUARDED_BY(mu_) = false;
+  struct VerifyItem {
+    ObjectPtr obj;
+    uint32_t index = 0;
+    uint64_t checksum = 0;
+  };
+  std::deque<VerifyItem> verify_queue_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> stop_verify_{false};
   Counters ctr_;
   std::thread evictor_;
+  std::thread verifier_;
 };
 
 }  // namespace

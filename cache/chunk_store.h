@@ -34,8 +34,9 @@ struct StoreOptions {
   // When the directory or index cannot be used, open anyway and serve
   // without caching (health() says why) instead of failing.
   bool degrade_on_error = false;
-  // Run the background evictor. Tools that only inspect a store turn it off.
-  bool background_eviction = true;
+  // Run the background evictor and verify-ahead threads. Tools that only
+  // inspect a store turn them off.
+  bool background_work = true;
   std::shared_ptr<StoreFs> fs;        // null: the real io_uring file system
   std::function<int64_t()> clock_us;  // null: wall clock, microseconds
 };
@@ -58,6 +59,7 @@ struct ObjectInfo {
   uint64_t bytes_present = 0;
   int64_t last_use_us = 0;
   int pins = 0;
+  bool digest_verified = false;  // see MarkDigestVerified
 };
 
 // A read is all or nothing: either every byte of the range was copied, or
@@ -174,6 +176,12 @@ class ChunkStore {
   // A verified, present range held against eviction (for splicing).
   virtual absl::StatusOr<ReadLease> Lease(const std::string& key, uint64_t offset,
                                           size_t length) = 0;
+
+  // Records that the complete object was checked against its content
+  // digest. The mark is persisted and dropped as soon as any chunk is (a
+  // refetched chunk has not been checked). FailedPrecondition if a chunk is
+  // missing.
+  virtual absl::Status MarkDigestVerified(const std::string& key) = 0;
 
   // Pinned objects are never evicted. Pins live as long as the process.
   virtual absl::Status Pin(const std::string& key) = 0;

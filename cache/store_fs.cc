@@ -124,6 +124,10 @@ class PosixStoreFs final : public StoreFs {
     return absl::OkStatus();
   }
 
+  void WillNeed(int fd, uint64_t offset, uint64_t len) override {
+    ::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(len), POSIX_FADV_WILLNEED);
+  }
+
   absl::Status Unlink(const std::string& path) override {
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
       return ErrnoStatus(errno, absl::StrCat("unlink ", path));

@@ -62,7 +62,7 @@ void AddBenchCommands(CLI::App& app, Runner& run) {
       }
       cache::StoreOptions so;
       so.dir = ro->dir;
-      so.background_eviction = false;
+      so.background_work = true;  // as a node runs it: verify-ahead on
       auto store_or = cache::ChunkStore::Open(so);
       if (!store_or.ok()) {
         spdlog::error("{}", store_or.status().message());
@@ -131,7 +131,7 @@ void AddBenchCommands(CLI::App& app, Runner& run) {
       cache::StoreOptions so;
       so.dir = lo->dir;
       so.chunk_size = kChunk;
-      so.background_eviction = false;
+      so.background_work = false;
       auto store_or = cache::ChunkStore::Open(so);
       if (!store_or.ok()) {
         spdlog::error("{}", store_or.status().message());

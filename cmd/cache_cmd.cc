@@ -14,7 +14,7 @@ namespace {
 absl::StatusOr<std::unique_ptr<cache::ChunkStore>> OpenForTool(const std::string& dir) {
   cache::StoreOptions so;
   so.dir = dir;
-  so.background_eviction = false;
+  so.background_work = false;
   return cache::ChunkStore::Open(so);
 }
 

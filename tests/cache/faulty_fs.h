@@ -49,6 +49,9 @@ class FaultyFs final : public StoreFs {
   absl::Status PunchHole(int fd, uint64_t offset, uint64_t len) override {
     return base_->PunchHole(fd, offset, len);
   }
+  void WillNeed(int fd, uint64_t offset, uint64_t len) override {
+    base_->WillNeed(fd, offset, len);
+  }
   absl::Status Unlink(const std::string& path) override { return base_->Unlink(path); }
   absl::Status MakeDirs(const std::string& path) override {
     if (int e = makedirs_errno.load(); e != 0) return ErrnoStatus(e, "create directory " + path);
