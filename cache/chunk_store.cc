@@ -834,7 +834,8 @@ class ChunkStoreImpl final : public ChunkStore {
                     0,
                     o.bytes_present,
                     o.rec.last_use_us,
-                    o.pins};
+                    o.pins,
+                    (o.rec.flags & kObjectDigestVerified) != 0};
     for (const Chunk& c : o.chunks) info.chunks_present += c.state == ChunkState::kPresent;
     return info;
   }

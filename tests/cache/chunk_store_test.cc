@@ -496,5 +496,58 @@ TEST_F(ChunkStoreTest, ConcurrentReadersWritersAndEviction) {
   EXPECT_EQ(s->Stats().used_bytes, 0u);
 }
 
+TEST_F(ChunkStoreTest, DigestVerifiedMarkPersistsUntilAChunkIsDropped) {
+  {
+    auto s = OpenStore();
+    ASSERT_TRUE(s->Register({"blob", 3 * kChunk, "t", 0}).ok());
+    ASSERT_TRUE(s->WriteChunk("blob", 0, Pattern(1, 0, kChunk)).ok());
+    EXPECT_EQ(s->MarkDigestVerified("blob").code(), absl::StatusCode::kFailedPrecondition);
+    Put(*s, "blob", 3);
+    ASSERT_TRUE(s->MarkDigestVerified("blob").ok());
+    EXPECT_TRUE(s->Lookup("blob")->digest_verified);
+  }
+  {
+    auto s = OpenStore();
+    EXPECT_TRUE(s->Lookup("blob")->digest_verified);
+    // Punching one chunk out drops the mark, in memory and on disk.
+    s->Evict({EvictRequest::Mode::kToTarget, 2 * kChunk, ""});
+    EXPECT_EQ(s->Lookup("blob")->chunks_present, 2u);
+    EXPECT_FALSE(s->Lookup("blob")->digest_verified);
+  }
+  auto s = OpenStore();
+  EXPECT_FALSE(s->Lookup("blob")->digest_verified);
+}
+
+TEST_F(ChunkStoreTest, SequentialReadsVerifyAheadAndNeverServeCorruptChunks) {
+  {
+    auto s = OpenStore();
+    Put(*s, "obj", 8);
+  }
+  {
+    // Damage chunk 5 behind the store's back.
+    int fd = ::open(ObjectFile(*OpenStore(), "obj").c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pwrite(fd, "!", 1, 5 * kChunk + 3), 1);
+    ::close(fd);
+  }
+  auto s = OpenStore();
+  std::string out(kChunk / 4, '\0');
+  int missing = 0;
+  for (uint64_t off = 0; off < 8ull * kChunk; off += out.size()) {
+    auto r = s->Read("obj", off, absl::MakeSpan(out));
+    ASSERT_TRUE(r.ok());
+    if (!r->missing.empty()) {
+      EXPECT_THAT(r->missing, ElementsAre(5));
+      ++missing;
+      continue;
+    }
+    uint32_t idx = off / kChunk;
+    ASSERT_EQ(out, Pattern(1, idx, kChunk).substr(off % kChunk, out.size())) << off;
+  }
+  EXPECT_EQ(missing, 4);  // every read of chunk 5, none of the others
+  EXPECT_EQ(s->Stats().checksum_failures, 1u);
+  EXPECT_GE(s->Stats().chunks_verified, 7u);
+}
+
 }  // namespace
 }  // namespace strata::cache
