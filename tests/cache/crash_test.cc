@@ -66,7 +66,7 @@ TEST(CrashTest, SigkillAtRandomMomentsNeverServesWrongBytes) {
     o.dir = cache;
     o.chunk_size = kChunk;
     o.capacity_bytes = 1ull << 30;
-    o.background_eviction = false;
+    o.background_work = false;
     auto store = ChunkStore::Open(o);
     ASSERT_TRUE(store.ok()) << store.status();
     std::string buf;
