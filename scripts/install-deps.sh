@@ -10,14 +10,25 @@ PACKAGES=(
   liburing-dev librocksdb-dev libxxhash-dev libzstd-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev
-  fio procps util-linux
+  fio procps util-linux curl
+  # servers the integration tests and benchmarks run on 127.0.0.1
+  nginx-light docker-registry skopeo apache2-utils openssl python3 nodejs npm
 )
 
+here=$(cd "$(dirname "$0")" && pwd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# npm may already come with the machine's own Node.js (not from apt).
+if command -v npm >/dev/null 2>&1; then
+  missing=("${missing[@]/nodejs}")
+  missing=("${missing[@]/npm}")
+  read -r -a missing <<<"${missing[*]}"
+fi
+if [ ${#missing[@]} -eq 0 ]; then
+  exec "$here/../tests/util/s3_server.sh" install
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "strata: missing packages: ${missing[*]}; run this script as root (or with sudo)" >&2
@@ -25,5 +36,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "strata: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages such as nginx and docker-registry start a system service when
+# installed; the tests start their own on 127.0.0.1, so keep those off.
+made_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+  made_policy=1
+fi
+trap '[ "$made_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+"$here/../tests/util/s3_server.sh" install

@@ -1,0 +1,537 @@
+// Fetcher implementation. Readers fetch their first missing chunk on their
+// own thread and hand the rest to demand workers; readahead and prefetch run
+// on background workers. Every origin request passes a per-origin gate that
+// serves waiting readers before readahead and readahead before prefetch.
+#include "cache/fetcher.h"
+
+#include <openssl/evp.h>
+
+#include <atomic>
+#include <deque>
+#include <random>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/mutex.h"
+#include "cache/logging.h"
+
+namespace strata::cache {
+
+std::string StoreKey(const FetchTarget& t) {
+  if (!t.stat.digest.empty()) return t.stat.digest;
+  return absl::StrCat(t.origin->url(), t.path.empty() ? "" : "/", t.path, "@", t.stat.version);
+}
+
+namespace {
+
+enum class Priority { kDemand = 0, kReadahead = 1, kPrefetch = 2 };
+
+std::string Sha256Hex(absl::Span<const char> data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(md), n));
+}
+
+// Limits the requests in flight to one origin; a free slot goes to a waiting
+// reader first, then readahead, then prefetch.
+class OriginGate {
+ public:
+  explicit OriginGate(int limit) : limit_(limit) {}
+  void Acquire(Priority p) {
+    absl::MutexLock l(&mu_);
+    int pi = static_cast<int>(p);
+    ++waiting_[pi];
+    auto ready = [this, pi]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      if (inflight_ >= limit_) return false;
+      for (int q = 0; q < pi; ++q) {
+        if (waiting_[q] > 0) return false;
+      }
+      return true;
+    };
+    while (!ready()) cv_.Wait(&mu_);
+    --waiting_[pi];
+    ++inflight_;
+  }
+  void Release() {
+    absl::MutexLock l(&mu_);
+    --inflight_;
+    cv_.SignalAll();
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  const int limit_;
+  int inflight_ ABSL_GUARDED_BY(mu_) = 0;
+  int waiting_[3] ABSL_GUARDED_BY(mu_) = {0, 0, 0};
+};
+
+// Threads that run queued tasks; a task queue per priority.
+class WorkerPool {
+ public:
+  WorkerPool(int demand, int background) {
+    for (int i = 0; i < demand; ++i) threads_.emplace_back([this] { Loop(true); });
+    for (int i = 0; i < background; ++i) threads_.emplace_back([this] { Loop(false); });
+  }
+  ~WorkerPool() {
+    {
+      absl::MutexLock l(&mu_);
+      stop_ = true;
+    }
+    for (auto& t : threads_) t.join();
+  }
+  void Submit(Priority p, std::function<void()> fn) {
+    absl::MutexLock l(&mu_);
+    queues_[static_cast<int>(p)].push_back(std::move(fn));
+  }
+
+ private:
+  void Loop(bool demand_only) {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        absl::MutexLock l(&mu_);
+        auto has_work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          if (stop_ || !queues_[0].empty()) return true;
+          return !demand_only && (!queues_[1].empty() || !queues_[2].empty());
+        };
+        mu_.Await(absl::Condition(&has_work));
+        int q = 0;
+        while (q < 3 && (queues_[q].empty() || (demand_only && q > 0))) ++q;
+        if (q == 3) return;  // stopping with nothing this thread may run
+        fn = std::move(queues_[q].front());
+        queues_[q].pop_front();
+      }
+      fn();
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queues_[3] ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+struct SequentialState {
+  uint64_t next_offset = 0;
+  uint64_t window = 0;
+  uint64_t ahead_until = 0;  // readahead is queued up to here
+};
+
+}  // namespace
+
+class Fetcher::Impl {
+ public:
+  Impl(ChunkStore& store, FetcherOptions opts)
+      : store_(store), opts_(opts), pool_(opts.demand_workers, opts.background_workers) {}
+
+  ~Impl() {
+    stopping_ = true;  // queued background fetches end quickly
+  }
+
+  absl::StatusOr<size_t> Read(const FetchTarget& t, uint64_t offset, absl::Span<char> out) {
+    std::string key = StoreKey(t);
+    if (offset > t.stat.size) {
+      return absl::OutOfRangeError(absl::StrFormat("%s: offset %u is past the end (%u bytes)",
+                                                   Name(t), offset, t.stat.size));
+    }
+    size_t n = std::min<uint64_t>(out.size(), t.stat.size - offset);
+    if (n == 0) return 0;
+    out = out.subspan(0, n);
+    if (absl::Status st = Register(t, key); !st.ok()) {
+      if (!t.stat.digest.empty() || !t.chunk_sha256.empty()) return Fail(t, st);  // cannot check
+      spdlog::warn("{}: not cached ({}); reading the origin directly", Name(t), st.message());
+      absl::Status direct = ReadDirect(t, offset, out, Priority::kDemand);
+      if (!direct.ok()) return Fail(t, direct);
+      return n;
+    }
+    if (!t.stat.digest.empty() && t.chunk_sha256.empty()) {
+      if (absl::Status v = EnsureDigestVerified(t, key); !v.ok()) return Fail(t, v);
+    }
+    uint32_t cs = ChunkSize(key);
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      auto r = store_.Read(key, offset, out);
+      if (!r.ok()) {
+        if (absl::IsNotFound(r.status())) {  // evicted whole since Register
+          if (absl::Status s = Register(t, key); !s.ok()) return Fail(t, s);
+          continue;
+        }
+        return Fail(t, r.status());
+      }
+      if (r->missing.empty()) {
+        Sequential(t, key, cs, offset, n);
+        return n;
+      }
+      // Fetch what is missing: the first chunk here, the rest on workers.
+      std::vector<uint32_t> missing = std::move(r->missing);
+      std::vector<absl::StatusOr<FillResult>> results(missing.size(), absl::UnknownError(""));
+      absl::BlockingCounter done(static_cast<int>(missing.size()) - 1);
+      for (size_t i = 1; i < missing.size(); ++i) {
+        pool_.Submit(Priority::kDemand, [&, i] {
+          results[i] = FetchChunk(t, key, missing[i], Priority::kDemand);
+          done.DecrementCount();
+        });
+      }
+      results[0] = FetchChunk(t, key, missing[0], Priority::kDemand);
+      done.Wait();
+      for (auto& res : results) {
+        if (!res.ok()) return Fail(t, res.status());
+      }
+      // Serve fetched bytes from the fetch itself (they may not have fit in
+      // the store), the rest from the store.
+      absl::flat_hash_map<uint32_t, std::shared_ptr<const std::string>> fetched;
+      for (size_t i = 0; i < missing.size(); ++i) {
+        if (results[i]->bytes) fetched[missing[i]] = results[i]->bytes;
+      }
+      if (Assemble(key, cs, offset, out, fetched)) {
+        Sequential(t, key, cs, offset, n);
+        return n;
+      }
+    }
+    return Fail(t,
+                absl::UnavailableError("chunks kept disappearing from the cache while being read"));
+  }
+
+  absl::Status Prefetch(const FetchTarget& t, uint64_t offset, uint64_t length,
+                        const std::function<void(uint64_t, uint64_t)>& progress) {
+    std::string key = StoreKey(t);
+    if (absl::Status st = Register(t, key); !st.ok()) return Fail(t, st);
+    uint32_t cs = ChunkSize(key);
+    uint64_t end = std::min(t.stat.size, offset + length);
+    if (offset >= end) return absl::OkStatus();
+    uint32_t first = offset / cs, last = (end - 1) / cs;
+    uint64_t total = end - offset;
+    absl::Mutex mu;
+    absl::CondVar cv;
+    uint64_t done_bytes = 0;
+    int outstanding = 0;
+    absl::Status first_error;
+    // Keep a bounded number queued, so a huge prefetch does not flood the pool.
+    const int window = std::max(2, opts_.background_workers * 2);
+    uint32_t next = first;
+    absl::MutexLock l(&mu);
+    while (next <= last || outstanding > 0) {
+      while (next <= last && outstanding < window && first_error.ok()) {
+        uint32_t idx = next++;
+        ++outstanding;
+        ++prefetch_chunks_;
+        pool_.Submit(Priority::kPrefetch, [&, idx] {
+          auto r = FetchChunk(t, key, idx, Priority::kPrefetch);
+          uint64_t cstart = std::max<uint64_t>(uint64_t{idx} * cs, offset);
+          uint64_t cend = std::min<uint64_t>(uint64_t{idx + 1} * cs, end);
+          absl::MutexLock l2(&mu);
+          --outstanding;
+          if (!r.ok() && first_error.ok()) first_error = r.status();
+          if (r.ok()) done_bytes += cend - cstart;
+          cv.Signal();
+        });
+      }
+      if (!first_error.ok()) next = last + 1;  // stop queueing; wait for the rest
+      int before = outstanding;
+      while (outstanding == before && outstanding > 0) cv.Wait(&mu);
+      if (progress) {
+        uint64_t d = done_bytes;
+        mu.Unlock();
+        progress(d, total);
+        mu.Lock();
+      }
+    }
+    if (!first_error.ok()) return Fail(t, first_error);
+    if (!t.stat.digest.empty() && t.chunk_sha256.empty() && offset == 0 && end == t.stat.size) {
+      mu.Unlock();
+      absl::Status v = EnsureDigestVerified(t, key);
+      mu.Lock();
+      if (!v.ok()) return Fail(t, v);
+    }
+    return absl::OkStatus();
+  }
+
+  FetcherStats Stats() const {
+    FetcherStats s;
+    s.origin_requests = requests_;
+    s.origin_bytes = bytes_;
+    s.retries = retries_;
+    s.failures = failures_;
+    s.corrupt_chunks = corrupt_;
+    s.digest_failures = digest_failures_;
+    s.readahead_chunks = readahead_chunks_;
+    s.prefetch_chunks = prefetch_chunks_;
+    absl::MutexLock l(&lat_mu_);
+    std::copy(std::begin(lat_), std::end(lat_), std::begin(s.latency_buckets));
+    s.latency_sum_ms = lat_sum_ms_;
+    return s;
+  }
+
+ private:
+  static std::string Name(const FetchTarget& t) {
+    return t.path.empty() ? t.origin->url() : absl::StrCat(t.origin->url(), "/", t.path);
+  }
+
+  absl::Status Fail(const FetchTarget& t, const absl::Status& st) {
+    ++failures_;
+    std::string msg(st.message());
+    std::string name = Name(t);
+    if (msg.find(name) == std::string::npos) msg = absl::StrCat(name, ": ", msg);
+    return absl::Status(st.code(), msg);
+  }
+
+  absl::Status Register(const FetchTarget& t, const std::string& key) {
+    return store_.Register(
+        {key, t.stat.size, absl::StrCat(Name(t), " ", t.stat.version), t.chunk_size});
+  }
+
+  uint32_t ChunkSize(const std::string& key) {
+    auto info = store_.Lookup(key);
+    return info ? info->chunk_size : kDefaultChunkSize;
+  }
+
+  OriginGate& Gate(const Origin* o) {
+    absl::MutexLock l(&gates_mu_);
+    auto& g = gates_[o];
+    if (!g) g = std::make_unique<OriginGate>(opts_.max_inflight_per_origin);
+    return *g;
+  }
+
+  // One ranged read with retries, jittered exponential backoff and a deadline.
+  absl::Status ReadDirect(const FetchTarget& t, uint64_t offset, absl::Span<char> out, Priority p) {
+    absl::Time deadline = absl::Now() + opts_.read_deadline;
+    absl::Duration backoff = opts_.backoff_initial;
+    thread_local std::mt19937_64 rng(std::random_device{}());
+    OriginGate& gate = Gate(t.origin.get());
+    absl::Status st;
+    for (int attempt = 1;; ++attempt) {
+      gate.Acquire(p);
+      absl::Time start = absl::Now();
+      st = t.origin->ReadRange(t.path, t.stat, offset, out);
+      gate.Release();
+      Record(absl::Now() - start);
+      ++requests_;
+      if (st.ok()) {
+        bytes_ += out.size();
+        return st;
+      }
+      if (!IsTransient(st) || attempt >= opts_.max_attempts || stopping_) return st;
+      absl::Duration sleep =
+          backoff * (0.5 + std::uniform_real_distribution<double>(0, 1)(rng));  // full jitter
+      if (absl::Now() + sleep > deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("gave up after ", attempt, " attempts: ", st.message()));
+      }
+      ++retries_;
+      spdlog::debug("{} [{}, +{}): {}; retrying in {}", Name(t), offset, out.size(), st.message(),
+                    absl::FormatDuration(sleep));
+      absl::SleepFor(sleep);
+      backoff = std::min(backoff * 2, opts_.backoff_max);
+    }
+  }
+
+  absl::StatusOr<FillResult> FetchChunk(const FetchTarget& t, const std::string& key, uint32_t idx,
+                                        Priority p) {
+    uint32_t cs = ChunkSize(key);
+    return store_.Fill(key, idx, [&](absl::Span<char> out) -> absl::Status {
+      for (int attempt = 1;; ++attempt) {
+        absl::Status st = ReadDirect(t, uint64_t{idx} * cs, out, p);
+        if (!st.ok() || t.chunk_sha256.empty()) return st;
+        if (idx >= t.chunk_sha256.size()) {
+          return absl::InvalidArgumentError(absl::StrFormat("no digest for chunk %u", idx));
+        }
+        std::string got = Sha256Hex(out);
+        if (got == t.chunk_sha256[idx]) return absl::OkStatus();
+        ++corrupt_;
+        spdlog::error("{}: chunk {} has sha256 {}, want {}; discarded", Name(t), idx, got,
+                      t.chunk_sha256[idx]);
+        if (attempt >= 3) {
+          return absl::DataLossError(absl::StrFormat(
+              "chunk %u does not match its digest after %d fetches: the origin serves corrupt data",
+              idx, attempt));
+        }
+      }
+    });
+  }
+
+  // Copies [offset, offset + out.size()) chunk by chunk from fetched bytes
+  // or the store; false if a chunk went missing meanwhile.
+  bool Assemble(const std::string& key, uint32_t cs, uint64_t offset, absl::Span<char> out,
+                const absl::flat_hash_map<uint32_t, std::shared_ptr<const std::string>>& fetched) {
+    uint64_t pos = offset, end = offset + out.size();
+    while (pos < end) {
+      uint32_t idx = pos / cs;
+      uint64_t cend = std::min<uint64_t>(uint64_t{idx + 1} * cs, end);
+      absl::Span<char> dst = out.subspan(pos - offset, cend - pos);
+      auto it = fetched.find(idx);
+      if (it != fetched.end()) {
+        std::memcpy(dst.data(), it->second->data() + (pos - uint64_t{idx} * cs), dst.size());
+      } else {
+        auto r = store_.Read(key, pos, dst);
+        if (!r.ok() || !r->missing.empty()) return false;
+      }
+      pos = cend;
+    }
+    return true;
+  }
+
+  // Grows a readahead window for readers that continue where they stopped.
+  void Sequential(const FetchTarget& t, const std::string& key, uint32_t cs, uint64_t offset,
+                  size_t n) {
+    uint32_t from = 0, to = 0;
+    {
+      absl::MutexLock l(&seq_mu_);
+      if (seq_.size() > 4096) seq_.clear();  // bounded: forget old streams
+      SequentialState& s = seq_[key];
+      if (offset == s.next_offset && offset != 0) {
+        s.window = std::min<uint64_t>(std::max<uint64_t>(s.window * 2, 2ull * cs),
+                                      opts_.readahead_max_bytes);
+      } else if (offset != 0 || s.next_offset != 0) {
+        s.window = 0;
+        s.ahead_until = 0;
+      } else {
+        s.window = 0;  // a first read at 0: wait for the second to call it sequential
+      }
+      s.next_offset = offset + n;
+      if (s.window == 0) return;
+      uint64_t start = std::max(s.ahead_until, offset + n);
+      uint64_t stop = std::min(t.stat.size, offset + n + s.window);
+      if (start >= stop) return;
+      from = start / cs;
+      to = (stop - 1) / cs;
+      s.ahead_until = uint64_t{to + 1} * cs;
+    }
+    for (uint32_t idx = from; idx <= to; ++idx) {
+      ++readahead_chunks_;
+      pool_.Submit(Priority::kReadahead, [this, t, key, idx] {
+        if (stopping_) return;
+        auto r = FetchChunk(t, key, idx, Priority::kReadahead);
+        if (!r.ok())
+          spdlog::debug("readahead of chunk {} of {}: {}", idx, Name(t), r.status().message());
+      });
+    }
+  }
+
+  // A content-addressed object is served only after its complete bytes were
+  // hashed and matched its digest; once per object, recorded in the store.
+  absl::Status EnsureDigestVerified(const FetchTarget& t, const std::string& key) {
+    auto info = store_.Lookup(key);
+    if (info && info->digest_verified) return absl::OkStatus();
+    std::shared_ptr<absl::Mutex> m;
+    {
+      absl::MutexLock l(&verify_mu_);
+      auto& slot = verify_locks_[key];
+      if (!slot) slot = std::make_shared<absl::Mutex>();
+      m = slot;
+    }
+    absl::MutexLock one(m.get());
+    info = store_.Lookup(key);
+    if (info && info->digest_verified) return absl::OkStatus();
+    if (!t.stat.digest.starts_with("sha256:")) {
+      return absl::InvalidArgumentError(absl::StrCat("unsupported digest '", t.stat.digest, "'"));
+    }
+    uint32_t cs = ChunkSize(key);
+    uint32_t chunks = (t.stat.size + cs - 1) / cs;
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+    absl::Status st;
+    // Fetch in windows of parallel chunks and hash in order.
+    const uint32_t window = std::max(1, opts_.max_inflight_per_origin);
+    for (uint32_t base = 0; base < chunks && st.ok(); base += window) {
+      uint32_t stop = std::min(chunks, base + window);
+      std::vector<absl::StatusOr<FillResult>> res(stop - base, absl::UnknownError(""));
+      absl::BlockingCounter done(stop - base);
+      for (uint32_t i = base; i < stop; ++i) {
+        pool_.Submit(Priority::kDemand, [&, i] {
+          res[i - base] = FetchChunk(t, key, i, Priority::kDemand);
+          done.DecrementCount();
+        });
+      }
+      done.Wait();
+      std::string buf;
+      for (uint32_t i = base; i < stop && st.ok(); ++i) {
+        if (!res[i - base].ok()) {
+          st = res[i - base].status();
+          break;
+        }
+        uint32_t len = std::min<uint64_t>(cs, t.stat.size - uint64_t{i} * cs);
+        if (res[i - base]->bytes) {
+          EVP_DigestUpdate(ctx, res[i - base]->bytes->data(), len);
+          if (!res[i - base]->cached) {
+            st = absl::FailedPreconditionError(
+                "the cache has no room for it, and its digest can only be checked over the "
+                "complete object");
+          }
+          continue;
+        }
+        buf.resize(len);
+        auto r = store_.Read(key, uint64_t{i} * cs, absl::MakeSpan(buf));
+        if (!r.ok() || !r->missing.empty()) {
+          st = absl::UnavailableError("chunks were evicted while the digest was being checked");
+          break;
+        }
+        EVP_DigestUpdate(ctx, buf.data(), len);
+      }
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    EVP_DigestFinal_ex(ctx, md, &n);
+    EVP_MD_CTX_free(ctx);
+    if (!st.ok()) return st;
+    std::string got =
+        "sha256:" + absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(md), n));
+    if (got != t.stat.digest) {
+      ++digest_failures_;
+      spdlog::error("{}: content has digest {}, want {}; discarded", Name(t), got, t.stat.digest);
+      store_.Remove(key).IgnoreError();
+      return absl::DataLossError(absl::StrCat("content does not match its digest ", t.stat.digest,
+                                              " (got ", got, "); discarded, not served"));
+    }
+    return store_.MarkDigestVerified(key);
+  }
+
+  void Record(absl::Duration d) {
+    double ms = absl::ToDoubleMilliseconds(d);
+    size_t b = 0;
+    while (b < std::size(FetcherStats::kLatencyBoundsMs) && ms > FetcherStats::kLatencyBoundsMs[b])
+      ++b;
+    absl::MutexLock l(&lat_mu_);
+    ++lat_[b];
+    lat_sum_ms_ += ms;
+  }
+
+  ChunkStore& store_;
+  FetcherOptions opts_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> requests_{0}, bytes_{0}, retries_{0}, failures_{0}, corrupt_{0};
+  std::atomic<uint64_t> digest_failures_{0}, readahead_chunks_{0}, prefetch_chunks_{0};
+  mutable absl::Mutex lat_mu_;
+  uint64_t lat_[std::size(FetcherStats::kLatencyBoundsMs) + 1] ABSL_GUARDED_BY(lat_mu_) = {};
+  double lat_sum_ms_ ABSL_GUARDED_BY(lat_mu_) = 0;
+  absl::Mutex gates_mu_;
+  absl::flat_hash_map<const Origin*, std::unique_ptr<OriginGate>> gates_ ABSL_GUARDED_BY(gates_mu_);
+  absl::Mutex seq_mu_;
+  absl::flat_hash_map<std::string, SequentialState> seq_ ABSL_GUARDED_BY(seq_mu_);
+  absl::Mutex verify_mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<absl::Mutex>> verify_locks_
+      ABSL_GUARDED_BY(verify_mu_);
+  WorkerPool pool_;  // last: its threads stop before the state they use goes
+};
+
+Fetcher::Fetcher(ChunkStore& store, FetcherOptions options)
+    : impl_(std::make_unique<Impl>(store, options)) {}
+Fetcher::~Fetcher() = default;
+
+absl::StatusOr<size_t> Fetcher::Read(const FetchTarget& t, uint64_t offset, absl::Span<char> out) {
+  return impl_->Read(t, offset, out);
+}
+
+absl::Status Fetcher::Prefetch(const FetchTarget& t, uint64_t offset, uint64_t length,
+                               const std::function<void(uint64_t, uint64_t)>& progress) {
+  return impl_->Prefetch(t, offset, length, progress);
+}
+
+FetcherStats Fetcher::Stats() const { return impl_->Stats(); }
+
+}  // namespace strata::cache

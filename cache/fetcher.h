@@ -1,0 +1,87 @@
+// The fetcher turns a read of (object, offset, length) into chunk fetches
+// from the object's origin, through the chunk store: one fetch per chunk at a
+// time, bounded concurrency per origin, retries with backoff, readahead for
+// sequential readers and low-priority prefetch. It never returns bytes it
+// could not check when the object's digest (or its chunks' digests) is known.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "cache/chunk_store.h"
+#include "cache/origin.h"
+
+namespace strata::cache {
+
+// One object of one origin, as read. `stat` pins the version read.
+struct FetchTarget {
+  std::shared_ptr<Origin> origin;
+  std::string path;
+  ObjectStat stat;
+  uint32_t chunk_size = 0;  // 0: the store's default
+  // Lowercase hex sha256 of each chunk, when a table of contents gives them;
+  // otherwise a `stat.digest` is checked over the whole object before any of
+  // it is served.
+  std::vector<std::string> chunk_sha256;
+};
+
+// The store key of a target: its digest when content-addressed (so the same
+// blob is shared across origins), else origin URL, path and version.
+std::string StoreKey(const FetchTarget& target);
+
+struct FetcherOptions {
+  int demand_workers = 8;      // threads that fetch for readers
+  int background_workers = 8;  // threads for readahead and prefetch
+  int max_inflight_per_origin = 8;
+  uint64_t readahead_max_bytes = 64ull << 20;
+  absl::Duration read_deadline = absl::Minutes(2);  // per chunk, retries included
+  int max_attempts = 6;
+  absl::Duration backoff_initial = absl::Milliseconds(50);
+  absl::Duration backoff_max = absl::Seconds(5);
+};
+
+struct FetcherStats {
+  uint64_t origin_requests = 0;
+  uint64_t origin_bytes = 0;
+  uint64_t retries = 0;
+  uint64_t failures = 0;         // reads that ended in an error
+  uint64_t corrupt_chunks = 0;   // chunk digest mismatches
+  uint64_t digest_failures = 0;  // whole-object digest mismatches
+  uint64_t readahead_chunks = 0;
+  uint64_t prefetch_chunks = 0;
+  // Origin request latency: counts of requests at or under each bound.
+  static constexpr double kLatencyBoundsMs[] = {1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000};
+  uint64_t latency_buckets[std::size(kLatencyBoundsMs) + 1] = {};
+  double latency_sum_ms = 0;
+};
+
+class Fetcher {
+ public:
+  explicit Fetcher(ChunkStore& store, FetcherOptions options = {});
+  ~Fetcher();
+  Fetcher(const Fetcher&) = delete;
+  Fetcher& operator=(const Fetcher&) = delete;
+
+  // Reads [offset, offset + out.size()) clipped at the object's end; returns
+  // the bytes read. Errors name the origin, the object and the cause.
+  absl::StatusOr<size_t> Read(const FetchTarget& target, uint64_t offset, absl::Span<char> out);
+
+  // Warms [offset, offset + length) at low priority; `progress(done, total)`
+  // is called from this thread as chunks land. Returns the first error.
+  absl::Status Prefetch(const FetchTarget& target, uint64_t offset, uint64_t length,
+                        const std::function<void(uint64_t done, uint64_t total)>& progress = {});
+
+  FetcherStats Stats() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace strata::cache

@@ -1,0 +1,71 @@
+// A small HTTP/1.1 client on libcurl for the origins: connection reuse
+// (keep-alive) across requests and threads, TLS verification on by default,
+// bodies streamed straight into the caller's buffer for ranged reads.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+
+namespace strata::cache {
+
+using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
+
+struct HttpRequest {
+  std::string method = "GET";
+  std::string url;
+  HttpHeaders headers;
+  absl::string_view body;  // sent for PUT/POST
+  // When set, the response body is written here (it must fit; a longer body
+  // is an error) instead of into HttpResponse::body.
+  absl::Span<char> into;
+  bool follow_redirects = true;
+  absl::Duration timeout = absl::Seconds(60);
+};
+
+struct HttpResponse {
+  long status = 0;
+  HttpHeaders headers;  // names lowercased, in arrival order (last response only)
+  std::string body;     // unless the request had `into`
+  size_t body_bytes = 0;
+  std::string effective_url;  // after redirects
+
+  // The last value of a header, or "" when absent. `name` is lowercase.
+  std::string Header(absl::string_view name) const;
+};
+
+struct HttpClientOptions {
+  std::string ca_file;  // extra CA bundle; empty: the system's
+  bool verify_tls = true;
+  absl::Duration connect_timeout = absl::Seconds(10);
+};
+
+class HttpClient {
+ public:
+  explicit HttpClient(HttpClientOptions options = {});
+  ~HttpClient();
+  HttpClient(const HttpClient&) = delete;
+  HttpClient& operator=(const HttpClient&) = delete;
+
+  // A transport failure (refused, reset, timeout, TLS) is Unavailable or
+  // DeadlineExceeded; any HTTP status is a response for the caller to judge.
+  absl::StatusOr<HttpResponse> Do(const HttpRequest& request);
+
+ private:
+  struct Pool;
+  HttpClientOptions options_;
+  std::unique_ptr<Pool> pool_;
+};
+
+// Maps an unexpected HTTP status to a status code and a message naming `what`:
+// 404 NotFound, 401/403 PermissionDenied, 412 FailedPrecondition,
+// 416 OutOfRange, 429 ResourceExhausted, 5xx Unavailable.
+absl::Status HttpError(const HttpResponse& response, absl::string_view what);
+
+}  // namespace strata::cache

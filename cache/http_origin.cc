@@ -1,0 +1,165 @@
+// http(s):// origin: ranged GETs on a URL (a static server, presigned object
+// URLs, model hubs). The version is the strong ETag when the server gives
+// one (sent back as If-Match, so a changed object fails instead of mixing),
+// else Last-Modified and size.
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "cache/origin_impl.h"
+
+namespace strata::cache {
+namespace {
+
+bool IsStrongEtag(absl::string_view v) { return v.size() >= 2 && v.front() == '"'; }
+
+// Percent-encodes a relative path, keeping '/' between components.
+std::string EncodePath(absl::string_view path) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : path) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
+}
+
+// Parses "bytes FIRST-LAST/TOTAL".
+bool ParseContentRange(absl::string_view v, uint64_t* first, uint64_t* last, uint64_t* total) {
+  if (!absl::ConsumePrefix(&v, "bytes ")) return false;
+  std::vector<absl::string_view> a = absl::StrSplit(v, absl::MaxSplits('/', 1));
+  if (a.size() != 2) return false;
+  std::vector<absl::string_view> b = absl::StrSplit(a[0], absl::MaxSplits('-', 1));
+  return b.size() == 2 && absl::SimpleAtoi(b[0], first) && absl::SimpleAtoi(b[1], last) &&
+         (a[1] == "*" ? (*total = 0, true) : absl::SimpleAtoi(a[1], total));
+}
+
+class HttpOrigin final : public Origin {
+ public:
+  HttpOrigin(std::string url, std::shared_ptr<HttpClient> http)
+      : url_(std::move(url)), http_(std::move(http)) {}
+
+  const std::string& url() const override { return url_; }
+
+  absl::StatusOr<ObjectStat> Stat(const std::string& path) override {
+    auto target = Target(path);
+    if (!target.ok()) return target.status();
+    HttpRequest req;
+    req.method = "HEAD";
+    req.url = *target;
+    auto resp = http_->Do(req);
+    if (!resp.ok()) return resp.status();
+    if (resp->status == 405 || resp->status == 501) {
+      // No HEAD: ask for one byte and read the total from Content-Range.
+      char one;
+      req.method = "GET";
+      req.headers = {{"Range", "bytes=0-0"}};
+      req.into = absl::MakeSpan(&one, 1);
+      resp = http_->Do(req);
+      if (!resp.ok()) return resp.status();
+    }
+    if (resp->status != 200 && resp->status != 206)
+      return HttpError(*resp, absl::StrCat("stat ", *target));
+    ObjectStat st;
+    uint64_t first, last, total;
+    if (resp->status == 206 &&
+        ParseContentRange(resp->Header("content-range"), &first, &last, &total)) {
+      st.size = total;
+    } else if (!absl::SimpleAtoi(resp->Header("content-length"), &st.size)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(*target, " has no Content-Length; it cannot be read in ranges"));
+    }
+    std::string etag = resp->Header("etag");
+    std::string lm = resp->Header("last-modified");
+    if (IsStrongEtag(etag)) {
+      st.version = etag;
+    } else {
+      st.version = absl::StrCat("lm:", lm, ":", st.size, etag.empty() ? "" : ":", etag);
+    }
+    absl::Time t;
+    std::string err;
+    if (!lm.empty() && absl::ParseTime("%a, %d %b %Y %H:%M:%S GMT", lm, &t, &err)) {
+      st.mtime_ns = absl::ToUnixNanos(t);
+    }
+    st.mode = 0444;
+    return st;
+  }
+
+  absl::StatusOr<std::vector<DirEntry>> List(const std::string& dir) override {
+    return absl::UnimplementedError(
+        absl::StrCat("cannot list ", url_, "/", dir, ": plain HTTP has no directory listing"));
+  }
+
+  absl::Status ReadRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
+                         absl::Span<char> out) override {
+    if (out.empty()) return absl::OkStatus();
+    auto target = Target(path);
+    if (!target.ok()) return target.status();
+    if (offset + out.size() > stat.size) {
+      return absl::OutOfRangeError(absl::StrFormat("%s: [%u, +%u) is past its end (%u bytes)",
+                                                   *target, offset, out.size(), stat.size));
+    }
+    HttpRequest req;
+    req.url = *target;
+    uint64_t last = offset + out.size() - 1;
+    req.headers = {{"Range", absl::StrFormat("bytes=%u-%u", offset, last)}};
+    if (IsStrongEtag(stat.version)) req.headers.emplace_back("If-Match", stat.version);
+    req.into = out;
+    auto resp = http_->Do(req);
+    if (!resp.ok()) return resp.status();
+    std::string what = absl::StrFormat("GET %s [%u, +%u)", *target, offset, out.size());
+    if (resp->status == 200) {
+      // The server ignored Range: acceptable only when the whole object was asked.
+      if (offset != 0 || out.size() != stat.size) {
+        return absl::UnimplementedError(absl::StrCat(what, ": the server ignores Range requests"));
+      }
+    } else if (resp->status == 206) {
+      uint64_t f, l, total;
+      if (!ParseContentRange(resp->Header("content-range"), &f, &l, &total) || f != offset ||
+          l != last) {
+        return absl::DataLossError(
+            absl::StrCat(what, ": unexpected Content-Range '", resp->Header("content-range"), "'"));
+      }
+      if (total != 0 && total != stat.size) {
+        return absl::FailedPreconditionError(
+            absl::StrFormat("%s: the object is now %u bytes, was %u", what, total, stat.size));
+      }
+    } else {
+      return HttpError(*resp, what);
+    }
+    std::string etag = resp->Header("etag");
+    if (IsStrongEtag(stat.version) && IsStrongEtag(etag) && etag != stat.version) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": the object changed (ETag ", stat.version, " is now ", etag, ")"));
+    }
+    if (resp->body_bytes != out.size()) {
+      return absl::DataLossError(absl::StrFormat("%s: truncated body (%u of %u bytes)", what,
+                                                 resp->body_bytes, out.size()));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::StatusOr<std::string> Target(const std::string& path) const {
+    if (auto st = CheckRelativePath(path); !st.ok()) return st;
+    if (path.empty()) return url_;
+    return absl::StrCat(url_, url_.back() == '/' ? "" : "/", EncodePath(path));
+  }
+
+  std::string url_;
+  std::shared_ptr<HttpClient> http_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Origin>> NewHttpOrigin(const std::string& url,
+                                                      std::shared_ptr<HttpClient> http) {
+  return std::make_unique<HttpOrigin>(url, std::move(http));
+}
+
+}  // namespace strata::cache

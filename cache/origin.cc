@@ -1,0 +1,49 @@
+// OpenOrigin: picks the origin for a URL's scheme. Shared path rules.
+#include "cache/origin.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "cache/origin_impl.h"
+
+namespace strata::cache {
+
+bool IsTransient(const absl::Status& s) {
+  return absl::IsUnavailable(s) || absl::IsResourceExhausted(s) || absl::IsDeadlineExceeded(s) ||
+         absl::IsDataLoss(s) || absl::IsAborted(s);
+}
+
+absl::Status CheckRelativePath(const std::string& path) {
+  if (path.empty()) return absl::OkStatus();
+  if (path.find('\0') != std::string::npos) return absl::InvalidArgumentError("path contains NUL");
+  if (path.front() == '/')
+    return absl::InvalidArgumentError(absl::StrCat("path '", path, "' must be relative"));
+  for (absl::string_view part : absl::StrSplit(path, '/')) {
+    if (part.empty() || part == "." || part == "..") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("path '", path, "' has an empty, '.' or '..' component"));
+    }
+    if (part.size() > 255) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a component of '", path, "' is longer than 255 bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Origin>> OpenOrigin(const std::string& url,
+                                                   const OriginOptions& options) {
+  if (absl::StartsWith(url, "file://")) return NewFileOrigin(url, url.substr(7));
+  if (absl::StartsWith(url, "http://") || absl::StartsWith(url, "https://")) {
+    HttpClientOptions ho;
+    ho.ca_file = options.ca_file;
+    ho.verify_tls = options.verify_tls;
+    return NewHttpOrigin(url, std::make_shared<HttpClient>(ho));
+  }
+  size_t colon = url.find("://");
+  return absl::InvalidArgumentError(absl::StrCat("unsupported origin '", url, "'",
+                                                 colon == std::string::npos ? " (no scheme)" : "",
+                                                 ": use file:///dir or http(s)://host/path"));
+}
+
+}  // namespace strata::cache

@@ -1,0 +1,197 @@
+// `strata cat` and `strata prefetch`: read an origin object through the
+// fetcher and the node's chunk store — the operator's way to check an origin
+// and warm a node, and the benchmarks' handle on the fetch path.
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+
+#include "absl/strings/str_format.h"
+#include "cache/chunk_store.h"
+#include "cache/fetcher.h"
+#include "cache/logging.h"
+#include "cmd/commands.h"
+
+namespace strata::cmd {
+namespace {
+
+struct FetchOpts {
+  std::string url;
+  std::string cache_dir = DefaultStateDir() + "/cache";
+  std::string offset = "0";
+  std::string length;
+  std::string block = "8MiB";
+  std::string digest;
+  std::string ca_file;
+  bool insecure = false;
+  bool stats = false;
+};
+
+void AddCommon(CLI::App* c, FetchOpts& o) {
+  c->add_option("url", o.url, "Object URL: file:///path, http(s)://host/path")->required();
+  c->add_option("--cache-dir", o.cache_dir, "Chunk cache directory")->capture_default_str();
+  c->add_option("--digest", o.digest,
+                "Expected sha256:<hex> of the whole object; nothing unverified is served");
+  c->add_option("--ca-file", o.ca_file, "Extra CA bundle for https");
+  c->add_flag("--insecure", o.insecure, "Do not verify TLS certificates");
+  c->add_flag("--stats", o.stats, "Print fetch statistics to stderr at the end");
+}
+
+struct Session {
+  std::unique_ptr<cache::ChunkStore> store;
+  std::unique_ptr<cache::Fetcher> fetcher;
+  cache::FetchTarget target;
+};
+
+absl::StatusOr<Session> Open(const FetchOpts& o) {
+  cache::OriginOptions oo;
+  oo.ca_file = o.ca_file;
+  oo.verify_tls = !o.insecure;
+  auto origin = cache::OpenOrigin(o.url, oo);
+  if (!origin.ok()) return origin.status();
+  Session s;
+  s.target.origin = std::move(*origin);
+  auto st = s.target.origin->Stat("");
+  if (!st.ok()) return st.status();
+  if (st->is_dir) return absl::InvalidArgumentError(absl::StrCat(o.url, " is a directory"));
+  s.target.stat = *st;
+  if (!o.digest.empty()) {
+    if (!o.digest.starts_with("sha256:") || o.digest.size() != 71) {
+      return absl::InvalidArgumentError("--digest must be sha256:<64 hex digits>");
+    }
+    s.target.stat.digest = o.digest;
+  }
+  cache::StoreOptions so;
+  so.dir = o.cache_dir;
+  so.degrade_on_error = true;
+  auto store = cache::ChunkStore::Open(so);
+  if (!store.ok()) return store.status();
+  s.store = std::move(*store);
+  s.fetcher = std::make_unique<cache::Fetcher>(*s.store);
+  return s;
+}
+
+void PrintStats(const Session& s, double seconds, uint64_t bytes) {
+  cache::FetcherStats f = s.fetcher->Stats();
+  cache::StoreStats c = s.store->Stats();
+  std::fprintf(
+      stderr,
+      "%llu bytes in %.3fs (%.1f MiB/s); origin: %llu requests, %llu bytes, %llu retries; "
+      "cache: %llu hits, %llu misses, %llu chunks written\n",
+      static_cast<unsigned long long>(bytes), seconds, bytes / 1048576.0 / seconds,
+      static_cast<unsigned long long>(f.origin_requests),
+      static_cast<unsigned long long>(f.origin_bytes), static_cast<unsigned long long>(f.retries),
+      static_cast<unsigned long long>(c.read_hits), static_cast<unsigned long long>(c.read_misses),
+      static_cast<unsigned long long>(c.chunks_written));
+}
+
+double Since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+void AddFetchCommands(CLI::App& app, Runner& run) {
+  auto co = std::make_shared<FetchOpts>();
+  CLI::App* cat = app.add_subcommand("cat", "Write an origin object to stdout through the cache");
+  AddCommon(cat, *co);
+  cat->add_option("--offset", co->offset, "First byte")->capture_default_str();
+  cat->add_option("--length", co->length, "Bytes to write (default: to the end)");
+  cat->add_option("--block", co->block, "Read size")->capture_default_str();
+  cat->callback([co, &run] {
+    run = [co]() -> int {
+      auto offset = ParseSize(co->offset);
+      auto block = ParseSize(co->block);
+      if (!offset.ok() || !block.ok() || *block == 0) {
+        spdlog::error("bad --offset or --block");
+        return 2;
+      }
+      auto s = Open(*co);
+      if (!s.ok()) {
+        spdlog::error("{}", s.status().message());
+        return 1;
+      }
+      uint64_t size = s->target.stat.size;
+      uint64_t end = size;
+      if (!co->length.empty()) {
+        auto len = ParseSize(co->length);
+        if (!len.ok()) {
+          spdlog::error("{}", len.status().message());
+          return 2;
+        }
+        end = std::min(size, *offset + *len);
+      }
+      if (*offset > size) {
+        spdlog::error("--offset {} is past the end of {} ({} bytes)", *offset, co->url, size);
+        return 2;
+      }
+      std::signal(SIGPIPE, SIG_IGN);
+      std::vector<char> buf(*block);
+      auto t0 = std::chrono::steady_clock::now();
+      uint64_t written = 0;
+      for (uint64_t pos = *offset; pos < end;) {
+        size_t want = std::min<uint64_t>(buf.size(), end - pos);
+        auto n = s->fetcher->Read(s->target, pos, absl::MakeSpan(buf.data(), want));
+        if (!n.ok()) {
+          spdlog::error("{}", n.status().message());
+          return 1;
+        }
+        for (size_t off = 0; off < *n;) {
+          ssize_t w = ::write(1, buf.data() + off, *n - off);
+          if (w < 0 && errno == EINTR) continue;
+          if (w < 0) {
+            if (errno == EPIPE) return 0;  // the reader went away: not an error of ours
+            spdlog::error("write to stdout: {}", std::strerror(errno));
+            return 1;
+          }
+          off += w;
+        }
+        pos += *n;
+        written += *n;
+      }
+      if (co->stats) PrintStats(*s, Since(t0), written);
+      return 0;
+    };
+  });
+
+  auto po = std::make_shared<FetchOpts>();
+  CLI::App* pre =
+      app.add_subcommand("prefetch", "Warm the node's cache with a whole origin object");
+  AddCommon(pre, *po);
+  pre->callback([po, &run] {
+    run = [po]() -> int {
+      auto s = Open(*po);
+      if (!s.ok()) {
+        spdlog::error("{}", s.status().message());
+        return 1;
+      }
+      bool tty = ::isatty(2);
+      auto t0 = std::chrono::steady_clock::now();
+      auto last = t0;
+      auto progress = [&](uint64_t done, uint64_t total) {
+        auto now = std::chrono::steady_clock::now();
+        if (done != total && now - last < std::chrono::milliseconds(tty ? 100 : 2000)) return;
+        last = now;
+        double pct = total ? 100.0 * done / total : 100;
+        int bar = static_cast<int>(pct / 2.5);
+        std::fprintf(stderr, "%s[%-40s] %5.1f%% %.1f/%.1f MiB %.1f MiB/s%s", tty ? "\r" : "",
+                     std::string(bar, '#').c_str(), pct, done / 1048576.0, total / 1048576.0,
+                     done / 1048576.0 / std::max(Since(t0), 1e-3), tty ? "" : "\n");
+      };
+      absl::Status st = s->fetcher->Prefetch(s->target, 0, s->target.stat.size, progress);
+      if (tty) std::fprintf(stderr, "\n");
+      if (!st.ok()) {
+        spdlog::error("{}", st.message());
+        return 1;
+      }
+      std::printf("prefetched %s (%llu bytes) into %s\n", po->url.c_str(),
+                  static_cast<unsigned long long>(s->target.stat.size), po->cache_dir.c_str());
+      if (po->stats) PrintStats(*s, Since(t0), s->target.stat.size);
+      return 0;
+    };
+  });
+}
+
+}  // namespace strata::cmd

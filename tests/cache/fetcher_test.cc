@@ -1,0 +1,336 @@
+// The fetcher against a real nginx, directly and through the fault proxy:
+// right bytes or a clear error in every fault case, never corrupt bytes,
+// each chunk fetched once however many readers want it.
+#include "cache/fetcher.h"
+
+#include <openssl/sha.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/escaping.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/cache/test_util.h"
+#include "tests/util/fault_proxy.h"
+#include "tests/util/nginx.h"
+
+namespace strata::cache {
+namespace {
+
+using strata::testing::Fault;
+using strata::testing::FaultProxy;
+using ::testing::HasSubstr;
+using testing::Pattern;
+using testing::TempDir;
+
+constexpr uint32_t kChunk = 256 << 10;
+constexpr uint64_t kSize = 16 * kChunk + 12345;  // a short last chunk
+
+std::string Sha256(absl::string_view d) {
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(d.data()), d.size(), md);
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(md), sizeof md));
+}
+
+class FetcherTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::filesystem::create_directories(root_.path() + "/www");
+    data_ = Pattern(11, 0, kSize);
+    std::ofstream(root_.path() + "/www/blob.bin", std::ios::binary) << data_;
+    nginx_ = std::make_unique<strata::testing::Nginx>(root_.path() + "/www", work_.path());
+    ASSERT_TRUE(nginx_->ok());
+    StoreOptions so;
+    so.dir = cache_.path();
+    so.chunk_size = kChunk;
+    so.capacity_bytes = 1ull << 30;
+    auto s = ChunkStore::Open(so);
+    ASSERT_TRUE(s.ok());
+    store_ = std::move(*s);
+  }
+
+  // A target read through the proxy (or straight from nginx when null).
+  FetchTarget Target(FaultProxy* proxy) {
+    std::string url = proxy ? "http://127.0.0.1:" + std::to_string(proxy->port()) + "/blob.bin"
+                            : nginx_->url("blob.bin");
+    auto origin = OpenOrigin(url, {});
+    EXPECT_TRUE(origin.ok());
+    FetchTarget t;
+    t.origin = std::move(*origin);
+    // Stat straight from nginx, so request counts at the proxy are GETs only.
+    auto direct = OpenOrigin(nginx_->url("blob.bin"), {});
+    t.stat = *(*direct)->Stat("");
+    t.chunk_size = kChunk;
+    return t;
+  }
+
+  FetcherOptions FastRetries() {
+    FetcherOptions o;
+    o.backoff_initial = absl::Milliseconds(2);
+    o.backoff_max = absl::Milliseconds(20);
+    return o;
+  }
+
+  std::string ReadAll(Fetcher& f, const FetchTarget& t, size_t block, absl::Status* err = nullptr) {
+    std::string out;
+    std::string buf(block, '\0');
+    for (uint64_t off = 0; off < t.stat.size; off += block) {
+      auto n = f.Read(t, off, absl::MakeSpan(buf));
+      if (!n.ok()) {
+        if (err) *err = n.status();
+        return out;
+      }
+      out.append(buf.data(), *n);
+    }
+    return out;
+  }
+
+  TempDir root_, work_, cache_;
+  std::string data_;
+  std::unique_ptr<strata::testing::Nginx> nginx_;
+  std::unique_ptr<ChunkStore> store_;
+};
+
+TEST_F(FetcherTest, ColdThenWarmAtOddOffsets) {
+  Fetcher f(*store_);
+  FetchTarget t = Target(nullptr);
+  EXPECT_EQ(ReadAll(f, t, 100000), data_);
+  uint64_t requests = f.Stats().origin_requests;
+  EXPECT_GE(requests, 17u);
+  std::string out(333, '\0');
+  for (uint64_t off : {uint64_t{0}, uint64_t{7}, uint64_t{kChunk} - 1, kSize - 333}) {
+    auto n = f.Read(t, off, absl::MakeSpan(out));
+    ASSERT_TRUE(n.ok());
+    EXPECT_EQ(out.substr(0, *n), data_.substr(off, 333));
+  }
+  EXPECT_EQ(f.Stats().origin_requests, requests);  // all from the cache now
+  auto past = f.Read(t, kSize + 1, absl::MakeSpan(out));
+  EXPECT_EQ(past.status().code(), absl::StatusCode::kOutOfRange);
+}
+
+TEST_F(FetcherTest, ConcurrentReadersFetchEachChunkOnce) {
+  std::atomic<int> gets{0};
+  FaultProxy proxy(nginx_->port(), [&](uint64_t, const std::string& line) {
+    if (line.rfind("GET", 0) == 0) ++gets;
+    return Fault{};
+  });
+  proxy.Throttle(64 << 20, 2);  // slow enough for readers to overlap
+  Fetcher f(*store_);
+  FetchTarget t = Target(&proxy);
+  std::vector<std::thread> ts;
+  std::atomic<int> right{0};
+  for (int i = 0; i < 8; ++i) {
+    ts.emplace_back([&, i] {
+      std::string buf(kChunk / 3, '\0');
+      std::string got(kSize, '\0');
+      // Each reader walks the object's blocks from a different place.
+      uint64_t blocks = (kSize + buf.size() - 1) / buf.size();
+      for (uint64_t k = 0; k < blocks; ++k) {
+        uint64_t off = ((k + i * 7) % blocks) * buf.size();
+        auto n = f.Read(t, off, absl::MakeSpan(buf));
+        if (!n.ok()) return;
+        std::memcpy(got.data() + off, buf.data(), *n);
+      }
+      if (got == data_) ++right;
+    });
+  }
+  for (auto& th : ts) th.join();
+  EXPECT_EQ(right.load(), 8);
+  EXPECT_EQ(gets.load(), 17) << "the origin saw some chunk more than once";
+}
+
+struct FaultCase {
+  const char* name;
+  std::function<Fault(uint64_t)> plan;
+};
+
+TEST_F(FetcherTest, TransientFaultsEndInTheRightBytes) {
+  std::vector<FaultCase> cases = {
+      {"503 on every other request",
+       [](uint64_t n) {
+         return n % 2 ? Fault{Fault::Kind::kStatus, 503} : Fault{};
+       }},
+      {"500 twice in a row",
+       [](uint64_t n) {
+         return n % 3 != 2 ? Fault{Fault::Kind::kStatus, 500} : Fault{};
+       }},
+      {"429 on every third",
+       [](uint64_t n) {
+         return n % 3 == 0 ? Fault{Fault::Kind::kStatus, 429} : Fault{};
+       }},
+      {"connection reset", [](uint64_t n) { return n % 2 ? Fault{Fault::Kind::kReset} : Fault{}; }},
+      {"truncated body",
+       [](uint64_t n) {
+         return n % 2 ? Fault{Fault::Kind::kTruncate, 0, 1000} : Fault{};
+       }},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    FaultProxy proxy(nginx_->port(), [&](uint64_t n, const std::string&) { return c.plan(n); });
+    TempDir cache;
+    StoreOptions so;
+    so.dir = cache.path();
+    so.chunk_size = kChunk;
+    auto store = ChunkStore::Open(so);
+    ASSERT_TRUE(store.ok());
+    Fetcher f(**store, FastRetries());
+    absl::Status err;
+    EXPECT_EQ(ReadAll(f, Target(&proxy), 1 << 20, &err), data_) << err;
+    EXPECT_GT(f.Stats().retries, 0u);
+    EXPECT_GT(proxy.faults(), 0u);
+  }
+}
+
+TEST_F(FetcherTest, PersistentFailureIsAClearBoundedError) {
+  FaultProxy proxy(nginx_->port(), [](uint64_t, const std::string&) {
+    return Fault{Fault::Kind::kStatus, 500};
+  });
+  FetcherOptions o = FastRetries();
+  o.max_attempts = 4;
+  Fetcher f(*store_, o);
+  FetchTarget t = Target(&proxy);
+  std::string buf(1000, '\0');
+  auto n = f.Read(t, 5000, absl::MakeSpan(buf));
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kUnavailable);
+  std::string msg(n.status().message());
+  EXPECT_THAT(msg, HasSubstr("127.0.0.1:" + std::to_string(proxy.port())));  // the origin
+  EXPECT_THAT(msg, HasSubstr("blob.bin"));                                   // the object
+  EXPECT_THAT(msg, HasSubstr("HTTP 500"));                                   // the cause
+  EXPECT_EQ(proxy.requests(), 4u);
+}
+
+TEST_F(FetcherTest, CorruptChunksAreNeverServed) {
+  // Per-chunk digests (as a table of contents gives): a corrupted transfer is
+  // discarded and fetched again.
+  std::atomic<int> corrupt_left{5};
+  FaultProxy proxy(nginx_->port(), [&](uint64_t, const std::string&) {
+    return corrupt_left-- > 0 ? Fault{Fault::Kind::kCorrupt, 0, 4321} : Fault{};
+  });
+  Fetcher f(*store_, FastRetries());
+  FetchTarget t = Target(&proxy);
+  for (uint64_t off = 0; off < kSize; off += kChunk) {
+    t.chunk_sha256.push_back(Sha256(absl::string_view(data_).substr(off, kChunk)));
+  }
+  absl::Status err;
+  EXPECT_EQ(ReadAll(f, t, 1 << 20, &err), data_) << err;
+  EXPECT_GE(f.Stats().corrupt_chunks, 1u);
+
+  // An origin that always corrupts: an error, no bytes.
+  FaultProxy bad(nginx_->port(), [](uint64_t, const std::string&) {
+    return Fault{Fault::Kind::kCorrupt, 0, 77};
+  });
+  TempDir cache;
+  StoreOptions so;
+  so.dir = cache.path();
+  so.chunk_size = kChunk;
+  auto store = ChunkStore::Open(so);
+  Fetcher f2(**store, FastRetries());
+  FetchTarget t2 = Target(&bad);
+  t2.chunk_sha256 = t.chunk_sha256;
+  std::string buf(100, '\0');
+  auto n = f2.Read(t2, 0, absl::MakeSpan(buf));
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(n.status().message()), HasSubstr("digest"));
+}
+
+TEST_F(FetcherTest, WholeObjectDigestIsCheckedBeforeAnythingIsServed) {
+  std::atomic<int> corrupt_left{1};
+  FaultProxy proxy(nginx_->port(), [&](uint64_t, const std::string&) {
+    return corrupt_left-- > 0 ? Fault{Fault::Kind::kCorrupt, 0, 99} : Fault{};
+  });
+  Fetcher f(*store_, FastRetries());
+  FetchTarget t = Target(&proxy);
+  t.stat.digest = "sha256:" + Sha256(data_);
+  std::string buf(100, '\0');
+  auto n = f.Read(t, 0, absl::MakeSpan(buf));
+  ASSERT_FALSE(n.ok()) << "a corrupt transfer was served";
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(store_->Lookup(t.stat.digest)) << "the corrupt object was kept";
+  // The next read fetches again, verifies, and serves.
+  absl::Status err;
+  EXPECT_EQ(ReadAll(f, t, 1 << 20, &err), data_) << err;
+  EXPECT_TRUE(store_->Lookup(t.stat.digest)->digest_verified);
+  // A wrong digest: never served.
+  FetchTarget wrong = Target(nullptr);
+  wrong.stat.digest = "sha256:" + std::string(64, '0');
+  n = f.Read(wrong, 0, absl::MakeSpan(buf));
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST_F(FetcherTest, SequentialReadersGetReadahead) {
+  Fetcher f(*store_);
+  FetchTarget t = Target(nullptr);
+  std::string buf(kChunk / 2, '\0');
+  for (uint64_t off = 0; off < 4 * kChunk; off += buf.size()) {
+    ASSERT_TRUE(f.Read(t, off, absl::MakeSpan(buf)).ok());
+  }
+  EXPECT_GT(f.Stats().readahead_chunks, 0u);
+  // Chunks past what was read arrive without being asked for (bounded wait).
+  auto present = [&] { return store_->Lookup(StoreKey(t))->chunks_present; };
+  for (int i = 0; i < 200 && present() <= 4; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_GT(present(), 4u);
+}
+
+TEST_F(FetcherTest, PrefetchWarmsAndReportsProgressWithoutStarvingReaders) {
+  FaultProxy proxy(nginx_->port(), nullptr);
+  proxy.Throttle(2 << 20, 0);  // 2 MiB/s: the whole prefetch takes about 2 s
+  FetcherOptions o;
+  o.max_inflight_per_origin = 2;
+  Fetcher f(*store_, o);
+  FetchTarget t = Target(&proxy);
+  std::atomic<bool> prefetch_done{false};
+  uint64_t last_done = 0, calls = 0;
+  std::thread pre([&] {
+    EXPECT_TRUE(f.Prefetch(t, 0, kSize, [&](uint64_t done, uint64_t total) {
+                   EXPECT_EQ(total, kSize);
+                   EXPECT_GE(done, last_done);
+                   last_done = done;
+                   ++calls;
+                 }).ok());
+    prefetch_done = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // A reader of the last chunk goes ahead of the queued prefetch.
+  std::string buf(1000, '\0');
+  auto n = f.Read(t, kSize - 1000, absl::MakeSpan(buf));
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(buf, data_.substr(kSize - 1000));
+  EXPECT_FALSE(prefetch_done.load()) << "the reader waited for the whole prefetch";
+  pre.join();
+  EXPECT_EQ(last_done, kSize);
+  EXPECT_GT(calls, 1u);
+  uint64_t before = f.Stats().origin_requests;
+  EXPECT_EQ(ReadAll(f, t, 1 << 20), data_);
+  EXPECT_EQ(f.Stats().origin_requests, before);
+}
+
+TEST_F(FetcherTest, FileOriginChangedUnderAReaderIsAnError) {
+  auto origin = OpenOrigin("file://" + root_.path() + "/www", {});
+  ASSERT_TRUE(origin.ok());
+  FetchTarget t;
+  t.origin = std::move(*origin);
+  t.path = "blob.bin";
+  t.stat = *t.origin->Stat("blob.bin");
+  t.chunk_size = kChunk;
+  Fetcher f(*store_);
+  std::string buf(1000, '\0');
+  ASSERT_TRUE(f.Read(t, 0, absl::MakeSpan(buf)).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::ofstream(root_.path() + "/www/blob.bin", std::ios::binary) << Pattern(12, 0, kSize);
+  auto n = f.Read(t, 5 * kChunk, absl::MakeSpan(buf));
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(n.status().message()), HasSubstr("changed"));
+  // Under its new version it reads the new bytes.
+  t.stat = *t.origin->Stat("blob.bin");
+  ASSERT_TRUE(f.Read(t, 5 * kChunk, absl::MakeSpan(buf)).ok());
+  EXPECT_EQ(buf, Pattern(12, 0, kSize).substr(5 * kChunk, 1000));
+}
+
+}  // namespace
+}  // namespace strata::cache

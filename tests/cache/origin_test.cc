@@ -1,0 +1,138 @@
+// The file:// and http(s):// origins against the real file system and a real
+// nginx on 127.0.0.1.
+#include "cache/origin.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/cache/test_util.h"
+#include "tests/util/nginx.h"
+
+namespace strata::cache {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::Pattern;
+using testing::TempDir;
+
+void WriteFile(const std::string& path, const std::string& data) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  std::ofstream(path, std::ios::binary) << data;
+}
+
+TEST(FileOriginTest, StatListReadAndChangeDetection) {
+  TempDir dir;
+  std::string data = Pattern(3, 0, 1 << 20);
+  WriteFile(dir.path() + "/models/a.bin", data);
+  WriteFile(dir.path() + "/models/sub/b.bin", "bee");
+  auto origin = OpenOrigin("file://" + dir.path(), {});
+  ASSERT_TRUE(origin.ok()) << origin.status();
+  auto st = (*origin)->Stat("models/a.bin");
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->size, data.size());
+  EXPECT_FALSE(st->is_dir);
+  auto dst = (*origin)->Stat("models");
+  ASSERT_TRUE(dst.ok());
+  EXPECT_TRUE(dst->is_dir);
+  auto list = (*origin)->List("models");
+  ASSERT_TRUE(list.ok());
+  std::vector<std::string> names;
+  for (auto& e : *list) names.push_back(e.name + (e.stat.is_dir ? "/" : ""));
+  EXPECT_THAT(names, ::testing::UnorderedElementsAre("a.bin", "sub/"));
+
+  std::string out(1000, '\0');
+  ASSERT_TRUE((*origin)->ReadRange("models/a.bin", *st, 12345, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out, data.substr(12345, 1000));
+  EXPECT_EQ((*origin)->ReadRange("models/a.bin", *st, data.size() - 10, absl::MakeSpan(out)).code(),
+            absl::StatusCode::kOutOfRange);
+
+  // A rewrite gives a new version; reads of the old one are refused.
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  WriteFile(dir.path() + "/models/a.bin", Pattern(4, 0, 1 << 20));
+  auto st2 = (*origin)->Stat("models/a.bin");
+  EXPECT_NE(st2->version, st->version);
+  auto r = (*origin)->ReadRange("models/a.bin", *st, 0, absl::MakeSpan(out));
+  EXPECT_EQ(r.code(), absl::StatusCode::kFailedPrecondition) << r;
+
+  EXPECT_EQ((*origin)->Stat("missing").status().code(), absl::StatusCode::kNotFound);
+  for (const char* bad : {"../etc/passwd", "/etc/passwd", "a//b", "models/../../x", "./a"}) {
+    EXPECT_EQ((*origin)->Stat(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_EQ((*origin)->Stat(std::string(300, 'n')).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(OriginTest, UnknownSchemesAreRejected) {
+  auto o = OpenOrigin("gopher://x/y", {});
+  EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(o.status().message()), HasSubstr("gopher://x/y"));
+  EXPECT_EQ(OpenOrigin("file://relative/path", {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+class HttpOriginTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::filesystem::create_directories(root_.path() + "/www");
+    data_ = Pattern(5, 0, 3 << 20);
+    WriteFile(root_.path() + "/www/data/model.bin", data_);
+    nginx_ = std::make_unique<strata::testing::Nginx>(root_.path() + "/www", work_.path());
+    ASSERT_TRUE(nginx_->ok());
+  }
+  TempDir root_, work_;
+  std::string data_;
+  std::unique_ptr<strata::testing::Nginx> nginx_;
+};
+
+TEST_F(HttpOriginTest, StatAndRangedReadsAgainstNginx) {
+  auto origin = OpenOrigin(nginx_->url("data"), {});
+  ASSERT_TRUE(origin.ok());
+  auto st = (*origin)->Stat("model.bin");
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->size, data_.size());
+  EXPECT_EQ(st->version.front(), '"') << "nginx sends a strong ETag: " << st->version;
+  EXPECT_GT(st->mtime_ns, 0);
+  for (uint64_t off : {0ull, 1ull, 4095ull, 1234567ull, (3ull << 20) - 100}) {
+    std::string out(100, '\0');
+    ASSERT_TRUE((*origin)->ReadRange("model.bin", *st, off, absl::MakeSpan(out)).ok()) << off;
+    EXPECT_EQ(out, data_.substr(off, 100));
+  }
+  std::string big(data_.size(), '\0');
+  ASSERT_TRUE((*origin)->ReadRange("model.bin", *st, 0, absl::MakeSpan(big)).ok());
+  EXPECT_EQ(big, data_);
+  std::string out(200, '\0');
+  EXPECT_EQ((*origin)->ReadRange("model.bin", *st, data_.size() - 100, absl::MakeSpan(out)).code(),
+            absl::StatusCode::kOutOfRange);
+  auto missing = (*origin)->Stat("nope.bin");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("nope.bin"));
+  EXPECT_EQ((*origin)->List("").status().code(), absl::StatusCode::kUnimplemented);
+}
+
+TEST_F(HttpOriginTest, AChangedObjectIsRefusedNotMixed) {
+  auto origin = OpenOrigin(nginx_->url("data/model.bin"), {});
+  ASSERT_TRUE(origin.ok());
+  auto st = (*origin)->Stat("");
+  ASSERT_TRUE(st.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // ETag has 1 s mtime resolution
+  WriteFile(root_.path() + "/www/data/model.bin", Pattern(6, 0, 3 << 20));
+  std::string out(100, '\0');
+  absl::Status r = (*origin)->ReadRange("", *st, 0, absl::MakeSpan(out));
+  EXPECT_EQ(r.code(), absl::StatusCode::kFailedPrecondition) << r;
+}
+
+TEST(HttpOriginConnTest, RefusedConnectionIsTransient) {
+  int port = strata::testing::FreePort();
+  auto origin = OpenOrigin("http://127.0.0.1:" + std::to_string(port) + "/x", {});
+  ASSERT_TRUE(origin.ok());
+  auto st = (*origin)->Stat("");
+  EXPECT_EQ(st.status().code(), absl::StatusCode::kUnavailable) << st.status();
+  EXPECT_TRUE(IsTransient(st.status()));
+}
+
+}  // namespace
+}  // namespace strata::cache

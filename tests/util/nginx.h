@@ -1,0 +1,67 @@
+// A real nginx serving a directory on 127.0.0.1 for a test: range requests,
+// ETags and keep-alive as production static servers have them.
+#pragma once
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <fstream>
+#include <string>
+
+#include "tests/util/fault_proxy.h"
+#include "tests/util/subprocess.h"
+
+namespace strata::testing {
+
+class Nginx {
+ public:
+  // Serves `root` from a fresh prefix directory `work`.
+  Nginx(const std::string& root, const std::string& work) : work_(work) {
+    port_ = FreePort();
+    std::ofstream(work + "/nginx.conf")
+        << (::geteuid() == 0 ? "user root root;\n" : "")  // test dirs are 0700
+        << "daemon off;\nworker_processes 2;\npid " << work << "/nginx.pid;\n"
+        << "error_log " << work << "/error.log warn;\n"
+        << "events { worker_connections 256; }\n"
+        << "http {\n  access_log off;\n  sendfile on;\n  keepalive_requests 100000;\n"
+        << "  client_body_temp_path " << work << "/tmp;\n  proxy_temp_path " << work << "/tmp;\n"
+        << "  fastcgi_temp_path " << work << "/tmp;\n  uwsgi_temp_path " << work << "/tmp;\n"
+        << "  scgi_temp_path " << work << "/tmp;\n"
+        << "  server {\n    listen 127.0.0.1:" << port_ << ";\n    root " << root << ";\n  }\n}\n";
+    child_ = Spawn({"/usr/sbin/nginx", "-c", work + "/nginx.conf", "-p", work});
+    // Ready when it accepts a connection (bounded).
+    for (int i = 0; i < 200 && !Accepts(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  ~Nginx() {
+    if (child_.pid > 0) {
+      ::kill(child_.pid, SIGQUIT);  // graceful: workers finish their requests
+      Wait(child_, std::chrono::seconds(10));
+    }
+  }
+  int port() const { return port_; }
+  std::string url(const std::string& path = "") const {
+    return "http://127.0.0.1:" + std::to_string(port_) + "/" + path;
+  }
+  bool ok() const { return child_.pid > 0; }
+
+ private:
+  bool Accepts() const {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port_);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    return ok;
+  }
+
+  std::string work_;
+  int port_ = 0;
+  Child child_;
+};
+
+}  // namespace strata::testing
