@@ -157,6 +157,9 @@ absl::StatusOr<HttpResponse> HttpClient::Do(const HttpRequest& req) {
   curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, options_.verify_tls ? 2L : 0L);
   if (!options_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, options_.ca_file.c_str());
   curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_slist* connect_to = nullptr;
+  for (const auto& ct : options_.connect_to) connect_to = curl_slist_append(connect_to, ct.c_str());
+  if (connect_to) curl_easy_setopt(c, CURLOPT_CONNECT_TO, connect_to);
   curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
   if (req.method == "HEAD") {
     curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
@@ -171,6 +174,7 @@ absl::StatusOr<HttpResponse> HttpClient::Do(const HttpRequest& req) {
   }
   CURLcode rc = curl_easy_perform(c);
   curl_slist_free_all(hdrs);
+  curl_slist_free_all(connect_to);
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp.status);
   char* eff = nullptr;
   if (curl_easy_getinfo(c, CURLINFO_EFFECTIVE_URL, &eff) == CURLE_OK && eff)

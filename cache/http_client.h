@@ -44,6 +44,7 @@ struct HttpClientOptions {
   std::string ca_file;  // extra CA bundle; empty: the system's
   bool verify_tls = true;
   absl::Duration connect_timeout = absl::Seconds(10);
+  std::vector<std::string> connect_to;  // CURLOPT_CONNECT_TO entries
 };
 
 class HttpClient {

@@ -11,8 +11,6 @@
 namespace strata::cache {
 namespace {
 
-bool IsStrongEtag(absl::string_view v) { return v.size() >= 2 && v.front() == '"'; }
-
 // Percent-encodes a relative path, keeping '/' between components.
 std::string EncodePath(absl::string_view path) {
   static constexpr char kHex[] = "0123456789ABCDEF";
@@ -112,36 +110,8 @@ class HttpOrigin final : public Origin {
     req.into = out;
     auto resp = http_->Do(req);
     if (!resp.ok()) return resp.status();
-    std::string what = absl::StrFormat("GET %s [%u, +%u)", *target, offset, out.size());
-    if (resp->status == 200) {
-      // The server ignored Range: acceptable only when the whole object was asked.
-      if (offset != 0 || out.size() != stat.size) {
-        return absl::UnimplementedError(absl::StrCat(what, ": the server ignores Range requests"));
-      }
-    } else if (resp->status == 206) {
-      uint64_t f, l, total;
-      if (!ParseContentRange(resp->Header("content-range"), &f, &l, &total) || f != offset ||
-          l != last) {
-        return absl::DataLossError(
-            absl::StrCat(what, ": unexpected Content-Range '", resp->Header("content-range"), "'"));
-      }
-      if (total != 0 && total != stat.size) {
-        return absl::FailedPreconditionError(
-            absl::StrFormat("%s: the object is now %u bytes, was %u", what, total, stat.size));
-      }
-    } else {
-      return HttpError(*resp, what);
-    }
-    std::string etag = resp->Header("etag");
-    if (IsStrongEtag(stat.version) && IsStrongEtag(etag) && etag != stat.version) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(what, ": the object changed (ETag ", stat.version, " is now ", etag, ")"));
-    }
-    if (resp->body_bytes != out.size()) {
-      return absl::DataLossError(absl::StrFormat("%s: truncated body (%u of %u bytes)", what,
-                                                 resp->body_bytes, out.size()));
-    }
-    return absl::OkStatus();
+    return CheckRangedGet(*resp, offset, out.size(), stat,
+                          absl::StrFormat("GET %s [%u, +%u)", *target, offset, out.size()));
   }
 
  private:
@@ -156,6 +126,42 @@ class HttpOrigin final : public Origin {
 };
 
 }  // namespace
+
+bool IsStrongEtag(absl::string_view v) { return v.size() >= 2 && v.front() == '"'; }
+
+absl::Status CheckRangedGet(const HttpResponse& resp, uint64_t offset, size_t len,
+                            const ObjectStat& stat, const std::string& what) {
+  uint64_t last = offset + len - 1;
+  if (resp.status == 200) {
+    // The server ignored Range: acceptable only when the whole object was asked.
+    if (offset != 0 || len != stat.size) {
+      return absl::UnimplementedError(absl::StrCat(what, ": the server ignores Range requests"));
+    }
+  } else if (resp.status == 206) {
+    uint64_t f, l, total;
+    if (!ParseContentRange(resp.Header("content-range"), &f, &l, &total) || f != offset ||
+        l != last) {
+      return absl::DataLossError(
+          absl::StrCat(what, ": unexpected Content-Range '", resp.Header("content-range"), "'"));
+    }
+    if (total != 0 && total != stat.size) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s: the object is now %u bytes, was %u", what, total, stat.size));
+    }
+  } else {
+    return HttpError(resp, what);
+  }
+  std::string etag = resp.Header("etag");
+  if (IsStrongEtag(stat.version) && IsStrongEtag(etag) && etag != stat.version) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": the object changed (ETag ", stat.version, " is now ", etag, ")"));
+  }
+  if (resp.body_bytes != len) {
+    return absl::DataLossError(
+        absl::StrFormat("%s: truncated body (%u of %u bytes)", what, resp.body_bytes, len));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<Origin>> NewHttpOrigin(const std::string& url,
                                                       std::shared_ptr<HttpClient> http) {

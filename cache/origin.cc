@@ -8,6 +8,14 @@
 
 namespace strata::cache {
 
+absl::Status Origin::Put(const std::string& path, const std::string&) {
+  return absl::UnimplementedError(absl::StrCat(url(), " does not accept writes (", path, ")"));
+}
+
+absl::Status Origin::Delete(const std::string& path) {
+  return absl::UnimplementedError(absl::StrCat(url(), " does not accept deletes (", path, ")"));
+}
+
 bool IsTransient(const absl::Status& s) {
   return absl::IsUnavailable(s) || absl::IsResourceExhausted(s) || absl::IsDeadlineExceeded(s) ||
          absl::IsDataLoss(s) || absl::IsAborted(s);
@@ -34,16 +42,19 @@ absl::Status CheckRelativePath(const std::string& path) {
 absl::StatusOr<std::unique_ptr<Origin>> OpenOrigin(const std::string& url,
                                                    const OriginOptions& options) {
   if (absl::StartsWith(url, "file://")) return NewFileOrigin(url, url.substr(7));
+  HttpClientOptions ho;
+  ho.ca_file = options.ca_file;
+  ho.verify_tls = options.verify_tls;
+  ho.connect_to = options.connect_to;
   if (absl::StartsWith(url, "http://") || absl::StartsWith(url, "https://")) {
-    HttpClientOptions ho;
-    ho.ca_file = options.ca_file;
-    ho.verify_tls = options.verify_tls;
     return NewHttpOrigin(url, std::make_shared<HttpClient>(ho));
   }
+  if (absl::StartsWith(url, "s3://"))
+    return NewS3Origin(url, options, std::make_shared<HttpClient>(ho));
   size_t colon = url.find("://");
-  return absl::InvalidArgumentError(absl::StrCat("unsupported origin '", url, "'",
-                                                 colon == std::string::npos ? " (no scheme)" : "",
-                                                 ": use file:///dir or http(s)://host/path"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unsupported origin '", url, "'", colon == std::string::npos ? " (no scheme)" : "",
+      ": use file:///dir, http(s)://host/path or s3://bucket/prefix"));
 }
 
 }  // namespace strata::cache

@@ -49,15 +49,42 @@ class Origin {
   // as it was when `stat` was taken; all of them or an error.
   virtual absl::Status ReadRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
                                  absl::Span<char> out) = 0;
+
+  // Writes, where the origin allows them (Unimplemented elsewhere).
+  // Put stores the whole content of `local_file` as `path` (object stores
+  // upload it, in parts when large); Delete removes `path`.
+  virtual absl::Status Put(const std::string& path, const std::string& local_file);
+  virtual absl::Status Delete(const std::string& path);
 };
 
 struct OriginOptions {
   std::string ca_file;     // extra CA bundle for https
   bool verify_tls = true;  // off only for tests and explicit operator choice
   absl::Duration request_timeout = absl::Seconds(60);
+
+  // s3:// (each also settable in the URL's query: ?endpoint=&region=&addressing=)
+  std::string s3_endpoint;    // default https://s3.REGION.amazonaws.com
+  std::string s3_region;      // default $AWS_REGION, else us-east-1
+  std::string s3_addressing;  // "path" or "virtual"; default: virtual on AWS, path elsewhere
+  // Credentials, first found wins: a mounted Kubernetes secret directory
+  // (files access_key_id, secret_access_key[, session_token], or the
+  // AWS_ACCESS_KEY_ID style names), the environment (AWS_ACCESS_KEY_ID,
+  // AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), then a shared credentials file
+  // ($AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials, profile
+  // $AWS_PROFILE or "default").
+  std::string aws_secret_dir;
+  std::string aws_credentials_file;
+  std::string aws_profile;
+  int s3_list_page_size = 1000;                // ListObjectsV2 max-keys
+  uint64_t multipart_threshold = 64ull << 20;  // uploads above this go in parts
+  uint64_t multipart_part_size = 16ull << 20;  // at least 5 MiB (S3's minimum)
+  // curl CONNECT_TO entries ("host:port:connect-host:connect-port"), for
+  // virtual-host names that DNS does not resolve (tests, private endpoints).
+  std::vector<std::string> connect_to;
 };
 
-// file:///dir, http(s)://host/path. Other schemes: InvalidArgument naming them.
+// file:///dir, http(s)://host/path, s3://bucket/prefix. Other schemes:
+// InvalidArgument naming them.
 absl::StatusOr<std::unique_ptr<Origin>> OpenOrigin(const std::string& url,
                                                    const OriginOptions& options);
 

@@ -13,5 +13,15 @@ absl::StatusOr<std::unique_ptr<Origin>> NewFileOrigin(const std::string& url,
                                                       const std::string& root);
 absl::StatusOr<std::unique_ptr<Origin>> NewHttpOrigin(const std::string& url,
                                                       std::shared_ptr<HttpClient> http);
+absl::StatusOr<std::unique_ptr<Origin>> NewS3Origin(const std::string& url,
+                                                    const OriginOptions& options,
+                                                    std::shared_ptr<HttpClient> http);
+
+// Checks the answer to a ranged GET of [offset, offset + len) of an object
+// of `stat` (206 with the right Content-Range, the whole body, the same
+// strong ETag); `what` names the request in errors.
+absl::Status CheckRangedGet(const HttpResponse& resp, uint64_t offset, size_t len,
+                            const ObjectStat& stat, const std::string& what);
+bool IsStrongEtag(absl::string_view etag);
 
 }  // namespace strata::cache

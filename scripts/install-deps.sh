@@ -10,7 +10,7 @@ PACKAGES=(
   liburing-dev librocksdb-dev libxxhash-dev libzstd-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev
-  fio procps util-linux curl
+  fio procps util-linux curl time bc
   # servers the integration tests and benchmarks run on 127.0.0.1
   nginx-light docker-registry skopeo apache2-utils openssl python3 nodejs npm
 )

@@ -1,0 +1,213 @@
+// The s3:// origin against a real S3-speaking server on 127.0.0.1 (s3rver,
+// which checks SigV4 signatures; tests/util/s3_server.sh).
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "cache/fetcher.h"
+#include "cache/origin.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/cache/test_util.h"
+#include "tests/util/subprocess.h"
+
+namespace strata::cache {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::Pattern;
+using testing::TempDir;
+using ::testing::UnorderedElementsAre;
+
+constexpr char kKey[] = "AKIASTRATATEST";
+constexpr char kSecret[] = "strata/test/secret+key";
+
+int RunScript(const std::vector<std::string>& args, std::string* out = nullptr) {
+  strata::testing::Child c = strata::testing::Spawn(args);
+  std::string o = strata::testing::ReadUntil(c.out, "", std::chrono::seconds(120));
+  if (out) *out = o;
+  int st = strata::testing::Wait(c, std::chrono::seconds(120));
+  return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+class S3OriginTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string out;
+    ASSERT_EQ(RunScript({"/bin/bash", kScript, "start", dir_.path(), "0", kKey, kSecret}, &out), 0)
+        << out;
+    std::ifstream(dir_.path() + "/s3rver.port") >> port_;
+    ASSERT_GT(port_, 0);
+    endpoint_ = "http://127.0.0.1:" + std::to_string(port_);
+    // The bucket, made with curl's own SigV4 signer.
+    ASSERT_EQ(RunScript({"/usr/bin/curl", "-sf", "-X", "PUT", "--aws-sigv4", "aws:amz:us-east-1:s3",
+                         "--user", std::string(kKey) + ":" + kSecret, "-H",
+                         "x-amz-content-sha256: UNSIGNED-PAYLOAD", endpoint_ + "/models"},
+                        &out),
+              0)
+        << out;
+    ::setenv("AWS_ACCESS_KEY_ID", kKey, 1);
+    ::setenv("AWS_SECRET_ACCESS_KEY", kSecret, 1);
+  }
+  void TearDown() override {
+    RunScript({"/bin/bash", kScript, "stop", dir_.path()});
+    ::unsetenv("AWS_ACCESS_KEY_ID");
+    ::unsetenv("AWS_SECRET_ACCESS_KEY");
+  }
+
+  std::unique_ptr<Origin> Open(const std::string& prefix, OriginOptions o = {}) {
+    o.s3_endpoint = endpoint_;
+    auto origin = OpenOrigin("s3://models" + prefix, o);
+    EXPECT_TRUE(origin.ok()) << origin.status();
+    return origin.ok() ? std::move(*origin) : nullptr;
+  }
+
+  void Upload(Origin& o, const std::string& path, const std::string& data) {
+    std::string f = files_.path() + "/staged";
+    std::ofstream(f, std::ios::binary) << data;
+    absl::Status st = o.Put(path, f);
+    ASSERT_TRUE(st.ok()) << st;
+  }
+
+  static constexpr const char* kScript = STRATA_SOURCE_DIR "/tests/util/s3_server.sh";
+  TempDir dir_, files_;
+  int port_ = 0;
+  std::string endpoint_;
+};
+
+TEST_F(S3OriginTest, PutStatRangedReadAndChange) {
+  auto o = Open("/team");
+  std::string data = Pattern(21, 0, 300000);
+  Upload(*o, "llama/weights.bin", data);
+  auto st = o->Stat("llama/weights.bin");
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->size, data.size());
+  EXPECT_EQ(st->version.front(), '"');
+  for (uint64_t off : {uint64_t{0}, uint64_t{1}, uint64_t{65535}, uint64_t{299990}}) {
+    std::string out(10, '\0');
+    ASSERT_TRUE(o->ReadRange("llama/weights.bin", *st, off, absl::MakeSpan(out)).ok()) << off;
+    EXPECT_EQ(out, data.substr(off, 10));
+  }
+  // Overwritten: a read of the old version is refused, not mixed.
+  Upload(*o, "llama/weights.bin", Pattern(22, 0, 300000));
+  std::string out(10, '\0');
+  EXPECT_EQ(o->ReadRange("llama/weights.bin", *st, 0, absl::MakeSpan(out)).code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(o->Delete("llama/weights.bin").ok());
+  EXPECT_EQ(o->Stat("llama/weights.bin").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(S3OriginTest, MultipartUploadOfALargeObject) {
+  OriginOptions opts;
+  opts.multipart_threshold = 6 << 20;
+  opts.multipart_part_size = 5 << 20;
+  auto o = Open("", opts);
+  std::string data = Pattern(23, 0, (12 << 20) + 777);
+  Upload(*o, "big.bin", data);
+  auto st = o->Stat("big.bin");
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->size, data.size());
+  std::string out(1 << 20, '\0');
+  uint64_t across = (5 << 20) - 1000;  // spans the first part boundary
+  ASSERT_TRUE(o->ReadRange("big.bin", *st, across, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out, data.substr(across, out.size()));
+}
+
+TEST_F(S3OriginTest, ListsDirectoriesWithPagination) {
+  OriginOptions opts;
+  opts.s3_list_page_size = 2;  // force several pages
+  auto o = Open("/ds", opts);
+  for (const char* k : {"train/a.bin", "train/b.bin", "train/c.bin", "train/sub/d.bin",
+                        "train/sub/e.bin", "valid.bin"}) {
+    Upload(*o, k, k);
+  }
+  auto list = o->List("train");
+  ASSERT_TRUE(list.ok()) << list.status();
+  std::vector<std::string> names;
+  for (auto& e : *list) names.push_back(e.name + (e.stat.is_dir ? "/" : ""));
+  EXPECT_THAT(names, UnorderedElementsAre("a.bin", "b.bin", "c.bin", "sub/"));
+  auto root = o->List("");
+  ASSERT_TRUE(root.ok());
+  names.clear();
+  for (auto& e : *root) names.push_back(e.name + (e.stat.is_dir ? "/" : ""));
+  EXPECT_THAT(names, UnorderedElementsAre("train/", "valid.bin"));
+  EXPECT_TRUE(o->Stat("train/sub")->is_dir);
+  EXPECT_EQ(o->Stat("train/nothing").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(o->Stat("../escape").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(S3OriginTest, WrongOrMissingCredentialsAreClearErrors) {
+  ::setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret", 1);
+  auto o = Open("");
+  auto st = o->Stat("anything");
+  EXPECT_EQ(st.status().code(), absl::StatusCode::kPermissionDenied) << st.status();
+  EXPECT_THAT(std::string(st.status().message()), HasSubstr(kKey));
+  auto list = o->List("");
+  EXPECT_EQ(list.status().code(), absl::StatusCode::kPermissionDenied) << list.status();
+  EXPECT_THAT(std::string(list.status().message()), HasSubstr("SignatureDoesNotMatch"));
+  ::unsetenv("AWS_ACCESS_KEY_ID");
+  ::unsetenv("AWS_SECRET_ACCESS_KEY");
+  OriginOptions none;
+  none.s3_endpoint = endpoint_;
+  none.aws_credentials_file = files_.path() + "/absent";
+  auto missing = OpenOrigin("s3://models", none);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("no S3 credentials"));
+}
+
+TEST_F(S3OriginTest, CredentialsFromAFileOrAMountedSecret) {
+  ::unsetenv("AWS_ACCESS_KEY_ID");
+  ::unsetenv("AWS_SECRET_ACCESS_KEY");
+  std::ofstream(files_.path() + "/credentials")
+      << "[other]\naws_access_key_id = X\naws_secret_access_key = Y\n"
+      << "[ci]\naws_access_key_id = " << kKey << "\naws_secret_access_key = " << kSecret << "\n";
+  OriginOptions f;
+  f.aws_credentials_file = files_.path() + "/credentials";
+  f.aws_profile = "ci";
+  auto o = Open("", f);
+  Upload(*o, "from-file", "x");
+  std::filesystem::create_directory(files_.path() + "/secret");
+  std::ofstream(files_.path() + "/secret/access_key_id") << kKey << "\n";
+  std::ofstream(files_.path() + "/secret/secret_access_key") << kSecret << "\n";
+  OriginOptions s;
+  s.aws_secret_dir = files_.path() + "/secret";
+  auto o2 = Open("", s);
+  EXPECT_TRUE(o2->Stat("from-file").ok());
+}
+
+TEST_F(S3OriginTest, VirtualHostAddressing) {
+  OriginOptions v;
+  v.s3_endpoint = "http://s3.localhost:" + std::to_string(port_);
+  v.s3_addressing = "virtual";
+  v.connect_to = {"models.s3.localhost:" + std::to_string(port_) +
+                  ":127.0.0.1:" + std::to_string(port_)};
+  auto o = OpenOrigin("s3://models/vh", v);
+  ASSERT_TRUE(o.ok()) << o.status();
+  Upload(**o, "key with spaces+plus.bin", "virtual host bytes");
+  auto st = (*o)->Stat("key with spaces+plus.bin");
+  ASSERT_TRUE(st.ok()) << st.status();
+  std::string out(st->size, '\0');
+  ASSERT_TRUE((*o)->ReadRange("key with spaces+plus.bin", *st, 0, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out, "virtual host bytes");
+}
+
+TEST_F(S3OriginTest, ReadThroughTheFetcher) {
+  std::shared_ptr<Origin> o = Open("/f");
+  std::string data = Pattern(24, 0, (3 << 20) + 5);
+  Upload(*o, "blob", data);
+  TempDir cache;
+  StoreOptions so;
+  so.dir = cache.path();
+  so.chunk_size = 1 << 20;
+  auto store = ChunkStore::Open(so);
+  ASSERT_TRUE(store.ok());
+  Fetcher f(**store);
+  FetchTarget t{o, "blob", *o->Stat("blob"), 0, {}};
+  std::string out(data.size(), '\0');
+  auto n = f.Read(t, 0, absl::MakeSpan(out));
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(out, data);
+}
+
+}  // namespace
+}  // namespace strata::cache
