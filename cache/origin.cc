@@ -51,10 +51,13 @@ absl::StatusOr<std::unique_ptr<Origin>> OpenOrigin(const std::string& url,
   }
   if (absl::StartsWith(url, "s3://"))
     return NewS3Origin(url, options, std::make_shared<HttpClient>(ho));
+  if (absl::StartsWith(url, "oci://")) {
+    return NewOciOrigin(url, options, std::make_shared<HttpClient>(ho));
+  }
   size_t colon = url.find("://");
   return absl::InvalidArgumentError(absl::StrCat(
       "unsupported origin '", url, "'", colon == std::string::npos ? " (no scheme)" : "",
-      ": use file:///dir, http(s)://host/path or s3://bucket/prefix"));
+      ": use file:///dir, http(s)://host/path, s3://bucket/prefix or oci://registry/repo:tag"));
 }
 
 }  // namespace strata::cache

@@ -78,13 +78,21 @@ struct OriginOptions {
   int s3_list_page_size = 1000;                // ListObjectsV2 max-keys
   uint64_t multipart_threshold = 64ull << 20;  // uploads above this go in parts
   uint64_t multipart_part_size = 16ull << 20;  // at least 5 MiB (S3's minimum)
+  // oci://: registry credentials from a docker config.json (default
+  // $DOCKER_CONFIG/config.json, else ~/.docker/config.json); "auths" entries
+  // with "auth" (base64 user:password) or "username"/"password".
+  std::string docker_config;
+  // Platform picked from an image index (default: this machine's, linux).
+  std::string oci_os = "linux";
+  std::string oci_arch;  // default: amd64 or arm64 as built
   // curl CONNECT_TO entries ("host:port:connect-host:connect-port"), for
   // virtual-host names that DNS does not resolve (tests, private endpoints).
   std::vector<std::string> connect_to;
 };
 
-// file:///dir, http(s)://host/path, s3://bucket/prefix. Other schemes:
-// InvalidArgument naming them.
+// file:///dir, http(s)://host/path, s3://bucket/prefix,
+// oci://registry/repository[:tag|@sha256:...]. Other schemes: InvalidArgument
+// naming them.
 absl::StatusOr<std::unique_ptr<Origin>> OpenOrigin(const std::string& url,
                                                    const OriginOptions& options);
 

@@ -16,6 +16,9 @@ absl::StatusOr<std::unique_ptr<Origin>> NewHttpOrigin(const std::string& url,
 absl::StatusOr<std::unique_ptr<Origin>> NewS3Origin(const std::string& url,
                                                     const OriginOptions& options,
                                                     std::shared_ptr<HttpClient> http);
+absl::StatusOr<std::unique_ptr<Origin>> NewOciOrigin(const std::string& url,
+                                                     const OriginOptions& options,
+                                                     std::shared_ptr<HttpClient> http);
 
 // Checks the answer to a ranged GET of [offset, offset + len) of an object
 // of `stat` (206 with the right Content-Range, the whole body, the same

@@ -22,35 +22,29 @@ using ::testing::UnorderedElementsAre;
 constexpr char kKey[] = "AKIASTRATATEST";
 constexpr char kSecret[] = "strata/test/secret+key";
 
-int RunScript(const std::vector<std::string>& args, std::string* out = nullptr) {
-  strata::testing::Child c = strata::testing::Spawn(args);
-  std::string o = strata::testing::ReadUntil(c.out, "", std::chrono::seconds(120));
-  if (out) *out = o;
-  int st = strata::testing::Wait(c, std::chrono::seconds(120));
-  return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+using strata::testing::RunCommand;
 
 class S3OriginTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string out;
-    ASSERT_EQ(RunScript({"/bin/bash", kScript, "start", dir_.path(), "0", kKey, kSecret}, &out), 0)
+    ASSERT_EQ(RunCommand({"/bin/bash", kScript, "start", dir_.path(), "0", kKey, kSecret}, &out), 0)
         << out;
     std::ifstream(dir_.path() + "/s3rver.port") >> port_;
     ASSERT_GT(port_, 0);
     endpoint_ = "http://127.0.0.1:" + std::to_string(port_);
     // The bucket, made with curl's own SigV4 signer.
-    ASSERT_EQ(RunScript({"/usr/bin/curl", "-sf", "-X", "PUT", "--aws-sigv4", "aws:amz:us-east-1:s3",
-                         "--user", std::string(kKey) + ":" + kSecret, "-H",
-                         "x-amz-content-sha256: UNSIGNED-PAYLOAD", endpoint_ + "/models"},
-                        &out),
+    ASSERT_EQ(RunCommand({"/usr/bin/curl", "-sf", "-X", "PUT", "--aws-sigv4",
+                          "aws:amz:us-east-1:s3", "--user", std::string(kKey) + ":" + kSecret, "-H",
+                          "x-amz-content-sha256: UNSIGNED-PAYLOAD", endpoint_ + "/models"},
+                         &out),
               0)
         << out;
     ::setenv("AWS_ACCESS_KEY_ID", kKey, 1);
     ::setenv("AWS_SECRET_ACCESS_KEY", kSecret, 1);
   }
   void TearDown() override {
-    RunScript({"/bin/bash", kScript, "stop", dir_.path()});
+    RunCommand({"/bin/bash", kScript, "stop", dir_.path()});
     ::unsetenv("AWS_ACCESS_KEY_ID");
     ::unsetenv("AWS_SECRET_ACCESS_KEY");
   }

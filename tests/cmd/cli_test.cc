@@ -39,11 +39,11 @@ struct Result {
   std::string out;
 };
 
-Result RunStrata(const std::vector<std::string>& args) {
-  Child c = SpawnStrata(args);
-  if (c.pid < 0) return {-1, "spawn failed"};
-  std::string out = ReadUntil(c.out, "", std::chrono::seconds(60));
-  return {ExitCode(Wait(c)), out};
+Result RunStrata(std::vector<std::string> args) {
+  args.insert(args.begin(), STRATA_PATH);
+  Result r;
+  r.code = testing::RunCommand(args, &r.out, std::chrono::seconds(60));
+  return r;
 }
 
 TEST(CliTest, EverySubcommandHasHelp) {

@@ -83,4 +83,19 @@ inline int Wait(Child& c, std::chrono::milliseconds limit = std::chrono::seconds
   return killed ? -1 : status;
 }
 
+// Runs a command to its end (bounded); returns its exit code (-1 when it
+// was killed or crashed) and, in `out`, what it printed on stdout and stderr.
+inline int RunCommand(const std::vector<std::string>& argv, std::string* out = nullptr,
+                      std::chrono::seconds limit = std::chrono::seconds(120)) {
+  Child c = Spawn(argv);
+  if (c.pid < 0) {
+    if (out) *out = "cannot start " + argv[0];
+    return -1;
+  }
+  std::string o = ReadUntil(c.out, "", limit);
+  if (out) *out = std::move(o);
+  int st = Wait(c, limit);
+  return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 }  // namespace strata::testing
