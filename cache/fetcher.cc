@@ -6,6 +6,7 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <random>
@@ -198,15 +199,27 @@ class Fetcher::Impl {
                 absl::UnavailableError("chunks kept disappearing from the cache while being read"));
   }
 
-  absl::Status Prefetch(const FetchTarget& t, uint64_t offset, uint64_t length,
+  absl::Status Prefetch(const FetchTarget& t, const Fetcher::Ranges& ranges,
                         const std::function<void(uint64_t, uint64_t)>& progress) {
     std::string key = StoreKey(t);
     if (absl::Status st = Register(t, key); !st.ok()) return Fail(t, st);
     uint32_t cs = ChunkSize(key);
-    uint64_t end = std::min(t.stat.size, offset + length);
-    if (offset >= end) return absl::OkStatus();
-    uint32_t first = offset / cs, last = (end - 1) / cs;
-    uint64_t total = end - offset;
+    // The chunks under the ranges, each once, in order.
+    std::vector<uint32_t> chunks;
+    Fetcher::Ranges whole = {{0, t.stat.size}};
+    for (auto [off, len] : ranges.empty() ? whole : ranges) {
+      uint64_t end = std::min(t.stat.size, off + len);
+      if (off >= end) continue;
+      for (uint64_t c = off / cs; c <= (end - 1) / cs; ++c)
+        chunks.push_back(static_cast<uint32_t>(c));
+    }
+    std::sort(chunks.begin(), chunks.end());
+    chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
+    auto chunk_len = [&](uint32_t c) {
+      return std::min<uint64_t>(cs, t.stat.size - uint64_t{c} * cs);
+    };
+    uint64_t total = 0;
+    for (uint32_t c : chunks) total += chunk_len(c);
     absl::Mutex mu;
     absl::CondVar cv;
     uint64_t done_bytes = 0;
@@ -214,25 +227,23 @@ class Fetcher::Impl {
     absl::Status first_error;
     // Keep a bounded number queued, so a huge prefetch does not flood the pool.
     const int window = std::max(2, opts_.background_workers * 2);
-    uint32_t next = first;
+    size_t next = 0;
     absl::MutexLock l(&mu);
-    while (next <= last || outstanding > 0) {
-      while (next <= last && outstanding < window && first_error.ok()) {
-        uint32_t idx = next++;
+    while (next < chunks.size() || outstanding > 0) {
+      while (next < chunks.size() && outstanding < window && first_error.ok()) {
+        uint32_t idx = chunks[next++];
         ++outstanding;
         ++prefetch_chunks_;
         pool_.Submit(Priority::kPrefetch, [&, idx] {
           auto r = FetchChunk(t, key, idx, Priority::kPrefetch);
-          uint64_t cstart = std::max<uint64_t>(uint64_t{idx} * cs, offset);
-          uint64_t cend = std::min<uint64_t>(uint64_t{idx + 1} * cs, end);
           absl::MutexLock l2(&mu);
           --outstanding;
           if (!r.ok() && first_error.ok()) first_error = r.status();
-          if (r.ok()) done_bytes += cend - cstart;
+          if (r.ok()) done_bytes += chunk_len(idx);
           cv.Signal();
         });
       }
-      if (!first_error.ok()) next = last + 1;  // stop queueing; wait for the rest
+      if (!first_error.ok()) next = chunks.size();  // stop queueing; wait for the rest
       int before = outstanding;
       while (outstanding == before && outstanding > 0) cv.Wait(&mu);
       if (progress) {
@@ -243,7 +254,7 @@ class Fetcher::Impl {
       }
     }
     if (!first_error.ok()) return Fail(t, first_error);
-    if (!t.stat.digest.empty() && t.chunk_sha256.empty() && offset == 0 && end == t.stat.size) {
+    if (!t.stat.digest.empty() && t.chunk_sha256.empty() && ranges.empty()) {
       mu.Unlock();
       absl::Status v = EnsureDigestVerified(t, key);
       mu.Lock();
@@ -527,9 +538,9 @@ absl::StatusOr<size_t> Fetcher::Read(const FetchTarget& t, uint64_t offset, absl
   return impl_->Read(t, offset, out);
 }
 
-absl::Status Fetcher::Prefetch(const FetchTarget& t, uint64_t offset, uint64_t length,
+absl::Status Fetcher::Prefetch(const FetchTarget& t, const Ranges& ranges,
                                const std::function<void(uint64_t, uint64_t)>& progress) {
-  return impl_->Prefetch(t, offset, length, progress);
+  return impl_->Prefetch(t, ranges, progress);
 }
 
 FetcherStats Fetcher::Stats() const { return impl_->Stats(); }

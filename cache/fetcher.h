@@ -72,9 +72,11 @@ class Fetcher {
   // the bytes read. Errors name the origin, the object and the cause.
   absl::StatusOr<size_t> Read(const FetchTarget& target, uint64_t offset, absl::Span<char> out);
 
-  // Warms [offset, offset + length) at low priority; `progress(done, total)`
-  // is called from this thread as chunks land. Returns the first error.
-  absl::Status Prefetch(const FetchTarget& target, uint64_t offset, uint64_t length,
+  // Warms the chunks under `ranges` ({offset, length} pairs; none: the whole
+  // object) at low priority; `progress(done, total)` is called from this
+  // thread as chunks land, in bytes of chunks. Returns the first error.
+  using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
+  absl::Status Prefetch(const FetchTarget& target, const Ranges& ranges = {},
                         const std::function<void(uint64_t done, uint64_t total)>& progress = {});
 
   FetcherStats Stats() const;

@@ -180,7 +180,7 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
                      std::string(bar, '#').c_str(), pct, done / 1048576.0, total / 1048576.0,
                      done / 1048576.0 / std::max(Since(t0), 1e-3), tty ? "" : "\n");
       };
-      absl::Status st = s->fetcher->Prefetch(s->target, 0, s->target.stat.size, progress);
+      absl::Status st = s->fetcher->Prefetch(s->target, {}, progress);
       if (tty) std::fprintf(stderr, "\n");
       if (!st.ok()) {
         spdlog::error("{}", st.message());

@@ -286,7 +286,7 @@ TEST_F(FetcherTest, PrefetchWarmsAndReportsProgressWithoutStarvingReaders) {
   std::atomic<bool> prefetch_done{false};
   uint64_t last_done = 0, calls = 0;
   std::thread pre([&] {
-    EXPECT_TRUE(f.Prefetch(t, 0, kSize, [&](uint64_t done, uint64_t total) {
+    EXPECT_TRUE(f.Prefetch(t, {}, [&](uint64_t done, uint64_t total) {
                    EXPECT_EQ(total, kSize);
                    EXPECT_GE(done, last_done);
                    last_done = done;
@@ -307,6 +307,20 @@ TEST_F(FetcherTest, PrefetchWarmsAndReportsProgressWithoutStarvingReaders) {
   uint64_t before = f.Stats().origin_requests;
   EXPECT_EQ(ReadAll(f, t, 1 << 20), data_);
   EXPECT_EQ(f.Stats().origin_requests, before);
+}
+
+TEST_F(FetcherTest, PrefetchOfAListOfRanges) {
+  Fetcher f(*store_);
+  FetchTarget t = Target(nullptr);
+  // Two ranges in chunks 1-2 and one in chunk 9; overlapping ranges count once.
+  Fetcher::Ranges ranges = {{kChunk + 10, kChunk}, {kChunk + 20, 100}, {9 * kChunk + 5, 10}};
+  uint64_t total = 0;
+  ASSERT_TRUE(f.Prefetch(t, ranges, [&](uint64_t, uint64_t tot) { total = tot; }).ok());
+  EXPECT_EQ(total, 3ull * kChunk);
+  auto info = store_->Lookup(StoreKey(t));
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->chunks_present, 3u);
+  EXPECT_EQ(f.Stats().origin_requests, 3u);
 }
 
 TEST_F(FetcherTest, FileOriginChangedUnderAReaderIsAnError) {

@@ -125,6 +125,41 @@ TEST_F(HttpOriginTest, AChangedObjectIsRefusedNotMixed) {
   EXPECT_EQ(r.code(), absl::StatusCode::kFailedPrecondition) << r;
 }
 
+TEST(HttpsOriginTest, CertificatesAreVerifiedByDefault) {
+  TempDir root, work, pki;
+  std::filesystem::create_directories(root.path() + "/www");
+  WriteFile(root.path() + "/www/x.bin", "secret bytes");
+  std::string out;
+  ASSERT_EQ(strata::testing::RunCommand(
+                {"/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                 "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout",
+                 pki.path() + "/key.pem", "-out", pki.path() + "/cert.pem"},
+                &out),
+            0)
+      << out;
+  strata::testing::Nginx nginx(root.path() + "/www", work.path(), pki.path() + "/cert.pem",
+                               pki.path() + "/key.pem");
+  ASSERT_TRUE(nginx.ok());
+  // An unknown CA: refused, and the error says why.
+  auto strict = OpenOrigin(nginx.url("x.bin"), {});
+  auto st = (*strict)->Stat("");
+  EXPECT_EQ(st.status().code(), absl::StatusCode::kPermissionDenied) << st.status();
+  EXPECT_THAT(std::string(st.status().message()), HasSubstr("certificate"));
+  // With the CA bundle: read.
+  OriginOptions ca;
+  ca.ca_file = pki.path() + "/cert.pem";
+  auto trusted = OpenOrigin(nginx.url("x.bin"), ca);
+  auto ok = (*trusted)->Stat("");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  std::string bytes(ok->size, '\0');
+  ASSERT_TRUE((*trusted)->ReadRange("", *ok, 0, absl::MakeSpan(bytes)).ok());
+  EXPECT_EQ(bytes, "secret bytes");
+  // Verification off only when asked.
+  OriginOptions insecure;
+  insecure.verify_tls = false;
+  EXPECT_TRUE((*OpenOrigin(nginx.url("x.bin"), insecure))->Stat("").ok());
+}
+
 TEST(HttpOriginConnTest, RefusedConnectionIsTransient) {
   int port = strata::testing::FreePort();
   auto origin = OpenOrigin("http://127.0.0.1:" + std::to_string(port) + "/x", {});

@@ -16,8 +16,11 @@ namespace strata::testing {
 
 class Nginx {
  public:
-  // Serves `root` from a fresh prefix directory `work`.
-  Nginx(const std::string& root, const std::string& work) : work_(work) {
+  // Serves `root` from a fresh prefix directory `work`; over TLS when a
+  // certificate and key (PEM files) are given.
+  Nginx(const std::string& root, const std::string& work, const std::string& cert = "",
+        const std::string& key = "")
+      : work_(work), tls_(!cert.empty()) {
     port_ = FreePort();
     std::ofstream(work + "/nginx.conf")
         << (::geteuid() == 0 ? "user root root;\n" : "")  // test dirs are 0700
@@ -28,7 +31,10 @@ class Nginx {
         << "  client_body_temp_path " << work << "/tmp;\n  proxy_temp_path " << work << "/tmp;\n"
         << "  fastcgi_temp_path " << work << "/tmp;\n  uwsgi_temp_path " << work << "/tmp;\n"
         << "  scgi_temp_path " << work << "/tmp;\n"
-        << "  server {\n    listen 127.0.0.1:" << port_ << ";\n    root " << root << ";\n  }\n}\n";
+        << "  server {\n    listen 127.0.0.1:" << port_ << (tls_ ? " ssl" : "") << ";\n    root "
+        << root << ";\n"
+        << (tls_ ? "    ssl_certificate " + cert + ";\n    ssl_certificate_key " + key + ";\n" : "")
+        << "  }\n}\n";
     child_ = Spawn({"/usr/sbin/nginx", "-c", work + "/nginx.conf", "-p", work});
     // Ready when it accepts a connection (bounded).
     for (int i = 0; i < 200 && !Accepts(); ++i) {
@@ -43,7 +49,8 @@ class Nginx {
   }
   int port() const { return port_; }
   std::string url(const std::string& path = "") const {
-    return "http://127.0.0.1:" + std::to_string(port_) + "/" + path;
+    return (tls_ ? "https" : "http") + std::string("://127.0.0.1:") + std::to_string(port_) + "/" +
+           path;
   }
   bool ok() const { return child_.pid > 0; }
 
@@ -60,6 +67,7 @@ class Nginx {
   }
 
   std::string work_;
+  bool tls_ = false;
   int port_ = 0;
   Child child_;
 };
