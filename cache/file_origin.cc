@@ -25,6 +25,8 @@ ObjectStat StatOf(const struct stat& st) {
   s.version = VersionOf(st);
   s.mtime_ns = int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
   s.mode = st.st_mode & 07777;
+  s.uid = st.st_uid;
+  s.gid = st.st_gid;
   s.is_dir = S_ISDIR(st.st_mode);
   return s;
 }

@@ -22,6 +22,7 @@ struct ObjectStat {
   std::string version;
   int64_t mtime_ns = 0;
   uint32_t mode = 0644;  // permission bits
+  uint32_t uid = 0, gid = 0;
   bool is_dir = false;
   std::string digest;  // "sha256:<hex>" when the content is addressed by it
 };

@@ -18,6 +18,7 @@ void AddNodeCommand(CLI::App& app, Runner& run);
 void AddCacheCommands(CLI::App& app, Runner& run);
 void AddBenchCommands(CLI::App& app, Runner& run);
 void AddFetchCommands(CLI::App& app, Runner& run);
+void AddMountCommands(CLI::App& app, Runner& run);
 
 // "4MiB", "2G", "1048576" -> bytes (K/M/G/T, with or without "iB"/"B").
 absl::StatusOr<uint64_t> ParseSize(const std::string& text);

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   strata::cmd::AddCacheCommands(app, run);
   strata::cmd::AddBenchCommands(app, run);
   strata::cmd::AddFetchCommands(app, run);
+  strata::cmd::AddMountCommands(app, run);
   CLI11_PARSE(app, argc, argv);
   spdlog::set_default_logger(spdlog::stderr_color_mt("strata"));
   spdlog::set_level(spdlog::level::from_str(log_level));

@@ -1,0 +1,394 @@
+// libfuse3 low-level callbacks, each a thin translation to a Tree call. The
+// kernel's inode numbers are the tree's own (stable), so lookup counts need
+// no bookkeeping here and forget is a no-op.
+#define FUSE_USE_VERSION 312
+#include "fuse/engine.h"
+
+#include <fuse_lowlevel.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "cache/logging.h"
+
+namespace strata::fuse {
+
+struct FuseServer::Impl {
+  Tree* tree = nullptr;
+  MountOptions opts;
+  fuse_session* se = nullptr;
+  std::atomic<bool> mounted{false};
+  // Directory listings taken at opendir, served by offset.
+  absl::Mutex dirs_mu;
+  absl::flat_hash_map<uint64_t, std::vector<DirEntry>> dirs ABSL_GUARDED_BY(dirs_mu);
+  std::atomic<uint64_t> next_dir{1};
+};
+
+namespace {
+
+using Impl = FuseServer::Impl;
+
+Impl* Self(fuse_req_t req) { return static_cast<Impl*>(fuse_req_userdata(req)); }
+
+double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
+
+struct stat ToStat(const Attr& a) {
+  struct stat st {};
+  st.st_ino = a.ino;
+  st.st_mode = a.mode;
+  st.st_size = static_cast<off_t>(a.size);
+  st.st_nlink = a.nlink;
+  st.st_uid = a.uid;
+  st.st_gid = a.gid;
+  st.st_blksize = 1 << 20;
+  st.st_blocks = static_cast<blkcnt_t>((a.size + 511) / 512);
+  st.st_mtim.tv_sec = a.mtime_ns / 1'000'000'000;
+  st.st_mtim.tv_nsec = a.mtime_ns % 1'000'000'000;
+  st.st_ctim = st.st_mtim;
+  st.st_atim = st.st_mtim;
+  return st;
+}
+
+// Replies with an errno, logging what is not routine.
+void Fail(fuse_req_t req, const char* op, uint64_t ino, const absl::Status& st) {
+  int err = ErrnoOf(st);
+  if (err != ENOENT && err != EEXIST && err != ENOTEMPTY && err != EROFS && err != ENAMETOOLONG) {
+    spdlog::warn("{} (inode {}): {} -> {}", op, ino, st.message(), std::strerror(err));
+  }
+  fuse_reply_err(req, err);
+}
+
+void ReplyEntry(fuse_req_t req, const Attr& a) {
+  Tree* t = Self(req)->tree;
+  fuse_entry_param e{};
+  e.ino = a.ino;
+  e.generation = 1;
+  e.attr = ToStat(a);
+  e.attr_timeout = Seconds(t->attr_timeout());
+  e.entry_timeout = Seconds(t->entry_timeout());
+  fuse_reply_entry(req, &e);
+}
+
+void OnInit(void* userdata, fuse_conn_info* conn) {
+  auto* self = static_cast<Impl*>(userdata);
+  // Cached bytes go from the store's files to /dev/fuse by splice.
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  if (conn->capable & FUSE_CAP_SPLICE_MOVE) conn->want |= FUSE_CAP_SPLICE_MOVE;
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  // Content is revalidated at open (keep_cache decides), not on each getattr.
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  conn->max_write = 1 << 20;
+  conn->max_read = 1 << 20;  // must match the max_read mount option
+  conn->max_readahead = 1 << 20;
+  if (!self->tree->read_only() && (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)) {
+    conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  }
+}
+
+void OnLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  auto a = Self(req)->tree->Lookup(parent, name);
+  if (!a.ok()) return Fail(req, "lookup", parent, a.status());
+  ReplyEntry(req, *a);
+}
+
+void OnForget(fuse_req_t req, fuse_ino_t, uint64_t) { fuse_reply_none(req); }
+
+void OnGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  auto a = Self(req)->tree->GetAttr(ino);
+  if (!a.ok()) return Fail(req, "getattr", ino, a.status());
+  struct stat st = ToStat(*a);
+  fuse_reply_attr(req, &st, Seconds(Self(req)->tree->attr_timeout()));
+}
+
+void OnSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {
+  auto a = Self(req)->tree->SetAttr(ino, *attr, to_set);
+  if (!a.ok()) return Fail(req, "setattr", ino, a.status());
+  struct stat st = ToStat(*a);
+  fuse_reply_attr(req, &st, Seconds(Self(req)->tree->attr_timeout()));
+}
+
+void OnReadlink(fuse_req_t req, fuse_ino_t ino) {
+  auto t = Self(req)->tree->Readlink(ino);
+  if (!t.ok()) return Fail(req, "readlink", ino, t.status());
+  fuse_reply_readlink(req, t->c_str());
+}
+
+void OnMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  auto a = Self(req)->tree->Mkdir(parent, name, mode);
+  if (!a.ok()) return Fail(req, "mkdir", parent, a.status());
+  ReplyEntry(req, *a);
+}
+
+void OnUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  fuse_reply_err(req, ErrnoOf(Self(req)->tree->Unlink(parent, name)));
+}
+
+void OnRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  fuse_reply_err(req, ErrnoOf(Self(req)->tree->Rmdir(parent, name)));
+}
+
+void OnSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  auto a = Self(req)->tree->Symlink(link, parent, name);
+  if (!a.ok()) return Fail(req, "symlink", parent, a.status());
+  ReplyEntry(req, *a);
+}
+
+void OnRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+              const char* newname, unsigned int flags) {
+  absl::Status st = Self(req)->tree->Rename(parent, name, newparent, newname, flags);
+  if (!st.ok()) return Fail(req, "rename", parent, st);
+  fuse_reply_err(req, 0);
+}
+
+void OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto o = Self(req)->tree->Open(ino, fi->flags);
+  if (!o.ok()) return Fail(req, "open", ino, o.status());
+  fi->fh = o->handle;
+  fi->keep_cache = o->keep_cache;
+  fuse_reply_open(req, fi);
+}
+
+void OnCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+              fuse_file_info* fi) {
+  auto r = Self(req)->tree->Create(parent, name, mode, fi->flags);
+  if (!r.ok()) return Fail(req, "create", parent, r.status());
+  fi->fh = r->second.handle;
+  fuse_entry_param e{};
+  e.ino = r->first.ino;
+  e.generation = 1;
+  e.attr = ToStat(r->first);
+  e.attr_timeout = Seconds(Self(req)->tree->attr_timeout());
+  e.entry_timeout = Seconds(Self(req)->tree->entry_timeout());
+  fuse_reply_create(req, &e, fi);
+}
+
+void OnRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  auto r = Self(req)->tree->Read(fi->fh, static_cast<uint64_t>(off), size);
+  if (!r.ok()) return Fail(req, "read", ino, r.status());
+  if (r->lease.fd() >= 0) {
+    // Splice straight from the cache file; the lease holds it until replied.
+    fuse_bufvec bv = FUSE_BUFVEC_INIT(r->lease.length());
+    bv.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+    bv.buf[0].fd = r->lease.fd();
+    bv.buf[0].pos = static_cast<off_t>(r->lease.offset());
+    fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+    return;
+  }
+  fuse_reply_buf(req, r->bytes.data(), r->bytes.size());
+}
+
+void OnWrite(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
+             fuse_file_info* fi) {
+  auto n =
+      Self(req)->tree->Write(fi->fh, static_cast<uint64_t>(off), absl::MakeConstSpan(buf, size));
+  if (!n.ok()) return Fail(req, "write", ino, n.status());
+  fuse_reply_write(req, *n);
+}
+
+void OnFlush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  absl::Status st = Self(req)->tree->Flush(fi->fh);
+  if (!st.ok()) return Fail(req, "flush", ino, st);
+  fuse_reply_err(req, 0);
+}
+
+void OnFsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info* fi) {
+  absl::Status st = Self(req)->tree->Fsync(fi->fh);
+  if (!st.ok()) return Fail(req, "fsync", ino, st);
+  fuse_reply_err(req, 0);
+}
+
+void OnRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  Self(req)->tree->Release(fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+void OnOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Impl* self = Self(req);
+  auto list = self->tree->ReadDir(ino);
+  if (!list.ok()) return Fail(req, "opendir", ino, list.status());
+  uint64_t id = self->next_dir++;
+  {
+    absl::MutexLock l(&self->dirs_mu);
+    self->dirs[id] = std::move(*list);
+  }
+  fi->fh = id;
+  fuse_reply_open(req, fi);
+}
+
+// Entries from offset `off` (0 and 1 are "." and "..") into a reply buffer.
+void ServeDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+              bool plus) {
+  Impl* self = Self(req);
+  std::vector<DirEntry> entries;
+  {
+    absl::MutexLock l(&self->dirs_mu);
+    auto it = self->dirs.find(fi->fh);
+    if (it == self->dirs.end()) {
+      fuse_reply_err(req, EBADF);
+      return;
+    }
+    entries = it->second;  // a copy: other readers of the handle may continue
+  }
+  std::string buf(size, '\0');
+  size_t used = 0;
+  double attr_to = Seconds(self->tree->attr_timeout()),
+         entry_to = Seconds(self->tree->entry_timeout());
+  for (off_t i = off; i < static_cast<off_t>(entries.size()) + 2; ++i) {
+    DirEntry d;
+    if (i == 0) {
+      d = {".", {ino, S_IFDIR | 0755}};
+    } else if (i == 1) {
+      d = {"..", {kRootIno, S_IFDIR | 0755}};
+    } else {
+      d = entries[i - 2];
+    }
+    struct stat st = ToStat(d.attr);
+    size_t n;
+    if (plus && i >= 2) {
+      fuse_entry_param e{};
+      e.ino = d.attr.ino;
+      e.generation = 1;
+      e.attr = st;
+      e.attr_timeout = attr_to;
+      e.entry_timeout = entry_to;
+      n = fuse_add_direntry_plus(req, buf.data() + used, size - used, d.name.c_str(), &e, i + 1);
+    } else if (plus) {
+      fuse_entry_param e{};  // "." and "..": no lookup count taken
+      e.attr = st;
+      n = fuse_add_direntry_plus(req, buf.data() + used, size - used, d.name.c_str(), &e, i + 1);
+    } else {
+      n = fuse_add_direntry(req, buf.data() + used, size - used, d.name.c_str(), &st, i + 1);
+    }
+    if (n > size - used) break;
+    used += n;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void OnReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  ServeDir(req, ino, size, off, fi, false);
+}
+
+void OnReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  ServeDir(req, ino, size, off, fi, true);
+}
+
+void OnReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  Impl* self = Self(req);
+  {
+    absl::MutexLock l(&self->dirs_mu);
+    self->dirs.erase(fi->fh);
+  }
+  fuse_reply_err(req, 0);
+}
+
+void OnStatfs(fuse_req_t req, fuse_ino_t) {
+  struct statvfs sv {};
+  sv.f_bsize = 1 << 20;
+  sv.f_frsize = 4096;
+  sv.f_namemax = 255;
+  sv.f_blocks = sv.f_bfree = sv.f_bavail = 1ull << 30;  // origins have no fixed size
+  sv.f_files = sv.f_ffree = 1ull << 30;
+  fuse_reply_statfs(req, &sv);
+}
+
+fuse_lowlevel_ops Ops() {
+  fuse_lowlevel_ops ops{};
+  ops.init = OnInit;
+  ops.lookup = OnLookup;
+  ops.forget = OnForget;
+  ops.getattr = OnGetattr;
+  ops.setattr = OnSetattr;
+  ops.readlink = OnReadlink;
+  ops.mkdir = OnMkdir;
+  ops.unlink = OnUnlink;
+  ops.rmdir = OnRmdir;
+  ops.symlink = OnSymlink;
+  ops.rename = OnRename;
+  ops.open = OnOpen;
+  ops.read = OnRead;
+  ops.write = OnWrite;
+  ops.flush = OnFlush;
+  ops.release = OnRelease;
+  ops.fsync = OnFsync;
+  ops.opendir = OnOpendir;
+  ops.readdir = OnReaddir;
+  ops.readdirplus = OnReaddirplus;
+  ops.releasedir = OnReleasedir;
+  ops.statfs = OnStatfs;
+  ops.create = OnCreate;
+  return ops;
+}
+
+}  // namespace
+
+FuseServer::FuseServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(Tree& tree,
+                                                              const MountOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->tree = &tree;
+  impl->opts = options;
+  std::string o = absl::StrCat("fsname=", options.fsname,
+                               ",subtype=strata,default_permissions,max_read=1048576");
+  if (options.allow_other) o += ",allow_other";
+  if (tree.read_only()) o += ",ro";
+  std::vector<std::string> argv_s = {"strata", "-o", o};
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  static const fuse_lowlevel_ops ops = Ops();
+  impl->se = fuse_session_new(&args, &ops, sizeof(ops), impl.get());
+  if (impl->se == nullptr)
+    return absl::InternalError("fuse_session_new failed (bad mount options?)");
+  if (fuse_session_mount(impl->se, options.mountpoint.c_str()) != 0) {
+    fuse_session_destroy(impl->se);
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot mount on ", options.mountpoint,
+                     " (does it exist? is /dev/fuse usable? see the log above)"));
+  }
+  impl->mounted = true;
+  return std::unique_ptr<FuseServer>(new FuseServer(std::move(impl)));
+}
+
+absl::Status FuseServer::Run() {
+  fuse_loop_config* cfg = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_max_threads(cfg, impl_->opts.max_threads);
+  fuse_loop_cfg_set_clone_fd(cfg, 0);
+  int rc = fuse_session_loop_mt(impl_->se, cfg);
+  fuse_loop_cfg_destroy(cfg);
+  if (rc != 0 && !fuse_session_exited(impl_->se)) {
+    return absl::InternalError(absl::StrCat("FUSE session ended with error ", rc));
+  }
+  return absl::OkStatus();
+}
+
+void FuseServer::Stop() {
+  fuse_session_exit(impl_->se);
+  // The loop blocks reading /dev/fuse; detaching the mount wakes it.
+  if (impl_->mounted.exchange(false)) ::umount2(impl_->opts.mountpoint.c_str(), MNT_DETACH);
+}
+
+FuseServer::~FuseServer() {
+  if (impl_->mounted.exchange(false)) fuse_session_unmount(impl_->se);
+  fuse_session_destroy(impl_->se);
+}
+
+absl::Status Unmount(const std::string& mountpoint) {
+  if (::umount2(mountpoint.c_str(), MNT_DETACH) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot unmount ", mountpoint, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace strata::fuse

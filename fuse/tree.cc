@@ -1,0 +1,73 @@
+// Defaults for trees that do not write, and the status <-> errno mapping.
+#include "fuse/tree.h"
+
+#include <cerrno>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace strata::fuse {
+namespace {
+constexpr char kErrnoPayload[] = "strata.io/errno";
+
+absl::Status ReadOnly() { return PosixError(EROFS, "this filesystem is read-only"); }
+}  // namespace
+
+absl::Status PosixError(int err, const std::string& message) {
+  absl::Status st(
+      err == ENOENT ? absl::StatusCode::kNotFound : absl::StatusCode::kFailedPrecondition, message);
+  st.SetPayload(kErrnoPayload, absl::Cord(std::to_string(err)));
+  return st;
+}
+
+int ErrnoOf(const absl::Status& st) {
+  if (st.ok()) return 0;
+  if (auto p = st.GetPayload(kErrnoPayload)) {
+    int e;
+    if (absl::SimpleAtoi(std::string(*p), &e)) return e;
+  }
+  switch (st.code()) {
+    case absl::StatusCode::kNotFound:
+      return ENOENT;
+    case absl::StatusCode::kAlreadyExists:
+      return EEXIST;
+    case absl::StatusCode::kPermissionDenied:
+      return EACCES;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+      return EINVAL;
+    case absl::StatusCode::kResourceExhausted:
+      return ENOSPC;
+    case absl::StatusCode::kUnimplemented:
+      return ENOTSUP;
+    case absl::StatusCode::kFailedPrecondition:
+      return ESTALE;  // the object changed under an open file
+    default:
+      return EIO;  // origin unreachable, corrupt data, deadline: an I/O error
+  }
+}
+
+absl::StatusOr<std::pair<Attr, OpenResult>> Tree::Create(uint64_t, const std::string&, uint32_t,
+                                                         int) {
+  return ReadOnly();
+}
+absl::StatusOr<size_t> Tree::Write(uint64_t, uint64_t, absl::Span<const char>) {
+  return ReadOnly();
+}
+absl::Status Tree::Flush(uint64_t) { return absl::OkStatus(); }
+absl::Status Tree::Fsync(uint64_t) { return absl::OkStatus(); }
+absl::StatusOr<Attr> Tree::SetAttr(uint64_t, const struct stat&, int) { return ReadOnly(); }
+absl::StatusOr<Attr> Tree::Mkdir(uint64_t, const std::string&, uint32_t) { return ReadOnly(); }
+absl::Status Tree::Unlink(uint64_t, const std::string&) { return ReadOnly(); }
+absl::Status Tree::Rmdir(uint64_t, const std::string&) { return ReadOnly(); }
+absl::Status Tree::Rename(uint64_t, const std::string&, uint64_t, const std::string&,
+                          unsigned int) {
+  return ReadOnly();
+}
+absl::StatusOr<Attr> Tree::Symlink(const std::string&, uint64_t, const std::string&) {
+  return ReadOnly();
+}
+absl::StatusOr<std::string> Tree::Readlink(uint64_t) { return PosixError(EINVAL, "not a symlink"); }
+
+}  // namespace strata::fuse

@@ -1,0 +1,94 @@
+// What a FUSE filesystem serves: a tree says which files exist and where
+// their bytes are. Volume trees (an origin's namespace) and layer trees (an
+// image layer's table of contents) implement it; the engine (engine.h) turns
+// kernel requests into calls on it. Inode numbers come from the tree and are
+// stable across restarts, so a new daemon can serve a mount an old one made.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "cache/chunk_store.h"
+
+namespace strata::fuse {
+
+inline constexpr uint64_t kRootIno = 1;
+
+struct Attr {
+  uint64_t ino = 0;
+  uint32_t mode = 0;  // type and permission bits (S_IFREG | 0644, ...)
+  uint64_t size = 0;
+  uint32_t nlink = 1;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  int64_t mtime_ns = 0;
+};
+
+struct DirEntry {
+  std::string name;
+  Attr attr;
+};
+
+// The answer to a read: bytes in hand, or a leased range of a cache file
+// that the engine splices to the kernel without copying.
+struct ReadResult {
+  std::string bytes;
+  cache::ReadLease lease;  // used when lease.fd() >= 0
+};
+
+struct OpenResult {
+  uint64_t handle = 0;
+  bool keep_cache = false;  // the kernel's cached pages are still right
+};
+
+class Tree {
+ public:
+  virtual ~Tree() = default;
+
+  // How long the kernel may trust attributes and names it was given.
+  virtual absl::Duration attr_timeout() const = 0;
+  virtual absl::Duration entry_timeout() const = 0;
+  virtual bool read_only() const = 0;
+
+  virtual absl::StatusOr<Attr> Lookup(uint64_t parent, const std::string& name) = 0;
+  virtual absl::StatusOr<Attr> GetAttr(uint64_t ino) = 0;
+  virtual absl::StatusOr<std::vector<DirEntry>> ReadDir(uint64_t ino) = 0;
+  virtual absl::StatusOr<OpenResult> Open(uint64_t ino, int flags) = 0;
+  virtual absl::StatusOr<ReadResult> Read(uint64_t handle, uint64_t offset, size_t size) = 0;
+  virtual void Release(uint64_t handle) = 0;
+
+  // Writes: the default refuses them (EROFS).
+  virtual absl::StatusOr<std::pair<Attr, OpenResult>> Create(uint64_t parent,
+                                                             const std::string& name, uint32_t mode,
+                                                             int flags);
+  virtual absl::StatusOr<size_t> Write(uint64_t handle, uint64_t offset,
+                                       absl::Span<const char> data);
+  virtual absl::Status Flush(uint64_t handle);
+  virtual absl::Status Fsync(uint64_t handle);
+  // `to_set` is a FUSE_SET_ATTR_* mask.
+  virtual absl::StatusOr<Attr> SetAttr(uint64_t ino, const struct stat& attr, int to_set);
+  virtual absl::StatusOr<Attr> Mkdir(uint64_t parent, const std::string& name, uint32_t mode);
+  virtual absl::Status Unlink(uint64_t parent, const std::string& name);
+  virtual absl::Status Rmdir(uint64_t parent, const std::string& name);
+  virtual absl::Status Rename(uint64_t parent, const std::string& name, uint64_t new_parent,
+                              const std::string& new_name, unsigned int flags);
+  virtual absl::StatusOr<Attr> Symlink(const std::string& target, uint64_t parent,
+                                       const std::string& name);
+  virtual absl::StatusOr<std::string> Readlink(uint64_t ino);
+};
+
+// A status that carries the errno the kernel should see (and a message for
+// the log). Statuses without one are mapped from their code.
+absl::Status PosixError(int err, const std::string& message);
+int ErrnoOf(const absl::Status& status);
+
+}  // namespace strata::fuse

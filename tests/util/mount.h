@@ -1,0 +1,78 @@
+// A `strata mount` daemon for a test, with teardown that cannot hang: the
+// daemon is stopped (SIGTERM, then SIGKILL), the FUSE connection aborted if
+// it is still there, and the mountpoint lazily unmounted.
+#pragma once
+
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "tests/util/subprocess.h"
+
+namespace strata::testing {
+
+// Aborts the FUSE connection behind `mountpoint`, so nothing waits on it.
+inline void AbortFuse(const std::string& mountpoint) {
+  struct stat st;
+  if (::stat("/sys/fs/fuse/connections", &st) != 0) return;
+  ::mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, nullptr);  // if not mounted yet
+  if (::lstat(mountpoint.c_str(), &st) != 0) return;
+  std::ofstream(std::string("/sys/fs/fuse/connections/") + std::to_string(minor(st.st_dev)) +
+                "/abort")
+      << "1";
+}
+
+inline bool IsMounted(const std::string& mountpoint) {
+  std::ifstream m("/proc/mounts");
+  std::string dev, dir, rest;
+  while (m >> dev >> dir && std::getline(m, rest)) {
+    if (dir == mountpoint) return true;
+  }
+  return false;
+}
+
+class StrataMount {
+ public:
+  // Runs `strata mount ORIGIN MOUNTPOINT ARGS...` and waits until it serves.
+  StrataMount(const std::string& strata, const std::string& origin, const std::string& mountpoint,
+              std::vector<std::string> args = {})
+      : mountpoint_(mountpoint) {
+    std::vector<std::string> argv = {strata, "mount", origin, mountpoint};
+    argv.insert(argv.end(), args.begin(), args.end());
+    child_ = Spawn(argv);
+    output_ = ReadUntil(child_.out, "mounted ", std::chrono::seconds(20));
+  }
+  ~StrataMount() { Stop(); }
+
+  bool ok() const {
+    return output_.find("mounted ") != std::string::npos && IsMounted(mountpoint_);
+  }
+  const std::string& output() const { return output_; }
+  pid_t pid() const { return child_.pid; }
+
+  // Stops the daemon; returns its wait status (-1 if it had to be killed).
+  int Stop(int sig = SIGTERM) {
+    if (child_.pid <= 0) return 0;
+    ::kill(child_.pid, sig);
+    // Drain its output while waiting, so it never blocks on a full pipe.
+    output_ += ReadUntil(child_.out, "unmounted", std::chrono::seconds(sig == SIGKILL ? 1 : 10));
+    int st = Wait(child_, std::chrono::seconds(10));
+    child_.pid = -1;
+    if (IsMounted(mountpoint_)) {
+      AbortFuse(mountpoint_);
+      ::umount2(mountpoint_.c_str(), MNT_DETACH);
+    }
+    return st;
+  }
+
+ private:
+  std::string mountpoint_;
+  Child child_;
+  std::string output_;
+};
+
+}  // namespace strata::testing
