@@ -28,6 +28,7 @@ ObjectStat StatOf(const struct stat& st) {
   s.uid = st.st_uid;
   s.gid = st.st_gid;
   s.is_dir = S_ISDIR(st.st_mode);
+  s.is_symlink = S_ISLNK(st.st_mode);
   return s;
 }
 
@@ -40,10 +41,14 @@ class FileOrigin final : public Origin {
   absl::StatusOr<ObjectStat> Stat(const std::string& path) override {
     auto full = Resolve(path);
     if (!full.ok()) return full.status();
+    // Inside the tree a symlink is itself; the root may be a link to follow.
     struct stat st;
-    if (::stat(full->c_str(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", *full));
+    int rc = path.empty() ? ::stat(full->c_str(), &st) : ::lstat(full->c_str(), &st);
+    if (rc != 0) return ErrnoStatus(errno, absl::StrCat("stat ", *full));
     return StatOf(st);
   }
+
+  std::string LocalRoot() const override { return root_; }
 
   absl::StatusOr<std::vector<DirEntry>> List(const std::string& dir) override {
     auto full = Resolve(dir);

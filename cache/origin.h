@@ -24,7 +24,8 @@ struct ObjectStat {
   uint32_t mode = 0644;  // permission bits
   uint32_t uid = 0, gid = 0;
   bool is_dir = false;
-  std::string digest;  // "sha256:<hex>" when the content is addressed by it
+  bool is_symlink = false;  // POSIX origins: `size` is the target's length
+  std::string digest;       // "sha256:<hex>" when the content is addressed by it
 };
 
 struct DirEntry {
@@ -56,6 +57,10 @@ class Origin {
   // upload it, in parts when large); Delete removes `path`.
   virtual absl::Status Put(const std::string& path, const std::string& local_file);
   virtual absl::Status Delete(const std::string& path);
+
+  // The directory behind a POSIX origin (file://), where a volume writes
+  // through with ordinary system calls; empty for every other origin.
+  virtual std::string LocalRoot() const { return ""; }
 };
 
 struct OriginOptions {

@@ -39,6 +39,11 @@ Impl* Self(fuse_req_t req) { return static_cast<Impl*>(fuse_req_userdata(req)); 
 
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
+Caller Who(fuse_req_t req) {
+  const fuse_ctx* c = fuse_req_ctx(req);
+  return Caller{c->uid, c->gid};
+}
+
 struct stat ToStat(const Attr& a) {
   struct stat st {};
   st.st_ino = a.ino;
@@ -123,21 +128,25 @@ void OnReadlink(fuse_req_t req, fuse_ino_t ino) {
 }
 
 void OnMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
-  auto a = Self(req)->tree->Mkdir(parent, name, mode);
+  auto a = Self(req)->tree->Mkdir(parent, name, mode, Who(req));
   if (!a.ok()) return Fail(req, "mkdir", parent, a.status());
   ReplyEntry(req, *a);
 }
 
 void OnUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  fuse_reply_err(req, ErrnoOf(Self(req)->tree->Unlink(parent, name)));
+  absl::Status st = Self(req)->tree->Unlink(parent, name);
+  if (!st.ok()) return Fail(req, "unlink", parent, st);
+  fuse_reply_err(req, 0);
 }
 
 void OnRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  fuse_reply_err(req, ErrnoOf(Self(req)->tree->Rmdir(parent, name)));
+  absl::Status st = Self(req)->tree->Rmdir(parent, name);
+  if (!st.ok()) return Fail(req, "rmdir", parent, st);
+  fuse_reply_err(req, 0);
 }
 
 void OnSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
-  auto a = Self(req)->tree->Symlink(link, parent, name);
+  auto a = Self(req)->tree->Symlink(link, parent, name, Who(req));
   if (!a.ok()) return Fail(req, "symlink", parent, a.status());
   ReplyEntry(req, *a);
 }
@@ -159,9 +168,10 @@ void OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void OnCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
               fuse_file_info* fi) {
-  auto r = Self(req)->tree->Create(parent, name, mode, fi->flags);
+  auto r = Self(req)->tree->Create(parent, name, mode, fi->flags, Who(req));
   if (!r.ok()) return Fail(req, "create", parent, r.status());
   fi->fh = r->second.handle;
+  fi->keep_cache = r->second.keep_cache;
   fuse_entry_param e{};
   e.ino = r->first.ino;
   e.generation = 1;

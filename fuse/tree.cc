@@ -49,7 +49,7 @@ int ErrnoOf(const absl::Status& st) {
 }
 
 absl::StatusOr<std::pair<Attr, OpenResult>> Tree::Create(uint64_t, const std::string&, uint32_t,
-                                                         int) {
+                                                         int, const Caller&) {
   return ReadOnly();
 }
 absl::StatusOr<size_t> Tree::Write(uint64_t, uint64_t, absl::Span<const char>) {
@@ -58,14 +58,17 @@ absl::StatusOr<size_t> Tree::Write(uint64_t, uint64_t, absl::Span<const char>) {
 absl::Status Tree::Flush(uint64_t) { return absl::OkStatus(); }
 absl::Status Tree::Fsync(uint64_t) { return absl::OkStatus(); }
 absl::StatusOr<Attr> Tree::SetAttr(uint64_t, const struct stat&, int) { return ReadOnly(); }
-absl::StatusOr<Attr> Tree::Mkdir(uint64_t, const std::string&, uint32_t) { return ReadOnly(); }
+absl::StatusOr<Attr> Tree::Mkdir(uint64_t, const std::string&, uint32_t, const Caller&) {
+  return ReadOnly();
+}
 absl::Status Tree::Unlink(uint64_t, const std::string&) { return ReadOnly(); }
 absl::Status Tree::Rmdir(uint64_t, const std::string&) { return ReadOnly(); }
 absl::Status Tree::Rename(uint64_t, const std::string&, uint64_t, const std::string&,
                           unsigned int) {
   return ReadOnly();
 }
-absl::StatusOr<Attr> Tree::Symlink(const std::string&, uint64_t, const std::string&) {
+absl::StatusOr<Attr> Tree::Symlink(const std::string&, uint64_t, const std::string&,
+                                   const Caller&) {
   return ReadOnly();
 }
 absl::StatusOr<std::string> Tree::Readlink(uint64_t) { return PosixError(EINVAL, "not a symlink"); }

@@ -45,6 +45,12 @@ struct ReadResult {
   cache::ReadLease lease;  // used when lease.fd() >= 0
 };
 
+// Who asked: new files and directories belong to them.
+struct Caller {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+};
+
 struct OpenResult {
   uint64_t handle = 0;
   bool keep_cache = false;  // the kernel's cached pages are still right
@@ -69,20 +75,21 @@ class Tree {
   // Writes: the default refuses them (EROFS).
   virtual absl::StatusOr<std::pair<Attr, OpenResult>> Create(uint64_t parent,
                                                              const std::string& name, uint32_t mode,
-                                                             int flags);
+                                                             int flags, const Caller& who);
   virtual absl::StatusOr<size_t> Write(uint64_t handle, uint64_t offset,
                                        absl::Span<const char> data);
   virtual absl::Status Flush(uint64_t handle);
   virtual absl::Status Fsync(uint64_t handle);
   // `to_set` is a FUSE_SET_ATTR_* mask.
   virtual absl::StatusOr<Attr> SetAttr(uint64_t ino, const struct stat& attr, int to_set);
-  virtual absl::StatusOr<Attr> Mkdir(uint64_t parent, const std::string& name, uint32_t mode);
+  virtual absl::StatusOr<Attr> Mkdir(uint64_t parent, const std::string& name, uint32_t mode,
+                                     const Caller& who);
   virtual absl::Status Unlink(uint64_t parent, const std::string& name);
   virtual absl::Status Rmdir(uint64_t parent, const std::string& name);
   virtual absl::Status Rename(uint64_t parent, const std::string& name, uint64_t new_parent,
                               const std::string& new_name, unsigned int flags);
   virtual absl::StatusOr<Attr> Symlink(const std::string& target, uint64_t parent,
-                                       const std::string& name);
+                                       const std::string& name, const Caller& who);
   virtual absl::StatusOr<std::string> Readlink(uint64_t ino);
 };
 

@@ -1,12 +1,16 @@
 // VolumeTree: read path. Names are checked here (the kernel passes any
 // bytes); an origin error becomes an errno and a log line in the engine.
+#define FUSE_USE_VERSION 312
 #include "fuse/volume_tree.h"
 
 #include <fcntl.h>
+#include <fuse_lowlevel.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "cache/logging.h"
@@ -15,7 +19,11 @@ namespace strata::fuse {
 
 VolumeTree::VolumeTree(std::shared_ptr<cache::Origin> origin, cache::ChunkStore& store,
                        cache::Fetcher& fetcher, VolumeOptions options)
-    : origin_(std::move(origin)), store_(store), fetcher_(fetcher), opts_(options) {
+    : origin_(std::move(origin)),
+      store_(store),
+      fetcher_(fetcher),
+      opts_(options),
+      local_root_(origin_->LocalRoot()) {
   absl::MutexLock l(&mu_);
   nodes_[kRootIno] = Node{"", {}, absl::InfinitePast(), ""};
   nodes_[kRootIno].stat.is_dir = true;
@@ -43,7 +51,7 @@ absl::StatusOr<std::string> VolumeTree::PathOf(uint64_t ino) {
 Attr VolumeTree::ToAttr(uint64_t ino, const cache::ObjectStat& st) const {
   Attr a;
   a.ino = ino;
-  a.mode = (st.is_dir ? S_IFDIR : S_IFREG) | (st.mode & 07777);
+  a.mode = (st.is_dir ? S_IFDIR : st.is_symlink ? S_IFLNK : S_IFREG) | (st.mode & 07777);
   if (opts_.read_only) a.mode &= ~0222;
   a.size = st.is_dir ? 0 : st.size;
   a.nlink = st.is_dir ? 2 : 1;
@@ -82,7 +90,7 @@ absl::StatusOr<cache::ObjectStat> VolumeTree::StatPath(const std::string& path, 
   return n.stat;
 }
 
-absl::StatusOr<Attr> VolumeTree::Lookup(uint64_t parent, const std::string& name) {
+absl::StatusOr<std::string> VolumeTree::ChildPath(uint64_t parent, const std::string& name) {
   if (name.size() > 255)
     return PosixError(ENAMETOOLONG, absl::StrCat("name of ", name.size(), " bytes"));
   if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
@@ -90,9 +98,14 @@ absl::StatusOr<Attr> VolumeTree::Lookup(uint64_t parent, const std::string& name
   }
   auto dir = PathOf(parent);
   if (!dir.ok()) return dir.status();
-  std::string path = dir->empty() ? name : absl::StrCat(*dir, "/", name);
+  return dir->empty() ? name : absl::StrCat(*dir, "/", name);
+}
+
+absl::StatusOr<Attr> VolumeTree::Lookup(uint64_t parent, const std::string& name) {
+  auto path = ChildPath(parent, name);
+  if (!path.ok()) return path.status();
   uint64_t ino;
-  auto st = StatPath(path, &ino, false);
+  auto st = StatPath(*path, &ino, false);
   if (!st.ok()) return st.status();
   return ToAttr(ino, *st);
 }
@@ -131,9 +144,9 @@ absl::StatusOr<std::vector<DirEntry>> VolumeTree::ReadDir(uint64_t ino) {
 }
 
 absl::StatusOr<OpenResult> VolumeTree::Open(uint64_t ino, int flags) {
-  if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) {
-    return PosixError(opts_.read_only ? EROFS : ENOTSUP,
-                      "writes are not supported on this volume yet");
+  bool writing = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+  if (writing) {
+    if (absl::Status w = Writable("open for writing"); !w.ok()) return w;
   }
   auto path = PathOf(ino);
   if (!path.ok()) return path.status();
@@ -142,25 +155,54 @@ absl::StatusOr<OpenResult> VolumeTree::Open(uint64_t ino, int flags) {
   auto st = StatPath(*path, &got, /*revalidate=*/true);
   if (!st.ok()) return st.status();
   if (st->is_dir) return PosixError(EISDIR, *path);
+  int fd = -1;
+  if (writing) {
+    fd = ::open(Local(*path).c_str(),
+                (flags & (O_ACCMODE | O_TRUNC | O_APPEND)) | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return PosixError(errno, absl::StrCat("open ", *path, ": ", std::strerror(errno)));
+    if (flags & O_TRUNC) Changed(*path);
+  }
+  return AddHandle(ino, *path, *st, fd);
+}
+
+absl::StatusOr<OpenResult> VolumeTree::AddHandle(uint64_t ino, const std::string& path,
+                                                 const cache::ObjectStat& st, int fd) {
   absl::MutexLock l(&mu_);
   Node& n = nodes_[ino];
   OpenResult r;
-  r.keep_cache = n.opened_version == st->version;
-  n.opened_version = st->version;
+  r.keep_cache = fd < 0 && n.opened_version == st.version;
+  n.opened_version = fd < 0 ? st.version : "";
   r.handle = next_handle_++;
-  handles_[r.handle] = Handle{ino, cache::FetchTarget{origin_, *path, *st, opts_.chunk_size, {}}};
+  handles_[r.handle] =
+      Handle{ino, cache::FetchTarget{origin_, path, st, opts_.chunk_size, {}}, fd, false};
   return r;
 }
 
 absl::StatusOr<ReadResult> VolumeTree::Read(uint64_t handle, uint64_t offset, size_t size) {
   cache::FetchTarget target;
+  int fd;
+  bool target_changed;
   {
     absl::MutexLock l(&mu_);
     auto it = handles_.find(handle);
     if (it == handles_.end()) return PosixError(EBADF, absl::StrCat("unknown handle ", handle));
     target = it->second.target;
+    fd = it->second.fd;
+    target_changed = it->second.dirty;
   }
   ReadResult r;
+  if (fd >= 0 || (!local_root_.empty() && target_changed)) {
+    // A handle that writes reads its own bytes straight from the origin file.
+    r.bytes.resize(size);
+    int rfd = fd >= 0 ? fd : ::open(Local(target.path).c_str(), O_RDONLY | O_CLOEXEC);
+    if (rfd < 0) return PosixError(EIO, absl::StrCat(target.path, " is gone at the origin"));
+    ssize_t n = ::pread(rfd, r.bytes.data(), size, static_cast<off_t>(offset));
+    int err = errno;
+    if (fd < 0) ::close(rfd);
+    if (n < 0) return PosixError(err, absl::StrCat("read ", target.path, ": ", std::strerror(err)));
+    r.bytes.resize(n);
+    return r;
+  }
   if (offset >= target.stat.size || size == 0) return r;
   size = std::min<uint64_t>(size, target.stat.size - offset);
   // A hit: lend the cache file's range for splicing.
@@ -174,6 +216,16 @@ absl::StatusOr<ReadResult> VolumeTree::Read(uint64_t handle, uint64_t offset, si
   if (!n.ok()) {
     // The open file's object is gone or changed at the origin: an I/O error
     // on this handle (a new open sees the new state), never other bytes.
+    if (absl::IsFailedPrecondition(n.status()) && !local_root_.empty()) {
+      // Changed under this handle by a write on this node: POSIX readers see
+      // the new bytes. Mark the handle so later reads go straight there too.
+      {
+        absl::MutexLock l(&mu_);
+        auto it = handles_.find(handle);
+        if (it != handles_.end()) it->second.dirty = true;
+      }
+      return Read(handle, offset, size);
+    }
     if (absl::IsNotFound(n.status()) || absl::IsFailedPrecondition(n.status())) {
       return PosixError(EIO, absl::StrCat(n.status().message(),
                                           " (changed or removed at the origin since open)"));
@@ -185,8 +237,238 @@ absl::StatusOr<ReadResult> VolumeTree::Read(uint64_t handle, uint64_t offset, si
 }
 
 void VolumeTree::Release(uint64_t handle) {
+  Handle h;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = handles_.find(handle);
+    if (it == handles_.end()) return;
+    h = std::move(it->second);
+    handles_.erase(it);
+  }
+  if (h.fd >= 0) {
+    ::close(h.fd);
+    if (h.dirty) Changed(h.target.path);
+  }
+}
+
+absl::Status VolumeTree::Writable(const char* op) const {
+  if (opts_.read_only) return PosixError(EROFS, absl::StrCat(op, ": the volume is read-only"));
+  if (local_root_.empty()) {
+    return PosixError(ENOTSUP,
+                      absl::StrCat(op, ": writes to ", origin_->url(), " are not supported yet"));
+  }
+  return absl::OkStatus();
+}
+
+void VolumeTree::Changed(const std::string& path) {
+  cache::ObjectStat old;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = inos_.find(path);
+    if (it == inos_.end()) return;
+    Node& n = nodes_[it->second];
+    old = n.stat;
+    n.fetched = absl::InfinitePast();
+    n.opened_version.clear();
+  }
+  if (old.version.empty() || old.is_dir) return;
+  cache::FetchTarget t{origin_, path, old, opts_.chunk_size, {}};
+  absl::Status st = store_.Remove(cache::StoreKey(t));
+  if (!st.ok() && !absl::IsNotFound(st))
+    spdlog::debug("old chunks of {} stay until evicted: {}", path, st.message());
+}
+
+absl::StatusOr<Attr> VolumeTree::Fresh(const std::string& path) {
+  uint64_t ino;
+  auto st = StatPath(path, &ino, /*revalidate=*/true);
+  if (!st.ok()) return st.status();
+  return ToAttr(ino, *st);
+}
+
+absl::StatusOr<std::pair<Attr, OpenResult>> VolumeTree::Create(uint64_t parent,
+                                                               const std::string& name,
+                                                               uint32_t mode, int flags,
+                                                               const Caller& who) {
+  if (absl::Status w = Writable("create"); !w.ok()) return w;
+  auto path = ChildPath(parent, name);
+  if (!path.ok()) return path.status();
+  int fd =
+      ::open(Local(*path).c_str(),
+             (flags & (O_ACCMODE | O_TRUNC | O_APPEND | O_EXCL)) | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+             mode & 07777);
+  if (fd < 0) return PosixError(errno, absl::StrCat("create ", *path, ": ", std::strerror(errno)));
+  if (::fchown(fd, who.uid, who.gid) != 0) {
+    spdlog::warn("create {}: cannot give it to {}:{}: {}", *path, who.uid, who.gid,
+                 std::strerror(errno));
+  }
+  Changed(*path);
+  auto attr = Fresh(*path);
+  if (!attr.ok()) {
+    ::close(fd);
+    return attr.status();
+  }
+  uint64_t got;
+  auto st = StatPath(*path, &got, false);
+  auto h = AddHandle(attr->ino, *path, *st, fd);
+  if (!h.ok()) return h.status();
+  return std::make_pair(*attr, *h);
+}
+
+absl::StatusOr<size_t> VolumeTree::Write(uint64_t handle, uint64_t offset,
+                                         absl::Span<const char> data) {
+  int fd;
+  std::string path;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = handles_.find(handle);
+    if (it == handles_.end() || it->second.fd < 0) return PosixError(EBADF, "not open for writing");
+    fd = it->second.fd;
+    it->second.dirty = true;
+    path = it->second.target.path;
+    nodes_[it->second.ino].fetched = absl::InfinitePast();
+  }
+  ssize_t n = ::pwrite(fd, data.data(), data.size(), static_cast<off_t>(offset));
+  if (n < 0) return PosixError(errno, absl::StrCat("write ", path, ": ", std::strerror(errno)));
+  return static_cast<size_t>(n);
+}
+
+absl::Status VolumeTree::Fsync(uint64_t handle) {
+  int fd;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = handles_.find(handle);
+    if (it == handles_.end()) return PosixError(EBADF, "unknown handle");
+    fd = it->second.fd;
+  }
+  if (fd >= 0 && ::fsync(fd) != 0)
+    return PosixError(errno, absl::StrCat("fsync: ", std::strerror(errno)));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int to_set) {
+  auto path = PathOf(ino);
+  if (!path.ok()) return path.status();
+  if (to_set & (FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
+                FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+    if (absl::Status w = Writable("setattr"); !w.ok()) return w;
+  }
+  std::string local = Local(*path);
+  auto fail = [&](const char* what) {
+    return PosixError(errno, absl::StrCat(what, " ", *path, ": ", std::strerror(errno)));
+  };
+  if ((to_set & FUSE_SET_ATTR_MODE) &&
+      ::fchmodat(AT_FDCWD, local.c_str(), a.st_mode & 07777, 0) != 0)
+    return fail("chmod");
+  if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+    uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? a.st_uid : static_cast<uid_t>(-1);
+    gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? a.st_gid : static_cast<gid_t>(-1);
+    if (::lchown(local.c_str(), uid, gid) != 0) return fail("chown");
+  }
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    if (::truncate(local.c_str(), a.st_size) != 0) return fail("truncate");
+    Changed(*path);
+  }
+  if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+    struct timespec ts[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
+    if (to_set & FUSE_SET_ATTR_ATIME)
+      ts[0] = (to_set & FUSE_SET_ATTR_ATIME_NOW) ? timespec{0, UTIME_NOW} : a.st_atim;
+    if (to_set & FUSE_SET_ATTR_MTIME)
+      ts[1] = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? timespec{0, UTIME_NOW} : a.st_mtim;
+    if (::utimensat(AT_FDCWD, local.c_str(), ts, AT_SYMLINK_NOFOLLOW) != 0) return fail("utimens");
+  }
+  return Fresh(*path);
+}
+
+absl::StatusOr<Attr> VolumeTree::Mkdir(uint64_t parent, const std::string& name, uint32_t mode,
+                                       const Caller& who) {
+  if (absl::Status w = Writable("mkdir"); !w.ok()) return w;
+  auto path = ChildPath(parent, name);
+  if (!path.ok()) return path.status();
+  if (::mkdir(Local(*path).c_str(), mode & 07777) != 0) {
+    return PosixError(errno, absl::StrCat("mkdir ", *path, ": ", std::strerror(errno)));
+  }
+  ::lchown(Local(*path).c_str(), who.uid, who.gid);
+  return Fresh(*path);
+}
+
+absl::Status VolumeTree::Unlink(uint64_t parent, const std::string& name) {
+  if (absl::Status w = Writable("unlink"); !w.ok()) return w;
+  auto path = ChildPath(parent, name);
+  if (!path.ok()) return path.status();
+  if (::unlink(Local(*path).c_str()) != 0) {
+    return PosixError(errno, absl::StrCat("unlink ", *path, ": ", std::strerror(errno)));
+  }
+  Changed(*path);
+  return absl::OkStatus();
+}
+
+absl::Status VolumeTree::Rmdir(uint64_t parent, const std::string& name) {
+  if (absl::Status w = Writable("rmdir"); !w.ok()) return w;
+  auto path = ChildPath(parent, name);
+  if (!path.ok()) return path.status();
+  if (::rmdir(Local(*path).c_str()) != 0) {
+    return PosixError(errno, absl::StrCat("rmdir ", *path, ": ", std::strerror(errno)));
+  }
+  Changed(*path);
+  return absl::OkStatus();
+}
+
+absl::Status VolumeTree::Rename(uint64_t parent, const std::string& name, uint64_t new_parent,
+                                const std::string& new_name, unsigned int flags) {
+  if (absl::Status w = Writable("rename"); !w.ok()) return w;
+  auto from = ChildPath(parent, name);
+  if (!from.ok()) return from.status();
+  auto to = ChildPath(new_parent, new_name);
+  if (!to.ok()) return to.status();
+  Changed(*to);  // a file renamed over is gone
+  if (::renameat2(AT_FDCWD, Local(*from).c_str(), AT_FDCWD, Local(*to).c_str(), flags) != 0) {
+    return PosixError(errno,
+                      absl::StrCat("rename ", *from, " to ", *to, ": ", std::strerror(errno)));
+  }
+  // The kernel keeps the moved inode's number: move our path mappings (the
+  // subtree's too) under it, and point open handles at the new path.
   absl::MutexLock l(&mu_);
-  handles_.erase(handle);
+  std::string prefix = *from + "/";
+  std::vector<std::pair<std::string, uint64_t>> moved;
+  for (auto& [p, ino] : inos_) {
+    if (p == *from || p.rfind(prefix, 0) == 0) moved.emplace_back(p, ino);
+  }
+  for (auto& [p, ino] : moved) {
+    std::string np = *to + p.substr(from->size());
+    inos_.erase(p);
+    auto old = inos_.find(np);
+    if (old != inos_.end()) nodes_.erase(old->second);
+    inos_[np] = ino;
+    nodes_[ino].path = np;
+    nodes_[ino].fetched = absl::InfinitePast();
+  }
+  for (auto& [h, handle] : handles_) {
+    const std::string& p = handle.target.path;
+    if (p == *from || p.rfind(prefix, 0) == 0) handle.target.path = *to + p.substr(from->size());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Attr> VolumeTree::Symlink(const std::string& target, uint64_t parent,
+                                         const std::string& name, const Caller& who) {
+  if (absl::Status w = Writable("symlink"); !w.ok()) return w;
+  auto path = ChildPath(parent, name);
+  if (!path.ok()) return path.status();
+  if (::symlink(target.c_str(), Local(*path).c_str()) != 0) {
+    return PosixError(errno, absl::StrCat("symlink ", *path, ": ", std::strerror(errno)));
+  }
+  ::lchown(Local(*path).c_str(), who.uid, who.gid);
+  return Fresh(*path);
+}
+
+absl::StatusOr<std::string> VolumeTree::Readlink(uint64_t ino) {
+  auto path = PathOf(ino);
+  if (!path.ok()) return path.status();
+  if (local_root_.empty()) return PosixError(EINVAL, "not a symlink");
+  char buf[4096];
+  ssize_t n = ::readlink(Local(*path).c_str(), buf, sizeof buf);
+  if (n < 0) return PosixError(errno, absl::StrCat("readlink ", *path, ": ", std::strerror(errno)));
+  return std::string(buf, n);
 }
 
 }  // namespace strata::fuse

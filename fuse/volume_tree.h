@@ -38,6 +38,24 @@ class VolumeTree final : public Tree {
   absl::StatusOr<ReadResult> Read(uint64_t handle, uint64_t offset, size_t size) override;
   void Release(uint64_t handle) override;
 
+  // Writes go through to a POSIX origin (file://); elsewhere ENOTSUP for now.
+  absl::StatusOr<std::pair<Attr, OpenResult>> Create(uint64_t parent, const std::string& name,
+                                                     uint32_t mode, int flags,
+                                                     const Caller& who) override;
+  absl::StatusOr<size_t> Write(uint64_t handle, uint64_t offset,
+                               absl::Span<const char> data) override;
+  absl::Status Fsync(uint64_t handle) override;
+  absl::StatusOr<Attr> SetAttr(uint64_t ino, const struct stat& attr, int to_set) override;
+  absl::StatusOr<Attr> Mkdir(uint64_t parent, const std::string& name, uint32_t mode,
+                             const Caller& who) override;
+  absl::Status Unlink(uint64_t parent, const std::string& name) override;
+  absl::Status Rmdir(uint64_t parent, const std::string& name) override;
+  absl::Status Rename(uint64_t parent, const std::string& name, uint64_t new_parent,
+                      const std::string& new_name, unsigned int flags) override;
+  absl::StatusOr<Attr> Symlink(const std::string& target, uint64_t parent, const std::string& name,
+                               const Caller& who) override;
+  absl::StatusOr<std::string> Readlink(uint64_t ino) override;
+
  private:
   struct Node {
     std::string path;  // relative to the origin's root; "" for the root
@@ -48,6 +66,8 @@ class VolumeTree final : public Tree {
   struct Handle {
     uint64_t ino;
     cache::FetchTarget target;
+    int fd = -1;         // open on the origin file: writable handles of POSIX origins
+    bool dirty = false;  // written: the cached chunks of `target` are stale
   };
 
   // The inode of `path`: a hash of it, stable across restarts, probing past
@@ -58,11 +78,24 @@ class VolumeTree final : public Tree {
   absl::StatusOr<cache::ObjectStat> StatPath(const std::string& path, uint64_t* ino,
                                              bool revalidate);
   Attr ToAttr(uint64_t ino, const cache::ObjectStat& st) const;
+  // The origin path of `name` in directory `parent`, checked.
+  absl::StatusOr<std::string> ChildPath(uint64_t parent, const std::string& name);
+  // Refuses writes on read-only volumes and origins that cannot take them.
+  absl::Status Writable(const char* op) const;
+  std::string Local(const std::string& path) const { return local_root_ + "/" + path; }
+  // Forgets cached metadata of `path` and drops the cached chunks of the
+  // version it had, so nothing stale is served after a change.
+  void Changed(const std::string& path);
+  // After a change through this tree: the new attributes of `path`.
+  absl::StatusOr<Attr> Fresh(const std::string& path);
+  absl::StatusOr<OpenResult> AddHandle(uint64_t ino, const std::string& path,
+                                       const cache::ObjectStat& st, int fd);
 
   std::shared_ptr<cache::Origin> origin_;
   cache::ChunkStore& store_;
   cache::Fetcher& fetcher_;
   VolumeOptions opts_;
+  std::string local_root_;  // non-empty for POSIX origins
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Node> nodes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> inos_ ABSL_GUARDED_BY(mu_);

@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -191,6 +192,151 @@ TEST_F(MountTest, UnmountCommandDetachesADeadMount) {
   std::string out;
   EXPECT_EQ(testing::RunCommand({STRATA_PATH, "unmount", mnt_}, &out), 0) << out;
   EXPECT_FALSE(testing::IsMounted(mnt_));
+}
+
+TEST_F(MountTest, WritesGoThroughToTheOriginAndToOtherNodes) {
+  auto a = Mount(mnt_);
+  std::string mnt2 = dir_.path() + "/mnt2";
+  std::filesystem::create_directories(mnt2);
+  auto b = Mount(mnt2);
+  std::string data = Pattern(43, 0, (3 << 20) + 17);
+  {
+    std::ofstream f(mnt_ + "/out/ckpt.bin", std::ios::binary);  // no such directory yet
+    EXPECT_FALSE(f.good());
+  }
+  ASSERT_TRUE(std::filesystem::create_directory(mnt_ + "/out"));
+  {
+    int fd = ::open((mnt_ + "/out/ckpt.bin").c_str(), O_CREAT | O_WRONLY | O_EXCL, 0640);
+    ASSERT_GE(fd, 0);
+    // Odd sizes and offsets; the last write lands before the end.
+    ASSERT_EQ(::pwrite(fd, data.data(), 1000, 0), 1000);
+    ASSERT_EQ(::pwrite(fd, data.data() + 1000, data.size() - 1000, 1000),
+              static_cast<ssize_t>(data.size() - 1000));
+    ASSERT_EQ(::pwrite(fd, "XY", 2, 5), 2);
+    ASSERT_EQ(::fsync(fd), 0);
+    ASSERT_EQ(::close(fd), 0);
+  }
+  data[5] = 'X';
+  data[6] = 'Y';
+  EXPECT_EQ(ReadPath(origin_ + "/out/ckpt.bin"), data);  // write-through
+  EXPECT_EQ(ReadPath(mnt_ + "/out/ckpt.bin"), data);     // this node
+  EXPECT_EQ(ReadPath(mnt2 + "/out/ckpt.bin"), data);     // the other node, at its next open
+  EXPECT_EQ(
+      std::filesystem::status(mnt_ + "/out/ckpt.bin").permissions() & std::filesystem::perms::all,
+      std::filesystem::perms(0640));
+  // Overwritten after being cached: never the stale cached bytes.
+  std::string next = Pattern(44, 0, data.size());
+  { std::ofstream(mnt_ + "/out/ckpt.bin", std::ios::binary | std::ios::trunc) << next; }
+  EXPECT_EQ(ReadPath(mnt_ + "/out/ckpt.bin"), next);
+  EXPECT_EQ(ReadPath(mnt2 + "/out/ckpt.bin"), next);
+}
+
+TEST_F(MountTest, NamespaceOperations) {
+  auto m = Mount(mnt_);
+  WriteFile(mnt_ + "/a.txt", "AAA");
+  WriteFile(mnt_ + "/b.txt", "BBBBBB");
+  // rename over an existing file
+  std::filesystem::rename(mnt_ + "/a.txt", mnt_ + "/b.txt");
+  EXPECT_FALSE(std::filesystem::exists(mnt_ + "/a.txt"));
+  EXPECT_EQ(ReadPath(mnt_ + "/b.txt"), "AAA");
+  EXPECT_EQ(ReadPath(origin_ + "/b.txt"), "AAA");
+  // directories, renamed with their contents
+  std::filesystem::create_directories(mnt_ + "/x/y");
+  WriteFile(mnt_ + "/x/y/z.txt", "zed");
+  std::filesystem::rename(mnt_ + "/x", mnt_ + "/w");
+  EXPECT_EQ(ReadPath(mnt_ + "/w/y/z.txt"), "zed");
+  std::error_code ec;
+  std::filesystem::remove(mnt_ + "/w/y", ec);
+  EXPECT_EQ(ec.value(), ENOTEMPTY);
+  std::filesystem::remove(mnt_ + "/w/y/z.txt");
+  std::filesystem::remove(mnt_ + "/w/y");
+  std::filesystem::remove(mnt_ + "/w");
+  EXPECT_FALSE(std::filesystem::exists(origin_ + "/w"));
+  // symlinks
+  std::filesystem::create_symlink("b.txt", mnt_ + "/link");
+  EXPECT_EQ(std::filesystem::read_symlink(mnt_ + "/link"), "b.txt");
+  EXPECT_EQ(ReadPath(mnt_ + "/link"), "AAA");
+  EXPECT_TRUE(std::filesystem::is_symlink(origin_ + "/link"));
+  // times and modes
+  struct timespec ts[2] = {{1000000000, 0}, {1234567890, 500}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (mnt_ + "/b.txt").c_str(), ts, 0), 0);
+  struct stat st;
+  ASSERT_EQ(::stat((origin_ + "/b.txt").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1234567890);
+  ASSERT_EQ(::chmod((mnt_ + "/b.txt").c_str(), 0600), 0);
+  ASSERT_EQ(::stat((mnt_ + "/b.txt").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(::unlink((mnt_ + "/nope").c_str()), -1);
+  EXPECT_EQ(errno, ENOENT);
+}
+
+TEST_F(MountTest, TruncateWhileAnotherHandleReads) {
+  auto m = Mount(mnt_);
+  int rfd = ::open((mnt_ + "/models/weights.bin").c_str(), O_RDONLY);
+  ASSERT_GE(rfd, 0);
+  std::string buf(4096, '\0');
+  ASSERT_EQ(::pread(rfd, buf.data(), buf.size(), 0), 4096);
+  ASSERT_EQ(::truncate((mnt_ + "/models/weights.bin").c_str(), 100000), 0);
+  EXPECT_EQ(std::filesystem::file_size(origin_ + "/models/weights.bin"), 100000u);
+  // The reader sees the file as it is now: no bytes past the new end.
+  ssize_t n = ::pread(rfd, buf.data(), buf.size(), 200000);
+  EXPECT_LE(n, 0);
+  n = ::pread(rfd, buf.data(), buf.size(), 99000);
+  ASSERT_GE(n, 0);
+  EXPECT_EQ(buf.substr(0, n), data_.substr(99000, n));
+  ::close(rfd);
+  EXPECT_EQ(ReadPath(mnt_ + "/models/weights.bin"), data_.substr(0, 100000));
+}
+
+TEST_F(MountTest, ConcurrentReadersAndAWriter) {
+  auto m = Mount(mnt_);
+  std::string chunk = Pattern(45, 0, 64 << 10);
+  std::atomic<bool> done{false}, wrong{false};
+  std::thread writer([&] {
+    int fd = ::open((mnt_ + "/log.bin").c_str(), O_CREAT | O_WRONLY | O_APPEND, 0644);
+    for (int i = 0; i < 64 && fd >= 0; ++i) {
+      if (::write(fd, chunk.data(), chunk.size()) != static_cast<ssize_t>(chunk.size())) break;
+    }
+    ::close(fd);
+    done = true;
+  });
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 3; ++r) {
+    readers.emplace_back([&] {
+      while (!done) {
+        std::string got = ReadPath(mnt_ + "/log.bin");
+        // Whatever is visible is whole copies of `chunk` (and at most a partial last one).
+        for (size_t off = 0; off + chunk.size() <= got.size(); off += chunk.size()) {
+          if (got.compare(off, chunk.size(), chunk) != 0) wrong = true;
+        }
+      }
+    });
+  }
+  writer.join();
+  for (auto& t : readers) t.join();
+  EXPECT_FALSE(wrong.load());
+  EXPECT_EQ(std::filesystem::file_size(mnt_ + "/log.bin"), 64u * chunk.size());
+}
+
+TEST_F(MountTest, PermissionsAreEnforcedForOtherUsers) {
+  WriteFile(origin_ + "/private.txt", "secret");
+  ::chmod((origin_ + "/private.txt").c_str(), 0600);
+  ::chmod(dir_.path().c_str(), 0755);  // so that nobody can reach the mountpoint
+  auto m = Mount(mnt_);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    // An unprivileged pod user: nobody.
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(10);
+    int fd = ::open((mnt_ + "/private.txt").c_str(), O_RDONLY);
+    if (fd >= 0) ::_exit(11);
+    if (errno != EACCES) ::_exit(12);
+    fd = ::open((mnt_ + "/README").c_str(), O_RDONLY);  // 0644: readable
+    ::_exit(fd >= 0 ? 0 : 13);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 }  // namespace
