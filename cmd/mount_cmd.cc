@@ -11,6 +11,7 @@
 #include "cache/fetcher.h"
 #include "cache/logging.h"
 #include "cmd/commands.h"
+#include "cmd/metrics_server.h"
 #include "fuse/engine.h"
 #include "fuse/volume_tree.h"
 
@@ -23,6 +24,7 @@ void AddMountCommands(CLI::App& app, Runner& run) {
     std::string chunk_size = "4MiB";
     double attr_ttl = 1.0;
     bool read_only = false;
+    int metrics_port = 0;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* m =
@@ -35,6 +37,9 @@ void AddMountCommands(CLI::App& app, Runner& run) {
   m->add_option("--attr-ttl", o->attr_ttl, "Seconds metadata is cached (open always revalidates)")
       ->capture_default_str();
   m->add_flag("--read-only", o->read_only, "Refuse writes");
+  m->add_option("--metrics-port", o->metrics_port,
+                "Port on 127.0.0.1 for /metrics and /healthz (0: any free port; -1: none)")
+      ->capture_default_str();
   m->callback([o, &run] {
     run = [o]() -> int {
       auto chunk = ParseSize(o->chunk_size);
@@ -81,6 +86,22 @@ void AddMountCommands(CLI::App& app, Runner& run) {
         spdlog::error("{}", server.status().message());
         return 1;
       }
+      std::atomic<bool> serving{true};
+      std::unique_ptr<MetricsServer> metrics;
+      if (o->metrics_port >= 0) {
+        auto ms = MetricsServer::Start(
+            o->metrics_port,
+            [&] { return PrometheusText((*store)->Stats(), fetcher.Stats(), tree.Stats()); },
+            [&]() -> absl::Status {
+              if (!serving) return absl::UnavailableError("the FUSE session has ended");
+              return (*store)->health();
+            });
+        if (!ms.ok()) {
+          spdlog::error("{}", ms.status().message());
+          return 1;
+        }
+        metrics = std::move(*ms);
+      }
       std::thread waiter([&] {
         int sig = 0;
         sigwait(&set, &sig);
@@ -89,8 +110,10 @@ void AddMountCommands(CLI::App& app, Runner& run) {
       });
       std::printf("mounted %s at %s (cache %s); stop with Ctrl-C or SIGTERM\n", o->origin.c_str(),
                   o->mountpoint.c_str(), o->cache_dir.c_str());
+      if (metrics) std::printf("metrics on http://127.0.0.1:%d/metrics\n", metrics->port());
       std::fflush(stdout);
       absl::Status st = (*server)->Run();
+      serving = false;
       // Unmounted from outside: wake the waiter so it can be joined.
       ::kill(::getpid(), SIGTERM);
       waiter.join();

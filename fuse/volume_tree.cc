@@ -178,7 +178,8 @@ absl::StatusOr<OpenResult> VolumeTree::AddHandle(uint64_t ino, const std::string
   return r;
 }
 
-absl::StatusOr<ReadResult> VolumeTree::Read(uint64_t handle, uint64_t offset, size_t size) {
+absl::StatusOr<ReadResult> VolumeTree::ReadUncounted(uint64_t handle, uint64_t offset,
+                                                     size_t size) {
   cache::FetchTarget target;
   int fd;
   bool target_changed;
@@ -193,6 +194,7 @@ absl::StatusOr<ReadResult> VolumeTree::Read(uint64_t handle, uint64_t offset, si
   ReadResult r;
   if (fd >= 0 || (!local_root_.empty() && target_changed)) {
     // A handle that writes reads its own bytes straight from the origin file.
+    ++direct_reads_;
     r.bytes.resize(size);
     int rfd = fd >= 0 ? fd : ::open(Local(target.path).c_str(), O_RDONLY | O_CLOEXEC);
     if (rfd < 0) return PosixError(EIO, absl::StrCat(target.path, " is gone at the origin"));
@@ -211,6 +213,7 @@ absl::StatusOr<ReadResult> VolumeTree::Read(uint64_t handle, uint64_t offset, si
     r.lease = std::move(*lease);
     return r;
   }
+  ++fetched_reads_;
   r.bytes.resize(size);
   auto n = fetcher_.Read(target, offset, absl::MakeSpan(r.bytes));
   if (!n.ok()) {
@@ -224,7 +227,7 @@ absl::StatusOr<ReadResult> VolumeTree::Read(uint64_t handle, uint64_t offset, si
         auto it = handles_.find(handle);
         if (it != handles_.end()) it->second.dirty = true;
       }
-      return Read(handle, offset, size);
+      return ReadUncounted(handle, offset, size);
     }
     if (absl::IsNotFound(n.status()) || absl::IsFailedPrecondition(n.status())) {
       return PosixError(EIO, absl::StrCat(n.status().message(),
@@ -234,6 +237,28 @@ absl::StatusOr<ReadResult> VolumeTree::Read(uint64_t handle, uint64_t offset, si
   }
   r.bytes.resize(*n);
   return r;
+}
+
+absl::StatusOr<ReadResult> VolumeTree::Read(uint64_t handle, uint64_t offset, size_t size) {
+  ++reads_;
+  auto r = ReadUncounted(handle, offset, size);
+  if (!r.ok()) {
+    ++errors_;
+    return r;
+  }
+  if (r->lease.fd() >= 0) {
+    ++cached_reads_;
+    bytes_read_ += r->lease.length();
+    cached_bytes_ += r->lease.length();
+  } else {
+    bytes_read_ += r->bytes.size();
+  }
+  return r;
+}
+
+VolumeStats VolumeTree::Stats() const {
+  return VolumeStats{reads_,      cached_reads_, fetched_reads_, direct_reads_,
+                     bytes_read_, cached_bytes_, bytes_written_, errors_};
 }
 
 void VolumeTree::Release(uint64_t handle) {
@@ -328,7 +353,11 @@ absl::StatusOr<size_t> VolumeTree::Write(uint64_t handle, uint64_t offset,
     nodes_[it->second.ino].fetched = absl::InfinitePast();
   }
   ssize_t n = ::pwrite(fd, data.data(), data.size(), static_cast<off_t>(offset));
-  if (n < 0) return PosixError(errno, absl::StrCat("write ", path, ": ", std::strerror(errno)));
+  if (n < 0) {
+    ++errors_;
+    return PosixError(errno, absl::StrCat("write ", path, ": ", std::strerror(errno)));
+  }
+  bytes_written_ += n;
   return static_cast<size_t>(n);
 }
 

@@ -4,6 +4,7 @@
 // reads go through the fetcher and the chunk store, hits by splice.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -15,6 +16,17 @@
 #include "fuse/tree.h"
 
 namespace strata::fuse {
+
+struct VolumeStats {
+  uint64_t reads = 0;          // read requests
+  uint64_t cached_reads = 0;   // answered by splice from the chunk cache
+  uint64_t fetched_reads = 0;  // answered through the fetcher (some chunk was missing)
+  uint64_t direct_reads = 0;   // answered from the origin file (a handle that writes)
+  uint64_t bytes_read = 0;
+  uint64_t cached_bytes = 0;  // of bytes_read, spliced from the cache
+  uint64_t bytes_written = 0;
+  uint64_t errors = 0;  // reads and writes that failed
+};
 
 struct VolumeOptions {
   absl::Duration attr_ttl = absl::Seconds(1);  // metadata cache and kernel timeouts
@@ -56,6 +68,8 @@ class VolumeTree final : public Tree {
                                const Caller& who) override;
   absl::StatusOr<std::string> Readlink(uint64_t ino) override;
 
+  VolumeStats Stats() const;
+
  private:
   struct Node {
     std::string path;  // relative to the origin's root; "" for the root
@@ -70,6 +84,7 @@ class VolumeTree final : public Tree {
     bool dirty = false;  // written: the cached chunks of `target` are stale
   };
 
+  absl::StatusOr<ReadResult> ReadUncounted(uint64_t handle, uint64_t offset, size_t size);
   // The inode of `path`: a hash of it, stable across restarts, probing past
   // the (unlikely) collision with another path.
   uint64_t InoFor(const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -101,6 +116,8 @@ class VolumeTree final : public Tree {
   absl::flat_hash_map<std::string, uint64_t> inos_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Handle> handles_ ABSL_GUARDED_BY(mu_);
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
+  std::atomic<uint64_t> reads_{0}, cached_reads_{0}, fetched_reads_{0}, direct_reads_{0};
+  std::atomic<uint64_t> bytes_read_{0}, cached_bytes_{0}, bytes_written_{0}, errors_{0};
 };
 
 }  // namespace strata::fuse

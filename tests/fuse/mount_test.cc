@@ -339,5 +339,25 @@ TEST_F(MountTest, PermissionsAreEnforcedForOtherUsers) {
   EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
+TEST_F(MountTest, MetricsAndHealthEndpoints) {
+  auto m = Mount(mnt_);
+  ASSERT_EQ(ReadPath(mnt_ + "/models/weights.bin"), data_);
+  ASSERT_EQ(ReadPath(mnt_ + "/models/weights.bin"), data_);
+  size_t at = m->output().find("metrics on http://127.0.0.1:");
+  ASSERT_NE(at, std::string::npos) << m->output();
+  std::string base = m->output().substr(at + 11, m->output().find("/metrics", at) - at - 11);
+  std::string out;
+  ASSERT_EQ(testing::RunCommand({"/usr/bin/curl", "-sf", base + "/metrics"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("# TYPE strata_fetch_latency_seconds histogram"));
+  EXPECT_THAT(out, ::testing::HasSubstr("strata_fetch_latency_seconds_bucket{le=\"+Inf\"}"));
+  EXPECT_THAT(out, ::testing::HasSubstr("strata_bytes_total{source=\"origin\"} " +
+                                        std::to_string(data_.size())));
+  EXPECT_THAT(out, ::testing::ContainsRegex("strata_read_hits_total [1-9]"));
+  EXPECT_THAT(out, ::testing::HasSubstr("strata_cache_used_bytes " + std::to_string(data_.size())));
+  ASSERT_EQ(testing::RunCommand({"/usr/bin/curl", "-sf", base + "/healthz"}, &out), 0);
+  EXPECT_EQ(out, "ok\n");
+  EXPECT_NE(testing::RunCommand({"/usr/bin/curl", "-sf", base + "/nope"}, &out), 0);
+}
+
 }  // namespace
 }  // namespace strata

@@ -1,0 +1,146 @@
+// MetricsServer: poll-based accept loop on one thread.
+#include "cmd/metrics_server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace strata::cmd {
+namespace {
+
+void Metric(std::string& out, const char* name, const char* type, const char* help, double value,
+            const std::string& labels = "") {
+  if (out.find(absl::StrCat("# TYPE ", name, " ")) == std::string::npos) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+  }
+  absl::StrAppend(&out, name, labels.empty() ? "" : "{", labels, labels.empty() ? "" : "}", " ",
+                  absl::StrFormat("%.15g", value), "\n");
+}
+
+}  // namespace
+
+std::string PrometheusText(const cache::StoreStats& s, const cache::FetcherStats& f,
+                           std::optional<fuse::VolumeStats> v) {
+  std::string o;
+  if (v) {
+    Metric(o, "strata_reads_total", "counter", "Read requests from the filesystem.", v->reads);
+    Metric(o, "strata_read_hits_total", "counter", "Reads answered from the chunk cache by splice.",
+           v->cached_reads);
+    Metric(o, "strata_read_misses_total", "counter", "Reads that needed a fetch.",
+           v->fetched_reads);
+    Metric(o, "strata_written_bytes_total", "counter", "Bytes written through the filesystem.",
+           v->bytes_written);
+    Metric(o, "strata_errors_total", "counter", "Errors by kind.", v->errors, "kind=\"io\"");
+  }
+  Metric(o, "strata_bytes_total", "counter", "Bytes served, by source.",
+         s.bytes_read + (v ? v->cached_bytes : 0), "source=\"cache\"");
+  Metric(o, "strata_bytes_total", "counter", "Bytes served, by source.", f.origin_bytes,
+         "source=\"origin\"");
+  Metric(o, "strata_errors_total", "counter", "Errors by kind.", s.write_errors,
+         "kind=\"cache_write\"");
+  Metric(o, "strata_errors_total", "counter", "Errors by kind.", s.checksum_failures,
+         "kind=\"checksum\"");
+  Metric(o, "strata_errors_total", "counter", "Errors by kind.", f.failures, "kind=\"fetch\"");
+  Metric(o, "strata_origin_requests_total", "counter", "Requests sent to origins.",
+         f.origin_requests);
+  Metric(o, "strata_origin_retries_total", "counter", "Origin requests retried.", f.retries);
+  // Fetch latency as a Prometheus histogram (cumulative buckets).
+  absl::StrAppend(&o, "# HELP strata_fetch_latency_seconds Origin request latency.\n",
+                  "# TYPE strata_fetch_latency_seconds histogram\n");
+  uint64_t cum = 0;
+  for (size_t i = 0; i <= std::size(cache::FetcherStats::kLatencyBoundsMs); ++i) {
+    cum += f.latency_buckets[i];
+    std::string le = i < std::size(cache::FetcherStats::kLatencyBoundsMs)
+                         ? absl::StrFormat("%g", cache::FetcherStats::kLatencyBoundsMs[i] / 1000.0)
+                         : "+Inf";
+    absl::StrAppend(&o, "strata_fetch_latency_seconds_bucket{le=\"", le, "\"} ", cum, "\n");
+  }
+  absl::StrAppend(&o, "strata_fetch_latency_seconds_sum ",
+                  absl::StrFormat("%.6f", f.latency_sum_ms / 1000.0),
+                  "\nstrata_fetch_latency_seconds_count ", cum, "\n");
+  Metric(o, "strata_cache_used_bytes", "gauge", "Bytes in the chunk cache.", s.used_bytes);
+  Metric(o, "strata_cache_capacity_bytes", "gauge", "Byte budget of the chunk cache.",
+         s.capacity_bytes);
+  Metric(o, "strata_cache_fill_ratio", "gauge", "Used over capacity.",
+         s.capacity_bytes ? static_cast<double>(s.used_bytes) / s.capacity_bytes : 0);
+  Metric(o, "strata_cache_objects", "gauge", "Objects in the chunk cache.", s.objects);
+  Metric(o, "strata_cache_evicted_bytes_total", "counter", "Bytes evicted.", s.evicted_bytes);
+  Metric(o, "strata_cache_degraded", "gauge", "1 when the cache cannot store (serving uncached).",
+         s.degraded);
+  return o;
+}
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
+    int port, std::function<std::string()> metrics, std::function<absl::Status()> health) {
+  std::unique_ptr<MetricsServer> s(new MetricsServer());
+  s->metrics_ = std::move(metrics);
+  s->health_ = std::move(health);
+  s->fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  ::setsockopt(s->fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(s->fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(s->fd_, 16) != 0) {
+    int err = errno;
+    ::close(s->fd_);
+    return absl::UnavailableError(
+        absl::StrCat("metrics endpoint on 127.0.0.1:", port, ": ", std::strerror(err)));
+  }
+  socklen_t len = sizeof a;
+  ::getsockname(s->fd_, reinterpret_cast<sockaddr*>(&a), &len);
+  s->port_ = ntohs(a.sin_port);
+  s->thread_ = std::thread([p = s.get()] { p->Loop(); });
+  return s;
+}
+
+MetricsServer::~MetricsServer() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+  ::close(fd_);
+}
+
+void MetricsServer::Loop() {
+  while (!stop_) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, 200) <= 0) continue;
+    int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) continue;
+    timeval tv{2, 0};
+    ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[2048];
+    ssize_t n = ::recv(c, buf, sizeof buf - 1, 0);
+    std::string req(buf, n > 0 ? n : 0);
+    std::string path = req.substr(0, req.find("\r\n"));
+    int code = 404;
+    std::string body = "not found\n", type = "text/plain";
+    if (path.rfind("GET /metrics", 0) == 0) {
+      code = 200;
+      body = metrics_();
+      type = "text/plain; version=0.0.4";
+    } else if (path.rfind("GET /healthz", 0) == 0) {
+      absl::Status h = health_();
+      code = h.ok() ? 200 : 503;
+      body = h.ok() ? "ok\n" : absl::StrCat(h.message(), "\n");
+    }
+    std::string resp = absl::StrCat("HTTP/1.1 ", code,
+                                    code == 200   ? " OK"
+                                    : code == 503 ? " Service Unavailable"
+                                                  : " Not Found",
+                                    "\r\nContent-Type: ", type, "\r\nContent-Length: ", body.size(),
+                                    "\r\nConnection: close\r\n\r\n", body);
+    ::send(c, resp.data(), resp.size(), MSG_NOSIGNAL);
+    ::close(c);
+  }
+}
+
+}  // namespace strata::cmd

@@ -1,0 +1,44 @@
+// A tiny HTTP endpoint on 127.0.0.1 for Prometheus scrapes (/metrics) and
+// liveness probes (/healthz). One request per connection; nothing else.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "cache/chunk_store.h"
+#include "cache/fetcher.h"
+#include "fuse/volume_tree.h"
+
+namespace strata::cmd {
+
+// Prometheus text exposition of a node's cache, fetcher and volume counters.
+std::string PrometheusText(const cache::StoreStats& store, const cache::FetcherStats& fetch,
+                           std::optional<fuse::VolumeStats> volume);
+
+class MetricsServer {
+ public:
+  // `metrics` renders the exposition text; `health` says OK or why not (503).
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(int port,
+                                                              std::function<std::string()> metrics,
+                                                              std::function<absl::Status()> health);
+  ~MetricsServer();
+  int port() const { return port_; }
+
+ private:
+  MetricsServer() = default;
+  void Loop();
+
+  int fd_ = -1;
+  int port_ = 0;
+  std::function<std::string()> metrics_;
+  std::function<absl::Status()> health_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace strata::cmd
