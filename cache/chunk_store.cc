@@ -130,6 +130,40 @@ std::string RandomSuffix() {
   return absl::StrFormat("%016x", rng());
 }
 
+// Chunk buffers for fills, recycled: a fresh zero-filled 4 MiB buffer per
+// chunk (page faults and a memset) costs as much as the copy that fills it.
+class BufferPool : public std::enable_shared_from_this<BufferPool> {
+ public:
+  std::shared_ptr<std::string> Get(size_t len) {
+    std::unique_ptr<std::string> s;
+    {
+      absl::MutexLock l(&mu_);
+      if (!free_.empty()) {
+        s = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    if (!s) s = std::make_unique<std::string>();
+    s->resize(len);  // no fill when the recycled buffer already has this size
+    // The deleter keeps the pool alive: a fill's bytes may outlive the store.
+    return std::shared_ptr<std::string>(
+        s.release(), [pool = shared_from_this()](std::string* b) { pool->Put(b); });
+  }
+
+ private:
+  void Put(std::string* b) {
+    absl::MutexLock l(&mu_);
+    if (free_.size() < kKeep) {
+      free_.emplace_back(b);
+      return;
+    }
+    delete b;
+  }
+  static constexpr size_t kKeep = 32;
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<std::string>> free_ ABSL_GUARDED_BY(mu_);
+};
+
 class ChunkStoreImpl final : public ChunkStore {
  public:
   explicit ChunkStoreImpl(StoreOptions opts) : opts_(std::move(opts)), fs_(opts_.fs) {
@@ -286,6 +320,23 @@ class ChunkStoreImpl final : public ChunkStore {
     return ReadResult{a.length, {}};
   }
 
+  absl::StatusOr<std::vector<uint32_t>> MissingChunks(const std::string& key, uint64_t offset,
+                                                      uint64_t length) const override {
+    absl::MutexLock l(&mu_);
+    auto it = objects_.find(key);
+    if (it == objects_.end() || it->second->removing) {
+      return absl::NotFoundError(absl::StrCat("object not in the cache: ", key));
+    }
+    const Object& o = *it->second;
+    std::vector<uint32_t> missing;
+    if (offset >= o.rec.size || length == 0) return missing;
+    uint64_t end = std::min(o.rec.size, offset + length);
+    for (uint64_t i = offset / o.rec.chunk_size; i <= (end - 1) / o.rec.chunk_size; ++i) {
+      if (o.chunks[i].state != ChunkState::kPresent) missing.push_back(static_cast<uint32_t>(i));
+    }
+    return missing;
+  }
+
   absl::StatusOr<ReadLease> Lease(const std::string& key, uint64_t offset, size_t length) override {
     auto acquired = Acquire(key, offset, length);
     if (!acquired.ok()) return acquired.status();
@@ -334,7 +385,7 @@ class ChunkStoreImpl final : public ChunkStore {
     }
     ++ctr_.fills;
     uint32_t len = obj->ChunkLength(index);
-    auto bytes = std::make_shared<std::string>(len, '\0');
+    std::shared_ptr<std::string> bytes = buffers_->Get(len);
     absl::Status st = source(absl::MakeSpan(bytes->data(), len));
     bool cached = false;
     if (st.ok()) {
@@ -1106,6 +1157,7 @@ class ChunkStoreImpl final : public ChunkStore {
   std::deque<VerifyItem> verify_queue_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> stop_verify_{false};
   Counters ctr_;
+  std::shared_ptr<BufferPool> buffers_ = std::make_shared<BufferPool>();
   std::thread evictor_;
   std::thread verifier_;
 };

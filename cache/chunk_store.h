@@ -165,6 +165,12 @@ class ChunkStore {
   virtual absl::StatusOr<ReadResult> Read(const std::string& key, uint64_t offset,
                                           absl::Span<char> out) = 0;
 
+  // The chunks of [offset, offset + length) that are not present (clipped
+  // at the object's end). NotFound for an unknown object.
+  virtual absl::StatusOr<std::vector<uint32_t>> MissingChunks(const std::string& key,
+                                                              uint64_t offset,
+                                                              uint64_t length) const = 0;
+
   // Makes chunk `index` present. Only one fill per chunk runs at a time:
   // concurrent callers wait for it and share its bytes and its status.
   virtual absl::StatusOr<FillResult> Fill(const std::string& key, uint32_t index,

@@ -169,26 +169,14 @@ class Fetcher::Impl {
         Sequential(t, key, cs, offset, n);
         return n;
       }
-      // Fetch what is missing: the first chunk here, the rest on workers.
       std::vector<uint32_t> missing = std::move(r->missing);
-      std::vector<absl::StatusOr<FillResult>> results(missing.size(), absl::UnknownError(""));
-      absl::BlockingCounter done(static_cast<int>(missing.size()) - 1);
-      for (size_t i = 1; i < missing.size(); ++i) {
-        pool_.Submit(Priority::kDemand, [&, i] {
-          results[i] = FetchChunk(t, key, missing[i], Priority::kDemand);
-          done.DecrementCount();
-        });
-      }
-      results[0] = FetchChunk(t, key, missing[0], Priority::kDemand);
-      done.Wait();
-      for (auto& res : results) {
-        if (!res.ok()) return Fail(t, res.status());
-      }
+      auto results = FetchAll(t, key, missing);
+      if (!results.ok()) return Fail(t, results.status());
       // Serve fetched bytes from the fetch itself (they may not have fit in
       // the store), the rest from the store.
       absl::flat_hash_map<uint32_t, std::shared_ptr<const std::string>> fetched;
       for (size_t i = 0; i < missing.size(); ++i) {
-        if (results[i]->bytes) fetched[missing[i]] = results[i]->bytes;
+        if ((*results)[i].bytes) fetched[missing[i]] = (*results)[i].bytes;
       }
       if (Assemble(key, cs, offset, out, fetched)) {
         Sequential(t, key, cs, offset, n);
@@ -197,6 +185,29 @@ class Fetcher::Impl {
     }
     return Fail(t,
                 absl::UnavailableError("chunks kept disappearing from the cache while being read"));
+  }
+
+  absl::StatusOr<bool> Ensure(const FetchTarget& t, uint64_t offset, uint64_t length) {
+    std::string key = StoreKey(t);
+    if (offset >= t.stat.size || length == 0) return true;
+    length = std::min<uint64_t>(length, t.stat.size - offset);
+    if (absl::Status st = Register(t, key); !st.ok())
+      return false;  // Read falls back to the origin
+    if (!t.stat.digest.empty() && t.chunk_sha256.empty()) {
+      if (absl::Status v = EnsureDigestVerified(t, key); !v.ok()) return Fail(t, v);
+    }
+    uint32_t cs = ChunkSize(key);
+    auto missing = store_.MissingChunks(key, offset, length);
+    if (!missing.ok()) return false;
+    if (!missing->empty()) {
+      auto results = FetchAll(t, key, *missing);
+      if (!results.ok()) return Fail(t, results.status());
+      for (const FillResult& r : *results) {
+        if (!r.cached) return false;
+      }
+    }
+    Sequential(t, key, cs, offset, length);
+    return true;
   }
 
   absl::Status Prefetch(const FetchTarget& t, const Fetcher::Ranges& ranges,
@@ -364,6 +375,28 @@ class Fetcher::Impl {
         }
       }
     });
+  }
+
+  // Fetches `missing` at reader priority: the first chunk on this thread,
+  // the rest on demand workers. The first error, or every chunk's result.
+  absl::StatusOr<std::vector<FillResult>> FetchAll(const FetchTarget& t, const std::string& key,
+                                                   const std::vector<uint32_t>& missing) {
+    std::vector<absl::StatusOr<FillResult>> results(missing.size(), absl::UnknownError(""));
+    absl::BlockingCounter done(static_cast<int>(missing.size()) - 1);
+    for (size_t i = 1; i < missing.size(); ++i) {
+      pool_.Submit(Priority::kDemand, [&, i] {
+        results[i] = FetchChunk(t, key, missing[i], Priority::kDemand);
+        done.DecrementCount();
+      });
+    }
+    results[0] = FetchChunk(t, key, missing[0], Priority::kDemand);
+    done.Wait();
+    std::vector<FillResult> out;
+    for (auto& r : results) {
+      if (!r.ok()) return r.status();
+      out.push_back(std::move(*r));
+    }
+    return out;
   }
 
   // Copies [offset, offset + out.size()) chunk by chunk from fetched bytes
@@ -541,6 +574,10 @@ absl::StatusOr<size_t> Fetcher::Read(const FetchTarget& t, uint64_t offset, absl
 absl::Status Fetcher::Prefetch(const FetchTarget& t, const Ranges& ranges,
                                const std::function<void(uint64_t, uint64_t)>& progress) {
   return impl_->Prefetch(t, ranges, progress);
+}
+
+absl::StatusOr<bool> Fetcher::Ensure(const FetchTarget& t, uint64_t offset, uint64_t length) {
+  return impl_->Ensure(t, offset, length);
 }
 
 FetcherStats Fetcher::Stats() const { return impl_->Stats(); }

@@ -72,6 +72,12 @@ class Fetcher {
   // the bytes read. Errors name the origin, the object and the cause.
   absl::StatusOr<size_t> Read(const FetchTarget& target, uint64_t offset, absl::Span<char> out);
 
+  // Makes [offset, offset + length) present in the store as a read would
+  // (reader priority, readahead), without copying it out: the caller then
+  // serves it from the store (FUSE splices it). False when the store could
+  // not keep it (full, degraded): use Read then.
+  absl::StatusOr<bool> Ensure(const FetchTarget& target, uint64_t offset, uint64_t length);
+
   // Warms the chunks under `ranges` ({offset, length} pairs; none: the whole
   // object) at low priority; `progress(done, total)` is called from this
   // thread as chunks land, in bytes of chunks. Returns the first error.

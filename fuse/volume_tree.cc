@@ -214,6 +214,16 @@ absl::StatusOr<ReadResult> VolumeTree::ReadUncounted(uint64_t handle, uint64_t o
     return r;
   }
   ++fetched_reads_;
+  // A miss: fetch into the cache, then splice from it like a hit. Only when
+  // the cache cannot keep the bytes are they copied through the daemon.
+  auto kept = fetcher_.Ensure(target, offset, size);
+  if (kept.ok() && *kept) {
+    auto again = store_.Lease(cache::StoreKey(target), offset, size);
+    if (again.ok()) {
+      r.lease = std::move(*again);
+      return r;
+    }
+  }
   r.bytes.resize(size);
   auto n = fetcher_.Read(target, offset, absl::MakeSpan(r.bytes));
   if (!n.ok()) {
