@@ -192,6 +192,13 @@ absl::StatusOr<ReadResult> VolumeTree::ReadUncounted(uint64_t handle, uint64_t o
     target_changed = it->second.dirty;
   }
   ReadResult r;
+  // A POSIX origin changes in place: a read reaching the end this handle
+  // knows may find the file grown by another writer (the kernel already knows
+  // the new size; a short answer would cache zeros). Then read it as it is.
+  if (fd < 0 && !target_changed && !local_root_.empty() && offset + size > target.stat.size) {
+    auto now = origin_->Stat(target.path);
+    if (!now.ok() || now->version != target.stat.version) target_changed = true;
+  }
   if (fd >= 0 || (!local_root_.empty() && target_changed)) {
     // A handle that writes reads its own bytes straight from the origin file.
     ++direct_reads_;

@@ -160,7 +160,18 @@ void FaultProxy::Serve(int client) {
   }
   uint64_t n = requests_++;
   std::string line = req.substr(0, req.find("\r\n"));
-  Fault f = plan_ ? plan_(n, line) : Fault{};
+  std::string range;
+  {
+    std::string lower = req.substr(0, head_end);
+    for (char& ch : lower) ch = std::tolower(static_cast<unsigned char>(ch));
+    size_t p = lower.find("\r\nrange:");
+    if (p != std::string::npos) {
+      size_t e = lower.find("\r\n", p + 2);
+      range = req.substr(p + 8, e - p - 8);
+      while (!range.empty() && range.front() == ' ') range.erase(0, 1);
+    }
+  }
+  Fault f = plan_ ? plan_(n, line, range) : Fault{};
   if (f.kind != Fault::Kind::kNone) ++faults_;
   if (rtt_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(rtt_ms_.load()));
   if (f.kind == Fault::Kind::kReset) {

@@ -29,8 +29,10 @@ struct Fault {
 
 class FaultProxy {
  public:
-  // Decides the fault for the n-th request (from 0) with the given request line.
-  using Plan = std::function<Fault(uint64_t n, const std::string& request_line)>;
+  // Decides the fault for the n-th request (from 0), given its request line
+  // and Range header ("" when none).
+  using Plan =
+      std::function<Fault(uint64_t n, const std::string& request_line, const std::string& range)>;
 
   FaultProxy(int upstream_port, Plan plan);
   ~FaultProxy();  // stops accepting and waits for open connections to end
