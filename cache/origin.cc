@@ -16,6 +16,18 @@ absl::Status Origin::Delete(const std::string& path) {
   return absl::UnimplementedError(absl::StrCat(url(), " does not accept deletes (", path, ")"));
 }
 
+absl::Status Origin::Copy(const std::string& from, const std::string&) {
+  return absl::UnimplementedError(absl::StrCat(url(), " does not copy objects (", from, ")"));
+}
+
+absl::Status Origin::MakeDir(const std::string& path) {
+  return absl::UnimplementedError(absl::StrCat(url(), " does not make directories (", path, ")"));
+}
+
+absl::Status Origin::RemoveDir(const std::string& path) {
+  return absl::UnimplementedError(absl::StrCat(url(), " does not remove directories (", path, ")"));
+}
+
 bool IsTransient(const absl::Status& s) {
   return absl::IsUnavailable(s) || absl::IsResourceExhausted(s) || absl::IsDeadlineExceeded(s) ||
          absl::IsDataLoss(s) || absl::IsAborted(s);

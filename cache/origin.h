@@ -57,6 +57,12 @@ class Origin {
   // upload it, in parts when large); Delete removes `path`.
   virtual absl::Status Put(const std::string& path, const std::string& local_file);
   virtual absl::Status Delete(const std::string& path);
+  // Server-side copy of an object (object stores' half of a rename).
+  virtual absl::Status Copy(const std::string& from, const std::string& to);
+  // Makes an empty directory exist (object stores: a "dir/" marker object).
+  virtual absl::Status MakeDir(const std::string& path);
+  // Removes an empty directory made by MakeDir; FailedPrecondition if not empty.
+  virtual absl::Status RemoveDir(const std::string& path);
 
   // The directory behind a POSIX origin (file://), where a volume writes
   // through with ordinary system calls; empty for every other origin.

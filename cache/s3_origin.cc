@@ -220,10 +220,13 @@ class S3Origin final : public Origin {
                        creds_.access_key_id, "; a HEAD answer carries no detail)"));
     }
     if (resp->status != 404) return HttpError(*resp, absl::StrCat("HEAD ", Name(*key)));
+    // The origin's root is a directory even before anything is under it (a
+    // new volume's prefix).
+    if (path.empty()) return DirStat();
     // No such object: a "directory" if anything lies below it.
     auto page = ListPage(*key + "/", "", 1, "");
     if (!page.ok()) return page.status();
-    if (!page->entries.empty()) return DirStat();
+    if (page->any) return DirStat();
     return absl::NotFoundError(absl::StrCat(Name(*key), ": no such object"));
   }
 
@@ -278,6 +281,56 @@ class S3Origin final : public Origin {
     return result;
   }
 
+  absl::Status Copy(const std::string& from, const std::string& to) override {
+    auto src = Key(from);
+    if (!src.ok()) return src.status();
+    auto dst = Key(to);
+    if (!dst.ok()) return dst.status();
+    S3Request r;
+    r.method = "PUT";
+    r.key = *dst;
+    r.headers = {{"x-amz-copy-source", absl::StrCat("/", bucket_, "/", UriEncode(*src, false))}};
+    auto resp = SendWithRetry(r);
+    if (!resp.ok()) return resp.status();
+    // A copy can fail after its 200 has started: the error is in the body.
+    if (resp->status != 200 || absl::StrContains(resp->body, "<Error>")) {
+      HttpResponse failed = *resp;
+      if (failed.status == 200) failed.status = 500;
+      return HttpError(failed, absl::StrCat("copy ", Name(*src), " to ", Name(*dst)));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MakeDir(const std::string& path) override {
+    auto key = Key(path);
+    if (!key.ok()) return key.status();
+    S3Request r;
+    r.method = "PUT";
+    r.key = *key + "/";
+    auto resp = SendWithRetry(r);
+    if (!resp.ok()) return resp.status();
+    if (resp->status != 200) return HttpError(*resp, absl::StrCat("mkdir ", Name(*key)));
+    return absl::OkStatus();
+  }
+
+  absl::Status RemoveDir(const std::string& path) override {
+    auto key = Key(path);
+    if (!key.ok()) return key.status();
+    auto page = ListPage(*key + "/", "/", 2, "");
+    if (!page.ok()) return page.status();
+    if (!page->entries.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(Name(*key), " is not empty"));
+    }
+    S3Request r;
+    r.method = "DELETE";
+    r.key = *key + "/";
+    auto resp = Send(r);
+    if (!resp.ok()) return resp.status();
+    if (resp->status != 204 && resp->status != 200)
+      return HttpError(*resp, absl::StrCat("rmdir ", Name(*key)));
+    return absl::OkStatus();
+  }
+
   absl::Status Delete(const std::string& path) override {
     auto key = Key(path);
     if (!key.ok()) return key.status();
@@ -295,6 +348,7 @@ class S3Origin final : public Origin {
   struct Page {
     std::vector<DirEntry> entries;
     std::string next_token;
+    bool any = false;  // anything under the prefix, a "dir/" marker included
   };
 
   static ObjectStat DirStat() {
@@ -325,6 +379,8 @@ class S3Origin final : public Origin {
     if (!resp.ok()) return resp.status();
     if (resp->status != 200) return HttpError(*resp, absl::StrCat("list ", Name(prefix)));
     Page page;
+    page.any = !XmlElements(resp->body, "Contents").empty() ||
+               !XmlElements(resp->body, "CommonPrefixes").empty();
     for (absl::string_view c : XmlElements(resp->body, "Contents")) {
       std::string key = XmlText(c, "Key");
       if (key.size() <= prefix.size() || !absl::StartsWith(key, prefix))

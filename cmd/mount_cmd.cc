@@ -5,6 +5,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <thread>
 
 #include "cache/chunk_store.h"
@@ -77,6 +78,11 @@ void AddMountCommands(CLI::App& app, Runner& run) {
       vo.attr_ttl = absl::Seconds(o->attr_ttl);
       vo.chunk_size = static_cast<uint32_t>(*chunk);
       vo.read_only = o->read_only;
+      vo.staging_dir = o->cache_dir + "/staging";
+      if (std::error_code ec; !std::filesystem::create_directories(vo.staging_dir, ec) && ec) {
+        spdlog::error("cannot create the staging directory {}: {}", vo.staging_dir, ec.message());
+        return 1;
+      }
       fuse::VolumeTree tree(shared, **store, fetcher, vo);
       fuse::MountOptions mo;
       mo.mountpoint = o->mountpoint;

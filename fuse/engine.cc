@@ -158,6 +158,12 @@ void OnRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   fuse_reply_err(req, 0);
 }
 
+void OnLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t, const char* name) {
+  // Inodes here are paths: a second name for the same file is not kept.
+  spdlog::warn("link {} (inode {}): hard links are not supported", name, ino);
+  fuse_reply_err(req, EPERM);
+}
+
 void OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto o = Self(req)->tree->Open(ino, fi->flags);
   if (!o.ok()) return Fail(req, "open", ino, o.status());
@@ -324,6 +330,7 @@ fuse_lowlevel_ops Ops() {
   ops.rmdir = OnRmdir;
   ops.symlink = OnSymlink;
   ops.rename = OnRename;
+  ops.link = OnLink;
   ops.open = OnOpen;
   ops.read = OnRead;
   ops.write = OnWrite;

@@ -75,6 +75,22 @@ absl::StatusOr<cache::ObjectStat> VolumeTree::StatPath(const std::string& path, 
       }
     }
   }
+  {
+    // Written here but not uploaded yet: the staged copy is the file.
+    absl::MutexLock l(&mu_);
+    auto sp = staged_paths_.find(path);
+    if (sp != staged_paths_.end()) {
+      const Handle& h = handles_[sp->second];
+      struct stat local;
+      if (::fstat(h.fd, &local) == 0) {
+        *ino = h.ino;
+        cache::ObjectStat st = h.target.stat;
+        st.size = local.st_size;
+        st.mtime_ns = int64_t{local.st_mtim.tv_sec} * 1'000'000'000 + local.st_mtim.tv_nsec;
+        return st;
+      }
+    }
+  }
   auto st = path.empty() ? origin_->Stat("") : origin_->Stat(path);
   if (!st.ok()) {
     if (absl::IsNotFound(st.status()))
@@ -155,27 +171,80 @@ absl::StatusOr<OpenResult> VolumeTree::Open(uint64_t ino, int flags) {
   auto st = StatPath(*path, &got, /*revalidate=*/true);
   if (!st.ok()) return st.status();
   if (st->is_dir) return PosixError(EISDIR, *path);
-  int fd = -1;
-  if (writing) {
-    fd = ::open(Local(*path).c_str(),
-                (flags & (O_ACCMODE | O_TRUNC | O_APPEND)) | O_CLOEXEC | O_NOFOLLOW);
+  if (!writing) return AddHandle(ino, *path, *st, -1);
+  if (posix()) {
+    int fd = ::open(Local(*path).c_str(),
+                    (flags & (O_ACCMODE | O_TRUNC | O_APPEND)) | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return PosixError(errno, absl::StrCat("open ", *path, ": ", std::strerror(errno)));
     if (flags & O_TRUNC) Changed(*path);
+    return AddHandle(ino, *path, *st, fd);
   }
-  return AddHandle(ino, *path, *st, fd);
+  // An object store takes whole objects: new files and whole rewrites.
+  if ((flags & O_APPEND) || (!(flags & O_TRUNC) && st->size > 0)) {
+    return PosixError(
+        ENOTSUP, absl::StrCat(*path, ": ", origin_->url(),
+                              " takes whole objects; open with O_TRUNC to rewrite it (appending "
+                              "or writing into an existing object is not possible)"));
+  }
+  auto staged = Stage(*path);
+  if (!staged.ok()) return staged.status();
+  auto h = AddHandle(ino, *path, *st, staged->first, staged->second);
+  if (h.ok()) {
+    absl::MutexLock l(&mu_);
+    handles_[h->handle].dirty = true;  // even empty, the rewrite is uploaded
+    staged_paths_[*path] = h->handle;
+  }
+  return h;
 }
 
 absl::StatusOr<OpenResult> VolumeTree::AddHandle(uint64_t ino, const std::string& path,
-                                                 const cache::ObjectStat& st, int fd) {
+                                                 const cache::ObjectStat& st, int fd,
+                                                 std::string staged) {
   absl::MutexLock l(&mu_);
   Node& n = nodes_[ino];
   OpenResult r;
   r.keep_cache = fd < 0 && n.opened_version == st.version;
   n.opened_version = fd < 0 ? st.version : "";
   r.handle = next_handle_++;
-  handles_[r.handle] =
-      Handle{ino, cache::FetchTarget{origin_, path, st, opts_.chunk_size, {}}, fd, false};
+  handles_[r.handle] = Handle{ino, cache::FetchTarget{origin_, path, st, opts_.chunk_size, {}}, fd,
+                              false, std::move(staged)};
   return r;
+}
+
+absl::StatusOr<std::pair<int, std::string>> VolumeTree::Stage(const std::string& path) {
+  std::string name = opts_.staging_dir + "/write-XXXXXX";
+  int fd = ::mkostemp(name.data(), O_CLOEXEC);
+  if (fd < 0) {
+    return PosixError(errno, absl::StrCat("stage a write of ", path, " in ", opts_.staging_dir,
+                                          ": ", std::strerror(errno)));
+  }
+  return std::make_pair(fd, name);
+}
+
+absl::Status VolumeTree::Upload(uint64_t handle) {
+  std::string path, staged;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = handles_.find(handle);
+    if (it == handles_.end()) return PosixError(EBADF, "unknown handle");
+    if (it->second.staged.empty() || !it->second.dirty) return absl::OkStatus();
+    path = it->second.target.path;
+    staged = it->second.staged;
+  }
+  absl::Status st = origin_->Put(path, staged);
+  if (!st.ok()) {
+    ++errors_;
+    return PosixError(
+        EIO, absl::StrCat("upload of ", path, " failed (", st.message(),
+                          "); the data is still staged in ", staged, " until the file is closed"));
+  }
+  {
+    absl::MutexLock l(&mu_);
+    auto it = handles_.find(handle);
+    if (it != handles_.end()) it->second.dirty = false;
+  }
+  Changed(path);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ReadResult> VolumeTree::ReadUncounted(uint64_t handle, uint64_t offset,
@@ -279,6 +348,9 @@ VolumeStats VolumeTree::Stats() const {
 }
 
 void VolumeTree::Release(uint64_t handle) {
+  if (absl::Status st = Upload(handle); !st.ok()) {
+    spdlog::error("{}; the written data is lost", st.message());  // close() already saw the error
+  }
   Handle h;
   {
     absl::MutexLock l(&mu_);
@@ -286,18 +358,23 @@ void VolumeTree::Release(uint64_t handle) {
     if (it == handles_.end()) return;
     h = std::move(it->second);
     handles_.erase(it);
+    auto sp = staged_paths_.find(h.target.path);
+    if (sp != staged_paths_.end() && sp->second == handle) staged_paths_.erase(sp);
   }
   if (h.fd >= 0) {
     ::close(h.fd);
-    if (h.dirty) Changed(h.target.path);
+    if (!h.staged.empty()) ::unlink(h.staged.c_str());
+    if (h.dirty && h.staged.empty()) Changed(h.target.path);
   }
 }
 
+absl::Status VolumeTree::Flush(uint64_t handle) { return Upload(handle); }
+
 absl::Status VolumeTree::Writable(const char* op) const {
   if (opts_.read_only) return PosixError(EROFS, absl::StrCat(op, ": the volume is read-only"));
-  if (local_root_.empty()) {
-    return PosixError(ENOTSUP,
-                      absl::StrCat(op, ": writes to ", origin_->url(), " are not supported yet"));
+  if (!posix() && opts_.staging_dir.empty()) {
+    return PosixError(
+        ENOTSUP, absl::StrCat(op, ": writes to ", origin_->url(), " need a staging directory"));
   }
   return absl::OkStatus();
 }
@@ -334,6 +411,30 @@ absl::StatusOr<std::pair<Attr, OpenResult>> VolumeTree::Create(uint64_t parent,
   if (absl::Status w = Writable("create"); !w.ok()) return w;
   auto path = ChildPath(parent, name);
   if (!path.ok()) return path.status();
+  if (!posix()) {
+    // The object appears at the origin when it is uploaded (flush, fsync).
+    uint64_t ino;
+    auto existing = StatPath(*path, &ino, /*revalidate=*/true);
+    if (existing.ok() && (flags & O_EXCL)) return PosixError(EEXIST, *path);
+    if (existing.ok() && existing->is_dir) return PosixError(EISDIR, *path);
+    auto staged = Stage(*path);
+    if (!staged.ok()) return staged.status();
+    cache::ObjectStat st;
+    st.mode = 0644;
+    st.uid = who.uid;
+    st.gid = who.gid;
+    st.mtime_ns = absl::ToUnixNanos(absl::Now());
+    {
+      absl::MutexLock l(&mu_);
+      ino = InoFor(*path);
+    }
+    auto h = AddHandle(ino, *path, st, staged->first, staged->second);
+    if (!h.ok()) return h.status();
+    absl::MutexLock l(&mu_);
+    handles_[h->handle].dirty = true;
+    staged_paths_[*path] = h->handle;
+    return std::make_pair(ToAttr(ino, st), *h);
+  }
   int fd =
       ::open(Local(*path).c_str(),
              (flags & (O_ACCMODE | O_TRUNC | O_APPEND | O_EXCL)) | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
@@ -380,12 +481,15 @@ absl::StatusOr<size_t> VolumeTree::Write(uint64_t handle, uint64_t offset,
 
 absl::Status VolumeTree::Fsync(uint64_t handle) {
   int fd;
+  bool staged;
   {
     absl::MutexLock l(&mu_);
     auto it = handles_.find(handle);
     if (it == handles_.end()) return PosixError(EBADF, "unknown handle");
     fd = it->second.fd;
+    staged = !it->second.staged.empty();
   }
+  if (staged) return Upload(handle);  // durable = at the object store
   if (fd >= 0 && ::fsync(fd) != 0)
     return PosixError(errno, absl::StrCat("fsync: ", std::strerror(errno)));
   return absl::OkStatus();
@@ -397,6 +501,39 @@ absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int
   if (to_set & (FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
                 FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
     if (absl::Status w = Writable("setattr"); !w.ok()) return w;
+  }
+  if (!posix()) {
+    // An object has no modes or owners to change, and only whole rewrites.
+    if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+      return PosixError(ENOTSUP,
+                        absl::StrCat(*path, ": ", origin_->url(), " keeps no modes or owners"));
+    }
+    if (to_set & FUSE_SET_ATTR_SIZE) {
+      int staged_fd = -1;
+      {
+        absl::MutexLock l(&mu_);
+        auto sp = staged_paths_.find(*path);
+        if (sp != staged_paths_.end()) staged_fd = handles_[sp->second].fd;
+      }
+      if (staged_fd >= 0) {  // being written here: truncate the staged copy
+        if (::ftruncate(staged_fd, a.st_size) != 0) {
+          return PosixError(errno, absl::StrCat("truncate ", *path, ": ", std::strerror(errno)));
+        }
+      } else if (a.st_size != 0) {
+        return PosixError(ENOTSUP,
+                          absl::StrCat(*path, ": an object can only be truncated to 0 bytes"));
+      } else {
+        auto staged = Stage(*path);
+        absl::Status up = staged.ok() ? origin_->Put(*path, staged->second) : staged.status();
+        if (staged.ok()) {
+          ::close(staged->first);
+          ::unlink(staged->second.c_str());
+        }
+        if (!up.ok()) return PosixError(EIO, absl::StrCat("truncate ", *path, ": ", up.message()));
+      }
+    }
+    Changed(*path);
+    return Fresh(*path);  // times: the object store keeps its own
   }
   std::string local = Local(*path);
   auto fail = [&](const char* what) {
@@ -430,10 +567,18 @@ absl::StatusOr<Attr> VolumeTree::Mkdir(uint64_t parent, const std::string& name,
   if (absl::Status w = Writable("mkdir"); !w.ok()) return w;
   auto path = ChildPath(parent, name);
   if (!path.ok()) return path.status();
+  if (!posix()) {
+    uint64_t ino;
+    if (StatPath(*path, &ino, /*revalidate=*/true).ok()) return PosixError(EEXIST, *path);
+    if (absl::Status st = origin_->MakeDir(*path); !st.ok()) return st;
+    return Fresh(*path);
+  }
   if (::mkdir(Local(*path).c_str(), mode & 07777) != 0) {
     return PosixError(errno, absl::StrCat("mkdir ", *path, ": ", std::strerror(errno)));
   }
-  ::lchown(Local(*path).c_str(), who.uid, who.gid);
+  if (::lchown(Local(*path).c_str(), who.uid, who.gid) != 0) {
+    spdlog::warn("mkdir {}: cannot give it to {}:{}", *path, who.uid, who.gid);
+  }
   return Fresh(*path);
 }
 
@@ -441,7 +586,13 @@ absl::Status VolumeTree::Unlink(uint64_t parent, const std::string& name) {
   if (absl::Status w = Writable("unlink"); !w.ok()) return w;
   auto path = ChildPath(parent, name);
   if (!path.ok()) return path.status();
-  if (::unlink(Local(*path).c_str()) != 0) {
+  if (!posix()) {
+    uint64_t ino;
+    auto st = StatPath(*path, &ino, /*revalidate=*/true);
+    if (!st.ok()) return st.status();
+    if (st->is_dir) return PosixError(EISDIR, *path);
+    if (absl::Status d = origin_->Delete(*path); !d.ok()) return d;
+  } else if (::unlink(Local(*path).c_str()) != 0) {
     return PosixError(errno, absl::StrCat("unlink ", *path, ": ", std::strerror(errno)));
   }
   Changed(*path);
@@ -452,7 +603,11 @@ absl::Status VolumeTree::Rmdir(uint64_t parent, const std::string& name) {
   if (absl::Status w = Writable("rmdir"); !w.ok()) return w;
   auto path = ChildPath(parent, name);
   if (!path.ok()) return path.status();
-  if (::rmdir(Local(*path).c_str()) != 0) {
+  if (!posix()) {
+    absl::Status st = origin_->RemoveDir(*path);
+    if (absl::IsFailedPrecondition(st)) return PosixError(ENOTEMPTY, std::string(st.message()));
+    if (!st.ok()) return st;
+  } else if (::rmdir(Local(*path).c_str()) != 0) {
     return PosixError(errno, absl::StrCat("rmdir ", *path, ": ", std::strerror(errno)));
   }
   Changed(*path);
@@ -467,7 +622,25 @@ absl::Status VolumeTree::Rename(uint64_t parent, const std::string& name, uint64
   auto to = ChildPath(new_parent, new_name);
   if (!to.ok()) return to.status();
   Changed(*to);  // a file renamed over is gone
-  if (::renameat2(AT_FDCWD, Local(*from).c_str(), AT_FDCWD, Local(*to).c_str(), flags) != 0) {
+  if (!posix()) {
+    // An object store renames by copy and delete, one object at a time; a
+    // directory is many objects, so say EXDEV and let mv copy it.
+    uint64_t ino;
+    auto st = StatPath(*from, &ino, /*revalidate=*/true);
+    if (!st.ok()) return st.status();
+    if (st->is_dir)
+      return PosixError(EXDEV, absl::StrCat("rename of directory ", *from, " on an object store"));
+    if (flags & RENAME_NOREPLACE) {
+      uint64_t other;
+      if (StatPath(*to, &other, /*revalidate=*/true).ok()) return PosixError(EEXIST, *to);
+    } else if (flags != 0) {
+      return PosixError(EINVAL, "only RENAME_NOREPLACE is possible on an object store");
+    }
+    if (absl::Status c = origin_->Copy(*from, *to); !c.ok()) return c;
+    if (absl::Status d = origin_->Delete(*from); !d.ok()) return d;
+    Changed(*from);
+  } else if (::renameat2(AT_FDCWD, Local(*from).c_str(), AT_FDCWD, Local(*to).c_str(), flags) !=
+             0) {
     return PosixError(errno,
                       absl::StrCat("rename ", *from, " to ", *to, ": ", std::strerror(errno)));
   }
@@ -498,6 +671,7 @@ absl::Status VolumeTree::Rename(uint64_t parent, const std::string& name, uint64
 absl::StatusOr<Attr> VolumeTree::Symlink(const std::string& target, uint64_t parent,
                                          const std::string& name, const Caller& who) {
   if (absl::Status w = Writable("symlink"); !w.ok()) return w;
+  if (!posix()) return PosixError(ENOTSUP, absl::StrCat(origin_->url(), " has no symbolic links"));
   auto path = ChildPath(parent, name);
   if (!path.ok()) return path.status();
   if (::symlink(target.c_str(), Local(*path).c_str()) != 0) {
@@ -510,7 +684,7 @@ absl::StatusOr<Attr> VolumeTree::Symlink(const std::string& target, uint64_t par
 absl::StatusOr<std::string> VolumeTree::Readlink(uint64_t ino) {
   auto path = PathOf(ino);
   if (!path.ok()) return path.status();
-  if (local_root_.empty()) return PosixError(EINVAL, "not a symlink");
+  if (!posix()) return PosixError(EINVAL, "not a symlink");
   char buf[4096];
   ssize_t n = ::readlink(Local(*path).c_str(), buf, sizeof buf);
   if (n < 0) return PosixError(errno, absl::StrCat("readlink ", *path, ": ", std::strerror(errno)));

@@ -32,6 +32,9 @@ struct VolumeOptions {
   absl::Duration attr_ttl = absl::Seconds(1);  // metadata cache and kernel timeouts
   uint32_t chunk_size = 0;                     // 0: the store's default
   bool read_only = false;
+  // Where writes to object-store volumes are staged until they are uploaded
+  // (on flush/close or fsync). Empty: object-store volumes refuse writes.
+  std::string staging_dir;
 };
 
 class VolumeTree final : public Tree {
@@ -56,6 +59,7 @@ class VolumeTree final : public Tree {
                                                      const Caller& who) override;
   absl::StatusOr<size_t> Write(uint64_t handle, uint64_t offset,
                                absl::Span<const char> data) override;
+  absl::Status Flush(uint64_t handle) override;
   absl::Status Fsync(uint64_t handle) override;
   absl::StatusOr<Attr> SetAttr(uint64_t ino, const struct stat& attr, int to_set) override;
   absl::StatusOr<Attr> Mkdir(uint64_t parent, const std::string& name, uint32_t mode,
@@ -80,8 +84,9 @@ class VolumeTree final : public Tree {
   struct Handle {
     uint64_t ino;
     cache::FetchTarget target;
-    int fd = -1;         // open on the origin file: writable handles of POSIX origins
+    int fd = -1;         // writable handles: the origin file (POSIX) or the staged copy
     bool dirty = false;  // written: the cached chunks of `target` are stale
+    std::string staged;  // object stores: the local file uploaded on flush
   };
 
   absl::StatusOr<ReadResult> ReadUncounted(uint64_t handle, uint64_t offset, size_t size);
@@ -104,7 +109,13 @@ class VolumeTree final : public Tree {
   // After a change through this tree: the new attributes of `path`.
   absl::StatusOr<Attr> Fresh(const std::string& path);
   absl::StatusOr<OpenResult> AddHandle(uint64_t ino, const std::string& path,
-                                       const cache::ObjectStat& st, int fd);
+                                       const cache::ObjectStat& st, int fd,
+                                       std::string staged = "");
+  // Object stores: a new local staging file for `path` (fd, file name).
+  absl::StatusOr<std::pair<int, std::string>> Stage(const std::string& path);
+  // Object stores: uploads a dirty staged handle; EIO (and a log line) on failure.
+  absl::Status Upload(uint64_t handle);
+  bool posix() const { return !local_root_.empty(); }
 
   std::shared_ptr<cache::Origin> origin_;
   cache::ChunkStore& store_;
@@ -115,6 +126,8 @@ class VolumeTree final : public Tree {
   absl::flat_hash_map<uint64_t, Node> nodes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> inos_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Handle> handles_ ABSL_GUARDED_BY(mu_);
+  // Object stores: paths written but not uploaded yet -> their handle.
+  absl::flat_hash_map<std::string, uint64_t> staged_paths_ ABSL_GUARDED_BY(mu_);
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
   std::atomic<uint64_t> reads_{0}, cached_reads_{0}, fetched_reads_{0}, direct_reads_{0};
   std::atomic<uint64_t> bytes_read_{0}, cached_bytes_{0}, bytes_written_{0}, errors_{0};

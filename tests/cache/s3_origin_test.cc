@@ -9,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/cache/test_util.h"
+#include "tests/util/s3_server.h"
 #include "tests/util/subprocess.h"
 
 namespace strata::cache {
@@ -19,35 +20,18 @@ using testing::Pattern;
 using testing::TempDir;
 using ::testing::UnorderedElementsAre;
 
-constexpr char kKey[] = "AKIASTRATATEST";
-constexpr char kSecret[] = "strata/test/secret+key";
-
-using strata::testing::RunCommand;
+constexpr const char* kKey = strata::testing::S3Server::kKey;
+constexpr const char* kSecret = strata::testing::S3Server::kSecret;
 
 class S3OriginTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string out;
-    ASSERT_EQ(RunCommand({"/bin/bash", kScript, "start", dir_.path(), "0", kKey, kSecret}, &out), 0)
-        << out;
-    std::ifstream(dir_.path() + "/s3rver.port") >> port_;
-    ASSERT_GT(port_, 0);
-    endpoint_ = "http://127.0.0.1:" + std::to_string(port_);
-    // The bucket, made with curl's own SigV4 signer.
-    ASSERT_EQ(RunCommand({"/usr/bin/curl", "-sf", "-X", "PUT", "--aws-sigv4",
-                          "aws:amz:us-east-1:s3", "--user", std::string(kKey) + ":" + kSecret, "-H",
-                          "x-amz-content-sha256: UNSIGNED-PAYLOAD", endpoint_ + "/models"},
-                         &out),
-              0)
-        << out;
-    ::setenv("AWS_ACCESS_KEY_ID", kKey, 1);
-    ::setenv("AWS_SECRET_ACCESS_KEY", kSecret, 1);
+    server_ = std::make_unique<strata::testing::S3Server>(dir_.path(), "models");
+    ASSERT_TRUE(server_->ok()) << server_->error();
+    port_ = server_->port();
+    endpoint_ = server_->endpoint();
   }
-  void TearDown() override {
-    RunCommand({"/bin/bash", kScript, "stop", dir_.path()});
-    ::unsetenv("AWS_ACCESS_KEY_ID");
-    ::unsetenv("AWS_SECRET_ACCESS_KEY");
-  }
+  void TearDown() override { server_.reset(); }
 
   std::unique_ptr<Origin> Open(const std::string& prefix, OriginOptions o = {}) {
     o.s3_endpoint = endpoint_;
@@ -63,8 +47,8 @@ class S3OriginTest : public ::testing::Test {
     ASSERT_TRUE(st.ok()) << st;
   }
 
-  static constexpr const char* kScript = STRATA_SOURCE_DIR "/tests/util/s3_server.sh";
   TempDir dir_, files_;
+  std::unique_ptr<strata::testing::S3Server> server_;
   int port_ = 0;
   std::string endpoint_;
 };
