@@ -7,25 +7,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "cache/origin_impl.h"
+#include "cache/sigv4.h"
 
 namespace strata::cache {
 namespace {
-
-// Percent-encodes a relative path, keeping '/' between components.
-std::string EncodePath(absl::string_view path) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : path) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
 
 // Parses "bytes FIRST-LAST/TOTAL".
 bool ParseContentRange(absl::string_view v, uint64_t* first, uint64_t* last, uint64_t* total) {
@@ -118,7 +103,8 @@ class HttpOrigin final : public Origin {
   absl::StatusOr<std::string> Target(const std::string& path) const {
     if (auto st = CheckRelativePath(path); !st.ok()) return st;
     if (path.empty()) return url_;
-    return absl::StrCat(url_, url_.back() == '/' ? "" : "/", EncodePath(path));
+    return absl::StrCat(url_, url_.back() == '/' ? "" : "/",
+                        UriEncode(path, /*encode_slash=*/false));
   }
 
   std::string url_;

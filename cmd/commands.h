@@ -2,6 +2,8 @@
 // the app and arranges for it to run; the returned code is the exit status.
 #pragma once
 
+#include <signal.h>
+
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -22,6 +24,9 @@ void AddMountCommands(CLI::App& app, Runner& run);
 
 // "4MiB", "2G", "1048576" -> bytes (K/M/G/T, with or without "iB"/"B").
 absl::StatusOr<uint64_t> ParseSize(const std::string& text);
+// Blocks SIGINT and SIGTERM in this thread and every thread started after it
+// (call it first), so that one thread can sigwait() for them.
+sigset_t BlockStopSignals();
 // The node's state directory when none is given: /var/lib/strata as root,
 // $XDG_STATE_HOME/strata (or ~/.local/state/strata) otherwise.
 std::string DefaultStateDir();

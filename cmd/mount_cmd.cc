@@ -48,11 +48,7 @@ void AddMountCommands(CLI::App& app, Runner& run) {
         spdlog::error("{}", chunk.status().message());
         return 2;
       }
-      sigset_t set;
-      sigemptyset(&set);
-      sigaddset(&set, SIGINT);
-      sigaddset(&set, SIGTERM);
-      pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before any thread starts
+      sigset_t set = BlockStopSignals();  // before any thread starts
 
       auto origin = cache::OpenOrigin(o->origin, {});
       if (!origin.ok()) {

@@ -34,11 +34,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
         spdlog::error("{}", (!capacity.ok() ? capacity.status() : chunk.status()).message());
         return 2;
       }
-      sigset_t set;
-      sigemptyset(&set);
-      sigaddset(&set, SIGINT);
-      sigaddset(&set, SIGTERM);
-      pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before any thread starts
+      sigset_t set = BlockStopSignals();  // before any thread starts
 
       cache::StoreOptions so;
       so.dir = o->cache_dir.empty() ? o->state_dir + "/cache" : o->cache_dir;

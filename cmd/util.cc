@@ -36,6 +36,15 @@ absl::StatusOr<uint64_t> ParseSize(const std::string& text) {
   return static_cast<uint64_t>(value * static_cast<double>(mult));
 }
 
+sigset_t BlockStopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
 std::string DefaultStateDir() {
   if (::geteuid() == 0) return "/var/lib/strata";
   if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x) return absl::StrCat(x, "/strata");

@@ -31,20 +31,8 @@ MT_INDEX=application/vnd.oci.image.index.v1+json
 MT_MANIFEST=application/vnd.oci.image.manifest.v1+json
 MT_CONFIG=application/vnd.oci.image.config.v1+json
 
-ensure_packages() {
-  local missing=() p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]}; run as root"
-  echo "push_image.sh: installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
-    apt-get update -qq >/dev/null 2>&1
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  } || die "apt-get install ${missing[*]} failed"
-}
+# shellcheck source=tests/util/fixture_lib.sh
+. "$(dirname "$0")/fixture_lib.sh"
 
 [ $# -ge 3 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 REG=$1 REF=$2 SRC=$3

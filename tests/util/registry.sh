@@ -31,33 +31,9 @@ ISSUER=strata-test-issuer      # token mode: iss claim
 
 die() { echo "registry.sh: $*" >&2; exit 1; }
 
-# --- packages ---------------------------------------------------------------
-ensure_packages() {
-  local missing=() p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]}; run as root"
-  echo "registry.sh: installing ${missing[*]}" >&2
-  # docker-registry's postinst would start a system-wide registry on :5000;
-  # keep services from starting while we install.
-  local made_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  local rc=0
-  (
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
-      apt-get update -qq >/dev/null 2>&1
-      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    }
-  ) || rc=$?
-  [ "$made_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d
-  [ "$rc" -eq 0 ] || die "apt-get install ${missing[*]} failed"
-}
+# shellcheck source=tests/util/fixture_lib.sh
+. "$(dirname "$0")/fixture_lib.sh"
+
 
 # --- helpers ----------------------------------------------------------------
 pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
@@ -66,17 +42,6 @@ http_status() {  # URL -> HTTP status, 000 when nothing answers
   curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true
 }
 
-stop_pidfile() {  # FILE: TERM the pid in it, wait, KILL if needed
-  local f=$1 pid _
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f")
-  if pid_alive "$pid"; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do pid_alive "$pid" || break; sleep 0.1; done
-    if pid_alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
-  fi
-  rm -f "$f"
-}
 
 python_bin() {
   if [ -x /usr/bin/python3 ]; then echo /usr/bin/python3; else command -v python3; fi

@@ -62,6 +62,9 @@ pid_alive() {  # PID: running and not a zombie (a reparented zombie may linger)
   [ "$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$1/status" 2>/dev/null)" != "Z" ]
 }
 
+# shellcheck source=tests/util/fixture_lib.sh
+. "$(dirname "$0")/fixture_lib.sh"
+
 # --- install ----------------------------------------------------------------
 installed_version() {
   [ -f "$MODULE_DIR/package.json" ] || return 0
@@ -389,15 +392,8 @@ cmd_start() {
 
 cmd_stop() {
   [ $# -eq 1 ] || die "usage: s3_server.sh stop DIR"
-  local f=$1/s3rver.pid pid
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f")
-  if pid_alive "$pid"; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do pid_alive "$pid" || break; sleep 0.1; done
-    if pid_alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
-  fi
-  rm -f "$f" "$1/s3rver.port"
+  stop_pidfile "$1/s3rver.pid"
+  rm -f "$1/s3rver.port"
 }
 
 case "${1:-}" in
