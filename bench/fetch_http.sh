@@ -47,7 +47,7 @@ slow="http://127.0.0.1:$pport/slow.bin"
 sync; echo 3 > /proc/sys/vm/drop_caches
 cat "$work/www/big.bin" > /dev/null  # the origin's disk is not what is measured
 
-mibps() { awk -v b="$1" -v s="$2" 'BEGIN {printf "%.1f", b / 1048576 / s}'; }
+mibps() { awk -v b="$1" -v s="$2" 'BEGIN {printf "%.1f\n", b / 1048576 / s}'; }
 now() { date +%s.%N; }
 # strata cat into /dev/null with a fresh cache; prints MiB/s, records peak RSS (KiB)
 strata_cold() {
@@ -77,7 +77,7 @@ done
 curl_mibps=$(median < "$work/curl")
 strata_mibps=$(median < "$work/strata")
 slow_mibps=$(median < "$work/strata_slow")
-link_mibps=$(mibps "$RATE" 1)
+link_mibps=$(mibps "$RATE" 1 | tr -d '\n')
 rss_mib=$(sort -n "$work/rss_all" | tail -1 | awk '{printf "%.0f", $1 / 1024}')
 
 echo "loopback nginx, $SIZE_MIB MiB cold: curl ${curl_mibps} MiB/s, strata cat ${strata_mibps} MiB/s"

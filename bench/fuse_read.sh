@@ -26,11 +26,15 @@ mkdir -p "$work/origin" "$mnt"
 head -c "$((SIZE_MIB << 20))" /dev/urandom > "$work/origin/data.bin"
 sync
 
-build/cmd/strata --log-level warn mount "file://$work/origin" "$mnt" --cache-dir "$work/cache" \
-  --chunk-size 4MiB --metrics-port -1 > "$work/mount.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do grep -q " $mnt " /proc/mounts && break; sleep 0.1; done
-
+# (Re)mounts with an empty cache, so a first read can be measured again.
+mount_fresh() {
+  if [ -n "$pid" ]; then kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; fi
+  rm -rf "$work/cache"
+  build/cmd/strata --log-level warn mount "file://$work/origin" "$mnt" --cache-dir "$work/cache" \
+    --chunk-size 4MiB --metrics-port -1 > "$work/mount.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do grep -q " $mnt " /proc/mounts && break; sleep 0.1; done
+}
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # fio bandwidth (MiB/s) or IOPS of one job; $1 file, $2 rw, $3 bs, $4 invalidate
 fio_run() {
@@ -38,19 +42,22 @@ fio_run() {
       --size="${SIZE_MIB}M" ${5:-} --minimal | awk -F';' -v bs="$3" '{ if (bs == "4k") print $8; else printf "%.1f\n", $7 / 1024 }'
 }
 rss_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status"; }
+peak_rss=0
+note_rss() { local r; r=$(rss_mib); [ "$r" -gt "$peak_rss" ] && peak_rss=$r; true; }
 
 native="$work/origin/data.bin"
 through="$mnt/data.bin"
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# The first read happens once (it fills the cache); the disk is noisy, so the
-# native cold read is measured around it and the cached read interleaved with
-# native reads, REPS times, medians kept.
-drop; fio_run "$native" read 1M 1 >> "$work/native_cold"
-drop; first=$(fio_run "$through" read 1M 1)               # origin -> cache -> reader
+# The disk is noisy: every strata figure is interleaved with a native one,
+# REPS times, and medians are kept. Each first read starts from an empty cache.
 for _ in $(seq "$REPS"); do
+  mount_fresh
   drop; fio_run "$native" read 1M 1 >> "$work/native_cold"
+  drop; fio_run "$through" read 1M 1 >> "$work/first"     # origin -> cache -> reader
   drop; fio_run "$through" read 1M 1 >> "$work/cached"    # from the chunk cache, page cache dropped
+  note_rss
 done
+first=$(median < "$work/first")
 native_cold=$(median < "$work/native_cold"); cached=$(median < "$work/cached")
 fio_run "$native" read 1M 0 > /dev/null; fio_run "$through" read 1M 0 > /dev/null  # warm both
 for _ in $(seq "$REPS"); do
@@ -60,7 +67,8 @@ done
 native_hot=$(median < "$work/native_hot"); hot=$(median < "$work/hot")
 drop; native_iops=$(fio_run "$native" randread 4k 1 "--runtime=$RUNTIME --time_based")
 drop; iops=$(fio_run "$through" randread 4k 1 "--runtime=$RUNTIME --time_based")
-rss=$(rss_mib)
+note_rss
+rss=$peak_rss
 
 echo "native: cold ${native_cold} MiB/s, hot ${native_hot} MiB/s, 4k random ${native_iops} IOPS"
 echo "strata: first read ${first} MiB/s, cached ${cached} MiB/s, hot ${hot} MiB/s, 4k random ${iops} IOPS"

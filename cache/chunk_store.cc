@@ -999,17 +999,24 @@ class ChunkStoreImpl final : public ChunkStore {
     }
   }
 
-  // Drops objects whose data file was deleted behind the store's back.
+  // Drops objects whose data file was deleted behind the store's back. The
+  // fstat calls run outside the lock: readers never wait on a scrub.
   void Scrub() {
-    std::vector<ObjectPtr> gone;
+    std::vector<std::pair<ObjectPtr, int>> open;
     {
       absl::MutexLock l(&mu_);
       for (auto& [k, o] : objects_) {
-        uint64_t size, links;
-        if (o->fd >= 0 && !o->Busy() && fs_->FileState(o->fd, &size, &links).ok() && links == 0) {
-          gone.push_back(o);
-        }
+        if (o->fd >= 0) open.emplace_back(o, o->fd);
       }
+    }
+    std::vector<ObjectPtr> gone;
+    for (auto& [o, fd] : open) {
+      uint64_t size, links;
+      if (fs_->FileState(fd, &size, &links).ok() && links == 0) gone.push_back(o);
+    }
+    {
+      absl::MutexLock l(&mu_);
+      std::erase_if(gone, [](const ObjectPtr& o) { return o->Busy(); });
       for (auto& o : gone) BeginRemoveLocked(*o);
     }
     for (auto& o : gone) {
