@@ -1,4 +1,6 @@
 // `strata`: one binary for the node daemon and the operator's tools.
+#include <sys/resource.h>
+
 #include <cstdio>
 
 #include "CLI/CLI.hpp"
@@ -6,7 +8,22 @@
 #include "cmd/commands.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 
+namespace {
+
+// The chunk store keeps a file open per object in use, and a volume of many
+// small files uses many objects: take the hard limit, not the default 1024.
+void RaiseFileLimit() {
+  rlimit rl;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  RaiseFileLimit();
   CLI::App app{"Strata: a caching storage layer for AI workloads on Kubernetes"};
   app.set_version_flag("--version", "strata 0.1.0");
   app.require_subcommand(1);
