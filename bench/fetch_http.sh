@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh release
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 SIZE_MIB=${SIZE_MIB:-2048}
 SLOW_MIB=${SLOW_MIB:-256}
@@ -24,7 +26,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 mkdir -p "$work/www" "$work/nginx"
 head -c "$((SIZE_MIB << 20))" /dev/urandom > "$work/www/big.bin"
@@ -44,7 +45,7 @@ pport=$(sed -n 's/port=//p' "$work/proxy.out")
 sleep 0.3
 url="http://127.0.0.1:$port/big.bin"
 slow="http://127.0.0.1:$pport/slow.bin"
-sync; echo 3 > /proc/sys/vm/drop_caches
+drop_caches
 cat "$work/www/big.bin" > /dev/null  # the origin's disk is not what is measured
 
 mibps() { awk -v b="$1" -v s="$2" 'BEGIN {printf "%.1f\n", b / 1048576 / s}'; }

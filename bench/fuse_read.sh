@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh release
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 SIZE_MIB=${SIZE_MIB:-2048}
 RUNTIME=${RUNTIME:-10}
@@ -35,7 +37,6 @@ mount_fresh() {
   pid=$!
   for _ in $(seq 100); do grep -q " $mnt " /proc/mounts && break; sleep 0.1; done
 }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # fio bandwidth (MiB/s) or IOPS of one job; $1 file, $2 rw, $3 bs, $4 invalidate
 fio_run() {
   fio --name=j --filename="$1" --readonly --rw="$2" --bs="$3" --ioengine=psync --invalidate="$4" \
@@ -47,14 +48,13 @@ note_rss() { local r; r=$(rss_mib); [ "$r" -gt "$peak_rss" ] && peak_rss=$r; tru
 
 native="$work/origin/data.bin"
 through="$mnt/data.bin"
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # The disk is noisy: every strata figure is interleaved with a native one,
 # REPS times, and medians are kept. Each first read starts from an empty cache.
 for _ in $(seq "$REPS"); do
   mount_fresh
-  drop; fio_run "$native" read 1M 1 >> "$work/native_cold"
-  drop; fio_run "$through" read 1M 1 >> "$work/first"     # origin -> cache -> reader
-  drop; fio_run "$through" read 1M 1 >> "$work/cached"    # from the chunk cache, page cache dropped
+  drop_caches; fio_run "$native" read 1M 1 >> "$work/native_cold"
+  drop_caches; fio_run "$through" read 1M 1 >> "$work/first"     # origin -> cache -> reader
+  drop_caches; fio_run "$through" read 1M 1 >> "$work/cached"    # from the chunk cache, page cache dropped
   note_rss
 done
 first=$(median < "$work/first")
@@ -65,8 +65,8 @@ for _ in $(seq "$REPS"); do
   fio_run "$through" read 1M 0 >> "$work/hot"
 done
 native_hot=$(median < "$work/native_hot"); hot=$(median < "$work/hot")
-drop; native_iops=$(fio_run "$native" randread 4k 1 "--runtime=$RUNTIME --time_based")
-drop; iops=$(fio_run "$through" randread 4k 1 "--runtime=$RUNTIME --time_based")
+drop_caches; native_iops=$(fio_run "$native" randread 4k 1 "--runtime=$RUNTIME --time_based")
+drop_caches; iops=$(fio_run "$through" randread 4k 1 "--runtime=$RUNTIME --time_based")
 note_rss
 rss=$peak_rss
 

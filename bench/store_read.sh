@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh release
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 SIZE=${SIZE:-2GiB}
 REPS=${REPS:-3}
@@ -15,8 +17,6 @@ strata=build/cmd/strata
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/strata-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 $strata --log-level warn bench store-read --cache-dir "$work/cache" --size "$SIZE" --populate --passes 0
 file=$(ls "$work"/cache/objects/*)
