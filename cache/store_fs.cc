@@ -110,7 +110,7 @@ class PosixStoreFs final : public StoreFs {
       for (auto& op : ops) RunSync(op);
       return absl::OkStatus();
     }
-    Ring* r = PickRing();
+    Ring* r = WritesToOneFile(ops) ? RingFor(ops[0].fd) : PickRing();
     // `r->mu` is held: the ring is ours for the whole batch.
     absl::Status st = RunOnRing(r->ring, ops);
     r->mu.Unlock();
@@ -176,6 +176,24 @@ class PosixStoreFs final : public StoreFs {
   }
 
  private:
+  // Buffered writes are run by io_uring's worker threads; concurrent writers
+  // of one file there contend on its inode lock (spinning). Writes to one
+  // file therefore all go through one ring, which serialises them.
+  static bool WritesToOneFile(absl::Span<const IoOp> ops) {
+    if (ops.empty()) return false;
+    for (const IoOp& op : ops) {
+      if (op.kind != IoOp::Kind::kWrite || op.fd != ops[0].fd) return false;
+    }
+    return true;
+  }
+
+  // The ring for `fd`'s writes, with its mutex held.
+  Ring* RingFor(int fd) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    Ring* r = rings_[static_cast<unsigned>(fd) % rings_ready_].get();
+    r->mu.Lock();
+    return r;
+  }
+
   // Returns a ring with its mutex held: a free one if there is one.
   Ring* PickRing() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     unsigned start = next_.fetch_add(1, std::memory_order_relaxed);
