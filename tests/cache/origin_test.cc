@@ -6,6 +6,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
+#include <thread>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -158,6 +160,43 @@ TEST(HttpsOriginTest, CertificatesAreVerifiedByDefault) {
   OriginOptions insecure;
   insecure.verify_tls = false;
   EXPECT_TRUE((*OpenOrigin(nginx.url("x.bin"), insecure))->Stat("").ok());
+}
+
+TEST(HttpOriginKeepAliveTest, ConnectionsAreReusedAndRedirectsFollowed) {
+  TempDir root, work;
+  std::string data = Pattern(7, 0, 1 << 20);
+  WriteFile(root.path() + "/www/blobs/b.bin", data);
+  // Like a registry sending blob reads to storage elsewhere.
+  strata::testing::Nginx nginx(root.path() + "/www", work.path(), "", "",
+                               "    location /v2/ { return 307 /blobs/b.bin; }\n");
+  ASSERT_TRUE(nginx.ok());
+  auto origin = OpenOrigin(nginx.url("blobs/b.bin"), {});
+  auto st = (*origin)->Stat("");
+  ASSERT_TRUE(st.ok()) << st.status();
+  for (int i = 0; i < 20; ++i) {
+    std::string out(1000, '\0');
+    ASSERT_TRUE((*origin)->ReadRange("", *st, i * 4096, absl::MakeSpan(out)).ok());
+    EXPECT_EQ(out, data.substr(i * 4096, 1000));
+  }
+  auto redirected = OpenOrigin(nginx.url("v2/x/blobs/sha256:abc"), {});
+  auto rst = (*redirected)->Stat("");
+  ASSERT_TRUE(rst.ok()) << rst.status();
+  EXPECT_EQ(rst->size, data.size());
+  std::string out(100, '\0');
+  ASSERT_TRUE((*redirected)->ReadRange("", *rst, 500, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out, data.substr(500, 100));
+  // 21 requests to blobs/b.bin (a HEAD and 20 GETs) over far fewer connections.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // nginx writes its log
+  std::ifstream log(nginx.access_log());
+  std::set<std::string> conns;
+  int requests = 0;
+  for (std::string line; std::getline(log, line);) {
+    if (line.find("/blobs/b.bin") == std::string::npos) continue;
+    ++requests;
+    conns.insert(line.substr(0, line.find(' ')));
+  }
+  EXPECT_GE(requests, 23);  // + the two after the redirect
+  EXPECT_LE(conns.size(), 3u) << "connections were not kept alive";
 }
 
 TEST(HttpOriginConnTest, RefusedConnectionIsTransient) {

@@ -18,8 +18,10 @@ class Nginx {
  public:
   // Serves `root` from a fresh prefix directory `work`; over TLS when a
   // certificate and key (PEM files) are given.
+  // `extra` is added inside the server block (locations, redirects).
+  // Requests are logged to access.log as "CONNECTION_ID REQUEST STATUS".
   Nginx(const std::string& root, const std::string& work, const std::string& cert = "",
-        const std::string& key = "")
+        const std::string& key = "", const std::string& extra = "")
       : work_(work), tls_(!cert.empty()) {
     port_ = FreePort();
     std::ofstream(work + "/nginx.conf")
@@ -27,14 +29,16 @@ class Nginx {
         << "daemon off;\nworker_processes 2;\npid " << work << "/nginx.pid;\n"
         << "error_log " << work << "/error.log warn;\n"
         << "events { worker_connections 256; }\n"
-        << "http {\n  access_log off;\n  sendfile on;\n  keepalive_requests 100000;\n"
+        << "http {\n  log_format conn '$connection \"$request\" $status';\n"
+        << "  access_log " << work
+        << "/access.log conn;\n  sendfile on;\n  keepalive_requests 100000;\n"
         << "  client_body_temp_path " << work << "/tmp;\n  proxy_temp_path " << work << "/tmp;\n"
         << "  fastcgi_temp_path " << work << "/tmp;\n  uwsgi_temp_path " << work << "/tmp;\n"
         << "  scgi_temp_path " << work << "/tmp;\n"
         << "  server {\n    listen 127.0.0.1:" << port_ << (tls_ ? " ssl" : "") << ";\n    root "
         << root << ";\n"
         << (tls_ ? "    ssl_certificate " + cert + ";\n    ssl_certificate_key " + key + ";\n" : "")
-        << "  }\n}\n";
+        << extra << "  }\n}\n";
     child_ = Spawn({"/usr/sbin/nginx", "-c", work + "/nginx.conf", "-p", work});
     // Ready when it accepts a connection (bounded).
     for (int i = 0; i < 200 && !Accepts(); ++i) {
@@ -53,6 +57,7 @@ class Nginx {
            path;
   }
   bool ok() const { return child_.pid > 0; }
+  std::string access_log() const { return work_ + "/access.log"; }
 
  private:
   bool Accepts() const {
