@@ -534,6 +534,7 @@ class ChunkStoreImpl final : public ChunkStore {
         ++s.objects;
         for (const Chunk& c : o->chunks) s.chunks_present += c.state == ChunkState::kPresent;
       }
+      s.open_files = open_files_;
       s.degraded = !health_.ok();
       s.health = health_.ok() ? "ok" : std::string(health_.message());
     }
@@ -754,8 +755,13 @@ class ChunkStoreImpl final : public ChunkStore {
     std::vector<uint32_t> dropping;
     bool was_verified = false;
     ObjectRecord rec;
+    int fd = -1;
     {
       absl::MutexLock l(&mu_);
+      if (obj->fd >= 0) {
+        fd = obj->fd;
+        ++obj->readers;  // keeps the fd from being closed (and reused) while punching
+      }
       for (uint32_t i : indexes) {
         Chunk& c = obj->chunks[i];
         if (c.state != ChunkState::kPresent) continue;
@@ -780,15 +786,15 @@ class ChunkStoreImpl final : public ChunkStore {
       if (auto st = index_->DeleteChunks(obj->key, dropping); !st.ok()) {
         spdlog::error("cannot drop chunks of {} from the index: {}", obj->key, st.message());
       }
-      if (obj->fd >= 0) {
+      if (fd >= 0) {
         for (uint32_t i : dropping) {
-          fs_->PunchHole(obj->fd, static_cast<uint64_t>(i) * obj->rec.chunk_size,
-                         obj->ChunkLength(i))
+          fs_->PunchHole(fd, static_cast<uint64_t>(i) * obj->rec.chunk_size, obj->ChunkLength(i))
               .IgnoreError();  // the index no longer claims it; a hole only saves space
         }
       }
     }
     absl::MutexLock l(&mu_);
+    if (fd >= 0) --obj->readers;
     for (uint32_t i : dropping) obj->chunks[i].state = ChunkState::kAbsent;
     cv_.SignalAll();
     return indexes;
@@ -867,13 +873,35 @@ class ChunkStoreImpl final : public ChunkStore {
 
   absl::StatusOr<int> EnsureFdLocked(Object& o) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (o.fd >= 0) return o.fd;
+    if (open_files_ >= opts_.max_open_files) CloseIdleFilesLocked();
     auto fd = fs_->Open(objects_dir_ + "/" + o.rec.file, /*create=*/true);
     if (!fd.ok()) {
       spdlog::error("cannot open data file of {}: {}", o.key, fd.status().message());
       return fd.status();
     }
     o.fd = *fd;
+    ++open_files_;
     return o.fd;
+  }
+
+  // Closes the files of the least recently used idle objects (an eighth of
+  // the budget at a time): a cache of many small objects must not run out of
+  // file descriptors. Objects being read, filled or verified keep theirs.
+  void CloseIdleFilesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<std::pair<int64_t, Object*>> idle;
+    for (auto& [k, o] : objects_) {
+      if (o->fd >= 0 && o->readers == 0 && o->flights.empty() && !o->removing) {
+        idle.emplace_back(o->rec.last_use_us, o.get());
+      }
+    }
+    size_t n = std::min(idle.size(), std::max<size_t>(1, opts_.max_open_files / 8));
+    std::partial_sort(idle.begin(), idle.begin() + n, idle.end(),
+                      [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (size_t i = 0; i < n; ++i) {
+      fs_->Close(idle[i].second->fd);
+      idle[i].second->fd = -1;
+      --open_files_;
+    }
   }
 
   ObjectInfo InfoLocked(const Object& o) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -913,7 +941,10 @@ class ChunkStoreImpl final : public ChunkStore {
     ctr_.evicted_bytes += obj->bytes_present;
     absl::MutexLock l(&mu_);
     auto it = objects_.find(obj->key);
-    if (it != objects_.end() && it->second == obj) objects_.erase(it);
+    if (it != objects_.end() && it->second == obj) {
+      if (obj->fd >= 0) --open_files_;  // closed when the last holder lets go
+      objects_.erase(it);
+    }
     cv_.SignalAll();
     return st;
   }
@@ -1006,7 +1037,10 @@ class ChunkStoreImpl final : public ChunkStore {
     {
       absl::MutexLock l(&mu_);
       for (auto& [k, o] : objects_) {
-        if (o->fd >= 0) open.emplace_back(o, o->fd);
+        if (o->fd >= 0) {
+          ++o->readers;  // the fd stays open (not reused) during the check
+          open.emplace_back(o, o->fd);
+        }
       }
     }
     std::vector<ObjectPtr> gone;
@@ -1016,6 +1050,7 @@ class ChunkStoreImpl final : public ChunkStore {
     }
     {
       absl::MutexLock l(&mu_);
+      for (auto& [o, fd] : open) --o->readers;
       std::erase_if(gone, [](const ObjectPtr& o) { return o->Busy(); });
       for (auto& o : gone) BeginRemoveLocked(*o);
     }
@@ -1151,6 +1186,7 @@ class ChunkStoreImpl final : public ChunkStore {
   absl::CondVar evict_cv_;  // wakes the evictor
   absl::flat_hash_map<std::string, ObjectPtr> objects_ ABSL_GUARDED_BY(mu_);
   uint64_t used_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t open_files_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t capacity_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status health_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

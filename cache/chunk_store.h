@@ -34,6 +34,8 @@ struct StoreOptions {
   // When the directory or index cannot be used, open anyway and serve
   // without caching (health() says why) instead of failing.
   bool degrade_on_error = false;
+  // Data files kept open at most; idle objects' files are closed past it.
+  uint64_t max_open_files = 4096;
   // Run the background evictor and verify-ahead threads. Tools that only
   // inspect a store turn them off.
   bool background_work = true;
@@ -100,6 +102,7 @@ struct StoreStats {
   uint64_t evicted_chunks = 0;
   uint64_t evicted_bytes = 0;
   uint64_t corrupt_index_records = 0;
+  uint64_t open_files = 0;
   bool degraded = false;
   std::string health;  // "ok" or why the store is not caching
 };

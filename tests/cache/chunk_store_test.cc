@@ -549,5 +549,31 @@ TEST_F(ChunkStoreTest, SequentialReadsVerifyAheadAndNeverServeCorruptChunks) {
   EXPECT_GE(s->Stats().chunks_verified, 7u);
 }
 
+TEST_F(ChunkStoreTest, OpenFilesStayWithinTheirBudget) {
+  StoreOptions o;
+  o.dir = dir_.path();
+  o.chunk_size = kChunk;
+  o.max_open_files = 4;
+  o.fs = fs_;
+  auto s = ChunkStore::Open(o);
+  ASSERT_TRUE(s.ok());
+  for (int i = 0; i < 12; ++i) Put(**s, "obj" + std::to_string(i), 2);
+  EXPECT_LE((*s)->Stats().open_files, 4u);
+  // Every object still reads right, its file reopened as needed.
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 12; ++i) {
+      EXPECT_EQ(ReadAll(**s, "obj" + std::to_string(i), kChunk, kChunk), Pattern(1, 1, kChunk));
+      EXPECT_LE((*s)->Stats().open_files, 4u);
+    }
+  }
+  // A leased object's file is never closed under the lease.
+  auto lease = (*s)->Lease("obj0", 0, 100);
+  ASSERT_TRUE(lease.ok());
+  for (int i = 1; i < 12; ++i) ReadAll(**s, "obj" + std::to_string(i), 0, 10);
+  char buf[100];
+  ASSERT_EQ(::pread(lease->fd(), buf, 100, 0), 100);
+  EXPECT_EQ(std::string(buf, 100), Pattern(1, 0, kChunk).substr(0, 100));
+}
+
 }  // namespace
 }  // namespace strata::cache
