@@ -131,6 +131,20 @@ TEST(CliTest, NodeReportsItsStateAndStopsOnSigterm) {
   EXPECT_EQ(ExitCode(Wait(node)), 0);
 }
 
+TEST(CliTest, NodeServesCsiOnAUnixSocket) {
+  TempDir dir;
+  std::string sock = dir.path() + "/csi.sock";
+  Child node = SpawnStrata({"node", "--state-dir", dir.path(), "--cache-capacity", "1GiB",
+                            "--csi-endpoint", "unix://" + sock, "--node-id", "node-7"});
+  ASSERT_GT(node.pid, 0);
+  std::string out = ReadUntil(node.out, "running", std::chrono::seconds(30));
+  EXPECT_THAT(out, HasSubstr("CSI Identity and Node on unix://" + sock + " (node id node-7)"));
+  EXPECT_TRUE(std::filesystem::exists(sock));
+  ASSERT_EQ(::kill(node.pid, SIGTERM), 0);
+  out += ReadUntil(node.out, "stopped", std::chrono::seconds(30));
+  EXPECT_EQ(ExitCode(Wait(node)), 0) << out;
+}
+
 TEST(CliTest, BadSizesAreRejected) {
   TempDir dir;
   Result r = RunStrata({"node", "--state-dir", dir.path(), "--cache-capacity", "lots"});
