@@ -5,6 +5,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 #include "absl/types/span.h"
@@ -38,6 +40,12 @@ inline std::string Pattern(uint64_t seed, uint32_t index, size_t len) {
     s[i] = static_cast<char>(x);
   }
   return s;
+}
+
+// The whole content of a file ("" when it cannot be read).
+inline std::string ReadPath(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
 }
 
 }  // namespace strata::cache::testing

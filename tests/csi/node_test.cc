@@ -19,13 +19,9 @@
 namespace strata::csi {
 namespace {
 
+using cache::testing::ReadPath;
 using cache::testing::TempDir;
 using ::testing::HasSubstr;
-
-std::string ReadPath(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
 
 class CsiNodeTest : public ::testing::Test {
  protected:

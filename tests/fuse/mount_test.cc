@@ -21,17 +21,13 @@ namespace strata {
 namespace {
 
 using cache::testing::Pattern;
+using cache::testing::ReadPath;
 using cache::testing::TempDir;
 using testing::StrataMount;
 
 void WriteFile(const std::string& path, const std::string& data) {
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());
   std::ofstream(path, std::ios::binary) << data;
-}
-
-std::string ReadPath(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
 }
 
 class MountTest : public ::testing::Test {

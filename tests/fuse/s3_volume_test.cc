@@ -18,13 +18,9 @@ namespace strata {
 namespace {
 
 using cache::testing::Pattern;
+using cache::testing::ReadPath;
 using cache::testing::TempDir;
 using testing::StrataMount;
-
-std::string ReadPath(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
 
 bool WritePath(const std::string& path, const std::string& data) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
