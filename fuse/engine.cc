@@ -365,6 +365,7 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(Tree& tree,
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
   static const fuse_lowlevel_ops ops = Ops();
   impl->se = fuse_session_new(&args, &ops, sizeof(ops), impl.get());
+  fuse_opt_free_args(&args);  // libfuse may have copied and extended them
   if (impl->se == nullptr)
     return absl::InternalError("fuse_session_new failed (bad mount options?)");
   if (fuse_session_mount(impl->se, options.mountpoint.c_str()) != 0) {
@@ -396,7 +397,10 @@ void FuseServer::Stop() {
 }
 
 FuseServer::~FuseServer() {
-  if (impl_->mounted.exchange(false)) fuse_session_unmount(impl_->se);
+  // Also after Stop() or an external unmount: this is where libfuse lets go
+  // of the mountpoint it keeps (it sees the dead connection and skips umount).
+  impl_->mounted = false;
+  fuse_session_unmount(impl_->se);
   fuse_session_destroy(impl_->se);
 }
 
