@@ -5,7 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,8 +13,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-extern char** environ;
 
 namespace strata::testing {
 
@@ -24,25 +22,32 @@ struct Child {
 };
 
 // Starts `argv[0]` with `argv`. stdout goes to the pipe in Child::out; stderr
-// too when `merge_stderr`, otherwise it stays the test's own.
+// too when `merge_stderr`, otherwise it stays the test's own. The child is
+// killed if the test process dies (even by a crash that skips destructors).
 inline Child Spawn(std::vector<std::string> argv, bool merge_stderr = true) {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return {};
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, p[1], 1);
-  if (merge_stderr) posix_spawn_file_actions_adddup2(&fa, p[1], 2);
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(a.data());
   args.push_back(nullptr);
-  Child c;
-  int rc = posix_spawn(&c.pid, args[0], &fa, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
+  pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    // Only async-signal-safe calls between fork and exec.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);  // the test died already
+    ::dup2(p[1], 1);
+    if (merge_stderr) ::dup2(p[1], 2);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
   ::close(p[1]);
-  if (rc != 0) {
+  if (pid < 0) {
     ::close(p[0]);
     return {};
   }
+  Child c;
+  c.pid = pid;
   c.out = p[0];
   return c;
 }
