@@ -748,55 +748,74 @@ class ChunkStoreImpl final : public ChunkStore {
     return true;
   }
 
-  // Takes present chunks out of the index and the file. Returns the chunks
-  // that are now absent (all of `indexes` that were present, or already not).
-  std::vector<uint32_t> Drop(const ObjectPtr& obj, const std::vector<uint32_t>& indexes,
-                             bool corrupt) {
-    std::vector<uint32_t> dropping;
+  // What a drop decided under the lock; FinishDrop does its I/O.
+  struct DropPlan {
+    std::vector<uint32_t> chunks;  // moved to kDropping
     bool was_verified = false;
     ObjectRecord rec;
-    int fd = -1;
-    {
-      absl::MutexLock l(&mu_);
-      if (obj->fd >= 0) {
-        fd = obj->fd;
-        ++obj->readers;  // keeps the fd from being closed (and reused) while punching
-      }
-      for (uint32_t i : indexes) {
-        Chunk& c = obj->chunks[i];
-        if (c.state != ChunkState::kPresent) continue;
-        c.state = ChunkState::kDropping;
-        c.verified = false;
-        uint32_t len = obj->ChunkLength(i);
-        obj->bytes_present -= len;
-        used_ -= len;
-        dropping.push_back(i);
-      }
-      if (!dropping.empty()) {
-        was_verified = (obj->rec.flags & kObjectDigestVerified) != 0;
-        obj->rec.flags &= ~kObjectDigestVerified;
-        rec = obj->rec;
-      }
+    int fd = -1;  // when >= 0, pinned (a reader count) and its holes are punched
+  };
+
+  // Moves the present chunks of `indexes` to kDropping. Holes are punched
+  // only when no reader holds the object: one that acquired a chunk before
+  // this must still find its bytes (a refill overwrites the range anyway).
+  DropPlan BeginDropLocked(Object& obj, const std::vector<uint32_t>& indexes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    DropPlan p;
+    for (uint32_t i : indexes) {
+      Chunk& c = obj.chunks[i];
+      if (c.state != ChunkState::kPresent) continue;
+      c.state = ChunkState::kDropping;
+      c.verified = false;
+      uint32_t len = obj.ChunkLength(i);
+      obj.bytes_present -= len;
+      used_ -= len;
+      p.chunks.push_back(i);
     }
-    if (corrupt) ctr_.checksum_failures += dropping.size();
-    if (!dropping.empty() && health_ok_) {
+    if (p.chunks.empty()) return p;
+    p.was_verified = (obj.rec.flags & kObjectDigestVerified) != 0;
+    obj.rec.flags &= ~kObjectDigestVerified;
+    p.rec = obj.rec;
+    if (obj.readers == 0 && obj.fd >= 0) {
+      p.fd = obj.fd;
+      ++obj.readers;  // keeps the fd from being closed (and reused) while punching
+    }
+    return p;
+  }
+
+  // Takes the planned chunks out of the index (and the file), then marks
+  // them absent.
+  void FinishDrop(const ObjectPtr& obj, const DropPlan& p, bool corrupt) {
+    if (corrupt) ctr_.checksum_failures += p.chunks.size();
+    if (!p.chunks.empty() && health_ok_) {
       // The mark goes first: a crash between the two leaves the object
       // unverified, never a refetched chunk trusted.
-      if (was_verified) index_->PutObject(obj->key, rec).IgnoreError();
-      if (auto st = index_->DeleteChunks(obj->key, dropping); !st.ok()) {
+      if (p.was_verified) index_->PutObject(obj->key, p.rec).IgnoreError();
+      if (auto st = index_->DeleteChunks(obj->key, p.chunks); !st.ok()) {
         spdlog::error("cannot drop chunks of {} from the index: {}", obj->key, st.message());
       }
-      if (fd >= 0) {
-        for (uint32_t i : dropping) {
-          fs_->PunchHole(fd, static_cast<uint64_t>(i) * obj->rec.chunk_size, obj->ChunkLength(i))
+      if (p.fd >= 0) {
+        for (uint32_t i : p.chunks) {
+          fs_->PunchHole(p.fd, static_cast<uint64_t>(i) * obj->rec.chunk_size, obj->ChunkLength(i))
               .IgnoreError();  // the index no longer claims it; a hole only saves space
         }
       }
     }
     absl::MutexLock l(&mu_);
-    if (fd >= 0) --obj->readers;
-    for (uint32_t i : dropping) obj->chunks[i].state = ChunkState::kAbsent;
+    if (p.fd >= 0) --obj->readers;
+    for (uint32_t i : p.chunks) obj->chunks[i].state = ChunkState::kAbsent;
     cv_.SignalAll();
+  }
+
+  // Drops chunks found bad. Returns `indexes`: all of them are now missing.
+  std::vector<uint32_t> Drop(const ObjectPtr& obj, const std::vector<uint32_t>& indexes,
+                             bool corrupt) {
+    DropPlan p;
+    {
+      absl::MutexLock l(&mu_);
+      p = BeginDropLocked(*obj, indexes);
+    }
+    FinishDrop(obj, p, corrupt);
     return indexes;
   }
 
@@ -971,6 +990,7 @@ class ChunkStoreImpl final : public ChunkStore {
       if (freed >= need) break;
       uint64_t remaining = need - freed;
       std::vector<uint32_t> punch;
+      DropPlan plan;
       {
         absl::MutexLock l(&mu_);
         if (obj->Busy()) {
@@ -995,6 +1015,9 @@ class ChunkStoreImpl final : public ChunkStore {
             got += obj->ChunkLength(i);
             punch.push_back(i);
           }
+          // Marked under the same lock that saw no reader: none can start
+          // reading these chunks before they are gone.
+          plan = BeginDropLocked(*obj, punch);
         }
       }
       if (punch.empty()) {
@@ -1002,12 +1025,12 @@ class ChunkStoreImpl final : public ChunkStore {
         continue;
       }
       uint64_t before = 0;
-      for (uint32_t i : punch) before += obj->ChunkLength(i);
-      Drop(obj, punch, /*corrupt=*/false);
+      for (uint32_t i : plan.chunks) before += obj->ChunkLength(i);
+      FinishDrop(obj, plan, /*corrupt=*/false);
       freed += before;
       rep->bytes += before;
-      rep->chunks += punch.size();
-      ctr_.evicted_chunks += punch.size();
+      rep->chunks += plan.chunks.size();
+      ctr_.evicted_chunks += plan.chunks.size();
       ctr_.evicted_bytes += before;
     }
   }
