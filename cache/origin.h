@@ -78,12 +78,14 @@ struct OriginOptions {
   std::string s3_endpoint;    // default https://s3.REGION.amazonaws.com
   std::string s3_region;      // default $AWS_REGION, else us-east-1
   std::string s3_addressing;  // "path" or "virtual"; default: virtual on AWS, path elsewhere
-  // Credentials, first found wins: a mounted Kubernetes secret directory
+  // Credentials, first found wins: given here (from a CSI request's secrets),
+  // a mounted Kubernetes secret directory
   // (files access_key_id, secret_access_key[, session_token], or the
   // AWS_ACCESS_KEY_ID style names), the environment (AWS_ACCESS_KEY_ID,
   // AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), then a shared credentials file
   // ($AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials, profile
   // $AWS_PROFILE or "default").
+  std::string aws_access_key_id, aws_secret_access_key, aws_session_token;
   std::string aws_secret_dir;
   std::string aws_credentials_file;
   std::string aws_profile;

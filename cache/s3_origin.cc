@@ -110,6 +110,13 @@ std::string Env(const char* name) {
 
 absl::StatusOr<AwsCredentials> FindCredentials(const OriginOptions& o) {
   AwsCredentials c;
+  if (!o.aws_access_key_id.empty() || !o.aws_secret_access_key.empty()) {
+    if (o.aws_access_key_id.empty() || o.aws_secret_access_key.empty()) {
+      return absl::PermissionDeniedError(
+          "S3 credentials need both an access key id and a secret access key");
+    }
+    return AwsCredentials{o.aws_access_key_id, o.aws_secret_access_key, o.aws_session_token};
+  }
   if (!o.aws_secret_dir.empty()) {
     for (auto [id, secret, token] :
          {std::tuple{"access_key_id", "secret_access_key", "session_token"},

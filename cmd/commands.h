@@ -10,6 +10,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
+#include "cache/size.h"
 
 namespace strata::cmd {
 
@@ -17,13 +18,13 @@ namespace strata::cmd {
 using Runner = std::function<int()>;
 
 void AddNodeCommand(CLI::App& app, Runner& run);
+void AddControllerCommand(CLI::App& app, Runner& run);
 void AddCacheCommands(CLI::App& app, Runner& run);
 void AddBenchCommands(CLI::App& app, Runner& run);
 void AddFetchCommands(CLI::App& app, Runner& run);
 void AddMountCommands(CLI::App& app, Runner& run);
 
-// "4MiB", "2G", "1048576" -> bytes (K/M/G/T, with or without "iB"/"B").
-absl::StatusOr<uint64_t> ParseSize(const std::string& text);
+using cache::ParseSize;
 // Blocks SIGINT and SIGTERM in this thread and every thread started after it
 // (call it first), so that one thread can sigwait() for them.
 sigset_t BlockStopSignals();
