@@ -4,14 +4,19 @@
 #define FUSE_USE_VERSION 312
 #include "fuse/engine.h"
 
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
+#include <sstream>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -25,6 +30,9 @@ struct FuseServer::Impl {
   MountOptions opts;
   fuse_session* se = nullptr;
   std::atomic<bool> mounted{false};
+  // The kernel's id of this FUSE connection (the mount's minor device
+  // number): its control files are /sys/fs/fuse/connections/<id>/.
+  int connection = -1;
   // Directory listings taken at opendir, served by offset.
   absl::Mutex dirs_mu;
   absl::flat_hash_map<uint64_t, std::vector<DirEntry>> dirs ABSL_GUARDED_BY(dirs_mu);
@@ -308,13 +316,28 @@ void OnReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 }
 
 void OnStatfs(fuse_req_t req, fuse_ino_t) {
-  struct statvfs sv {};
-  sv.f_bsize = 1 << 20;
-  sv.f_frsize = 4096;
-  sv.f_namemax = 255;
-  sv.f_blocks = sv.f_bfree = sv.f_bavail = 1ull << 30;  // origins have no fixed size
-  sv.f_files = sv.f_ffree = 1ull << 30;
-  fuse_reply_statfs(req, &sv);
+  auto sv = Self(req)->tree->StatFs();
+  if (!sv.ok()) return Fail(req, "statfs", kRootIno, sv.status());
+  fuse_reply_statfs(req, &*sv);
+}
+
+// The minor device number of the FUSE mount at `mountpoint`, from
+// /proc/self/mountinfo (a stat would ask the not yet serving daemon).
+int ConnectionOf(const std::string& mountpoint) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  int found = -1;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, point;
+    if (!(f >> id >> parent >> dev >> root >> point)) continue;
+    if (point != mountpoint) continue;
+    size_t colon = dev.find(':');
+    if (colon != std::string::npos) found = std::atoi(dev.c_str() + colon + 1);  // the last wins
+  }
+  // The fusectl file system may not be mounted yet (it usually is).
+  ::mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, nullptr);
+  return found;
 }
 
 fuse_lowlevel_ops Ops() {
@@ -355,6 +378,11 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(Tree& tree,
   auto impl = std::make_unique<Impl>();
   impl->tree = &tree;
   impl->opts = options;
+  // Resolved now: once mounted, resolving it would ask this daemon, which
+  // is not serving yet.
+  std::error_code ec;
+  std::string canonical = std::filesystem::weakly_canonical(options.mountpoint, ec).string();
+  if (ec) canonical = options.mountpoint;
   std::string o = absl::StrCat("fsname=", options.fsname,
                                ",subtype=strata,default_permissions,max_read=1048576");
   if (options.allow_other) o += ",allow_other";
@@ -375,6 +403,7 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(Tree& tree,
                      " (does it exist? is /dev/fuse usable? see the log above)"));
   }
   impl->mounted = true;
+  impl->connection = ConnectionOf(canonical);
   return std::unique_ptr<FuseServer>(new FuseServer(std::move(impl)));
 }
 
@@ -392,8 +421,19 @@ absl::Status FuseServer::Run() {
 
 void FuseServer::Stop() {
   fuse_session_exit(impl_->se);
-  // The loop blocks reading /dev/fuse; detaching the mount wakes it.
+  // The loop blocks reading /dev/fuse. Detaching the mount wakes it, unless
+  // bind mounts of it (CSI publications) keep the file system alive; so the
+  // connection is aborted as well, and whatever still refers to it sees
+  // ENOTCONN rather than a hang.
   if (impl_->mounted.exchange(false)) ::umount2(impl_->opts.mountpoint.c_str(), MNT_DETACH);
+  if (impl_->connection >= 0) {
+    std::string abort = absl::StrCat("/sys/fs/fuse/connections/", impl_->connection, "/abort");
+    int fd = ::open(abort.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      (void)!::write(fd, "1", 1);
+      ::close(fd);
+    }
+  }
 }
 
 FuseServer::~FuseServer() {

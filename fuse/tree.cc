@@ -73,4 +73,14 @@ absl::StatusOr<Attr> Tree::Symlink(const std::string&, uint64_t, const std::stri
 }
 absl::StatusOr<std::string> Tree::Readlink(uint64_t) { return PosixError(EINVAL, "not a symlink"); }
 
+absl::StatusOr<struct statvfs> Tree::StatFs() {
+  struct statvfs sv {};
+  sv.f_bsize = 1 << 20;
+  sv.f_frsize = 4096;
+  sv.f_namemax = 255;
+  sv.f_blocks = sv.f_bfree = sv.f_bavail = 1ull << 30;  // 4 TiB of 4 KiB blocks: no fixed size
+  sv.f_files = sv.f_ffree = 1ull << 30;
+  return sv;
+}
+
 }  // namespace strata::fuse

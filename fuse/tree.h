@@ -6,6 +6,7 @@
 #pragma once
 
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -91,6 +92,10 @@ class Tree {
   virtual absl::StatusOr<Attr> Symlink(const std::string& target, uint64_t parent,
                                        const std::string& name, const Caller& who);
   virtual absl::StatusOr<std::string> Readlink(uint64_t ino);
+
+  // Sizes for statfs (df, CSI volume stats). The default describes a tree
+  // with no fixed size, as object stores and image layers are.
+  virtual absl::StatusOr<struct statvfs> StatFs();
 };
 
 // A status that carries the errno the kernel should see (and a message for

@@ -57,8 +57,21 @@ Attr VolumeTree::ToAttr(uint64_t ino, const cache::ObjectStat& st) const {
   a.nlink = st.is_dir ? 2 : 1;
   a.uid = st.uid;
   a.gid = st.gid;
+  if (opts_.mount_gid >= 0) {
+    a.gid = static_cast<uint32_t>(opts_.mount_gid);
+    a.mode |= (a.mode & 0700) >> 3;
+  }
   a.mtime_ns = st.mtime_ns;
   return a;
+}
+
+absl::StatusOr<struct statvfs> VolumeTree::StatFs() {
+  if (!posix()) return Tree::StatFs();
+  struct statvfs sv {};
+  if (::statvfs(local_root_.c_str(), &sv) != 0) {
+    return PosixError(errno, absl::StrCat("statvfs ", local_root_, ": ", std::strerror(errno)));
+  }
+  return sv;
 }
 
 absl::StatusOr<cache::ObjectStat> VolumeTree::StatPath(const std::string& path, uint64_t* ino,

@@ -35,6 +35,10 @@ struct VolumeOptions {
   // Where writes to object-store volumes are staged until they are uploaded
   // (on flush/close or fsync). Empty: object-store volumes refuse writes.
   std::string staging_dir;
+  // fsGroup (CSI VOLUME_MOUNT_GROUP): when >= 0, every file and directory
+  // shows this group with the owner's permission bits, so that the pod's
+  // processes, which carry the group, can use what the origin holds.
+  int64_t mount_gid = -1;
 };
 
 class VolumeTree final : public Tree {
@@ -71,6 +75,8 @@ class VolumeTree final : public Tree {
   absl::StatusOr<Attr> Symlink(const std::string& target, uint64_t parent, const std::string& name,
                                const Caller& who) override;
   absl::StatusOr<std::string> Readlink(uint64_t ino) override;
+  // A POSIX origin's file system; the default (no fixed size) elsewhere.
+  absl::StatusOr<struct statvfs> StatFs() override;
 
   VolumeStats Stats() const;
 
