@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   strata::cmd::Runner run;
   strata::cmd::AddNodeCommand(app, run);
+  strata::cmd::AddControllerCommand(app, run);
   strata::cmd::AddCacheCommands(app, run);
   strata::cmd::AddBenchCommands(app, run);
   strata::cmd::AddFetchCommands(app, run);

@@ -1,5 +1,5 @@
 // Identity and Node services: argument checks with the codes the CSI spec
-// names, then mounts. Errors say what to fix.
+// names, then mounts, then records. Errors say what to fix.
 #include "csi/node_service.h"
 
 #include <sys/mount.h>
@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "cache/logging.h"
 #include "cache/origin.h"
@@ -19,12 +20,15 @@ namespace {
 
 using grpc::Status;
 using grpc::StatusCode;
+using json = nlohmann::json;
+
+constexpr char kStagedPrefix[] = "staged/";
+constexpr char kPublishedPrefix[] = "published/";
 
 Status Invalid(const std::string& what) { return Status(StatusCode::INVALID_ARGUMENT, what); }
 
-// The mountpoint (second field) of every line in /proc/mounts equal to `path`.
 bool IsMountpoint(const std::string& path) {
-  std::ifstream m("/proc/mounts");
+  std::ifstream m("/proc/self/mounts");
   std::string dev, dir, rest;
   while (m >> dev >> dir && std::getline(m, rest)) {
     if (dir == path) return true;
@@ -32,17 +36,54 @@ bool IsMountpoint(const std::string& path) {
   return false;
 }
 
-// A volume this driver serves is a directory of files: block access and
-// other filesystems than ours are refused.
-Status CheckCapability(const ::csi::v1::VolumeCapability& cap) {
-  if (cap.has_block())
-    return Invalid("block access is not supported: Strata volumes are filesystems");
-  if (!cap.has_mount()) return Invalid("volume_capability needs access_type mount");
-  const std::string& fs = cap.mount().fs_type();
-  if (!fs.empty() && fs != "fuse.strata" && fs != "strata") {
-    return Invalid(absl::StrCat("fs_type '", fs, "' is not supported (leave it empty)"));
+// Detaches everything mounted at `path` (stacked mounts too).
+absl::Status UnmountAll(const std::string& path) {
+  for (int i = 0; i < 16 && IsMountpoint(path); ++i) {
+    if (::umount2(path.c_str(), 0) != 0 && ::umount2(path.c_str(), MNT_DETACH) != 0) {
+      return absl::InternalError(absl::StrCat("unmount ", path, ": ", std::strerror(errno)));
+    }
   }
-  return Status::OK;
+  return absl::OkStatus();
+}
+
+json ToJson(const StringMap& m) {
+  json j = json::object();
+  for (const auto& [k, v] : m) j[k] = v;
+  return j;
+}
+
+StringMap FromJson(const json& rec, const char* field) {
+  StringMap m;
+  auto j = rec.find(field);
+  if (j == rec.end() || !j->is_object()) return m;
+  for (auto it = j->begin(); it != j->end(); ++it) {
+    if (it->is_string()) m[it.key()] = it->get<std::string>();
+  }
+  return m;
+}
+
+// fsGroup from the capability (VOLUME_MOUNT_GROUP): a numeric group id.
+absl::StatusOr<int64_t> MountGroup(const ::csi::v1::VolumeCapability& cap) {
+  const std::string& g = cap.mount().volume_mount_group();
+  if (g.empty()) return -1;
+  uint32_t gid;
+  if (!absl::SimpleAtoi(g, &gid)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("volume_mount_group '", g, "' is not a numeric group id"));
+  }
+  return gid;
+}
+
+unsigned long MountFlags(const ::csi::v1::VolumeCapability& cap, bool* read_only) {
+  unsigned long flags = 0;
+  for (const std::string& f : cap.mount().mount_flags()) {
+    if (f == "ro") *read_only = true;
+    if (f == "nosuid") flags |= MS_NOSUID;
+    if (f == "nodev") flags |= MS_NODEV;
+    if (f == "noexec") flags |= MS_NOEXEC;
+    if (f == "noatime") flags |= MS_NOATIME;
+  }
+  return flags;
 }
 
 }  // namespace
@@ -57,8 +98,10 @@ Status IdentityService::GetPluginInfo(grpc::ServerContext*, const ::csi::v1::Get
 Status IdentityService::GetPluginCapabilities(grpc::ServerContext*,
                                               const ::csi::v1::GetPluginCapabilitiesRequest*,
                                               ::csi::v1::GetPluginCapabilitiesResponse* resp) {
-  resp->add_capabilities()->mutable_service()->set_type(
-      ::csi::v1::PluginCapability::Service::VOLUME_ACCESSIBILITY_CONSTRAINTS);
+  using Service = ::csi::v1::PluginCapability::Service;
+  if (controller_)
+    resp->add_capabilities()->mutable_service()->set_type(Service::CONTROLLER_SERVICE);
+  resp->add_capabilities()->mutable_service()->set_type(Service::VOLUME_ACCESSIBILITY_CONSTRAINTS);
   return Status::OK;
 }
 
@@ -69,17 +112,163 @@ Status IdentityService::Probe(grpc::ServerContext*, const ::csi::v1::ProbeReques
 }
 
 NodeService::NodeService(cache::ChunkStore& store, cache::Fetcher& fetcher, NodeOptions options)
-    : store_(store), fetcher_(fetcher), opts_(std::move(options)) {}
+    : store_(store), fetcher_(fetcher), opts_(std::move(options)) {
+  absl::MutexLock l(&mu_);
+  if (opts_.state) Recover();
+}
 
 NodeService::~NodeService() {
   absl::MutexLock l(&mu_);
-  for (auto& [id, v] : staged_) Stop(*v);
+  for (auto& [id, v] : volumes_) Stop(*v);
 }
 
-void NodeService::Stop(Staged& v) {
-  v.server->Stop();
+absl::Status NodeService::Start(Volume& v) {
+  auto origin = cache::OpenOrigin(v.spec.origin, OriginOptionsFrom(v.secrets));
+  if (!origin.ok()) return absl::InvalidArgumentError(std::string(origin.status().message()));
+  v.origin = std::move(*origin);
+  auto root = v.origin->Stat("");
+  if (!root.ok() || !root->is_dir) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("origin ", v.spec.origin, " is not a reachable directory: ",
+                     root.ok() ? "it is a file" : std::string(root.status().message())));
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(v.mountpoint, ec);
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot create ", v.mountpoint, ": ", ec.message()));
+  fuse::VolumeOptions vo;
+  vo.staging_dir = opts_.staging_dir;
+  vo.chunk_size = v.spec.chunk_size;
+  vo.attr_ttl = absl::Seconds(v.spec.attr_ttl_s);
+  vo.read_only = v.spec.read_only;
+  vo.mount_gid = v.mount_gid;
+  v.tree = std::make_unique<fuse::VolumeTree>(v.origin, store_, fetcher_, vo);
+  fuse::MountOptions mo;
+  mo.mountpoint = v.mountpoint;
+  mo.fsname = absl::StrCat("strata:", v.id);
+  auto server = fuse::FuseServer::Mount(*v.tree, mo);
+  if (!server.ok()) return server.status();
+  v.server = std::move(*server);
+  v.running = true;
+  v.serving = std::thread([&v] {
+    if (absl::Status st = v.server->Run(); !st.ok())
+      spdlog::error("volume {}: {}", v.id, st.message());
+    v.running = false;
+  });
+  return absl::OkStatus();
+}
+
+void NodeService::Stop(Volume& v) {
+  if (v.server) v.server->Stop();
   if (v.serving.joinable()) v.serving.join();
   v.server.reset();
+}
+
+absl::Status NodeService::Bind(const std::string& from, const std::string& target,
+                               const Publication& p) {
+  std::error_code ec;
+  std::filesystem::create_directories(target, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", target, ": ", ec.message()));
+  if (::mount(from.c_str(), target.c_str(), nullptr, MS_BIND, nullptr) != 0) {
+    return absl::InternalError(absl::StrCat("bind mount at ", target, ": ", std::strerror(errno)));
+  }
+  if (p.read_only || p.flags != 0) {
+    unsigned long f = MS_BIND | MS_REMOUNT | p.flags | (p.read_only ? MS_RDONLY : 0);
+    if (::mount(nullptr, target.c_str(), nullptr, f, nullptr) != 0) {
+      int err = errno;
+      ::umount2(target.c_str(), MNT_DETACH);
+      return absl::InternalError(
+          absl::StrCat("remount of ", target, " with its flags: ", std::strerror(err)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status NodeService::Record(const Volume& v, bool inline_volume) {
+  if (!opts_.state) return absl::OkStatus();
+  // Secrets are kept so that a restarted node can reach the origin again:
+  // kubelet does not send them twice. The state directory is root's alone.
+  return opts_.state->Put(kStagedPrefix + v.id, {{"mountpoint", v.mountpoint},
+                                                 {"context", ToJson(v.context)},
+                                                 {"secrets", ToJson(v.secrets)},
+                                                 {"mount_gid", v.mount_gid},
+                                                 {"read_only", v.spec.read_only},
+                                                 {"inline", inline_volume}});
+}
+
+absl::Status NodeService::Record(const std::string& target, const Publication& p) {
+  if (!opts_.state) return absl::OkStatus();
+  return opts_.state->Put(kPublishedPrefix + target, {{"volume_id", p.volume_id},
+                                                      {"read_only", p.read_only},
+                                                      {"inline", p.inline_volume},
+                                                      {"flags", p.flags}});
+}
+
+void NodeService::Forget(const std::string& key) {
+  if (!opts_.state) return;
+  if (absl::Status st = opts_.state->Delete(key); !st.ok())
+    spdlog::error("cannot drop state record {}: {}", key, st.message());
+}
+
+void NodeService::Recover() {
+  auto staged = opts_.state->Scan(kStagedPrefix);
+  auto published = opts_.state->Scan(kPublishedPrefix);
+  if (!staged.ok() || !published.ok()) {
+    spdlog::error("cannot read the node's volume records: {}",
+                  (!staged.ok() ? staged.status() : published.status()).message());
+    return;
+  }
+  // Targets first: their bind mounts hold the dead FUSE mounts they came from.
+  for (const auto& [key, rec] : *published) {
+    if (absl::Status st = UnmountAll(key.substr(sizeof kPublishedPrefix - 1)); !st.ok())
+      spdlog::warn("{}", st.message());
+  }
+  for (const auto& [key, rec] : *staged) {
+    auto v = std::make_unique<Volume>();
+    v->id = key.substr(sizeof kStagedPrefix - 1);
+    v->mountpoint = rec.value("mountpoint", "");
+    v->context = FromJson(rec, "context");
+    v->secrets = FromJson(rec, "secrets");
+    v->mount_gid = rec.value("mount_gid", int64_t{-1});
+    auto spec = ParseVolumeContext(v->context);
+    if (!spec.ok()) {
+      spdlog::error("volume {}: its record does not parse ({}); not remounting it", v->id,
+                    spec.status().message());
+      continue;
+    }
+    v->spec = *spec;
+    v->spec.read_only = rec.value("read_only", v->spec.read_only);
+    if (absl::Status st = UnmountAll(v->mountpoint); !st.ok()) spdlog::warn("{}", st.message());
+    if (absl::Status st = Start(*v); !st.ok()) {
+      // Kept in the records: kubelet's next stage or unstage settles it.
+      spdlog::error("volume {}: cannot mount it again at {}: {}", v->id, v->mountpoint,
+                    st.message());
+      continue;
+    }
+    spdlog::info("volume {}: mounted again at {} from {}", v->id, v->mountpoint, v->spec.origin);
+    volumes_[v->id] = std::move(v);
+  }
+  for (const auto& [key, rec] : *published) {
+    std::string target = key.substr(sizeof kPublishedPrefix - 1);
+    Publication p;
+    p.volume_id = rec.value("volume_id", "");
+    p.read_only = rec.value("read_only", false);
+    p.inline_volume = rec.value("inline", false);
+    p.flags = rec.value("flags", 0ul);
+    published_[target] = p;
+    auto it = volumes_.find(p.volume_id);
+    if (it == volumes_.end()) {
+      spdlog::error("{}: volume {} is not mounted; the target stays empty", target, p.volume_id);
+      continue;
+    }
+    if (p.inline_volume) continue;  // mounted at the target itself, above
+    if (absl::Status st = Bind(it->second->mountpoint, target, p); !st.ok()) {
+      spdlog::error("volume {}: cannot publish it again at {}: {}", p.volume_id, target,
+                    st.message());
+      continue;
+    }
+    spdlog::info("volume {}: published again at {}", p.volume_id, target);
+  }
 }
 
 Status NodeService::NodeStageVolume(grpc::ServerContext*,
@@ -88,53 +277,55 @@ Status NodeService::NodeStageVolume(grpc::ServerContext*,
   if (req->volume_id().empty()) return Invalid("volume_id is missing");
   if (req->staging_target_path().empty()) return Invalid("staging_target_path is missing");
   if (!req->has_volume_capability()) return Invalid("volume_capability is missing");
-  if (Status st = CheckCapability(req->volume_capability()); !st.ok()) return st;
-  auto it = req->volume_context().find("origin");
-  if (it == req->volume_context().end() || it->second.empty()) {
-    return Invalid(
-        "volume_context has no 'origin' (file:///dir, s3://bucket/prefix, http(s)://...)");
-  }
+  const auto& cap = req->volume_capability();
+  if (Status st = CheckCapability(cap); !st.ok()) return st;
+  auto spec = ParseVolumeContext(req->volume_context());
+  if (!spec.ok()) return ToGrpc(spec.status());
+  auto gid = MountGroup(cap);
+  if (!gid.ok()) return ToGrpc(gid.status());
+  bool ro_flag = false;
+  MountFlags(cap, &ro_flag);
+  if (IsReaderOnly(cap) || ro_flag) spec->read_only = true;
   const std::string& path = req->staging_target_path();
+
   absl::MutexLock l(&mu_);
-  auto existing = staged_.find(req->volume_id());
-  if (existing != staged_.end()) {
-    if (existing->second->staging_path == path && existing->second->origin == it->second)
-      return Status::OK;
-    return Status(
-        StatusCode::ALREADY_EXISTS,
-        absl::StrCat("volume ", req->volume_id(), " is staged at ", existing->second->staging_path,
-                     " from ", existing->second->origin, "; unstage it first"));
+  auto existing = volumes_.find(req->volume_id());
+  if (existing != volumes_.end()) {
+    Volume& v = *existing->second;
+    if (v.mountpoint != path || v.spec.origin != spec->origin) {
+      return Status(StatusCode::ALREADY_EXISTS,
+                    absl::StrCat("volume ", req->volume_id(), " is staged at ", v.mountpoint,
+                                 " from ", v.spec.origin, "; unstage it first"));
+    }
+    if (v.running) return Status::OK;
+    // Its FUSE session ended (killed from outside): serve it again.
+    spdlog::warn("volume {}: the filesystem at {} had stopped; mounting it again", v.id, path);
+    Stop(v);
+    (void)UnmountAll(path);
+    if (absl::Status st = Start(v); !st.ok()) return ToGrpc(st);
+    return Status::OK;
   }
-  std::error_code ec;
-  std::filesystem::create_directories(path, ec);
-  if (ec)
-    return Status(StatusCode::INTERNAL, absl::StrCat("cannot create ", path, ": ", ec.message()));
-  auto origin = cache::OpenOrigin(it->second, {});
-  if (!origin.ok()) return Invalid(std::string(origin.status().message()));
-  std::shared_ptr<cache::Origin> shared = std::move(*origin);
-  auto root = shared->Stat("");
-  if (!root.ok() || !root->is_dir) {
-    return Status(StatusCode::FAILED_PRECONDITION,
-                  absl::StrCat("origin ", it->second, " is not a reachable directory: ",
-                               root.ok() ? "it is a file" : std::string(root.status().message())));
+  auto v = std::make_unique<Volume>();
+  v->id = req->volume_id();
+  v->mountpoint = path;
+  v->context = req->volume_context();
+  v->secrets = req->secrets();
+  v->spec = *spec;
+  v->mount_gid = *gid;
+  if (IsMountpoint(path)) {
+    return Status(StatusCode::ALREADY_EXISTS, absl::StrCat("something else is mounted at ", path));
   }
-  auto v = std::make_unique<Staged>();
-  v->staging_path = path;
-  v->origin = it->second;
-  fuse::VolumeOptions vo;
-  vo.staging_dir = opts_.staging_dir;
-  v->tree = std::make_unique<fuse::VolumeTree>(shared, store_, fetcher_, vo);
-  fuse::MountOptions mo;
-  mo.mountpoint = path;
-  mo.fsname = absl::StrCat("strata:", req->volume_id());
-  auto server = fuse::FuseServer::Mount(*v->tree, mo);
-  if (!server.ok()) return Status(StatusCode::INTERNAL, std::string(server.status().message()));
-  v->server = std::move(*server);
-  v->serving = std::thread([s = v->server.get(), id = req->volume_id()] {
-    if (absl::Status st = s->Run(); !st.ok()) spdlog::error("volume {}: {}", id, st.message());
-  });
-  spdlog::info("staged volume {} from {} at {}", req->volume_id(), it->second, path);
-  staged_[req->volume_id()] = std::move(v);
+  if (absl::Status st = Start(*v); !st.ok()) {
+    Stop(*v);
+    return ToGrpc(st);
+  }
+  if (absl::Status st = Record(*v, false); !st.ok()) {
+    Stop(*v);
+    return ToGrpc(st);
+  }
+  spdlog::info("staged volume {} from {} at {}{}", v->id, v->spec.origin, path,
+               v->spec.read_only ? " (read-only)" : "");
+  volumes_[v->id] = std::move(v);
   return Status::OK;
 }
 
@@ -143,17 +334,72 @@ Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
                                       ::csi::v1::NodeUnstageVolumeResponse*) {
   if (req->volume_id().empty()) return Invalid("volume_id is missing");
   if (req->staging_target_path().empty()) return Invalid("staging_target_path is missing");
+  const std::string& path = req->staging_target_path();
   absl::MutexLock l(&mu_);
-  auto it = staged_.find(req->volume_id());
-  if (it == staged_.end()) {
-    // Not staged by this process: leave nothing of ours mounted there.
-    if (IsMountpoint(req->staging_target_path()))
-      ::umount2(req->staging_target_path().c_str(), MNT_DETACH);
-    return Status::OK;
+  for (const auto& [target, p] : published_) {
+    if (p.volume_id == req->volume_id() && !p.inline_volume) {
+      return Status(StatusCode::FAILED_PRECONDITION,
+                    absl::StrCat("volume ", req->volume_id(), " is still published at ", target,
+                                 "; unpublish it first"));
+    }
   }
-  Stop(*it->second);
-  staged_.erase(it);
-  spdlog::info("unstaged volume {}", req->volume_id());
+  for (const auto& [id, v] : volumes_) {
+    if (v->mountpoint == path && id != req->volume_id()) {
+      return Status(StatusCode::FAILED_PRECONDITION,
+                    absl::StrCat(path, " holds volume ", id, ", not ", req->volume_id()));
+    }
+  }
+  auto it = volumes_.find(req->volume_id());
+  if (it != volumes_.end() && it->second->mountpoint == path) {
+    Stop(*it->second);
+    volumes_.erase(it);
+  }
+  // Whatever is left of a mount there (ours from before a restart) goes too.
+  if (absl::Status st = UnmountAll(path); !st.ok()) return ToGrpc(st);
+  Forget(kStagedPrefix + req->volume_id());
+  spdlog::info("unstaged volume {} from {}", req->volume_id(), path);
+  return Status::OK;
+}
+
+Status NodeService::PublishInline(const ::csi::v1::NodePublishVolumeRequest& req,
+                                  const VolumeSpec& spec, Publication p) {
+  const std::string& target = req.target_path();
+  auto existing = volumes_.find(req.volume_id());
+  if (existing != volumes_.end()) {
+    if (existing->second->mountpoint == target && existing->second->spec.origin == spec.origin)
+      return Status::OK;
+    return Status(
+        StatusCode::ALREADY_EXISTS,
+        absl::StrCat("volume ", req.volume_id(), " is mounted at ", existing->second->mountpoint));
+  }
+  auto gid = MountGroup(req.volume_capability());
+  if (!gid.ok()) return ToGrpc(gid.status());
+  auto v = std::make_unique<Volume>();
+  v->id = req.volume_id();
+  v->mountpoint = target;
+  v->context = req.volume_context();
+  v->secrets = req.secrets();
+  v->spec = spec;
+  v->spec.read_only = spec.read_only || p.read_only;
+  v->mount_gid = *gid;
+  if (absl::Status st = Start(*v); !st.ok()) {
+    Stop(*v);
+    return ToGrpc(st);
+  }
+  p.inline_volume = true;
+  if (absl::Status st = Record(*v, true); !st.ok()) {
+    Stop(*v);
+    return ToGrpc(st);
+  }
+  if (absl::Status st = Record(target, p); !st.ok()) {
+    Stop(*v);
+    Forget(kStagedPrefix + v->id);
+    return ToGrpc(st);
+  }
+  spdlog::info("mounted inline volume {} from {} at {}{}", v->id, spec.origin, target,
+               v->spec.read_only ? " (read-only)" : "");
+  volumes_[v->id] = std::move(v);
+  published_[target] = p;
   return Status::OK;
 }
 
@@ -162,36 +408,52 @@ Status NodeService::NodePublishVolume(grpc::ServerContext*,
                                       ::csi::v1::NodePublishVolumeResponse*) {
   if (req->volume_id().empty()) return Invalid("volume_id is missing");
   if (req->target_path().empty()) return Invalid("target_path is missing");
-  if (req->staging_target_path().empty())
-    return Invalid("staging_target_path is missing (STAGE_UNSTAGE_VOLUME)");
   if (!req->has_volume_capability()) return Invalid("volume_capability is missing");
-  if (Status st = CheckCapability(req->volume_capability()); !st.ok()) return st;
+  const auto& cap = req->volume_capability();
+  if (Status st = CheckCapability(cap); !st.ok()) return st;
+  Publication p;
+  p.volume_id = req->volume_id();
+  p.flags = MountFlags(cap, &p.read_only);
+  p.read_only = p.read_only || req->readonly() || IsReaderOnly(cap);
+  const std::string& target = req->target_path();
+
   absl::MutexLock l(&mu_);
-  auto it = staged_.find(req->volume_id());
-  if (it == staged_.end() || it->second->staging_path != req->staging_target_path()) {
+  auto prior = published_.find(target);
+  if (prior != published_.end()) {
+    if (prior->second.volume_id == p.volume_id && prior->second.read_only == p.read_only)
+      return Status::OK;
+    return Status(StatusCode::ALREADY_EXISTS,
+                  absl::StrCat(target, " already holds volume ", prior->second.volume_id,
+                               prior->second.read_only ? " read-only" : " read-write"));
+  }
+  if (req->staging_target_path().empty()) {
+    // No stage: an inline volume in a pod spec, mounted at the target.
+    auto spec = ParseVolumeContext(req->volume_context());
+    if (!spec.ok()) {
+      return Invalid(absl::StrCat("staging_target_path is missing, and this is no inline volume: ",
+                                  spec.status().message()));
+    }
+    return PublishInline(*req, *spec, p);
+  }
+  auto it = volumes_.find(req->volume_id());
+  if (it == volumes_.end() || it->second->mountpoint != req->staging_target_path()) {
     return Status(StatusCode::FAILED_PRECONDITION,
                   absl::StrCat("volume ", req->volume_id(), " is not staged at ",
-                               req->staging_target_path()));
+                               req->staging_target_path(), "; stage it first"));
   }
-  const std::string& target = req->target_path();
-  if (IsMountpoint(target)) return Status::OK;  // published already
-  std::error_code ec;
-  std::filesystem::create_directories(target, ec);
-  if (ec)
-    return Status(StatusCode::INTERNAL, absl::StrCat("cannot create ", target, ": ", ec.message()));
-  if (::mount(req->staging_target_path().c_str(), target.c_str(), nullptr, MS_BIND, nullptr) != 0) {
-    return Status(StatusCode::INTERNAL,
-                  absl::StrCat("bind mount at ", target, ": ", std::strerror(errno)));
+  if (it->second->spec.read_only && !p.read_only) p.read_only = true;  // the volume says so
+  if (IsMountpoint(target)) {
+    return Status(StatusCode::ALREADY_EXISTS,
+                  absl::StrCat("something else is mounted at ", target));
   }
-  if (req->readonly() &&
-      ::mount(nullptr, target.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr) != 0) {
-    int err = errno;
-    ::umount2(target.c_str(), MNT_DETACH);
-    return Status(StatusCode::INTERNAL,
-                  absl::StrCat("read-only remount of ", target, ": ", std::strerror(err)));
+  if (absl::Status st = Bind(it->second->mountpoint, target, p); !st.ok()) return ToGrpc(st);
+  if (absl::Status st = Record(target, p); !st.ok()) {
+    (void)UnmountAll(target);
+    return ToGrpc(st);
   }
+  published_[target] = p;
   spdlog::info("published volume {} at {}{}", req->volume_id(), target,
-               req->readonly() ? " (read-only)" : "");
+               p.read_only ? " (read-only)" : "");
   return Status::OK;
 }
 
@@ -201,22 +463,100 @@ Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
   if (req->volume_id().empty()) return Invalid("volume_id is missing");
   if (req->target_path().empty()) return Invalid("target_path is missing");
   const std::string& target = req->target_path();
-  while (IsMountpoint(target)) {
-    if (::umount2(target.c_str(), 0) != 0 && ::umount2(target.c_str(), MNT_DETACH) != 0) {
-      return Status(StatusCode::INTERNAL,
-                    absl::StrCat("unmount ", target, ": ", std::strerror(errno)));
-    }
+  absl::MutexLock l(&mu_);
+  auto pub = published_.find(target);
+  if (pub != published_.end() && pub->second.volume_id != req->volume_id()) {
+    return Status(
+        StatusCode::FAILED_PRECONDITION,
+        absl::StrCat(target, " holds volume ", pub->second.volume_id, ", not ", req->volume_id()));
   }
+  if (pub != published_.end() && pub->second.inline_volume) {
+    auto v = volumes_.find(req->volume_id());
+    if (v != volumes_.end()) {
+      Stop(*v->second);
+      volumes_.erase(v);
+    }
+    Forget(kStagedPrefix + req->volume_id());
+  }
+  if (absl::Status st = UnmountAll(target); !st.ok()) return ToGrpc(st);
   std::error_code ec;
   std::filesystem::remove(target, ec);  // the directory this driver made for the pod
+  if (pub != published_.end()) published_.erase(pub);
+  Forget(kPublishedPrefix + target);
+  spdlog::info("unpublished volume {} from {}", req->volume_id(), target);
+  return Status::OK;
+}
+
+Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
+                                       const ::csi::v1::NodeGetVolumeStatsRequest* req,
+                                       ::csi::v1::NodeGetVolumeStatsResponse* resp) {
+  if (req->volume_id().empty()) return Invalid("volume_id is missing");
+  if (req->volume_path().empty()) return Invalid("volume_path is missing");
+  const std::string& path = req->volume_path();
+  std::shared_ptr<cache::Origin> origin;
+  bool running = false;
+  absl::StatusOr<struct statvfs> sv = absl::UnknownError("");
+  {
+    absl::MutexLock l(&mu_);
+    auto it = volumes_.find(req->volume_id());
+    if (it == volumes_.end())
+      return Status(StatusCode::NOT_FOUND,
+                    absl::StrCat("volume ", req->volume_id(), " is not on this node"));
+    auto pub = published_.find(path);
+    bool here = it->second->mountpoint == path ||
+                (pub != published_.end() && pub->second.volume_id == req->volume_id());
+    if (!here) {
+      return Status(
+          StatusCode::NOT_FOUND,
+          absl::StrCat("volume ", req->volume_id(), " is neither staged nor published at ", path));
+    }
+    origin = it->second->origin;
+    running = it->second->running;
+    sv = it->second->tree->StatFs();
+  }
+  if (sv.ok()) {
+    auto add = [&](::csi::v1::VolumeUsage::Unit unit, uint64_t total, uint64_t avail,
+                   uint64_t free) {
+      auto* u = resp->add_usage();
+      u->set_unit(unit);
+      u->set_total(static_cast<int64_t>(total));
+      u->set_available(static_cast<int64_t>(avail));
+      u->set_used(static_cast<int64_t>(total - free));
+    };
+    add(::csi::v1::VolumeUsage::BYTES, sv->f_blocks * sv->f_frsize, sv->f_bavail * sv->f_frsize,
+        sv->f_bfree * sv->f_frsize);
+    add(::csi::v1::VolumeUsage::INODES, sv->f_files, sv->f_favail, sv->f_ffree);
+  }
+  auto* cond = resp->mutable_volume_condition();
+  if (!running) {
+    cond->set_abnormal(true);
+    cond->set_message(
+        "the volume's FUSE session has ended; restart strata node or stage the volume again");
+  } else if (!IsMountpoint(path)) {
+    cond->set_abnormal(true);
+    cond->set_message(absl::StrCat(path, " is not mounted any more"));
+  } else if (auto root = origin->Stat(""); !root.ok()) {
+    cond->set_abnormal(true);
+    cond->set_message(absl::StrCat("origin ", origin->url(), " is unreachable: ",
+                                   root.status().message(), "; cached data is still served"));
+  } else if (!sv.ok()) {
+    cond->set_abnormal(true);
+    cond->set_message(absl::StrCat("no usage: ", sv.status().message()));
+  } else {
+    cond->set_abnormal(false);
+    cond->set_message("serving");
+  }
   return Status::OK;
 }
 
 Status NodeService::NodeGetCapabilities(grpc::ServerContext*,
                                         const ::csi::v1::NodeGetCapabilitiesRequest*,
                                         ::csi::v1::NodeGetCapabilitiesResponse* resp) {
-  resp->add_capabilities()->mutable_rpc()->set_type(
-      ::csi::v1::NodeServiceCapability::RPC::STAGE_UNSTAGE_VOLUME);
+  using Rpc = ::csi::v1::NodeServiceCapability::RPC;
+  for (Rpc::Type t : {Rpc::STAGE_UNSTAGE_VOLUME, Rpc::GET_VOLUME_STATS, Rpc::VOLUME_CONDITION,
+                      Rpc::VOLUME_MOUNT_GROUP}) {
+    resp->add_capabilities()->mutable_rpc()->set_type(t);
+  }
   return Status::OK;
 }
 
@@ -225,6 +565,13 @@ Status NodeService::NodeGetInfo(grpc::ServerContext*, const ::csi::v1::NodeGetIn
   resp->set_node_id(opts_.node_id);
   (*resp->mutable_accessible_topology()->mutable_segments())[kTopologyKey] = opts_.node_id;
   return Status::OK;
+}
+
+int NodeService::DeadVolumes() {
+  absl::MutexLock l(&mu_);
+  int dead = 0;
+  for (const auto& [id, v] : volumes_) dead += v->running ? 0 : 1;
+  return dead;
 }
 
 }  // namespace strata::csi

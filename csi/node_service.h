@@ -1,9 +1,13 @@
 // CSI Identity and Node services. Stage starts one FUSE filesystem per
 // volume per node at the staging path (a volume tree over the volume's
 // origin, through the node's chunk cache); publish bind-mounts it into a
-// pod's target path, read-only where asked. Every call is idempotent.
+// pod's target path, read-only where asked. Inline (ephemeral) volumes are
+// mounted at the target directly. Every call is idempotent, and what is
+// staged and published is recorded in the state database, so a restarted
+// node mounts it all again.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
@@ -14,6 +18,8 @@
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
 #include "csi.grpc.pb.h"
+#include "csi/state_db.h"
+#include "csi/volume_spec.h"
 #include "fuse/engine.h"
 #include "fuse/volume_tree.h"
 
@@ -24,7 +30,9 @@ inline constexpr char kTopologyKey[] = "topology.csi.strata.io/node";
 
 class IdentityService final : public ::csi::v1::Identity::Service {
  public:
-  explicit IdentityService(std::string driver_name) : name_(std::move(driver_name)) {}
+  // `controller`: this process also serves the Controller service.
+  IdentityService(std::string driver_name, bool controller)
+      : name_(std::move(driver_name)), controller_(controller) {}
   grpc::Status GetPluginInfo(grpc::ServerContext*, const ::csi::v1::GetPluginInfoRequest*,
                              ::csi::v1::GetPluginInfoResponse* resp) override;
   grpc::Status GetPluginCapabilities(grpc::ServerContext*,
@@ -35,17 +43,23 @@ class IdentityService final : public ::csi::v1::Identity::Service {
 
  private:
   std::string name_;
+  bool controller_;
 };
 
 struct NodeOptions {
   std::string node_id;
-  std::string staging_dir;  // where object-store volumes stage their writes
+  std::string staging_dir;   // where object-store volumes stage their writes
+  StateDb* state = nullptr;  // records of staged and published volumes; null: none kept
 };
 
 class NodeService final : public ::csi::v1::Node::Service {
  public:
+  // With a state database, mounts again what the records say was staged
+  // and published (after a restart, the old mounts are dead).
   NodeService(cache::ChunkStore& store, cache::Fetcher& fetcher, NodeOptions options);
-  ~NodeService() override;  // unstages (unmounts) every volume it staged
+  // Stops serving every volume. The mounts go with the process, but the
+  // records stay: a node that stops is expected to come back.
+  ~NodeService() override;
 
   grpc::Status NodeStageVolume(grpc::ServerContext*, const ::csi::v1::NodeStageVolumeRequest* req,
                                ::csi::v1::NodeStageVolumeResponse*) override;
@@ -58,27 +72,57 @@ class NodeService final : public ::csi::v1::Node::Service {
   grpc::Status NodeUnpublishVolume(grpc::ServerContext*,
                                    const ::csi::v1::NodeUnpublishVolumeRequest* req,
                                    ::csi::v1::NodeUnpublishVolumeResponse*) override;
+  grpc::Status NodeGetVolumeStats(grpc::ServerContext*,
+                                  const ::csi::v1::NodeGetVolumeStatsRequest* req,
+                                  ::csi::v1::NodeGetVolumeStatsResponse* resp) override;
   grpc::Status NodeGetCapabilities(grpc::ServerContext*,
                                    const ::csi::v1::NodeGetCapabilitiesRequest*,
                                    ::csi::v1::NodeGetCapabilitiesResponse* resp) override;
   grpc::Status NodeGetInfo(grpc::ServerContext*, const ::csi::v1::NodeGetInfoRequest*,
                            ::csi::v1::NodeGetInfoResponse* resp) override;
 
+  // Volumes whose FUSE session ended (for /healthz).
+  int DeadVolumes();
+
  private:
-  struct Staged {
-    std::string staging_path;
-    std::string origin;
+  // One FUSE filesystem: a staged volume, or an inline volume at its target.
+  struct Volume {
+    std::string id;
+    std::string mountpoint;
+    StringMap context;  // as the CO gave it; `spec` is parsed from it
+    StringMap secrets;
+    VolumeSpec spec;
+    int64_t mount_gid = -1;
+    std::shared_ptr<cache::Origin> origin;
     std::unique_ptr<fuse::VolumeTree> tree;
     std::unique_ptr<fuse::FuseServer> server;
     std::thread serving;
+    std::atomic<bool> running{false};
   };
-  void Stop(Staged& v);
+  struct Publication {
+    std::string volume_id;
+    bool read_only = false;
+    bool inline_volume = false;
+    unsigned long flags = 0;  // MS_NOSUID and friends from the capability's mount flags
+  };
+
+  // Opens the origin and serves a FUSE filesystem at v.mountpoint.
+  absl::Status Start(Volume& v);
+  void Stop(Volume& v);
+  absl::Status Bind(const std::string& from, const std::string& target, const Publication& p);
+  absl::Status Record(const Volume& v, bool inline_volume);
+  absl::Status Record(const std::string& target, const Publication& p);
+  void Forget(const std::string& key);
+  void Recover() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  grpc::Status PublishInline(const ::csi::v1::NodePublishVolumeRequest& req, const VolumeSpec& spec,
+                             Publication p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   cache::ChunkStore& store_;
   cache::Fetcher& fetcher_;
   NodeOptions opts_;
   absl::Mutex mu_;  // one volume operation at a time: they are rare and mount-heavy
-  std::map<std::string, std::unique_ptr<Staged>> staged_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::unique_ptr<Volume>> volumes_ ABSL_GUARDED_BY(mu_);  // by id
+  std::map<std::string, Publication> published_ ABSL_GUARDED_BY(mu_);            // by target
 };
 
 }  // namespace strata::csi

@@ -1,27 +1,25 @@
 // The CSI Identity and Node services over gRPC on a unix socket, driven as
-// kubelet does: stage, publish (read-write and read-only), unpublish,
-// unstage, each repeated; and the negative cases with their status codes.
-#include <grpcpp/grpcpp.h>
+// kubelet does, on real FUSE and bind mounts: stage and publish (repeated),
+// read-only access, inline and static volumes, fsGroup, volume stats and
+// condition; and every negative case with the code the spec names.
 #include <sys/mount.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 
-#include "cache/chunk_store.h"
-#include "cache/fetcher.h"
-#include "csi/node_service.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/cache/test_util.h"
-#include "tests/util/mount.h"
+#include "tests/csi/driver.h"
 
-namespace strata::csi {
+namespace strata::csi::testing {
 namespace {
 
 using cache::testing::ReadPath;
 using cache::testing::TempDir;
 using ::testing::HasSubstr;
+using Code = grpc::StatusCode;
 
 class CsiNodeTest : public ::testing::Test {
  protected:
@@ -30,172 +28,252 @@ class CsiNodeTest : public ::testing::Test {
     origin_ = dir_.path() + "/origin";
     std::filesystem::create_directories(origin_ + "/models");
     std::ofstream(origin_ + "/models/w.bin") << "weights";
-    cache::StoreOptions so;
-    so.dir = dir_.path() + "/cache";
-    store_ = std::move(*cache::ChunkStore::Open(so));
-    fetcher_ = std::make_unique<cache::Fetcher>(*store_);
-    identity_ = std::make_unique<IdentityService>(kDriverName);
-    node_ = std::make_unique<NodeService>(*store_, *fetcher_,
-                                          NodeOptions{"node-a", dir_.path() + "/staging"});
-    std::string socket = "unix://" + dir_.path() + "/csi.sock";
-    grpc::ServerBuilder b;
-    b.AddListeningPort(socket, grpc::InsecureServerCredentials());
-    b.RegisterService(identity_.get());
-    b.RegisterService(node_.get());
-    server_ = b.BuildAndStart();
-    ASSERT_TRUE(server_);
-    auto channel = grpc::CreateChannel(socket, grpc::InsecureChannelCredentials());
-    id_stub_ = ::csi::v1::Identity::NewStub(channel);
-    node_stub_ = ::csi::v1::Node::NewStub(channel);
+    driver_ = std::make_unique<TestDriver>(dir_.path() + "/node", "node-a");
     staging_ = dir_.path() + "/kubelet/staging/pv-1";
     target_ = dir_.path() + "/kubelet/pods/p1/volumes/pv-1";
   }
   void TearDown() override {
-    if (server_) server_->Shutdown();
-    node_.reset();  // unmounts what is still staged
-    for (const std::string& p : {target_, target_ + "-ro", staging_}) {
-      if (strata::testing::IsMounted(p)) ::umount2(p.c_str(), MNT_DETACH);
-    }
+    driver_.reset();
+    UnmountUnder(dir_.path());
   }
-
-  ::csi::v1::VolumeCapability MountCap() {
-    ::csi::v1::VolumeCapability cap;
-    cap.mutable_mount();
-    cap.mutable_access_mode()->set_mode(
-        ::csi::v1::VolumeCapability::AccessMode::MULTI_NODE_MULTI_WRITER);
-    return cap;
-  }
-
-  grpc::Status Stage(const std::string& id, const std::string& path, const std::string& origin) {
-    grpc::ClientContext ctx;
-    ::csi::v1::NodeStageVolumeRequest req;
-    req.set_volume_id(id);
-    req.set_staging_target_path(path);
-    *req.mutable_volume_capability() = MountCap();
-    if (!origin.empty()) (*req.mutable_volume_context())["origin"] = origin;
-    ::csi::v1::NodeStageVolumeResponse resp;
-    return node_stub_->NodeStageVolume(&ctx, req, &resp);
-  }
-
-  grpc::Status Publish(const std::string& id, const std::string& target, bool readonly) {
-    grpc::ClientContext ctx;
-    ::csi::v1::NodePublishVolumeRequest req;
-    req.set_volume_id(id);
-    req.set_staging_target_path(staging_);
-    req.set_target_path(target);
-    req.set_readonly(readonly);
-    *req.mutable_volume_capability() = MountCap();
-    ::csi::v1::NodePublishVolumeResponse resp;
-    return node_stub_->NodePublishVolume(&ctx, req, &resp);
-  }
-
-  grpc::Status Unpublish(const std::string& id, const std::string& target) {
-    grpc::ClientContext ctx;
-    ::csi::v1::NodeUnpublishVolumeRequest req;
-    req.set_volume_id(id);
-    req.set_target_path(target);
-    ::csi::v1::NodeUnpublishVolumeResponse resp;
-    return node_stub_->NodeUnpublishVolume(&ctx, req, &resp);
-  }
-
-  grpc::Status Unstage(const std::string& id) {
-    grpc::ClientContext ctx;
-    ::csi::v1::NodeUnstageVolumeRequest req;
-    req.set_volume_id(id);
-    req.set_staging_target_path(staging_);
-    ::csi::v1::NodeUnstageVolumeResponse resp;
-    return node_stub_->NodeUnstageVolume(&ctx, req, &resp);
-  }
+  Context Origin() { return {{"origin", "file://" + origin_}}; }
 
   TempDir dir_;
   std::string origin_, staging_, target_;
-  std::unique_ptr<cache::ChunkStore> store_;
-  std::unique_ptr<cache::Fetcher> fetcher_;
-  std::unique_ptr<IdentityService> identity_;
-  std::unique_ptr<NodeService> node_;
-  std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<::csi::v1::Identity::Stub> id_stub_;
-  std::unique_ptr<::csi::v1::Node::Stub> node_stub_;
+  std::unique_ptr<TestDriver> driver_;
 };
 
 TEST_F(CsiNodeTest, IdentityAndNodeInfo) {
-  grpc::ClientContext c1, c2, c3, c4;
+  grpc::ClientContext c1, c2, c3, c4, c5;
   ::csi::v1::GetPluginInfoResponse info;
-  ASSERT_TRUE(id_stub_->GetPluginInfo(&c1, {}, &info).ok());
+  ASSERT_TRUE(driver_->identity().GetPluginInfo(&c1, {}, &info).ok());
   EXPECT_EQ(info.name(), "csi.strata.io");
   EXPECT_FALSE(info.vendor_version().empty());
   ::csi::v1::ProbeResponse probe;
-  ASSERT_TRUE(id_stub_->Probe(&c2, {}, &probe).ok());
+  ASSERT_TRUE(driver_->identity().Probe(&c2, {}, &probe).ok());
   EXPECT_TRUE(probe.ready().value());
+  ::csi::v1::GetPluginCapabilitiesResponse pc;
+  ASSERT_TRUE(driver_->identity().GetPluginCapabilities(&c5, {}, &pc).ok());
+  for (const auto& c : pc.capabilities()) {
+    EXPECT_NE(c.service().type(), ::csi::v1::PluginCapability::Service::CONTROLLER_SERVICE)
+        << "a node-only process advertised the controller";
+  }
   ::csi::v1::NodeGetInfoResponse ni;
-  ASSERT_TRUE(node_stub_->NodeGetInfo(&c3, {}, &ni).ok());
+  ASSERT_TRUE(driver_->node().NodeGetInfo(&c3, {}, &ni).ok());
   EXPECT_EQ(ni.node_id(), "node-a");
   EXPECT_EQ(ni.accessible_topology().segments().at(kTopologyKey), "node-a");
   ::csi::v1::NodeGetCapabilitiesResponse caps;
-  ASSERT_TRUE(node_stub_->NodeGetCapabilities(&c4, {}, &caps).ok());
-  ASSERT_EQ(caps.capabilities_size(), 1);
-  EXPECT_EQ(caps.capabilities(0).rpc().type(),
-            ::csi::v1::NodeServiceCapability::RPC::STAGE_UNSTAGE_VOLUME);
+  ASSERT_TRUE(driver_->node().NodeGetCapabilities(&c4, {}, &caps).ok());
+  using Rpc = ::csi::v1::NodeServiceCapability::RPC;
+  std::set<int> got;
+  for (const auto& c : caps.capabilities()) got.insert(c.rpc().type());
+  EXPECT_EQ(got, (std::set<int>{Rpc::STAGE_UNSTAGE_VOLUME, Rpc::GET_VOLUME_STATS,
+                                Rpc::VOLUME_CONDITION, Rpc::VOLUME_MOUNT_GROUP}));
 }
 
 TEST_F(CsiNodeTest, LifecycleOnRealMountsIsIdempotent) {
-  std::string origin = "file://" + origin_;
-  ASSERT_TRUE(Stage("pv-1", staging_, origin).ok());
-  ASSERT_TRUE(Stage("pv-1", staging_, origin).ok());  // again: same answer
+  ASSERT_TRUE(driver_->Stage("pv-1", staging_, Origin()).ok());
+  ASSERT_TRUE(driver_->Stage("pv-1", staging_, Origin()).ok());  // again: same answer
   EXPECT_EQ(ReadPath(staging_ + "/models/w.bin"), "weights");
 
-  ASSERT_TRUE(Publish("pv-1", target_, false).ok());
-  ASSERT_TRUE(Publish("pv-1", target_, false).ok());
+  ASSERT_TRUE(driver_->Publish("pv-1", staging_, target_, false).ok());
+  ASSERT_TRUE(driver_->Publish("pv-1", staging_, target_, false).ok());
   EXPECT_EQ(ReadPath(target_ + "/models/w.bin"), "weights");
   std::ofstream(target_ + "/models/out.txt") << "from a pod";
   EXPECT_EQ(ReadPath(origin_ + "/models/out.txt"), "from a pod");
+  // The same target asked for read-only now: another publication, refused.
+  EXPECT_EQ(driver_->Publish("pv-1", staging_, target_, true).error_code(), Code::ALREADY_EXISTS);
 
-  ASSERT_TRUE(Publish("pv-1", target_ + "-ro", true).ok());
+  ASSERT_TRUE(driver_->Publish("pv-1", staging_, target_ + "-ro", true).ok());
   EXPECT_EQ(ReadPath(target_ + "-ro/models/out.txt"), "from a pod");
   std::ofstream ro(target_ + "-ro/models/nope.txt");
   EXPECT_FALSE(ro.good()) << "a read-only publish accepted a write";
 
-  ASSERT_TRUE(Unpublish("pv-1", target_).ok());
-  ASSERT_TRUE(Unpublish("pv-1", target_).ok());
+  // Unstaging while published would pull the volume from under the pods.
+  EXPECT_EQ(driver_->Unstage("pv-1", staging_).error_code(), Code::FAILED_PRECONDITION);
+  ASSERT_TRUE(driver_->Unpublish("pv-1", target_).ok());
+  ASSERT_TRUE(driver_->Unpublish("pv-1", target_).ok());
   EXPECT_FALSE(std::filesystem::exists(target_));  // what the driver made is gone
-  ASSERT_TRUE(Unpublish("pv-1", target_ + "-ro").ok());
-  ASSERT_TRUE(Unstage("pv-1").ok());
-  ASSERT_TRUE(Unstage("pv-1").ok());
+  ASSERT_TRUE(driver_->Unpublish("pv-1", target_ + "-ro").ok());
+  ASSERT_TRUE(driver_->Unstage("pv-1", staging_).ok());
+  ASSERT_TRUE(driver_->Unstage("pv-1", staging_).ok());
   EXPECT_FALSE(strata::testing::IsMounted(staging_));
+  EXPECT_TRUE(std::filesystem::exists(staging_)) << "the staging directory is kubelet's";
+}
+
+TEST_F(CsiNodeTest, ReaderOnlyAccessModesPublishReadOnly) {
+  auto cap = MountCap(AccessMode::MULTI_NODE_READER_ONLY);
+  ASSERT_TRUE(driver_->Stage("pv-1", staging_, Origin(), cap).ok());
+  ASSERT_TRUE(driver_->Publish("pv-1", staging_, target_, /*readonly=*/false, cap).ok());
+  EXPECT_EQ(ReadPath(target_ + "/models/w.bin"), "weights");
+  EXPECT_FALSE(std::ofstream(target_ + "/models/x").good());
+  EXPECT_FALSE(std::filesystem::exists(origin_ + "/models/x"));
+}
+
+TEST_F(CsiNodeTest, MountGroupGivesTheGroupTheOwnersAccess) {
+  ::chmod((origin_ + "/models/w.bin").c_str(), 0600);
+  ASSERT_TRUE(
+      driver_
+          ->Stage("pv-1", staging_, Origin(), MountCap(AccessMode::MULTI_NODE_MULTI_WRITER, "4321"))
+          .ok());
+  struct stat st {};
+  ASSERT_EQ(::stat((staging_ + "/models/w.bin").c_str(), &st), 0);
+  EXPECT_EQ(st.st_gid, 4321u);
+  EXPECT_EQ(st.st_mode & 0070, 0060u);
+  ASSERT_EQ(::stat((origin_ + "/models/w.bin").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u) << "the origin's own modes are left alone";
+  EXPECT_EQ(driver_
+                ->Stage("pv-2", staging_ + "2", Origin(),
+                        MountCap(AccessMode::MULTI_NODE_MULTI_WRITER, "staff"))
+                .error_code(),
+            Code::INVALID_ARGUMENT);
+}
+
+TEST_F(CsiNodeTest, StaticVolumeOptionsAreChecked) {
+  Context ctx = Origin();
+  ctx["chunkSize"] = "1MiB";
+  ctx["attrTTL"] = "0.5";
+  ctx["csi.storage.k8s.io/pod.name"] = "p1";  // the CO's keys are fine
+  ASSERT_TRUE(driver_->Stage("pv-1", staging_, ctx).ok());
+  EXPECT_EQ(ReadPath(staging_ + "/models/w.bin"), "weights");
+  ASSERT_TRUE(driver_->Unstage("pv-1", staging_).ok());
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"chunkSize", "3MiB"}, {"attrTTL", "soon"}, {"readOnly", "maybe"}, {"orign", "x"}}) {
+    Context bad = Origin();
+    bad[key] = value;
+    grpc::Status st = driver_->Stage("pv-1", staging_, bad);
+    EXPECT_EQ(st.error_code(), Code::INVALID_ARGUMENT) << key;
+    EXPECT_THAT(st.error_message(), HasSubstr(key.substr(0, 4))) << key;
+  }
+}
+
+TEST_F(CsiNodeTest, InlineVolumeMountsAtTheTargetReadOnlyByDefault) {
+  Context ctx = Origin();
+  ctx["csi.storage.k8s.io/ephemeral"] = "true";
+  ASSERT_TRUE(driver_->Publish("csi-inline-1", "", target_, false, MountCap(), ctx).ok());
+  ASSERT_TRUE(driver_->Publish("csi-inline-1", "", target_, false, MountCap(), ctx).ok());
+  EXPECT_EQ(ReadPath(target_ + "/models/w.bin"), "weights");
+  EXPECT_FALSE(std::ofstream(target_ + "/models/x").good());
+  ::csi::v1::NodeGetVolumeStatsResponse stats;
+  ASSERT_TRUE(driver_->Stats("csi-inline-1", target_, &stats).ok());
+  EXPECT_FALSE(stats.volume_condition().abnormal());
+  ASSERT_TRUE(driver_->Unpublish("csi-inline-1", target_).ok());
+  EXPECT_FALSE(strata::testing::IsMounted(target_));
+  EXPECT_FALSE(std::filesystem::exists(target_));
+
+  ctx["readOnly"] = "false";
+  ASSERT_TRUE(driver_->Publish("csi-inline-2", "", target_, false, MountCap(), ctx).ok());
+  std::ofstream(target_ + "/models/y") << "scratch";
+  EXPECT_EQ(ReadPath(origin_ + "/models/y"), "scratch");
+  ASSERT_TRUE(driver_->Unpublish("csi-inline-2", target_).ok());
+  // Without a staging path and without an origin there is nothing to mount.
+  grpc::Status st = driver_->Publish("pv-9", "", target_, false);
+  EXPECT_EQ(st.error_code(), Code::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("staging_target_path"));
+}
+
+TEST_F(CsiNodeTest, VolumeStatsAndCondition) {
+  ASSERT_TRUE(driver_->Stage("pv-1", staging_, Origin()).ok());
+  ASSERT_TRUE(driver_->Publish("pv-1", staging_, target_, false).ok());
+  ::csi::v1::NodeGetVolumeStatsResponse stats;
+  ASSERT_TRUE(driver_->Stats("pv-1", target_, &stats).ok());
+  ASSERT_EQ(stats.usage_size(), 2);
+  struct statvfs sv {};
+  ASSERT_EQ(::statvfs(origin_.c_str(), &sv), 0);
+  EXPECT_EQ(stats.usage(0).unit(), ::csi::v1::VolumeUsage::BYTES);
+  EXPECT_EQ(stats.usage(0).total(), static_cast<int64_t>(sv.f_blocks * sv.f_frsize));
+  EXPECT_GT(stats.usage(0).available(), 0);
+  EXPECT_EQ(stats.usage(1).unit(), ::csi::v1::VolumeUsage::INODES);
+  EXPECT_FALSE(stats.volume_condition().abnormal()) << stats.volume_condition().message();
+  // df inside the pod sees the same numbers.
+  ASSERT_EQ(::statvfs(target_.c_str(), &sv), 0);
+  EXPECT_EQ(static_cast<int64_t>(sv.f_blocks * sv.f_frsize), stats.usage(0).total());
+
+  // The origin goes away: abnormal, and the message says why.
+  std::filesystem::rename(origin_, origin_ + ".moved");
+  stats.Clear();
+  ASSERT_TRUE(driver_->Stats("pv-1", staging_, &stats).ok());
+  EXPECT_TRUE(stats.volume_condition().abnormal());
+  EXPECT_THAT(stats.volume_condition().message(), HasSubstr("unreachable"));
+  std::filesystem::rename(origin_ + ".moved", origin_);
+
+  // The FUSE session dies (aborted from outside): abnormal.
+  strata::testing::AbortFuse(staging_);
+  for (int i = 0; i < 100; ++i) {
+    stats.Clear();
+    ASSERT_TRUE(driver_->Stats("pv-1", target_, &stats).ok());
+    if (stats.volume_condition().abnormal()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(stats.volume_condition().abnormal());
+  EXPECT_THAT(stats.volume_condition().message(), HasSubstr("FUSE session"));
+
+  EXPECT_EQ(driver_->Stats("pv-1", "some/path", &stats).error_code(), Code::NOT_FOUND);
+  EXPECT_EQ(driver_->Stats("pv-9", target_, &stats).error_code(), Code::NOT_FOUND);
+  EXPECT_EQ(driver_->Stats("", target_, &stats).error_code(), Code::INVALID_ARGUMENT);
+  EXPECT_EQ(driver_->Stats("pv-1", "", &stats).error_code(), Code::INVALID_ARGUMENT);
 }
 
 TEST_F(CsiNodeTest, NegativeCasesGetTheSpecsCodes) {
-  EXPECT_EQ(Stage("", staging_, "file://" + origin_).error_code(),
-            grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(Stage("pv-1", "", "file://" + origin_).error_code(),
-            grpc::StatusCode::INVALID_ARGUMENT);
-  grpc::Status no_origin = Stage("pv-1", staging_, "");
-  EXPECT_EQ(no_origin.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(driver_->Stage("", staging_, Origin()).error_code(), Code::INVALID_ARGUMENT);
+  EXPECT_EQ(driver_->Stage("pv-1", "", Origin()).error_code(), Code::INVALID_ARGUMENT);
+  grpc::Status no_origin = driver_->Stage("pv-1", staging_, {});
+  EXPECT_EQ(no_origin.error_code(), Code::INVALID_ARGUMENT);
   EXPECT_THAT(no_origin.error_message(), HasSubstr("origin"));
-  EXPECT_EQ(Stage("pv-1", staging_, "gopher://x").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(driver_->Stage("pv-1", staging_, {{"origin", "gopher://x"}}).error_code(),
+            Code::INVALID_ARGUMENT);
+  // An origin that is not there: the precondition fails, nothing stays mounted.
+  EXPECT_EQ(
+      driver_->Stage("pv-1", staging_, {{"origin", "file://" + origin_ + "/none"}}).error_code(),
+      Code::FAILED_PRECONDITION);
+  EXPECT_FALSE(strata::testing::IsMounted(staging_));
   {
-    grpc::ClientContext ctx;
-    ::csi::v1::NodeStageVolumeRequest req;
-    req.set_volume_id("pv-1");
-    req.set_staging_target_path(staging_);
-    ::csi::v1::NodeStageVolumeResponse resp;
-    EXPECT_EQ(node_stub_->NodeStageVolume(&ctx, req, &resp).error_code(),
-              grpc::StatusCode::INVALID_ARGUMENT);
-    req.mutable_volume_capability()->mutable_block();
-    grpc::ClientContext ctx2;
-    EXPECT_EQ(node_stub_->NodeStageVolume(&ctx2, req, &resp).error_code(),
-              grpc::StatusCode::INVALID_ARGUMENT);
+    ::csi::v1::VolumeCapability none;
+    EXPECT_EQ(driver_->Stage("pv-1", staging_, Origin(), none).error_code(),
+              Code::INVALID_ARGUMENT);
+    ::csi::v1::VolumeCapability block;
+    block.mutable_block();
+    block.mutable_access_mode()->set_mode(AccessMode::SINGLE_NODE_WRITER);
+    EXPECT_EQ(driver_->Stage("pv-1", staging_, Origin(), block).error_code(),
+              Code::INVALID_ARGUMENT);
+    ::csi::v1::VolumeCapability no_mode = MountCap();
+    no_mode.clear_access_mode();
+    EXPECT_EQ(driver_->Stage("pv-1", staging_, Origin(), no_mode).error_code(),
+              Code::INVALID_ARGUMENT);
+    ::csi::v1::VolumeCapability xfs = MountCap();
+    xfs.mutable_mount()->set_fs_type("xfs");
+    EXPECT_EQ(driver_->Stage("pv-1", staging_, Origin(), xfs).error_code(), Code::INVALID_ARGUMENT);
+    ::csi::v1::VolumeCapability odd_flag = MountCap();
+    odd_flag.mutable_mount()->add_mount_flags("sync");
+    EXPECT_EQ(driver_->Stage("pv-1", staging_, Origin(), odd_flag).error_code(),
+              Code::INVALID_ARGUMENT);
   }
-  // Publishing what was never staged.
-  EXPECT_EQ(Publish("pv-9", target_, false).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_EQ(Unpublish("", target_).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(Unpublish("pv-1", "").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // Publishing what was never staged, or without a capability.
+  EXPECT_EQ(driver_->Publish("pv-9", staging_, target_, false).error_code(),
+            Code::FAILED_PRECONDITION);
+  EXPECT_EQ(driver_->Publish("pv-9", staging_, target_, false, ::csi::v1::VolumeCapability())
+                .error_code(),
+            Code::INVALID_ARGUMENT);
+  EXPECT_EQ(driver_->Publish("", staging_, target_, false).error_code(), Code::INVALID_ARGUMENT);
+  EXPECT_EQ(driver_->Publish("pv-1", staging_, "", false).error_code(), Code::INVALID_ARGUMENT);
+  EXPECT_EQ(driver_->Unpublish("", target_).error_code(), Code::INVALID_ARGUMENT);
+  EXPECT_EQ(driver_->Unpublish("pv-1", "").error_code(), Code::INVALID_ARGUMENT);
+  EXPECT_EQ(driver_->Unstage("", staging_).error_code(), Code::INVALID_ARGUMENT);
+  EXPECT_EQ(driver_->Unstage("pv-1", "").error_code(), Code::INVALID_ARGUMENT);
+  // Never published, never staged: nothing to undo.
+  EXPECT_TRUE(driver_->Unpublish("pv-9", target_).ok());
+  EXPECT_TRUE(driver_->Unstage("pv-9", staging_).ok());
   // The same volume id staged elsewhere, or from another origin.
-  ASSERT_TRUE(Stage("pv-1", staging_, "file://" + origin_).ok());
-  EXPECT_EQ(Stage("pv-1", staging_ + "-other", "file://" + origin_).error_code(),
-            grpc::StatusCode::ALREADY_EXISTS);
-  ASSERT_TRUE(Unstage("pv-1").ok());
+  ASSERT_TRUE(driver_->Stage("pv-1", staging_, Origin()).ok());
+  EXPECT_EQ(driver_->Stage("pv-1", staging_ + "-other", Origin()).error_code(),
+            Code::ALREADY_EXISTS);
+  EXPECT_EQ(
+      driver_->Stage("pv-1", staging_, {{"origin", "file://" + origin_ + "/models"}}).error_code(),
+      Code::ALREADY_EXISTS);
+  // Another volume on a staging path in use.
+  EXPECT_EQ(driver_->Stage("pv-2", staging_, Origin()).error_code(), Code::ALREADY_EXISTS);
+  ASSERT_TRUE(driver_->Unstage("pv-1", staging_).ok());
 }
 
 }  // namespace
-}  // namespace strata::csi
+}  // namespace strata::csi::testing

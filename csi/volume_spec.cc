@@ -1,0 +1,143 @@
+// Parsing and checking what CSI calls say about a volume.
+#include "csi/volume_spec.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "cache/size.h"
+
+namespace strata::csi {
+namespace {
+
+using Mode = ::csi::v1::VolumeCapability::AccessMode;
+
+absl::StatusOr<bool> ParseBool(const std::string& key, const std::string& v) {
+  if (v == "true" || v == "True" || v == "1") return true;
+  if (v == "false" || v == "False" || v == "0") return false;
+  return absl::InvalidArgumentError(absl::StrCat(key, " must be true or false, not '", v, "'"));
+}
+
+}  // namespace
+
+absl::Status CheckVolumeOption(const std::string& key, const std::string& value) {
+  if (key == kChunkSize) {
+    auto n = cache::ParseSize(value);
+    if (!n.ok())
+      return absl::InvalidArgumentError(absl::StrCat(kChunkSize, ": ", n.status().message()));
+    if (*n < (64u << 10) || *n > (64u << 20) || (*n & (*n - 1)) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kChunkSize, " must be a power of two from 64KiB to 64MiB, not '", value, "'"));
+    }
+    return absl::OkStatus();
+  }
+  if (key == kAttrTtl) {
+    double s;
+    if (!absl::SimpleAtod(value, &s) || s < 0 || s > 3600) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kAttrTtl, " must be seconds from 0 to 3600, not '", value, "'"));
+    }
+    return absl::OkStatus();
+  }
+  if (key == kReadOnly) return ParseBool(key, value).status();
+  if (key == kOrigin) {
+    if (value.empty()) return absl::InvalidArgumentError("origin is empty");
+    for (const char* scheme : {"file://", "s3://", "http://", "https://", "oci://"}) {
+      if (absl::StartsWith(value, scheme)) return absl::OkStatus();
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        "origin '", value, "' has no supported scheme (file://, s3://, http(s)://, oci://)"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown volume option '", key, "' (known: origin, chunkSize, attrTTL, readOnly)"));
+}
+
+absl::StatusOr<VolumeSpec> ParseVolumeContext(const StringMap& context) {
+  VolumeSpec spec;
+  auto eph = context.find(kEphemeral);
+  spec.ephemeral = eph != context.end() && eph->second == "true";
+  spec.read_only = spec.ephemeral;  // inline volumes: read-only unless asked
+  for (const auto& [key, value] : context) {
+    if (absl::StartsWith(key, "csi.storage.k8s.io/")) continue;
+    if (absl::Status st = CheckVolumeOption(key, value); !st.ok()) return st;
+    if (key == kOrigin) spec.origin = value;
+    if (key == kChunkSize) spec.chunk_size = static_cast<uint32_t>(*cache::ParseSize(value));
+    if (key == kAttrTtl) (void)absl::SimpleAtod(value, &spec.attr_ttl_s);
+    if (key == kReadOnly) spec.read_only = *ParseBool(key, value);
+  }
+  if (spec.origin.empty()) {
+    return absl::InvalidArgumentError(
+        "volume context has no 'origin' (file:///dir, s3://bucket/prefix, http(s)://...): "
+        "a static PV or inline volume names its origin in volumeAttributes");
+  }
+  return spec;
+}
+
+cache::OriginOptions OriginOptionsFrom(const StringMap& secrets) {
+  cache::OriginOptions o;
+  auto first = [&](std::initializer_list<const char*> keys) -> std::string {
+    for (const char* k : keys) {
+      auto it = secrets.find(k);
+      if (it != secrets.end() && !it->second.empty()) return it->second;
+    }
+    return "";
+  };
+  o.aws_access_key_id = first({"access_key_id", "AWS_ACCESS_KEY_ID", "accessKeyID"});
+  o.aws_secret_access_key =
+      first({"secret_access_key", "AWS_SECRET_ACCESS_KEY", "secretAccessKey"});
+  o.aws_session_token = first({"session_token", "AWS_SESSION_TOKEN", "sessionToken"});
+  return o;
+}
+
+std::string JoinOriginUrl(const std::string& base, const std::string& sub) {
+  size_t q = base.find('?');
+  std::string path = base.substr(0, q);
+  std::string query = q == std::string::npos ? "" : base.substr(q);
+  while (!path.empty() && path.back() == '/' && !absl::EndsWith(path, "://")) path.pop_back();
+  return absl::StrCat(path, absl::EndsWith(path, "/") ? "" : "/", sub, query);
+}
+
+grpc::Status CheckCapability(const ::csi::v1::VolumeCapability& cap) {
+  auto invalid = [](const std::string& m) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, m);
+  };
+  if (cap.has_block())
+    return invalid("block access is not supported: Strata volumes are filesystems");
+  if (!cap.has_mount()) return invalid("volume_capability needs access_type mount");
+  const std::string& fs = cap.mount().fs_type();
+  if (!fs.empty() && fs != "fuse.strata" && fs != "strata") {
+    return invalid(absl::StrCat("fs_type '", fs, "' is not supported (leave it empty)"));
+  }
+  for (const std::string& flag : cap.mount().mount_flags()) {
+    if (flag != "ro" && flag != "rw" && flag != "nosuid" && flag != "nodev" && flag != "noexec" &&
+        flag != "noatime" && flag != "relatime") {
+      return invalid(absl::StrCat("mount flag '", flag,
+                                  "' is not supported (ro, rw, nosuid, nodev, noexec, noatime)"));
+    }
+  }
+  if (!cap.has_access_mode()) return invalid("volume_capability has no access_mode");
+  switch (cap.access_mode().mode()) {
+    case Mode::SINGLE_NODE_WRITER:
+    case Mode::SINGLE_NODE_READER_ONLY:
+    case Mode::MULTI_NODE_READER_ONLY:
+    case Mode::MULTI_NODE_SINGLE_WRITER:
+    case Mode::MULTI_NODE_MULTI_WRITER:
+    case Mode::SINGLE_NODE_SINGLE_WRITER:
+    case Mode::SINGLE_NODE_MULTI_WRITER:
+      return grpc::Status::OK;
+    default:
+      return invalid(absl::StrCat("access mode ", cap.access_mode().mode(), " is not supported"));
+  }
+}
+
+bool IsReaderOnly(const ::csi::v1::VolumeCapability& cap) {
+  Mode::Mode m = cap.access_mode().mode();
+  return m == Mode::SINGLE_NODE_READER_ONLY || m == Mode::MULTI_NODE_READER_ONLY;
+}
+
+grpc::Status ToGrpc(const absl::Status& st) {
+  if (st.ok()) return grpc::Status::OK;
+  // absl and gRPC share the canonical code numbers.
+  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
+}
+
+}  // namespace strata::csi

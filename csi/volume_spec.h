@@ -1,0 +1,65 @@
+// What a Strata volume is as CSI calls carry it: StorageClass parameters (to
+// the controller), a volume context (to the node: the volume's own origin
+// URL and options), secrets (S3 credentials), and volume capabilities.
+// Controller and node parse them here, with the same checks and messages.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "cache/origin.h"
+#include "csi.pb.h"
+
+namespace strata::csi {
+
+using StringMap = google::protobuf::Map<std::string, std::string>;
+
+// Keys of a volume context and of StorageClass parameters.
+inline constexpr char kOrigin[] = "origin";
+inline constexpr char kChunkSize[] = "chunkSize";
+inline constexpr char kAttrTtl[] = "attrTTL";
+inline constexpr char kReadOnly[] = "readOnly";
+// StorageClass only.
+inline constexpr char kSubPathFrom[] = "subPathFrom";
+inline constexpr char kOnDelete[] = "onDelete";
+// Set by kubelet for inline (ephemeral) volumes.
+inline constexpr char kEphemeral[] = "csi.storage.k8s.io/ephemeral";
+
+// How a node mounts a volume.
+struct VolumeSpec {
+  std::string origin;       // the volume's own origin URL
+  uint32_t chunk_size = 0;  // 0: the node's default
+  double attr_ttl_s = 1.0;  // metadata cache; opens always revalidate
+  bool read_only = false;   // the volume refuses writes wherever published
+  bool ephemeral = false;   // an inline volume in a pod spec
+};
+
+// Parses a volume context (a node's view). Keys under "csi.storage.k8s.io/"
+// (pod info, ephemeral) are the CO's and are skipped; other unknown keys are
+// InvalidArgument, so that a typo in a PV's attributes is not silently lost.
+// Inline volumes are read-only unless readOnly is "false".
+absl::StatusOr<VolumeSpec> ParseVolumeContext(const StringMap& context);
+// The same checks for the option keys in StorageClass parameters.
+absl::Status CheckVolumeOption(const std::string& key, const std::string& value);
+
+// Origin options for a call's secrets: S3 keys access_key_id,
+// secret_access_key and session_token (also the AWS_* and camelCase names).
+cache::OriginOptions OriginOptionsFrom(const StringMap& secrets);
+
+// `base` with `sub` (a relative path) appended to its path, before any query:
+// s3://b/p?region=x + v -> s3://b/p/v?region=x.
+std::string JoinOriginUrl(const std::string& base, const std::string& sub);
+
+// A mount-type capability with a known access mode and fs_type; anything
+// else is InvalidArgument saying what is wrong.
+grpc::Status CheckCapability(const ::csi::v1::VolumeCapability& cap);
+bool IsReaderOnly(const ::csi::v1::VolumeCapability& cap);
+
+// An absl::Status as a gRPC status with the corresponding code.
+grpc::Status ToGrpc(const absl::Status& status);
+
+}  // namespace strata::csi

@@ -1,0 +1,248 @@
+// The driver end to end, as Kubernetes uses it: the external provisioner
+// creates a volume from StorageClass parameters, kubelet stages and
+// publishes it on two nodes (ReadWriteMany, close-to-open visibility), and
+// a node daemon killed with SIGKILL while a pod reads comes back with the
+// pod's volume serving again.
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/cache/test_util.h"
+#include "tests/csi/driver.h"
+#include "tests/util/subprocess.h"
+
+namespace strata::csi::testing {
+namespace {
+
+using cache::testing::ReadPath;
+using cache::testing::TempDir;
+using ::testing::HasSubstr;
+using Code = grpc::StatusCode;
+
+class CsiConformanceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "mounting needs root";
+    origin_ = dir_.path() + "/volumes";
+    std::filesystem::create_directories(origin_);
+  }
+  void TearDown() override {
+    a_.reset();
+    b_.reset();
+    UnmountUnder(dir_.path());
+  }
+  std::string Kubelet(const std::string& node, const std::string& rest) {
+    return dir_.path() + "/" + node + "/kubelet/" + rest;
+  }
+
+  TempDir dir_;
+  std::string origin_;
+  std::unique_ptr<TestDriver> a_, b_;
+};
+
+TEST_F(CsiConformanceTest, DynamicVolumeLifecycleOnTwoNodes) {
+  a_ = std::make_unique<TestDriver>(dir_.path() + "/a", "node-a", /*controller=*/true);
+  b_ = std::make_unique<TestDriver>(dir_.path() + "/b", "node-b");
+  ::csi::v1::CreateVolumeResponse created;
+  ASSERT_TRUE(
+      a_->Create("pvc-7", {{"origin", "file://" + origin_}, {"attrTTL", "1"}}, 1ll << 30, &created)
+          .ok());
+  Context ctx(created.volume().volume_context().begin(), created.volume().volume_context().end());
+  const std::string id = created.volume().volume_id();
+
+  std::string stage_a = Kubelet("a", "plugins/csi.strata.io/pv/pvc-7/globalmount");
+  std::string stage_b = Kubelet("b", "plugins/csi.strata.io/pv/pvc-7/globalmount");
+  std::string pod_a = Kubelet("a", "pods/pa/volumes/kubernetes.io~csi/pvc-7/mount");
+  std::string pod_b = Kubelet("b", "pods/pb/volumes/kubernetes.io~csi/pvc-7/mount");
+  for (int i = 0; i < 2; ++i) {  // kubelet repeats calls; each answer is the same
+    ASSERT_TRUE(a_->Stage(id, stage_a, ctx).ok());
+    ASSERT_TRUE(b_->Stage(id, stage_b, ctx).ok());
+    ASSERT_TRUE(a_->Publish(id, stage_a, pod_a, false, MountCap(), ctx).ok());
+    ASSERT_TRUE(b_->Publish(id, stage_b, pod_b, false, MountCap(), ctx).ok());
+  }
+
+  // Node A writes and closes; node B's next open reads it.
+  {
+    std::ofstream f(pod_a + "/checkpoint.bin");
+    f << std::string(3 << 20, 'a');
+  }
+  EXPECT_EQ(ReadPath(pod_b + "/checkpoint.bin"), std::string(3 << 20, 'a'));
+  // Node B rewrites it; node A's next open sees the new bytes, not its cache.
+  {
+    std::ofstream f(pod_b + "/checkpoint.bin", std::ios::trunc);
+    f << "second version";
+  }
+  EXPECT_EQ(ReadPath(pod_a + "/checkpoint.bin"), "second version");
+  std::filesystem::create_directories(pod_b + "/runs/1");
+  EXPECT_TRUE(std::filesystem::is_directory(pod_a + "/runs/1"));
+  EXPECT_EQ(ReadPath(origin_ + "/pvc-7/checkpoint.bin"), "second version");
+
+  ::csi::v1::NodeGetVolumeStatsResponse stats;
+  ASSERT_TRUE(b_->Stats(id, pod_b, &stats).ok());
+  EXPECT_FALSE(stats.volume_condition().abnormal());
+  EXPECT_GT(stats.usage(0).total(), 0);
+
+  for (TestDriver* d : {a_.get(), b_.get()}) {
+    const std::string& pod = d == a_.get() ? pod_a : pod_b;
+    const std::string& stage = d == a_.get() ? stage_a : stage_b;
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(d->Unpublish(id, pod).ok());
+      ASSERT_TRUE(d->Unstage(id, stage).ok());
+    }
+    EXPECT_FALSE(std::filesystem::exists(pod));
+    EXPECT_FALSE(strata::testing::IsMounted(stage));
+  }
+  ASSERT_TRUE(a_->Delete(id).ok());
+  EXPECT_FALSE(std::filesystem::exists(origin_ + "/pvc-7"));
+}
+
+TEST_F(CsiConformanceTest, RestartedNodeMountsAndPublishesAgain) {
+  std::filesystem::create_directories(origin_ + "/v");
+  std::ofstream(origin_ + "/v/data") << "still here";
+  a_ = std::make_unique<TestDriver>(dir_.path() + "/a", "node-a");
+  std::string stage = Kubelet("a", "staging/v"), pod = Kubelet("a", "pods/p/v"),
+              ro = Kubelet("a", "pods/q/v"), inline_pod = Kubelet("a", "pods/r/v");
+  Context ctx{{"origin", "file://" + origin_ + "/v"}};
+  ASSERT_TRUE(a_->Stage("v", stage, ctx).ok());
+  ASSERT_TRUE(a_->Publish("v", stage, pod, false).ok());
+  ASSERT_TRUE(a_->Publish("v", stage, ro, true).ok());
+  Context eph = ctx;
+  eph["csi.storage.k8s.io/ephemeral"] = "true";
+  ASSERT_TRUE(a_->Publish("inline-1", "", inline_pod, false, MountCap(), eph).ok());
+
+  a_->Restart();
+  EXPECT_EQ(ReadPath(pod + "/data"), "still here");
+  EXPECT_EQ(ReadPath(ro + "/data"), "still here");
+  EXPECT_EQ(ReadPath(inline_pod + "/data"), "still here");
+  EXPECT_FALSE(std::ofstream(ro + "/x").good()) << "read-only survives the restart";
+  std::ofstream(pod + "/after") << "written after restart";
+  EXPECT_EQ(ReadPath(origin_ + "/v/after"), "written after restart");
+  // The restarted node knows what it published: repeats succeed, and the
+  // teardown undoes everything.
+  ASSERT_TRUE(a_->Publish("v", stage, pod, false).ok());
+  ASSERT_TRUE(a_->Unpublish("v", pod).ok());
+  ASSERT_TRUE(a_->Unpublish("v", ro).ok());
+  ASSERT_TRUE(a_->Unpublish("inline-1", inline_pod).ok());
+  ASSERT_TRUE(a_->Unstage("v", stage).ok());
+  a_->Restart();  // nothing left to mount again
+  for (const std::string& p : {stage, pod, ro, inline_pod})
+    EXPECT_FALSE(strata::testing::IsMounted(p)) << p;
+}
+
+// The real daemon, killed with SIGKILL while a reader has a file open on a
+// published volume, then started again on the same state directory.
+TEST_F(CsiConformanceTest, NodeKilledWhileReadingServesAgainAfterRestart) {
+  std::string state = dir_.path() + "/state", socket = dir_.path() + "/csi.sock";
+  auto start = [&] {
+    return strata::testing::Spawn({STRATA_PATH, "node", "--state-dir", state, "--csi-endpoint",
+                                   "unix://" + socket, "--node-id", "node-a", "--controller"});
+  };
+  strata::testing::Child node = start();
+  ASSERT_GT(node.pid, 0);
+  std::string out = strata::testing::ReadUntil(node.out, "running", std::chrono::seconds(30));
+  ASSERT_THAT(out, HasSubstr("running"));
+  // Each daemon gets a channel of its own: gRPC would otherwise share the
+  // dead daemon's connection with the new channel.
+  auto connect = [&] {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    auto ch =
+        grpc::CreateCustomChannel("unix://" + socket, grpc::InsecureChannelCredentials(), args);
+    EXPECT_TRUE(ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10)));
+    return ch;
+  };
+  auto channel = connect();
+  auto ctl = ::csi::v1::Controller::NewStub(channel);
+  auto nod = ::csi::v1::Node::NewStub(channel);
+
+  ::csi::v1::CreateVolumeResponse created;
+  {
+    grpc::ClientContext c;
+    ::csi::v1::CreateVolumeRequest req;
+    req.set_name("pvc-k");
+    *req.add_volume_capabilities() = MountCap();
+    (*req.mutable_parameters())["origin"] = "file://" + origin_;
+    ASSERT_TRUE(ctl->CreateVolume(&c, req, &created).ok());
+  }
+  std::string weights(8 << 20, '\0');
+  for (size_t i = 0; i < weights.size(); ++i) weights[i] = static_cast<char>(i * 7 + i / 4096);
+  std::ofstream(origin_ + "/pvc-k/weights.bin", std::ios::binary) << weights;
+  std::string stage = Kubelet("a", "staging/pvc-k"), pod = Kubelet("a", "pods/p/pvc-k");
+  {
+    grpc::ClientContext c;
+    ::csi::v1::NodeStageVolumeRequest req;
+    req.set_volume_id("pvc-k");
+    req.set_staging_target_path(stage);
+    *req.mutable_volume_capability() = MountCap();
+    *req.mutable_volume_context() = created.volume().volume_context();
+    ::csi::v1::NodeStageVolumeResponse resp;
+    ASSERT_TRUE(nod->NodeStageVolume(&c, req, &resp).ok());
+  }
+  {
+    grpc::ClientContext c;
+    ::csi::v1::NodePublishVolumeRequest req;
+    req.set_volume_id("pvc-k");
+    req.set_staging_target_path(stage);
+    req.set_target_path(pod);
+    *req.mutable_volume_capability() = MountCap();
+    ::csi::v1::NodePublishVolumeResponse resp;
+    ASSERT_TRUE(nod->NodePublishVolume(&c, req, &resp).ok());
+  }
+  int fd = ::open((pod + "/weights.bin").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  std::string head(1 << 20, '\0');
+  ASSERT_EQ(::pread(fd, head.data(), head.size(), 0), static_cast<ssize_t>(head.size()));
+  EXPECT_EQ(head, weights.substr(0, head.size()));
+
+  ::kill(node.pid, SIGKILL);
+  strata::testing::Wait(node, std::chrono::seconds(10));
+  // The reader's open file now belongs to a dead session: errors, never
+  // wrong bytes (and never a hang).
+  std::string after(4096, '\0');
+  ssize_t n = ::pread(fd, after.data(), after.size(), 5 << 20);
+  if (n > 0) {
+    EXPECT_EQ(after.substr(0, n), weights.substr(5 << 20, n));
+  }
+  ::close(fd);
+
+  node = start();
+  ASSERT_GT(node.pid, 0);
+  out = strata::testing::ReadUntil(node.out, "running", std::chrono::seconds(30));
+  ASSERT_THAT(out, HasSubstr("running"));
+  EXPECT_EQ(ReadPath(pod + "/weights.bin"), weights) << out;
+  EXPECT_TRUE(strata::testing::IsMounted(stage));
+
+  // kubelet's teardown works against the restarted daemon.
+  channel = connect();
+  nod = ::csi::v1::Node::NewStub(channel);
+  {
+    grpc::ClientContext c;
+    ::csi::v1::NodeUnpublishVolumeRequest req;
+    req.set_volume_id("pvc-k");
+    req.set_target_path(pod);
+    ::csi::v1::NodeUnpublishVolumeResponse resp;
+    grpc::Status st = nod->NodeUnpublishVolume(&c, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  {
+    grpc::ClientContext c;
+    ::csi::v1::NodeUnstageVolumeRequest req;
+    req.set_volume_id("pvc-k");
+    req.set_staging_target_path(stage);
+    ::csi::v1::NodeUnstageVolumeResponse resp;
+    grpc::Status st = nod->NodeUnstageVolume(&c, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  EXPECT_FALSE(strata::testing::IsMounted(stage));
+  EXPECT_FALSE(std::filesystem::exists(pod));
+  ::kill(node.pid, SIGTERM);
+  EXPECT_EQ(strata::testing::Wait(node, std::chrono::seconds(30)), 0);
+}
+
+}  // namespace
+}  // namespace strata::csi::testing
