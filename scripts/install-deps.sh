@@ -13,6 +13,8 @@ PACKAGES=(
   fio procps util-linux curl time bc
   # servers the integration tests and benchmarks run on 127.0.0.1
   nginx-light docker-registry skopeo apache2-utils openssl python3 nodejs npm
+  # tests/deploy/manifest_test.py parses the Kubernetes manifests
+  python3-yaml
 )
 
 here=$(cd "$(dirname "$0")" && pwd)
