@@ -19,6 +19,7 @@ using Runner = std::function<int()>;
 
 void AddNodeCommand(CLI::App& app, Runner& run);
 void AddControllerCommand(CLI::App& app, Runner& run);
+void AddFdKeeperCommand(CLI::App& app, Runner& run);
 void AddCacheCommands(CLI::App& app, Runner& run);
 void AddBenchCommands(CLI::App& app, Runner& run);
 void AddFetchCommands(CLI::App& app, Runner& run);

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   strata::cmd::Runner run;
   strata::cmd::AddNodeCommand(app, run);
   strata::cmd::AddControllerCommand(app, run);
+  strata::cmd::AddFdKeeperCommand(app, run);
   strata::cmd::AddCacheCommands(app, run);
   strata::cmd::AddBenchCommands(app, run);
   strata::cmd::AddFetchCommands(app, run);

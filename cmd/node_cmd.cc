@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <thread>
 
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
@@ -48,7 +49,75 @@ void AddControllerFlags(CLI::App* c, ControllerFlags& f) {
                 "Origin of StorageClasses that name none (file:///dir, s3://bucket/prefix)");
 }
 
+template <typename Opts>
+std::unique_ptr<fuse::FdKeeperClient> OpenKeeper(const Opts& o) {
+  if (o.fd_keeper == "off") return nullptr;
+  std::string socket =
+      o.fd_keeper_socket.empty() ? o.state_dir + "/fd-keeper.sock" : o.fd_keeper_socket;
+  // A sidecar may start after this container: give it a moment.
+  int tries = o.fd_keeper == "connect" ? 150 : 1;
+  for (int i = 0; i < tries; ++i) {
+    auto c = fuse::FdKeeperClient::Connect(socket);
+    if (c.ok()) return std::move(*c);
+    if (i + 1 < tries) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  if (o.fd_keeper == "spawn") {
+    std::error_code ec;
+    std::string exe = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+    auto c = fuse::SpawnFdKeeper(exe, {socket, absl::Seconds(o.fd_keeper_grace), true},
+                                 o.state_dir + "/fd-keeper.log");
+    if (c.ok()) return std::move(*c);
+    spdlog::warn("{}", c.status().message());
+  }
+  spdlog::warn(
+      "no FD keeper on {}: after a restart, volumes are mounted again (pods holding "
+      "them open see errors until they reopen)",
+      socket);
+  return nullptr;
+}
+
 }  // namespace
+
+void AddFdKeeperCommand(CLI::App& app, Runner& run) {
+  struct Opts {
+    std::string socket = DefaultStateDir() + "/fd-keeper.sock";
+    double grace = 120;
+    bool exit_when_idle = false;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* c = app.add_subcommand(
+      "fd-keeper", "Hold FUSE descriptors so that strata node can restart under live mounts");
+  c->add_option("--socket", o->socket, "Unix socket to serve on")->capture_default_str();
+  c->add_option("--grace", o->grace,
+                "Seconds to hold descriptors while no daemon is connected (then let them go)")
+      ->capture_default_str();
+  c->add_flag("--exit-when-idle", o->exit_when_idle,
+              "Exit after the grace period with no daemon and nothing held");
+  c->callback([o, &run] {
+    run = [o]() -> int {
+      sigset_t set = BlockStopSignals();
+      std::atomic<bool> stop{false};
+      std::thread waiter([&] {
+        int sig = 0;
+        sigwait(&set, &sig);
+        stop = true;
+      });
+      fuse::FdKeeperOptions fo{o->socket, absl::Seconds(o->grace), o->exit_when_idle};
+      absl::Status st = fuse::ServeFdKeeper(fo, stop);
+      if (!stop) ::kill(::getpid(), SIGTERM);  // idle exit: release the waiter
+      waiter.join();
+      if (absl::IsAlreadyExists(st)) {
+        spdlog::info("{}", st.message());
+        return 0;
+      }
+      if (!st.ok()) {
+        spdlog::error("{}", st.message());
+        return 1;
+      }
+      return 0;
+    };
+  });
+}
 
 void AddNodeCommand(CLI::App& app, Runner& run) {
   struct Opts {
@@ -60,6 +129,9 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
     std::string node_id;
     bool controller = false;
     ControllerFlags cf;
+    std::string fd_keeper = "spawn";
+    std::string fd_keeper_socket;
+    double fd_keeper_grace = 120;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* c = app.add_subcommand(
@@ -77,6 +149,16 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
   c->add_flag("--controller", o->controller,
               "Serve the CSI Controller too (small clusters, tests)");
   AddControllerFlags(c, o->cf);
+  c->add_option("--fd-keeper", o->fd_keeper,
+                "Keep mounts alive across restarts in an FD keeper: spawn (use one, or start "
+                "one), connect (use the one that runs beside, e.g. a sidecar) or off")
+      ->check(CLI::IsMember({"spawn", "connect", "off"}))
+      ->capture_default_str();
+  c->add_option("--fd-keeper-socket", o->fd_keeper_socket,
+                "The FD keeper's socket (default: STATE_DIR/fd-keeper.sock)");
+  c->add_option("--fd-keeper-grace", o->fd_keeper_grace,
+                "Seconds a spawned keeper holds mounts for a daemon that does not come back")
+      ->capture_default_str();
   c->callback([o, &run] {
     run = [o]() -> int {
       auto capacity = ParseSize(o->capacity);
@@ -99,6 +181,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
       }
       cache::Fetcher fetcher(**store);
       std::unique_ptr<csi::StateDb> node_db, controller_db;
+      std::unique_ptr<fuse::FdKeeperClient> keeper;
       std::unique_ptr<csi::IdentityService> identity;
       std::unique_ptr<csi::NodeService> node;
       std::unique_ptr<csi::ControllerService> controller;
@@ -118,6 +201,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
           return 1;
         }
         node_db = std::move(*db);
+        keeper = OpenKeeper(*o);
         if (o->controller) {
           auto cdb = csi::StateDb::Open(o->state_dir + "/csi-controller");
           if (!cdb.ok()) {
@@ -130,12 +214,15 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
         }
         identity = std::make_unique<csi::IdentityService>(csi::kDriverName, o->controller);
         // Mounts again what was staged and published before a restart.
-        node = std::make_unique<csi::NodeService>(
-            **store, fetcher, csi::NodeOptions{node_id, staging, node_db.get()});
+        csi::NodeOptions no{node_id, staging, node_db.get(), keeper.get(),
+                            o->state_dir + "/csi-node-inodes"};
+        std::filesystem::create_directories(no.inode_dir);
+        node = std::make_unique<csi::NodeService>(**store, fetcher, no);
         server = ServeGrpc(o->csi_endpoint, {identity.get(), node.get(), controller.get()});
         if (!server) return 1;
         std::printf("strata node: CSI Identity%s on %s (node id %s)\n",
-                    controller ? ", Node and Controller" : " and Node", o->csi_endpoint.c_str(), node_id.c_str());
+                    controller ? ", Node and Controller" : " and Node", o->csi_endpoint.c_str(),
+                    node_id.c_str());
       }
       cache::StoreStats s = (*store)->Stats();
       std::printf(
@@ -150,6 +237,15 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
       sigwait(&set, &sig);
       spdlog::info("received signal {}; flushing the cache index", sig);
       if (server) server->Shutdown();
+      if (keeper) {
+        // The mounts stay, held by the keeper, for the next daemon to take
+        // over; this process only has to go. Requests in flight fail
+        // (ECONNABORTED); queued ones wait for the successor.
+        (*store)->Flush();
+        std::printf("strata node: stopped; mounts left to the FD keeper\n");
+        std::fflush(stdout);
+        ::_exit(0);
+      }
       node.reset();  // stops serving; the records stay for the next start
       (*store)->Flush();
       std::printf("strata node: stopped\n");

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "cache/logging.h"
@@ -24,6 +25,8 @@ using json = nlohmann::json;
 
 constexpr char kStagedPrefix[] = "staged/";
 constexpr char kPublishedPrefix[] = "published/";
+
+std::string KeeperKey(const std::string& volume_id) { return "volume/" + volume_id; }
 
 Status Invalid(const std::string& what) { return Status(StatusCode::INVALID_ARGUMENT, what); }
 
@@ -122,7 +125,7 @@ NodeService::~NodeService() {
   for (auto& [id, v] : volumes_) Stop(*v);
 }
 
-absl::Status NodeService::Start(Volume& v) {
+absl::Status NodeService::Start(Volume& v, int adopt_fd) {
   auto origin = cache::OpenOrigin(v.spec.origin, OriginOptionsFrom(v.secrets));
   if (!origin.ok()) return absl::InvalidArgumentError(std::string(origin.status().message()));
   v.origin = std::move(*origin);
@@ -142,13 +145,27 @@ absl::Status NodeService::Start(Volume& v) {
   vo.attr_ttl = absl::Seconds(v.spec.attr_ttl_s);
   vo.read_only = v.spec.read_only;
   vo.mount_gid = v.mount_gid;
+  if (!opts_.inode_dir.empty()) {
+    vo.inode_log = absl::StrCat(opts_.inode_dir, "/", absl::WebSafeBase64Escape(v.id));
+    vo.resume_inodes = adopt_fd >= 0;
+  }
   v.tree = std::make_unique<fuse::VolumeTree>(v.origin, store_, fetcher_, vo);
   fuse::MountOptions mo;
   mo.mountpoint = v.mountpoint;
   mo.fsname = absl::StrCat("strata:", v.id);
-  auto server = fuse::FuseServer::Mount(*v.tree, mo);
+  auto server = adopt_fd >= 0 ? fuse::FuseServer::Adopt(*v.tree, mo, {adopt_fd, v.init})
+                              : fuse::FuseServer::Mount(*v.tree, mo);
   if (!server.ok()) return server.status();
   v.server = std::move(*server);
+  v.init = v.server->handoff().init;
+  if (opts_.keeper && adopt_fd < 0) {
+    if (absl::Status st = opts_.keeper->Put(KeeperKey(v.id), v.server->handoff().fd); !st.ok()) {
+      spdlog::warn(
+          "volume {}: the FD keeper did not take its descriptor ({}); a restart will "
+          "remount it instead of taking it over",
+          v.id, st.message());
+    }
+  }
   v.running = true;
   v.serving = std::thread([&v] {
     if (absl::Status st = v.server->Run(); !st.ok())
@@ -162,6 +179,10 @@ void NodeService::Stop(Volume& v) {
   if (v.server) v.server->Stop();
   if (v.serving.joinable()) v.serving.join();
   v.server.reset();
+  if (opts_.keeper) {
+    if (absl::Status st = opts_.keeper->Delete(KeeperKey(v.id)); !st.ok())
+      spdlog::warn("volume {}: FD keeper: {}", v.id, st.message());
+  }
 }
 
 absl::Status NodeService::Bind(const std::string& from, const std::string& target,
@@ -192,6 +213,7 @@ absl::Status NodeService::Record(const Volume& v, bool inline_volume) {
                                                  {"context", ToJson(v.context)},
                                                  {"secrets", ToJson(v.secrets)},
                                                  {"mount_gid", v.mount_gid},
+                                                 {"init", absl::Base64Escape(v.init)},
                                                  {"read_only", v.spec.read_only},
                                                  {"inline", inline_volume}});
 }
@@ -218,11 +240,9 @@ void NodeService::Recover() {
                   (!staged.ok() ? staged.status() : published.status()).message());
     return;
   }
-  // Targets first: their bind mounts hold the dead FUSE mounts they came from.
-  for (const auto& [key, rec] : *published) {
-    if (absl::Status st = UnmountAll(key.substr(sizeof kPublishedPrefix - 1)); !st.ok())
-      spdlog::warn("{}", st.message());
-  }
+  // First, take over what the FD keeper kept alive: those mounts never went
+  // away, and neither did the pods' bind mounts of them.
+  std::vector<std::unique_ptr<Volume>> remount;
   for (const auto& [key, rec] : *staged) {
     auto v = std::make_unique<Volume>();
     v->id = key.substr(sizeof kStagedPrefix - 1);
@@ -230,24 +250,35 @@ void NodeService::Recover() {
     v->context = FromJson(rec, "context");
     v->secrets = FromJson(rec, "secrets");
     v->mount_gid = rec.value("mount_gid", int64_t{-1});
+    absl::Base64Unescape(rec.value("init", ""), &v->init);
     auto spec = ParseVolumeContext(v->context);
     if (!spec.ok()) {
-      spdlog::error("volume {}: its record does not parse ({}); not remounting it", v->id,
+      spdlog::error("volume {}: its record does not parse ({}); not mounting it again", v->id,
                     spec.status().message());
       continue;
     }
     v->spec = *spec;
     v->spec.read_only = rec.value("read_only", v->spec.read_only);
-    if (absl::Status st = UnmountAll(v->mountpoint); !st.ok()) spdlog::warn("{}", st.message());
-    if (absl::Status st = Start(*v); !st.ok()) {
-      // Kept in the records: kubelet's next stage or unstage settles it.
-      spdlog::error("volume {}: cannot mount it again at {}: {}", v->id, v->mountpoint,
-                    st.message());
-      continue;
+    if (opts_.keeper && !v->init.empty() && IsMountpoint(v->mountpoint)) {
+      auto fd = opts_.keeper->Get(KeeperKey(v->id));
+      if (fd.ok()) {
+        absl::Status st = Start(*v, *fd);
+        ::close(*fd);
+        if (st.ok()) {
+          spdlog::info("volume {}: serving its mount at {} again (taken over)", v->id,
+                       v->mountpoint);
+          volumes_[v->id] = std::move(v);
+          continue;
+        }
+        spdlog::warn("volume {}: cannot take over {}: {}; mounting it again", v->id, v->mountpoint,
+                     st.message());
+        Stop(*v);
+      }
     }
-    spdlog::info("volume {}: mounted again at {} from {}", v->id, v->mountpoint, v->spec.origin);
-    volumes_[v->id] = std::move(v);
+    remount.push_back(std::move(v));
   }
+  // The rest lost their mounts with the old daemon: pods' bind mounts of
+  // them are dead too. Unmount those, mount afresh, bind again.
   for (const auto& [key, rec] : *published) {
     std::string target = key.substr(sizeof kPublishedPrefix - 1);
     Publication p;
@@ -256,18 +287,32 @@ void NodeService::Recover() {
     p.inline_volume = rec.value("inline", false);
     p.flags = rec.value("flags", 0ul);
     published_[target] = p;
-    auto it = volumes_.find(p.volume_id);
-    if (it == volumes_.end()) {
-      spdlog::error("{}: volume {} is not mounted; the target stays empty", target, p.volume_id);
-      continue;
-    }
-    if (p.inline_volume) continue;  // mounted at the target itself, above
-    if (absl::Status st = Bind(it->second->mountpoint, target, p); !st.ok()) {
-      spdlog::error("volume {}: cannot publish it again at {}: {}", p.volume_id, target,
+    if (volumes_.contains(p.volume_id)) continue;  // taken over, alive
+    if (absl::Status st = UnmountAll(target); !st.ok()) spdlog::warn("{}", st.message());
+  }
+  for (auto& v : remount) {
+    if (absl::Status st = UnmountAll(v->mountpoint); !st.ok()) spdlog::warn("{}", st.message());
+    if (absl::Status st = Start(*v); !st.ok()) {
+      // Kept in the records: kubelet's next stage or unstage settles it.
+      spdlog::error("volume {}: cannot mount it again at {}: {}", v->id, v->mountpoint,
                     st.message());
       continue;
     }
-    spdlog::info("volume {}: published again at {}", p.volume_id, target);
+    bool inline_volume = false;
+    for (const auto& [target, p] : published_)
+      inline_volume |= p.volume_id == v->id && p.inline_volume;
+    if (absl::Status st = Record(*v, inline_volume); !st.ok()) spdlog::warn("{}", st.message());
+    spdlog::info("volume {}: mounted again at {} from {}", v->id, v->mountpoint, v->spec.origin);
+    const std::string id = v->id;
+    volumes_[id] = std::move(v);
+    for (const auto& [target, p] : published_) {
+      if (p.volume_id != id || p.inline_volume) continue;
+      if (absl::Status st = Bind(volumes_[id]->mountpoint, target, p); !st.ok()) {
+        spdlog::error("volume {}: cannot publish it again at {}: {}", id, target, st.message());
+        continue;
+      }
+      spdlog::info("volume {}: published again at {}", id, target);
+    }
   }
 }
 

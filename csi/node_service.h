@@ -21,6 +21,7 @@
 #include "csi/state_db.h"
 #include "csi/volume_spec.h"
 #include "fuse/engine.h"
+#include "fuse/fd_keeper.h"
 #include "fuse/volume_tree.h"
 
 namespace strata::csi {
@@ -50,6 +51,11 @@ struct NodeOptions {
   std::string node_id;
   std::string staging_dir;   // where object-store volumes stage their writes
   StateDb* state = nullptr;  // records of staged and published volumes; null: none kept
+  // Holds each mount's /dev/fuse descriptor while this daemon restarts, so
+  // the next one takes the mounts over (pods never see them go). Null: a
+  // restarted daemon mounts everything again instead.
+  fuse::FdKeeperClient* keeper = nullptr;
+  std::string inode_dir;  // volumes' inode logs, for a takeover
 };
 
 class NodeService final : public ::csi::v1::Node::Service {
@@ -98,6 +104,7 @@ class NodeService final : public ::csi::v1::Node::Service {
     std::unique_ptr<fuse::FuseServer> server;
     std::thread serving;
     std::atomic<bool> running{false};
+    std::string init;  // the kernel's INIT request (fuse::Handoff), for a takeover
   };
   struct Publication {
     std::string volume_id;
@@ -106,8 +113,9 @@ class NodeService final : public ::csi::v1::Node::Service {
     unsigned long flags = 0;  // MS_NOSUID and friends from the capability's mount flags
   };
 
-  // Opens the origin and serves a FUSE filesystem at v.mountpoint.
-  absl::Status Start(Volume& v);
+  // Opens the origin and serves a FUSE filesystem at v.mountpoint: a new
+  // mount, or with `adopt` the live one whose descriptor the keeper kept.
+  absl::Status Start(Volume& v, int adopt_fd = -1);
   void Stop(Volume& v);
   absl::Status Bind(const std::string& from, const std::string& target, const Publication& p);
   absl::Status Record(const Volume& v, bool inline_volume);

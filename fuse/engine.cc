@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <random>
 #include <sstream>
 
 #include "absl/container/flat_hash_map.h"
@@ -33,10 +35,13 @@ struct FuseServer::Impl {
   // The kernel's id of this FUSE connection (the mount's minor device
   // number): its control files are /sys/fs/fuse/connections/<id>/.
   int connection = -1;
+  std::string init;  // the kernel's INIT request, for a successor (Handoff)
   // Directory listings taken at opendir, served by offset.
   absl::Mutex dirs_mu;
   absl::flat_hash_map<uint64_t, std::vector<DirEntry>> dirs ABSL_GUARDED_BY(dirs_mu);
-  std::atomic<uint64_t> next_dir{1};
+  // Directory handles start at a random number, so that a handle the
+  // kernel kept from a replaced daemon does not name another listing.
+  std::atomic<uint64_t> next_dir{(uint64_t{std::random_device{}()} << 20) + 1};
 };
 
 namespace {
@@ -67,6 +72,12 @@ struct stat ToStat(const Attr& a) {
   st.st_ctim = st.st_mtim;
   st.st_atim = st.st_mtim;
   return st;
+}
+
+const absl::Status& StatusOf(const absl::Status& st) { return st; }
+template <typename T>
+absl::Status StatusOf(const absl::StatusOr<T>& r) {
+  return r.status();
 }
 
 // Replies with an errno, logging what is not routine.
@@ -195,8 +206,22 @@ void OnCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   fuse_reply_create(req, &e, fi);
 }
 
+// Runs `op` on a file handle; a handle the tree does not know (it was
+// opened under a daemon that has since been replaced) is reopened once.
+template <typename Op>
+auto OnHandle(fuse_req_t req, fuse_ino_t ino, const fuse_file_info* fi, Op op) {
+  auto r = op();
+  if (!r.ok() && ErrnoOf(StatusOf(r)) == EBADF &&
+      Self(req)->tree->Reopen(ino, fi->fh, fi->flags).ok()) {
+    r = op();
+  }
+  return r;
+}
+
 void OnRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
-  auto r = Self(req)->tree->Read(fi->fh, static_cast<uint64_t>(off), size);
+  Tree* t = Self(req)->tree;
+  auto r =
+      OnHandle(req, ino, fi, [&] { return t->Read(fi->fh, static_cast<uint64_t>(off), size); });
   if (!r.ok()) return Fail(req, "read", ino, r.status());
   if (r->lease.fd() >= 0) {
     // Splice straight from the cache file; the lease holds it until replied.
@@ -212,20 +237,24 @@ void OnRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
 
 void OnWrite(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
              fuse_file_info* fi) {
-  auto n =
-      Self(req)->tree->Write(fi->fh, static_cast<uint64_t>(off), absl::MakeConstSpan(buf, size));
+  Tree* t = Self(req)->tree;
+  auto n = OnHandle(req, ino, fi, [&] {
+    return t->Write(fi->fh, static_cast<uint64_t>(off), absl::MakeConstSpan(buf, size));
+  });
   if (!n.ok()) return Fail(req, "write", ino, n.status());
   fuse_reply_write(req, *n);
 }
 
 void OnFlush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  absl::Status st = Self(req)->tree->Flush(fi->fh);
+  Tree* t = Self(req)->tree;
+  absl::Status st = OnHandle(req, ino, fi, [&] { return t->Flush(fi->fh); });
   if (!st.ok()) return Fail(req, "flush", ino, st);
   fuse_reply_err(req, 0);
 }
 
 void OnFsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info* fi) {
-  absl::Status st = Self(req)->tree->Fsync(fi->fh);
+  Tree* t = Self(req)->tree;
+  absl::Status st = OnHandle(req, ino, fi, [&] { return t->Fsync(fi->fh); });
   if (!st.ok()) return Fail(req, "fsync", ino, st);
   fuse_reply_err(req, 0);
 }
@@ -239,7 +268,7 @@ void OnOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Impl* self = Self(req);
   auto list = self->tree->ReadDir(ino);
   if (!list.ok()) return Fail(req, "opendir", ino, list.status());
-  uint64_t id = self->next_dir++;
+  uint64_t id = self->next_dir++;  // from a random start: see Impl
   {
     absl::MutexLock l(&self->dirs_mu);
     self->dirs[id] = std::move(*list);
@@ -253,14 +282,20 @@ void ServeDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
               bool plus) {
   Impl* self = Self(req);
   std::vector<DirEntry> entries;
+  bool known;
   {
     absl::MutexLock l(&self->dirs_mu);
     auto it = self->dirs.find(fi->fh);
-    if (it == self->dirs.end()) {
-      fuse_reply_err(req, EBADF);
-      return;
-    }
-    entries = it->second;  // a copy: other readers of the handle may continue
+    known = it != self->dirs.end();
+    if (known) entries = it->second;  // a copy: other readers of the handle may continue
+  }
+  if (!known) {
+    // Opened under the daemon this one took over from: list it again.
+    auto list = self->tree->ReadDir(ino);
+    if (!list.ok()) return Fail(req, "readdir", ino, list.status());
+    entries = *list;
+    absl::MutexLock l(&self->dirs_mu);
+    self->dirs[fi->fh] = std::move(*list);
   }
   std::string buf(size, '\0');
   size_t used = 0;
@@ -373,16 +408,13 @@ fuse_lowlevel_ops Ops() {
 
 FuseServer::FuseServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(Tree& tree,
-                                                              const MountOptions& options) {
+namespace {
+
+// A libfuse session for `tree` with the engine's options, not mounted yet.
+absl::StatusOr<std::unique_ptr<Impl>> NewSession(Tree& tree, const MountOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->tree = &tree;
   impl->opts = options;
-  // Resolved now: once mounted, resolving it would ask this daemon, which
-  // is not serving yet.
-  std::error_code ec;
-  std::string canonical = std::filesystem::weakly_canonical(options.mountpoint, ec).string();
-  if (ec) canonical = options.mountpoint;
   std::string o = absl::StrCat("fsname=", options.fsname,
                                ",subtype=strata,default_permissions,max_read=1048576");
   if (options.allow_other) o += ",allow_other";
@@ -396,21 +428,114 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(Tree& tree,
   fuse_opt_free_args(&args);  // libfuse may have copied and extended them
   if (impl->se == nullptr)
     return absl::InternalError("fuse_session_new failed (bad mount options?)");
-  if (fuse_session_mount(impl->se, options.mountpoint.c_str()) != 0) {
-    fuse_session_destroy(impl->se);
+  return impl;
+}
+
+// Feeds the kernel's INIT request to the session, as its loop would.
+void ProcessInit(fuse_session* se, std::string& init) {
+  fuse_buf buf{};
+  buf.mem = init.data();
+  buf.size = init.size();
+  fuse_session_process_buf(se, &buf);
+}
+
+std::string Canonical(const std::string& path) {
+  std::error_code ec;
+  std::string c = std::filesystem::weakly_canonical(path, ec).string();
+  return ec ? path : c;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(Tree& tree,
+                                                              const MountOptions& options) {
+  auto impl = NewSession(tree, options);
+  if (!impl.ok()) return impl.status();
+  fuse_session* se = (*impl)->se;
+  // Resolved now: once mounted, resolving it would ask this daemon, which
+  // is not serving yet.
+  std::string canonical = Canonical(options.mountpoint);
+  if (fuse_session_mount(se, options.mountpoint.c_str()) != 0) {
+    fuse_session_destroy(se);
     return absl::FailedPreconditionError(
         absl::StrCat("cannot mount on ", options.mountpoint,
                      " (does it exist? is /dev/fuse usable? see the log above)"));
   }
-  impl->mounted = true;
-  impl->connection = ConnectionOf(canonical);
-  return std::unique_ptr<FuseServer>(new FuseServer(std::move(impl)));
+  (*impl)->mounted = true;
+  (*impl)->connection = ConnectionOf(canonical);
+  // The handshake is done here rather than in the loop, so that its request
+  // can be kept for a successor (Handoff). The kernel queued it at mount.
+  std::string init(fuse_session_fd(se) >= 0 ? (1 << 20) + 4096 : 0, '\0');
+  ssize_t n;
+  do {
+    n = ::read(fuse_session_fd(se), init.data(), init.size());
+  } while (n < 0 && errno == EINTR);
+  if (n <= 0) {
+    int err = errno;
+    auto server = std::unique_ptr<FuseServer>(new FuseServer(std::move(*impl)));
+    server->Stop();
+    return absl::InternalError(
+        absl::StrCat("no INIT from the kernel on ", options.mountpoint, ": ", std::strerror(err)));
+  }
+  init.resize(static_cast<size_t>(n));
+  (*impl)->init = init;
+  ProcessInit(se, init);
+  return std::unique_ptr<FuseServer>(new FuseServer(std::move(*impl)));
 }
+
+absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Adopt(Tree& tree,
+                                                              const MountOptions& options,
+                                                              const Handoff& handoff) {
+  if (handoff.init.size() < sizeof(fuse_in_header)) {
+    return absl::InvalidArgumentError("the handoff has no INIT request to replay");
+  }
+  auto impl = NewSession(tree, options);
+  if (!impl.ok()) return impl.status();
+  int fd = ::fcntl(handoff.fd, F_DUPFD_CLOEXEC, 3);
+  if (fd < 0) {
+    fuse_session_destroy((*impl)->se);
+    return absl::InternalError(
+        absl::StrCat("dup of the handed-over descriptor: ", std::strerror(errno)));
+  }
+  // libfuse takes a descriptor as the mountpoint "/dev/fd/N" and mounts
+  // nothing: the mount exists already.
+  std::string dev = absl::StrCat("/dev/fd/", fd);
+  if (fuse_session_mount((*impl)->se, dev.c_str()) != 0) {
+    ::close(fd);
+    fuse_session_destroy((*impl)->se);
+    return absl::InternalError(absl::StrCat("libfuse refused descriptor ", dev));
+  }
+  (*impl)->mounted = true;
+  (*impl)->connection = ConnectionOf(Canonical(options.mountpoint));
+  (*impl)->init = handoff.init;
+  // The kernel did its handshake with the first daemon. The new session
+  // replays that INIT to set itself up the same way; its reply carries a
+  // request id the kernel never issued, so the kernel drops it (ENOENT,
+  // which libfuse ignores), and the connection keeps what it negotiated.
+  std::string replay = handoff.init;
+  fuse_in_header h;
+  std::memcpy(&h, replay.data(), sizeof h);
+  if (h.opcode != FUSE_INIT) {
+    auto server = std::unique_ptr<FuseServer>(new FuseServer(std::move(*impl)));
+    return absl::InvalidArgumentError("the handoff's request is not an INIT");
+  }
+  h.unique = ~uint64_t{0} - 1;
+  std::memcpy(replay.data(), &h, sizeof h);
+  ProcessInit((*impl)->se, replay);
+  spdlog::info("took over the FUSE mount at {} (connection {})", options.mountpoint,
+               (*impl)->connection);
+  return std::unique_ptr<FuseServer>(new FuseServer(std::move(*impl)));
+}
+
+Handoff FuseServer::handoff() const { return Handoff{fuse_session_fd(impl_->se), impl_->init}; }
 
 absl::Status FuseServer::Run() {
   fuse_loop_config* cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_max_threads(cfg, impl_->opts.max_threads);
-  fuse_loop_cfg_set_clone_fd(cfg, 0);
+  // A descriptor per worker: requests a worker has read die with it
+  // (ECONNABORTED to the caller) if this process is killed, instead of
+  // waiting forever on a connection that a successor takes over.
+  fuse_loop_cfg_set_clone_fd(cfg, 1);
   int rc = fuse_session_loop_mt(impl_->se, cfg);
   fuse_loop_cfg_destroy(cfg);
   if (rc != 0 && !fuse_session_exited(impl_->se)) {

@@ -19,11 +19,28 @@ struct MountOptions {
   bool allow_other = true;  // pods run as other users than the daemon
 };
 
+// What a successor daemon needs to take over a live mount: the /dev/fuse
+// descriptor (kept open meanwhile by someone else, see fd_keeper.h) and the
+// INIT request the kernel sent when the file system was mounted, which the
+// successor's libfuse session replays instead of a handshake.
+struct Handoff {
+  int fd = -1;
+  std::string init;
+};
+
 class FuseServer {
  public:
   // Mounts `tree` (which must outlive the server). The mount is live when
   // this returns; requests are served once Run() is called.
   static absl::StatusOr<std::unique_ptr<FuseServer>> Mount(Tree& tree, const MountOptions& options);
+  // Takes over the live mount at options.mountpoint from a daemon that is
+  // gone: `handoff.fd` (duplicated; the caller keeps its copy) is that
+  // mount's /dev/fuse descriptor. Inode numbers and file handles the kernel
+  // holds must mean the same in `tree` (see Tree::Reopen).
+  static absl::StatusOr<std::unique_ptr<FuseServer>> Adopt(Tree& tree, const MountOptions& options,
+                                                           const Handoff& handoff);
+  // This mount's descriptor (owned by the server) and INIT request.
+  Handoff handoff() const;
   ~FuseServer();  // unmounts if still mounted
 
   // Serves requests until Stop() or an external unmount.

@@ -73,6 +73,10 @@ absl::StatusOr<Attr> Tree::Symlink(const std::string&, uint64_t, const std::stri
 }
 absl::StatusOr<std::string> Tree::Readlink(uint64_t) { return PosixError(EINVAL, "not a symlink"); }
 
+absl::Status Tree::Reopen(uint64_t, uint64_t handle, int) {
+  return PosixError(EBADF, absl::StrCat("unknown file handle ", handle));
+}
+
 absl::StatusOr<struct statvfs> Tree::StatFs() {
   struct statvfs sv {};
   sv.f_bsize = 1 << 20;

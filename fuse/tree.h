@@ -93,6 +93,11 @@ class Tree {
                                        const std::string& name, const Caller& who);
   virtual absl::StatusOr<std::string> Readlink(uint64_t ino);
 
+  // A file handle the kernel holds from before this daemon took the mount
+  // over (see FuseServer::Adopt): make `handle` usable again for `ino`,
+  // opened with `flags`. The default cannot.
+  virtual absl::Status Reopen(uint64_t ino, uint64_t handle, int flags);
+
   // Sizes for statfs (df, CSI volume stats). The default describes a tree
   // with no fixed size, as object stores and image layers are.
   virtual absl::StatusOr<struct statvfs> StatFs();

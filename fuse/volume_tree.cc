@@ -11,6 +11,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "cache/logging.h"
@@ -25,10 +27,47 @@ VolumeTree::VolumeTree(std::shared_ptr<cache::Origin> origin, cache::ChunkStore&
       opts_(options),
       local_root_(origin_->LocalRoot()) {
   absl::MutexLock l(&mu_);
+  std::random_device rd;
+  next_handle_ = ((uint64_t{rd()} << 32 | rd()) >> 2) + 1;
   nodes_[kRootIno] = Node{"", {}, absl::InfinitePast(), ""};
   nodes_[kRootIno].stat.is_dir = true;
   nodes_[kRootIno].stat.mode = 0755;
   inos_[""] = kRootIno;
+  if (!opts_.inode_log.empty()) {
+    if (opts_.resume_inodes) LoadInodes();
+    inode_log_fd_ = ::open(
+        opts_.inode_log.c_str(),
+        O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (opts_.resume_inodes ? 0 : O_TRUNC), 0600);
+    if (inode_log_fd_ < 0) {
+      spdlog::warn("inode log {}: {}; a successor daemon could not take this mount over",
+                   opts_.inode_log, std::strerror(errno));
+    }
+  }
+}
+
+VolumeTree::~VolumeTree() {
+  if (inode_log_fd_ >= 0) ::close(inode_log_fd_);
+}
+
+// The log is a sequence of records: 8-byte inode, 4-byte length, path. A
+// torn last record (a kill mid-write) is ignored: its inode was never
+// handed to the kernel, which happens only after the record is written.
+void VolumeTree::LoadInodes() {
+  std::ifstream in(opts_.inode_log, std::ios::binary);
+  size_t loaded = 0;
+  while (in) {
+    uint64_t ino;
+    uint32_t len;
+    if (!in.read(reinterpret_cast<char*>(&ino), sizeof ino)) break;
+    if (!in.read(reinterpret_cast<char*>(&len), sizeof len) || len > 65536) break;
+    std::string path(len, '\0');
+    if (!in.read(path.data(), len)) break;
+    if (ino == kRootIno || inos_.contains(path)) continue;
+    inos_[path] = ino;
+    nodes_[ino] = Node{path, {}, absl::InfinitePast(), ""};
+    ++loaded;
+  }
+  spdlog::info("volume {}: {} inodes known from the previous daemon", origin_->url(), loaded);
 }
 
 uint64_t VolumeTree::InoFor(const std::string& path) {
@@ -38,6 +77,15 @@ uint64_t VolumeTree::InoFor(const std::string& path) {
   while (nodes_.contains(ino)) ino = (ino + 2) | 2;
   inos_[path] = ino;
   nodes_[ino] = Node{path, {}, absl::InfinitePast(), ""};
+  if (inode_log_fd_ >= 0) {
+    uint32_t len = static_cast<uint32_t>(path.size());
+    std::string rec(reinterpret_cast<const char*>(&ino), sizeof ino);
+    rec.append(reinterpret_cast<const char*>(&len), sizeof len);
+    rec += path;
+    if (::write(inode_log_fd_, rec.data(), rec.size()) != static_cast<ssize_t>(rec.size())) {
+      spdlog::warn("inode log {}: {}", opts_.inode_log, std::strerror(errno));
+    }
+  }
   return ino;
 }
 
@@ -208,6 +256,39 @@ absl::StatusOr<OpenResult> VolumeTree::Open(uint64_t ino, int flags) {
     staged_paths_[*path] = h->handle;
   }
   return h;
+}
+
+absl::Status VolumeTree::Reopen(uint64_t ino, uint64_t handle, int flags) {
+  {
+    absl::MutexLock l(&mu_);
+    if (handles_.contains(handle)) return absl::OkStatus();
+  }
+  auto path = PathOf(ino);
+  if (!path.ok()) return path.status();
+  uint64_t got;
+  auto st = StatPath(*path, &got, /*revalidate=*/true);
+  if (!st.ok()) return st.status();
+  if (st->is_dir) return PosixError(EISDIR, *path);
+  int fd = -1;
+  if ((flags & O_ACCMODE) != O_RDONLY) {
+    if (!posix()) {
+      return PosixError(EIO, absl::StrCat(*path, " was open for writing to ", origin_->url(),
+                                          " when the daemon was replaced; what was written to "
+                                          "it is lost: write it again"));
+    }
+    fd = ::open(Local(*path).c_str(), (flags & (O_ACCMODE | O_APPEND)) | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+      return PosixError(errno, absl::StrCat("reopen ", *path, ": ", std::strerror(errno)));
+  }
+  absl::MutexLock l(&mu_);
+  if (handles_.contains(handle)) {  // another thread reopened it meanwhile
+    if (fd >= 0) ::close(fd);
+    return absl::OkStatus();
+  }
+  handles_[handle] =
+      Handle{ino, cache::FetchTarget{origin_, *path, *st, opts_.chunk_size, {}}, fd, false, ""};
+  spdlog::info("file handle {} of {} taken over from the previous daemon", handle, *path);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<OpenResult> VolumeTree::AddHandle(uint64_t ino, const std::string& path,

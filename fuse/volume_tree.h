@@ -39,12 +39,18 @@ struct VolumeOptions {
   // shows this group with the owner's permission bits, so that the pod's
   // processes, which carry the group, can use what the origin holds.
   int64_t mount_gid = -1;
+  // A file that records which path each inode number stands for, so that a
+  // daemon taking this mount over knows the inodes the kernel holds. With
+  // `resume_inodes` it is read first (a takeover); otherwise it starts empty.
+  std::string inode_log;
+  bool resume_inodes = false;
 };
 
 class VolumeTree final : public Tree {
  public:
   VolumeTree(std::shared_ptr<cache::Origin> origin, cache::ChunkStore& store,
              cache::Fetcher& fetcher, VolumeOptions options);
+  ~VolumeTree() override;
 
   absl::Duration attr_timeout() const override { return opts_.attr_ttl; }
   absl::Duration entry_timeout() const override { return opts_.attr_ttl; }
@@ -75,6 +81,7 @@ class VolumeTree final : public Tree {
   absl::StatusOr<Attr> Symlink(const std::string& target, uint64_t parent, const std::string& name,
                                const Caller& who) override;
   absl::StatusOr<std::string> Readlink(uint64_t ino) override;
+  absl::Status Reopen(uint64_t ino, uint64_t handle, int flags) override;
   // A POSIX origin's file system; the default (no fixed size) elsewhere.
   absl::StatusOr<struct statvfs> StatFs() override;
 
@@ -99,6 +106,8 @@ class VolumeTree final : public Tree {
   // The inode of `path`: a hash of it, stable across restarts, probing past
   // the (unlikely) collision with another path.
   uint64_t InoFor(const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads the inode log of a mount being taken over.
+  void LoadInodes() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::string> PathOf(uint64_t ino);
   // The origin's stat of `path` (fresh when `revalidate` or past the TTL).
   absl::StatusOr<cache::ObjectStat> StatPath(const std::string& path, uint64_t* ino,
@@ -134,7 +143,10 @@ class VolumeTree final : public Tree {
   absl::flat_hash_map<uint64_t, Handle> handles_ ABSL_GUARDED_BY(mu_);
   // Object stores: paths written but not uploaded yet -> their handle.
   absl::flat_hash_map<std::string, uint64_t> staged_paths_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
+  // Handles start at a random number, so that handles the kernel kept from
+  // a replaced daemon (see Reopen) do not collide with new ones.
+  uint64_t next_handle_ ABSL_GUARDED_BY(mu_);
+  int inode_log_fd_ = -1;
   std::atomic<uint64_t> reads_{0}, cached_reads_{0}, fetched_reads_{0}, direct_reads_{0};
   std::atomic<uint64_t> bytes_read_{0}, cached_bytes_{0}, bytes_written_{0}, errors_{0};
 };

@@ -153,8 +153,11 @@ class TestDriver {
   void Start() {
     node_db_ = std::move(*StateDb::Open(dir_ + "/state/node"));
     identity_ = std::make_unique<IdentityService>(kDriverName, controller_);
-    node_ = std::make_unique<NodeService>(*store_, *fetcher_,
-                                          NodeOptions{node_id_, dir_ + "/staging", node_db_.get()});
+    NodeOptions no;
+    no.node_id = node_id_;
+    no.staging_dir = dir_ + "/staging";
+    no.state = node_db_.get();
+    node_ = std::make_unique<NodeService>(*store_, *fetcher_, no);
     std::string socket = "unix://" + dir_ + "/csi.sock";
     grpc::ServerBuilder b;
     b.AddListeningPort(socket, grpc::InsecureServerCredentials());

@@ -639,6 +639,22 @@ class Manifests(unittest.TestCase):
             if m is not None:
                 self.expect_equal(d, "volumes[%s].hostPath.path" % m.get("name"), hp.get("path"), state)
 
+        # Restarts keep the mounts: the node daemon uses the fd-keeper
+        # container's socket, in the state directory they share.
+        self.expect_equal(d, where + ".args --fd-keeper", flag(strata, "--fd-keeper"), "connect")
+        keepers = [c for c in containers(spec) if strata_subcommand(c) == "fd-keeper"]
+        if len(keepers) != 1:
+            self.problem(d, "containers", "expected one container running `strata fd-keeper`")
+        elif isinstance(state, str):
+            keeper = keepers[0]
+            sock = flag(keeper, "--socket")
+            want = flag(strata, "--fd-keeper-socket") or os.path.join(state, "fd-keeper.sock")
+            kv, krel = resolve_path(spec, keeper, sock) if isinstance(sock, str) else (None, None)
+            nv, nrel = resolve_path(spec, strata, want)
+            if kv is None or nv is None or kv.get("name") != nv.get("name") or krel != nrel:
+                self.problem(d, "containers[%s].args --socket" % keeper.get("name"),
+                             "%r is not where strata node looks (%s)" % (sock, want))
+
         node_id = flag(strata, "--node-id")
         self.expect_equal(d, where + ".args --node-id", node_id, "$(KUBE_NODE_NAME)")
         env = {e.get("name"): e for e in strata.get("env") or []}
