@@ -41,19 +41,7 @@ absl::StatusOr<std::unique_ptr<cache::Origin>> OpenBase(const std::string& url,
                                                         const StringMap& secrets) {
   auto origin = cache::OpenOrigin(url, OriginOptionsFrom(secrets));
   if (!origin.ok()) return origin.status();
-  auto root = (*origin)->Stat("");
-  if (!root.ok()) {
-    // Transient trouble is Unavailable (the provisioner retries); an origin
-    // that is not there or refuses us needs the operator.
-    absl::StatusCode code = cache::IsTransient(root.status()) ? absl::StatusCode::kUnavailable
-                            : absl::IsNotFound(root.status())
-                                ? absl::StatusCode::kFailedPrecondition
-                                : root.status().code();
-    return absl::Status(
-        code, absl::StrCat("origin ", url, " is not reachable: ", root.status().message()));
-  }
-  if (!root->is_dir)
-    return absl::FailedPreconditionError(absl::StrCat("origin ", url, " is not a directory"));
+  if (absl::Status st = ProbeOrigin(**origin); !st.ok()) return st;
   return origin;
 }
 

@@ -116,6 +116,11 @@ Status IdentityService::Probe(grpc::ServerContext*, const ::csi::v1::ProbeReques
 
 NodeService::NodeService(cache::ChunkStore& store, cache::Fetcher& fetcher, NodeOptions options)
     : store_(store), fetcher_(fetcher), opts_(std::move(options)) {
+  for (const std::string& dir : {opts_.staging_dir, opts_.inode_dir}) {
+    std::error_code ec;
+    if (!dir.empty() && !std::filesystem::create_directories(dir, ec) && ec)
+      spdlog::error("cannot create {}: {}", dir, ec.message());
+  }
   absl::MutexLock l(&mu_);
   if (opts_.state) Recover();
 }
@@ -127,14 +132,9 @@ NodeService::~NodeService() {
 
 absl::Status NodeService::Start(Volume& v, int adopt_fd) {
   auto origin = cache::OpenOrigin(v.spec.origin, OriginOptionsFrom(v.secrets));
-  if (!origin.ok()) return absl::InvalidArgumentError(std::string(origin.status().message()));
+  if (!origin.ok()) return origin.status();
   v.origin = std::move(*origin);
-  auto root = v.origin->Stat("");
-  if (!root.ok() || !root->is_dir) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("origin ", v.spec.origin, " is not a reachable directory: ",
-                     root.ok() ? "it is a file" : std::string(root.status().message())));
-  }
+  if (absl::Status st = ProbeOrigin(*v.origin); !st.ok()) return st;
   std::error_code ec;
   std::filesystem::create_directories(v.mountpoint, ec);
   if (ec)

@@ -134,6 +134,26 @@ bool IsReaderOnly(const ::csi::v1::VolumeCapability& cap) {
   return m == Mode::SINGLE_NODE_READER_ONLY || m == Mode::MULTI_NODE_READER_ONLY;
 }
 
+absl::Status ProbeOrigin(cache::Origin& origin) {
+  auto root = origin.Stat("");
+  if (root.ok() && !root->is_dir) {
+    return absl::FailedPreconditionError(absl::StrCat("origin ", origin.url(), " is a file"));
+  }
+  absl::Status st = root.status();
+  if (st.ok() && origin.LocalRoot().empty()) {
+    st = origin.List("").status();
+    if (absl::IsUnimplemented(st)) st = absl::OkStatus();
+  }
+  if (st.ok()) return st;
+  // Transient trouble is Unavailable (callers retry); an origin that is not
+  // there needs the operator; refused credentials stay PermissionDenied.
+  absl::StatusCode code = cache::IsTransient(st) ? absl::StatusCode::kUnavailable
+                          : absl::IsNotFound(st) ? absl::StatusCode::kFailedPrecondition
+                                                 : st.code();
+  return absl::Status(code,
+                      absl::StrCat("origin ", origin.url(), " is not reachable: ", st.message()));
+}
+
 grpc::Status ToGrpc(const absl::Status& st) {
   if (st.ok()) return grpc::Status::OK;
   // absl and gRPC share the canonical code numbers.

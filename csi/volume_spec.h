@@ -59,6 +59,11 @@ std::string JoinOriginUrl(const std::string& base, const std::string& sub);
 grpc::Status CheckCapability(const ::csi::v1::VolumeCapability& cap);
 bool IsReaderOnly(const ::csi::v1::VolumeCapability& cap);
 
+// Checks that `origin` answers with our credentials and that its root is a
+// directory. An object store's root "exists" without asking it, so its
+// listing is read as well: bad keys show here, not at the first write.
+absl::Status ProbeOrigin(cache::Origin& origin);
+
 // An absl::Status as a gRPC status with the corresponding code.
 grpc::Status ToGrpc(const absl::Status& status);
 

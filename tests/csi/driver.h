@@ -128,7 +128,8 @@ class TestDriver {
   }
 
   grpc::Status Create(const std::string& name, const Context& params, int64_t required,
-                      ::csi::v1::CreateVolumeResponse* resp, int64_t limit = 0) {
+                      ::csi::v1::CreateVolumeResponse* resp, int64_t limit = 0,
+                      const Context& secrets = {}) {
     grpc::ClientContext ctx;
     ::csi::v1::CreateVolumeRequest req;
     req.set_name(name);
@@ -138,13 +139,15 @@ class TestDriver {
       req.mutable_capacity_range()->set_limit_bytes(limit);
     }
     for (const auto& [k, v] : params) (*req.mutable_parameters())[k] = v;
+    for (const auto& [k, v] : secrets) (*req.mutable_secrets())[k] = v;
     return ctl_stub_->CreateVolume(&ctx, req, resp);
   }
 
-  grpc::Status Delete(const std::string& id) {
+  grpc::Status Delete(const std::string& id, const Context& secrets = {}) {
     grpc::ClientContext ctx;
     ::csi::v1::DeleteVolumeRequest req;
     req.set_volume_id(id);
+    for (const auto& [k, v] : secrets) (*req.mutable_secrets())[k] = v;
     ::csi::v1::DeleteVolumeResponse resp;
     return ctl_stub_->DeleteVolume(&ctx, req, &resp);
   }
