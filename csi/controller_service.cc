@@ -25,8 +25,6 @@ constexpr char kTokenPrefix[] = "after:";
 constexpr char kPvcNamespace[] = "csi.storage.k8s.io/pvc/namespace";
 constexpr char kPvcName[] = "csi.storage.k8s.io/pvc/name";
 
-Status Invalid(const std::string& what) { return Status(StatusCode::INVALID_ARGUMENT, what); }
-
 // A name that is one safe path component.
 absl::Status CheckComponent(const std::string& what, const std::string& v) {
   if (v.empty() || v == "." || v == ".." || v.size() > 255 ||
@@ -107,14 +105,14 @@ Status ControllerService::CreateVolume(grpc::ServerContext*,
                                        const ::csi::v1::CreateVolumeRequest* req,
                                        ::csi::v1::CreateVolumeResponse* resp) {
   const std::string& name = req->name();
-  if (name.empty()) return Invalid("name is missing");
+  if (name.empty()) return InvalidArgument("name is missing");
   if (absl::Status st = CheckComponent("volume name", name); !st.ok()) return ToGrpc(st);
-  if (req->volume_capabilities().empty()) return Invalid("volume_capabilities is missing");
+  if (req->volume_capabilities().empty()) return InvalidArgument("volume_capabilities is missing");
   for (const auto& cap : req->volume_capabilities()) {
     if (Status st = CheckCapability(cap); !st.ok()) return st;
   }
   if (req->has_volume_content_source())
-    return Invalid("volumes from snapshots or clones are not supported");
+    return InvalidArgument("volumes from snapshots or clones are not supported");
   auto capacity = CapacityFor(req->capacity_range());
   if (!capacity.ok()) return ToGrpc(capacity.status());
 
@@ -124,11 +122,12 @@ Status ControllerService::CreateVolume(grpc::ServerContext*,
   for (const auto& [key, value] : req->parameters()) {
     if (key == kSubPathFrom) {
       if (value != "pv" && value != "pvc")
-        return Invalid(absl::StrCat("subPathFrom must be pv or pvc, not '", value, "'"));
+        return InvalidArgument(absl::StrCat("subPathFrom must be pv or pvc, not '", value, "'"));
       sub_from = value;
     } else if (key == kOnDelete) {
       if (value != "delete" && value != "retain")
-        return Invalid(absl::StrCat("onDelete must be delete or retain, not '", value, "'"));
+        return InvalidArgument(
+            absl::StrCat("onDelete must be delete or retain, not '", value, "'"));
       on_delete = value;
     } else if (absl::StartsWith(key, "csi.storage.k8s.io/")) {
       continue;  // the provisioner's metadata (--extra-create-metadata)
@@ -141,7 +140,7 @@ Status ControllerService::CreateVolume(grpc::ServerContext*,
     }
   }
   if (base.empty()) {
-    return Invalid(
+    return InvalidArgument(
         "the StorageClass has no 'origin' parameter (file:///dir or s3://bucket/prefix) and the "
         "controller has no --default-origin");
   }
@@ -149,7 +148,7 @@ Status ControllerService::CreateVolume(grpc::ServerContext*,
   if (sub_from == "pvc") {
     auto ns = req->parameters().find(kPvcNamespace), pvc = req->parameters().find(kPvcName);
     if (ns == req->parameters().end() || pvc == req->parameters().end()) {
-      return Invalid(
+      return InvalidArgument(
           "subPathFrom=pvc needs the PVC's namespace and name: run csi-provisioner with "
           "--extra-create-metadata");
     }
@@ -197,7 +196,7 @@ Status ControllerService::CreateVolume(grpc::ServerContext*,
 Status ControllerService::DeleteVolume(grpc::ServerContext*,
                                        const ::csi::v1::DeleteVolumeRequest* req,
                                        ::csi::v1::DeleteVolumeResponse*) {
-  if (req->volume_id().empty()) return Invalid("volume_id is missing");
+  if (req->volume_id().empty()) return InvalidArgument("volume_id is missing");
   absl::MutexLock l(&mu_);
   const std::string key = kVolumePrefix + req->volume_id();
   auto rec = db_.Get(key);
@@ -222,8 +221,8 @@ Status ControllerService::DeleteVolume(grpc::ServerContext*,
 Status ControllerService::ValidateVolumeCapabilities(
     grpc::ServerContext*, const ::csi::v1::ValidateVolumeCapabilitiesRequest* req,
     ::csi::v1::ValidateVolumeCapabilitiesResponse* resp) {
-  if (req->volume_id().empty()) return Invalid("volume_id is missing");
-  if (req->volume_capabilities().empty()) return Invalid("volume_capabilities is missing");
+  if (req->volume_id().empty()) return InvalidArgument("volume_id is missing");
+  if (req->volume_capabilities().empty()) return InvalidArgument("volume_capabilities is missing");
   auto rec = db_.Get(kVolumePrefix + req->volume_id());
   if (!rec.ok()) return ToGrpc(rec.status());
   if (!rec->has_value())
@@ -251,7 +250,7 @@ Status ControllerService::ValidateVolumeCapabilities(
 Status ControllerService::ListVolumes(grpc::ServerContext*,
                                       const ::csi::v1::ListVolumesRequest* req,
                                       ::csi::v1::ListVolumesResponse* resp) {
-  if (req->max_entries() < 0) return Invalid("max_entries is negative");
+  if (req->max_entries() < 0) return InvalidArgument("max_entries is negative");
   std::string after;
   if (!req->starting_token().empty()) {
     // Tokens name the last volume returned, so volumes deleted between
@@ -319,8 +318,8 @@ Status ControllerService::ControllerGetCapabilities(
 Status ControllerService::ControllerExpandVolume(
     grpc::ServerContext*, const ::csi::v1::ControllerExpandVolumeRequest* req,
     ::csi::v1::ControllerExpandVolumeResponse* resp) {
-  if (req->volume_id().empty()) return Invalid("volume_id is missing");
-  if (!req->has_capacity_range()) return Invalid("capacity_range is missing");
+  if (req->volume_id().empty()) return InvalidArgument("volume_id is missing");
+  if (!req->has_capacity_range()) return InvalidArgument("capacity_range is missing");
   auto wanted = CapacityFor(req->capacity_range());
   if (!wanted.ok()) return ToGrpc(wanted.status());
   if (req->has_volume_capability()) {

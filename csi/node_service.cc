@@ -28,8 +28,6 @@ constexpr char kPublishedPrefix[] = "published/";
 
 std::string KeeperKey(const std::string& volume_id) { return "volume/" + volume_id; }
 
-Status Invalid(const std::string& what) { return Status(StatusCode::INVALID_ARGUMENT, what); }
-
 bool IsMountpoint(const std::string& path) {
   std::ifstream m("/proc/self/mounts");
   std::string dev, dir, rest;
@@ -319,9 +317,9 @@ void NodeService::Recover() {
 Status NodeService::NodeStageVolume(grpc::ServerContext*,
                                     const ::csi::v1::NodeStageVolumeRequest* req,
                                     ::csi::v1::NodeStageVolumeResponse*) {
-  if (req->volume_id().empty()) return Invalid("volume_id is missing");
-  if (req->staging_target_path().empty()) return Invalid("staging_target_path is missing");
-  if (!req->has_volume_capability()) return Invalid("volume_capability is missing");
+  if (req->volume_id().empty()) return InvalidArgument("volume_id is missing");
+  if (req->staging_target_path().empty()) return InvalidArgument("staging_target_path is missing");
+  if (!req->has_volume_capability()) return InvalidArgument("volume_capability is missing");
   const auto& cap = req->volume_capability();
   if (Status st = CheckCapability(cap); !st.ok()) return st;
   auto spec = ParseVolumeContext(req->volume_context());
@@ -377,8 +375,8 @@ Status NodeService::NodeStageVolume(grpc::ServerContext*,
 Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
                                       const ::csi::v1::NodeUnstageVolumeRequest* req,
                                       ::csi::v1::NodeUnstageVolumeResponse*) {
-  if (req->volume_id().empty()) return Invalid("volume_id is missing");
-  if (req->staging_target_path().empty()) return Invalid("staging_target_path is missing");
+  if (req->volume_id().empty()) return InvalidArgument("volume_id is missing");
+  if (req->staging_target_path().empty()) return InvalidArgument("staging_target_path is missing");
   const std::string& path = req->staging_target_path();
   absl::MutexLock l(&mu_);
   for (const auto& [target, p] : published_) {
@@ -451,9 +449,9 @@ Status NodeService::PublishInline(const ::csi::v1::NodePublishVolumeRequest& req
 Status NodeService::NodePublishVolume(grpc::ServerContext*,
                                       const ::csi::v1::NodePublishVolumeRequest* req,
                                       ::csi::v1::NodePublishVolumeResponse*) {
-  if (req->volume_id().empty()) return Invalid("volume_id is missing");
-  if (req->target_path().empty()) return Invalid("target_path is missing");
-  if (!req->has_volume_capability()) return Invalid("volume_capability is missing");
+  if (req->volume_id().empty()) return InvalidArgument("volume_id is missing");
+  if (req->target_path().empty()) return InvalidArgument("target_path is missing");
+  if (!req->has_volume_capability()) return InvalidArgument("volume_capability is missing");
   const auto& cap = req->volume_capability();
   if (Status st = CheckCapability(cap); !st.ok()) return st;
   Publication p;
@@ -475,8 +473,9 @@ Status NodeService::NodePublishVolume(grpc::ServerContext*,
     // No stage: an inline volume in a pod spec, mounted at the target.
     auto spec = ParseVolumeContext(req->volume_context());
     if (!spec.ok()) {
-      return Invalid(absl::StrCat("staging_target_path is missing, and this is no inline volume: ",
-                                  spec.status().message()));
+      return InvalidArgument(
+          absl::StrCat("staging_target_path is missing, and this is no inline volume: ",
+                       spec.status().message()));
     }
     return PublishInline(*req, *spec, p);
   }
@@ -505,8 +504,8 @@ Status NodeService::NodePublishVolume(grpc::ServerContext*,
 Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
                                         const ::csi::v1::NodeUnpublishVolumeRequest* req,
                                         ::csi::v1::NodeUnpublishVolumeResponse*) {
-  if (req->volume_id().empty()) return Invalid("volume_id is missing");
-  if (req->target_path().empty()) return Invalid("target_path is missing");
+  if (req->volume_id().empty()) return InvalidArgument("volume_id is missing");
+  if (req->target_path().empty()) return InvalidArgument("target_path is missing");
   const std::string& target = req->target_path();
   absl::MutexLock l(&mu_);
   auto pub = published_.find(target);
@@ -535,8 +534,8 @@ Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
 Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
                                        const ::csi::v1::NodeGetVolumeStatsRequest* req,
                                        ::csi::v1::NodeGetVolumeStatsResponse* resp) {
-  if (req->volume_id().empty()) return Invalid("volume_id is missing");
-  if (req->volume_path().empty()) return Invalid("volume_path is missing");
+  if (req->volume_id().empty()) return InvalidArgument("volume_id is missing");
+  if (req->volume_path().empty()) return InvalidArgument("volume_path is missing");
   const std::string& path = req->volume_path();
   std::shared_ptr<cache::Origin> origin;
   bool running = false;

@@ -97,9 +97,7 @@ std::string JoinOriginUrl(const std::string& base, const std::string& sub) {
 }
 
 grpc::Status CheckCapability(const ::csi::v1::VolumeCapability& cap) {
-  auto invalid = [](const std::string& m) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, m);
-  };
+  const auto& invalid = InvalidArgument;
   if (cap.has_block())
     return invalid("block access is not supported: Strata volumes are filesystems");
   if (!cap.has_mount()) return invalid("volume_capability needs access_type mount");
@@ -152,6 +150,10 @@ absl::Status ProbeOrigin(cache::Origin& origin) {
                                                  : st.code();
   return absl::Status(code,
                       absl::StrCat("origin ", origin.url(), " is not reachable: ", st.message()));
+}
+
+grpc::Status InvalidArgument(const std::string& what) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, what);
 }
 
 grpc::Status ToGrpc(const absl::Status& st) {

@@ -64,6 +64,9 @@ bool IsReaderOnly(const ::csi::v1::VolumeCapability& cap);
 // listing is read as well: bad keys show here, not at the first write.
 absl::Status ProbeOrigin(cache::Origin& origin);
 
+// INVALID_ARGUMENT with `what` to fix.
+grpc::Status InvalidArgument(const std::string& what);
+
 // An absl::Status as a gRPC status with the corresponding code.
 grpc::Status ToGrpc(const absl::Status& status);
 

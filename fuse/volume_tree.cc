@@ -225,13 +225,10 @@ absl::StatusOr<OpenResult> VolumeTree::Open(uint64_t ino, int flags) {
   if (writing) {
     if (absl::Status w = Writable("open for writing"); !w.ok()) return w;
   }
-  auto path = PathOf(ino);
-  if (!path.ok()) return path.status();
-  uint64_t got;
-  // Close-to-open: what another node wrote and closed is what this open sees.
-  auto st = StatPath(*path, &got, /*revalidate=*/true);
-  if (!st.ok()) return st.status();
-  if (st->is_dir) return PosixError(EISDIR, *path);
+  auto file = FileToOpen(ino);
+  if (!file.ok()) return file.status();
+  const std::string* path = &file->first;
+  const cache::ObjectStat* st = &file->second;
   if (!writing) return AddHandle(ino, *path, *st, -1);
   if (posix()) {
     int fd = ::open(Local(*path).c_str(),
@@ -258,17 +255,26 @@ absl::StatusOr<OpenResult> VolumeTree::Open(uint64_t ino, int flags) {
   return h;
 }
 
+absl::StatusOr<std::pair<std::string, cache::ObjectStat>> VolumeTree::FileToOpen(uint64_t ino) {
+  auto path = PathOf(ino);
+  if (!path.ok()) return path.status();
+  uint64_t got;
+  // Close-to-open: what another node wrote and closed is what this open sees.
+  auto st = StatPath(*path, &got, /*revalidate=*/true);
+  if (!st.ok()) return st.status();
+  if (st->is_dir) return PosixError(EISDIR, *path);
+  return std::make_pair(*path, *st);
+}
+
 absl::Status VolumeTree::Reopen(uint64_t ino, uint64_t handle, int flags) {
   {
     absl::MutexLock l(&mu_);
     if (handles_.contains(handle)) return absl::OkStatus();
   }
-  auto path = PathOf(ino);
-  if (!path.ok()) return path.status();
-  uint64_t got;
-  auto st = StatPath(*path, &got, /*revalidate=*/true);
-  if (!st.ok()) return st.status();
-  if (st->is_dir) return PosixError(EISDIR, *path);
+  auto file = FileToOpen(ino);
+  if (!file.ok()) return file.status();
+  const std::string* path = &file->first;
+  const cache::ObjectStat* st = &file->second;
   int fd = -1;
   if ((flags & O_ACCMODE) != O_RDONLY) {
     if (!posix()) {

@@ -102,6 +102,9 @@ class VolumeTree final : public Tree {
     std::string staged;  // object stores: the local file uploaded on flush
   };
 
+  // The path and fresh attributes of the file `ino`, for an open; EISDIR
+  // for a directory.
+  absl::StatusOr<std::pair<std::string, cache::ObjectStat>> FileToOpen(uint64_t ino);
   absl::StatusOr<ReadResult> ReadUncounted(uint64_t handle, uint64_t offset, size_t size);
   // The inode of `path`: a hash of it, stable across restarts, probing past
   // the (unlikely) collision with another path.

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/types/span.h"
+#include "cache/origin.h"
 
 namespace strata::cache::testing {
 
@@ -46,6 +47,19 @@ inline std::string Pattern(uint64_t seed, uint32_t index, size_t len) {
 inline std::string ReadPath(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// The whole object `path` as the origin at `url` itself has it (not through
+// a cache or a mount): "<missing>" when it is not there, "<...>" on errors.
+inline std::string ReadAtOrigin(const std::string& url, const OriginOptions& options,
+                                const std::string& path) {
+  auto origin = OpenOrigin(url, options);
+  if (!origin.ok()) return "<" + std::string(origin.status().message()) + ">";
+  auto st = (*origin)->Stat(path);
+  if (!st.ok()) return "<missing>";
+  std::string out(st->size, '\0');
+  if (!(*origin)->ReadRange(path, *st, 0, absl::MakeSpan(out)).ok()) return "<unreadable>";
+  return out;
 }
 
 }  // namespace strata::cache::testing

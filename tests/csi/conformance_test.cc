@@ -161,43 +161,16 @@ TEST_F(CsiConformanceTest, NodeKilledWhileReadingServesAgainAfterRestart) {
     EXPECT_TRUE(ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10)));
     return ch;
   };
-  auto channel = connect();
-  auto ctl = ::csi::v1::Controller::NewStub(channel);
-  auto nod = ::csi::v1::Node::NewStub(channel);
-
+  CsiClient client(connect());
   ::csi::v1::CreateVolumeResponse created;
-  {
-    grpc::ClientContext c;
-    ::csi::v1::CreateVolumeRequest req;
-    req.set_name("pvc-k");
-    *req.add_volume_capabilities() = MountCap();
-    (*req.mutable_parameters())["origin"] = "file://" + origin_;
-    ASSERT_TRUE(ctl->CreateVolume(&c, req, &created).ok());
-  }
+  ASSERT_TRUE(client.Create("pvc-k", {{"origin", "file://" + origin_}}, 0, &created).ok());
+  Context ctx(created.volume().volume_context().begin(), created.volume().volume_context().end());
   std::string weights(8 << 20, '\0');
   for (size_t i = 0; i < weights.size(); ++i) weights[i] = static_cast<char>(i * 7 + i / 4096);
   std::ofstream(origin_ + "/pvc-k/weights.bin", std::ios::binary) << weights;
   std::string stage = Kubelet("a", "staging/pvc-k"), pod = Kubelet("a", "pods/p/pvc-k");
-  {
-    grpc::ClientContext c;
-    ::csi::v1::NodeStageVolumeRequest req;
-    req.set_volume_id("pvc-k");
-    req.set_staging_target_path(stage);
-    *req.mutable_volume_capability() = MountCap();
-    *req.mutable_volume_context() = created.volume().volume_context();
-    ::csi::v1::NodeStageVolumeResponse resp;
-    ASSERT_TRUE(nod->NodeStageVolume(&c, req, &resp).ok());
-  }
-  {
-    grpc::ClientContext c;
-    ::csi::v1::NodePublishVolumeRequest req;
-    req.set_volume_id("pvc-k");
-    req.set_staging_target_path(stage);
-    req.set_target_path(pod);
-    *req.mutable_volume_capability() = MountCap();
-    ::csi::v1::NodePublishVolumeResponse resp;
-    ASSERT_TRUE(nod->NodePublishVolume(&c, req, &resp).ok());
-  }
+  ASSERT_TRUE(client.Stage("pvc-k", stage, ctx).ok());
+  ASSERT_TRUE(client.Publish("pvc-k", stage, pod, false).ok());
   int fd = ::open((pod + "/weights.bin").c_str(), O_RDONLY);
   ASSERT_GE(fd, 0);
   std::string head(1 << 20, '\0');
@@ -243,26 +216,11 @@ TEST_F(CsiConformanceTest, NodeKilledWhileReadingServesAgainAfterRestart) {
   EXPECT_EQ(ReadPath(seen), weights) << "the pod's private view of the volume";
 
   // kubelet's teardown works against the restarted daemon.
-  channel = connect();
-  nod = ::csi::v1::Node::NewStub(channel);
-  {
-    grpc::ClientContext c;
-    ::csi::v1::NodeUnpublishVolumeRequest req;
-    req.set_volume_id("pvc-k");
-    req.set_target_path(pod);
-    ::csi::v1::NodeUnpublishVolumeResponse resp;
-    grpc::Status st = nod->NodeUnpublishVolume(&c, req, &resp);
-    ASSERT_TRUE(st.ok()) << st.error_message();
-  }
-  {
-    grpc::ClientContext c;
-    ::csi::v1::NodeUnstageVolumeRequest req;
-    req.set_volume_id("pvc-k");
-    req.set_staging_target_path(stage);
-    ::csi::v1::NodeUnstageVolumeResponse resp;
-    grpc::Status st = nod->NodeUnstageVolume(&c, req, &resp);
-    ASSERT_TRUE(st.ok()) << st.error_message();
-  }
+  client.Connect(connect());
+  grpc::Status st = client.Unpublish("pvc-k", pod);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  st = client.Unstage("pvc-k", stage);
+  ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_FALSE(strata::testing::IsMounted(stage));
   EXPECT_FALSE(std::filesystem::exists(pod));
   ::kill(node.pid, SIGTERM);

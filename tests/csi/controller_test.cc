@@ -283,5 +283,23 @@ TEST_F(CsiControllerTest, RecordsOutliveTheController) {
   EXPECT_FALSE(std::filesystem::exists(origin_ + "/pvc-1"));
 }
 
+// csi-sanity and single-class clusters send no parameters: the
+// controller's --default-origin stands in for the class's origin.
+TEST_F(CsiControllerTest, DefaultOriginServesClassesWithoutOne) {
+  driver_.reset();
+  driver_ = std::make_unique<TestDriver>(dir_.path() + "/d2", "node-a", /*controller=*/true,
+                                         "file://" + origin_);
+  ::csi::v1::CreateVolumeResponse r;
+  ASSERT_TRUE(driver_->Create("sanity", {}, 0, &r).ok());
+  EXPECT_EQ(r.volume().volume_context().at("origin"), "file://" + origin_ + "/sanity");
+  EXPECT_TRUE(std::filesystem::is_directory(origin_ + "/sanity"));
+  grpc::ClientContext ctx;
+  ::csi::v1::GetCapacityResponse cap;
+  ASSERT_TRUE(driver_->controller().GetCapacity(&ctx, {}, &cap).ok());
+  EXPECT_GT(cap.available_capacity(), 0);
+  ASSERT_TRUE(driver_->Delete("sanity").ok());
+  EXPECT_FALSE(std::filesystem::exists(origin_ + "/sanity"));
+}
+
 }  // namespace
 }  // namespace strata::csi::testing

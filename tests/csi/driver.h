@@ -1,7 +1,7 @@
 // A Strata CSI driver in the test process, served over a real gRPC unix
 // socket (one chunk cache, one state directory, Identity + Node and,
-// optionally, Controller), and the calls kubelet and the external
-// provisioner make, as one-line helpers.
+// optionally, Controller), and a client making the calls kubelet and the
+// external provisioner make.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -32,44 +32,21 @@ inline ::csi::v1::VolumeCapability MountCap(
   return cap;
 }
 
-class TestDriver {
+// The calls kubelet and the external provisioner make, over one channel,
+// as one-line helpers.
+class CsiClient {
  public:
-  // `dir` holds the cache, the state and the socket. With `controller`, the
-  // driver also serves the Controller service.
-  TestDriver(std::string dir, std::string node_id, bool controller = false,
-             std::string default_origin = "")
-      : dir_(std::move(dir)),
-        node_id_(std::move(node_id)),
-        controller_(controller),
-        default_origin_(std::move(default_origin)) {
-    cache::StoreOptions so;
-    so.dir = dir_ + "/cache";
-    store_ = std::move(*cache::ChunkStore::Open(so));
-    fetcher_ = std::make_unique<cache::Fetcher>(*store_);
-    Start();
-  }
-  ~TestDriver() { Shutdown(); }
-
-  // What `strata node` does when it stops and starts again: the services
-  // and their FUSE sessions go; the new ones read the records.
-  void Restart() {
-    Shutdown();
-    Start();
-  }
-
-  void Shutdown() {
-    if (server_) server_->Shutdown();
-    server_.reset();
-    node_.reset();
-    controller_svc_.reset();
-    node_db_.reset();
-    controller_db_.reset();
+  CsiClient() = default;
+  explicit CsiClient(const std::shared_ptr<grpc::Channel>& channel) { Connect(channel); }
+  void Connect(const std::shared_ptr<grpc::Channel>& channel) {
+    id_stub_ = ::csi::v1::Identity::NewStub(channel);
+    node_stub_ = ::csi::v1::Node::NewStub(channel);
+    ctl_stub_ = ::csi::v1::Controller::NewStub(channel);
   }
 
   ::csi::v1::Identity::Stub& identity() { return *id_stub_; }
   ::csi::v1::Node::Stub& node() { return *node_stub_; }
   ::csi::v1::Controller::Stub& controller() { return *ctl_stub_; }
-  NodeService& node_service() { return *node_; }
 
   grpc::Status Stage(const std::string& id, const std::string& path, const Context& context,
                      const ::csi::v1::VolumeCapability& cap = MountCap(),
@@ -153,6 +130,48 @@ class TestDriver {
   }
 
  private:
+  std::unique_ptr<::csi::v1::Identity::Stub> id_stub_;
+  std::unique_ptr<::csi::v1::Node::Stub> node_stub_;
+  std::unique_ptr<::csi::v1::Controller::Stub> ctl_stub_;
+};
+
+class TestDriver : public CsiClient {
+ public:
+  // `dir` holds the cache, the state and the socket. With `controller`, the
+  // driver also serves the Controller service.
+  TestDriver(std::string dir, std::string node_id, bool controller = false,
+             std::string default_origin = "")
+      : dir_(std::move(dir)),
+        node_id_(std::move(node_id)),
+        controller_(controller),
+        default_origin_(std::move(default_origin)) {
+    cache::StoreOptions so;
+    so.dir = dir_ + "/cache";
+    store_ = std::move(*cache::ChunkStore::Open(so));
+    fetcher_ = std::make_unique<cache::Fetcher>(*store_);
+    Start();
+  }
+  ~TestDriver() { Shutdown(); }
+
+  // What `strata node` does when it stops and starts again: the services
+  // and their FUSE sessions go; the new ones read the records.
+  void Restart() {
+    Shutdown();
+    Start();
+  }
+
+  void Shutdown() {
+    if (server_) server_->Shutdown();
+    server_.reset();
+    node_.reset();
+    controller_svc_.reset();
+    node_db_.reset();
+    controller_db_.reset();
+  }
+
+  NodeService& node_service() { return *node_; }
+
+ private:
   void Start() {
     node_db_ = std::move(*StateDb::Open(dir_ + "/state/node"));
     identity_ = std::make_unique<IdentityService>(kDriverName, controller_);
@@ -173,10 +192,7 @@ class TestDriver {
       b.RegisterService(controller_svc_.get());
     }
     server_ = b.BuildAndStart();
-    auto channel = grpc::CreateChannel(socket, grpc::InsecureChannelCredentials());
-    id_stub_ = ::csi::v1::Identity::NewStub(channel);
-    node_stub_ = ::csi::v1::Node::NewStub(channel);
-    ctl_stub_ = ::csi::v1::Controller::NewStub(channel);
+    Connect(grpc::CreateChannel(socket, grpc::InsecureChannelCredentials()));
   }
 
   std::string dir_, node_id_;
@@ -189,9 +205,6 @@ class TestDriver {
   std::unique_ptr<NodeService> node_;
   std::unique_ptr<ControllerService> controller_svc_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<::csi::v1::Identity::Stub> id_stub_;
-  std::unique_ptr<::csi::v1::Node::Stub> node_stub_;
-  std::unique_ptr<::csi::v1::Controller::Stub> ctl_stub_;
 };
 
 // Lazily detaches whatever a test left mounted under `dir`, deepest first.

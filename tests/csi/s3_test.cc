@@ -46,14 +46,8 @@ class CsiS3Test : public ::testing::Test {
   }
   // The bucket's own view of `path` under the volume prefix.
   std::string AtOrigin(const std::string& url, const std::string& path) {
-    cache::OriginOptions o = OriginOptionsFrom(StringMap(secrets_.begin(), secrets_.end()));
-    auto origin = cache::OpenOrigin(url, o);
-    if (!origin.ok()) return "<" + std::string(origin.status().message()) + ">";
-    auto st = (*origin)->Stat(path);
-    if (!st.ok()) return "<missing>";
-    std::string out(st->size, '\0');
-    if (!(*origin)->ReadRange(path, *st, 0, absl::MakeSpan(out)).ok()) return "<unreadable>";
-    return out;
+    return cache::testing::ReadAtOrigin(
+        url, OriginOptionsFrom(StringMap(secrets_.begin(), secrets_.end())), path);
   }
 
   TempDir dir_;

@@ -53,14 +53,7 @@ class S3VolumeTest : public ::testing::Test {
 
   // The origin's own view, not through the mount.
   std::string AtOrigin(const std::string& path) {
-    cache::OriginOptions o;
-    auto origin = cache::OpenOrigin(url_, o);
-    if (!origin.ok()) return "<" + std::string(origin.status().message()) + ">";
-    auto st = (*origin)->Stat(path);
-    if (!st.ok()) return "<missing>";
-    std::string out(st->size, '\0');
-    if (!(*origin)->ReadRange(path, *st, 0, absl::MakeSpan(out)).ok()) return "<unreadable>";
-    return out;
+    return cache::testing::ReadAtOrigin(url_, {}, path);
   }
 
   TempDir dir_;
