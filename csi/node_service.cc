@@ -579,10 +579,9 @@ Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
   } else if (!IsMountpoint(path)) {
     cond->set_abnormal(true);
     cond->set_message(absl::StrCat(path, " is not mounted any more"));
-  } else if (auto root = origin->Stat(""); !root.ok()) {
+  } else if (absl::Status probe = ProbeOrigin(*origin); !probe.ok()) {
     cond->set_abnormal(true);
-    cond->set_message(absl::StrCat("origin ", origin->url(), " is unreachable: ",
-                                   root.status().message(), "; cached data is still served"));
+    cond->set_message(absl::StrCat(probe.message(), "; cached data is still served"));
   } else if (!sv.ok()) {
     cond->set_abnormal(true);
     cond->set_message(absl::StrCat("no usage: ", sv.status().message()));

@@ -194,7 +194,7 @@ TEST_F(CsiNodeTest, VolumeStatsAndCondition) {
   stats.Clear();
   ASSERT_TRUE(driver_->Stats("pv-1", staging_, &stats).ok());
   EXPECT_TRUE(stats.volume_condition().abnormal());
-  EXPECT_THAT(stats.volume_condition().message(), HasSubstr("unreachable"));
+  EXPECT_THAT(stats.volume_condition().message(), HasSubstr("not reachable"));
   std::filesystem::rename(origin_ + ".moved", origin_);
 
   // The FUSE session dies (aborted from outside): abnormal.
