@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -188,6 +189,36 @@ TEST_F(CsiConformanceTest, NodeKilledWhileReadingServesAgainAfterRestart) {
            pod + "/weights.bin > " + seen});
   ASSERT_GT(pod_ns.pid, 0);
 
+  // Another reader keeps the daemon busy across the kill: its page cache
+  // dropped before each read, so every read is a FUSE request. A request
+  // the killed daemon had taken may fail (ECONNABORTED); none may return
+  // wrong bytes, and reading goes on once the next daemon serves.
+  std::atomic<bool> stop{false}, restarted{false};
+  std::atomic<int> busy_ok{0}, busy_ok_after{0}, busy_aborted{0}, busy_wrong{0}, busy_other{0};
+  std::thread busy([&] {
+    int bfd = ::open((pod + "/weights.bin").c_str(), O_RDONLY);
+    std::string buf(1 << 20, '\0');
+    for (int i = 0; i < 20000 && !stop; ++i) {
+      off_t off = static_cast<off_t>((i % 8) << 20);
+      ::posix_fadvise(bfd, off, buf.size(), POSIX_FADV_DONTNEED);
+      ssize_t got = ::pread(bfd, buf.data(), buf.size(), off);
+      if (got == static_cast<ssize_t>(buf.size())) {
+        if (buf != weights.substr(off, buf.size())) {
+          ++busy_wrong;
+        } else {
+          ++busy_ok;
+          if (restarted) ++busy_ok_after;
+        }
+      } else if (got < 0 && errno == ECONNABORTED) {
+        ++busy_aborted;
+      } else {
+        ++busy_other;
+      }
+    }
+    ::close(bfd);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+
   ::kill(node.pid, SIGKILL);
   strata::testing::Wait(node, std::chrono::seconds(10));
   // The reader goes on reading; its request waits for the next daemon.
@@ -203,7 +234,16 @@ TEST_F(CsiConformanceTest, NodeKilledWhileReadingServesAgainAfterRestart) {
   ASSERT_GT(node.pid, 0);
   out = strata::testing::ReadUntil(node.out, "running", std::chrono::seconds(30));
   ASSERT_THAT(out, HasSubstr("running"));
+  restarted = true;
   reader.join();
+  for (int i = 0; i < 200 && busy_ok_after < 20; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  stop = true;
+  busy.join();
+  EXPECT_EQ(busy_wrong, 0);
+  EXPECT_EQ(busy_other, 0);
+  EXPECT_LE(busy_aborted, 16) << "at most the requests the killed daemon held";
+  EXPECT_GE(busy_ok_after, 20) << "reading went on after the restart";
   ASSERT_EQ(n, static_cast<ssize_t>(after.size()))
       << std::strerror(read_errno) << "\n"
       << out << strata::testing::ReadUntil(node.out, "", std::chrono::seconds(1));
