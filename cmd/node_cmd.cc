@@ -10,10 +10,12 @@
 #include <filesystem>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
 #include "cache/logging.h"
 #include "cmd/commands.h"
+#include "cmd/metrics_server.h"
 #include "csi/controller_service.h"
 #include "csi/node_service.h"
 
@@ -132,6 +134,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
     std::string fd_keeper = "spawn";
     std::string fd_keeper_socket;
     double fd_keeper_grace = 120;
+    int metrics_port = -1;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* c = app.add_subcommand(
@@ -158,6 +161,9 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
                 "The FD keeper's socket (default: STATE_DIR/fd-keeper.sock)");
   c->add_option("--fd-keeper-grace", o->fd_keeper_grace,
                 "Seconds a spawned keeper holds mounts for a daemon that does not come back")
+      ->capture_default_str();
+  c->add_option("--metrics-port", o->metrics_port,
+                "Port on 127.0.0.1 for /metrics and /healthz (0: any free port; -1: none)")
       ->capture_default_str();
   c->callback([o, &run] {
     run = [o]() -> int {
@@ -224,6 +230,38 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
                     controller ? ", Node and Controller" : " and Node", o->csi_endpoint.c_str(),
                     node_id.c_str());
       }
+      std::unique_ptr<MetricsServer> metrics;
+      if (o->metrics_port >= 0) {
+        csi::NodeService* n = node.get();
+        auto ms = MetricsServer::Start(
+            o->metrics_port,
+            [&, n] {
+              std::string text = PrometheusText(
+                  (*store)->Stats(), fetcher.Stats(),
+                  n ? std::optional<fuse::VolumeStats>(n->VolumeTotals()) : std::nullopt);
+              if (n) {
+                absl::StrAppend(&text, "# HELP strata_volumes Volumes this node serves.\n",
+                                "# TYPE strata_volumes gauge\nstrata_volumes ", n->Volumes(),
+                                "\n# HELP strata_volumes_dead Volumes whose FUSE session ended.\n",
+                                "# TYPE strata_volumes_dead gauge\nstrata_volumes_dead ",
+                                n->DeadVolumes(), "\n");
+              }
+              return text;
+            },
+            [&, n]() -> absl::Status {
+              if (n && n->DeadVolumes() > 0) {
+                return absl::UnavailableError(absl::StrCat(
+                    n->DeadVolumes(), " volumes' FUSE sessions have ended (see the log)"));
+              }
+              return (*store)->health();
+            });
+        if (!ms.ok()) {
+          spdlog::error("{}", ms.status().message());
+          return 1;
+        }
+        metrics = std::move(*ms);
+        std::printf("strata node: metrics on http://127.0.0.1:%d/metrics\n", metrics->port());
+      }
       cache::StoreStats s = (*store)->Stats();
       std::printf(
           "strata node: state in %s, chunk cache in %s (%llu objects, %.1f of %.1f GiB used%s)\n",
@@ -237,6 +275,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
       sigwait(&set, &sig);
       spdlog::info("received signal {}; flushing the cache index", sig);
       if (server) server->Shutdown();
+      metrics.reset();
       if (keeper) {
         // The mounts stay, held by the keeper, for the next daemon to take
         // over; this process only has to go. Requests in flight fail

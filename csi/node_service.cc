@@ -610,6 +610,29 @@ Status NodeService::NodeGetInfo(grpc::ServerContext*, const ::csi::v1::NodeGetIn
   return Status::OK;
 }
 
+int NodeService::Volumes() {
+  absl::MutexLock l(&mu_);
+  return static_cast<int>(volumes_.size());
+}
+
+fuse::VolumeStats NodeService::VolumeTotals() {
+  absl::MutexLock l(&mu_);
+  fuse::VolumeStats t;
+  for (const auto& [id, v] : volumes_) {
+    if (!v->tree) continue;
+    fuse::VolumeStats s = v->tree->Stats();
+    t.reads += s.reads;
+    t.cached_reads += s.cached_reads;
+    t.fetched_reads += s.fetched_reads;
+    t.direct_reads += s.direct_reads;
+    t.bytes_read += s.bytes_read;
+    t.cached_bytes += s.cached_bytes;
+    t.bytes_written += s.bytes_written;
+    t.errors += s.errors;
+  }
+  return t;
+}
+
 int NodeService::DeadVolumes() {
   absl::MutexLock l(&mu_);
   int dead = 0;

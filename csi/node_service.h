@@ -87,8 +87,11 @@ class NodeService final : public ::csi::v1::Node::Service {
   grpc::Status NodeGetInfo(grpc::ServerContext*, const ::csi::v1::NodeGetInfoRequest*,
                            ::csi::v1::NodeGetInfoResponse* resp) override;
 
-  // Volumes whose FUSE session ended (for /healthz).
+  // Volumes whose FUSE session ended (for /healthz), volumes served, and
+  // their counters summed (for /metrics).
   int DeadVolumes();
+  int Volumes();
+  fuse::VolumeStats VolumeTotals();
 
  private:
   // One FUSE filesystem: a staged volume, or an inline volume at its target.

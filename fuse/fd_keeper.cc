@@ -201,16 +201,18 @@ absl::Status ServeFdKeeper(const FdKeeperOptions& options, const std::atomic<boo
     }
     if (!clients.empty()) {
       idle_since = absl::Now();
-    } else if (absl::Now() - idle_since > options.grace) {
-      if (!kept.empty()) {
-        spdlog::warn(
-            "no daemon came back within {}: letting {} mounts go (they fail with ENOTCONN)",
-            absl::FormatDuration(options.grace), kept.size());
-        for (auto& [key, fd] : kept) ::close(fd);
-        kept.clear();
-      }
-      if (options.exit_when_idle) break;
+      continue;
     }
+    absl::Duration idle = absl::Now() - idle_since;
+    if (!kept.empty() && idle > options.grace) {
+      spdlog::warn("no daemon came back within {}: letting {} mounts go (they fail with ENOTCONN)",
+                   absl::FormatDuration(options.grace), kept.size());
+      for (auto& [key, fd] : kept) ::close(fd);
+      kept.clear();
+    }
+    // Holding nothing, a keeper a daemon started has no reason to stay (a
+    // moment's margin for the daemon that started it to connect).
+    if (kept.empty() && options.exit_when_idle && idle > absl::Seconds(2)) break;
   }
   for (int c : clients) ::close(c);
   for (auto& [key, fd] : kept) ::close(fd);

@@ -49,8 +49,8 @@ struct FdKeeperOptions {
   std::string socket;
   // How long descriptors are kept while no daemon is connected.
   absl::Duration grace = absl::Minutes(2);
-  // Exit once idle (no daemon, no descriptors) for the grace period: for a
-  // keeper a daemon started itself.
+  // Exit once no daemon is connected and nothing is held (after the grace
+  // period, if something was): for a keeper a daemon started itself.
   bool exit_when_idle = false;
 };
 

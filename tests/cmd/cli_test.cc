@@ -134,12 +134,22 @@ TEST(CliTest, NodeReportsItsStateAndStopsOnSigterm) {
 TEST(CliTest, NodeServesCsiOnAUnixSocket) {
   TempDir dir;
   std::string sock = dir.path() + "/csi.sock";
-  Child node = SpawnStrata({"node", "--state-dir", dir.path(), "--cache-capacity", "1GiB",
-                            "--csi-endpoint", "unix://" + sock, "--node-id", "node-7"});
+  Child node =
+      SpawnStrata({"node", "--state-dir", dir.path(), "--cache-capacity", "1GiB", "--csi-endpoint",
+                   "unix://" + sock, "--node-id", "node-7", "--metrics-port", "0"});
   ASSERT_GT(node.pid, 0);
   std::string out = ReadUntil(node.out, "running", std::chrono::seconds(30));
   EXPECT_THAT(out, HasSubstr("CSI Identity and Node on unix://" + sock + " (node id node-7)"));
   EXPECT_TRUE(std::filesystem::exists(sock));
+  // /metrics and /healthz, on the port it printed.
+  size_t at = out.find("http://127.0.0.1:");
+  ASSERT_NE(at, std::string::npos) << out;
+  std::string base = out.substr(at, out.find("/metrics", at) - at);
+  std::string page;
+  ASSERT_EQ(testing::RunCommand({"/usr/bin/curl", "-sf", base + "/metrics"}, &page), 0) << page;
+  EXPECT_THAT(page, HasSubstr("strata_volumes 0"));
+  EXPECT_THAT(page, HasSubstr("strata_volumes_dead 0"));
+  ASSERT_EQ(testing::RunCommand({"/usr/bin/curl", "-sf", base + "/healthz"}, &page), 0) << page;
   ASSERT_EQ(::kill(node.pid, SIGTERM), 0);
   out += ReadUntil(node.out, "stopped", std::chrono::seconds(30));
   EXPECT_EQ(ExitCode(Wait(node)), 0) << out;
