@@ -6,10 +6,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
+#include "cache/chunk_store.h"
 #include "cache/size.h"
 
 namespace strata::cmd {
@@ -26,6 +29,14 @@ void AddFetchCommands(CLI::App& app, Runner& run);
 void AddMountCommands(CLI::App& app, Runner& run);
 
 using cache::ParseSize;
+// The chunk store of a daemon (node, mount): it degrades to serving
+// uncached rather than failing, and its staging directory (where writes to
+// object stores wait for their upload) exists. Null, logged, on failure.
+struct DaemonStore {
+  std::unique_ptr<cache::ChunkStore> store;
+  std::string staging_dir;
+};
+std::optional<DaemonStore> OpenDaemonStore(cache::StoreOptions options);
 // Blocks SIGINT and SIGTERM in this thread and every thread started after it
 // (call it first), so that one thread can sigwait() for them.
 sigset_t BlockStopSignals();

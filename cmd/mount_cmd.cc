@@ -63,23 +63,16 @@ void AddMountCommands(CLI::App& app, Runner& run) {
       }
       cache::StoreOptions so;
       so.dir = o->cache_dir;
-      so.degrade_on_error = true;
-      auto store = cache::ChunkStore::Open(so);
-      if (!store.ok()) {
-        spdlog::error("cannot open the chunk store: {}", store.status().message());
-        return 1;
-      }
-      cache::Fetcher fetcher(**store);
+      auto daemon = OpenDaemonStore(so);
+      if (!daemon) return 1;
+      cache::ChunkStore* store = daemon->store.get();
+      cache::Fetcher fetcher(*store);
       fuse::VolumeOptions vo;
       vo.attr_ttl = absl::Seconds(o->attr_ttl);
       vo.chunk_size = static_cast<uint32_t>(*chunk);
       vo.read_only = o->read_only;
-      vo.staging_dir = o->cache_dir + "/staging";
-      if (std::error_code ec; !std::filesystem::create_directories(vo.staging_dir, ec) && ec) {
-        spdlog::error("cannot create the staging directory {}: {}", vo.staging_dir, ec.message());
-        return 1;
-      }
-      fuse::VolumeTree tree(shared, **store, fetcher, vo);
+      vo.staging_dir = daemon->staging_dir;
+      fuse::VolumeTree tree(shared, *store, fetcher, vo);
       fuse::MountOptions mo;
       mo.mountpoint = o->mountpoint;
       mo.fsname = "strata:" + o->origin;
@@ -93,10 +86,10 @@ void AddMountCommands(CLI::App& app, Runner& run) {
       if (o->metrics_port >= 0) {
         auto ms = MetricsServer::Start(
             o->metrics_port,
-            [&] { return PrometheusText((*store)->Stats(), fetcher.Stats(), tree.Stats()); },
+            [&] { return PrometheusText(store->Stats(), fetcher.Stats(), tree.Stats()); },
             [&]() -> absl::Status {
               if (!serving) return absl::UnavailableError("the FUSE session has ended");
-              return (*store)->health();
+              return store->health();
             });
         if (!ms.ok()) {
           spdlog::error("{}", ms.status().message());

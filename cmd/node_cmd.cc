@@ -179,13 +179,10 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
       so.dir = o->cache_dir.empty() ? o->state_dir + "/cache" : o->cache_dir;
       so.capacity_bytes = *capacity;
       so.chunk_size = static_cast<uint32_t>(*chunk);
-      so.degrade_on_error = true;
-      auto store = cache::ChunkStore::Open(so);
-      if (!store.ok()) {
-        spdlog::error("cannot open the chunk store: {}", store.status().message());
-        return 1;
-      }
-      cache::Fetcher fetcher(**store);
+      auto daemon = OpenDaemonStore(so);
+      if (!daemon) return 1;
+      cache::ChunkStore* store = daemon->store.get();
+      cache::Fetcher fetcher(*store);
       std::unique_ptr<csi::StateDb> node_db, controller_db;
       std::unique_ptr<fuse::FdKeeperClient> keeper;
       std::unique_ptr<csi::IdentityService> identity;
@@ -199,8 +196,6 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
           ::gethostname(host, sizeof host - 1);
           node_id = host;
         }
-        std::string staging = so.dir + "/staging";
-        std::filesystem::create_directories(staging);
         auto db = csi::StateDb::Open(o->state_dir + "/csi-node");
         if (!db.ok()) {
           spdlog::error("{}", db.status().message());
@@ -220,10 +215,10 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
         }
         identity = std::make_unique<csi::IdentityService>(csi::kDriverName, o->controller);
         // Mounts again what was staged and published before a restart.
-        csi::NodeOptions no{node_id, staging, node_db.get(), keeper.get(),
+        csi::NodeOptions no{node_id, daemon->staging_dir, node_db.get(), keeper.get(),
                             o->state_dir + "/csi-node-inodes"};
         std::filesystem::create_directories(no.inode_dir);
-        node = std::make_unique<csi::NodeService>(**store, fetcher, no);
+        node = std::make_unique<csi::NodeService>(*store, fetcher, no);
         server = ServeGrpc(o->csi_endpoint, {identity.get(), node.get(), controller.get()});
         if (!server) return 1;
         std::printf("strata node: CSI Identity%s on %s (node id %s)\n",
@@ -237,7 +232,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
             o->metrics_port,
             [&, n] {
               std::string text = PrometheusText(
-                  (*store)->Stats(), fetcher.Stats(),
+                  store->Stats(), fetcher.Stats(),
                   n ? std::optional<fuse::VolumeStats>(n->VolumeTotals()) : std::nullopt);
               if (n) {
                 absl::StrAppend(&text, "# HELP strata_volumes Volumes this node serves.\n",
@@ -253,7 +248,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
                 return absl::UnavailableError(absl::StrCat(
                     n->DeadVolumes(), " volumes' FUSE sessions have ended (see the log)"));
               }
-              return (*store)->health();
+              return store->health();
             });
         if (!ms.ok()) {
           spdlog::error("{}", ms.status().message());
@@ -262,7 +257,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
         metrics = std::move(*ms);
         std::printf("strata node: metrics on http://127.0.0.1:%d/metrics\n", metrics->port());
       }
-      cache::StoreStats s = (*store)->Stats();
+      cache::StoreStats s = store->Stats();
       std::printf(
           "strata node: state in %s, chunk cache in %s (%llu objects, %.1f of %.1f GiB used%s)\n",
           o->state_dir.c_str(), so.dir.c_str(), static_cast<unsigned long long>(s.objects),
@@ -280,13 +275,13 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
         // The mounts stay, held by the keeper, for the next daemon to take
         // over; this process only has to go. Requests in flight fail
         // (ECONNABORTED); queued ones wait for the successor.
-        (*store)->Flush();
+        store->Flush();
         std::printf("strata node: stopped; mounts left to the FD keeper\n");
         std::fflush(stdout);
         ::_exit(0);
       }
       node.reset();  // stops serving; the records stay for the next start
-      (*store)->Flush();
+      store->Flush();
       std::printf("strata node: stopped\n");
       return 0;
     };

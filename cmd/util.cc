@@ -2,11 +2,28 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "cache/logging.h"
 #include "cmd/commands.h"
 
 namespace strata::cmd {
+
+std::optional<DaemonStore> OpenDaemonStore(cache::StoreOptions options) {
+  options.degrade_on_error = true;
+  auto store = cache::ChunkStore::Open(options);
+  if (!store.ok()) {
+    spdlog::error("cannot open the chunk store: {}", store.status().message());
+    return std::nullopt;
+  }
+  DaemonStore d{std::move(*store), options.dir + "/staging"};
+  if (std::error_code ec; !std::filesystem::create_directories(d.staging_dir, ec) && ec) {
+    spdlog::error("cannot create the staging directory {}: {}", d.staging_dir, ec.message());
+    return std::nullopt;
+  }
+  return d;
+}
 
 sigset_t BlockStopSignals() {
   sigset_t set;
