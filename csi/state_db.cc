@@ -32,6 +32,9 @@ absl::StatusOr<std::unique_ptr<StateDb>> StateDb::Open(const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  // Records may hold credentials (a volume's secrets): root's alone.
+  std::filesystem::permissions(dir, std::filesystem::perms::owner_all,
+                               std::filesystem::perm_options::replace, ec);
   rocksdb::Options opts;
   opts.create_if_missing = true;
   opts.max_open_files = 64;
