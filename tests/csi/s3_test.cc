@@ -75,6 +75,10 @@ TEST_F(CsiS3Test, DynamicVolumeWithSecretsSurvivesARestartAndIsDeleted) {
   EXPECT_EQ(driver_->Stage("pvc-s3", stage, ctx).error_code(), Code::PERMISSION_DENIED)
       << "staged without the node-stage secret";
   ASSERT_TRUE(driver_->Stage("pvc-s3", stage, ctx, MountCap(), secrets_).ok());
+  // The record keeps the secrets: only root may read it.
+  namespace fs = std::filesystem;
+  EXPECT_EQ(fs::status(dir_.path() + "/d/state/node").permissions() & fs::perms::all,
+            fs::perms::owner_all);
   ASSERT_TRUE(driver_->Publish("pvc-s3", stage, pod, false).ok());
   {
     std::ofstream f(pod + "/weights.bin");
