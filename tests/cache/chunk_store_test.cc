@@ -140,7 +140,9 @@ TEST_F(ChunkStoreTest, SurvivesReopenAndVerifiesOnFirstServe) {
   EXPECT_EQ(info->chunks_present, 3u);
   EXPECT_EQ(ReadAll(*s, "obj", kChunk, 100), Pattern(1, 1, kChunk).substr(0, 100));
   EXPECT_EQ(s->Stats().chunks_verified, 1u);
-  ReadAll(*s, "obj", kChunk + 100, 100);
+  // Chunk 1 again, not where the last read ended (that would verify ahead,
+  // in the background, and race this count).
+  ReadAll(*s, "obj", kChunk + 10, 100);
   EXPECT_EQ(s->Stats().chunks_verified, 1u);  // once per start
 }
 
