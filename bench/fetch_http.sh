@@ -2,10 +2,7 @@
 # Cold sequential read of one object from a loopback HTTP origin (nginx):
 # `strata cat` (fresh cache) against `curl -o /dev/null`, in the same run.
 # Each timed run starts with the previous run's dirty pages written back
-# (sync), so that runs do not pay for each other's writeback. One untimed
-# strata pass comes first: on a VM, the first pages the guest touches after
-# drop_caches fault in from the host, a one-time cost of the machine rather
-# than of a read (its rate is reported as first_pass_mibps).
+# (sync), so that runs do not pay for each other's writeback.
 # Then both through a throttling proxy (25 MiB/s, 20 ms per request round
 # trip): strata against the link rate. Peak RSS of strata is recorded.
 # Targets: >= 0.9x curl, >= 0.9x the link rate, RSS < 256 MiB.
@@ -77,7 +74,6 @@ curl_cold() {
 
 : > "$work/rss_all"
 big=$((SIZE_MIB << 20)); small=$((SLOW_MIB << 20))
-first_mibps=$(strata_cold "$url" "$big")
 for r in $(seq "$REPS"); do
   curl_cold "$url" "$big" >> "$work/curl"
   strata_cold "$url" "$big" >> "$work/strata"
@@ -89,9 +85,9 @@ slow_mibps=$(median < "$work/strata_slow")
 link_mibps=$(mibps "$RATE" 1 | tr -d '\n')
 rss_mib=$(sort -n "$work/rss_all" | tail -1 | awk '{printf "%.0f", $1 / 1024}')
 
-echo "loopback nginx, $SIZE_MIB MiB cold: curl ${curl_mibps} MiB/s, strata cat ${strata_mibps} MiB/s (first pass after drop_caches: ${first_mibps} MiB/s)"
+echo "loopback nginx, $SIZE_MIB MiB cold: curl ${curl_mibps} MiB/s, strata cat ${strata_mibps} MiB/s"
 echo "throttled proxy (25 MiB/s, 20 ms), $SLOW_MIB MiB cold: strata cat ${slow_mibps} MiB/s"
 echo "strata peak RSS: ${rss_mib} MiB"
-awk -v c="$curl_mibps" -v s="$strata_mibps" -v l="$link_mibps" -v w="$slow_mibps" -v r="$rss_mib" -v f="$first_mibps" 'BEGIN {
-  printf "RESULT strata_mibps=%s curl_mibps=%s curl_ratio=%.2f slow_strata_mibps=%s link_mibps=%s link_ratio=%.2f peak_rss_mib=%s first_pass_mibps=%s first_pass_ratio=%.2f\n",
-    s, c, s / c, w, l, w / l, r, f, f / c }'
+awk -v c="$curl_mibps" -v s="$strata_mibps" -v l="$link_mibps" -v w="$slow_mibps" -v r="$rss_mib" 'BEGIN {
+  printf "RESULT strata_mibps=%s curl_mibps=%s curl_ratio=%.2f slow_strata_mibps=%s link_mibps=%s link_ratio=%.2f peak_rss_mib=%s\n",
+    s, c, s / c, w, l, w / l, r }'
