@@ -269,17 +269,19 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
       int sig = 0;
       sigwait(&set, &sig);
       spdlog::info("received signal {}; flushing the cache index", sig);
-      if (server) server->Shutdown();
-      metrics.reset();
       if (keeper) {
         // The mounts stay, held by the keeper, for the next daemon to take
-        // over; this process only has to go. Requests in flight fail
-        // (ECONNABORTED); queued ones wait for the successor.
+        // over; this process only has to go, quickly, since requests queue
+        // until the successor answers. FUSE requests in flight fail
+        // (ECONNABORTED); CSI calls in flight are retried by kubelet.
         store->Flush();
         std::printf("strata node: stopped; mounts left to the FD keeper\n");
         std::fflush(stdout);
         ::_exit(0);
       }
+      // Calls in flight get a moment; kubelet retries what is cut off.
+      if (server) server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      metrics.reset();
       node.reset();  // stops serving; the records stay for the next start
       store->Flush();
       std::printf("strata node: stopped\n");
@@ -318,7 +320,7 @@ void AddControllerCommand(CLI::App& app, Runner& run) {
       std::fflush(stdout);
       int sig = 0;
       sigwait(&set, &sig);
-      server->Shutdown();
+      server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
       std::printf("strata controller: stopped\n");
       return 0;
     };
