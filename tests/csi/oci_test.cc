@@ -1,0 +1,97 @@
+// An inline volume naming an OCI artifact (an image pushed to Debian's
+// docker-registry on 127.0.0.1): the image's config and layer blobs appear
+// as read-only files named by digest, read lazily through the cache.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/cache/test_util.h"
+#include "tests/csi/driver.h"
+#include "tests/util/fault_proxy.h"
+#include "tests/util/subprocess.h"
+
+namespace strata::csi::testing {
+namespace {
+
+using cache::testing::ReadPath;
+using cache::testing::TempDir;
+using strata::testing::RunCommand;
+
+constexpr const char* kRegistry = STRATA_SOURCE_DIR "/tests/util/registry.sh";
+constexpr const char* kPush = STRATA_SOURCE_DIR "/tests/util/push_image.sh";
+
+class CsiOciTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "mounting needs root";
+    port_ = strata::testing::FreePort();
+    std::string out;
+    ASSERT_EQ(
+        RunCommand({"/bin/bash", kRegistry, "start", dir_.path() + "/reg", std::to_string(port_)},
+                   &out),
+        0)
+        << out;
+    started_ = true;
+    driver_ = std::make_unique<TestDriver>(dir_.path() + "/d", "node-a");
+  }
+  void TearDown() override {
+    driver_.reset();
+    UnmountUnder(dir_.path());
+    if (started_) RunCommand({"/bin/bash", kRegistry, "stop", dir_.path() + "/reg"});
+  }
+
+  TempDir dir_;
+  int port_ = 0;
+  bool started_ = false;
+  std::unique_ptr<TestDriver> driver_;
+};
+
+TEST_F(CsiOciTest, InlineArtifactVolumeServesItsBlobsReadOnly) {
+  std::string weights(3 << 20, '\0');
+  for (size_t i = 0; i < weights.size(); ++i) weights[i] = static_cast<char>(i * 13 + i / 977);
+  std::filesystem::create_directories(dir_.path() + "/src/model");
+  std::ofstream(dir_.path() + "/src/model/weights.bin", std::ios::binary) << weights;
+  std::string out;
+  ASSERT_EQ(RunCommand({"/bin/bash", kPush, "127.0.0.1:" + std::to_string(port_), "models/llama:v1",
+                        dir_.path() + "/src", "--layout", dir_.path() + "/layout"},
+                       &out),
+            0)
+      << out;
+  std::map<std::string, std::string> facts;
+  for (absl::string_view line : absl::StrSplit(out, '\n')) {
+    std::vector<std::string> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
+    if (kv.size() == 2) facts[kv[0]] = kv[1];
+  }
+  ASSERT_TRUE(facts.count("layer") && facts.count("config")) << out;
+  auto blob = [&](const std::string& digest) {
+    return ReadPath(dir_.path() + "/layout/blobs/sha256/" + digest.substr(7));
+  };
+
+  std::string target = dir_.path() + "/kubelet/pods/p/volumes/model";
+  Context ctx{{"origin", "oci://127.0.0.1:" + std::to_string(port_) + "/models/llama:v1"},
+              {"csi.storage.k8s.io/ephemeral", "true"}};
+  grpc::Status st = driver_->Publish("csi-oci-1", "", target, false, MountCap(), ctx);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  std::set<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(target))
+    names.insert(e.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{facts["config"], facts["layer"]}));
+  std::string layer = ReadPath(target + "/" + facts["layer"]);
+  EXPECT_TRUE(layer == blob(facts["layer"])) << "layer blob differs (" << layer.size() << " bytes)";
+  EXPECT_NE(layer.find(weights.substr(0, 4096)), std::string::npos) << "the tar holds the weights";
+  EXPECT_EQ(ReadPath(target + "/" + facts["config"]), blob(facts["config"]));
+  EXPECT_FALSE(std::ofstream(target + "/new").good()) << "an artifact is read-only";
+
+  ASSERT_TRUE(driver_->Unpublish("csi-oci-1", target).ok());
+  EXPECT_FALSE(strata::testing::IsMounted(target));
+  EXPECT_FALSE(std::filesystem::exists(target));
+}
+
+}  // namespace
+}  // namespace strata::csi::testing
