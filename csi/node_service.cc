@@ -132,7 +132,13 @@ absl::Status NodeService::Start(Volume& v, int adopt_fd) {
   auto origin = cache::OpenOrigin(v.spec.origin, OriginOptionsFrom(v.secrets));
   if (!origin.ok()) return origin.status();
   v.origin = std::move(*origin);
-  if (absl::Status st = ProbeOrigin(*v.origin); !st.ok()) return st;
+  // A new mount checks its origin first, so a bad URL or bad keys fail the
+  // stage. A mount being taken over is live in pods already: it is served
+  // even while its origin is down (what is cached still reads, and the
+  // volume condition says what is wrong).
+  if (adopt_fd < 0) {
+    if (absl::Status st = ProbeOrigin(*v.origin); !st.ok()) return st;
+  }
   std::error_code ec;
   std::filesystem::create_directories(v.mountpoint, ec);
   if (ec)
