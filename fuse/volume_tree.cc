@@ -156,6 +156,18 @@ absl::StatusOr<cache::ObjectStat> VolumeTree::StatPath(const std::string& path, 
   if (!st.ok()) {
     if (absl::IsNotFound(st.status()))
       return PosixError(ENOENT, std::string(st.status().message()));
+    if (cache::IsTransient(st.status())) {
+      // The origin is down, not saying no: what it said last still stands,
+      // so what is cached keeps being served until it answers again.
+      absl::MutexLock l(&mu_);
+      auto it = inos_.find(path);
+      if (it != inos_.end() && nodes_[it->second].fetched != absl::InfinitePast()) {
+        spdlog::warn("{}: origin unreachable ({}); serving what it said last",
+                     path.empty() ? "/" : path, st.status().message());
+        *ino = it->second;
+        return nodes_[it->second].stat;
+      }
+    }
     return st.status();
   }
   absl::MutexLock l(&mu_);

@@ -101,5 +101,34 @@ TEST_F(CsiS3Test, DynamicVolumeWithSecretsSurvivesARestartAndIsDeleted) {
   EXPECT_EQ(AtOrigin(base_, "pvc-s3"), "<missing>") << "the prefix's marker is gone too";
 }
 
+// The origin goes down under a published volume: what was read before is
+// still served from the cache, and the volume condition says why it is
+// abnormal; what was never read fails, with an error and no hang.
+TEST_F(CsiS3Test, CachedFilesStayReadableWhileTheOriginIsDown) {
+  ::csi::v1::CreateVolumeResponse created;
+  ASSERT_TRUE(
+      driver_->Create("pvc-down", {{"origin", base_}, {"attrTTL", "0"}}, 0, &created, 0, secrets_)
+          .ok());
+  Context ctx(created.volume().volume_context().begin(), created.volume().volume_context().end());
+  std::string stage = dir_.path() + "/kubelet/staging/pvc-down",
+              pod = dir_.path() + "/kubelet/pods/p/pvc-down";
+  ASSERT_TRUE(driver_->Stage("pvc-down", stage, ctx, MountCap(), secrets_).ok());
+  ASSERT_TRUE(driver_->Publish("pvc-down", stage, pod, false).ok());
+  std::string weights(2 << 20, 'm');
+  std::ofstream(pod + "/weights.bin") << weights;
+  std::ofstream(pod + "/unread.txt") << "never read back";
+  ASSERT_TRUE(ReadPath(pod + "/weights.bin") == weights);  // now cached
+
+  server_.reset();  // the bucket's server stops
+  EXPECT_TRUE(ReadPath(pod + "/weights.bin") == weights) << "cached bytes are still served";
+  EXPECT_EQ(ReadPath(pod + "/unread.txt"), "") << "uncached bytes cannot be";
+  ::csi::v1::NodeGetVolumeStatsResponse stats;
+  ASSERT_TRUE(driver_->Stats("pvc-down", pod, &stats).ok());
+  EXPECT_TRUE(stats.volume_condition().abnormal());
+  EXPECT_THAT(stats.volume_condition().message(), HasSubstr("not reachable"));
+  ASSERT_TRUE(driver_->Unpublish("pvc-down", pod).ok());
+  ASSERT_TRUE(driver_->Unstage("pvc-down", stage).ok());
+}
+
 }  // namespace
 }  // namespace strata::csi::testing
