@@ -79,22 +79,26 @@ std::string PrometheusText(const cache::StoreStats& s, const cache::FetcherStats
 }
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
-    int port, std::function<std::string()> metrics, std::function<absl::Status()> health) {
+    const std::string& address, int port, std::function<std::string()> metrics,
+    std::function<absl::Status()> health) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  if (::inet_pton(AF_INET, address.c_str(), &a.sin_addr) != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics address '", address, "' is not an IPv4 address"));
+  }
   std::unique_ptr<MetricsServer> s(new MetricsServer());
   s->metrics_ = std::move(metrics);
   s->health_ = std::move(health);
   s->fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int one = 1;
   ::setsockopt(s->fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (::bind(s->fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(s->fd_, 16) != 0) {
     int err = errno;
     ::close(s->fd_);
     return absl::UnavailableError(
-        absl::StrCat("metrics endpoint on 127.0.0.1:", port, ": ", std::strerror(err)));
+        absl::StrCat("metrics endpoint on ", address, ":", port, ": ", std::strerror(err)));
   }
   socklen_t len = sizeof a;
   ::getsockname(s->fd_, reinterpret_cast<sockaddr*>(&a), &len);

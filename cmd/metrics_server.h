@@ -1,4 +1,4 @@
-// A tiny HTTP endpoint on 127.0.0.1 for Prometheus scrapes (/metrics) and
+// A tiny HTTP endpoint for Prometheus scrapes (/metrics) and
 // liveness probes (/healthz). One request per connection; nothing else.
 #pragma once
 
@@ -22,8 +22,10 @@ std::string PrometheusText(const cache::StoreStats& store, const cache::FetcherS
 
 class MetricsServer {
  public:
-  // `metrics` renders the exposition text; `health` says OK or why not (503).
-  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(int port,
+  // Listens on `address` (IPv4; 127.0.0.1 unless something must scrape it
+  // from outside) and `port` (0: any). `metrics` renders the exposition
+  // text; `health` says OK or why not (503).
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& address, int port,
                                                               std::function<std::string()> metrics,
                                                               std::function<absl::Status()> health);
   ~MetricsServer();

@@ -85,7 +85,7 @@ void AddMountCommands(CLI::App& app, Runner& run) {
       std::unique_ptr<MetricsServer> metrics;
       if (o->metrics_port >= 0) {
         auto ms = MetricsServer::Start(
-            o->metrics_port,
+            "127.0.0.1", o->metrics_port,
             [&] { return PrometheusText(store->Stats(), fetcher.Stats(), tree.Stats()); },
             [&]() -> absl::Status {
               if (!serving) return absl::UnavailableError("the FUSE session has ended");

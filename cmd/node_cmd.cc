@@ -135,6 +135,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
     std::string fd_keeper_socket;
     double fd_keeper_grace = 120;
     int metrics_port = -1;
+    std::string metrics_address = "127.0.0.1";
   };
   auto o = std::make_shared<Opts>();
   CLI::App* c = app.add_subcommand(
@@ -163,7 +164,10 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
                 "Seconds a spawned keeper holds mounts for a daemon that does not come back")
       ->capture_default_str();
   c->add_option("--metrics-port", o->metrics_port,
-                "Port on 127.0.0.1 for /metrics and /healthz (0: any free port; -1: none)")
+                "Port for /metrics and /healthz (0: any free port; -1: none)")
+      ->capture_default_str();
+  c->add_option("--metrics-address", o->metrics_address,
+                "Address of the metrics endpoint (0.0.0.0 for a scraper outside the pod)")
       ->capture_default_str();
   c->callback([o, &run] {
     run = [o]() -> int {
@@ -229,7 +233,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
       if (o->metrics_port >= 0) {
         csi::NodeService* n = node.get();
         auto ms = MetricsServer::Start(
-            o->metrics_port,
+            o->metrics_address, o->metrics_port,
             [&, n] {
               std::string text = PrometheusText(
                   store->Stats(), fetcher.Stats(),
@@ -255,7 +259,9 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
           return 1;
         }
         metrics = std::move(*ms);
-        std::printf("strata node: metrics on http://127.0.0.1:%d/metrics\n", metrics->port());
+        std::printf("strata node: metrics on http://%s:%d/metrics\n",
+                    o->metrics_address == "0.0.0.0" ? "127.0.0.1" : o->metrics_address.c_str(),
+                    metrics->port());
       }
       cache::StoreStats s = store->Stats();
       std::printf(

@@ -155,6 +155,14 @@ TEST(CliTest, NodeServesCsiOnAUnixSocket) {
   EXPECT_EQ(ExitCode(Wait(node)), 0) << out;
 }
 
+TEST(CliTest, BadMetricsAddressIsRejected) {
+  TempDir dir;
+  Result r = RunStrata({"node", "--state-dir", dir.path(), "--cache-capacity", "1GiB",
+                        "--metrics-port", "0", "--metrics-address", "metrics.local"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.out, HasSubstr("not an IPv4 address"));
+}
+
 TEST(CliTest, BadSizesAreRejected) {
   TempDir dir;
   Result r = RunStrata({"node", "--state-dir", dir.path(), "--cache-capacity", "lots"});

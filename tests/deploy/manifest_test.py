@@ -655,6 +655,16 @@ class Manifests(unittest.TestCase):
                 self.problem(d, "containers[%s].args --socket" % keeper.get("name"),
                              "%r is not where strata node looks (%s)" % (sock, want))
 
+        # The metrics endpoint, when served, is a declared port of the pod.
+        mport = flag(strata, "--metrics-port")
+        if isinstance(mport, str) and mport.isdigit() and int(mport) > 0:
+            ports = {p.get("containerPort") for p in strata.get("ports") or []}
+            if int(mport) not in ports:
+                self.problem(d, where + ".ports", "--metrics-port %s is not a containerPort" % mport)
+            if flag(strata, "--metrics-address") != "0.0.0.0":
+                self.problem(d, where + ".args --metrics-address",
+                             "a scraper outside the pod needs 0.0.0.0")
+
         node_id = flag(strata, "--node-id")
         self.expect_equal(d, where + ".args --node-id", node_id, "$(KUBE_NODE_NAME)")
         env = {e.get("name"): e for e in strata.get("env") or []}
