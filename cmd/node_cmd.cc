@@ -219,9 +219,13 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
         }
         identity = std::make_unique<csi::IdentityService>(csi::kDriverName, o->controller);
         // Mounts again what was staged and published before a restart.
-        csi::NodeOptions no{node_id, daemon->staging_dir, node_db.get(), keeper.get(),
-                            o->state_dir + "/csi-node-inodes"};
-        std::filesystem::create_directories(no.inode_dir);
+        csi::NodeOptions no;
+        no.node_id = node_id;
+        no.staging_dir = daemon->staging_dir;
+        no.state = node_db.get();
+        no.keeper = keeper.get();
+        no.inode_dir = o->state_dir + "/csi-node-inodes";
+        no.group_mount_dir = o->state_dir + "/csi-node-group-mounts";
         node = std::make_unique<csi::NodeService>(*store, fetcher, no);
         server = ServeGrpc(o->csi_endpoint, {identity.get(), node.get(), controller.get()});
         if (!server) return 1;

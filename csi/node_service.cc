@@ -114,7 +114,7 @@ Status IdentityService::Probe(grpc::ServerContext*, const ::csi::v1::ProbeReques
 
 NodeService::NodeService(cache::ChunkStore& store, cache::Fetcher& fetcher, NodeOptions options)
     : store_(store), fetcher_(fetcher), opts_(std::move(options)) {
-  for (const std::string& dir : {opts_.staging_dir, opts_.inode_dir}) {
+  for (const std::string& dir : {opts_.staging_dir, opts_.inode_dir, opts_.group_mount_dir}) {
     std::error_code ec;
     if (!dir.empty() && !std::filesystem::create_directories(dir, ec) && ec)
       spdlog::error("cannot create {}: {}", dir, ec.message());
@@ -227,7 +227,8 @@ absl::Status NodeService::Record(const std::string& target, const Publication& p
   return opts_.state->Put(kPublishedPrefix + target, {{"volume_id", p.volume_id},
                                                       {"read_only", p.read_only},
                                                       {"inline", p.inline_volume},
-                                                      {"flags", p.flags}});
+                                                      {"flags", p.flags},
+                                                      {"mount_key", p.mount_key}});
 }
 
 void NodeService::Forget(const std::string& key) {
@@ -290,8 +291,9 @@ void NodeService::Recover() {
     p.read_only = rec.value("read_only", false);
     p.inline_volume = rec.value("inline", false);
     p.flags = rec.value("flags", 0ul);
+    p.mount_key = rec.value("mount_key", p.volume_id);
     published_[target] = p;
-    if (volumes_.contains(p.volume_id)) continue;  // taken over, alive
+    if (volumes_.contains(p.mount_key)) continue;  // taken over, alive
     if (absl::Status st = UnmountAll(target); !st.ok()) spdlog::warn("{}", st.message());
   }
   for (auto& v : remount) {
@@ -304,13 +306,13 @@ void NodeService::Recover() {
     }
     bool inline_volume = false;
     for (const auto& [target, p] : published_)
-      inline_volume |= p.volume_id == v->id && p.inline_volume;
+      inline_volume |= p.mount_key == v->id && p.inline_volume;
     if (absl::Status st = Record(*v, inline_volume); !st.ok()) spdlog::warn("{}", st.message());
     spdlog::info("volume {}: mounted again at {} from {}", v->id, v->mountpoint, v->spec.origin);
     const std::string id = v->id;
     volumes_[id] = std::move(v);
     for (const auto& [target, p] : published_) {
-      if (p.volume_id != id || p.inline_volume) continue;
+      if (p.mount_key != id || p.inline_volume) continue;
       if (absl::Status st = Bind(volumes_[id]->mountpoint, target, p); !st.ok()) {
         spdlog::error("volume {}: cannot publish it again at {}: {}", id, target, st.message());
         continue;
@@ -318,6 +320,10 @@ void NodeService::Recover() {
       spdlog::info("volume {}: published again at {}", id, target);
     }
   }
+  // A group mount whose last publication went away just before a crash.
+  std::vector<std::string> keys;
+  for (const auto& [key, v] : volumes_) keys.push_back(key);
+  for (const std::string& key : keys) DropGroupMountIfUnused(key);
 }
 
 Status NodeService::NodeStageVolume(grpc::ServerContext*,
@@ -410,6 +416,53 @@ Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
   return Status::OK;
 }
 
+absl::StatusOr<NodeService::Volume*> NodeService::MountFor(Volume& v, int64_t gid) {
+  if (gid < 0 || gid == v.mount_gid) return &v;
+  if (opts_.group_mount_dir.empty()) {
+    spdlog::warn("volume {}: published with group {} but staged with group {}; the pod sees {}",
+                 v.id, gid, v.mount_gid, v.mount_gid);
+    return &v;
+  }
+  // One FUSE mount shows one group; a pod with another fsGroup gets a mount
+  // of the same volume for its group (shared by pods with that group).
+  std::string key = absl::StrCat(v.id, "#gid=", gid);
+  if (auto it = volumes_.find(key); it != volumes_.end()) return it->second.get();
+  auto g = std::make_unique<Volume>();
+  g->id = key;
+  g->mountpoint = absl::StrCat(opts_.group_mount_dir, "/", absl::WebSafeBase64Escape(key));
+  g->context = v.context;
+  g->secrets = v.secrets;
+  g->spec = v.spec;
+  g->mount_gid = gid;
+  if (absl::Status st = Start(*g); !st.ok()) {
+    Stop(*g);
+    return st;
+  }
+  if (absl::Status st = Record(*g, false); !st.ok()) {
+    Stop(*g);
+    return st;
+  }
+  spdlog::info("volume {}: a mount for group {} at {}", v.id, gid, g->mountpoint);
+  Volume* raw = g.get();
+  volumes_[key] = std::move(g);
+  return raw;
+}
+
+void NodeService::DropGroupMountIfUnused(const std::string& key) {
+  auto it = volumes_.find(key);
+  if (it == volumes_.end() || key.find("#gid=") == std::string::npos) return;
+  for (const auto& [target, p] : published_) {
+    if (p.mount_key == key) return;
+  }
+  std::string mountpoint = it->second->mountpoint;
+  Stop(*it->second);
+  volumes_.erase(it);
+  Forget(kStagedPrefix + key);
+  std::error_code ec;
+  std::filesystem::remove(mountpoint, ec);
+  spdlog::info("dropped the group mount {}", key);
+}
+
 Status NodeService::PublishInline(const ::csi::v1::NodePublishVolumeRequest& req,
                                   const VolumeSpec& spec, Publication p) {
   const std::string& target = req.target_path();
@@ -436,6 +489,7 @@ Status NodeService::PublishInline(const ::csi::v1::NodePublishVolumeRequest& req
     return ToGrpc(st);
   }
   p.inline_volume = true;
+  p.mount_key = v->id;
   if (absl::Status st = Record(*v, true); !st.ok()) {
     Stop(*v);
     return ToGrpc(st);
@@ -496,9 +550,18 @@ Status NodeService::NodePublishVolume(grpc::ServerContext*,
     return Status(StatusCode::ALREADY_EXISTS,
                   absl::StrCat("something else is mounted at ", target));
   }
-  if (absl::Status st = Bind(it->second->mountpoint, target, p); !st.ok()) return ToGrpc(st);
+  auto gid = MountGroup(cap);
+  if (!gid.ok()) return ToGrpc(gid.status());
+  auto from = MountFor(*it->second, *gid);
+  if (!from.ok()) return ToGrpc(from.status());
+  p.mount_key = (*from)->id;
+  if (absl::Status st = Bind((*from)->mountpoint, target, p); !st.ok()) {
+    DropGroupMountIfUnused(p.mount_key);
+    return ToGrpc(st);
+  }
   if (absl::Status st = Record(target, p); !st.ok()) {
     (void)UnmountAll(target);
+    DropGroupMountIfUnused(p.mount_key);
     return ToGrpc(st);
   }
   published_[target] = p;
@@ -531,8 +594,13 @@ Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
   if (absl::Status st = UnmountAll(target); !st.ok()) return ToGrpc(st);
   std::error_code ec;
   std::filesystem::remove(target, ec);  // the directory this driver made for the pod
-  if (pub != published_.end()) published_.erase(pub);
+  std::string key;
+  if (pub != published_.end()) {
+    key = pub->second.mount_key;
+    published_.erase(pub);
+  }
   Forget(kPublishedPrefix + target);
+  if (!key.empty() && key != req->volume_id()) DropGroupMountIfUnused(key);
   spdlog::info("unpublished volume {} from {}", req->volume_id(), target);
   return Status::OK;
 }

@@ -56,6 +56,10 @@ struct NodeOptions {
   // restarted daemon mounts everything again instead.
   fuse::FdKeeperClient* keeper = nullptr;
   std::string inode_dir;  // volumes' inode logs, for a takeover
+  // Where a volume published with another fsGroup than it was staged with
+  // gets a mount of its own for that group (pods bind to it). Empty: such
+  // publications see the staged group.
+  std::string group_mount_dir;
 };
 
 class NodeService final : public ::csi::v1::Node::Service {
@@ -114,6 +118,9 @@ class NodeService final : public ::csi::v1::Node::Service {
     bool read_only = false;
     bool inline_volume = false;
     unsigned long flags = 0;  // MS_NOSUID and friends from the capability's mount flags
+    // The mount the target is bound to: the staged volume (its id), or a
+    // group mount ("<id>#gid=<gid>") when the pod's fsGroup differs.
+    std::string mount_key;
   };
 
   // Opens the origin and serves a FUSE filesystem at v.mountpoint: a new
@@ -125,6 +132,11 @@ class NodeService final : public ::csi::v1::Node::Service {
   absl::Status Record(const std::string& target, const Publication& p);
   void Forget(const std::string& key);
   void Recover() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The mount a publication of staged volume `v` with fsGroup `gid` binds
+  // from: `v` itself, or a group mount made (and recorded) on first use.
+  absl::StatusOr<Volume*> MountFor(Volume& v, int64_t gid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Stops the group mount `key` once no publication uses it.
+  void DropGroupMountIfUnused(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   grpc::Status PublishInline(const ::csi::v1::NodePublishVolumeRequest& req, const VolumeSpec& spec,
                              Publication p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

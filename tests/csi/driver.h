@@ -179,6 +179,7 @@ class TestDriver : public CsiClient {
     no.node_id = node_id_;
     no.staging_dir = dir_ + "/staging";
     no.state = node_db_.get();
+    no.group_mount_dir = dir_ + "/group-mounts";
     node_ = std::make_unique<NodeService>(*store_, *fetcher_, no);
     std::string socket = "unix://" + dir_ + "/csi.sock";
     grpc::ServerBuilder b;

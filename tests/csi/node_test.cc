@@ -129,6 +129,47 @@ TEST_F(CsiNodeTest, MountGroupGivesTheGroupTheOwnersAccess) {
             Code::INVALID_ARGUMENT);
 }
 
+// Two pods on one node with different fsGroups: each sees its own group
+// (the second through a mount of its own), also after a restart, and the
+// extra mount goes with its last publication.
+TEST_F(CsiNodeTest, EachPodSeesItsOwnFsGroup) {
+  ::chmod((origin_ + "/models/w.bin").c_str(), 0600);
+  auto cap_a = MountCap(AccessMode::MULTI_NODE_MULTI_WRITER, "4321");
+  auto cap_b = MountCap(AccessMode::MULTI_NODE_MULTI_WRITER, "5555");
+  ASSERT_TRUE(driver_->Stage("pv-1", staging_, Origin(), cap_a).ok());
+  std::string pod_a = target_ + "-a", pod_b = target_ + "-b", pod_c = target_ + "-c";
+  ASSERT_TRUE(driver_->Publish("pv-1", staging_, pod_a, false, cap_a).ok());
+  ASSERT_TRUE(driver_->Publish("pv-1", staging_, pod_b, false, cap_b).ok());
+  ASSERT_TRUE(driver_->Publish("pv-1", staging_, pod_b, false, cap_b).ok());  // again
+  ASSERT_TRUE(driver_->Publish("pv-1", staging_, pod_c, false, cap_b).ok());
+  auto group_of = [](const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 ? static_cast<int64_t>(st.st_gid) : -1;
+  };
+  EXPECT_EQ(group_of(pod_a + "/models/w.bin"), 4321);
+  EXPECT_EQ(group_of(pod_b + "/models/w.bin"), 5555);
+  EXPECT_EQ(group_of(pod_c + "/models/w.bin"), 5555);
+  EXPECT_EQ(ReadPath(pod_b + "/models/w.bin"), "weights");
+  std::ofstream(pod_b + "/models/from-b.txt") << "b";
+  EXPECT_EQ(ReadPath(pod_a + "/models/from-b.txt"), "b");
+  ::csi::v1::NodeGetVolumeStatsResponse stats;
+  ASSERT_TRUE(driver_->Stats("pv-1", pod_b, &stats).ok());
+  EXPECT_FALSE(stats.volume_condition().abnormal()) << stats.volume_condition().message();
+
+  driver_->Restart();
+  EXPECT_EQ(group_of(pod_a + "/models/w.bin"), 4321);
+  EXPECT_EQ(group_of(pod_b + "/models/w.bin"), 5555);
+  EXPECT_EQ(ReadPath(pod_c + "/models/w.bin"), "weights");
+
+  ASSERT_TRUE(driver_->Unpublish("pv-1", pod_b).ok());
+  EXPECT_EQ(group_of(pod_c + "/models/w.bin"), 5555) << "pod c still uses the group mount";
+  ASSERT_TRUE(driver_->Unpublish("pv-1", pod_c).ok());
+  EXPECT_TRUE(std::filesystem::is_empty(dir_.path() + "/node/group-mounts"))
+      << "the group mount went with its last publication";
+  ASSERT_TRUE(driver_->Unpublish("pv-1", pod_a).ok());
+  ASSERT_TRUE(driver_->Unstage("pv-1", staging_).ok());
+}
+
 TEST_F(CsiNodeTest, StaticVolumeOptionsAreChecked) {
   Context ctx = Origin();
   ctx["chunkSize"] = "1MiB";
