@@ -77,7 +77,14 @@ class FileOrigin final : public Origin {
                          absl::Span<char> out) override {
     auto full = Resolve(path);
     if (!full.ok()) return full.status();
-    int fd = ::open(full->c_str(), O_RDONLY | O_CLOEXEC);
+    // Aligned ranges are read with O_DIRECT (see ReadAll); a file system
+    // that refuses it is read the ordinary way.
+    bool direct = offset % kAlign == 0 && out.size() >= kAlign;
+    int fd = direct ? ::open(full->c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT) : -1;
+    if (fd < 0) {
+      direct = false;
+      fd = ::open(full->c_str(), O_RDONLY | O_CLOEXEC);
+    }
     if (fd < 0) return ErrnoStatus(errno, absl::StrCat("open ", *full));
     struct stat st;
     absl::Status result = absl::OkStatus();
@@ -90,7 +97,7 @@ class FileOrigin final : public Origin {
       result = absl::OutOfRangeError(absl::StrFormat("%s: [%u, +%u) is past its end (%u bytes)",
                                                      *full, offset, out.size(), st.st_size));
     }
-    if (result.ok()) result = ReadAll(fd, *full, offset, out);
+    if (result.ok()) result = ReadAll(fd, direct, *full, offset, out);
     // A write that raced the read changes the version: the bytes may mix two.
     if (result.ok() && ::fstat(fd, &st) == 0 && VersionOf(st) != want.version) {
       result = absl::FailedPreconditionError(absl::StrCat(*full, " changed during a read"));
@@ -128,28 +135,28 @@ class FileOrigin final : public Origin {
     if (b && bounces_.size() < 8) bounces_.push_back(std::move(b));
   }
 
-  absl::Status ReadAll(int fd, const std::string& name, uint64_t offset, absl::Span<char> out) {
+  // Reads [offset, +out.size()) of `fd`, opened with O_DIRECT when `direct`;
+  // what O_DIRECT does not manage is read buffered.
+  absl::Status ReadAll(int fd, bool direct, const std::string& name, uint64_t offset,
+                       absl::Span<char> out) {
     size_t done = 0;
-    if (offset % kAlign == 0 && out.size() >= kAlign) {
-      int dfd =
-          ::open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
-      Bounce bounce = dfd >= 0 ? TakeBounce() : Bounce(nullptr, &std::free);
-      while (dfd >= 0 && bounce && done < out.size()) {
+    if (direct) {
+      Bounce bounce = TakeBounce();
+      while (bounce && done < out.size()) {
         size_t piece = std::min(kPiece, out.size() - done);
         size_t aligned = (piece + kAlign - 1) / kAlign * kAlign;
-        ssize_t n = ::pread(dfd, bounce.get(), aligned, static_cast<off_t>(offset + done));
+        ssize_t n = ::pread(fd, bounce.get(), aligned, static_cast<off_t>(offset + done));
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) break;  // EINVAL and the like: finish buffered
         if (static_cast<size_t>(n) < piece) {
-          ::close(dfd);
           GiveBounce(std::move(bounce));
           return absl::DataLossError(absl::StrCat(name, " was truncated during a read"));
         }
         std::memcpy(out.data() + done, bounce.get(), piece);
         done += piece;
       }
-      if (dfd >= 0) ::close(dfd);
       GiveBounce(std::move(bounce));
+      if (done < out.size()) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_DIRECT);
     }
     while (done < out.size()) {
       ssize_t n = ::pread(fd, out.data() + done, out.size() - done, offset + done);

@@ -370,17 +370,10 @@ Status NodeService::NodeStageVolume(grpc::ServerContext*,
   if (IsMountpoint(path)) {
     return Status(StatusCode::ALREADY_EXISTS, absl::StrCat("something else is mounted at ", path));
   }
-  if (absl::Status st = Start(*v); !st.ok()) {
-    Stop(*v);
-    return ToGrpc(st);
-  }
-  if (absl::Status st = Record(*v, false); !st.ok()) {
-    Stop(*v);
-    return ToGrpc(st);
-  }
-  spdlog::info("staged volume {} from {} at {}{}", v->id, v->spec.origin, path,
-               v->spec.read_only ? " (read-only)" : "");
-  volumes_[v->id] = std::move(v);
+  auto served = Serve(std::move(v), /*inline_volume=*/false);
+  if (!served.ok()) return ToGrpc(served.status());
+  spdlog::info("staged volume {} from {} at {}{}", (*served)->id, (*served)->spec.origin, path,
+               (*served)->spec.read_only ? " (read-only)" : "");
   return Status::OK;
 }
 
@@ -416,6 +409,19 @@ Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
   return Status::OK;
 }
 
+absl::StatusOr<NodeService::Volume*> NodeService::Serve(std::unique_ptr<Volume> v,
+                                                        bool inline_volume) {
+  absl::Status st = Start(*v);
+  if (st.ok()) st = Record(*v, inline_volume);
+  if (!st.ok()) {
+    Stop(*v);
+    return st;
+  }
+  Volume* raw = v.get();
+  volumes_[v->id] = std::move(v);
+  return raw;
+}
+
 absl::StatusOr<NodeService::Volume*> NodeService::MountFor(Volume& v, int64_t gid) {
   if (gid < 0 || gid == v.mount_gid) return &v;
   if (opts_.group_mount_dir.empty()) {
@@ -434,18 +440,10 @@ absl::StatusOr<NodeService::Volume*> NodeService::MountFor(Volume& v, int64_t gi
   g->secrets = v.secrets;
   g->spec = v.spec;
   g->mount_gid = gid;
-  if (absl::Status st = Start(*g); !st.ok()) {
-    Stop(*g);
-    return st;
-  }
-  if (absl::Status st = Record(*g, false); !st.ok()) {
-    Stop(*g);
-    return st;
-  }
-  spdlog::info("volume {}: a mount for group {} at {}", v.id, gid, g->mountpoint);
-  Volume* raw = g.get();
-  volumes_[key] = std::move(g);
-  return raw;
+  auto served = Serve(std::move(g), /*inline_volume=*/false);
+  if (served.ok())
+    spdlog::info("volume {}: a mount for group {} at {}", v.id, gid, (*served)->mountpoint);
+  return served;
 }
 
 void NodeService::DropGroupMountIfUnused(const std::string& key) {
@@ -484,24 +482,18 @@ Status NodeService::PublishInline(const ::csi::v1::NodePublishVolumeRequest& req
   v->spec = spec;
   v->spec.read_only = spec.read_only || p.read_only;
   v->mount_gid = *gid;
-  if (absl::Status st = Start(*v); !st.ok()) {
-    Stop(*v);
-    return ToGrpc(st);
-  }
+  auto served = Serve(std::move(v), /*inline_volume=*/true);
+  if (!served.ok()) return ToGrpc(served.status());
   p.inline_volume = true;
-  p.mount_key = v->id;
-  if (absl::Status st = Record(*v, true); !st.ok()) {
-    Stop(*v);
-    return ToGrpc(st);
-  }
+  p.mount_key = (*served)->id;
   if (absl::Status st = Record(target, p); !st.ok()) {
-    Stop(*v);
-    Forget(kStagedPrefix + v->id);
+    Stop(**served);
+    Forget(kStagedPrefix + p.mount_key);
+    volumes_.erase(p.mount_key);
     return ToGrpc(st);
   }
-  spdlog::info("mounted inline volume {} from {} at {}{}", v->id, spec.origin, target,
-               v->spec.read_only ? " (read-only)" : "");
-  volumes_[v->id] = std::move(v);
+  spdlog::info("mounted inline volume {} from {} at {}{}", p.mount_key, spec.origin, target,
+               (*served)->spec.read_only ? " (read-only)" : "");
   published_[target] = p;
   return Status::OK;
 }

@@ -132,6 +132,10 @@ class NodeService final : public ::csi::v1::Node::Service {
   absl::Status Record(const std::string& target, const Publication& p);
   void Forget(const std::string& key);
   void Recover() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts serving a new volume, records it and keeps it in volumes_; on
+  // failure nothing of it is left.
+  absl::StatusOr<Volume*> Serve(std::unique_ptr<Volume> v, bool inline_volume)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The mount a publication of staged volume `v` with fsGroup `gid` binds
   // from: `v` itself, or a group mount made (and recorded) on first use.
   absl::StatusOr<Volume*> MountFor(Volume& v, int64_t gid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

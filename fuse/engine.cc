@@ -370,8 +370,6 @@ int ConnectionOf(const std::string& mountpoint) {
     size_t colon = dev.find(':');
     if (colon != std::string::npos) found = std::atoi(dev.c_str() + colon + 1);  // the last wins
   }
-  // The fusectl file system may not be mounted yet (it usually is).
-  ::mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, nullptr);
   return found;
 }
 
@@ -554,6 +552,11 @@ void FuseServer::Stop() {
   if (impl_->connection >= 0) {
     std::string abort = absl::StrCat("/sys/fs/fuse/connections/", impl_->connection, "/abort");
     int fd = ::open(abort.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+      // The fusectl file system is not mounted here (it usually is).
+      ::mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, nullptr);
+      fd = ::open(abort.c_str(), O_WRONLY | O_CLOEXEC);
+    }
     if (fd >= 0) {
       (void)!::write(fd, "1", 1);
       ::close(fd);
