@@ -6,10 +6,16 @@
 #include "cache/chunk_store.h"
 
 #include <xxhash.h>
+#if defined(__x86_64__)
+#include <xxh_x86dispatch.h>
+#endif
 
 #include <algorithm>
+#include <cassert>
 #include <chrono>
+#include <cstdlib>
 #include <deque>
+#include <list>
 #include <random>
 #include <thread>
 
@@ -31,14 +37,28 @@ ReadLease& ReadLease::operator=(ReadLease&& o) noexcept {
     if (release_) release_();
     release_ = std::move(o.release_);
     o.release_ = nullptr;
+    chunk_ = std::move(o.chunk_);
     fd_ = o.fd_;
     offset_ = o.offset_;
     length_ = o.length_;
+    chunk_offset_ = o.chunk_offset_;
   }
   return *this;
 }
 ReadLease::~ReadLease() {
   if (release_) release_();
+}
+
+ChunkBytes::ChunkBytes(size_t capacity)
+    : data_(static_cast<char*>(std::aligned_alloc(
+          kIoAlign, (std::max<size_t>(capacity, 1) + kIoAlign - 1) / kIoAlign * kIoAlign))),
+      capacity_(capacity) {
+  if (data_ == nullptr) throw std::bad_alloc();
+}
+ChunkBytes::~ChunkBytes() { std::free(data_); }
+void ChunkBytes::resize(size_t n) {
+  assert(n <= capacity_);
+  size_ = n;
 }
 
 absl::StatusOr<FillResult> ChunkStore::WriteChunk(const std::string& key, uint32_t index,
@@ -74,7 +94,7 @@ struct Chunk {
 struct Flight {
   bool done = false;
   absl::Status status;
-  std::shared_ptr<const std::string> bytes;
+  std::shared_ptr<const ChunkBytes> bytes;
   bool cached = false;
 };
 
@@ -87,7 +107,9 @@ struct Object {
   int readers = 0;
   int pins = 0;
   uint64_t bytes_present = 0;
-  uint64_t next_offset = 0;  // where the last read ended: sequential reads verify ahead
+  uint64_t next_offset = 0;       // where the last read ended: sequential reads verify ahead
+  uint64_t allocated_to = 0;      // disk blocks are reserved up to here (see Store)
+  uint32_t read_ahead_chunk = 0;  // chunks before it were read ahead for a sequential reader
   bool removing = false;
   bool last_use_dirty = false;
   StoreFs* fs = nullptr;
@@ -114,6 +136,17 @@ struct Counters {
 
 // Per-thread scratch space for chunk verification: a fresh zero-filled
 // buffer per chunk costs more than the read it holds.
+// A chunk's checksum (XXH3-64). On x86-64 through libxxhash's dispatcher,
+// which picks AVX2 or AVX-512 where the CPU has them: the same value, at
+// about twice the speed of the baseline SSE2 build on the fill path.
+uint64_t ChunkChecksum(const char* data, size_t len) {
+#if defined(__x86_64__)
+  return XXH3_64bits_dispatch(data, len);
+#else
+  return XXH3_64bits(data, len);
+#endif
+}
+
 char* Scratch(size_t len) {
   static thread_local std::unique_ptr<char[]> buf;
   static thread_local size_t cap = 0;
@@ -130,28 +163,31 @@ std::string RandomSuffix() {
   return absl::StrFormat("%016x", rng());
 }
 
-// Chunk buffers for fills, recycled: a fresh zero-filled 4 MiB buffer per
-// chunk (page faults and a memset) costs as much as the copy that fills it.
+// Chunk buffers for fills, recycled: fresh memory per chunk (page faults
+// and zeroing) costs as much as the copy that fills it.
 class BufferPool : public std::enable_shared_from_this<BufferPool> {
  public:
-  std::shared_ptr<std::string> Get(size_t len) {
-    std::unique_ptr<std::string> s;
+  std::shared_ptr<ChunkBytes> Get(size_t len) {
+    std::unique_ptr<ChunkBytes> b;
     {
       absl::MutexLock l(&mu_);
-      if (!free_.empty()) {
-        s = std::move(free_.back());
-        free_.pop_back();
+      for (size_t i = free_.size(); i-- > 0;) {
+        if (free_[i]->capacity() >= len) {
+          b = std::move(free_[i]);
+          free_.erase(free_.begin() + static_cast<ptrdiff_t>(i));
+          break;
+        }
       }
     }
-    if (!s) s = std::make_unique<std::string>();
-    s->resize(len);  // no fill when the recycled buffer already has this size
+    if (!b) b = std::make_unique<ChunkBytes>(len);
+    b->resize(len);
     // The deleter keeps the pool alive: a fill's bytes may outlive the store.
-    return std::shared_ptr<std::string>(
-        s.release(), [pool = shared_from_this()](std::string* b) { pool->Put(b); });
+    return std::shared_ptr<ChunkBytes>(
+        b.release(), [pool = shared_from_this()](ChunkBytes* p) { pool->Put(p); });
   }
 
  private:
-  void Put(std::string* b) {
+  void Put(ChunkBytes* b) {
     absl::MutexLock l(&mu_);
     if (free_.size() < kKeep) {
       free_.emplace_back(b);
@@ -159,9 +195,9 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
     }
     delete b;
   }
-  static constexpr size_t kKeep = 32;
+  static constexpr size_t kKeep = 8;
   absl::Mutex mu_;
-  std::vector<std::unique_ptr<std::string>> free_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<ChunkBytes>> free_ ABSL_GUARDED_BY(mu_);
 };
 
 class ChunkStoreImpl final : public ChunkStore {
@@ -301,6 +337,12 @@ class ChunkStoreImpl final : public ChunkStore {
     }
     absl::Cleanup release = [&] { Release(a.obj); };
     if (a.length == 0) return ReadResult{};
+    if (a.memory) {
+      std::memcpy(out.data(), a.memory->data() + a.memory_offset, a.length);
+      ++ctr_.read_hits;
+      ctr_.bytes_read += a.length;
+      return ReadResult{a.length, {}};
+    }
     IoOp op{IoOp::Kind::kRead, a.fd, offset, out.data(), a.length, 0};
     absl::Status st = fs_->Submit(absl::MakeSpan(&op, 1));
     if (!st.ok() || op.result != static_cast<ssize_t>(a.length)) {
@@ -344,8 +386,9 @@ class ChunkStoreImpl final : public ChunkStore {
       return absl::UnavailableError(
           absl::StrFormat("%s [%u, +%u) is not fully cached", key, offset, length));
     }
-    return ReadLease(acquired->fd, offset, acquired->length,
-                     [this, obj = acquired->obj] { Release(obj); });
+    return ReadLease(
+        acquired->fd, offset, acquired->length, [this, obj = acquired->obj] { Release(obj); },
+        std::move(acquired->memory), acquired->memory_offset);
   }
 
   absl::StatusOr<FillResult> Fill(const std::string& key, uint32_t index,
@@ -385,7 +428,7 @@ class ChunkStoreImpl final : public ChunkStore {
     }
     ++ctr_.fills;
     uint32_t len = obj->ChunkLength(index);
-    std::shared_ptr<std::string> bytes = buffers_->Get(len);
+    std::shared_ptr<ChunkBytes> bytes = buffers_->Get(len);
     absl::Status st = source(absl::MakeSpan(bytes->data(), len));
     bool cached = false;
     if (st.ok()) {
@@ -398,6 +441,7 @@ class ChunkStoreImpl final : public ChunkStore {
     flight->cached = cached;
     if (st.ok()) flight->bytes = bytes;
     obj->chunks[index].state = cached ? ChunkState::kPresent : ChunkState::kAbsent;
+    if (cached) RememberLocked(*obj, index, bytes);
     obj->flights.erase(index);
     cv_.SignalAll();
     if (!st.ok()) return st;
@@ -582,11 +626,51 @@ class ChunkStoreImpl final : public ChunkStore {
     size_t length = 0;
     uint32_t first = 0, last = 0;
     std::vector<uint32_t> missing;
+    // The chunk's bytes when the range lies in one chunk that is in memory.
+    std::shared_ptr<const ChunkBytes> memory;
+    size_t memory_offset = 0;
   };
+
+  // The memory tier: the bytes of recently filled chunks, oldest first.
+  void RememberLocked(const Object& o, uint32_t index, std::shared_ptr<const ChunkBytes> bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (bytes->size() > opts_.memory_bytes) return;
+    ForgetLocked(o.key, index);
+    recent_bytes_ += bytes->size();
+    recent_.push_back(Recent{o.key, index, std::move(bytes)});
+    recent_at_[{o.key, index}] = std::prev(recent_.end());
+    while (recent_bytes_ > opts_.memory_bytes) {
+      const Recent& old = recent_.front();
+      recent_bytes_ -= old.bytes->size();
+      recent_at_.erase(std::make_pair(old.key, old.index));
+      recent_.pop_front();
+    }
+  }
+
+  void ForgetLocked(const std::string& key, uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = recent_at_.find(std::make_pair(key, index));
+    if (it == recent_at_.end()) return;
+    recent_bytes_ -= it->second->bytes->size();
+    recent_.erase(it->second);
+    recent_at_.erase(it);
+  }
+
+  void ForgetObjectLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (auto it = recent_.begin(); it != recent_.end();) {
+      if (it->key != key) {
+        ++it;
+        continue;
+      }
+      recent_bytes_ -= it->bytes->size();
+      recent_at_.erase(std::make_pair(it->key, it->index));
+      it = recent_.erase(it);
+    }
+  }
 
   absl::StatusOr<Acquired> Acquire(const std::string& key, uint64_t offset, size_t length) {
     Acquired a;
     std::vector<std::pair<uint32_t, uint64_t>> unverified;
+    std::pair<uint64_t, uint64_t> ahead;  // a range of the file to read ahead
     int64_t now = opts_.clock_us();
     {
       absl::MutexLock l(&mu_);
@@ -640,9 +724,20 @@ class ChunkStoreImpl final : public ChunkStore {
       o.rec.last_use_us = now;
       o.last_use_dirty = true;
       ++o.readers;
-      if (offset == o.next_offset && opts_.background_work) VerifyAheadLocked(a.obj, a.last);
+      if (a.first == a.last) {
+        auto it = recent_at_.find(std::make_pair(key, a.first));
+        if (it != recent_at_.end()) {
+          a.memory = it->second->bytes;
+          a.memory_offset = offset - uint64_t{a.first} * o.rec.chunk_size;
+        }
+      }
+      if (offset == o.next_offset) {
+        if (opts_.background_work) VerifyAheadLocked(a.obj, a.last);
+        ahead = ReadAheadLocked(o, a.last);
+      }
       o.next_offset = offset + a.length;
     }
+    if (ahead.second > 0) fs_->WillNeed(a.fd, ahead.first, ahead.second);
     if (!unverified.empty()) {
       std::vector<uint32_t> bad;
       for (auto [i, sum] : unverified) {
@@ -656,6 +751,25 @@ class ChunkStoreImpl final : public ChunkStore {
       }
     }
     return a;
+  }
+
+  // A sequential reader will want the next chunks soon: the range of the
+  // file to read into the page cache ahead of it (chunks are written around
+  // the page cache), once per chunk, for the present chunks not in memory.
+  std::pair<uint64_t, uint64_t> ReadAheadLocked(Object& o, uint32_t last)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    constexpr uint32_t kAhead = 2;
+    if (o.read_ahead_chunk > last + 1 + kAhead) o.read_ahead_chunk = 0;  // a new pass
+    uint32_t from = std::max(last + 1, o.read_ahead_chunk);
+    uint32_t to = std::min<uint64_t>(last + 1 + kAhead, o.chunks.size());
+    while (from < to && (o.chunks[from].state != ChunkState::kPresent ||
+                         recent_at_.contains(std::make_pair(o.key, from)))) {
+      ++from;
+    }
+    if (from >= to) return {0, 0};
+    o.read_ahead_chunk = to;
+    uint64_t start = uint64_t{from} * o.rec.chunk_size;
+    return {start, std::min(o.rec.size, uint64_t{to} * o.rec.chunk_size) - start};
   }
 
   // A sequential reader will want the next chunks soon: check them on the
@@ -734,7 +848,7 @@ class ChunkStoreImpl final : public ChunkStore {
                              : absl::StrFormat("read %d of %u bytes", got_bytes, len));
       return false;
     }
-    uint64_t got = XXH3_64bits(buf, len);
+    uint64_t got = ChunkChecksum(buf, len);
     if (got != want) {
       spdlog::error(
           "chunk {} of {} failed its checksum in {} (want {:016x}, got {:016x}); refetching", i,
@@ -767,6 +881,7 @@ class ChunkStoreImpl final : public ChunkStore {
       if (c.state != ChunkState::kPresent) continue;
       c.state = ChunkState::kDropping;
       c.verified = false;
+      ForgetLocked(obj.key, i);
       uint32_t len = obj.ChunkLength(i);
       obj.bytes_present -= len;
       used_ -= len;
@@ -821,9 +936,10 @@ class ChunkStoreImpl final : public ChunkStore {
 
   // Writes one chunk's bytes and records them. The chunk is kFilling, owned
   // by the caller, so nothing else touches it meanwhile.
-  absl::Status Store(const ObjectPtr& obj, uint32_t index, const std::string& bytes) {
+  absl::Status Store(const ObjectPtr& obj, uint32_t index, const ChunkBytes& bytes) {
     uint32_t len = static_cast<uint32_t>(bytes.size());
     int fd;
+    std::pair<uint64_t, uint64_t> alloc;
     {
       absl::MutexLock l(&mu_);
       if (!health_.ok()) return health_;
@@ -841,6 +957,7 @@ class ChunkStoreImpl final : public ChunkStore {
       }
       fd = *fd_or;
       used_ += len;  // reserved; given back if the write fails
+      alloc = AllocationFor(*obj, index, len);
       if (used_ > HighLocked()) {
         evict_kick_ = true;
         evict_cv_.Signal();
@@ -857,7 +974,8 @@ class ChunkStoreImpl final : public ChunkStore {
       }
       return why;
     };
-    uint64_t sum = XXH3_64bits(bytes.data(), len);
+    if (alloc.second > 0) fs_->Allocate(fd, alloc.first, alloc.second).IgnoreError();  // a hint
+    uint64_t sum = ChunkChecksum(bytes.data(), len);
     IoOp op{IoOp::Kind::kWrite,
             fd,
             static_cast<uint64_t>(index) * obj->rec.chunk_size,
@@ -888,6 +1006,22 @@ class ChunkStoreImpl final : public ChunkStore {
     c.last_use_us = opts_.clock_us();
     obj->bytes_present += len;
     return absl::OkStatus();
+  }
+
+  // The range of the object's file to reserve before writing chunk `index`:
+  // a sequential fill reserves a window ahead of itself, so that the chunks
+  // of that window (fetched in parallel, written in any order) lie on disk in
+  // file order and read back sequentially. A chunk far past the window (a
+  // random reader) reserves nothing beyond what its own write takes.
+  std::pair<uint64_t, uint64_t> AllocationFor(Object& o, uint32_t index, uint32_t len)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    constexpr uint64_t kWindow = 64ull << 20;
+    uint64_t start = uint64_t{index} * o.rec.chunk_size;
+    uint64_t end = start + len;
+    if (end <= o.allocated_to || start > o.allocated_to + kWindow) return {0, 0};
+    uint64_t from = o.allocated_to;
+    o.allocated_to = std::min(o.rec.size, end + kWindow);
+    return {from, o.allocated_to - from};
   }
 
   absl::StatusOr<int> EnsureFdLocked(Object& o) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -944,6 +1078,7 @@ class ChunkStoreImpl final : public ChunkStore {
 
   void BeginRemoveLocked(Object& o) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     o.removing = true;
+    ForgetObjectLocked(o.key);
     used_ -= o.bytes_present;
   }
 
@@ -1221,6 +1356,15 @@ class ChunkStoreImpl final : public ChunkStore {
     uint64_t checksum = 0;
   };
   std::deque<VerifyItem> verify_queue_ ABSL_GUARDED_BY(mu_);
+  struct Recent {
+    std::string key;
+    uint32_t index = 0;
+    std::shared_ptr<const ChunkBytes> bytes;
+  };
+  std::list<Recent> recent_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::pair<std::string, uint32_t>, std::list<Recent>::iterator> recent_at_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t recent_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<bool> stop_verify_{false};
   Counters ctr_;
   std::shared_ptr<BufferPool> buffers_ = std::make_shared<BufferPool>();

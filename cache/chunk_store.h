@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/functional/function_ref.h"
@@ -22,6 +23,30 @@
 namespace strata::cache {
 
 inline constexpr uint32_t kDefaultChunkSize = 4u << 20;
+// Alignment of chunk buffers, chunk offsets and chunk sizes, so that chunks
+// can be written with O_DIRECT (no page cache copy of what is written).
+inline constexpr size_t kIoAlign = 4096;
+
+// A chunk's bytes in memory: a fixed-capacity buffer aligned for direct I/O.
+class ChunkBytes {
+ public:
+  explicit ChunkBytes(size_t capacity);
+  ~ChunkBytes();
+  ChunkBytes(const ChunkBytes&) = delete;
+  ChunkBytes& operator=(const ChunkBytes&) = delete;
+
+  char* data() { return data_; }
+  const char* data() const { return data_; }
+  size_t size() const { return size_; }
+  size_t capacity() const { return capacity_; }
+  void resize(size_t n);  // n <= capacity(); the bytes are not touched
+  std::string_view view() const { return {data_, size_}; }
+
+ private:
+  char* data_;
+  size_t size_ = 0;
+  size_t capacity_;
+};
 
 struct StoreOptions {
   std::string dir;  // holds objects/ (data files) and index/ (RocksDB)
@@ -36,6 +61,10 @@ struct StoreOptions {
   bool degrade_on_error = false;
   // Data files kept open at most; idle objects' files are closed past it.
   uint64_t max_open_files = 4096;
+  // Bytes of recently filled chunks kept in memory (oldest dropped first):
+  // a sequential reader arriving just behind readahead is served from here,
+  // and chunks written with O_DIRECT are not read back from disk. 0: none.
+  uint64_t memory_bytes = 64ull << 20;
   // Run the background evictor and verify-ahead threads. Tools that only
   // inspect a store turn them off.
   bool background_work = true;
@@ -75,7 +104,7 @@ struct ReadResult {
 // one it waited for) fetched them, so a caller can serve them even if they
 // could not be cached; it is null when the chunk was already present.
 struct FillResult {
-  std::shared_ptr<const std::string> bytes;
+  std::shared_ptr<const ChunkBytes> bytes;
   bool cached = false;
 };
 
@@ -130,11 +159,20 @@ struct VerifyReport {
 
 // A range of an object that is present and verified, held against eviction
 // until the lease is destroyed: the FUSE layer splices from (fd, offset).
+// When the range is still in the store's memory, `memory()` holds it too,
+// and a reader should copy from there rather than read the file (chunks are
+// written around the page cache, so the file's copy is on disk).
 class ReadLease {
  public:
   ReadLease() = default;
-  ReadLease(int fd, uint64_t offset, size_t length, std::function<void()> release)
-      : release_(std::move(release)), fd_(fd), offset_(offset), length_(length) {}
+  ReadLease(int fd, uint64_t offset, size_t length, std::function<void()> release,
+            std::shared_ptr<const ChunkBytes> chunk = nullptr, size_t chunk_offset = 0)
+      : release_(std::move(release)),
+        chunk_(std::move(chunk)),
+        fd_(fd),
+        offset_(offset),
+        length_(length),
+        chunk_offset_(chunk_offset) {}
   ReadLease(ReadLease&&) noexcept;
   ReadLease& operator=(ReadLease&&) noexcept;
   ReadLease(const ReadLease&) = delete;
@@ -144,12 +182,18 @@ class ReadLease {
   int fd() const { return fd_; }
   uint64_t offset() const { return offset_; }
   size_t length() const { return length_; }
+  // The leased bytes when they are in memory; empty otherwise.
+  std::string_view memory() const {
+    return chunk_ ? chunk_->view().substr(chunk_offset_, length_) : std::string_view();
+  }
 
  private:
   std::function<void()> release_;
+  std::shared_ptr<const ChunkBytes> chunk_;
   int fd_ = -1;
   uint64_t offset_ = 0;
   size_t length_ = 0;
+  size_t chunk_offset_ = 0;
 };
 
 class ChunkStore {

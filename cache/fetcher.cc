@@ -174,7 +174,7 @@ class Fetcher::Impl {
       if (!results.ok()) return Fail(t, results.status());
       // Serve fetched bytes from the fetch itself (they may not have fit in
       // the store), the rest from the store.
-      absl::flat_hash_map<uint32_t, std::shared_ptr<const std::string>> fetched;
+      absl::flat_hash_map<uint32_t, std::shared_ptr<const ChunkBytes>> fetched;
       for (size_t i = 0; i < missing.size(); ++i) {
         if ((*results)[i].bytes) fetched[missing[i]] = (*results)[i].bytes;
       }
@@ -402,7 +402,7 @@ class Fetcher::Impl {
   // Copies [offset, offset + out.size()) chunk by chunk from fetched bytes
   // or the store; false if a chunk went missing meanwhile.
   bool Assemble(const std::string& key, uint32_t cs, uint64_t offset, absl::Span<char> out,
-                const absl::flat_hash_map<uint32_t, std::shared_ptr<const std::string>>& fetched) {
+                const absl::flat_hash_map<uint32_t, std::shared_ptr<const ChunkBytes>>& fetched) {
     uint64_t pos = offset, end = offset + out.size();
     while (pos < end) {
       uint32_t idx = pos / cs;

@@ -1,5 +1,10 @@
 // io_uring-backed StoreFs. A batch takes one ring from a small pool, submits
 // all of its ops at once and reaps them; short transfers are resubmitted.
+// Writes go around the page cache (O_DIRECT, through a second descriptor of
+// the file) wherever their buffer and offset are aligned: the store's chunks
+// are written once and read later, and copying them into fresh page-cache
+// pages costs more than the disk write (the reader's own page cache holds
+// what is hot). Reads stay buffered.
 #include "cache/store_fs.h"
 
 #include <dirent.h>
@@ -15,6 +20,7 @@
 #include <filesystem>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "cache/logging.h"
@@ -97,29 +103,79 @@ class PosixStoreFs final : public StoreFs {
     int flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0);
     int fd = ::open(path.c_str(), flags, 0600);
     if (fd < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
+    if (direct_ok_.load(std::memory_order_relaxed)) {
+      int dfd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT);
+      if (dfd >= 0) {
+        absl::MutexLock l(&direct_mu_);
+        direct_[fd] = dfd;
+      } else if (errno == EINVAL) {
+        NoDirect(path, "O_DIRECT is not supported");
+      }
+    }
     return fd;
   }
 
   void Close(int fd) override {
-    if (fd >= 0) ::close(fd);
+    if (fd < 0) return;
+    int dfd = -1;
+    {
+      absl::MutexLock l(&direct_mu_);
+      if (auto it = direct_.find(fd); it != direct_.end()) {
+        dfd = it->second;
+        direct_.erase(it);
+      }
+    }
+    if (dfd >= 0) ::close(dfd);
+    ::close(fd);
   }
 
   absl::Status Submit(absl::Span<IoOp> ops) override {
     for (auto& op : ops) op.result = 0;
+    // Aligned writes are split into a direct part and a buffered tail.
+    std::vector<IoOp> run;
+    std::vector<size_t> from;  // index in `ops` of each op of `run`
+    bool split = SplitDirect(ops, run, from);
+    absl::Span<IoOp> todo = split ? absl::MakeSpan(run) : ops;
+    absl::Status st;
     if (!uring_ok_) {
-      for (auto& op : ops) RunSync(op);
-      return absl::OkStatus();
+      for (auto& op : todo) RunSync(op);
+    } else {
+      // Direct writes of one file run in parallel; buffered ones do not.
+      Ring* r = !split && WritesToOneFile(ops) ? RingFor(ops[0].fd) : PickRing();
+      // `r->mu` is held: the ring is ours for the whole batch.
+      st = RunOnRing(r->ring, todo);
+      r->mu.Unlock();
     }
-    Ring* r = WritesToOneFile(ops) ? RingFor(ops[0].fd) : PickRing();
-    // `r->mu` is held: the ring is ours for the whole batch.
-    absl::Status st = RunOnRing(r->ring, ops);
-    r->mu.Unlock();
+    if (!split) return st;
+    for (size_t i = 0; i < run.size(); ++i) {
+      IoOp& part = run[i];
+      if (part.result == -EINVAL && part.fd != ops[from[i]].fd) {
+        // The file system refused this direct write: write it buffered.
+        NoDirect("the cache directory", "a direct write failed with EINVAL");
+        part.fd = ops[from[i]].fd;
+        part.result = 0;
+        RunSync(part);
+      }
+    }
+    for (size_t i = 0; i < run.size(); ++i) {
+      IoOp& op = ops[from[i]];
+      if (op.result < 0) continue;
+      op.result = run[i].result < 0 ? run[i].result : op.result + run[i].result;
+    }
     return st;
   }
 
   absl::Status PunchHole(int fd, uint64_t offset, uint64_t len) override {
     if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len) != 0) {
       return ErrnoStatus(errno, "punch hole");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Allocate(int fd, uint64_t offset, uint64_t len) override {
+    if (::fallocate(fd, FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset), static_cast<off_t>(len)) !=
+        0) {
+      return ErrnoStatus(errno, "allocate");
     }
     return absl::OkStatus();
   }
@@ -176,6 +232,45 @@ class PosixStoreFs final : public StoreFs {
   }
 
  private:
+  // Expands `ops` into `run` when some write can go direct; false when none.
+  bool SplitDirect(absl::Span<IoOp> ops, std::vector<IoOp>& run, std::vector<size_t>& from) {
+    if (!direct_ok_.load(std::memory_order_relaxed)) return false;
+    absl::MutexLock l(&direct_mu_);
+    bool any = false;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      IoOp op = ops[i];
+      auto it = op.kind == IoOp::Kind::kWrite ? direct_.find(op.fd) : direct_.end();
+      size_t head = op.len / kDirectAlign * kDirectAlign;
+      if (it == direct_.end() || head == 0 || op.offset % kDirectAlign != 0 ||
+          reinterpret_cast<uintptr_t>(op.buf) % kDirectAlign != 0) {
+        run.push_back(op);
+        from.push_back(i);
+        continue;
+      }
+      any = true;
+      IoOp direct = op;
+      direct.fd = it->second;
+      direct.len = head;
+      run.push_back(direct);
+      from.push_back(i);
+      if (head < op.len) {
+        IoOp tail = op;
+        tail.offset += head;
+        tail.buf += head;
+        tail.len -= head;
+        run.push_back(tail);
+        from.push_back(i);
+      }
+    }
+    return any;
+  }
+
+  void NoDirect(const std::string& where, const char* why) {
+    if (direct_ok_.exchange(false)) {
+      spdlog::info("{} in {}: chunks are written through the page cache", why, where);
+    }
+  }
+
   // Buffered writes are run by io_uring's worker threads; concurrent writers
   // of one file there contend on its inode lock (spinning). Writes to one
   // file therefore all go through one ring, which serialises them.
@@ -269,7 +364,12 @@ class PosixStoreFs final : public StoreFs {
     return absl::OkStatus();
   }
 
+  static constexpr size_t kDirectAlign = 4096;
   std::array<std::unique_ptr<Ring>, kRings> rings_;
+  std::atomic<bool> direct_ok_{true};
+  absl::Mutex direct_mu_;
+  // The O_DIRECT descriptor of each open file that has one.
+  absl::flat_hash_map<int, int> direct_ ABSL_GUARDED_BY(direct_mu_);
   int rings_ready_ = 0;
   bool uring_ok_ = true;
   std::atomic<unsigned> next_{0};

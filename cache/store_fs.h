@@ -43,6 +43,9 @@ class StoreFs {
   // when the batch could not be run at all. Per-op errors land in op.result.
   virtual absl::Status Submit(absl::Span<IoOp> ops) = 0;
   virtual absl::Status PunchHole(int fd, uint64_t offset, uint64_t len) = 0;
+  // Reserves disk blocks for a range (the file's size is kept), so that
+  // chunks written out of order still lie on disk in file order.
+  virtual absl::Status Allocate(int fd, uint64_t offset, uint64_t len) = 0;
   // Tells the kernel these bytes will be read soon (starts readahead).
   virtual void WillNeed(int fd, uint64_t offset, uint64_t len) = 0;
   virtual absl::Status Unlink(const std::string& path) = 0;

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <optional>
+#include <string_view>
 
 #include "absl/strings/str_format.h"
 #include "cache/chunk_store.h"
@@ -88,6 +90,63 @@ void PrintStats(const Session& s, double seconds, uint64_t bytes) {
       static_cast<unsigned long long>(c.chunks_written));
 }
 
+// What writing to stdout came to.
+struct Output {
+  enum Result { kDone, kReaderGone, kFailed };
+  Result result = kDone;
+  uint64_t bytes = 0;
+};
+
+Output WriteOut(std::string_view data) {
+  Output out;
+  while (out.bytes < data.size()) {
+    ssize_t w = ::write(1, data.data() + out.bytes, data.size() - out.bytes);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) {
+      // A reader that went away (EPIPE) is not an error of ours.
+      if (errno != EPIPE) spdlog::error("write to stdout: {}", std::strerror(errno));
+      out.result = errno == EPIPE ? Output::kReaderGone : Output::kFailed;
+      return out;
+    }
+    out.bytes += static_cast<uint64_t>(w);
+  }
+  return out;
+}
+
+// Writes a leased range to stdout: from memory, or by sendfile from the
+// cache file (through a buffer when stdout takes no sendfile: a terminal).
+Output Send(const cache::ReadLease& lease) {
+  if (!lease.memory().empty()) return WriteOut(lease.memory());
+  Output out;
+  off_t from = static_cast<off_t>(lease.offset());
+  while (out.bytes < lease.length()) {
+    ssize_t w = ::sendfile(1, lease.fd(), &from, lease.length() - out.bytes);
+    if (w < 0 && errno == EINTR) continue;
+    if (w > 0) {
+      out.bytes += static_cast<uint64_t>(w);
+      continue;
+    }
+    if (w < 0 && errno == EPIPE) {
+      out.result = Output::kReaderGone;
+      return out;
+    }
+    if (w < 0 && (errno == EINVAL || errno == ENOSYS)) {
+      std::vector<char> buf(lease.length() - out.bytes);
+      ssize_t n = ::pread(lease.fd(), buf.data(), buf.size(), from);
+      if (n == static_cast<ssize_t>(buf.size())) {
+        Output rest = WriteOut(std::string_view(buf.data(), buf.size()));
+        rest.bytes += out.bytes;
+        return rest;
+      }
+    }
+    spdlog::error("write to stdout from the cache: {}",
+                  w < 0 ? std::strerror(errno) : "the cache file is short");
+    out.result = Output::kFailed;
+    return out;
+  }
+  return out;
+}
+
 double Since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -133,58 +192,43 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
       auto t0 = std::chrono::steady_clock::now();
       uint64_t written = 0;
       const std::string key = cache::StoreKey(s->target);
-      bool splice = true;  // until stdout refuses it
       for (uint64_t pos = *offset; pos < end;) {
         size_t want = std::min<uint64_t>(*block, end - pos);
-        // Cached bytes go from the cache file to stdout by sendfile, without
-        // a copy through this process; uncached ones through a buffer.
-        if (splice) {
-          auto kept = s->fetcher->Ensure(s->target, pos, want);
-          if (!kept.ok()) {
-            spdlog::error("{}", kept.status().message());
-            return 1;
-          }
-          auto lease = *kept ? s->store->Lease(key, pos, want) : kept.status();
-          if (*kept && lease.ok()) {
-            off_t from = static_cast<off_t>(lease->offset());
-            size_t left = lease->length();
-            while (left > 0) {
-              ssize_t w = ::sendfile(1, lease->fd(), &from, left);
-              if (w < 0 && errno == EINTR) continue;
-              if (w < 0 && errno == EPIPE) return 0;  // the reader went away
-              if (w <= 0) break;
-              left -= static_cast<size_t>(w);
-            }
-            size_t sent = lease->length() - left;
-            pos += sent;
-            written += sent;
-            if (left == 0) continue;
-            if (errno != EINVAL && errno != ENOSYS) {
-              spdlog::error("write to stdout: {}", std::strerror(errno));
-              return 1;
-            }
-            splice = false;  // stdout takes no sendfile (a terminal, say)
-            continue;
-          }
+        const uint64_t stop = pos + want;
+        // Cached bytes are written from the store's memory when they were
+        // just fetched, else sent from the cache file by sendfile, without
+        // a copy through this process; bytes the store could not keep go
+        // through a buffer.
+        auto kept = s->fetcher->Ensure(s->target, pos, want);
+        if (!kept.ok()) {
+          spdlog::error("{}", kept.status().message());
+          return 1;
         }
+        auto info = *kept ? s->store->Lookup(key) : std::nullopt;
+        while (info && pos < stop) {
+          // One chunk at a time: a lease within one chunk can be in memory.
+          uint64_t cend = (pos / info->chunk_size + 1) * info->chunk_size;
+          auto lease = s->store->Lease(key, pos, std::min(stop, cend) - pos);
+          if (!lease.ok()) break;  // evicted meanwhile: read the rest
+          Output out = Send(*lease);
+          pos += out.bytes;
+          written += out.bytes;
+          if (out.result == Output::kReaderGone) return 0;
+          if (out.result == Output::kFailed) return 1;
+        }
+        if (pos == stop) continue;
+        want = stop - pos;
         buf.resize(*block);
         auto n = s->fetcher->Read(s->target, pos, absl::MakeSpan(buf.data(), want));
         if (!n.ok()) {
           spdlog::error("{}", n.status().message());
           return 1;
         }
-        for (size_t off = 0; off < *n;) {
-          ssize_t w = ::write(1, buf.data() + off, *n - off);
-          if (w < 0 && errno == EINTR) continue;
-          if (w < 0) {
-            if (errno == EPIPE) return 0;  // the reader went away: not an error of ours
-            spdlog::error("write to stdout: {}", std::strerror(errno));
-            return 1;
-          }
-          off += w;
-        }
-        pos += *n;
-        written += *n;
+        Output out = WriteOut(std::string_view(buf.data(), *n));
+        pos += out.bytes;
+        written += out.bytes;
+        if (out.result == Output::kReaderGone) return 0;
+        if (out.result == Output::kFailed) return 1;
       }
       if (co->stats) PrintStats(*s, Since(t0), written);
       return 0;

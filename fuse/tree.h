@@ -39,8 +39,8 @@ struct DirEntry {
   Attr attr;
 };
 
-// The answer to a read: bytes in hand, or a leased range of a cache file
-// that the engine splices to the kernel without copying.
+// The answer to a read: bytes in hand, or a leased range of the cache that
+// the engine copies from memory or splices from the cache file.
 struct ReadResult {
   std::string bytes;
   cache::ReadLease lease;  // used when lease.fd() >= 0

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <rocksdb/db.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <unistd.h>
 
@@ -37,6 +38,7 @@ class ChunkStoreTest : public ::testing::Test {
     o.dir = dir_.path();
     o.chunk_size = kChunk;
     o.capacity_bytes = capacity;
+    o.memory_bytes = memory_bytes_;
     o.fs = fs_;
     o.clock_us = [this] { return clock_.load(); };
     auto s = ChunkStore::Open(o);
@@ -73,6 +75,7 @@ class ChunkStoreTest : public ::testing::Test {
   }
 
   TempDir dir_;
+  uint64_t memory_bytes_ = StoreOptions{}.memory_bytes;
   std::shared_ptr<FaultyFs> fs_ = std::make_shared<FaultyFs>(NewPosixStoreFs());
   std::atomic<int64_t> clock_{1'000'000};
 };
@@ -175,6 +178,7 @@ TEST_F(ChunkStoreTest, CorruptBytesOnDiskAreAMissNeverServed) {
 }
 
 TEST_F(ChunkStoreTest, FaultyReadsAreMissesNotWrongBytes) {
+  memory_bytes_ = 0;  // every read goes to the (faulty) disk
   {
     auto s = OpenStore();
     Put(*s, "obj", 2);
@@ -207,7 +211,7 @@ TEST_F(ChunkStoreTest, WriteErrorsServeUncachedAndKeepServing) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_FALSE(r->cached);
   ASSERT_TRUE(r->bytes);
-  EXPECT_EQ(*r->bytes, Pattern(1, 0, kChunk));
+  EXPECT_TRUE(r->bytes->view() == Pattern(1, 0, kChunk));
   EXPECT_EQ(s->Stats().write_errors, 1u);
   std::string out(10, '\0');
   EXPECT_THAT(s->Read("obj", 0, absl::MakeSpan(out))->missing, ElementsAre(0));
@@ -234,7 +238,7 @@ TEST_F(ChunkStoreTest, UnusableDirectoryDegradesToServingWithoutCaching) {
   auto r = (*s)->WriteChunk("obj", 0, Pattern(1, 0, kChunk));
   ASSERT_TRUE(r.ok());
   EXPECT_FALSE(r->cached);
-  EXPECT_EQ(*r->bytes, Pattern(1, 0, kChunk));
+  EXPECT_TRUE(r->bytes->view() == Pattern(1, 0, kChunk));
 }
 
 TEST_F(ChunkStoreTest, ReadOnlyFileSystemDegrades) {
@@ -424,7 +428,7 @@ TEST_F(ChunkStoreTest, SingleFlightFetchesEachChunkOnce) {
         std::copy(p.begin(), p.end(), out.begin());
         return absl::OkStatus();
       });
-      if (r.ok() && (!r->bytes || *r->bytes == Pattern(1, idx, kChunk))) ++ok;
+      if (r.ok() && (!r->bytes || r->bytes->view() == Pattern(1, idx, kChunk))) ++ok;
     });
   }
   for (auto& t : ts) t.join();
@@ -483,7 +487,7 @@ TEST_F(ChunkStoreTest, ConcurrentReadersWritersAndEviction) {
             std::copy(p.begin(), p.end(), b.begin());
             return absl::OkStatus();
           });
-          if (f.ok() && f->bytes && *f->bytes != Pattern(7, idx, kChunk)) ++wrong;
+          if (f.ok() && f->bytes && f->bytes->view() != Pattern(7, idx, kChunk)) ++wrong;
           continue;
         }
         ++served;
@@ -575,6 +579,79 @@ TEST_F(ChunkStoreTest, OpenFilesStayWithinTheirBudget) {
   char buf[100];
   ASSERT_EQ(::pread(lease->fd(), buf, 100, 0), 100);
   EXPECT_EQ(std::string(buf, 100), Pattern(1, 0, kChunk).substr(0, 100));
+}
+
+TEST_F(ChunkStoreTest, JustFilledChunksAreServedFromMemoryWithinItsBudget) {
+  memory_bytes_ = 3 * kChunk;
+  auto s = OpenStore();
+  Put(*s, "obj", 5);
+  uint64_t disk_reads = fs_->reads;
+  // The last three chunks filled are in memory: leases and reads of them
+  // touch no file.
+  for (uint32_t i = 2; i < 5; ++i) {
+    auto lease = s->Lease("obj", uint64_t{i} * kChunk + 10, 100);
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    EXPECT_TRUE(lease->memory() == Pattern(1, i, kChunk).substr(10, 100));
+    EXPECT_EQ(ReadAll(*s, "obj", uint64_t{i} * kChunk + 5, 50),
+              Pattern(1, i, kChunk).substr(5, 50));
+  }
+  EXPECT_EQ(fs_->reads, disk_reads);
+  // Older ones were let go: they come from the file, which holds them.
+  auto lease = s->Lease("obj", 10, 100);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_TRUE(lease->memory().empty());
+  char buf[100];
+  ASSERT_EQ(::pread(lease->fd(), buf, 100, lease->offset()), 100);
+  EXPECT_EQ(std::string(buf, 100), Pattern(1, 0, kChunk).substr(10, 100));
+  EXPECT_EQ(ReadAll(*s, "obj", 5, 50), Pattern(1, 0, kChunk).substr(5, 50));
+  EXPECT_GT(fs_->reads, disk_reads);
+  // A range over two chunks is read from the file.
+  EXPECT_EQ(ReadAll(*s, "obj", 3 * kChunk - 5, 10),
+            Pattern(1, 2, kChunk).substr(kChunk - 5) + Pattern(1, 3, kChunk).substr(0, 5));
+}
+
+TEST_F(ChunkStoreTest, DroppedOrRemovedChunksAreNotServedFromMemory) {
+  auto s = OpenStore();
+  Put(*s, "obj", 2);
+  ASSERT_TRUE(s->Remove("obj").ok());
+  ASSERT_TRUE(s->Register({"obj", 2 * kChunk, "test", 0}).ok());
+  std::string out(100, '\0');
+  auto r = s->Read("obj", 0, absl::MakeSpan(out));
+  ASSERT_TRUE(r.ok());
+  EXPECT_THAT(r->missing, ElementsAre(0));
+  // Refilled with other bytes: those are what is served.
+  ASSERT_TRUE(s->WriteChunk("obj", 0, Pattern(2, 0, kChunk)).ok());
+  EXPECT_EQ(ReadAll(*s, "obj", 0, 100), Pattern(2, 0, kChunk).substr(0, 100));
+  // Evicted chunks are gone from memory too.
+  Put(*s, "other", 2);
+  EXPECT_EQ(s->Evict({EvictRequest::Mode::kKey, 0, "other"}).objects, 1u);
+  EXPECT_FALSE(s->Lookup("other"));
+  EXPECT_EQ(s->Read("other", 0, absl::MakeSpan(out)).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ChunkStoreTest, ChunksAreWrittenAroundThePageCache) {
+  auto s = OpenStore();
+  const uint64_t size = 2 * kChunk + 1000;  // the tail is not block-aligned
+  Put(*s, "obj", 3, size);
+  std::string file = ObjectFile(*s, "obj");
+  ASSERT_FALSE(file.empty());
+  int fd = ::open(file.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  std::vector<unsigned char> resident((size + 4095) / 4096);
+  ASSERT_EQ(::mincore(map, size, resident.data()), 0);
+  size_t cached_pages = 0;
+  for (unsigned char v : resident) cached_pages += v & 1;
+  // Only the unaligned tail went through the page cache.
+  EXPECT_LE(cached_pages, 1u);
+  ::munmap(map, size);
+  ::close(fd);
+  // And the bytes are there, tail included.
+  s.reset();
+  s = OpenStore();
+  std::string whole = Pattern(1, 0, kChunk) + Pattern(1, 1, kChunk) + Pattern(1, 2, 1000);
+  EXPECT_TRUE(ReadAll(*s, "obj", 0, size) == whole);
 }
 
 }  // namespace

@@ -49,6 +49,9 @@ class FaultyFs final : public StoreFs {
   absl::Status PunchHole(int fd, uint64_t offset, uint64_t len) override {
     return base_->PunchHole(fd, offset, len);
   }
+  absl::Status Allocate(int fd, uint64_t offset, uint64_t len) override {
+    return base_->Allocate(fd, offset, len);
+  }
   void WillNeed(int fd, uint64_t offset, uint64_t len) override {
     base_->WillNeed(fd, offset, len);
   }
