@@ -5,6 +5,10 @@
 # (sync), so that runs do not pay for each other's writeback.
 # Then both through a throttling proxy (25 MiB/s, 20 ms per request round
 # trip): strata against the link rate. Peak RSS of strata is recorded.
+# strata cat also writes every chunk to the cache directory's disk (around
+# the page cache) before it exits, so the same run measures that disk's own
+# sequential direct-write rate (dd oflag=direct): strata is bounded by it
+# wherever it is below the network's rate.
 # Targets: >= 0.9x curl, >= 0.9x the link rate, RSS < 256 MiB.
 #   SIZE_MIB=2048 SLOW_MIB=256 REPS=3 bench/fetch_http.sh
 set -euo pipefail
@@ -63,6 +67,15 @@ strata_cold() {
   cat "$work/rss" >> "$work/rss_all"
   mibps "$2" "$(echo "$t1 - $t0" | bc -l)"
 }
+# the cache directory's disk: sequential 4 MiB direct writes of the object
+disk_write() {
+  rm -f "$work/dd.out"
+  sync
+  dd if="$work/www/big.bin" of="$work/dd.out" bs=4M oflag=direct 2>&1 |
+    awk '/copied/ {for (i = 1; i <= NF; i++) if ($i == "s,") print $(i-1)}' |
+    while read -r s; do mibps "$1" "$s"; done
+  rm -f "$work/dd.out"
+}
 curl_cold() {
   sync
   local t0 t1
@@ -77,17 +90,21 @@ big=$((SIZE_MIB << 20)); small=$((SLOW_MIB << 20))
 for r in $(seq "$REPS"); do
   curl_cold "$url" "$big" >> "$work/curl"
   strata_cold "$url" "$big" >> "$work/strata"
+  disk_write "$big" >> "$work/disk"
   strata_cold "$slow" "$small" >> "$work/strata_slow"
 done
 curl_mibps=$(median < "$work/curl")
 strata_mibps=$(median < "$work/strata")
+disk_mibps=$(median < "$work/disk")
 slow_mibps=$(median < "$work/strata_slow")
 link_mibps=$(mibps "$RATE" 1 | tr -d '\n')
 rss_mib=$(sort -n "$work/rss_all" | tail -1 | awk '{printf "%.0f", $1 / 1024}')
 
 echo "loopback nginx, $SIZE_MIB MiB cold: curl ${curl_mibps} MiB/s, strata cat ${strata_mibps} MiB/s"
 echo "throttled proxy (25 MiB/s, 20 ms), $SLOW_MIB MiB cold: strata cat ${slow_mibps} MiB/s"
+echo "cache disk, sequential 4 MiB direct writes: ${disk_mibps} MiB/s"
 echo "strata peak RSS: ${rss_mib} MiB"
-awk -v c="$curl_mibps" -v s="$strata_mibps" -v l="$link_mibps" -v w="$slow_mibps" -v r="$rss_mib" 'BEGIN {
-  printf "RESULT strata_mibps=%s curl_mibps=%s curl_ratio=%.2f slow_strata_mibps=%s link_mibps=%s link_ratio=%.2f peak_rss_mib=%s\n",
-    s, c, s / c, w, l, w / l, r }'
+awk -v c="$curl_mibps" -v s="$strata_mibps" -v l="$link_mibps" -v w="$slow_mibps" -v r="$rss_mib" \
+    -v d="$disk_mibps" 'BEGIN {
+  printf "RESULT strata_mibps=%s curl_mibps=%s curl_ratio=%.2f disk_write_mibps=%s disk_ratio=%.2f slow_strata_mibps=%s link_mibps=%s link_ratio=%.2f peak_rss_mib=%s\n",
+    s, c, s / c, d, s / d, w, l, w / l, r }'
