@@ -127,7 +127,7 @@ struct Object {
 using ObjectPtr = std::shared_ptr<Object>;
 
 struct Counters {
-  std::atomic<uint64_t> reads{0}, read_hits{0}, read_misses{0}, bytes_read{0};
+  std::atomic<uint64_t> reads{0}, read_hits{0}, read_misses{0}, bytes_read{0}, memory_hits{0};
   std::atomic<uint64_t> chunks_written{0}, bytes_written{0}, write_errors{0};
   std::atomic<uint64_t> checksum_failures{0}, chunks_verified{0}, fills{0}, fill_waits{0};
   std::atomic<uint64_t> evicted_objects{0}, evicted_chunks{0}, evicted_bytes{0};
@@ -579,12 +579,14 @@ class ChunkStoreImpl final : public ChunkStore {
         for (const Chunk& c : o->chunks) s.chunks_present += c.state == ChunkState::kPresent;
       }
       s.open_files = open_files_;
+      s.memory_bytes = recent_bytes_;
       s.degraded = !health_.ok();
       s.health = health_.ok() ? "ok" : std::string(health_.message());
     }
     s.reads = ctr_.reads;
     s.read_hits = ctr_.read_hits;
     s.read_misses = ctr_.read_misses;
+    s.memory_hits = ctr_.memory_hits;
     s.bytes_read = ctr_.bytes_read;
     s.chunks_written = ctr_.chunks_written;
     s.bytes_written = ctr_.bytes_written;
@@ -727,6 +729,7 @@ class ChunkStoreImpl final : public ChunkStore {
       if (a.first == a.last) {
         auto it = recent_at_.find(std::make_pair(key, a.first));
         if (it != recent_at_.end()) {
+          ++ctr_.memory_hits;
           a.memory = it->second->bytes;
           a.memory_offset = offset - uint64_t{a.first} * o.rec.chunk_size;
         }

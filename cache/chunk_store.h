@@ -119,6 +119,8 @@ struct StoreStats {
   uint64_t reads = 0;
   uint64_t read_hits = 0;
   uint64_t read_misses = 0;
+  uint64_t memory_hits = 0;   // reads and leases answered from the memory tier
+  uint64_t memory_bytes = 0;  // bytes of chunks held in the memory tier
   uint64_t bytes_read = 0;
   uint64_t chunks_written = 0;
   uint64_t bytes_written = 0;

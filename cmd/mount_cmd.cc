@@ -23,6 +23,7 @@ void AddMountCommands(CLI::App& app, Runner& run) {
     std::string origin, mountpoint;
     std::string cache_dir = DefaultStateDir() + "/cache";
     std::string chunk_size = "4MiB";
+    std::string memory = "64MiB";
     double attr_ttl = 1.0;
     bool read_only = false;
     int metrics_port = 0;
@@ -35,6 +36,9 @@ void AddMountCommands(CLI::App& app, Runner& run) {
   m->add_option("--cache-dir", o->cache_dir, "Chunk cache directory")->capture_default_str();
   m->add_option("--chunk-size", o->chunk_size, "Chunk size of this volume's objects")
       ->capture_default_str();
+  m->add_option("--cache-memory", o->memory,
+                "Just-filled chunks kept in memory for the readers right behind (0: none)")
+      ->capture_default_str();
   m->add_option("--attr-ttl", o->attr_ttl, "Seconds metadata is cached (open always revalidates)")
       ->capture_default_str();
   m->add_flag("--read-only", o->read_only, "Refuse writes");
@@ -44,8 +48,9 @@ void AddMountCommands(CLI::App& app, Runner& run) {
   m->callback([o, &run] {
     run = [o]() -> int {
       auto chunk = ParseSize(o->chunk_size);
-      if (!chunk.ok()) {
-        spdlog::error("{}", chunk.status().message());
+      auto memory = ParseSize(o->memory);
+      if (!chunk.ok() || !memory.ok()) {
+        spdlog::error("{}", (!chunk.ok() ? chunk.status() : memory.status()).message());
         return 2;
       }
       sigset_t set = BlockStopSignals();  // before any thread starts
@@ -63,6 +68,7 @@ void AddMountCommands(CLI::App& app, Runner& run) {
       }
       cache::StoreOptions so;
       so.dir = o->cache_dir;
+      so.memory_bytes = *memory;
       auto daemon = OpenDaemonStore(so);
       if (!daemon) return 1;
       cache::ChunkStore* store = daemon->store.get();

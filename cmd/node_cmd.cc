@@ -126,6 +126,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
     std::string state_dir = DefaultStateDir();
     std::string cache_dir;
     std::string capacity = "0";
+    std::string memory = "64MiB";
     std::string chunk_size = "4MiB";
     std::string csi_endpoint;
     std::string node_id;
@@ -145,6 +146,9 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
   c->add_option("--cache-dir", o->cache_dir, "Chunk cache directory (default: STATE_DIR/cache)");
   c->add_option("--cache-capacity", o->capacity,
                 "Byte budget of the cache, e.g. 100GiB (0: 80% of its file system)")
+      ->capture_default_str();
+  c->add_option("--cache-memory", o->memory,
+                "Just-filled chunks kept in memory for the readers right behind (0: none)")
       ->capture_default_str();
   c->add_option("--chunk-size", o->chunk_size, "Default chunk size")->capture_default_str();
   c->add_option("--csi-endpoint", o->csi_endpoint,
@@ -173,15 +177,19 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
     run = [o]() -> int {
       auto capacity = ParseSize(o->capacity);
       auto chunk = ParseSize(o->chunk_size);
-      if (!capacity.ok() || !chunk.ok()) {
-        spdlog::error("{}", (!capacity.ok() ? capacity.status() : chunk.status()).message());
-        return 2;
+      auto memory = ParseSize(o->memory);
+      for (const auto* v : {&capacity, &chunk, &memory}) {
+        if (!v->ok()) {
+          spdlog::error("{}", v->status().message());
+          return 2;
+        }
       }
       sigset_t set = BlockStopSignals();  // before any thread starts
 
       cache::StoreOptions so;
       so.dir = o->cache_dir.empty() ? o->state_dir + "/cache" : o->cache_dir;
       so.capacity_bytes = *capacity;
+      so.memory_bytes = *memory;
       so.chunk_size = static_cast<uint32_t>(*chunk);
       auto daemon = OpenDaemonStore(so);
       if (!daemon) return 1;

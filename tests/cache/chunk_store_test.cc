@@ -598,6 +598,8 @@ TEST_F(ChunkStoreTest, JustFilledChunksAreServedFromMemoryWithinItsBudget) {
               Pattern(1, i, kChunk).substr(5, 50));
   }
   EXPECT_EQ(fs_->reads, disk_reads);
+  EXPECT_EQ(s->Stats().memory_hits, 6u);
+  EXPECT_EQ(s->Stats().memory_bytes, 3u * kChunk);
   // Older ones were let go: they come from the file, which holds them.
   auto lease = s->Lease("obj", 10, 100);
   ASSERT_TRUE(lease.ok()) << lease.status();
