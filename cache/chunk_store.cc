@@ -108,8 +108,10 @@ struct Object {
   int pins = 0;
   uint64_t bytes_present = 0;
   uint64_t next_offset = 0;       // where the last read ended: sequential reads verify ahead
-  uint64_t allocated_to = 0;      // disk blocks are reserved up to here (see Store)
+  uint64_t allocated_to = 0;      // disk blocks are reserved up to here (AllocationFor)
+  uint64_t alloc_window = 0;      // how far past a sequential fill to reserve
   uint32_t read_ahead_chunk = 0;  // chunks before it were read ahead for a sequential reader
+  uint32_t in_memory = 0;         // its chunks in the memory tier
   bool removing = false;
   bool last_use_dirty = false;
   StoreFs* fs = nullptr;
@@ -171,12 +173,19 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
     std::unique_ptr<ChunkBytes> b;
     {
       absl::MutexLock l(&mu_);
-      for (size_t i = free_.size(); i-- > 0;) {
-        if (free_[i]->capacity() >= len) {
-          b = std::move(free_[i]);
-          free_.erase(free_.begin() + static_cast<ptrdiff_t>(i));
-          break;
+      // The smallest free buffer that fits, unless it is over twice the
+      // size: a small chunk must not pin (and be counted as) a large one.
+      size_t best = free_.size();
+      for (size_t i = 0; i < free_.size(); ++i) {
+        size_t cap = free_[i]->capacity();
+        if (cap >= len && cap <= 2 * std::max(len, kIoAlign) &&
+            (best == free_.size() || cap < free_[best]->capacity())) {
+          best = i;
         }
+      }
+      if (best < free_.size()) {
+        b = std::move(free_[best]);
+        free_.erase(free_.begin() + static_cast<ptrdiff_t>(best));
       }
     }
     if (!b) b = std::make_unique<ChunkBytes>(len);
@@ -469,6 +478,13 @@ class ChunkStoreImpl final : public ChunkStore {
     return index_->PutObject(key, rec);
   }
 
+  bool DigestVerified(const std::string& key) const override {
+    absl::MutexLock l(&mu_);
+    auto it = objects_.find(key);
+    return it != objects_.end() && !it->second->removing &&
+           (it->second->rec.flags & kObjectDigestVerified) != 0;
+  }
+
   absl::Status Pin(const std::string& key) override {
     absl::MutexLock l(&mu_);
     auto it = objects_.find(key);
@@ -633,37 +649,58 @@ class ChunkStoreImpl final : public ChunkStore {
     size_t memory_offset = 0;
   };
 
-  // The memory tier: the bytes of recently filled chunks, oldest first.
-  void RememberLocked(const Object& o, uint32_t index, std::shared_ptr<const ChunkBytes> bytes)
+  // The memory tier: the bytes of recently filled chunks, oldest first. An
+  // entry costs its buffer's whole allocation plus its bookkeeping, so a
+  // tier of many small chunks stays within its budget too.
+  static uint64_t MemoryCost(const std::string& key, const ChunkBytes& bytes) {
+    constexpr uint64_t kEntryOverhead = 192;  // list node, map slot, control block
+    return (bytes.capacity() + kIoAlign - 1) / kIoAlign * kIoAlign + 2 * key.size() +
+           kEntryOverhead;
+  }
+
+  void RememberLocked(Object& o, uint32_t index, std::shared_ptr<const ChunkBytes> bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (bytes->size() > opts_.memory_bytes) return;
-    ForgetLocked(o.key, index);
-    recent_bytes_ += bytes->size();
-    recent_.push_back(Recent{o.key, index, std::move(bytes)});
+    uint64_t cost = MemoryCost(o.key, *bytes);
+    if (cost > opts_.memory_bytes) return;
+    ForgetLocked(o, index);
+    recent_bytes_ += cost;
+    recent_.push_back(Recent{o.key, index, std::move(bytes), cost});
     recent_at_[{o.key, index}] = std::prev(recent_.end());
+    ++o.in_memory;
     while (recent_bytes_ > opts_.memory_bytes) {
       const Recent& old = recent_.front();
-      recent_bytes_ -= old.bytes->size();
+      if (auto it = objects_.find(old.key); it != objects_.end() && it->second->in_memory > 0) {
+        --it->second->in_memory;
+      }
+      recent_bytes_ -= old.cost;
       recent_at_.erase(std::make_pair(old.key, old.index));
       recent_.pop_front();
     }
   }
 
-  void ForgetLocked(const std::string& key, uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    auto it = recent_at_.find(std::make_pair(key, index));
+  void ForgetLocked(Object& o, uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (o.in_memory == 0) return;
+    auto it = recent_at_.find(std::make_pair(o.key, index));
     if (it == recent_at_.end()) return;
-    recent_bytes_ -= it->second->bytes->size();
+    --o.in_memory;
+    recent_bytes_ -= it->second->cost;
     recent_.erase(it->second);
     recent_at_.erase(it);
   }
 
-  void ForgetObjectLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    for (auto it = recent_.begin(); it != recent_.end();) {
-      if (it->key != key) {
+  void ForgetObjectLocked(Object& o) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (o.in_memory == 0) return;
+    if (o.chunks.size() <= recent_.size()) {
+      for (uint32_t i = 0; i < o.chunks.size() && o.in_memory > 0; ++i) ForgetLocked(o, i);
+      return;
+    }
+    for (auto it = recent_.begin(); it != recent_.end() && o.in_memory > 0;) {
+      if (it->key != o.key) {
         ++it;
         continue;
       }
-      recent_bytes_ -= it->bytes->size();
+      --o.in_memory;
+      recent_bytes_ -= it->cost;
       recent_at_.erase(std::make_pair(it->key, it->index));
       it = recent_.erase(it);
     }
@@ -761,18 +798,22 @@ class ChunkStoreImpl final : public ChunkStore {
   // the page cache), once per chunk, for the present chunks not in memory.
   std::pair<uint64_t, uint64_t> ReadAheadLocked(Object& o, uint32_t last)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    constexpr uint32_t kAhead = 2;
-    if (o.read_ahead_chunk > last + 1 + kAhead) o.read_ahead_chunk = 0;  // a new pass
-    uint32_t from = std::max(last + 1, o.read_ahead_chunk);
-    uint32_t to = std::min<uint64_t>(last + 1 + kAhead, o.chunks.size());
-    while (from < to && (o.chunks[from].state != ChunkState::kPresent ||
-                         recent_at_.contains(std::make_pair(o.key, from)))) {
-      ++from;
-    }
-    if (from >= to) return {0, 0};
-    o.read_ahead_chunk = to;
-    uint64_t start = uint64_t{from} * o.rec.chunk_size;
-    return {start, std::min(o.rec.size, uint64_t{to} * o.rec.chunk_size) - start};
+    constexpr uint64_t kAhead = 2;
+    const uint64_t next = uint64_t{last} + 1;
+    if (o.read_ahead_chunk > next + kAhead) o.read_ahead_chunk = 0;  // a new pass
+    uint64_t from = std::max<uint64_t>(next, o.read_ahead_chunk);
+    uint64_t to = std::min<uint64_t>(next + kAhead, o.chunks.size());
+    auto wanted = [&](uint64_t i) {
+      return o.chunks[i].state == ChunkState::kPresent &&
+             !recent_at_.contains(std::make_pair(o.key, static_cast<uint32_t>(i)));
+    };
+    while (from < to && !wanted(from)) ++from;
+    uint64_t stop = from;
+    while (stop < to && wanted(stop)) ++stop;
+    if (from >= stop) return {0, 0};
+    o.read_ahead_chunk = static_cast<uint32_t>(stop);
+    uint64_t start = from * o.rec.chunk_size;
+    return {start, std::min(o.rec.size, stop * o.rec.chunk_size) - start};
   }
 
   // A sequential reader will want the next chunks soon: check them on the
@@ -884,7 +925,7 @@ class ChunkStoreImpl final : public ChunkStore {
       if (c.state != ChunkState::kPresent) continue;
       c.state = ChunkState::kDropping;
       c.verified = false;
-      ForgetLocked(obj.key, i);
+      ForgetLocked(obj, i);
       uint32_t len = obj.ChunkLength(i);
       obj.bytes_present -= len;
       used_ -= len;
@@ -1011,19 +1052,27 @@ class ChunkStoreImpl final : public ChunkStore {
     return absl::OkStatus();
   }
 
-  // The range of the object's file to reserve before writing chunk `index`:
-  // a sequential fill reserves a window ahead of itself, so that the chunks
-  // of that window (fetched in parallel, written in any order) lie on disk in
-  // file order and read back sequentially. A chunk far past the window (a
-  // random reader) reserves nothing beyond what its own write takes.
+  // The range of the object's file to reserve before writing chunk `index`,
+  // so that chunks fetched in parallel and written in any order still lie on
+  // disk in file order and read back sequentially. A fill at the reserved
+  // frontier is sequential: it reserves a window past itself that doubles
+  // with each such fill, up to 64 MiB (a reader of a file's header reserves
+  // no more than its chunk). Any other fill reserves nothing and starts the
+  // window over. What is reserved and not yet written is bounded by the
+  // window, per object being read sequentially.
   std::pair<uint64_t, uint64_t> AllocationFor(Object& o, uint32_t index, uint32_t len)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    constexpr uint64_t kWindow = 64ull << 20;
+    constexpr uint64_t kMaxWindow = 64ull << 20;
     uint64_t start = uint64_t{index} * o.rec.chunk_size;
     uint64_t end = start + len;
-    if (end <= o.allocated_to || start > o.allocated_to + kWindow) return {0, 0};
+    if (end <= o.allocated_to) return {0, 0};  // reserved by an earlier fill
+    if (start > o.allocated_to) {
+      o.alloc_window = 0;
+      return {0, 0};
+    }
     uint64_t from = o.allocated_to;
-    o.allocated_to = std::min(o.rec.size, end + kWindow);
+    o.allocated_to = std::min(o.rec.size, end + o.alloc_window);
+    o.alloc_window = std::min(kMaxWindow, std::max<uint64_t>(2 * o.alloc_window, len));
     return {from, o.allocated_to - from};
   }
 
@@ -1081,7 +1130,7 @@ class ChunkStoreImpl final : public ChunkStore {
 
   void BeginRemoveLocked(Object& o) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     o.removing = true;
-    ForgetObjectLocked(o.key);
+    ForgetObjectLocked(o);
     used_ -= o.bytes_present;
   }
 
@@ -1363,6 +1412,7 @@ class ChunkStoreImpl final : public ChunkStore {
     std::string key;
     uint32_t index = 0;
     std::shared_ptr<const ChunkBytes> bytes;
+    uint64_t cost = 0;  // MemoryCost
   };
   std::list<Recent> recent_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::pair<std::string, uint32_t>, std::list<Recent>::iterator> recent_at_

@@ -237,6 +237,8 @@ class ChunkStore {
   // refetched chunk has not been checked). FailedPrecondition if a chunk is
   // missing.
   virtual absl::Status MarkDigestVerified(const std::string& key) = 0;
+  // Whether the object carries that mark (cheaper than Lookup).
+  virtual bool DigestVerified(const std::string& key) const = 0;
 
   // Pinned objects are never evicted. Pins live as long as the process.
   virtual absl::Status Pin(const std::string& key) = 0;

@@ -14,6 +14,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -149,9 +150,11 @@ class PosixStoreFs final : public StoreFs {
     if (!split) return st;
     for (size_t i = 0; i < run.size(); ++i) {
       IoOp& part = run[i];
-      if (part.result == -EINVAL && part.fd != ops[from[i]].fd) {
+      if ((part.result == -EINVAL || part.result == -EOPNOTSUPP) && part.fd != ops[from[i]].fd) {
         // The file system refused this direct write: write it buffered.
-        NoDirect("the cache directory", "a direct write failed with EINVAL");
+        NoDirect("the cache directory", part.result == -EINVAL
+                                            ? "a direct write failed with EINVAL"
+                                            : "a direct write failed with EOPNOTSUPP");
         part.fd = ops[from[i]].fd;
         part.result = 0;
         RunSync(part);
@@ -235,14 +238,19 @@ class PosixStoreFs final : public StoreFs {
   // Expands `ops` into `run` when some write can go direct; false when none.
   bool SplitDirect(absl::Span<IoOp> ops, std::vector<IoOp>& run, std::vector<size_t>& from) {
     if (!direct_ok_.load(std::memory_order_relaxed)) return false;
+    bool writes = false;
+    for (const IoOp& op : ops) writes |= op.kind == IoOp::Kind::kWrite;
+    if (!writes) return false;
     absl::MutexLock l(&direct_mu_);
     bool any = false;
     for (size_t i = 0; i < ops.size(); ++i) {
       IoOp op = ops[i];
       auto it = op.kind == IoOp::Kind::kWrite ? direct_.find(op.fd) : direct_.end();
-      size_t head = op.len / kDirectAlign * kDirectAlign;
-      if (it == direct_.end() || head == 0 || op.offset % kDirectAlign != 0 ||
-          reinterpret_cast<uintptr_t>(op.buf) % kDirectAlign != 0) {
+      // Split at a page boundary: the direct part and the buffered tail must
+      // not share a page of the page cache.
+      size_t head = op.len / page_ * page_;
+      if (it == direct_.end() || head == 0 || op.offset % page_ != 0 ||
+          reinterpret_cast<uintptr_t>(op.buf) % kBufferAlign != 0) {
         run.push_back(op);
         from.push_back(i);
         continue;
@@ -364,7 +372,8 @@ class PosixStoreFs final : public StoreFs {
     return absl::OkStatus();
   }
 
-  static constexpr size_t kDirectAlign = 4096;
+  static constexpr size_t kBufferAlign = 4096;  // of a direct write's memory
+  const size_t page_ = std::max<size_t>(4096, static_cast<size_t>(::sysconf(_SC_PAGESIZE)));
   std::array<std::unique_ptr<Ring>, kRings> rings_;
   std::atomic<bool> direct_ok_{true};
   absl::Mutex direct_mu_;

@@ -92,7 +92,7 @@ void PrintStats(const Session& s, double seconds, uint64_t bytes) {
 
 // What writing to stdout came to.
 struct Output {
-  enum Result { kDone, kReaderGone, kFailed };
+  enum Result { kDone, kUnsent, kReaderGone, kFailed };
   Result result = kDone;
   uint64_t bytes = 0;
 };
@@ -114,12 +114,17 @@ Output WriteOut(std::string_view data) {
 }
 
 // Writes a leased range to stdout: from memory, or by sendfile from the
-// cache file (through a buffer when stdout takes no sendfile: a terminal).
-Output Send(const cache::ReadLease& lease) {
+// cache file. When stdout takes no sendfile (a terminal), `sendfile_ok` is
+// cleared and the rest is kUnsent: the caller reads it through a buffer.
+Output Send(const cache::ReadLease& lease, bool& sendfile_ok) {
   if (!lease.memory().empty()) return WriteOut(lease.memory());
   Output out;
   off_t from = static_cast<off_t>(lease.offset());
   while (out.bytes < lease.length()) {
+    if (!sendfile_ok) {
+      out.result = Output::kUnsent;
+      return out;
+    }
     ssize_t w = ::sendfile(1, lease.fd(), &from, lease.length() - out.bytes);
     if (w < 0 && errno == EINTR) continue;
     if (w > 0) {
@@ -131,13 +136,8 @@ Output Send(const cache::ReadLease& lease) {
       return out;
     }
     if (w < 0 && (errno == EINVAL || errno == ENOSYS)) {
-      std::vector<char> buf(lease.length() - out.bytes);
-      ssize_t n = ::pread(lease.fd(), buf.data(), buf.size(), from);
-      if (n == static_cast<ssize_t>(buf.size())) {
-        Output rest = WriteOut(std::string_view(buf.data(), buf.size()));
-        rest.bytes += out.bytes;
-        return rest;
-      }
+      sendfile_ok = false;
+      continue;
     }
     spdlog::error("write to stdout from the cache: {}",
                   w < 0 ? std::strerror(errno) : "the cache file is short");
@@ -192,6 +192,7 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
       auto t0 = std::chrono::steady_clock::now();
       uint64_t written = 0;
       const std::string key = cache::StoreKey(s->target);
+      bool sendfile_ok = true;  // until stdout refuses it
       for (uint64_t pos = *offset; pos < end;) {
         size_t want = std::min<uint64_t>(*block, end - pos);
         const uint64_t stop = pos + want;
@@ -210,11 +211,12 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
           uint64_t cend = (pos / info->chunk_size + 1) * info->chunk_size;
           auto lease = s->store->Lease(key, pos, std::min(stop, cend) - pos);
           if (!lease.ok()) break;  // evicted meanwhile: read the rest
-          Output out = Send(*lease);
+          Output out = Send(*lease, sendfile_ok);
           pos += out.bytes;
           written += out.bytes;
           if (out.result == Output::kReaderGone) return 0;
           if (out.result == Output::kFailed) return 1;
+          if (out.result == Output::kUnsent) break;
         }
         if (pos == stop) continue;
         want = stop - pos;

@@ -395,8 +395,14 @@ absl::StatusOr<ReadResult> VolumeTree::ReadUncounted(uint64_t handle, uint64_t o
   }
   if (offset >= target.stat.size || size == 0) return r;
   size = std::min<uint64_t>(size, target.stat.size - offset);
-  // A hit: lend the cache file's range for splicing.
-  auto lease = store_.Lease(cache::StoreKey(target), offset, size);
+  // A hit: lend the cache's range (in memory, or the file's for splicing).
+  // An object checked by its whole digest is served only once checked: the
+  // fetcher checks it (or refuses it) below.
+  const std::string key = cache::StoreKey(target);
+  bool checked =
+      target.stat.digest.empty() || !target.chunk_sha256.empty() || store_.DigestVerified(key);
+  absl::StatusOr<cache::ReadLease> lease = absl::UnavailableError("not checked yet");
+  if (checked) lease = store_.Lease(key, offset, size);
   if (lease.ok()) {
     r.lease = std::move(*lease);
     return r;
@@ -406,7 +412,7 @@ absl::StatusOr<ReadResult> VolumeTree::ReadUncounted(uint64_t handle, uint64_t o
   // the cache cannot keep the bytes are they copied through the daemon.
   auto kept = fetcher_.Ensure(target, offset, size);
   if (kept.ok() && *kept) {
-    auto again = store_.Lease(cache::StoreKey(target), offset, size);
+    auto again = store_.Lease(key, offset, size);
     if (again.ok()) {
       r.lease = std::move(*again);
       return r;
