@@ -111,7 +111,6 @@ struct Object {
   uint64_t allocated_to = 0;      // disk blocks are reserved up to here (AllocationFor)
   uint64_t alloc_window = 0;      // how far past a sequential fill to reserve
   uint32_t read_ahead_chunk = 0;  // chunks before it were read ahead for a sequential reader
-  uint32_t in_memory = 0;         // its chunks in the memory tier
   bool removing = false;
   bool last_use_dirty = false;
   StoreFs* fs = nullptr;
@@ -207,6 +206,14 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   static constexpr size_t kKeep = 8;
   absl::Mutex mu_;
   std::vector<std::unique_ptr<ChunkBytes>> free_ ABSL_GUARDED_BY(mu_);
+};
+
+// A chunk in the memory tier.
+struct Recent {
+  std::string key;
+  uint32_t index = 0;
+  std::shared_ptr<const ChunkBytes> bytes;
+  uint64_t cost = 0;  // its buffer and bookkeeping, in bytes
 };
 
 class ChunkStoreImpl final : public ChunkStore {
@@ -658,52 +665,48 @@ class ChunkStoreImpl final : public ChunkStore {
            kEntryOverhead;
   }
 
-  void RememberLocked(Object& o, uint32_t index, std::shared_ptr<const ChunkBytes> bytes)
+  void RememberLocked(const Object& o, uint32_t index, std::shared_ptr<const ChunkBytes> bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     uint64_t cost = MemoryCost(o.key, *bytes);
     if (cost > opts_.memory_bytes) return;
-    ForgetLocked(o, index);
+    ForgetLocked(o.key, index);
     recent_bytes_ += cost;
     recent_.push_back(Recent{o.key, index, std::move(bytes), cost});
-    recent_at_[{o.key, index}] = std::prev(recent_.end());
-    ++o.in_memory;
-    while (recent_bytes_ > opts_.memory_bytes) {
-      const Recent& old = recent_.front();
-      if (auto it = objects_.find(old.key); it != objects_.end() && it->second->in_memory > 0) {
-        --it->second->in_memory;
-      }
-      recent_bytes_ -= old.cost;
-      recent_at_.erase(std::make_pair(old.key, old.index));
-      recent_.pop_front();
-    }
+    recent_at_[o.key][index] = std::prev(recent_.end());
+    while (recent_bytes_ > opts_.memory_bytes) EraseRecentLocked(recent_.begin());
   }
 
-  void ForgetLocked(Object& o, uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (o.in_memory == 0) return;
-    auto it = recent_at_.find(std::make_pair(o.key, index));
-    if (it == recent_at_.end()) return;
-    --o.in_memory;
-    recent_bytes_ -= it->second->cost;
-    recent_.erase(it->second);
-    recent_at_.erase(it);
+  // The bytes of chunk `index` of `key` when they are in the memory tier.
+  const std::shared_ptr<const ChunkBytes>* FindRecentLocked(const std::string& key,
+                                                            uint32_t index) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto object = recent_at_.find(key);
+    if (object == recent_at_.end()) return nullptr;
+    auto chunk = object->second.find(index);
+    return chunk == object->second.end() ? nullptr : &chunk->second->bytes;
   }
 
-  void ForgetObjectLocked(Object& o) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (o.in_memory == 0) return;
-    if (o.chunks.size() <= recent_.size()) {
-      for (uint32_t i = 0; i < o.chunks.size() && o.in_memory > 0; ++i) ForgetLocked(o, i);
-      return;
-    }
-    for (auto it = recent_.begin(); it != recent_.end() && o.in_memory > 0;) {
-      if (it->key != o.key) {
-        ++it;
-        continue;
-      }
-      --o.in_memory;
-      recent_bytes_ -= it->cost;
-      recent_at_.erase(std::make_pair(it->key, it->index));
-      it = recent_.erase(it);
-    }
+  void EraseRecentLocked(std::list<Recent>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto object = recent_at_.find(it->key);
+    object->second.erase(it->index);
+    if (object->second.empty()) recent_at_.erase(object);
+    recent_bytes_ -= it->cost;
+    recent_.erase(it);
+  }
+
+  void ForgetLocked(const std::string& key, uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto object = recent_at_.find(key);
+    if (object == recent_at_.end()) return;
+    auto chunk = object->second.find(index);
+    if (chunk != object->second.end()) EraseRecentLocked(chunk->second);
+  }
+
+  void ForgetObjectLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto object = recent_at_.find(key);
+    if (object == recent_at_.end()) return;
+    std::vector<std::list<Recent>::iterator> entries;
+    for (const auto& [index, it] : object->second) entries.push_back(it);
+    for (auto it : entries) EraseRecentLocked(it);
   }
 
   absl::StatusOr<Acquired> Acquire(const std::string& key, uint64_t offset, size_t length) {
@@ -764,10 +767,9 @@ class ChunkStoreImpl final : public ChunkStore {
       o.last_use_dirty = true;
       ++o.readers;
       if (a.first == a.last) {
-        auto it = recent_at_.find(std::make_pair(key, a.first));
-        if (it != recent_at_.end()) {
+        if (const auto* bytes = FindRecentLocked(key, a.first)) {
           ++ctr_.memory_hits;
-          a.memory = it->second->bytes;
+          a.memory = *bytes;
           a.memory_offset = offset - uint64_t{a.first} * o.rec.chunk_size;
         }
       }
@@ -805,7 +807,7 @@ class ChunkStoreImpl final : public ChunkStore {
     uint64_t to = std::min<uint64_t>(next + kAhead, o.chunks.size());
     auto wanted = [&](uint64_t i) {
       return o.chunks[i].state == ChunkState::kPresent &&
-             !recent_at_.contains(std::make_pair(o.key, static_cast<uint32_t>(i)));
+             FindRecentLocked(o.key, static_cast<uint32_t>(i)) == nullptr;
     };
     while (from < to && !wanted(from)) ++from;
     uint64_t stop = from;
@@ -925,7 +927,7 @@ class ChunkStoreImpl final : public ChunkStore {
       if (c.state != ChunkState::kPresent) continue;
       c.state = ChunkState::kDropping;
       c.verified = false;
-      ForgetLocked(obj, i);
+      ForgetLocked(obj.key, i);
       uint32_t len = obj.ChunkLength(i);
       obj.bytes_present -= len;
       used_ -= len;
@@ -1130,7 +1132,7 @@ class ChunkStoreImpl final : public ChunkStore {
 
   void BeginRemoveLocked(Object& o) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     o.removing = true;
-    ForgetObjectLocked(o);
+    ForgetObjectLocked(o.key);
     used_ -= o.bytes_present;
   }
 
@@ -1408,15 +1410,10 @@ class ChunkStoreImpl final : public ChunkStore {
     uint64_t checksum = 0;
   };
   std::deque<VerifyItem> verify_queue_ ABSL_GUARDED_BY(mu_);
-  struct Recent {
-    std::string key;
-    uint32_t index = 0;
-    std::shared_ptr<const ChunkBytes> bytes;
-    uint64_t cost = 0;  // MemoryCost
-  };
   std::list<Recent> recent_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::pair<std::string, uint32_t>, std::list<Recent>::iterator> recent_at_
-      ABSL_GUARDED_BY(mu_);
+  // key -> chunk index -> entry (looked up by the key without a copy)
+  absl::flat_hash_map<std::string, absl::flat_hash_map<uint32_t, std::list<Recent>::iterator>>
+      recent_at_ ABSL_GUARDED_BY(mu_);
   uint64_t recent_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<bool> stop_verify_{false};
   Counters ctr_;

@@ -60,6 +60,7 @@ struct StoreOptions {
   // without caching (health() says why) instead of failing.
   bool degrade_on_error = false;
   // Data files kept open at most; idle objects' files are closed past it.
+  // Each open file may hold two descriptors (one for direct writes).
   uint64_t max_open_files = 4096;
   // Bytes of recently filled chunks kept in memory (oldest dropped first):
   // a sequential reader arriving just behind readahead is served from here,
