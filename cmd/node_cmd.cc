@@ -44,11 +44,23 @@ std::unique_ptr<grpc::Server> ServeGrpc(const std::string& endpoint,
 
 struct ControllerFlags {
   std::string default_origin;
+  std::string state_origin;
 };
 
 void AddControllerFlags(CLI::App* c, ControllerFlags& f) {
   c->add_option("--default-origin", f.default_origin,
                 "Origin of StorageClasses that name none (file:///dir, s3://bucket/prefix)");
+  c->add_option("--state-origin", f.state_origin,
+                "Keep the volume records here (file:///shared/dir, s3://bucket/prefix; S3 "
+                "credentials from the environment) instead of the state directory, so that they "
+                "follow the controller to any node");
+}
+
+// The controller's records: at --state-origin, else in `dir`.
+absl::StatusOr<std::unique_ptr<csi::StateDb>> OpenControllerRecords(const ControllerFlags& f,
+                                                                    const std::string& dir) {
+  if (!f.state_origin.empty()) return csi::StateDb::OpenAt(f.state_origin);
+  return csi::StateDb::Open(dir);
 }
 
 template <typename Opts>
@@ -216,7 +228,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
         node_db = std::move(*db);
         keeper = OpenKeeper(*o);
         if (o->controller) {
-          auto cdb = csi::StateDb::Open(o->state_dir + "/csi-controller");
+          auto cdb = OpenControllerRecords(o->cf, o->state_dir + "/csi-controller");
           if (!cdb.ok()) {
             spdlog::error("{}", cdb.status().message());
             return 1;
@@ -324,7 +336,7 @@ void AddControllerCommand(CLI::App& app, Runner& run) {
   c->callback([o, &run] {
     run = [o]() -> int {
       sigset_t set = BlockStopSignals();
-      auto db = csi::StateDb::Open(o->state_dir);
+      auto db = OpenControllerRecords(o->cf, o->state_dir);
       if (!db.ok()) {
         spdlog::error("{}", db.status().message());
         return 1;
@@ -334,7 +346,8 @@ void AddControllerCommand(CLI::App& app, Runner& run) {
       auto server = ServeGrpc(o->csi_endpoint, {&identity, &controller});
       if (!server) return 1;
       std::printf("strata controller: CSI Identity and Controller on %s, records in %s\n",
-                  o->csi_endpoint.c_str(), o->state_dir.c_str());
+                  o->csi_endpoint.c_str(),
+                  (o->cf.state_origin.empty() ? o->state_dir : o->cf.state_origin).c_str());
       std::fflush(stdout);
       int sig = 0;
       sigwait(&set, &sig);

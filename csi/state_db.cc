@@ -1,13 +1,25 @@
-// StateDb over RocksDB: synced writes, prefix scans.
+// StateDb over RocksDB (synced writes, prefix scans) and over an origin (one
+// object per record).
 #include "csi/state_db.h"
 
+#include <fcntl.h>
 #include <rocksdb/db.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "cache/logging.h"
+#include "cache/sigv4.h"
 
 namespace strata::csi {
 namespace {
@@ -23,10 +35,21 @@ rocksdb::WriteOptions Synced() {
   return w;
 }
 
-}  // namespace
+class RocksStateDb final : public StateDb {
+ public:
+  explicit RocksStateDb(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
 
-StateDb::StateDb(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
-StateDb::~StateDb() = default;
+  absl::Status Put(const std::string& key, const nlohmann::json& value) override;
+  absl::StatusOr<std::optional<nlohmann::json>> Get(const std::string& key) override;
+  absl::Status Delete(const std::string& key) override;
+  absl::StatusOr<std::vector<std::pair<std::string, nlohmann::json>>> Scan(
+      const std::string& prefix, const std::string& after, size_t max) override;
+
+ private:
+  std::unique_ptr<rocksdb::DB> db_;
+};
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<StateDb>> StateDb::Open(const std::string& dir) {
   std::error_code ec;
@@ -46,14 +69,14 @@ absl::StatusOr<std::unique_ptr<StateDb>> StateDb::Open(const std::string& dir) {
         absl::StrCat("state directory ", dir, " is in use by another process: ", s.ToString()));
   }
   if (!s.ok()) return FromRocks(s, absl::StrCat("cannot open the state database in ", dir));
-  return std::unique_ptr<StateDb>(new StateDb(std::unique_ptr<rocksdb::DB>(raw)));
+  return std::make_unique<RocksStateDb>(std::unique_ptr<rocksdb::DB>(raw));
 }
 
-absl::Status StateDb::Put(const std::string& key, const nlohmann::json& value) {
+absl::Status RocksStateDb::Put(const std::string& key, const nlohmann::json& value) {
   return FromRocks(db_->Put(Synced(), key, value.dump()), absl::StrCat("record ", key));
 }
 
-absl::StatusOr<std::optional<nlohmann::json>> StateDb::Get(const std::string& key) {
+absl::StatusOr<std::optional<nlohmann::json>> RocksStateDb::Get(const std::string& key) {
   std::string v;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), key, &v);
   if (s.IsNotFound()) return std::nullopt;
@@ -66,11 +89,11 @@ absl::StatusOr<std::optional<nlohmann::json>> StateDb::Get(const std::string& ke
   return j;
 }
 
-absl::Status StateDb::Delete(const std::string& key) {
+absl::Status RocksStateDb::Delete(const std::string& key) {
   return FromRocks(db_->Delete(Synced(), key), absl::StrCat("record ", key));
 }
 
-absl::StatusOr<std::vector<std::pair<std::string, nlohmann::json>>> StateDb::Scan(
+absl::StatusOr<std::vector<std::pair<std::string, nlohmann::json>>> RocksStateDb::Scan(
     const std::string& prefix, const std::string& after, size_t max) {
   std::vector<std::pair<std::string, nlohmann::json>> out;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
@@ -89,6 +112,226 @@ absl::StatusOr<std::vector<std::pair<std::string, nlohmann::json>>> StateDb::Sca
   }
   if (!it->status().ok()) return FromRocks(it->status(), absl::StrCat("scan of ", prefix));
   return out;
+}
+
+namespace {
+
+// A record's object: "k-" and the key with every byte outside [A-Za-z0-9._-]
+// written as %XX, when that makes a short enough name; otherwise "h-" and
+// the key's sha256. Either way the record holds its key.
+constexpr size_t kMaxName = 200;
+constexpr char kSuffix[] = ".json";
+
+std::string ObjectName(const std::string& key) {
+  std::string name = "k-";
+  for (unsigned char c : key) {
+    if (std::isalnum(c) || c == '.' || c == '_' || c == '-') {
+      name.push_back(static_cast<char>(c));
+    } else {
+      absl::StrAppendFormat(&name, "%%%02X", c);
+    }
+  }
+  if (name.size() > kMaxName) name = "h-" + cache::Sha256Hex(key);
+  return name + kSuffix;
+}
+
+// The key a "k-" name stands for; nullopt for "h-" names (read the record)
+// and for names that are not records.
+std::optional<std::string> KeyOfName(const std::string& name) {
+  if (!absl::StartsWith(name, "k-") || !absl::EndsWith(name, kSuffix)) return std::nullopt;
+  std::string key;
+  for (size_t i = 2; i + sizeof(kSuffix) - 1 < name.size(); ++i) {
+    if (name[i] != '%') {
+      key.push_back(name[i]);
+      continue;
+    }
+    if (i + 2 >= name.size()) return std::nullopt;
+    int v = 0;
+    if (std::sscanf(name.c_str() + i + 1, "%2x", &v) != 1) return std::nullopt;
+    key.push_back(static_cast<char>(v));
+    i += 2;
+  }
+  return key;
+}
+
+absl::Status Errno(int err, const std::string& what) {
+  return absl::InternalError(absl::StrCat(what, ": ", std::strerror(err)));
+}
+
+// Writes `path` so that it holds the old content or the new one, never a
+// mix, and survives a crash once this returns.
+absl::Status WriteFileDurably(const std::string& dir, const std::string& name,
+                              const std::string& body) {
+  std::string tmp = absl::StrFormat("%s/.%s.tmp-%d", dir, name, ::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return Errno(errno, "create " + tmp);
+  size_t done = 0;
+  while (done < body.size()) {
+    ssize_t n = ::write(fd, body.data() + done, body.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return Errno(err, "write " + tmp);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    return Errno(err, "sync " + tmp);
+  }
+  std::string path = dir + "/" + name;
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    return Errno(err, "rename to " + path);
+  }
+  int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d < 0) return Errno(errno, "open " + dir);
+  int rc = ::fsync(d);
+  int err = errno;
+  ::close(d);
+  return rc == 0 ? absl::OkStatus() : Errno(err, "sync " + dir);
+}
+
+class OriginStateDb final : public StateDb {
+ public:
+  explicit OriginStateDb(std::unique_ptr<cache::Origin> origin)
+      : origin_(std::move(origin)), root_(origin_->LocalRoot()) {}
+
+  absl::Status Put(const std::string& key, const nlohmann::json& value) override {
+    std::string name = ObjectName(key);
+    std::string body = nlohmann::json{{"key", key}, {"value", value}}.dump();
+    absl::Status st;
+    if (!root_.empty()) {
+      st = WriteFileDurably(root_, name, body);
+    } else {
+      // Object stores take whole objects (atomically): upload a local copy.
+      std::string tmp =
+          absl::StrFormat("%s/strata-record-%d-%d", std::filesystem::temp_directory_path().string(),
+                          ::getpid(), next_tmp_++);
+      {
+        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+        f << body;
+        st = f.good() ? absl::OkStatus() : absl::InternalError("cannot write " + tmp);
+      }
+      if (st.ok()) st = origin_->Put(name, tmp);
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);
+    }
+    if (!st.ok()) {
+      return absl::Status(st.code(),
+                          absl::StrCat("record ", key, " in ", origin_->url(), ": ", st.message()));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::optional<nlohmann::json>> Get(const std::string& key) override {
+    auto rec = Read(ObjectName(key));
+    if (!rec.ok()) return rec.status();
+    if (!rec->has_value() || (**rec)["key"] != key) return std::nullopt;
+    return (**rec)["value"];
+  }
+
+  absl::Status Delete(const std::string& key) override {
+    std::string name = ObjectName(key);
+    if (!root_.empty()) {
+      std::string path = root_ + "/" + name;
+      if (::unlink(path.c_str()) != 0 && errno != ENOENT) return Errno(errno, "remove " + path);
+      int d = ::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (d >= 0) {
+        ::fsync(d);
+        ::close(d);
+      }
+      return absl::OkStatus();
+    }
+    absl::Status st = origin_->Delete(name);
+    return absl::IsNotFound(st) ? absl::OkStatus() : st;
+  }
+
+  absl::StatusOr<std::vector<std::pair<std::string, nlohmann::json>>> Scan(
+      const std::string& prefix, const std::string& after, size_t max) override {
+    auto entries = origin_->List("");
+    if (absl::IsNotFound(entries.status()))
+      return std::vector<std::pair<std::string, nlohmann::json>>{};
+    if (!entries.ok()) return entries.status();
+    // The keys in order first (from the names, reading only hashed ones),
+    // then the records of the page.
+    std::vector<std::pair<std::string, std::string>> keys;  // key, object name
+    for (const cache::DirEntry& e : *entries) {
+      if (e.stat.is_dir || !absl::EndsWith(e.name, kSuffix)) continue;
+      std::optional<std::string> key = KeyOfName(e.name);
+      if (!key && absl::StartsWith(e.name, "h-")) {
+        auto rec = Read(e.name);
+        if (!rec.ok()) return rec.status();
+        if (rec->has_value() && (**rec)["key"].is_string()) key = (**rec)["key"];
+      }
+      if (!key || !absl::StartsWith(*key, prefix) || (!after.empty() && *key <= after)) continue;
+      keys.emplace_back(std::move(*key), e.name);
+    }
+    std::sort(keys.begin(), keys.end());
+    std::vector<std::pair<std::string, nlohmann::json>> out;
+    for (const auto& [key, name] : keys) {
+      auto rec = Read(name);
+      if (!rec.ok()) return rec.status();
+      if (!rec->has_value()) continue;  // removed meanwhile, or not a record
+      out.emplace_back(key, (**rec)["value"]);
+      if (max != 0 && out.size() == max) break;
+    }
+    return out;
+  }
+
+ private:
+  // The record object `name` ({"key", "value"}), or nullopt when there is
+  // none (or it does not parse: logged).
+  absl::StatusOr<std::optional<nlohmann::json>> Read(const std::string& name) {
+    auto st = origin_->Stat(name);
+    if (absl::IsNotFound(st.status())) return std::nullopt;
+    if (!st.ok()) return st.status();
+    std::string body(st->size, '\0');
+    absl::Status rs = origin_->ReadRange(name, *st, 0, absl::MakeSpan(body));
+    if (absl::IsNotFound(rs) || absl::IsFailedPrecondition(rs)) return std::nullopt;
+    if (!rs.ok()) return rs;
+    auto j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("key") || !j.contains("value")) {
+      spdlog::error("state record {} in {} is not a record; ignoring it", name, origin_->url());
+      return std::nullopt;
+    }
+    return j;
+  }
+
+  std::unique_ptr<cache::Origin> origin_;
+  std::string root_;  // a POSIX origin's directory: written there directly
+  std::atomic<int> next_tmp_{0};
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<StateDb>> StateDb::OpenAt(const std::string& url,
+                                                         const cache::OriginOptions& options) {
+  if (!absl::StartsWith(url, "file://") && !absl::StartsWith(url, "s3://")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "records need an origin that takes writes (file:///dir or s3://bucket/prefix), not ", url));
+  }
+  auto origin = cache::OpenOrigin(url, options);
+  if (!origin.ok()) return origin.status();
+  if (std::string root = (*origin)->LocalRoot(); !root.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(root, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot create ", root, ": ", ec.message()));
+    std::filesystem::permissions(root, std::filesystem::perms::owner_all,
+                                 std::filesystem::perm_options::replace, ec);
+  }
+  // The records must be readable now: a wrong URL or missing credentials is
+  // an error at start, not at the first CreateVolume.
+  auto probe = (*origin)->List("");
+  if (!probe.ok() && !absl::IsNotFound(probe.status())) {
+    return absl::Status(probe.status().code(), absl::StrCat("cannot read records in ", url, ": ",
+                                                            probe.status().message()));
+  }
+  return std::make_unique<OriginStateDb>(std::move(*origin));
 }
 
 }  // namespace strata::csi

@@ -207,6 +207,15 @@ def find_mount(container, mount_path):
     return None
 
 
+def mount_holding(container, path):
+    """The volumeMount whose directory holds `path` (or is it), if any."""
+    for m in container.get("volumeMounts") or []:
+        root = m.get("mountPath", "").rstrip("/")
+        if root and (path.rstrip("/") == root or path.startswith(root + "/")):
+            return m
+    return None
+
+
 def parse_size(text):
     """Bytes of "4MiB", "2G", "1048576" (K/M/G/T, with or without iB/B, any
     case: cache/size.h); None if not a size."""
@@ -733,9 +742,21 @@ class Manifests(unittest.TestCase):
         if unix_path(endpoint) is None:
             self.problem(d, where + ".args --csi-endpoint", "missing or not unix://, got %r" % endpoint)
             self.report()
-        state = flag(strata, "--state-dir")
-        if not isinstance(state, str) or find_mount(strata, state) is None:
-            self.problem(d, where + ".args --state-dir", "%r is not a mounted volume" % state)
+        # The records live at --state-origin (an s3:// prefix, or a file://
+        # directory on a mounted volume), or else in a mounted --state-dir.
+        state_origin = flag(strata, "--state-origin")
+        if isinstance(state_origin, str):
+            if state_origin.startswith("file://"):
+                if mount_holding(strata, state_origin[len("file://"):]) is None:
+                    self.problem(d, where + ".args --state-origin",
+                                 "%r is not on a mounted volume" % state_origin)
+            elif not state_origin.startswith("s3://"):
+                self.problem(d, where + ".args --state-origin",
+                             "%r is neither file:// nor s3://" % state_origin)
+        else:
+            state = flag(strata, "--state-dir")
+            if not isinstance(state, str) or find_mount(strata, state) is None:
+                self.problem(d, where + ".args --state-dir", "%r is not a mounted volume" % state)
         for image, required in (("csi-provisioner", ("--extra-create-metadata", "--leader-election")),
                                 ("csi-resizer", ("--leader-election",)),
                                 ("livenessprobe", ())):
