@@ -56,11 +56,34 @@ void AddControllerFlags(CLI::App* c, ControllerFlags& f) {
                 "follow the controller to any node");
 }
 
-// The controller's records: at --state-origin, else in `dir`.
+// The controller's records: at --state-origin, else in `dir`. Records an
+// earlier start kept in `dir` move to --state-origin first (all of them,
+// then `dir` is renamed so that they never come back).
 absl::StatusOr<std::unique_ptr<csi::StateDb>> OpenControllerRecords(const ControllerFlags& f,
                                                                     const std::string& dir) {
-  if (!f.state_origin.empty()) return csi::StateDb::OpenAt(f.state_origin);
-  return csi::StateDb::Open(dir);
+  if (f.state_origin.empty()) return csi::StateDb::Open(dir);
+  auto db = csi::StateDb::OpenAt(f.state_origin);
+  if (!db.ok() || !std::filesystem::exists(dir + "/CURRENT")) return db;
+  size_t moved = 0;
+  {
+    auto old = csi::StateDb::Open(dir);
+    if (!old.ok()) return old.status();
+    auto all = (*old)->Scan("");
+    if (!all.ok()) return all.status();
+    for (const auto& [key, value] : *all) {
+      if (absl::Status st = (*db)->Put(key, value); !st.ok()) return st;
+    }
+    moved = all->size();
+  }
+  std::error_code ec;
+  std::filesystem::rename(dir, dir + ".moved", ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("moved the records of ", dir, " to ", f.state_origin,
+                                            " but cannot rename it: ", ec.message()));
+  }
+  spdlog::info("moved {} records from {} to {} (the old copy is {}.moved)", moved, dir,
+               f.state_origin, dir);
+  return db;
 }
 
 template <typename Opts>

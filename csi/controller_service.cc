@@ -9,6 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "cache/logging.h"
 #include "cache/origin.h"
 #include "csi/volume_spec.h"
@@ -31,6 +32,21 @@ absl::Status CheckComponent(const std::string& what, const std::string& v) {
       v.find_first_of(std::string("/\0", 2)) != std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, " '", v, "' cannot name a directory (1-255 bytes, no '/')"));
+  }
+  return absl::OkStatus();
+}
+
+// A record's volume path under its base: one or two safe components (the
+// volume's name, or namespace/name), and the record's origin is that path.
+// Anything else is a damaged or forged record: nothing is deleted for it.
+absl::Status CheckRecordPath(const std::string& id, const json& rec) {
+  std::string sub = rec.value("sub_path", "");
+  std::vector<std::string> parts = absl::StrSplit(sub, '/');
+  bool ok = !sub.empty() && parts.size() <= 2;
+  for (const std::string& p : parts) ok = ok && CheckComponent("path", p).ok();
+  if (!ok || JoinOriginUrl(rec.value("base", ""), sub) != rec.value("origin", "")) {
+    return absl::InternalError(absl::StrCat("the record of volume ", id, " is damaged (path '", sub,
+                                            "'); not deleting anything for it"));
   }
   return absl::OkStatus();
 }
@@ -204,6 +220,7 @@ Status ControllerService::DeleteVolume(grpc::ServerContext*,
   if (!rec->has_value()) return Status::OK;  // deleted already, or never ours
   const json& r = **rec;
   if (r.value("on_delete", "delete") == "delete") {
+    if (absl::Status st = CheckRecordPath(req->volume_id(), r); !st.ok()) return ToGrpc(st);
     auto origin = OpenBase(r.value("base", ""), req->secrets());
     if (!origin.ok()) return ToGrpc(origin.status());
     if (absl::Status st = RemoveTree(**origin, r.value("sub_path", "")); !st.ok()) {

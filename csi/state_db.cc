@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -121,11 +122,15 @@ namespace {
 // the key's sha256. Either way the record holds its key.
 constexpr size_t kMaxName = 200;
 constexpr char kSuffix[] = ".json";
+// Marks a location as holding records (written when it is set up): a
+// location without it (an unmounted share, a removed bucket or prefix) is
+// an error, never "no records", which would let DeleteVolume forget data.
+constexpr char kMarker[] = "strata-records.json";
 
 std::string ObjectName(const std::string& key) {
   std::string name = "k-";
   for (unsigned char c : key) {
-    if (std::isalnum(c) || c == '.' || c == '_' || c == '-') {
+    if (absl::ascii_isalnum(c) || c == '.' || c == '_' || c == '-') {
       name.push_back(static_cast<char>(c));
     } else {
       absl::StrAppendFormat(&name, "%%%02X", c);
@@ -136,19 +141,23 @@ std::string ObjectName(const std::string& key) {
 }
 
 // The key a "k-" name stands for; nullopt for "h-" names (read the record)
-// and for names that are not records.
+// and for names that are not records. Strict: only what ObjectName writes.
 std::optional<std::string> KeyOfName(const std::string& name) {
   if (!absl::StartsWith(name, "k-") || !absl::EndsWith(name, kSuffix)) return std::nullopt;
+  const size_t end = name.size() - (sizeof(kSuffix) - 1);
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
   std::string key;
-  for (size_t i = 2; i + sizeof(kSuffix) - 1 < name.size(); ++i) {
+  for (size_t i = 2; i < end; ++i) {
     if (name[i] != '%') {
       key.push_back(name[i]);
       continue;
     }
-    if (i + 2 >= name.size()) return std::nullopt;
-    int v = 0;
-    if (std::sscanf(name.c_str() + i + 1, "%2x", &v) != 1) return std::nullopt;
-    key.push_back(static_cast<char>(v));
+    if (i + 2 >= end || hex(name[i + 1]) < 0 || hex(name[i + 2]) < 0) return std::nullopt;
+    key.push_back(static_cast<char>(hex(name[i + 1]) * 16 + hex(name[i + 2])));
     i += 2;
   }
   return key;
@@ -162,8 +171,9 @@ absl::Status Errno(int err, const std::string& what) {
 // mix, and survives a crash once this returns.
 absl::Status WriteFileDurably(const std::string& dir, const std::string& name,
                               const std::string& body) {
-  std::string tmp = absl::StrFormat("%s/.%s.tmp-%d", dir, name, ::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  // A name of its own (two writers must never share a temporary file).
+  std::string tmp = absl::StrFormat("%s/.%s.tmp-XXXXXX", dir, name);
+  int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0) return Errno(errno, "create " + tmp);
   size_t done = 0;
   while (done < body.size()) {
@@ -177,8 +187,13 @@ absl::Status WriteFileDurably(const std::string& dir, const std::string& name,
     }
     done += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int err = errno;
+  int synced = ::fsync(fd);
+  int err = errno;
+  if (::close(fd) != 0 && synced == 0) {
+    synced = -1;
+    err = errno;
+  }
+  if (synced != 0) {
     ::unlink(tmp.c_str());
     return Errno(err, "sync " + tmp);
   }
@@ -191,7 +206,7 @@ absl::Status WriteFileDurably(const std::string& dir, const std::string& name,
   int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (d < 0) return Errno(errno, "open " + dir);
   int rc = ::fsync(d);
-  int err = errno;
+  err = errno;
   ::close(d);
   return rc == 0 ? absl::OkStatus() : Errno(err, "sync " + dir);
 }
@@ -202,8 +217,17 @@ class OriginStateDb final : public StateDb {
       : origin_(std::move(origin)), root_(origin_->LocalRoot()) {}
 
   absl::Status Put(const std::string& key, const nlohmann::json& value) override {
-    std::string name = ObjectName(key);
-    std::string body = nlohmann::json{{"key", key}, {"value", value}}.dump();
+    absl::Status st =
+        WriteObject(ObjectName(key), nlohmann::json{{"key", key}, {"value", value}}.dump());
+    if (!st.ok()) {
+      return absl::Status(st.code(),
+                          absl::StrCat("record ", key, " in ", origin_->url(), ": ", st.message()));
+    }
+    return absl::OkStatus();
+  }
+
+  // Writes object `name` whole: a reader sees the old body or the new one.
+  absl::Status WriteObject(const std::string& name, const std::string& body) {
     absl::Status st;
     if (!root_.empty()) {
       st = WriteFileDurably(root_, name, body);
@@ -215,24 +239,35 @@ class OriginStateDb final : public StateDb {
       {
         std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
         f << body;
-        st = f.good() ? absl::OkStatus() : absl::InternalError("cannot write " + tmp);
+        f.close();
+        st = f.fail() ? absl::InternalError("cannot write " + tmp) : absl::OkStatus();
       }
       if (st.ok()) st = origin_->Put(name, tmp);
       std::error_code ec;
       std::filesystem::remove(tmp, ec);
     }
-    if (!st.ok()) {
-      return absl::Status(st.code(),
-                          absl::StrCat("record ", key, " in ", origin_->url(), ": ", st.message()));
-    }
-    return absl::OkStatus();
+    return st;
   }
 
   absl::StatusOr<std::optional<nlohmann::json>> Get(const std::string& key) override {
     auto rec = Read(ObjectName(key));
     if (!rec.ok()) return rec.status();
-    if (!rec->has_value() || (**rec)["key"] != key) return std::nullopt;
-    return (**rec)["value"];
+    if (rec->has_value() && (**rec)["key"] == key) return (**rec)["value"];
+    // "No such record" only from a location that still holds the records.
+    if (absl::Status st = CheckMarker(); !st.ok()) return st;
+    return std::nullopt;
+  }
+
+  // OK when the location still carries its marker.
+  absl::Status CheckMarker() {
+    auto st = origin_->Stat(kMarker);
+    if (st.ok()) return absl::OkStatus();
+    if (absl::IsNotFound(st.status())) {
+      return absl::UnavailableError(absl::StrCat(
+          "the records at ", origin_->url(), " are not there (no ", kMarker,
+          "): an unmounted share or a removed bucket or prefix? Not answering from it"));
+    }
+    return st.status();
   }
 
   absl::Status Delete(const std::string& key) override {
@@ -253,9 +288,8 @@ class OriginStateDb final : public StateDb {
 
   absl::StatusOr<std::vector<std::pair<std::string, nlohmann::json>>> Scan(
       const std::string& prefix, const std::string& after, size_t max) override {
+    if (absl::Status st = CheckMarker(); !st.ok()) return st;
     auto entries = origin_->List("");
-    if (absl::IsNotFound(entries.status()))
-      return std::vector<std::pair<std::string, nlohmann::json>>{};
     if (!entries.ok()) return entries.status();
     // The keys in order first (from the names, reading only hashed ones),
     // then the records of the page.
@@ -277,6 +311,11 @@ class OriginStateDb final : public StateDb {
       auto rec = Read(name);
       if (!rec.ok()) return rec.status();
       if (!rec->has_value()) continue;  // removed meanwhile, or not a record
+      if ((**rec)["key"] != key) {
+        spdlog::error("state record {} in {} holds key {}; ignoring it", name, origin_->url(),
+                      (**rec)["key"].dump());
+        continue;
+      }
       out.emplace_back(key, (**rec)["value"]);
       if (max != 0 && out.size() == max) break;
     }
@@ -287,13 +326,18 @@ class OriginStateDb final : public StateDb {
   // The record object `name` ({"key", "value"}), or nullopt when there is
   // none (or it does not parse: logged).
   absl::StatusOr<std::optional<nlohmann::json>> Read(const std::string& name) {
-    auto st = origin_->Stat(name);
-    if (absl::IsNotFound(st.status())) return std::nullopt;
-    if (!st.ok()) return st.status();
-    std::string body(st->size, '\0');
-    absl::Status rs = origin_->ReadRange(name, *st, 0, absl::MakeSpan(body));
-    if (absl::IsNotFound(rs) || absl::IsFailedPrecondition(rs)) return std::nullopt;
-    if (!rs.ok()) return rs;
+    std::string body;
+    for (int attempt = 1;; ++attempt) {
+      auto st = origin_->Stat(name);
+      if (absl::IsNotFound(st.status())) return std::nullopt;
+      if (!st.ok()) return st.status();
+      body.assign(st->size, '\0');
+      absl::Status rs = origin_->ReadRange(name, *st, 0, absl::MakeSpan(body));
+      if (rs.ok()) break;
+      if (absl::IsNotFound(rs)) return std::nullopt;
+      // Replaced between the two (a record being rewritten): read it again.
+      if (!(absl::IsFailedPrecondition(rs) || absl::IsDataLoss(rs)) || attempt == 3) return rs;
+    }
     auto j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded() || !j.is_object() || !j.contains("key") || !j.contains("value")) {
       spdlog::error("state record {} in {} is not a record; ignoring it", name, origin_->url());
@@ -319,19 +363,44 @@ absl::StatusOr<std::unique_ptr<StateDb>> StateDb::OpenAt(const std::string& url,
   if (!origin.ok()) return origin.status();
   if (std::string root = (*origin)->LocalRoot(); !root.empty()) {
     std::error_code ec;
-    std::filesystem::create_directories(root, ec);
+    bool made = std::filesystem::create_directories(root, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot create ", root, ": ", ec.message()));
-    std::filesystem::permissions(root, std::filesystem::perms::owner_all,
-                                 std::filesystem::perm_options::replace, ec);
+    // Records name every volume: root's alone (set on a directory made here).
+    if (made) {
+      std::filesystem::permissions(root, std::filesystem::perms::owner_all,
+                                   std::filesystem::perm_options::replace, ec);
+    }
   }
-  // The records must be readable now: a wrong URL or missing credentials is
-  // an error at start, not at the first CreateVolume.
-  auto probe = (*origin)->List("");
-  if (!probe.ok() && !absl::IsNotFound(probe.status())) {
-    return absl::Status(probe.status().code(), absl::StrCat("cannot read records in ", url, ": ",
-                                                            probe.status().message()));
+  // The records must be readable now: a wrong URL, a missing bucket or
+  // missing credentials is an error at start, not at the first call.
+  auto listed = (*origin)->List("");
+  if (!listed.ok()) {
+    return absl::Status(
+        absl::IsNotFound(listed.status()) ? absl::StatusCode::kFailedPrecondition
+                                          : listed.status().code(),
+        absl::StrCat("cannot read records in ", url, ": ", listed.status().message()));
   }
-  return std::make_unique<OriginStateDb>(std::move(*origin));
+  bool marked = false, other = false;
+  for (const cache::DirEntry& e : *listed) {
+    if (e.name == kMarker) {
+      marked = true;
+    } else if (!absl::StartsWith(e.name, ".")) {  // "." : a writer's temporary file
+      other = true;
+    }
+  }
+  auto db = std::make_unique<OriginStateDb>(std::move(*origin));
+  if (!marked) {
+    if (other) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(url, " holds other things and no ", kMarker,
+                       ": records need a location of their own, which no volume serves"));
+    }
+    if (absl::Status st = db->WriteObject(kMarker, R"({"strata_records": 1})"); !st.ok()) {
+      return absl::Status(st.code(),
+                          absl::StrCat("cannot set up records in ", url, ": ", st.message()));
+    }
+  }
+  return db;
 }
 
 }  // namespace strata::csi

@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "tests/cache/test_util.h"
 #include "tests/util/s3_server.h"
+#include "tests/util/subprocess.h"
 
 namespace strata::csi::testing {
 namespace {
@@ -38,6 +39,7 @@ class StateDbTest : public ::testing::TestWithParam<std::string> {
       cache::OriginOptions o;
       o.aws_access_key_id = strata::testing::S3Server::kKey;
       o.aws_secret_access_key = strata::testing::S3Server::kSecret;
+      o.s3_list_page_size = 2;  // listings of a few records take several pages
       db = StateDb::OpenAt(
           "s3://state/controller?endpoint=" + server_->endpoint() + "&region=us-east-1", o);
     }
@@ -169,6 +171,85 @@ TEST(StateDbAtTest, ControllerRecordsFollowItToAnotherNode) {
   grpc::Status st = second.DeleteVolume(nullptr, &del, &deleted);
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_FALSE(std::filesystem::exists(origin + "/pvc-moved")) << "the data was left behind";
+}
+
+TEST(StateDbAtTest, ALocationThatIsGoneIsAnErrorNotNoRecords) {
+  TempDir dir;
+  std::string records = dir.path() + "/share/records";
+  {
+    auto db = StateDb::OpenAt("file://" + records);
+    ASSERT_TRUE(db.ok()) << db.status();
+    ASSERT_TRUE((*db)->Put("volume/a", json{{"n", 1}}).ok());
+    // The share goes away under a running controller (unmounted, emptied).
+    std::filesystem::remove_all(records);
+    std::filesystem::create_directories(records);
+    auto a = (*db)->Get("volume/a");
+    EXPECT_EQ(a.status().code(), absl::StatusCode::kUnavailable) << a.status();
+    EXPECT_EQ((*db)->Scan("volume/").status().code(), absl::StatusCode::kUnavailable);
+  }
+  // A directory holding other things is not taken for a records location.
+  std::filesystem::create_directories(dir.path() + "/origin/pvc-1");
+  auto shared = StateDb::OpenAt("file://" + dir.path() + "/origin");
+  EXPECT_EQ(shared.status().code(), absl::StatusCode::kFailedPrecondition) << shared.status();
+  // Nor is a bucket that does not exist.
+  strata::testing::S3Server s3(dir.path() + "/s3", "present");
+  ASSERT_TRUE(s3.ok()) << s3.error();
+  cache::OriginOptions o;
+  o.aws_access_key_id = strata::testing::S3Server::kKey;
+  o.aws_secret_access_key = strata::testing::S3Server::kSecret;
+  auto missing =
+      StateDb::OpenAt("s3://absent/records?endpoint=" + s3.endpoint() + "&region=us-east-1", o);
+  EXPECT_FALSE(missing.ok());
+  auto present =
+      StateDb::OpenAt("s3://present/records?endpoint=" + s3.endpoint() + "&region=us-east-1", o);
+  EXPECT_TRUE(present.ok()) << present.status();
+}
+
+TEST(StateDbAtTest, AForgedRecordDeletesNothing) {
+  TempDir dir;
+  std::string origin = dir.path() + "/volumes";
+  std::filesystem::create_directories(origin + "/keep/me");
+  auto db = StateDb::OpenAt("file://" + dir.path() + "/records");
+  ASSERT_TRUE(db.ok()) << db.status();
+  // A record rewritten to point its delete at something else.
+  ASSERT_TRUE((*db)
+                  ->Put("volume/pvc-x", json{{"origin", "file://" + origin + "/pvc-x"},
+                                             {"base", "file://" + origin},
+                                             {"sub_path", "../volumes/keep"},
+                                             {"capacity", 0},
+                                             {"on_delete", "delete"}})
+                  .ok());
+  ControllerService c(**db, ControllerOptions{});
+  ::csi::v1::DeleteVolumeRequest del;
+  del.set_volume_id("pvc-x");
+  ::csi::v1::DeleteVolumeResponse r;
+  grpc::Status st = c.DeleteVolume(nullptr, &del, &r);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INTERNAL) << st.error_message();
+  EXPECT_TRUE(std::filesystem::is_directory(origin + "/keep/me"));
+}
+
+TEST(StateDbAtTest, StartingWithAStateOriginMovesTheRecordsOfTheStateDir) {
+  TempDir dir;
+  std::string state = dir.path() + "/state";
+  {
+    auto old = StateDb::Open(state);
+    ASSERT_TRUE(old.ok()) << old.status();
+    ASSERT_TRUE((*old)->Put("volume/old-1", json{{"capacity", 5}}).ok());
+  }
+  std::string records = "file://" + dir.path() + "/share/records";
+  std::string out;
+  // The controller runs until a signal: give it two seconds.
+  strata::testing::RunCommand(
+      {"/usr/bin/timeout", "-s", "TERM", "2", STRATA_PATH, "controller", "--state-dir", state,
+       "--state-origin", records, "--csi-endpoint", "unix://" + dir.path() + "/csi.sock"},
+      &out);
+  EXPECT_FALSE(std::filesystem::exists(state)) << out;
+  EXPECT_TRUE(std::filesystem::exists(state + ".moved")) << out;
+  auto db = StateDb::OpenAt(records);
+  ASSERT_TRUE(db.ok()) << db.status();
+  auto moved = (*db)->Get("volume/old-1");
+  ASSERT_TRUE(moved.ok() && moved->has_value()) << out;
+  EXPECT_EQ((**moved)["capacity"], 5);
 }
 
 }  // namespace
