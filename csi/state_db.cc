@@ -98,7 +98,7 @@ absl::StatusOr<std::vector<std::pair<std::string, nlohmann::json>>> RocksStateDb
     const std::string& prefix, const std::string& after, size_t max) {
   std::vector<std::pair<std::string, nlohmann::json>> out;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-  std::string start = after.empty() ? prefix : after;
+  std::string start = std::max(prefix, after);  // the prefix, or `after` if that is past it
   for (it->Seek(start); it->Valid(); it->Next()) {
     std::string key = it->key().ToString();
     if (!absl::StartsWith(key, prefix)) break;

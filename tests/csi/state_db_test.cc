@@ -80,6 +80,10 @@ TEST_P(StateDbTest, PutGetDeleteAndScanInKeyOrder) {
   for (const auto& [k, v] : *all) got.push_back(k);
   EXPECT_EQ(got, (std::vector<std::string>{"volume/ns%2Fname α", "volume/pvc-a", "volume/pvc-b",
                                            "volume/pvc-c", longkey}));
+  // An `after` that sorts before the prefix lists the prefix from its start.
+  auto from_before = db->Scan("volume/", "other/zzz");
+  ASSERT_TRUE(from_before.ok());
+  EXPECT_EQ(from_before->size(), got.size());
   // Pages: after a key, at most so many.
   auto page = db->Scan("volume/", "volume/pvc-a", 2);
   ASSERT_TRUE(page.ok());
