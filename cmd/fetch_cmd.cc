@@ -2,12 +2,14 @@
 // fetcher and the node's chunk store — the operator's way to check an origin
 // and warm a node, and the benchmarks' handle on the fetch path.
 #include <sys/sendfile.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <optional>
 #include <string_view>
 
@@ -15,6 +17,7 @@
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
 #include "cache/logging.h"
+#include "cmd/admin.h"
 #include "cmd/commands.h"
 
 namespace strata::cmd {
@@ -48,24 +51,17 @@ struct Session {
   cache::FetchTarget target;
 };
 
+// A CA file is named by an absolute path: a node daemon resolves it too.
+ObjectRef RefOf(const FetchOpts& o) {
+  std::string ca = o.ca_file.empty() ? "" : std::filesystem::absolute(o.ca_file).string();
+  return ObjectRef{o.url, o.digest, ca, o.insecure};
+}
+
 absl::StatusOr<Session> Open(const FetchOpts& o) {
-  cache::OriginOptions oo;
-  oo.ca_file = o.ca_file;
-  oo.verify_tls = !o.insecure;
-  auto origin = cache::OpenOrigin(o.url, oo);
-  if (!origin.ok()) return origin.status();
+  auto target = ResolveTarget(RefOf(o));
+  if (!target.ok()) return target.status();
   Session s;
-  s.target.origin = std::move(*origin);
-  auto st = s.target.origin->Stat("");
-  if (!st.ok()) return st.status();
-  if (st->is_dir) return absl::InvalidArgumentError(absl::StrCat(o.url, " is a directory"));
-  s.target.stat = *st;
-  if (!o.digest.empty()) {
-    if (!o.digest.starts_with("sha256:") || o.digest.size() != 71) {
-      return absl::InvalidArgumentError("--digest must be sha256:<64 hex digits>");
-    }
-    s.target.stat.digest = o.digest;
-  }
+  s.target = std::move(*target);
   cache::StoreOptions so;
   so.dir = o.cache_dir;
   so.degrade_on_error = true;
@@ -238,15 +234,21 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
   });
 
   auto po = std::make_shared<FetchOpts>();
+  auto node_socket = std::make_shared<std::string>();
   CLI::App* pre =
       app.add_subcommand("prefetch", "Warm the node's cache with a whole origin object");
   AddCommon(pre, *po);
-  pre->callback([po, &run] {
-    run = [po]() -> int {
-      auto s = Open(*po);
-      if (!s.ok()) {
-        spdlog::error("{}", s.status().message());
-        return 1;
+  pre->add_option("--node-socket", *node_socket,
+                  "Warm a running node daemon's cache through its admin socket (default: "
+                  "STATE_DIR/admin.sock when it exists and no --cache-dir is given)");
+  CLI::Option* cache_dir_opt = pre->get_option("--cache-dir");
+  pre->callback([po, node_socket, cache_dir_opt, &run] {
+    run = [po, node_socket, cache_dir_opt]() -> int {
+      std::string socket = *node_socket;
+      if (socket.empty() && cache_dir_opt->count() == 0) {
+        std::string daemon = DefaultStateDir() + "/admin.sock";
+        struct stat st;
+        if (::stat(daemon.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) socket = daemon;
       }
       bool tty = ::isatty(2);
       auto t0 = std::chrono::steady_clock::now();
@@ -261,6 +263,23 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
                      std::string(bar, '#').c_str(), pct, done / 1048576.0, total / 1048576.0,
                      done / 1048576.0 / std::max(Since(t0), 1e-3), tty ? "" : "\n");
       };
+      if (!socket.empty()) {
+        // The daemon holds the store: it fetches, this process shows progress.
+        auto bytes = PrefetchThroughNode(socket, RefOf(*po), progress);
+        if (tty) std::fprintf(stderr, "\n");
+        if (!bytes.ok()) {
+          spdlog::error("{}", bytes.status().message());
+          return 1;
+        }
+        std::printf("prefetched %s (%llu bytes) into the cache of the node daemon at %s\n",
+                    po->url.c_str(), static_cast<unsigned long long>(*bytes), socket.c_str());
+        return 0;
+      }
+      auto s = Open(*po);
+      if (!s.ok()) {
+        spdlog::error("{}", s.status().message());
+        return 1;
+      }
       absl::Status st = s->fetcher->Prefetch(s->target, {}, progress);
       if (tty) std::fprintf(stderr, "\n");
       if (!st.ok()) {

@@ -14,6 +14,7 @@
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
 #include "cache/logging.h"
+#include "cmd/admin.h"
 #include "cmd/commands.h"
 #include "cmd/metrics_server.h"
 #include "csi/controller_service.h"
@@ -172,6 +173,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
     double fd_keeper_grace = 120;
     int metrics_port = -1;
     std::string metrics_address = "127.0.0.1";
+    std::string admin_socket;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* c = app.add_subcommand(
@@ -205,6 +207,9 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
   c->add_option("--metrics-port", o->metrics_port,
                 "Port for /metrics and /healthz (0: any free port; -1: none)")
       ->capture_default_str();
+  c->add_option("--admin-socket", o->admin_socket,
+                "Socket (root's alone) through which `strata prefetch` warms this node's cache "
+                "(default: STATE_DIR/admin.sock; off: none)");
   c->add_option("--metrics-address", o->metrics_address,
                 "Address of the metrics endpoint (0.0.0.0 for a scraper outside the pod)")
       ->capture_default_str();
@@ -230,6 +235,18 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
       if (!daemon) return 1;
       cache::ChunkStore* store = daemon->store.get();
       cache::Fetcher fetcher(*store);
+      std::unique_ptr<AdminServer> admin;
+      if (o->admin_socket != "off") {
+        std::string path = o->admin_socket.empty() ? o->state_dir + "/admin.sock" : o->admin_socket;
+        std::error_code ec;
+        std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+        auto a = AdminServer::Start(path, fetcher);
+        if (!a.ok()) {
+          spdlog::error("{}", a.status().message());
+          return 1;
+        }
+        admin = std::move(*a);
+      }
       std::unique_ptr<csi::StateDb> node_db, controller_db;
       std::unique_ptr<fuse::FdKeeperClient> keeper;
       std::unique_ptr<csi::IdentityService> identity;

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -153,6 +154,60 @@ TEST(CliTest, NodeServesCsiOnAUnixSocket) {
   ASSERT_EQ(::kill(node.pid, SIGTERM), 0);
   out += ReadUntil(node.out, "stopped", std::chrono::seconds(30));
   EXPECT_EQ(ExitCode(Wait(node)), 0) << out;
+}
+
+// `strata prefetch` cannot open a running node's store: it asks the node,
+// through its admin socket, and shows the node's progress.
+TEST(CliTest, PrefetchWarmsARunningNodesCacheThroughItsAdminSocket) {
+  TempDir dir;
+  std::string obj = dir.path() + "/obj.bin";
+  {
+    std::string data(20 << 20, '\0');
+    for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 7 + i / 4096);
+    std::ofstream(obj, std::ios::binary) << data;
+  }
+  std::string state = dir.path() + "/state";
+  Child node = SpawnStrata({"node", "--state-dir", state, "--cache-capacity", "1GiB", "--fd-keeper",
+                            "off", "--metrics-port", "0"});
+  ASSERT_GT(node.pid, 0);
+  std::string out = ReadUntil(node.out, "running", std::chrono::seconds(30));
+  ASSERT_THAT(out, HasSubstr("running"));
+  size_t at = out.find("http://127.0.0.1:");
+  ASSERT_NE(at, std::string::npos) << out;
+  std::string metrics = out.substr(at, out.find("/metrics", at) - at) + "/metrics";
+  std::string sock = state + "/admin.sock";
+  auto origin_bytes = [&] {
+    std::string page;
+    EXPECT_EQ(testing::RunCommand({"/usr/bin/curl", "-sf", metrics}, &page), 0) << page;
+    const std::string name = "strata_bytes_total{source=\"origin\"} ";
+    size_t p = page.find(name);
+    if (p == std::string::npos) return std::string("?");
+    p += name.size();
+    return page.substr(p, page.find('\n', p) - p);
+  };
+
+  Result r = RunStrata({"prefetch", "file://" + obj, "--node-socket", sock});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("100.0%"));
+  EXPECT_THAT(r.out, HasSubstr("into the cache of the node daemon at " + sock));
+  EXPECT_EQ(origin_bytes(), std::to_string(20 << 20));
+  // Warm already: the origin is not read again.
+  r = RunStrata({"prefetch", "file://" + obj, "--node-socket", sock});
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(origin_bytes(), std::to_string(20 << 20));
+  // What the node cannot fetch is the command's error, with the cause.
+  r = RunStrata({"prefetch", "file://" + dir.path() + "/missing", "--node-socket", sock});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.out, HasSubstr("No such file"));
+  // A socket nobody serves is a clear error too.
+  r = RunStrata({"prefetch", "file://" + obj, "--node-socket", dir.path() + "/none.sock"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.out, HasSubstr("connect to the node daemon"));
+
+  ASSERT_EQ(::kill(node.pid, SIGTERM), 0);
+  out += ReadUntil(node.out, "stopped", std::chrono::seconds(30));
+  EXPECT_EQ(ExitCode(Wait(node)), 0) << out;
+  EXPECT_FALSE(std::filesystem::exists(sock)) << "the socket outlived its daemon";
 }
 
 TEST(CliTest, BadMetricsAddressIsRejected) {
