@@ -11,7 +11,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <optional>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "cache/logging.h"
@@ -26,6 +29,7 @@ constexpr size_t kMaxRequest = 64 << 10;
 constexpr uint64_t kSlice = 64ull << 20;  // a prefetch stops between slices
 constexpr int kRequestTimeoutMs = 10'000;
 constexpr int kIdleTimeoutMs = 300'000;  // the client's wait for the next line
+constexpr int kSendTimeoutS = 30;        // a client that stops reading is dropped
 
 absl::Status Errno(int err, const std::string& what) {
   return absl::UnavailableError(absl::StrCat(what, ": ", std::strerror(err)));
@@ -33,7 +37,8 @@ absl::Status Errno(int err, const std::string& what) {
 
 // Sends one line; false when the peer is gone.
 bool SendLine(int fd, const json& j) {
-  std::string line = j.dump() + "\n";
+  // Messages quote origins' answers, which need not be UTF-8.
+  std::string line = j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
   size_t done = 0;
   while (done < line.size()) {
     ssize_t n = ::send(fd, line.data() + done, line.size() - done, MSG_NOSIGNAL);
@@ -71,6 +76,38 @@ json ErrorLine(const absl::Status& st) {
   return json{{"error", std::string(st.message())}, {"code", static_cast<int>(st.code())}};
 }
 
+absl::StatusOr<sockaddr_un> Address(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) {
+    return absl::InvalidArgumentError(absl::StrCat("socket path too long: ", path));
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+
+// A connected socket to `path`, or why not.
+absl::StatusOr<int> Connect(const std::string& path) {
+  auto addr = Address(path);
+  if (!addr.ok()) return addr.status();
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Errno(errno, "socket");
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Errno(err, absl::StrCat("connect to the node daemon at ", path));
+  }
+  return fd;
+}
+
+// A string field of a request: empty when absent or null, nullopt when of
+// another type.
+std::optional<std::string> StringField(const json& req, const char* key) {
+  if (!req.contains(key) || req[key].is_null()) return std::string();
+  if (!req[key].is_string()) return std::nullopt;
+  return req[key].get<std::string>();
+}
+
 }  // namespace
 
 absl::StatusOr<cache::FetchTarget> ResolveTarget(const ObjectRef& ref) {
@@ -100,26 +137,31 @@ AdminServer::AdminServer(std::string path, int fd, cache::Fetcher& fetcher, int 
 absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::string& path,
                                                                 cache::Fetcher& fetcher,
                                                                 int max_requests) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) {
-    return absl::InvalidArgumentError(absl::StrCat("admin socket path too long: ", path));
+  auto addr = Address(path);
+  if (!addr.ok()) return addr.status();
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return absl::FailedPreconditionError(absl::StrCat(path, " exists and is not a socket"));
+    }
+    if (auto live = Connect(path); live.ok()) {
+      ::close(*live);
+      return absl::AlreadyExistsError(absl::StrCat("another strata daemon answers on ", path));
+    }
+    ::unlink(path.c_str());  // left by a daemon that was killed
   }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  ::unlink(path.c_str());  // a socket left by a killed daemon
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return Errno(errno, "admin socket");
   // Only root (the daemon's user) may connect: the socket makes it fetch.
-  mode_t old = ::umask(0077);
-  int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  int err = errno;
-  ::umask(old);
-  if (rc != 0 || ::listen(fd, 16) != 0) {
-    if (rc == 0) err = errno;
+  // Nobody can connect before listen(), so chmod in between is not a race.
+  if (::bind(fd, reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr) != 0 ||
+      ::chmod(path.c_str(), 0600) != 0 || ::listen(fd, 16) != 0 || ::stat(path.c_str(), &st) != 0) {
+    absl::Status err = Errno(errno, absl::StrCat("listen on ", path));
     ::close(fd);
-    return Errno(err, absl::StrCat("listen on ", path));
+    return err;
   }
   std::unique_ptr<AdminServer> s(new AdminServer(path, fd, fetcher, max_requests));
+  s->ino_ = st.st_ino;
   if (::pipe2(s->wake_, O_CLOEXEC) != 0) return Errno(errno, "pipe");
   s->acceptor_ = std::thread([p = s.get()] { p->AcceptLoop(); });
   return s;
@@ -134,14 +176,18 @@ AdminServer::~AdminServer() {
   if (acceptor_.joinable()) acceptor_.join();
   {
     absl::MutexLock l(&mu_);
+    // Cut the connections: their handlers stop at the next read, send or
+    // slice.
+    for (int conn : conns_) ::shutdown(conn, SHUT_RDWR);
     mu_.Await(absl::Condition(
-        +[](int* active) { return *active == 0; }, &active_));
+        +[](std::vector<int>* conns) { return conns->empty(); }, &conns_));
   }
   if (fd_ >= 0) ::close(fd_);
   for (int f : wake_) {
     if (f >= 0) ::close(f);
   }
-  ::unlink(path_.c_str());
+  struct stat st;
+  if (ino_ != 0 && ::lstat(path_.c_str(), &st) == 0 && st.st_ino == ino_) ::unlink(path_.c_str());
 }
 
 void AdminServer::AcceptLoop() {
@@ -151,23 +197,46 @@ void AdminServer::AcceptLoop() {
     if (rc < 0 && errno == EINTR) continue;
     if (rc < 0 || (p[1].revents & POLLIN)) return;
     int conn = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (conn < 0) continue;
-    {
-      absl::MutexLock l(&mu_);
-      if (active_ >= max_requests_) {
-        SendLine(conn, ErrorLine(absl::ResourceExhaustedError(absl::StrCat(
-                           "the node is already running ", active_, " requests; try later"))));
-        ::close(conn);
-        continue;
+    if (conn < 0) {
+      if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) {
+        // Out of descriptors or memory: do not spin on a readable listener.
+        spdlog::warn("admin socket: accept: {}", std::strerror(errno));
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
-      ++active_;
+      continue;
     }
-    std::thread([this, conn] {
-      Serve(conn);
+    timeval tv{kSendTimeoutS, 0};
+    ::setsockopt(conn, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    absl::MutexLock l(&mu_);
+    if (static_cast<int>(conns_.size()) >= max_requests_) {
+      SendLine(conn, ErrorLine(absl::ResourceExhaustedError(absl::StrCat(
+                         "the node is already running ", conns_.size(), " requests; try later"))));
       ::close(conn);
+      continue;
+    }
+    conns_.push_back(conn);
+    auto done = [this, conn] {
       absl::MutexLock l(&mu_);
-      --active_;
-    }).detach();
+      std::erase(conns_, conn);
+      ::close(conn);
+    };
+    try {
+      std::thread([this, conn, done] {
+        try {
+          Serve(conn);
+        } catch (const std::exception& e) {
+          // A request must never take the daemon (and its mounts) down.
+          spdlog::error("admin: request failed: {}", e.what());
+          SendLine(conn, ErrorLine(absl::InternalError(e.what())));
+        }
+        done();
+      }).detach();
+    } catch (const std::system_error& e) {
+      SendLine(conn, ErrorLine(absl::ResourceExhaustedError(e.what())));
+      mu_.Unlock();
+      done();
+      mu_.Lock();
+    }
   }
 }
 
@@ -179,14 +248,21 @@ void AdminServer::Serve(int conn) {
     return;
   }
   json req = json::parse(*line, nullptr, /*allow_exceptions=*/false);
-  if (req.is_discarded() || !req.is_object() || req.value("op", "") != "prefetch" ||
-      !req.contains("url") || !req["url"].is_string()) {
+  std::optional<std::string> op, url, digest, ca_file;
+  if (!req.is_discarded() && req.is_object()) {
+    op = StringField(req, "op");
+    url = StringField(req, "url");
+    digest = StringField(req, "digest");
+    ca_file = StringField(req, "ca_file");
+  }
+  bool bad_insecure = req.is_object() && req.contains("insecure") && !req["insecure"].is_boolean();
+  if (!op || *op != "prefetch" || !url || url->empty() || !digest || !ca_file || bad_insecure) {
     SendLine(conn, ErrorLine(absl::InvalidArgumentError(
-                       R"(expected {"op": "prefetch", "url": URL, ...} on one line)")));
+                       R"(expected {"op": "prefetch", "url": URL, "digest": "sha256:...", )"
+                       R"("ca_file": PATH, "insecure": false} on one line)")));
     return;
   }
-  ObjectRef ref{req["url"], req.value("digest", ""), req.value("ca_file", ""),
-                req.value("insecure", false)};
+  ObjectRef ref{*url, *digest, *ca_file, req.is_object() && req.value("insecure", false)};
   auto target = ResolveTarget(ref);
   if (!target.ok()) {
     SendLine(conn, ErrorLine(target.status()));
@@ -195,20 +271,26 @@ void AdminServer::Serve(int conn) {
   spdlog::info("admin: prefetching {} ({} bytes)", ref.url, target->stat.size);
   const uint64_t size = target->stat.size;
   bool connected = true;
-  // A whole-object digest is checked over the whole object: one piece.
-  const bool whole = !target->stat.digest.empty() && target->chunk_sha256.empty();
-  const uint64_t slice = whole ? std::max<uint64_t>(size, 1) : kSlice;
   absl::Status st;
-  for (uint64_t off = 0; off < size && st.ok(); off += slice) {
+  // Slices, so that a client that goes away or a node that stops ends it.
+  for (uint64_t off = 0; off < size && st.ok(); off += kSlice) {
     if (stopping_ || !connected) {
       st = absl::CancelledError(stopping_ ? "the node is stopping" : "the client went away");
       break;
     }
-    uint64_t len = std::min(slice, size - off);
+    uint64_t len = std::min(kSlice, size - off);
     st = fetcher_.Prefetch(*target, {{off, len}}, [&](uint64_t done, uint64_t total) {
-      uint64_t got = total == 0 ? len : std::min(len, len * done / total);
-      connected = connected && SendLine(conn, json{{"done", off + got}, {"total", size}});
+      uint64_t got = total == 0 ? len
+                                : static_cast<uint64_t>(static_cast<long double>(len) * done /
+                                                        static_cast<long double>(total));
+      connected =
+          connected && SendLine(conn, json{{"done", off + std::min(got, len)}, {"total", size}});
     });
+  }
+  // An object checked by its whole digest: the check, over what is now
+  // cached (a mismatch drops it and is the answer).
+  if (st.ok() && !target->stat.digest.empty() && target->chunk_sha256.empty()) {
+    st = fetcher_.Prefetch(*target, {}, {});
   }
   if (!st.ok()) {
     spdlog::warn("admin: prefetch of {} ended: {}", ref.url, st.message());
@@ -218,22 +300,19 @@ void AdminServer::Serve(int conn) {
   SendLine(conn, json{{"ok", true}, {"bytes", size}});
 }
 
+bool NodeAnswers(const std::string& socket) {
+  auto fd = Connect(socket);
+  if (!fd.ok()) return false;
+  ::close(*fd);
+  return true;
+}
+
 absl::StatusOr<uint64_t> PrefetchThroughNode(
     const std::string& socket, const ObjectRef& ref,
     const std::function<void(uint64_t done, uint64_t total)>& progress) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket.size() >= sizeof addr.sun_path) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path too long: ", socket));
-  }
-  std::memcpy(addr.sun_path, socket.c_str(), socket.size() + 1);
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Errno(errno, "socket");
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    int err = errno;
-    ::close(fd);
-    return Errno(err, absl::StrCat("connect to the node daemon at ", socket));
-  }
+  auto connected = Connect(socket);
+  if (!connected.ok()) return connected.status();
+  int fd = *connected;
   json req{{"op", "prefetch"},
            {"url", ref.url},
            {"digest", ref.digest},
@@ -256,16 +335,21 @@ absl::StatusOr<uint64_t> PrefetchThroughNode(
         result = absl::InternalError("the node daemon answered something else than JSON");
         break;
       }
+      auto number = [&](const char* key) {
+        return j.contains(key) && j[key].is_number_unsigned() ? j[key].get<uint64_t>() : 0;
+      };
       if (j.contains("error")) {
-        int code = j.value("code", static_cast<int>(absl::StatusCode::kUnknown));
-        result = absl::Status(static_cast<absl::StatusCode>(code), j.value("error", ""));
+        int code = j.contains("code") && j["code"].is_number_integer() ? j["code"].get<int>() : 2;
+        if (code <= 0 || code > 16) code = static_cast<int>(absl::StatusCode::kUnknown);
+        result = absl::Status(static_cast<absl::StatusCode>(code),
+                              j["error"].is_string() ? j["error"].get<std::string>() : "failed");
         break;
       }
-      if (j.value("ok", false)) {
-        result = j.value("bytes", uint64_t{0});
+      if (j.contains("ok") && j["ok"] == true) {
+        result = number("bytes");
         break;
       }
-      if (progress) progress(j.value("done", uint64_t{0}), j.value("total", uint64_t{0}));
+      if (progress) progress(number("done"), number("total"));
     }
   }
   ::close(fd);

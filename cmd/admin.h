@@ -11,6 +11,8 @@
 // Closing the connection stops the prefetch at its next slice.
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -37,13 +39,14 @@ absl::StatusOr<cache::FetchTarget> ResolveTarget(const ObjectRef& ref);
 
 class AdminServer {
  public:
-  // Listens on `path` (a stale socket there is replaced). At most
-  // `max_requests` run at once; more are refused with an error line.
+  // Listens on `path`. A socket there that nobody answers (left by a killed
+  // daemon) is replaced; a live one, or anything that is not a socket, is an
+  // error. At most `max_requests` run at once; more are refused.
   static absl::StatusOr<std::unique_ptr<AdminServer>> Start(const std::string& path,
                                                             cache::Fetcher& fetcher,
                                                             int max_requests = 4);
-  // Stops accepting, stops the requests in flight at their next slice and
-  // waits for them; removes the socket.
+  // Stops accepting, cuts the connections in flight (their prefetches stop
+  // at their next slice) and waits for them; removes its socket.
   ~AdminServer();
 
  private:
@@ -56,15 +59,20 @@ class AdminServer {
   int wake_[2] = {-1, -1};  // a pipe that ends the accept loop
   cache::Fetcher& fetcher_;
   const int max_requests_;
+  ino_t ino_ = 0;  // the socket's inode: the destructor removes only its own
   std::atomic<bool> stopping_{false};
   std::thread acceptor_;
   absl::Mutex mu_;
-  int active_ ABSL_GUARDED_BY(mu_) = 0;
-  std::vector<std::thread> handlers_ ABSL_GUARDED_BY(mu_);
+  std::vector<int> conns_ ABSL_GUARDED_BY(mu_);  // connections being served
 };
 
+// Whether a daemon answers at `socket` (a socket file can outlive its
+// daemon).
+bool NodeAnswers(const std::string& socket);
+
 // Asks the daemon behind `socket` to prefetch `ref`; `progress(done, total)`
-// is called as it reports. Returns the object's size.
+// is called as it reports. Returns the object's size. Nobody answering at
+// `socket` is Unavailable and says so.
 absl::StatusOr<uint64_t> PrefetchThroughNode(
     const std::string& socket, const ObjectRef& ref,
     const std::function<void(uint64_t done, uint64_t total)>& progress);

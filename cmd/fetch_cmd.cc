@@ -57,14 +57,16 @@ ObjectRef RefOf(const FetchOpts& o) {
   return ObjectRef{o.url, o.digest, ca, o.insecure};
 }
 
-absl::StatusOr<Session> Open(const FetchOpts& o) {
+// `degrade`: serve without caching when the store cannot be used (cat);
+// otherwise that is an error (prefetch, whose whole point is the cache).
+absl::StatusOr<Session> Open(const FetchOpts& o, bool degrade = true) {
   auto target = ResolveTarget(RefOf(o));
   if (!target.ok()) return target.status();
   Session s;
   s.target = std::move(*target);
   cache::StoreOptions so;
   so.dir = o.cache_dir;
-  so.degrade_on_error = true;
+  so.degrade_on_error = degrade;
   auto store = cache::ChunkStore::Open(so);
   if (!store.ok()) return store.status();
   s.store = std::move(*store);
@@ -248,7 +250,11 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
       if (socket.empty() && cache_dir_opt->count() == 0) {
         std::string daemon = DefaultStateDir() + "/admin.sock";
         struct stat st;
-        if (::stat(daemon.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) socket = daemon;
+        // A socket that nobody answers was left by a killed daemon: the
+        // store is free, so this process warms it itself.
+        if (::stat(daemon.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && NodeAnswers(daemon)) {
+          socket = daemon;
+        }
       }
       bool tty = ::isatty(2);
       auto t0 = std::chrono::steady_clock::now();
@@ -275,9 +281,12 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
                     po->url.c_str(), static_cast<unsigned long long>(*bytes), socket.c_str());
         return 0;
       }
-      auto s = Open(*po);
+      auto s = Open(*po, /*degrade=*/false);
       if (!s.ok()) {
-        spdlog::error("{}", s.status().message());
+        spdlog::error("{}{}", s.status().message(),
+                      absl::IsFailedPrecondition(s.status())
+                          ? " (a running node daemon: --node-socket STATE_DIR/admin.sock)"
+                          : "");
         return 1;
       }
       absl::Status st = s->fetcher->Prefetch(s->target, {}, progress);

@@ -241,11 +241,15 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
         std::error_code ec;
         std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
         auto a = AdminServer::Start(path, fetcher);
-        if (!a.ok()) {
+        if (a.ok()) {
+          admin = std::move(*a);
+        } else if (!o->admin_socket.empty()) {
           spdlog::error("{}", a.status().message());
           return 1;
+        } else {  // the default socket is a convenience, not a reason not to serve
+          spdlog::warn("no admin socket ({}); strata prefetch cannot reach this node",
+                       a.status().message());
         }
-        admin = std::move(*a);
       }
       std::unique_ptr<csi::StateDb> node_db, controller_db;
       std::unique_ptr<fuse::FdKeeperClient> keeper;
@@ -339,6 +343,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
       int sig = 0;
       sigwait(&set, &sig);
       spdlog::info("received signal {}; flushing the cache index", sig);
+      admin.reset();  // prefetches in flight stop; the socket goes
       if (keeper) {
         // The mounts stay, held by the keeper, for the next daemon to take
         // over; this process only has to go, quickly, since requests queue

@@ -2,6 +2,8 @@
 // subcommand, the cache tools on a populated store, and the node daemon's
 // start, report and clean stop.
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -156,6 +158,29 @@ TEST(CliTest, NodeServesCsiOnAUnixSocket) {
   EXPECT_EQ(ExitCode(Wait(node)), 0) << out;
 }
 
+// Sends `request` on a unix socket and returns everything answered.
+std::string RawRequest(const std::string& path, const std::string& request) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    if (fd >= 0) ::close(fd);
+    return "<cannot connect>";
+  }
+  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) < 0) {
+    ::close(fd);
+    return "<cannot send>";
+  }
+  timeval tv{30, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) out.append(buf, n);
+  ::close(fd);
+  return out;
+}
+
 // `strata prefetch` cannot open a running node's store: it asks the node,
 // through its admin socket, and shows the node's progress.
 TEST(CliTest, PrefetchWarmsARunningNodesCacheThroughItsAdminSocket) {
@@ -199,6 +224,31 @@ TEST(CliTest, PrefetchWarmsARunningNodesCacheThroughItsAdminSocket) {
   r = RunStrata({"prefetch", "file://" + dir.path() + "/missing", "--node-socket", sock});
   EXPECT_EQ(r.code, 1);
   EXPECT_THAT(r.out, HasSubstr("No such file"));
+  // A digest the object does not have: the node checks it and says so.
+  r = RunStrata({"prefetch", "file://" + obj, "--node-socket", sock, "--digest",
+                 "sha256:" + std::string(64, '0')});
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("does not match its digest"));
+  // Requests that are not what the socket takes get an error line, and the
+  // node goes on serving.
+  for (std::string bad : {std::string("not json"), std::string(R"({"op":"prefetch"})"),
+                          std::string(R"({"op":"prefetch","url":"file:///x","insecure":"yes"})"),
+                          std::string(R"({"op":1,"url":"file:///x"})")}) {
+    EXPECT_THAT(RawRequest(sock, bad + "\n"), HasSubstr("\"error\"")) << bad;
+  }
+  EXPECT_THAT(
+      RawRequest(sock, R"({"op":"prefetch","url":"file://)" + obj + R"(","digest":null})" + "\n"),
+      HasSubstr("\"ok\":true"));
+  // The store is the node's: a second process cannot warm it, and says how.
+  r = RunStrata({"prefetch", "file://" + obj, "--cache-dir", state + "/cache"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.out, HasSubstr("--node-socket"));
+  // A second node on the same socket is refused; the first keeps it.
+  Result second = RunStrata({"node", "--state-dir", dir.path() + "/state2", "--fd-keeper", "off",
+                             "--admin-socket", sock});
+  EXPECT_EQ(second.code, 1);
+  EXPECT_THAT(second.out, HasSubstr("another strata daemon answers"));
+  EXPECT_EQ(RunStrata({"prefetch", "file://" + obj, "--node-socket", sock}).code, 0);
   // A socket nobody serves is a clear error too.
   r = RunStrata({"prefetch", "file://" + obj, "--node-socket", dir.path() + "/none.sock"});
   EXPECT_EQ(r.code, 1);
@@ -208,6 +258,36 @@ TEST(CliTest, PrefetchWarmsARunningNodesCacheThroughItsAdminSocket) {
   out += ReadUntil(node.out, "stopped", std::chrono::seconds(30));
   EXPECT_EQ(ExitCode(Wait(node)), 0) << out;
   EXPECT_FALSE(std::filesystem::exists(sock)) << "the socket outlived its daemon";
+}
+
+// A socket left by a killed daemon does not keep the next one from serving.
+TEST(CliTest, NodeReplacesAStaleAdminSocket) {
+  TempDir dir;
+  std::string sock = dir.path() + "/admin.sock";
+  {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock.c_str());
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ::close(fd);  // bound, never listened: what a killed daemon leaves
+  }
+  Child node = SpawnStrata(
+      {"node", "--state-dir", dir.path() + "/state", "--fd-keeper", "off", "--admin-socket", sock});
+  ASSERT_GT(node.pid, 0);
+  std::string out = ReadUntil(node.out, "running", std::chrono::seconds(30));
+  ASSERT_THAT(out, HasSubstr("running"));
+  EXPECT_THAT(RawRequest(sock, "{}\n"), HasSubstr("\"error\""));
+  ASSERT_EQ(::kill(node.pid, SIGTERM), 0);
+  out += ReadUntil(node.out, "stopped", std::chrono::seconds(30));
+  EXPECT_EQ(ExitCode(Wait(node)), 0) << out;
+  // Something that is not a socket is never removed to make room.
+  std::ofstream(sock) << "keep";
+  Result r = RunStrata(
+      {"node", "--state-dir", dir.path() + "/state", "--fd-keeper", "off", "--admin-socket", sock});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.out, HasSubstr("is not a socket"));
+  EXPECT_TRUE(std::filesystem::is_regular_file(sock));
 }
 
 TEST(CliTest, BadMetricsAddressIsRejected) {
