@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cache/logging.h"
+#include "fuse/fd_keeper.h"
 #include "nlohmann/json.hpp"
 
 namespace strata::cmd {
@@ -76,19 +77,9 @@ json ErrorLine(const absl::Status& st) {
   return json{{"error", std::string(st.message())}, {"code", static_cast<int>(st.code())}};
 }
 
-absl::StatusOr<sockaddr_un> Address(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path too long: ", path));
-  }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  return addr;
-}
-
 // A connected socket to `path`, or why not.
 absl::StatusOr<int> Connect(const std::string& path) {
-  auto addr = Address(path);
+  auto addr = fuse::UnixAddress(path);
   if (!addr.ok()) return addr.status();
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return Errno(errno, "socket");
@@ -137,7 +128,7 @@ AdminServer::AdminServer(std::string path, int fd, cache::Fetcher& fetcher, int 
 absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::string& path,
                                                                 cache::Fetcher& fetcher,
                                                                 int max_requests) {
-  auto addr = Address(path);
+  auto addr = fuse::UnixAddress(path);
   if (!addr.ok()) return addr.status();
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0) {

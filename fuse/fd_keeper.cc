@@ -29,15 +29,6 @@ absl::Status Errno(const std::string& what) {
   return absl::UnavailableError(absl::StrCat(what, ": ", std::strerror(errno)));
 }
 
-absl::StatusOr<sockaddr_un> Address(const std::string& path) {
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  if (path.size() >= sizeof a.sun_path)
-    return absl::InvalidArgumentError(absl::StrCat("socket path too long: ", path));
-  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
-  return a;
-}
-
 // Sends `msg`, with `fd` as SCM_RIGHTS when >= 0.
 bool Send(int sock, const std::string& msg, int fd) {
   iovec iov{const_cast<char*>(msg.data()), msg.size()};
@@ -88,8 +79,17 @@ bool Receive(int sock, std::string* msg, int* fd) {
 
 }  // namespace
 
+absl::StatusOr<sockaddr_un> UnixAddress(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.size() >= sizeof a.sun_path)
+    return absl::InvalidArgumentError(absl::StrCat("socket path too long: ", path));
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  return a;
+}
+
 absl::StatusOr<std::unique_ptr<FdKeeperClient>> FdKeeperClient::Connect(const std::string& socket) {
-  auto addr = Address(socket);
+  auto addr = UnixAddress(socket);
   if (!addr.ok()) return addr.status();
   int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (s < 0) return Errno("socket");
@@ -146,7 +146,7 @@ absl::Status ServeFdKeeper(const FdKeeperOptions& options, const std::atomic<boo
   if (FdKeeperClient::Connect(options.socket).ok()) {
     return absl::AlreadyExistsError(absl::StrCat("another FD keeper answers on ", options.socket));
   }
-  auto addr = Address(options.socket);
+  auto addr = UnixAddress(options.socket);
   if (!addr.ok()) return addr.status();
   int listener = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (listener < 0) return Errno("socket");

@@ -11,6 +11,8 @@
 // descriptors go: the mounts then fail with ENOTCONN instead of hanging.
 #pragma once
 
+#include <sys/un.h>
+
 #include <atomic>
 #include <memory>
 #include <string>
@@ -22,6 +24,10 @@
 #include "absl/time/time.h"
 
 namespace strata::fuse {
+
+// The address of the unix socket at `path` (InvalidArgument when the path
+// is too long for one). The FD keeper's, and the node's admin socket's.
+absl::StatusOr<sockaddr_un> UnixAddress(const std::string& path);
 
 class FdKeeperClient {
  public:

@@ -21,11 +21,6 @@
 namespace strata::csi::testing {
 namespace {
 
-using cache::testing::ReadPath;
-using cache::testing::TempDir;
-using ::testing::HasSubstr;
-using Code = grpc::StatusCode;
-
 class CsiConformanceTest : public ::testing::Test {
  protected:
   void SetUp() override {

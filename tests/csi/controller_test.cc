@@ -15,9 +15,6 @@
 namespace strata::csi::testing {
 namespace {
 
-using cache::testing::TempDir;
-using ::testing::HasSubstr;
-using Code = grpc::StatusCode;
 constexpr int64_t kGiB = 1ll << 30;
 
 class CsiControllerTest : public ::testing::Test {

@@ -17,10 +17,16 @@
 #include "csi/controller_service.h"
 #include "csi/node_service.h"
 #include "csi/state_db.h"
+#include "gmock/gmock.h"
+#include "tests/cache/test_util.h"
 #include "tests/util/mount.h"
 
 namespace strata::csi::testing {
 
+using cache::testing::ReadPath;
+using cache::testing::TempDir;
+using ::testing::HasSubstr;
+using Code = grpc::StatusCode;
 using Context = std::map<std::string, std::string>;
 using AccessMode = ::csi::v1::VolumeCapability::AccessMode;
 

@@ -19,8 +19,6 @@
 namespace strata::csi::testing {
 namespace {
 
-using cache::testing::ReadPath;
-using cache::testing::TempDir;
 using strata::testing::RunCommand;
 
 constexpr const char* kRegistry = STRATA_SOURCE_DIR "/tests/util/registry.sh";
