@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "cache/origin_impl.h"
+#include "cache/root_dir.h"
 #include "cache/store_fs.h"
 
 namespace strata::cache {
@@ -40,27 +41,25 @@ ObjectStat StatOf(const struct stat& st) {
 
 class FileOrigin final : public Origin {
  public:
-  FileOrigin(std::string url, std::string root) : url_(std::move(url)), root_(std::move(root)) {}
+  FileOrigin(std::string url, std::string root, std::string sub)
+      : url_(std::move(url)), root_(std::move(root), std::move(sub)) {}
 
   const std::string& url() const override { return url_; }
 
   absl::StatusOr<ObjectStat> Stat(const std::string& path) override {
-    auto full = Resolve(path);
-    if (!full.ok()) return full.status();
-    // Inside the tree a symlink is itself; the root may be a link to follow.
-    struct stat st;
-    int rc = path.empty() ? ::stat(full->c_str(), &st) : ::lstat(full->c_str(), &st);
-    if (rc != 0) return ErrnoStatus(errno, absl::StrCat("stat ", *full));
-    return StatOf(st);
+    auto st = root_.Stat(path);
+    if (!st.ok()) return st.status();
+    return StatOf(*st);
   }
 
-  std::string LocalRoot() const override { return root_; }
+  RootDir* Dir() override { return &root_; }
 
   absl::StatusOr<std::vector<DirEntry>> List(const std::string& dir) override {
-    auto full = Resolve(dir);
-    if (!full.ok()) return full.status();
-    DIR* d = ::opendir(full->c_str());
-    if (d == nullptr) return ErrnoStatus(errno, absl::StrCat("list ", *full));
+    auto fd = root_.Open(dir, O_RDONLY | O_DIRECTORY);
+    if (!fd.ok()) return fd.status();
+    DIR* d = ::fdopendir(fd->get());
+    if (d == nullptr) return ErrnoStatus(errno, absl::StrCat("list ", Name(dir)));
+    fd->release();
     std::vector<DirEntry> out;
     while (dirent* e = ::readdir(d)) {
       std::string name = e->d_name;
@@ -75,34 +74,34 @@ class FileOrigin final : public Origin {
 
   absl::Status ReadRange(const std::string& path, const ObjectStat& want, uint64_t offset,
                          absl::Span<char> out) override {
-    auto full = Resolve(path);
-    if (!full.ok()) return full.status();
+    const std::string name = Name(path);
     // Aligned ranges are read with O_DIRECT (see ReadAll); a file system
     // that refuses it is read the ordinary way.
     bool direct = offset % kAlign == 0 && out.size() >= kAlign;
-    int fd = direct ? ::open(full->c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT) : -1;
-    if (fd < 0) {
+    absl::StatusOr<UniqueFd> file = absl::UnknownError("not opened");
+    if (direct) file = root_.OpenFile(path, O_RDONLY | O_DIRECT);
+    if (!direct || !file.ok()) {
       direct = false;
-      fd = ::open(full->c_str(), O_RDONLY | O_CLOEXEC);
+      file = root_.OpenFile(path, O_RDONLY);
     }
-    if (fd < 0) return ErrnoStatus(errno, absl::StrCat("open ", *full));
+    if (!file.ok()) return file.status();
+    int fd = file->get();
     struct stat st;
     absl::Status result = absl::OkStatus();
     if (::fstat(fd, &st) != 0) {
-      result = ErrnoStatus(errno, absl::StrCat("stat ", *full));
+      result = ErrnoStatus(errno, absl::StrCat("stat ", name));
     } else if (VersionOf(st) != want.version) {
       result = absl::FailedPreconditionError(
-          absl::StrCat(*full, " changed (version ", want.version, " is now ", VersionOf(st), ")"));
+          absl::StrCat(name, " changed (version ", want.version, " is now ", VersionOf(st), ")"));
     } else if (offset + out.size() > static_cast<uint64_t>(st.st_size)) {
       result = absl::OutOfRangeError(absl::StrFormat("%s: [%u, +%u) is past its end (%u bytes)",
-                                                     *full, offset, out.size(), st.st_size));
+                                                     name, offset, out.size(), st.st_size));
     }
-    if (result.ok()) result = ReadAll(fd, direct, *full, offset, out);
+    if (result.ok()) result = ReadAll(fd, direct, name, offset, out);
     // A write that raced the read changes the version: the bytes may mix two.
     if (result.ok() && ::fstat(fd, &st) == 0 && VersionOf(st) != want.version) {
-      result = absl::FailedPreconditionError(absl::StrCat(*full, " changed during a read"));
+      result = absl::FailedPreconditionError(absl::StrCat(name, " changed during a read"));
     }
-    ::close(fd);
     return result;
   }
 
@@ -168,13 +167,12 @@ class FileOrigin final : public Origin {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::string> Resolve(const std::string& path) const {
-    if (auto st = CheckRelativePath(path); !st.ok()) return st;
-    return path.empty() ? root_ : absl::StrCat(root_, "/", path);
+  std::string Name(const std::string& path) const {
+    return path.empty() ? root_.path() : absl::StrCat(root_.path(), "/", path);
   }
 
   std::string url_;
-  std::string root_;
+  RootDir root_;
   absl::Mutex bounce_mu_;
   std::vector<Bounce> bounces_ ABSL_GUARDED_BY(bounce_mu_);
 };
@@ -182,14 +180,31 @@ class FileOrigin final : public Origin {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Origin>> NewFileOrigin(const std::string& url,
-                                                      const std::string& root) {
+                                                      const std::string& root,
+                                                      const std::string& beneath) {
   if (root.empty() || root[0] != '/') {
     return absl::InvalidArgumentError(
         absl::StrCat("file origin ", url, " needs an absolute path (file:///dir)"));
   }
   std::string r = root;
   while (r.size() > 1 && r.back() == '/') r.pop_back();
-  return std::make_unique<FileOrigin>(url, r);
+  if (beneath.empty()) return std::make_unique<FileOrigin>(url, r, "");
+  // Confined: the root is reached from `beneath` one real directory at a time.
+  std::string base = beneath;
+  while (base.size() > 1 && base.back() == '/') base.pop_back();
+  std::string sub;
+  if (r != base) {
+    if (r.compare(0, base.size(), base) != 0 || (base != "/" && r[base.size()] != '/')) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("file origin ", url, " is not beneath ", base));
+    }
+    sub = r.substr(base == "/" ? 1 : base.size() + 1);
+    if (absl::Status st = CheckRelativePath(sub); !st.ok()) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("file origin ", url, " is not plainly beneath ", base, ": ", st.message()));
+    }
+  }
+  return std::make_unique<FileOrigin>(url, base, sub);
 }
 
 }  // namespace strata::cache

@@ -53,7 +53,9 @@ absl::Status CheckRelativePath(const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<Origin>> OpenOrigin(const std::string& url,
                                                    const OriginOptions& options) {
-  if (absl::StartsWith(url, "file://")) return NewFileOrigin(url, url.substr(7));
+  if (absl::StartsWith(url, "file://")) {
+    return NewFileOrigin(url, url.substr(7), options.file_beneath);
+  }
   HttpClientOptions ho;
   ho.ca_file = options.ca_file;
   ho.verify_tls = options.verify_tls;
@@ -70,6 +72,17 @@ absl::StatusOr<std::unique_ptr<Origin>> OpenOrigin(const std::string& url,
   return absl::InvalidArgumentError(absl::StrCat(
       "unsupported origin '", url, "'", colon == std::string::npos ? " (no scheme)" : "",
       ": use file:///dir, http(s)://host/path, s3://bucket/prefix or oci://registry/repo:tag"));
+}
+
+absl::Status CheckEntryName(const std::string& name) {
+  if (name.empty() || name == "." || name == ".." || name.size() > 255 ||
+      name.find_first_of(std::string("/\0", 2)) != std::string::npos) {
+    // The name itself is not quoted: it may hold any bytes.
+    return absl::InvalidArgumentError(
+        absl::StrCat("an entry name of ", name.size(),
+                     " bytes is empty, '.', '..', over 255 bytes or has a '/' or NUL"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace strata::cache

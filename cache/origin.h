@@ -15,6 +15,8 @@
 
 namespace strata::cache {
 
+class RootDir;
+
 // What an origin says about one object: enough to key its chunks. `version`
 // changes whenever the content may have changed (ETag; mtime, size and inode).
 struct ObjectStat {
@@ -65,8 +67,9 @@ class Origin {
   virtual absl::Status RemoveDir(const std::string& path);
 
   // The directory behind a POSIX origin (file://), where a volume writes
-  // through with ordinary system calls; empty for every other origin.
-  virtual std::string LocalRoot() const { return ""; }
+  // through with system calls beneath it (see root_dir.h); null for every
+  // other origin.
+  virtual RootDir* Dir() { return nullptr; }
 };
 
 struct OriginOptions {
@@ -102,6 +105,10 @@ struct OriginOptions {
   // curl CONNECT_TO entries ("host:port:connect-host:connect-port"), for
   // virtual-host names that DNS does not resolve (tests, private endpoints).
   std::vector<std::string> connect_to;
+  // file://: when set, the origin's directory must lie beneath this one and
+  // is reached from it without following any symlink (origins named by a
+  // pod rather than an administrator: see csi/inline_origins.h).
+  std::string file_beneath;
 };
 
 // file:///dir, http(s)://host/path, s3://bucket/prefix,
@@ -116,5 +123,11 @@ bool IsTransient(const absl::Status& status);
 // Rejects paths that could leave the origin's root: absolute paths, "..",
 // empty components, NUL. "" (the root itself) is allowed.
 absl::Status CheckRelativePath(const std::string& path);
+
+// Checks one name of a directory listing from an origin: non-empty, not "."
+// or "..", no '/' or NUL, at most 255 bytes (InvalidArgument otherwise).
+// Listings come from servers; a name that fails would alias another entry
+// or leave the directory once it becomes a path.
+absl::Status CheckEntryName(const std::string& name);
 
 }  // namespace strata::cache

@@ -9,8 +9,11 @@
 
 namespace strata::cache {
 
+// With `beneath`, `root` must lie under that directory and is reached from
+// it without following symlinks (see OriginOptions::file_beneath).
 absl::StatusOr<std::unique_ptr<Origin>> NewFileOrigin(const std::string& url,
-                                                      const std::string& root);
+                                                      const std::string& root,
+                                                      const std::string& beneath = "");
 absl::StatusOr<std::unique_ptr<Origin>> NewHttpOrigin(const std::string& url,
                                                       std::shared_ptr<HttpClient> http);
 absl::StatusOr<std::unique_ptr<Origin>> NewS3Origin(const std::string& url,

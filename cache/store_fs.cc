@@ -28,26 +28,6 @@
 
 namespace strata::cache {
 
-absl::Status ErrnoStatus(int err, const std::string& what) {
-  if (err < 0) err = -err;
-  std::string msg = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-      return absl::NotFoundError(msg);
-    case ENOSPC:
-    case EDQUOT:
-      return absl::ResourceExhaustedError(msg);
-    case EACCES:
-    case EPERM:
-    case EROFS:
-      return absl::PermissionDeniedError(msg);
-    case EINVAL:
-      return absl::InvalidArgumentError(msg);
-    default:
-      return absl::InternalError(msg);
-  }
-}
-
 namespace {
 
 constexpr unsigned kRingDepth = 64;

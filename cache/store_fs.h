@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "cache/errno_status.h"
 
 namespace strata::cache {
 
@@ -61,8 +62,5 @@ class StoreFs {
 // The real file system. Uses a small pool of io_uring rings, or pread/pwrite
 // where io_uring is unavailable (old kernel, seccomp), which it logs once.
 std::unique_ptr<StoreFs> NewPosixStoreFs();
-
-// Converts a -errno op result or an errno into a status naming `what`.
-absl::Status ErrnoStatus(int err, const std::string& what);
 
 }  // namespace strata::cache

@@ -4,14 +4,14 @@
 
 #include <sys/statvfs.h>
 
-#include <filesystem>
-
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "cache/errno_status.h"
 #include "cache/logging.h"
 #include "cache/origin.h"
+#include "cache/root_dir.h"
 #include "csi/volume_spec.h"
 
 namespace strata::csi {
@@ -59,24 +59,26 @@ absl::StatusOr<std::unique_ptr<cache::Origin>> OpenBase(const std::string& url,
   return origin;
 }
 
+// A POSIX origin's directories are made and removed beneath its root,
+// never through a symlink: a volume directory that a pod swapped for a link
+// to the node's files is removed as a link.
 absl::Status MakeTree(cache::Origin& origin, const std::string& path) {
-  if (std::string root = origin.LocalRoot(); !root.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(root + "/" + path, ec);
-    if (ec) return absl::InternalError(absl::StrCat("mkdir ", root, "/", path, ": ", ec.message()));
-    return absl::OkStatus();
-  }
+  if (cache::RootDir* root = origin.Dir()) return root->MakeDirs(path, 0755);
   return origin.MakeDir(path);
 }
 
 // Removes `path` and everything under it; what is already gone is fine.
 absl::Status RemoveTree(cache::Origin& origin, const std::string& path) {
-  if (std::string root = origin.LocalRoot(); !root.empty()) {
-    std::error_code ec;
-    std::filesystem::remove_all(root + "/" + path, ec);
-    if (ec)
-      return absl::InternalError(absl::StrCat("remove ", root, "/", path, ": ", ec.message()));
-    return absl::OkStatus();
+  if (cache::RootDir* root = origin.Dir()) {
+    absl::Status st = root->RemoveAll(path);
+    int err = cache::AttachedErrno(st);
+    if (err == ELOOP || err == ENOTDIR) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("a directory on the way to ", path, " in ", origin.url(),
+                       " is no longer a directory (a symlink put there?): nothing was deleted (",
+                       st.message(), ")"));
+    }
+    return st;
   }
   auto entries = origin.List(path);
   if (absl::IsNotFound(entries.status())) return absl::OkStatus();
@@ -310,11 +312,13 @@ Status ControllerService::GetCapacity(grpc::ServerContext*,
   if (!origin.ok()) return ToGrpc(origin.status());
   // Only a POSIX origin has a size to report; object stores have no limit
   // to speak of, which CSI expresses by leaving the capacity unset.
-  if (std::string root = (*origin)->LocalRoot(); !root.empty()) {
+  if (cache::RootDir* root = (*origin)->Dir()) {
+    auto fd = root->Fd();
     struct statvfs sv {};
-    if (::statvfs(root.c_str(), &sv) != 0) {
+    if (!fd.ok() || ::fstatvfs((*fd)->get(), &sv) != 0) {
       return Status(StatusCode::UNAVAILABLE,
-                    absl::StrCat("statvfs ", root, ": ", std::strerror(errno)));
+                    absl::StrCat("statvfs ", root->path(), ": ",
+                                 fd.ok() ? std::strerror(errno) : fd.status().message()));
     }
     resp->set_available_capacity(static_cast<int64_t>(sv.f_bavail * sv.f_frsize));
   }

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cache/logging.h"
+#include "cache/root_dir.h"
 #include "cache/sigv4.h"
 
 namespace strata::csi {
@@ -214,7 +215,7 @@ absl::Status WriteFileDurably(const std::string& dir, const std::string& name,
 class OriginStateDb final : public StateDb {
  public:
   explicit OriginStateDb(std::unique_ptr<cache::Origin> origin)
-      : origin_(std::move(origin)), root_(origin_->LocalRoot()) {}
+      : origin_(std::move(origin)), root_(origin_->Dir() ? origin_->Dir()->path() : "") {}
 
   absl::Status Put(const std::string& key, const nlohmann::json& value) override {
     absl::Status st =
@@ -361,7 +362,8 @@ absl::StatusOr<std::unique_ptr<StateDb>> StateDb::OpenAt(const std::string& url,
   }
   auto origin = cache::OpenOrigin(url, options);
   if (!origin.ok()) return origin.status();
-  if (std::string root = (*origin)->LocalRoot(); !root.empty()) {
+  if (cache::RootDir* dir = (*origin)->Dir()) {
+    const std::string& root = dir->path();
     std::error_code ec;
     bool made = std::filesystem::create_directories(root, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot create ", root, ": ", ec.message()));

@@ -32,7 +32,7 @@ absl::Status CheckVolumeOption(const std::string& key, const std::string& value)
   }
   if (key == kAttrTtl) {
     double s;
-    if (!absl::SimpleAtod(value, &s) || s < 0 || s > 3600) {
+    if (!absl::SimpleAtod(value, &s) || !(s >= 0 && s <= 3600)) {  // NaN fails too
       return absl::InvalidArgumentError(
           absl::StrCat(kAttrTtl, " must be seconds from 0 to 3600, not '", value, "'"));
     }
@@ -138,7 +138,7 @@ absl::Status ProbeOrigin(cache::Origin& origin) {
     return absl::FailedPreconditionError(absl::StrCat("origin ", origin.url(), " is a file"));
   }
   absl::Status st = root.status();
-  if (st.ok() && origin.LocalRoot().empty()) {
+  if (st.ok() && origin.Dir() == nullptr) {
     st = origin.List("").status();
     if (absl::IsUnimplemented(st)) st = absl::OkStatus();
   }

@@ -14,11 +14,13 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -26,6 +28,56 @@
 #include "cache/logging.h"
 
 namespace strata::fuse {
+
+namespace {
+
+// Tells the kernel to forget names, from a thread of its own that starts
+// with the first one (see KernelCache). The queue is bounded: past it a
+// name is left to its entry timeout.
+class EntryNotifier final : public KernelCache {
+ public:
+  explicit EntryNotifier(fuse_session* se) : se_(se) {}
+  ~EntryNotifier() override {
+    {
+      absl::MutexLock l(&mu_);
+      stop_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+  void ForgetEntry(uint64_t parent, const std::string& name) override {
+    absl::MutexLock l(&mu_);
+    if (stop_ || queue_.size() >= 4096) return;
+    queue_.emplace_back(parent, name);
+    if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
+  }
+
+ private:
+  void Loop() {
+    absl::MutexLock l(&mu_);
+    while (true) {
+      mu_.Await(absl::Condition(
+          +[](EntryNotifier* n) { return n->stop_ || !n->queue_.empty(); }, this));
+      if (stop_) return;
+      auto [parent, name] = std::move(queue_.front());
+      queue_.pop_front();
+      mu_.Unlock();
+      int rc = fuse_lowlevel_notify_inval_entry(se_, parent, name.c_str(), name.size());
+      if (rc != 0 && rc != -ENOENT) {
+        spdlog::debug("forget entry {} in inode {}: {}", name, parent, std::strerror(-rc));
+      }
+      mu_.Lock();
+    }
+  }
+
+  fuse_session* se_;
+  absl::Mutex mu_;
+  std::deque<std::pair<uint64_t, std::string>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace
 
 struct FuseServer::Impl {
   Tree* tree = nullptr;
@@ -42,6 +94,13 @@ struct FuseServer::Impl {
   // Directory handles start at a random number, so that a handle the
   // kernel kept from a replaced daemon does not name another listing.
   std::atomic<uint64_t> next_dir{(uint64_t{std::random_device{}()} << 20) + 1};
+  // The tree's way to the kernel's caches, set once the session is mounted.
+  std::unique_ptr<EntryNotifier> notifier;
+
+  void Serve() {
+    notifier = std::make_unique<EntryNotifier>(se);
+    tree->set_kernel_cache(notifier.get());
+  }
 };
 
 namespace {
@@ -418,8 +477,15 @@ absl::StatusOr<std::unique_ptr<Impl>> NewSession(Tree& tree, const MountOptions&
   auto impl = std::make_unique<Impl>();
   impl->tree = &tree;
   impl->opts = options;
-  std::string o = absl::StrCat("fsname=", options.fsname,
-                               ",subtype=strata,default_permissions,max_read=1048576");
+  // The name comes from outside (a CSI volume id): a ',' in it would add
+  // mount options (suid, dev), so ',' and '\\' are escaped as libfuse reads them.
+  std::string fsname;
+  for (char c : options.fsname) {
+    if (c == ',' || c == '\\') fsname += '\\';
+    fsname += c;
+  }
+  std::string o =
+      absl::StrCat("fsname=", fsname, ",subtype=strata,default_permissions,max_read=1048576");
   if (options.allow_other) o += ",allow_other";
   if (tree.read_only()) o += ",ro";
   std::vector<std::string> argv_s = {"strata", "-o", o};
@@ -483,6 +549,7 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(Tree& tree,
   init.resize(static_cast<size_t>(n));
   (*impl)->init = init;
   ProcessInit(se, init);
+  (*impl)->Serve();
   return std::unique_ptr<FuseServer>(new FuseServer(std::move(*impl)));
 }
 
@@ -525,6 +592,7 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Adopt(Tree& tree,
   h.unique = ~uint64_t{0} - 1;
   std::memcpy(replay.data(), &h, sizeof h);
   ProcessInit((*impl)->se, replay);
+  (*impl)->Serve();
   spdlog::info("took over the FUSE mount at {} (connection {})", options.mountpoint,
                (*impl)->connection);
   return std::unique_ptr<FuseServer>(new FuseServer(std::move(*impl)));
@@ -573,6 +641,8 @@ FuseServer::~FuseServer() {
   // Also after Stop() or an external unmount: this is where libfuse lets go
   // of the mountpoint it keeps (it sees the dead connection and skips umount).
   impl_->mounted = false;
+  impl_->tree->set_kernel_cache(nullptr);
+  impl_->notifier.reset();
   fuse_session_unmount(impl_->se);
   fuse_session_destroy(impl_->se);
 }

@@ -3,30 +3,23 @@
 
 #include <cerrno>
 
-#include "absl/strings/cord.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "cache/errno_status.h"
 
 namespace strata::fuse {
 namespace {
-constexpr char kErrnoPayload[] = "strata.io/errno";
-
 absl::Status ReadOnly() { return PosixError(EROFS, "this filesystem is read-only"); }
 }  // namespace
 
 absl::Status PosixError(int err, const std::string& message) {
   absl::Status st(
       err == ENOENT ? absl::StatusCode::kNotFound : absl::StatusCode::kFailedPrecondition, message);
-  st.SetPayload(kErrnoPayload, absl::Cord(std::to_string(err)));
-  return st;
+  return cache::WithErrno(std::move(st), err);
 }
 
 int ErrnoOf(const absl::Status& st) {
   if (st.ok()) return 0;
-  if (auto p = st.GetPayload(kErrnoPayload)) {
-    int e;
-    if (absl::SimpleAtoi(std::string(*p), &e)) return e;
-  }
+  if (int err = cache::AttachedErrno(st); err != 0) return err;
   switch (st.code()) {
     case absl::StatusCode::kNotFound:
       return ENOENT;

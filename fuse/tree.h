@@ -9,6 +9,7 @@
 #include <sys/statvfs.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -57,9 +58,22 @@ struct OpenResult {
   bool keep_cache = false;  // the kernel's cached pages are still right
 };
 
+// What a tree may ask of the kernel's caches. Calls return at once: the
+// engine tells the kernel in the background, since inside a request the
+// kernel may hold the very locks that the notification needs.
+class KernelCache {
+ public:
+  virtual ~KernelCache() = default;
+  // The kernel forgets that `name` in directory `parent` is what it was told.
+  virtual void ForgetEntry(uint64_t parent, const std::string& name) = 0;
+};
+
 class Tree {
  public:
   virtual ~Tree() = default;
+
+  // The engine serving this tree sets this while it serves it (null after).
+  void set_kernel_cache(KernelCache* kernel) { kernel_.store(kernel); }
 
   // How long the kernel may trust attributes and names it was given.
   virtual absl::Duration attr_timeout() const = 0;
@@ -101,6 +115,14 @@ class Tree {
   // Sizes for statfs (df, CSI volume stats). The default describes a tree
   // with no fixed size, as object stores and image layers are.
   virtual absl::StatusOr<struct statvfs> StatFs();
+
+ protected:
+  void ForgetEntry(uint64_t parent, const std::string& name) {
+    if (KernelCache* k = kernel_.load()) k->ForgetEntry(parent, name);
+  }
+
+ private:
+  std::atomic<KernelCache*> kernel_{nullptr};
 };
 
 // A status that carries the errno the kernel should see (and a message for

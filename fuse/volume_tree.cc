@@ -15,7 +15,9 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "cache/logging.h"
+#include "cache/root_dir.h"
 
 namespace strata::fuse {
 
@@ -25,7 +27,7 @@ VolumeTree::VolumeTree(std::shared_ptr<cache::Origin> origin, cache::ChunkStore&
       store_(store),
       fetcher_(fetcher),
       opts_(options),
-      local_root_(origin_->LocalRoot()) {
+      root_(origin_->Dir()) {
   absl::MutexLock l(&mu_);
   std::random_device rd;
   next_handle_ = ((uint64_t{rd()} << 32 | rd()) >> 2) + 1;
@@ -115,11 +117,40 @@ Attr VolumeTree::ToAttr(uint64_t ino, const cache::ObjectStat& st) const {
 
 absl::StatusOr<struct statvfs> VolumeTree::StatFs() {
   if (!posix()) return Tree::StatFs();
+  auto fd = root_->Fd();
+  if (!fd.ok()) return fd.status();
   struct statvfs sv {};
-  if (::statvfs(local_root_.c_str(), &sv) != 0) {
-    return PosixError(errno, absl::StrCat("statvfs ", local_root_, ": ", std::strerror(errno)));
+  if (::fstatvfs((*fd)->get(), &sv) != 0) {
+    return PosixError(errno, absl::StrCat("statvfs ", root_->path(), ": ", std::strerror(errno)));
   }
   return sv;
+}
+
+absl::Status VolumeTree::Broken(absl::Status status, const std::string& path) {
+  int err = ErrnoOf(status);
+  if (err != ENOTDIR && err != ELOOP) return status;
+  // Walk down from the root to the first name that is no longer what this
+  // tree (and the kernel) took it for: a directory now a symlink or a file.
+  std::string at;
+  for (absl::string_view part : absl::StrSplit(path, '/')) {
+    std::string parent = at;
+    at = at.empty() ? std::string(part) : absl::StrCat(at, "/", part);
+    auto st = root_ ? root_->Stat(at) : absl::StatusOr<struct stat>(absl::NotFoundError(""));
+    if (st.ok() && S_ISDIR(st->st_mode) && at != path) continue;
+    uint64_t parent_ino = 0;
+    {
+      absl::MutexLock l(&mu_);
+      auto p = inos_.find(parent);
+      auto it = inos_.find(at);
+      if (it != inos_.end()) nodes_[it->second].fetched = absl::InfinitePast();
+      if (p != inos_.end()) parent_ino = p->second;
+    }
+    spdlog::warn("{}: '{}' changed at the origin under this mount ({}); the kernel forgets it",
+                 origin_->url(), at, std::strerror(err));
+    if (parent_ino != 0) ForgetEntry(parent_ino, std::string(part));
+    break;
+  }
+  return status;
 }
 
 absl::StatusOr<cache::ObjectStat> VolumeTree::StatPath(const std::string& path, uint64_t* ino,
@@ -154,6 +185,7 @@ absl::StatusOr<cache::ObjectStat> VolumeTree::StatPath(const std::string& path, 
   }
   auto st = path.empty() ? origin_->Stat("") : origin_->Stat(path);
   if (!st.ok()) {
+    if (posix()) return Broken(st.status(), path);
     if (absl::IsNotFound(st.status()))
       return PosixError(ENOENT, std::string(st.status().message()));
     if (cache::IsTransient(st.status())) {
@@ -213,6 +245,7 @@ absl::StatusOr<std::vector<DirEntry>> VolumeTree::ReadDir(uint64_t ino) {
   if (!path.ok()) return path.status();
   auto list = origin_->List(*path);
   if (!list.ok()) {
+    if (posix()) return Broken(list.status(), *path);
     if (absl::IsNotFound(list.status()))
       return PosixError(ENOENT, std::string(list.status().message()));
     return list.status();
@@ -222,6 +255,13 @@ absl::StatusOr<std::vector<DirEntry>> VolumeTree::ReadDir(uint64_t ino) {
   absl::Time now = absl::Now();
   absl::MutexLock l(&mu_);
   for (auto& e : *list) {
+    // Every origin checks its names; this is the last word before the
+    // kernel (an empty name would be the root's own inode).
+    if (absl::Status bad = cache::CheckEntryName(e.name); !bad.ok()) {
+      spdlog::warn("{}: listing of '{}' left out an entry: {}", origin_->url(), *path,
+                   bad.message());
+      continue;
+    }
     std::string child = path->empty() ? e.name : absl::StrCat(*path, "/", e.name);
     uint64_t cino = InoFor(child);
     Node& n = nodes_[cino];
@@ -243,11 +283,10 @@ absl::StatusOr<OpenResult> VolumeTree::Open(uint64_t ino, int flags) {
   const cache::ObjectStat* st = &file->second;
   if (!writing) return AddHandle(ino, *path, *st, -1);
   if (posix()) {
-    int fd = ::open(Local(*path).c_str(),
-                    (flags & (O_ACCMODE | O_TRUNC | O_APPEND)) | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) return PosixError(errno, absl::StrCat("open ", *path, ": ", std::strerror(errno)));
+    auto fd = root_->OpenFile(*path, flags & (O_ACCMODE | O_TRUNC | O_APPEND));
+    if (!fd.ok()) return Broken(fd.status(), *path);
     if (flags & O_TRUNC) Changed(*path);
-    return AddHandle(ino, *path, *st, fd);
+    return AddHandle(ino, *path, *st, fd->release());
   }
   // An object store takes whole objects: new files and whole rewrites.
   if ((flags & O_APPEND) || (!(flags & O_TRUNC) && st->size > 0)) {
@@ -275,6 +314,11 @@ absl::StatusOr<std::pair<std::string, cache::ObjectStat>> VolumeTree::FileToOpen
   auto st = StatPath(*path, &got, /*revalidate=*/true);
   if (!st.ok()) return st.status();
   if (st->is_dir) return PosixError(EISDIR, *path);
+  // Replaced by a symlink since the kernel looked it up: the kernel must look
+  // again and follow it itself, in the reader's own view.
+  if (st->is_symlink) {
+    return Broken(PosixError(ELOOP, absl::StrCat(*path, " is now a symlink")), *path);
+  }
   return std::make_pair(*path, *st);
 }
 
@@ -294,9 +338,9 @@ absl::Status VolumeTree::Reopen(uint64_t ino, uint64_t handle, int flags) {
                                           " when the daemon was replaced; what was written to "
                                           "it is lost: write it again"));
     }
-    fd = ::open(Local(*path).c_str(), (flags & (O_ACCMODE | O_APPEND)) | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-      return PosixError(errno, absl::StrCat("reopen ", *path, ": ", std::strerror(errno)));
+    auto file = root_->OpenFile(*path, flags & (O_ACCMODE | O_APPEND));
+    if (!file.ok()) return Broken(file.status(), *path);
+    fd = file->release();
   }
   absl::MutexLock l(&mu_);
   if (handles_.contains(handle)) {  // another thread reopened it meanwhile
@@ -376,19 +420,27 @@ absl::StatusOr<ReadResult> VolumeTree::ReadUncounted(uint64_t handle, uint64_t o
   // A POSIX origin changes in place: a read reaching the end this handle
   // knows may find the file grown by another writer (the kernel already knows
   // the new size; a short answer would cache zeros). Then read it as it is.
-  if (fd < 0 && !target_changed && !local_root_.empty() && offset + size > target.stat.size) {
+  if (fd < 0 && !target_changed && posix() && offset + size > target.stat.size) {
     auto now = origin_->Stat(target.path);
     if (!now.ok() || now->version != target.stat.version) target_changed = true;
   }
-  if (fd >= 0 || (!local_root_.empty() && target_changed)) {
+  if (fd >= 0 || (posix() && target_changed)) {
     // A handle that writes reads its own bytes straight from the origin file.
     ++direct_reads_;
     r.bytes.resize(size);
-    int rfd = fd >= 0 ? fd : ::open(Local(target.path).c_str(), O_RDONLY | O_CLOEXEC);
-    if (rfd < 0) return PosixError(EIO, absl::StrCat(target.path, " is gone at the origin"));
-    ssize_t n = ::pread(rfd, r.bytes.data(), size, static_cast<off_t>(offset));
+    cache::UniqueFd opened;
+    if (fd < 0) {
+      auto file = root_->OpenFile(target.path, O_RDONLY);
+      if (!file.ok()) {
+        (void)Broken(file.status(), target.path);
+        return PosixError(EIO, absl::StrCat(target.path, " is gone at the origin (",
+                                            file.status().message(), ")"));
+      }
+      opened = std::move(*file);
+    }
+    ssize_t n =
+        ::pread(fd >= 0 ? fd : opened.get(), r.bytes.data(), size, static_cast<off_t>(offset));
     int err = errno;
-    if (fd < 0) ::close(rfd);
     if (n < 0) return PosixError(err, absl::StrCat("read ", target.path, ": ", std::strerror(err)));
     r.bytes.resize(n);
     return r;
@@ -423,7 +475,7 @@ absl::StatusOr<ReadResult> VolumeTree::ReadUncounted(uint64_t handle, uint64_t o
   if (!n.ok()) {
     // The open file's object is gone or changed at the origin: an I/O error
     // on this handle (a new open sees the new state), never other bytes.
-    if (absl::IsFailedPrecondition(n.status()) && !local_root_.empty()) {
+    if (absl::IsFailedPrecondition(n.status()) && posix()) {
       // Changed under this handle by a write on this node: POSIX readers see
       // the new bytes. Mark the handle so later reads go straight there too.
       {
@@ -553,14 +605,24 @@ absl::StatusOr<std::pair<Attr, OpenResult>> VolumeTree::Create(uint64_t parent,
     staged_paths_[*path] = h->handle;
     return std::make_pair(ToAttr(ino, st), *h);
   }
-  int fd =
-      ::open(Local(*path).c_str(),
-             (flags & (O_ACCMODE | O_TRUNC | O_APPEND | O_EXCL)) | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-             mode & 07777);
-  if (fd < 0) return PosixError(errno, absl::StrCat("create ", *path, ": ", std::strerror(errno)));
-  if (::fchown(fd, who.uid, who.gid) != 0) {
-    spdlog::warn("create {}: cannot give it to {}:{}: {}", *path, who.uid, who.gid,
-                 std::strerror(errno));
+  auto at = root_->Parent(*path);
+  if (!at.ok()) return Broken(at.status(), *path);
+  const int open_flags = flags & (O_ACCMODE | O_TRUNC | O_APPEND);
+  int fd = ::openat(at->dir.get(), at->name.c_str(),
+                    open_flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode & 07777);
+  if (fd >= 0) {
+    if (::fchown(fd, who.uid, who.gid) != 0) {
+      spdlog::warn("create {}: cannot give it to {}:{}: {}", *path, who.uid, who.gid,
+                   std::strerror(errno));
+    }
+  } else if (errno == EEXIST && !(flags & O_EXCL)) {
+    // There already: opened as it is (never through a symlink, never a fifo).
+    auto file = root_->OpenFile(*path, open_flags);
+    if (!file.ok()) return Broken(file.status(), *path);
+    fd = file->release();
+  } else {
+    return Broken(PosixError(errno, absl::StrCat("create ", *path, ": ", std::strerror(errno))),
+                  *path);
   }
   Changed(*path);
   auto attr = Fresh(*path);
@@ -653,20 +715,30 @@ absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int
     Changed(*path);
     return Fresh(*path);  // times: the object store keeps its own
   }
-  std::string local = Local(*path);
+  if (path->empty()) {
+    return PosixError(EPERM, "the volume's root belongs to the origin: its attributes stay");
+  }
+  auto at = root_->Parent(*path);
+  if (!at.ok()) return Broken(at.status(), *path);
+  const int dir = at->dir.get();
+  const char* name = at->name.c_str();
   auto fail = [&](const char* what) {
-    return PosixError(errno, absl::StrCat(what, " ", *path, ": ", std::strerror(errno)));
+    return Broken(PosixError(errno, absl::StrCat(what, " ", *path, ": ", std::strerror(errno))),
+                  *path);
   };
+  // Each call acts on the name in its directory and never follows it.
   if ((to_set & FUSE_SET_ATTR_MODE) &&
-      ::fchmodat(AT_FDCWD, local.c_str(), a.st_mode & 07777, 0) != 0)
+      ::fchmodat(dir, name, a.st_mode & 07777, AT_SYMLINK_NOFOLLOW) != 0)
     return fail("chmod");
   if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
     uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? a.st_uid : static_cast<uid_t>(-1);
     gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? a.st_gid : static_cast<gid_t>(-1);
-    if (::lchown(local.c_str(), uid, gid) != 0) return fail("chown");
+    if (::fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW) != 0) return fail("chown");
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
-    if (::truncate(local.c_str(), a.st_size) != 0) return fail("truncate");
+    auto file = root_->OpenFile(*path, O_WRONLY);
+    if (!file.ok()) return Broken(file.status(), *path);
+    if (::ftruncate(file->get(), a.st_size) != 0) return fail("truncate");
     Changed(*path);
   }
   if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
@@ -675,7 +747,7 @@ absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int
       ts[0] = (to_set & FUSE_SET_ATTR_ATIME_NOW) ? timespec{0, UTIME_NOW} : a.st_atim;
     if (to_set & FUSE_SET_ATTR_MTIME)
       ts[1] = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? timespec{0, UTIME_NOW} : a.st_mtim;
-    if (::utimensat(AT_FDCWD, local.c_str(), ts, AT_SYMLINK_NOFOLLOW) != 0) return fail("utimens");
+    if (::utimensat(dir, name, ts, AT_SYMLINK_NOFOLLOW) != 0) return fail("utimens");
   }
   return Fresh(*path);
 }
@@ -691,10 +763,13 @@ absl::StatusOr<Attr> VolumeTree::Mkdir(uint64_t parent, const std::string& name,
     if (absl::Status st = origin_->MakeDir(*path); !st.ok()) return st;
     return Fresh(*path);
   }
-  if (::mkdir(Local(*path).c_str(), mode & 07777) != 0) {
-    return PosixError(errno, absl::StrCat("mkdir ", *path, ": ", std::strerror(errno)));
+  auto at = root_->Parent(*path);
+  if (!at.ok()) return Broken(at.status(), *path);
+  if (::mkdirat(at->dir.get(), at->name.c_str(), mode & 07777) != 0) {
+    return Broken(PosixError(errno, absl::StrCat("mkdir ", *path, ": ", std::strerror(errno))),
+                  *path);
   }
-  if (::lchown(Local(*path).c_str(), who.uid, who.gid) != 0) {
+  if (::fchownat(at->dir.get(), at->name.c_str(), who.uid, who.gid, AT_SYMLINK_NOFOLLOW) != 0) {
     spdlog::warn("mkdir {}: cannot give it to {}:{}", *path, who.uid, who.gid);
   }
   return Fresh(*path);
@@ -710,10 +785,20 @@ absl::Status VolumeTree::Unlink(uint64_t parent, const std::string& name) {
     if (!st.ok()) return st.status();
     if (st->is_dir) return PosixError(EISDIR, *path);
     if (absl::Status d = origin_->Delete(*path); !d.ok()) return d;
-  } else if (::unlink(Local(*path).c_str()) != 0) {
-    return PosixError(errno, absl::StrCat("unlink ", *path, ": ", std::strerror(errno)));
+  } else if (absl::Status st = RemoveName(*path, 0); !st.ok()) {
+    return st;
   }
   Changed(*path);
+  return absl::OkStatus();
+}
+
+absl::Status VolumeTree::RemoveName(const std::string& path, int flags) {
+  auto at = root_->Parent(path);
+  if (!at.ok()) return Broken(at.status(), path);
+  if (::unlinkat(at->dir.get(), at->name.c_str(), flags) != 0) {
+    const char* op = flags & AT_REMOVEDIR ? "rmdir " : "unlink ";
+    return Broken(PosixError(errno, absl::StrCat(op, path, ": ", std::strerror(errno))), path);
+  }
   return absl::OkStatus();
 }
 
@@ -725,8 +810,8 @@ absl::Status VolumeTree::Rmdir(uint64_t parent, const std::string& name) {
     absl::Status st = origin_->RemoveDir(*path);
     if (absl::IsFailedPrecondition(st)) return PosixError(ENOTEMPTY, std::string(st.message()));
     if (!st.ok()) return st;
-  } else if (::rmdir(Local(*path).c_str()) != 0) {
-    return PosixError(errno, absl::StrCat("rmdir ", *path, ": ", std::strerror(errno)));
+  } else if (absl::Status st = RemoveName(*path, AT_REMOVEDIR); !st.ok()) {
+    return st;
   }
   Changed(*path);
   return absl::OkStatus();
@@ -757,10 +842,19 @@ absl::Status VolumeTree::Rename(uint64_t parent, const std::string& name, uint64
     if (absl::Status c = origin_->Copy(*from, *to); !c.ok()) return c;
     if (absl::Status d = origin_->Delete(*from); !d.ok()) return d;
     Changed(*from);
-  } else if (::renameat2(AT_FDCWD, Local(*from).c_str(), AT_FDCWD, Local(*to).c_str(), flags) !=
-             0) {
-    return PosixError(errno,
-                      absl::StrCat("rename ", *from, " to ", *to, ": ", std::strerror(errno)));
+  } else {
+    auto src = root_->Parent(*from);
+    if (!src.ok()) return Broken(src.status(), *from);
+    auto dst = root_->Parent(*to);
+    if (!dst.ok()) return Broken(dst.status(), *to);
+    if (::renameat2(src->dir.get(), src->name.c_str(), dst->dir.get(), dst->name.c_str(), flags) !=
+        0) {
+      int err = errno;
+      absl::Status st =
+          PosixError(err, absl::StrCat("rename ", *from, " to ", *to, ": ", std::strerror(err)));
+      (void)Broken(st, *from);
+      return Broken(st, *to);
+    }
   }
   // The kernel keeps the moved inode's number: move our path mappings (the
   // subtree's too) under it, and point open handles at the new path.
@@ -792,10 +886,13 @@ absl::StatusOr<Attr> VolumeTree::Symlink(const std::string& target, uint64_t par
   if (!posix()) return PosixError(ENOTSUP, absl::StrCat(origin_->url(), " has no symbolic links"));
   auto path = ChildPath(parent, name);
   if (!path.ok()) return path.status();
-  if (::symlink(target.c_str(), Local(*path).c_str()) != 0) {
-    return PosixError(errno, absl::StrCat("symlink ", *path, ": ", std::strerror(errno)));
+  auto at = root_->Parent(*path);
+  if (!at.ok()) return Broken(at.status(), *path);
+  if (::symlinkat(target.c_str(), at->dir.get(), at->name.c_str()) != 0) {
+    return Broken(PosixError(errno, absl::StrCat("symlink ", *path, ": ", std::strerror(errno))),
+                  *path);
   }
-  ::lchown(Local(*path).c_str(), who.uid, who.gid);
+  (void)!::fchownat(at->dir.get(), at->name.c_str(), who.uid, who.gid, AT_SYMLINK_NOFOLLOW);
   return Fresh(*path);
 }
 
@@ -803,9 +900,15 @@ absl::StatusOr<std::string> VolumeTree::Readlink(uint64_t ino) {
   auto path = PathOf(ino);
   if (!path.ok()) return path.status();
   if (!posix()) return PosixError(EINVAL, "not a symlink");
-  char buf[4096];
-  ssize_t n = ::readlink(Local(*path).c_str(), buf, sizeof buf);
-  if (n < 0) return PosixError(errno, absl::StrCat("readlink ", *path, ": ", std::strerror(errno)));
+  if (path->empty()) return PosixError(EINVAL, "the root is not a symlink");
+  auto at = root_->Parent(*path);
+  if (!at.ok()) return Broken(at.status(), *path);
+  char buf[PATH_MAX];
+  ssize_t n = ::readlinkat(at->dir.get(), at->name.c_str(), buf, sizeof buf);
+  if (n < 0) {
+    return Broken(PosixError(errno, absl::StrCat("readlink ", *path, ": ", std::strerror(errno))),
+                  *path);
+  }
   return std::string(buf, n);
 }
 

@@ -120,7 +120,13 @@ class VolumeTree final : public Tree {
   absl::StatusOr<std::string> ChildPath(uint64_t parent, const std::string& name);
   // Refuses writes on read-only volumes and origins that cannot take them.
   absl::Status Writable(const char* op) const;
-  std::string Local(const std::string& path) const { return local_root_ + "/" + path; }
+  // `status` from an origin call on `path`, passed on. When it says the
+  // path no longer leads where it did (ENOTDIR, ELOOP: a directory became
+  // a symlink or a file), the first name that changed is forgotten, here
+  // and in the kernel, so that the next lookup sees what is there now.
+  absl::Status Broken(absl::Status status, const std::string& path);
+  // unlinkat of `path` with `flags` (0 or AT_REMOVEDIR).
+  absl::Status RemoveName(const std::string& path, int flags);
   // Forgets cached metadata of `path` and drops the cached chunks of the
   // version it had, so nothing stale is served after a change.
   void Changed(const std::string& path);
@@ -133,13 +139,14 @@ class VolumeTree final : public Tree {
   absl::StatusOr<std::pair<int, std::string>> Stage(const std::string& path);
   // Object stores: uploads a dirty staged handle; EIO (and a log line) on failure.
   absl::Status Upload(uint64_t handle);
-  bool posix() const { return !local_root_.empty(); }
+  bool posix() const { return root_ != nullptr; }
 
   std::shared_ptr<cache::Origin> origin_;
   cache::ChunkStore& store_;
   cache::Fetcher& fetcher_;
   VolumeOptions opts_;
-  std::string local_root_;  // non-empty for POSIX origins
+  // POSIX origins: their directory, which every name is resolved beneath.
+  cache::RootDir* root_;
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Node> nodes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> inos_ ABSL_GUARDED_BY(mu_);

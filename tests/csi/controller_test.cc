@@ -152,6 +152,46 @@ TEST_F(CsiControllerTest, SubPathFromPvcAndDeleteOrRetain) {
   EXPECT_EQ(r.volume().capacity_bytes(), kGiB);
 }
 
+// A pod that can write its volume's parent (another volume of the class,
+// the class's origin mounted whole) swaps volume directories for symlinks
+// to the node's files: deleting the volumes removes the links, never what
+// they point to.
+TEST_F(CsiControllerTest, DeleteRemovesASwappedInSymlinkNotItsTarget) {
+  const std::string outside = dir_.path() + "/outside";
+  std::filesystem::create_directories(outside + "/sub");
+  std::ofstream(outside + "/precious") << "keep";
+  std::ofstream(outside + "/sub/also") << "keep";
+  ::csi::v1::CreateVolumeResponse r;
+  // The volume directory itself is a link.
+  ASSERT_TRUE(driver_->Create("pvc-link", Params(), 0, &r).ok());
+  std::filesystem::remove_all(origin_ + "/pvc-link");
+  std::filesystem::create_directory_symlink(outside, origin_ + "/pvc-link");
+  EXPECT_TRUE(driver_->Delete("pvc-link").ok());
+  EXPECT_FALSE(std::filesystem::is_symlink(origin_ + "/pvc-link"));
+  // A namespace directory above the volume is a link (namespace/name).
+  Context p = Params();
+  p["subPathFrom"] = "pvc";
+  p["csi.storage.k8s.io/pvc/namespace"] = "team-b";
+  p["csi.storage.k8s.io/pvc/name"] = "sub";
+  ASSERT_TRUE(driver_->Create("pvc-ns", p, 0, &r).ok());
+  std::filesystem::remove_all(origin_ + "/team-b");
+  std::filesystem::create_directory_symlink(outside, origin_ + "/team-b");
+  grpc::Status st = driver_->Delete("pvc-ns");
+  EXPECT_FALSE(st.ok()) << "the volume's directory cannot be reached beneath the origin";
+  // A link inside the volume is removed as a link.
+  ASSERT_TRUE(driver_->Create("pvc-inner", Params(), 0, &r).ok());
+  std::filesystem::create_directory_symlink(outside, origin_ + "/pvc-inner/escape");
+  EXPECT_TRUE(driver_->Delete("pvc-inner").ok());
+  EXPECT_FALSE(std::filesystem::exists(origin_ + "/pvc-inner"));
+
+  EXPECT_EQ(ReadPath(outside + "/precious"), "keep");
+  EXPECT_EQ(ReadPath(outside + "/sub/also"), "keep");
+  // Creating through a swapped namespace directory makes nothing outside.
+  p["csi.storage.k8s.io/pvc/name"] = "new";
+  EXPECT_FALSE(driver_->Create("pvc-ns-2", p, 0, &r).ok());
+  EXPECT_FALSE(std::filesystem::exists(outside + "/new"));
+}
+
 TEST_F(CsiControllerTest, ValidateVolumeCapabilities) {
   ::csi::v1::CreateVolumeResponse r;
   ASSERT_TRUE(driver_->Create("pvc-1", Params(), 0, &r).ok());

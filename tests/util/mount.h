@@ -3,12 +3,16 @@
 // it is still there, and the mountpoint lazily unmounted.
 #pragma once
 
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
+#include <atomic>
 #include <fstream>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/util/subprocess.h"
@@ -45,13 +49,29 @@ class StrataMount {
     argv.insert(argv.end(), args.begin(), args.end());
     child_ = Spawn(argv);
     output_ = ReadUntil(child_.out, "mounted ", std::chrono::seconds(20));
+    // From now on its output is drained as it comes, so that a daemon that
+    // logs a lot never blocks on a full pipe.
+    drain_ = std::thread([this] {
+      char buf[4096];
+      while (!stop_draining_.load()) {
+        pollfd p{child_.out, POLLIN, 0};
+        if (::poll(&p, 1, 100) <= 0) continue;
+        ssize_t n = ::read(child_.out, buf, sizeof buf);
+        if (n <= 0) break;
+        std::lock_guard<std::mutex> l(mu_);
+        output_.append(buf, n);
+      }
+    });
   }
   ~StrataMount() { Stop(); }
 
   bool ok() const {
-    return output_.find("mounted ") != std::string::npos && IsMounted(mountpoint_);
+    return output().find("mounted ") != std::string::npos && IsMounted(mountpoint_);
   }
-  const std::string& output() const { return output_; }
+  std::string output() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return output_;
+  }
   pid_t pid() const { return child_.pid; }
 
   // Stops the daemon; returns its wait status (-1 if it had to be killed).
@@ -59,7 +79,14 @@ class StrataMount {
     if (child_.pid <= 0) return 0;
     ::kill(child_.pid, sig);
     // Drain its output while waiting, so it never blocks on a full pipe.
-    output_ += ReadUntil(child_.out, "unmounted", std::chrono::seconds(sig == SIGKILL ? 1 : 10));
+    stop_draining_ = true;
+    if (drain_.joinable()) drain_.join();
+    std::string rest =
+        ReadUntil(child_.out, "unmounted", std::chrono::seconds(sig == SIGKILL ? 1 : 10));
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      output_ += rest;
+    }
     int st = Wait(child_, std::chrono::seconds(10));
     child_.pid = -1;
     if (IsMounted(mountpoint_)) {
@@ -72,7 +99,10 @@ class StrataMount {
  private:
   std::string mountpoint_;
   Child child_;
+  mutable std::mutex mu_;
   std::string output_;
+  std::atomic<bool> stop_draining_{false};
+  std::thread drain_;
 };
 
 }  // namespace strata::testing
