@@ -174,6 +174,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
     int metrics_port = -1;
     std::string metrics_address = "127.0.0.1";
     std::string admin_socket;
+    std::vector<std::string> allowed_inline;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* c = app.add_subcommand(
@@ -210,6 +211,11 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
   c->add_option("--admin-socket", o->admin_socket,
                 "Socket (root's alone) through which `strata prefetch` warms this node's cache "
                 "(default: STATE_DIR/admin.sock; off: none)");
+  c->add_option("--allowed-inline-origins", o->allowed_inline,
+                "Origin prefixes that inline volumes in pod specs may name, comma-separated "
+                "(file:///srv/models, oci://registry/models/, s3://bucket/prefix?endpoint=...); "
+                "read-only unless prefixed rw:. Default: none, inline volumes are refused")
+      ->delimiter(',');
   c->add_option("--metrics-address", o->metrics_address,
                 "Address of the metrics endpoint (0.0.0.0 for a scraper outside the pod)")
       ->capture_default_str();
@@ -290,6 +296,12 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
         no.keeper = keeper.get();
         no.inode_dir = o->state_dir + "/csi-node-inodes";
         no.group_mount_dir = o->state_dir + "/csi-node-group-mounts";
+        auto inline_origins = csi::InlineOrigins::Parse(o->allowed_inline);
+        if (!inline_origins.ok()) {
+          spdlog::error("{}", inline_origins.status().message());
+          return 2;
+        }
+        no.inline_origins = std::move(*inline_origins);
         node = std::make_unique<csi::NodeService>(*store, fetcher, no);
         server = ServeGrpc(o->csi_endpoint, {identity.get(), node.get(), controller.get()});
         if (!server) return 1;

@@ -129,7 +129,16 @@ NodeService::~NodeService() {
 }
 
 absl::Status NodeService::Start(Volume& v, int adopt_fd) {
-  auto origin = cache::OpenOrigin(v.spec.origin, OriginOptionsFrom(v.secrets));
+  cache::OriginOptions oo = OriginOptionsFrom(v.secrets);
+  if (v.named_by_pod) {
+    // Checked at every start, a restart's too: an origin the administrator
+    // no longer allows is not served again.
+    auto grant = opts_.inline_origins.Check(v.spec.origin);
+    if (!grant.ok()) return grant.status();
+    if (!grant->writable) v.spec.read_only = true;
+    oo.file_beneath = grant->file_beneath;
+  }
+  auto origin = cache::OpenOrigin(v.spec.origin, oo);
   if (!origin.ok()) return origin.status();
   v.origin = std::move(*origin);
   // A new mount checks its origin first, so a bad URL or bad keys fail the
@@ -255,6 +264,7 @@ void NodeService::Recover() {
     v->context = FromJson(rec, "context");
     v->secrets = FromJson(rec, "secrets");
     v->mount_gid = rec.value("mount_gid", int64_t{-1});
+    v->named_by_pod = rec.value("inline", false);
     absl::Base64Unescape(rec.value("init", ""), &v->init);
     auto spec = ParseVolumeContext(v->context);
     if (!spec.ok()) {
@@ -472,10 +482,20 @@ Status NodeService::PublishInline(const ::csi::v1::NodePublishVolumeRequest& req
         StatusCode::ALREADY_EXISTS,
         absl::StrCat("volume ", req.volume_id(), " is mounted at ", existing->second->mountpoint));
   }
+  auto grant = opts_.inline_origins.Check(spec.origin);
+  if (!grant.ok()) return ToGrpc(grant.status());
+  if (!spec.read_only && !grant->writable) {
+    return Status(StatusCode::PERMISSION_DENIED,
+                  absl::StrCat("inline origin ", spec.origin,
+                               " is allowed read-only on this node (readOnly: \"false\" asks "
+                               "for writes; an administrator allows them with an \"rw:\" entry "
+                               "in --allowed-inline-origins)"));
+  }
   auto gid = MountGroup(req.volume_capability());
   if (!gid.ok()) return ToGrpc(gid.status());
   auto v = std::make_unique<Volume>();
   v->id = req.volume_id();
+  v->named_by_pod = true;
   v->mountpoint = target;
   v->context = req.volume_context();
   v->secrets = req.secrets();
@@ -584,8 +604,9 @@ Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
     Forget(kStagedPrefix + req->volume_id());
   }
   if (absl::Status st = UnmountAll(target); !st.ok()) return ToGrpc(st);
-  std::error_code ec;
-  std::filesystem::remove(target, ec);  // the directory this driver made for the pod
+  // The directory this driver made for the pod, if empty: rmdir, so that a
+  // target path naming a file never deletes it.
+  (void)::rmdir(target.c_str());
   std::string key;
   if (pub != published_.end()) {
     key = pub->second.mount_key;

@@ -18,6 +18,7 @@
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
 #include "csi.grpc.pb.h"
+#include "csi/inline_origins.h"
 #include "csi/state_db.h"
 #include "csi/volume_spec.h"
 #include "fuse/engine.h"
@@ -60,6 +61,9 @@ struct NodeOptions {
   // gets a mount of its own for that group (pods bind to it). Empty: such
   // publications see the staged group.
   std::string group_mount_dir;
+  // The origins that inline volumes (named in a pod spec, not by an
+  // administrator) may use; none by default.
+  InlineOrigins inline_origins;
 };
 
 class NodeService final : public ::csi::v1::Node::Service {
@@ -106,6 +110,7 @@ class NodeService final : public ::csi::v1::Node::Service {
     StringMap secrets;
     VolumeSpec spec;
     int64_t mount_gid = -1;
+    bool named_by_pod = false;  // an inline volume: its origin must be allowed
     std::shared_ptr<cache::Origin> origin;
     std::unique_ptr<fuse::VolumeTree> tree;
     std::unique_ptr<fuse::FuseServer> server;

@@ -101,7 +101,8 @@ TEST_F(CsiConformanceTest, DynamicVolumeLifecycleOnTwoNodes) {
 TEST_F(CsiConformanceTest, RestartedNodeMountsAndPublishesAgain) {
   std::filesystem::create_directories(origin_ + "/v");
   std::ofstream(origin_ + "/v/data") << "still here";
-  a_ = std::make_unique<TestDriver>(dir_.path() + "/a", "node-a");
+  a_ = std::make_unique<TestDriver>(dir_.path() + "/a", "node-a", false, "",
+                                    std::vector<std::string>{"file://" + origin_});
   std::string stage = Kubelet("a", "staging/v"), pod = Kubelet("a", "pods/p/v"),
               ro = Kubelet("a", "pods/q/v"), inline_pod = Kubelet("a", "pods/r/v");
   Context ctx{{"origin", "file://" + origin_ + "/v"}};

@@ -144,13 +144,15 @@ class CsiClient {
 class TestDriver : public CsiClient {
  public:
   // `dir` holds the cache, the state and the socket. With `controller`, the
-  // driver also serves the Controller service.
+  // driver also serves the Controller service. `allowed_inline` is the
+  // node's --allowed-inline-origins.
   TestDriver(std::string dir, std::string node_id, bool controller = false,
-             std::string default_origin = "")
+             std::string default_origin = "", std::vector<std::string> allowed_inline = {})
       : dir_(std::move(dir)),
         node_id_(std::move(node_id)),
         controller_(controller),
-        default_origin_(std::move(default_origin)) {
+        default_origin_(std::move(default_origin)),
+        allowed_inline_(std::move(allowed_inline)) {
     cache::StoreOptions so;
     so.dir = dir_ + "/cache";
     store_ = std::move(*cache::ChunkStore::Open(so));
@@ -186,6 +188,7 @@ class TestDriver : public CsiClient {
     no.staging_dir = dir_ + "/staging";
     no.state = node_db_.get();
     no.group_mount_dir = dir_ + "/group-mounts";
+    no.inline_origins = *InlineOrigins::Parse(allowed_inline_);
     node_ = std::make_unique<NodeService>(*store_, *fetcher_, no);
     std::string socket = "unix://" + dir_ + "/csi.sock";
     grpc::ServerBuilder b;
@@ -205,6 +208,7 @@ class TestDriver : public CsiClient {
   std::string dir_, node_id_;
   bool controller_;
   std::string default_origin_;
+  std::vector<std::string> allowed_inline_;
   std::unique_ptr<cache::ChunkStore> store_;
   std::unique_ptr<cache::Fetcher> fetcher_;
   std::unique_ptr<StateDb> node_db_, controller_db_;

@@ -23,7 +23,8 @@ class CsiNodeTest : public ::testing::Test {
     origin_ = dir_.path() + "/origin";
     std::filesystem::create_directories(origin_ + "/models");
     std::ofstream(origin_ + "/models/w.bin") << "weights";
-    driver_ = std::make_unique<TestDriver>(dir_.path() + "/node", "node-a");
+    driver_ = std::make_unique<TestDriver>(dir_.path() + "/node", "node-a", false, "",
+                                           std::vector<std::string>{"rw:file://" + origin_});
     staging_ = dir_.path() + "/kubelet/staging/pv-1";
     target_ = dir_.path() + "/kubelet/pods/p1/volumes/pv-1";
   }
@@ -180,6 +181,83 @@ TEST_F(CsiNodeTest, StaticVolumeOptionsAreChecked) {
     grpc::Status st = driver_->Stage("pv-1", staging_, bad);
     EXPECT_EQ(st.error_code(), Code::INVALID_ARGUMENT) << key;
     EXPECT_THAT(st.error_message(), HasSubstr(key.substr(0, 4))) << key;
+  }
+}
+
+// A pod names an inline volume's origin itself: only what the node's
+// administrator allowed is served, never a way onto the node.
+TEST_F(CsiNodeTest, InlineOriginsMustBeAllowedByTheNode) {
+  const std::string allowed = dir_.path() + "/allowed", other = dir_.path() + "/other";
+  std::filesystem::create_directories(allowed + "/models");
+  std::filesystem::create_directories(other);
+  std::ofstream(allowed + "/models/w.bin") << "weights";
+  std::ofstream(other + "/token") << "service account token";
+  std::filesystem::create_directory_symlink(other, allowed + "/escape");
+  driver_.reset();
+  driver_ = std::make_unique<TestDriver>(dir_.path() + "/node", "node-a", false, "",
+                                         std::vector<std::string>{"file://" + allowed});
+  auto publish = [&](const std::string& origin, bool writable = false) {
+    Context ctx{{"origin", origin}, {"csi.storage.k8s.io/ephemeral", "true"}};
+    if (writable) ctx["readOnly"] = "false";
+    return driver_->Publish("csi-inline", "", target_, false, MountCap(), ctx);
+  };
+  for (const std::string& bad :
+       {"file://" + other, std::string("file:///var/lib/kubelet/pods"),
+        "file://" + allowed + "/../other", "file://" + allowed + "/./models",
+        "file://" + allowed + "-evil", "file://" + allowed + "//models",
+        std::string("http://169.254.169.254/latest/meta-data")}) {
+    grpc::Status st = publish(bad);
+    EXPECT_EQ(st.error_code(), Code::PERMISSION_DENIED) << bad;
+    EXPECT_THAT(st.error_message(), HasSubstr("--allowed-inline-origins")) << bad;
+    EXPECT_FALSE(strata::testing::IsMounted(target_)) << bad;
+  }
+  // A symlink under the allowed directory is not a way out of it.
+  EXPECT_FALSE(publish("file://" + allowed + "/escape").ok());
+  EXPECT_FALSE(strata::testing::IsMounted(target_));
+  // Writes need an "rw:" entry.
+  EXPECT_EQ(publish("file://" + allowed + "/models", true).error_code(), Code::PERMISSION_DENIED);
+  // What is allowed is served, read-only.
+  grpc::Status st = publish("file://" + allowed + "/models");
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(ReadPath(target_ + "/w.bin"), "weights");
+  EXPECT_FALSE(std::ofstream(target_ + "/new").good());
+  ASSERT_TRUE(driver_->Unpublish("csi-inline", target_).ok());
+
+  // A node that allows nothing (the default) serves no inline volume.
+  driver_.reset();
+  driver_ = std::make_unique<TestDriver>(dir_.path() + "/node", "node-a");
+  st = publish("file://" + allowed + "/models");
+  EXPECT_EQ(st.error_code(), Code::PERMISSION_DENIED);
+  EXPECT_THAT(st.error_message(), HasSubstr("allows no inline origins"));
+}
+
+TEST(InlineOriginsTest, URLsAreMatchedByTheirParts) {
+  auto origins = InlineOrigins::Parse({"https://models.example",
+                                       "rw:s3://bucket/team?endpoint=http://127.0.0.1:9000",
+                                       "oci://registry.example:5000/models/llama"});
+  ASSERT_TRUE(origins.ok()) << origins.status();
+  auto allowed = [&](const std::string& url) { return origins->Check(url).ok(); };
+  EXPECT_TRUE(allowed("https://models.example/llama/w.bin"));
+  EXPECT_TRUE(allowed("https://models.example"));
+  EXPECT_FALSE(allowed("https://models.example.evil/w.bin"));
+  EXPECT_FALSE(allowed("https://models.example@evil/w.bin"));
+  EXPECT_FALSE(allowed("https://models.example:8443/w.bin"));
+  EXPECT_FALSE(allowed("https://models.example/a/../../w.bin"));
+  EXPECT_FALSE(allowed("https://models.example/%2E%2e/w.bin"));
+  EXPECT_FALSE(allowed("https://models.example/w.bin#frag"));
+  EXPECT_FALSE(allowed("http://models.example/w.bin"));
+  EXPECT_TRUE(allowed("s3://bucket/team/x?endpoint=http://127.0.0.1:9000"));
+  EXPECT_TRUE(origins->Check("s3://bucket/team/x?endpoint=http://127.0.0.1:9000")->writable);
+  EXPECT_FALSE(allowed("s3://bucket/team/x"));  // the node's own endpoint and keys: not this
+  EXPECT_FALSE(allowed("s3://bucket/team/x?endpoint=http://169.254.169.254"));
+  EXPECT_FALSE(allowed("s3://bucket/teammate?endpoint=http://127.0.0.1:9000"));
+  EXPECT_TRUE(allowed("oci://registry.example:5000/models/llama:v1"));
+  EXPECT_TRUE(allowed("oci://registry.example:5000/models/llama@sha256:" + std::string(64, 'a')));
+  EXPECT_FALSE(origins->Check("oci://registry.example:5000/models/llama:v1")->writable);
+  EXPECT_FALSE(allowed("oci://registry.example:5000/models/llamas:v1"));
+  EXPECT_FALSE(allowed("oci://registry.example:5000@evil/models/llama:v1"));
+  for (const char* bad : {"file:///", "ftp://x/y", "file:///srv/../etc", "not a url"}) {
+    EXPECT_FALSE(InlineOrigins::Parse({bad}).ok()) << bad;
   }
 }
 

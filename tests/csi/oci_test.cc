@@ -36,7 +36,10 @@ class CsiOciTest : public ::testing::Test {
         0)
         << out;
     started_ = true;
-    driver_ = std::make_unique<TestDriver>(dir_.path() + "/d", "node-a");
+    // Pods may name the registry's models/ repositories in inline volumes.
+    driver_ = std::make_unique<TestDriver>(
+        dir_.path() + "/d", "node-a", false, "",
+        std::vector<std::string>{"oci://127.0.0.1:" + std::to_string(port_) + "/models/"});
   }
   void TearDown() override {
     driver_.reset();
