@@ -78,6 +78,9 @@ namespace {
 constexpr size_t kMaxKeyLength = 4096;
 constexpr uint32_t kMinChunkSize = 4096;
 constexpr uint32_t kMaxChunkSize = 256u << 20;
+// 1 PiB. Sizes come from origins (a Content-Length); the chunk arithmetic
+// must never see one near 2^64, where rounding up to chunks wraps around.
+constexpr uint64_t kMaxObjectSize = uint64_t{1} << 50;
 constexpr auto kLastUseFlushInterval = std::chrono::seconds(30);
 constexpr auto kScrubInterval = std::chrono::seconds(10);
 
@@ -267,8 +270,9 @@ class ChunkStoreImpl final : public ChunkStore {
       return absl::InvalidArgumentError(absl::StrFormat(
           "chunk size %u of %s must be a multiple of 4096 up to 256 MiB", cs, spec.key));
     }
-    if ((spec.size + cs - 1) / cs > UINT32_MAX) {
-      return absl::InvalidArgumentError(absl::StrCat("object ", spec.key, " is too large"));
+    if (spec.size > kMaxObjectSize || (spec.size + cs - 1) / cs > UINT32_MAX) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("object %s is too large (%u bytes; at most 2^50)", spec.key, spec.size));
     }
     int64_t now = opts_.clock_us();
     ObjectPtr obj;
@@ -388,7 +392,8 @@ class ChunkStoreImpl final : public ChunkStore {
     const Object& o = *it->second;
     std::vector<uint32_t> missing;
     if (offset >= o.rec.size || length == 0) return missing;
-    uint64_t end = std::min(o.rec.size, offset + length);
+    uint64_t end = offset + std::min(o.rec.size - offset, length);
+    if ((end - 1) / o.rec.chunk_size >= o.chunks.size()) return OutOfChunks(o);
     for (uint64_t i = offset / o.rec.chunk_size; i <= (end - 1) / o.rec.chunk_size; ++i) {
       if (o.chunks[i].state != ChunkState::kPresent) missing.push_back(static_cast<uint32_t>(i));
     }
@@ -731,6 +736,7 @@ class ChunkStoreImpl final : public ChunkStore {
         if (a.length == 0) return a;
         a.first = offset / o.rec.chunk_size;
         a.last = (offset + a.length - 1) / o.rec.chunk_size;
+        if (a.last >= o.chunks.size()) return OutOfChunks(o);
         bool checking = false;
         for (uint32_t i = a.first; i <= a.last; ++i) checking |= o.chunks[i].verifying;
         if (!checking) {
@@ -1109,6 +1115,13 @@ class ChunkStoreImpl final : public ChunkStore {
       idle[i].second->fd = -1;
       --open_files_;
     }
+  }
+
+  // A chunk index past the object's chunks: never indexed, whatever record
+  // (one kept from before sizes were bounded, say) led to it.
+  static absl::Status OutOfChunks(const Object& o) {
+    return absl::DataLossError(absl::StrFormat("object %s has %u chunks, too few for its %u bytes",
+                                               o.key, o.chunks.size(), o.rec.size));
   }
 
   ObjectInfo InfoLocked(const Object& o) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {

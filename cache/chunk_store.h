@@ -206,6 +206,7 @@ class ChunkStore {
 
   // Declares an object, or confirms one already cached. A known key whose
   // size or chunk size differ is dropped and started anew (and logged).
+  // A size above 2^50 bytes is InvalidArgument.
   virtual absl::Status Register(const ObjectSpec& spec) = 0;
   virtual std::optional<ObjectInfo> Lookup(const std::string& key) const = 0;
   virtual std::vector<ObjectInfo> List() const = 0;

@@ -219,8 +219,8 @@ class Fetcher::Impl {
     std::vector<uint32_t> chunks;
     Fetcher::Ranges whole = {{0, t.stat.size}};
     for (auto [off, len] : ranges.empty() ? whole : ranges) {
-      uint64_t end = std::min(t.stat.size, off + len);
-      if (off >= end) continue;
+      if (off >= t.stat.size || len == 0) continue;
+      uint64_t end = off + std::min(t.stat.size - off, len);  // off + len may wrap
       for (uint64_t c = off / cs; c <= (end - 1) / cs; ++c)
         chunks.push_back(static_cast<uint32_t>(c));
     }
@@ -406,7 +406,7 @@ class Fetcher::Impl {
     uint64_t pos = offset, end = offset + out.size();
     while (pos < end) {
       uint32_t idx = pos / cs;
-      uint64_t cend = std::min<uint64_t>(uint64_t{idx + 1} * cs, end);
+      uint64_t cend = std::min<uint64_t>((uint64_t{idx} + 1) * cs, end);
       absl::Span<char> dst = out.subspan(pos - offset, cend - pos);
       auto it = fetched.find(idx);
       if (it != fetched.end()) {
@@ -444,7 +444,7 @@ class Fetcher::Impl {
       if (start >= stop) return;
       from = start / cs;
       to = (stop - 1) / cs;
-      s.ahead_until = uint64_t{to + 1} * cs;
+      s.ahead_until = (uint64_t{to} + 1) * cs;
     }
     for (uint32_t idx = from; idx <= to; ++idx) {
       ++readahead_chunks_;
@@ -476,7 +476,12 @@ class Fetcher::Impl {
       return absl::InvalidArgumentError(absl::StrCat("unsupported digest '", t.stat.digest, "'"));
     }
     uint32_t cs = ChunkSize(key);
-    uint32_t chunks = (t.stat.size + cs - 1) / cs;
+    // Not (size + cs - 1) / cs, which wraps for sizes near 2^64.
+    uint64_t chunk_count = t.stat.size / cs + (t.stat.size % cs != 0);
+    if (chunk_count > UINT32_MAX) {
+      return absl::InvalidArgumentError(absl::StrFormat("%u bytes is too large", t.stat.size));
+    }
+    uint32_t chunks = static_cast<uint32_t>(chunk_count);
     EVP_MD_CTX* ctx = EVP_MD_CTX_new();
     EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
     absl::Status st;

@@ -2,6 +2,7 @@
 // open between requests, so a thread that takes one back reuses them.
 #include "cache/http_client.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 
 #include <algorithm>
@@ -9,8 +10,10 @@
 #include <mutex>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 
@@ -24,7 +27,9 @@ std::string HttpResponse::Header(absl::string_view name) const {
 }
 
 absl::Status HttpError(const HttpResponse& r, absl::string_view what) {
-  std::string body = r.body.substr(0, 300);
+  // Without an HTTP status line the "body" is not a server's error page
+  // (it could be any bytes a non-HTTP URL led to): never echo it.
+  std::string body = r.status >= 100 ? r.body.substr(0, 300) : "";
   std::string msg = absl::StrCat(what, ": HTTP ", r.status, body.empty() ? "" : ": ", body);
   if (r.status == 404) return absl::NotFoundError(msg);
   if (r.status == 401 || r.status == 403) return absl::PermissionDeniedError(msg);
@@ -33,6 +38,63 @@ absl::Status HttpError(const HttpResponse& r, absl::string_view what) {
   if (r.status == 429) return absl::ResourceExhaustedError(msg);
   if (r.status >= 500) return absl::UnavailableError(msg);
   return absl::InvalidArgumentError(msg);
+}
+
+bool ParseObjectSize(absl::string_view value, uint64_t* size) {
+  // absl::SimpleAtoi would take a sign and whitespace; 16 digits hold 2^50.
+  if (value.empty() || value.size() > 16 ||
+      value.find_first_not_of("0123456789") != absl::string_view::npos) {
+    return false;
+  }
+  uint64_t v = 0;
+  if (!absl::SimpleAtoi(value, &v) || v > kMaxObjectSize) return false;
+  *size = v;
+  return true;
+}
+
+namespace {
+
+bool IsDnsName(absl::string_view h) {
+  if (h.empty() || h.size() > 253) return false;
+  for (absl::string_view label : absl::StrSplit(h, '.')) {
+    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') {
+      return false;
+    }
+    for (char c : label) {
+      if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-') return false;
+    }
+  }
+  return true;
+}
+
+bool IsPort(absl::string_view p) {
+  uint32_t port = 0;
+  return !p.empty() && p.size() <= 5 &&
+         p.find_first_not_of("0123456789") == absl::string_view::npos &&
+         absl::SimpleAtoi(p, &port) && port >= 1 && port <= 65535;
+}
+
+}  // namespace
+
+bool IsHostAndPort(absl::string_view a) {
+  absl::string_view host = a, port;
+  if (absl::StartsWith(a, "[")) {
+    size_t close = a.find(']');
+    if (close == absl::string_view::npos) return false;
+    std::string inner(a.substr(1, close - 1));
+    in6_addr addr;
+    if (::inet_pton(AF_INET6, inner.c_str(), &addr) != 1) return false;
+    absl::string_view rest = a.substr(close + 1);
+    if (rest.empty()) return true;
+    return absl::ConsumePrefix(&rest, ":") && IsPort(rest);
+  }
+  size_t colon = a.find(':');
+  if (colon != absl::string_view::npos) {
+    host = a.substr(0, colon);
+    port = a.substr(colon + 1);
+    if (!IsPort(port)) return false;
+  }
+  return IsDnsName(host);
 }
 
 struct HttpClient::Pool {
@@ -68,7 +130,9 @@ namespace {
 struct Transfer {
   HttpResponse* resp;
   absl::Span<char> into;
+  size_t max_body;
   bool overflow = false;
+  bool too_big = false;
   long status = 0;  // of the response being received (from its status line)
 };
 
@@ -91,6 +155,10 @@ size_t OnBody(char* data, size_t size, size_t n, void* user) {
     }
     std::memcpy(t->into.data() + t->resp->body_bytes, data, len);
   } else {
+    if (t->resp->body_bytes + len > t->max_body) {
+      t->too_big = true;
+      return 0;  // aborts the transfer
+    }
     t->resp->body.append(data, len);
   }
   t->resp->body_bytes += len;
@@ -132,7 +200,7 @@ absl::StatusOr<HttpResponse> HttpClient::Do(const HttpRequest& req) {
   if (c == nullptr) return absl::ResourceExhaustedError("cannot create an HTTP handle");
   curl_easy_reset(c);
   HttpResponse resp;
-  Transfer t{&resp, req.into};
+  Transfer t{&resp, req.into, req.max_body};
   curl_slist* hdrs = nullptr;
   for (const auto& [k, v] : req.headers) {
     hdrs = curl_slist_append(hdrs, absl::StrCat(k, ": ", v).c_str());
@@ -141,6 +209,14 @@ absl::StatusOr<HttpResponse> HttpClient::Do(const HttpRequest& req) {
   // servers do not need the extra round trip.
   hdrs = curl_slist_append(hdrs, "Expect:");
   curl_easy_setopt(c, CURLOPT_URL, req.url.c_str());
+  // URLs here may come from servers (token realms, redirects, endpoints):
+  // libcurl would otherwise also read file://, dict://, gopher:// and more.
+  if (curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+      curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https") != CURLE_OK) {
+    curl_slist_free_all(hdrs);
+    curl_easy_cleanup(c);
+    return absl::InternalError("libcurl cannot restrict protocols (it needs 7.85 or later)");
+  }
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, OnBody);
@@ -186,6 +262,14 @@ absl::StatusOr<HttpResponse> HttpClient::Do(const HttpRequest& req) {
       return absl::DataLossError(absl::StrCat(req.method, " ", req.url,
                                               ": the body is longer than the ", req.into.size(),
                                               " bytes asked for"));
+    }
+    if (t.too_big) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          req.method, " ", req.url, ": the answer is longer than ", req.max_body, " bytes"));
+    }
+    if (rc == CURLE_UNSUPPORTED_PROTOCOL) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(msg, " (only http:// and https:// are fetched, redirects included)"));
     }
     if (rc == CURLE_OPERATION_TIMEDOUT) return absl::DeadlineExceededError(msg);
     if (rc == CURLE_PARTIAL_FILE)

@@ -3,6 +3,7 @@
 // bodies streamed straight into the caller's buffer for ranged reads.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -25,6 +26,10 @@ struct HttpRequest {
   // When set, the response body is written here (it must fit; a longer body
   // is an error) instead of into HttpResponse::body.
   absl::Span<char> into;
+  // Without `into`, a success body longer than this is ResourceExhausted:
+  // listings, manifests and tokens come from servers we do not trust, and
+  // none of them is legitimately this large.
+  size_t max_body = 16 << 20;
   bool follow_redirects = true;
   absl::Duration timeout = absl::Seconds(60);
 };
@@ -56,6 +61,9 @@ class HttpClient {
 
   // A transport failure (refused, reset, timeout, TLS) is Unavailable or
   // DeadlineExceeded; any HTTP status is a response for the caller to judge.
+  // Only http:// and https:// URLs are fetched, redirects included (a URL
+  // from a server, like a token realm, must not reach file:// or others):
+  // another scheme is InvalidArgument.
   absl::StatusOr<HttpResponse> Do(const HttpRequest& request);
 
  private:
@@ -68,5 +76,19 @@ class HttpClient {
 // 404 NotFound, 401/403 PermissionDenied, 412 FailedPrecondition,
 // 416 OutOfRange, 429 ResourceExhausted, 5xx Unavailable.
 absl::Status HttpError(const HttpResponse& response, absl::string_view what);
+
+// The largest object size an origin reports: 1 PiB. Sizes come from
+// servers, and the chunk store's arithmetic must never see one near 2^64.
+inline constexpr uint64_t kMaxObjectSize = uint64_t{1} << 50;
+
+// Parses a Content-Length or a listed size: decimal digits only, at most
+// kMaxObjectSize; false otherwise.
+bool ParseObjectSize(absl::string_view value, uint64_t* size);
+
+// True for "host[:port]" as it may follow "scheme://" in a URL we build: a
+// DNS name, an IPv4 address or a bracketed IPv6 address, and a port of 1 to
+// 65535. Nothing else (no userinfo, path, query, fragment or escapes), so a
+// name from outside cannot make the URL reach another host than it says.
+bool IsHostAndPort(absl::string_view authority);
 
 }  // namespace strata::cache

@@ -53,9 +53,13 @@ class HttpOrigin final : public Origin {
     if (resp->status == 206 &&
         ParseContentRange(resp->Header("content-range"), &first, &last, &total)) {
       st.size = total;
-    } else if (!absl::SimpleAtoi(resp->Header("content-length"), &st.size)) {
+    } else if (!ParseObjectSize(resp->Header("content-length"), &st.size)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          *target, " has no valid Content-Length (at most 2^50); it cannot be read in ranges"));
+    }
+    if (st.size > kMaxObjectSize) {
       return absl::InvalidArgumentError(
-          absl::StrCat(*target, " has no Content-Length; it cannot be read in ranges"));
+          absl::StrCat(*target, ": its size ", st.size, " is larger than 2^50 bytes"));
     }
     std::string etag = resp->Header("etag");
     std::string lm = resp->Header("last-modified");

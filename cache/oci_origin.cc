@@ -4,8 +4,10 @@
 // A tag resolves through an image index to this platform's manifest.
 // Auth: anonymous, Basic, or the Bearer token flow of WWW-Authenticate,
 // with credentials from a docker config.json.
+#include <algorithm>
 #include <fstream>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -13,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "cache/logging.h"
 #include "cache/origin_impl.h"
@@ -40,6 +43,72 @@ std::string DefaultArch() {
 bool IsDigest(absl::string_view s) {
   return s.size() == 71 && absl::StartsWith(s, "sha256:") &&
          s.substr(7).find_first_not_of("0123456789abcdef") == absl::string_view::npos;
+}
+
+// The distribution spec's repository name: path components
+// [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)* joined by '/', at most 255 bytes.
+bool IsRepository(absl::string_view repo) {
+  if (repo.empty() || repo.size() > 255) return false;
+  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  for (absl::string_view part : absl::StrSplit(repo, '/')) {
+    if (part.empty() || !alnum(part.front()) || !alnum(part.back())) return false;
+    for (size_t i = 0; i < part.size();) {
+      size_t j = i;
+      while (j < part.size() && !alnum(part[j])) ++j;
+      absl::string_view sep = part.substr(i, j - i);
+      if (!sep.empty() && sep != "." && sep != "_" && sep != "__" &&
+          sep.find_first_not_of('-') != absl::string_view::npos) {
+        return false;
+      }
+      while (j < part.size() && alnum(part[j])) ++j;
+      i = j;
+    }
+  }
+  return true;
+}
+
+// The distribution spec's tag: [A-Za-z0-9_][A-Za-z0-9._-]{0,127}.
+bool IsTag(absl::string_view tag) {
+  return !tag.empty() && tag.size() <= 128 && tag.front() != '.' && tag.front() != '-' &&
+         std::all_of(tag.begin(), tag.end(), [](char c) {
+           return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' ||
+                  c == '-';
+         });
+}
+
+// RFC 6750's b64token, what may follow "Bearer " (and "Basic "): a value
+// with anything else could add header lines or parameters to the request.
+bool IsB64Token(absl::string_view t) {
+  size_t end = t.find_last_not_of('=');
+  if (end == absl::string_view::npos) return false;  // empty, or only '='
+  return std::all_of(t.begin(), t.begin() + end + 1, [](char c) {
+    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_' ||
+           c == '~' || c == '+' || c == '/';
+  });
+}
+
+// Typed reads of JSON from a registry. nlohmann's value() and get() throw on
+// a field of another type, on threads (FUSE, fetcher) where nothing catches:
+// every read goes through these instead.
+const json* Member(const json& j, const char* name) {
+  if (!j.is_object()) return nullptr;
+  auto it = j.find(name);
+  return it == j.end() ? nullptr : &*it;
+}
+
+std::string StringAt(const json& j, const char* name) {
+  const json* v = Member(j, name);
+  return v != nullptr && v->is_string() ? v->get<std::string>() : "";
+}
+
+// A size: an integer from 0 to 2^53 (the largest a JSON number holds exactly).
+bool SizeAt(const json& j, const char* name, uint64_t* size) {
+  const json* v = Member(j, name);
+  if (v == nullptr || !v->is_number_unsigned()) return false;
+  uint64_t n = v->get<uint64_t>();
+  if (n > (uint64_t{1} << 53)) return false;
+  *size = n;
+  return true;
 }
 
 // Parses `Bearer realm="...",service="...",scope="..."` (or Basic ...).
@@ -126,17 +195,30 @@ class OciOrigin final : public Origin {
     auto m = Manifest();
     if (!m.ok()) return m.status();
     std::vector<DirEntry> out;
+    absl::flat_hash_set<std::string> seen;
+    int skipped = 0;
+    // The digests become file names and the sizes the store's: only a
+    // well-formed digest (never "", "..", a path) and a real size pass, and
+    // a blob listed twice (config and layer alike) is one file.
     auto add = [&](const json& d) {
       DirEntry e;
-      e.name = d.value("digest", "");
-      e.stat.size = d.value("size", uint64_t{0});
+      e.name = StringAt(d, "digest");
+      if (!IsDigest(e.name) || !SizeAt(d, "size", &e.stat.size)) {
+        ++skipped;
+        return;
+      }
+      if (!seen.insert(e.name).second) return;
       e.stat.digest = e.name;
       e.stat.version = e.name;
       e.stat.mode = 0444;
       out.push_back(std::move(e));
     };
-    if (m->contains("config")) add((*m)["config"]);
-    for (const auto& l : m->value("layers", json::array())) add(l);
+    if (const json* config = Member(*m, "config")) add(*config);
+    for (const json& l : *Member(*m, "layers")) add(l);  // an array: Manifest checked
+    if (skipped > 0) {
+      spdlog::warn("{}: left out {} blobs of the manifest without a sha256 digest or a size", url_,
+                   skipped);
+    }
     return out;
   }
 
@@ -191,8 +273,9 @@ class OciOrigin final : public Origin {
     if (!resp.ok()) return resp.status();
     if (resp->status != 200) return HttpError(*resp, absl::StrCat(url_, ": blob ", digest));
     ObjectStat st;
-    if (!absl::SimpleAtoi(resp->Header("content-length"), &st.size)) {
-      return absl::InternalError(absl::StrCat(url_, ": blob ", digest, " has no Content-Length"));
+    if (!ParseObjectSize(resp->Header("content-length"), &st.size)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          url_, ": blob ", digest, " has no valid Content-Length (digits, at most 2^50)"));
     }
     st.digest = digest;
     st.version = digest;
@@ -229,29 +312,81 @@ class OciOrigin final : public Origin {
     if (!manifest_.is_null()) return manifest_;
     auto m = FetchManifest(ref_);
     if (!m.ok()) return m.status();
-    std::string type = m->first.value("mediaType", "");
-    if (type == kOciIndex || type == kDockerList || m->first.contains("manifests")) {
+    if (auto st = CheckShape(m->first); !st.ok()) return st;
+    std::string type = StringAt(m->first, "mediaType");
+    const json* manifests = Member(m->first, "manifests");
+    if (type == kOciIndex || type == kDockerList || manifests != nullptr) {
+      if (manifests == nullptr || !manifests->is_array()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(url_, ": the image index has no \"manifests\" array"));
+      }
       std::string chosen;
-      for (const auto& d : m->first.value("manifests", json::array())) {
-        const json& p = d.value("platform", json::object());
-        if (p.value("os", "") == opts_.oci_os && p.value("architecture", "") == opts_.oci_arch) {
-          chosen = d.value("digest", "");
+      bool found = false;
+      for (const json& d : *manifests) {
+        const json* p = Member(d, "platform");
+        if (p != nullptr && StringAt(*p, "os") == opts_.oci_os &&
+            StringAt(*p, "architecture") == opts_.oci_arch) {
+          chosen = StringAt(d, "digest");
+          found = true;
           break;
         }
       }
-      if (chosen.empty()) {
+      if (!found) {
         return absl::NotFoundError(absl::StrCat(url_, ": the image index has no manifest for ",
                                                 opts_.oci_os, "/", opts_.oci_arch));
       }
+      // It becomes part of a URL path: only a digest, never "../..".
+      if (!IsDigest(chosen)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(url_, ": the image index names no sha256 digest for ", opts_.oci_os, "/",
+                         opts_.oci_arch));
+      }
       m = FetchManifest(chosen);
       if (!m.ok()) return m.status();
+      if (auto st = CheckShape(m->first); !st.ok()) return st;
     }
-    if (!m->first.contains("layers")) {
-      return absl::InvalidArgumentError(absl::StrCat(url_, ": not an image manifest (no layers)"));
+    const json* layers = Member(m->first, "layers");
+    if (layers == nullptr || !layers->is_array()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(url_, ": not an image manifest (no \"layers\" array)"));
+    }
+    for (const json& l : *layers) {
+      if (!l.is_object()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(url_, ": not an image manifest (a layer is not a JSON object)"));
+      }
     }
     manifest_ = std::move(m->first);
     manifest_digest_ = m->second;
     return manifest_;
+  }
+
+  // The fields every manifest or index reader relies on have their types.
+  absl::Status CheckShape(const json& m) const {
+    const json* type = Member(m, "mediaType");
+    const json* config = Member(m, "config");
+    if ((type != nullptr && !type->is_string()) || (config != nullptr && !config->is_object())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(url_,
+                       ": malformed manifest (\"mediaType\" is not a string or \"config\" not an "
+                       "object)"));
+    }
+    return absl::OkStatus();
+  }
+
+  // A token realm the registry names: https, or http when the registry is
+  // itself reached over http; a host[:port]; nothing that could make it
+  // another kind of URL (file://, userinfo, a fragment, spaces).
+  bool IsRealm(absl::string_view realm) const {
+    if (!absl::ConsumePrefix(&realm, "https://") &&
+        !(scheme_ == "http" && absl::ConsumePrefix(&realm, "http://"))) {
+      return false;
+    }
+    size_t end = realm.find_first_of("/?");
+    if (!IsHostAndPort(realm.substr(0, end))) return false;
+    return std::all_of(realm.begin(), realm.end(), [](char c) {
+      return c > ' ' && c < 0x7f && c != '#' && c != '"' && c != '\\';
+    });
   }
 
   // Sends with the current token; on 401 runs the challenge once and resends.
@@ -294,8 +429,13 @@ class OciOrigin final : public Origin {
       return "Basic " + basic_;
     }
     if (scheme != "bearer" || params["realm"].empty()) {
-      return absl::PermissionDeniedError(
-          absl::StrCat(url_, ": unsupported auth challenge '", challenge, "'"));
+      return absl::PermissionDeniedError(absl::StrCat(
+          url_, ": unsupported auth challenge '", absl::CHexEscape(challenge.substr(0, 200)), "'"));
+    }
+    if (!IsRealm(params["realm"])) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          url_, ": the registry's token realm '", absl::CHexEscape(params["realm"].substr(0, 200)),
+          "' is not an ", scheme_ == "http" ? "http(s)" : "https", "://host[:port] URL"));
     }
     std::string scope =
         params.count("scope") ? params["scope"] : absl::StrCat("repository:", repo_, ":", action);
@@ -309,9 +449,17 @@ class OciOrigin final : public Origin {
     if (resp->status != 200)
       return HttpError(*resp, absl::StrCat(url_, ": token from ", params["realm"]));
     json j = json::parse(resp->body, nullptr, false);
-    std::string token = j.is_object() ? j.value("token", j.value("access_token", "")) : "";
+    std::string token = StringAt(j, "token");
+    if (token.empty()) token = StringAt(j, "access_token");
     if (token.empty())
       return absl::PermissionDeniedError(absl::StrCat(url_, ": the token server sent no token"));
+    // It goes into a header line as it is.
+    if (!IsB64Token(token)) {
+      return absl::PermissionDeniedError(
+          absl::StrCat(url_,
+                       ": the token server sent a token with characters a bearer token "
+                       "cannot have"));
+    }
     return "Bearer " + token;
   }
 
@@ -337,19 +485,28 @@ std::string DockerCredentials(const OriginOptions& o, const std::string& registr
   std::ifstream f(path);
   if (!f) return "";
   json j = json::parse(f, nullptr, false);
-  if (!j.is_object() || !j.contains("auths")) return "";
-  for (const auto& [host, entry] : j["auths"].items()) {
+  const json* auths = Member(j, "auths");
+  if (auths == nullptr || !auths->is_object()) return "";
+  for (const auto& [host, entry] : auths->items()) {
     std::string h = host;
     for (const char* p : {"https://", "http://"}) {
       if (absl::StartsWith(h, p)) h = h.substr(strlen(p));
     }
     h = h.substr(0, h.find('/'));
     if (h != registry || !entry.is_object()) continue;
-    if (entry.contains("auth")) return entry.value("auth", "");
-    if (entry.contains("username")) {
-      return absl::Base64Escape(
-          absl::StrCat(entry.value("username", ""), ":", entry.value("password", "")));
+    std::string basic;
+    if (entry.contains("auth")) {
+      basic = StringAt(entry, "auth");
+    } else if (entry.contains("username")) {
+      basic = absl::Base64Escape(
+          absl::StrCat(StringAt(entry, "username"), ":", StringAt(entry, "password")));
     }
+    // It goes into a header line as it is.
+    if (!basic.empty() && !IsB64Token(basic)) {
+      spdlog::warn("{}: the \"auth\" of {} is not base64; ignoring it", path, registry);
+      return "";
+    }
+    return basic;
   }
   return "";
 }
@@ -378,6 +535,12 @@ absl::StatusOr<std::unique_ptr<Origin>> NewOciOrigin(const std::string& url,
         absl::StrCat(url, ": expected oci://registry/repository[:tag|@digest]"));
   }
   std::string registry(rest.substr(0, slash));
+  // It becomes the host of every request: "localhost:1@evil" and the like
+  // must not reach another host than they seem to name.
+  if (!IsHostAndPort(registry)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(url, ": '", absl::CHexEscape(registry), "' is not a registry host[:port]"));
+  }
   absl::string_view name = rest.substr(slash + 1);
   std::string repo, ref;
   size_t at = name.find('@');
@@ -392,14 +555,21 @@ absl::StatusOr<std::unique_ptr<Origin>> NewOciOrigin(const std::string& url,
         colon != absl::string_view::npos && name.find('/', colon) == absl::string_view::npos;
     repo = std::string(has_tag ? name.substr(0, colon) : name);
     ref = has_tag ? std::string(name.substr(colon + 1)) : "latest";
+    if (!IsTag(ref)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(url, ": '", absl::CHexEscape(ref),
+                       "' is not a valid tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127})"));
+    }
   }
-  if (repo.empty() ||
-      repo.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789._-/") != std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(url, ": '", repo, "' is not a valid repository name"));
+  if (!IsRepository(repo)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        url, ": '", absl::CHexEscape(repo),
+        "' is not a valid repository name (lowercase components joined by '/', at most 255 "
+        "bytes)"));
   }
   if (scheme.empty()) {
-    std::string host = registry.substr(0, registry.rfind(':'));
+    std::string host = registry[0] == '[' ? registry.substr(0, registry.find(']') + 1)
+                                          : registry.substr(0, registry.find(':'));
     bool local = host == "127.0.0.1" || host == "localhost" || host == "[::1]";
     scheme = local ? "http" : "https";  // like docker: loopback registries speak plain HTTP
   }

@@ -6,10 +6,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <fstream>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -207,8 +210,10 @@ class S3Origin final : public Origin {
     if (!resp.ok()) return resp.status();
     if (resp->status == 200) {
       ObjectStat st;
-      if (!absl::SimpleAtoi(resp->Header("content-length"), &st.size)) {
-        return absl::InternalError(absl::StrCat("HEAD ", Name(*key), ": no Content-Length"));
+      if (!ParseObjectSize(resp->Header("content-length"), &st.size)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("HEAD ", Name(*key), ": no valid Content-Length (digits, at most 2^50): '",
+                         absl::CHexEscape(resp->Header("content-length").substr(0, 40)), "'"));
       }
       st.version = resp->Header("etag");
       if (st.version.empty())
@@ -242,11 +247,22 @@ class S3Origin final : public Origin {
     if (!key.ok()) return key.status();
     std::string prefix = key->empty() ? "" : *key + "/";
     std::vector<DirEntry> out;
+    // A name can come twice: as an object and as a common prefix (keys "a"
+    // and "a/b"), or repeated by a misbehaving server. One entry is kept,
+    // the object when there is one, since Stat of the name answers for it.
+    absl::flat_hash_map<std::string, size_t> seen;
     std::string token;
     for (int pages = 0; pages < 100000; ++pages) {
       auto page = ListPage(prefix, "/", opts_.s3_list_page_size, token);
       if (!page.ok()) return page.status();
-      for (auto& e : page->entries) out.push_back(std::move(e));
+      for (auto& e : page->entries) {
+        auto [it, fresh] = seen.emplace(e.name, out.size());
+        if (fresh) {
+          out.push_back(std::move(e));
+        } else if (out[it->second].stat.is_dir && !e.stat.is_dir) {
+          out[it->second] = std::move(e);
+        }
+      }
       if (page->next_token.empty()) return out;
       token = page->next_token;
     }
@@ -325,7 +341,7 @@ class S3Origin final : public Origin {
     if (!key.ok()) return key.status();
     auto page = ListPage(*key + "/", "/", 2, "");
     if (!page.ok()) return page.status();
-    if (!page->entries.empty()) {
+    if (!page->entries.empty() || page->skipped > 0) {
       return absl::FailedPreconditionError(absl::StrCat(Name(*key), " is not empty"));
     }
     S3Request r;
@@ -356,6 +372,7 @@ class S3Origin final : public Origin {
     std::vector<DirEntry> entries;
     std::string next_token;
     bool any = false;  // anything under the prefix, a "dir/" marker included
+    int skipped = 0;   // entries left out: not valid names, or no valid size
   };
 
   static ObjectStat DirStat() {
@@ -395,7 +412,13 @@ class S3Origin final : public Origin {
       DirEntry e;
       e.name = key.substr(prefix.size());
       if (!delimiter.empty() && e.name.find('/') != std::string::npos) continue;
-      absl::SimpleAtoi(XmlText(c, "Size"), &e.stat.size);
+      // The server's names become file names: "..", "." or an over-long one
+      // must not reach the file tree (nor a size the store cannot hold).
+      if ((!delimiter.empty() && !CheckEntryName(e.name).ok()) ||
+          !ParseObjectSize(XmlText(c, "Size"), &e.stat.size)) {
+        Skip(&page, key);
+        continue;
+      }
       e.stat.version = XmlText(c, "ETag");
       absl::Time t;
       std::string err;
@@ -406,9 +429,17 @@ class S3Origin final : public Origin {
     }
     for (absl::string_view p : XmlElements(resp->body, "CommonPrefixes")) {
       std::string sub = XmlText(p, "Prefix");
-      if (sub.size() <= prefix.size() + 1) continue;
+      // Only "<prefix><name>/" is a subdirectory of what was listed.
+      if (sub.size() <= prefix.size() + 1 || !absl::StartsWith(sub, prefix) || sub.back() != '/') {
+        Skip(&page, sub);
+        continue;
+      }
       DirEntry e;
       e.name = sub.substr(prefix.size(), sub.size() - prefix.size() - 1);
+      if (!CheckEntryName(e.name).ok()) {
+        Skip(&page, sub);
+        continue;
+      }
       e.stat = DirStat();
       page.entries.push_back(std::move(e));
     }
@@ -420,6 +451,18 @@ class S3Origin final : public Origin {
       }
     }
     return page;
+  }
+
+  // Leaves a listed key out of a page; the first one is logged, so an
+  // operator learns why a listing is short without a flood of lines.
+  void Skip(Page* page, const std::string& key) {
+    ++page->skipped;
+    if (!warned_skip_.exchange(true)) {
+      spdlog::warn(
+          "{}: leaving out listed key '{}' and any like it: not a valid file name, "
+          "outside the listed prefix, or without a valid size",
+          url_, absl::CHexEscape(key.substr(0, 300)));
+    }
   }
 
   absl::Status PutWhole(const std::string& key, int fd, uint64_t size) {
@@ -548,6 +591,10 @@ class S3Origin final : public Origin {
     req.body = r.body;
     req.into = r.into;
     req.timeout = opts_.request_timeout;
+    // A signed request (with a session token) must not be replayed to
+    // wherever a Location header points; S3 itself never redirects a
+    // correctly addressed request.
+    req.follow_redirects = false;
     return http_->Do(req);
   }
 
@@ -557,7 +604,26 @@ class S3Origin final : public Origin {
   AwsCredentials creds_;
   OriginOptions opts_;
   std::shared_ptr<HttpClient> http_;
+  std::atomic<bool> warned_skip_{false};
 };
+
+// "scheme://host[:port]" with scheme http or https and nothing else (a
+// trailing '/' aside); false otherwise.
+bool ParseEndpoint(absl::string_view endpoint, std::string* scheme, std::string* host) {
+  size_t sep = endpoint.find("://");
+  if (sep == absl::string_view::npos) return false;
+  absl::string_view s = endpoint.substr(0, sep), h = endpoint.substr(sep + 3);
+  absl::ConsumeSuffix(&h, "/");
+  if ((s != "http" && s != "https") || !IsHostAndPort(h)) return false;
+  *scheme = std::string(s);
+  *host = std::string(h);
+  return true;
+}
+
+bool IsRegion(absl::string_view r) {
+  return !r.empty() && r.size() <= 32 &&
+         r.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") == absl::string_view::npos;
+}
 
 }  // namespace
 
@@ -596,16 +662,20 @@ absl::StatusOr<std::unique_ptr<Origin>> NewS3Origin(const std::string& url,
   std::string region = !o.s3_region.empty()         ? o.s3_region
                        : !Env("AWS_REGION").empty() ? Env("AWS_REGION")
                                                     : "us-east-1";
+  // The region becomes part of the default host name.
+  if (!IsRegion(region)) {
+    return absl::InvalidArgumentError(absl::StrCat("region '", absl::CHexEscape(region),
+                                                   "' must be 1 to 32 of a-z, 0-9 and '-'"));
+  }
   std::string endpoint = !o.s3_endpoint.empty()
                              ? o.s3_endpoint
                              : absl::StrCat("https://s3.", region, ".amazonaws.com");
-  size_t sep = endpoint.find("://");
-  if (sep == std::string::npos)
+  std::string scheme, host;
+  if (!ParseEndpoint(endpoint, &scheme, &host)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("endpoint '", endpoint, "' needs http:// or https://"));
-  std::string scheme = endpoint.substr(0, sep);
-  std::string host = endpoint.substr(sep + 3);
-  while (!host.empty() && host.back() == '/') host.pop_back();
+        absl::StrCat("endpoint '", absl::CHexEscape(endpoint),
+                     "' must be http:// or https:// and a host[:port], nothing more"));
+  }
   bool virtual_host;
   if (o.s3_addressing.empty()) {
     virtual_host = absl::EndsWith(host, "amazonaws.com") && bucket.find('.') == std::string::npos;
@@ -618,9 +688,12 @@ absl::StatusOr<std::unique_ptr<Origin>> NewS3Origin(const std::string& url,
   auto creds = FindCredentials(o);
   if (!creds.ok()) return creds.status();
   // The URL names the origin in chunk keys and logs: a custom endpoint is
-  // part of it, so two stores' "same" bucket never share chunks.
+  // part of it, as the scheme and host actually reached, so two stores'
+  // "same" bucket never share chunks. Without one the host is AWS's for the
+  // region (checked above), where bucket names are global: the same bucket
+  // whichever region's endpoint answers.
   std::string canonical = absl::StrCat("s3://", bucket, prefix.empty() ? "" : "/", prefix);
-  if (!o.s3_endpoint.empty()) absl::StrAppend(&canonical, "?endpoint=", o.s3_endpoint);
+  if (!o.s3_endpoint.empty()) absl::StrAppend(&canonical, "?endpoint=", scheme, "://", host);
   return std::make_unique<S3Origin>(canonical, bucket, prefix, scheme, host, virtual_host, region,
                                     std::move(*creds), o, std::move(http));
 }

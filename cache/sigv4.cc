@@ -173,7 +173,9 @@ absl::Status CheckRequest(const SigV4Request& req, const AwsCredentials& creds,
   if (req.method.empty() || !std::all_of(req.method.begin(), req.method.end(), IsTokenChar)) {
     return invalid("method \"", req.method, "\" is not an HTTP token");
   }
-  if (req.host.empty() || req.host.find_first_of(" \t\r\n/") != std::string::npos) {
+  // '#', '?', '@', a backslash or '%' would make the URL built from the host
+  // reach another host than the one signed for.
+  if (req.host.empty() || req.host.find_first_of(" \t\r\n/#?@\\%") != std::string::npos) {
     return invalid("host \"", req.host, "\" must be a non-empty host[:port]");
   }
   if (!IsLowerHex64(req.payload_sha256) && req.payload_sha256 != kUnsignedPayload) {

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -53,8 +54,10 @@ bool Send(int sock, const std::string& msg, int fd) {
 }
 
 // Receives one message; a descriptor that came with it lands in *fd. False
-// at end of stream or on error.
-bool Receive(int sock, std::string* msg, int* fd) {
+// at end of stream or on error. *truncated says the message or its control
+// data did not fit: the key it carries is then not the one sent (two long
+// keys could share a prefix), so it must not be acted on.
+bool Receive(int sock, std::string* msg, int* fd, bool* truncated) {
   msg->assign(kMaxMessage, '\0');
   iovec iov{msg->data(), msg->size()};
   msghdr m{};
@@ -67,14 +70,29 @@ bool Receive(int sock, std::string* msg, int* fd) {
   do {
     n = ::recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
+  *fd = -1;
   if (n <= 0) return false;
   msg->resize(static_cast<size_t>(n));
-  *fd = -1;
+  *truncated = (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
     if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
       std::memcpy(fd, CMSG_DATA(c), sizeof(int));
   }
   return true;
+}
+
+// True for the character device of /dev/fuse (misc 10, 229), whatever the
+// path it was opened by: the keeper holds nothing else.
+bool IsFuseDevice(int fd) {
+  struct stat st;
+  return ::fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(10, 229);
+}
+
+// Removes a stale socket at `path`, and nothing else: the keeper runs as
+// root, and the path may name a file it must not delete.
+void UnlinkSocket(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
 }
 
 }  // namespace
@@ -109,7 +127,14 @@ absl::StatusOr<std::string> FdKeeperClient::Call(const std::string& request, int
   if (!Send(sock_, request, fd_in)) return Errno("FD keeper request");
   std::string answer;
   int fd = -1;
-  if (!Receive(sock_, &answer, &fd)) return absl::UnavailableError("the FD keeper went away");
+  bool truncated = false;
+  if (!Receive(sock_, &answer, &fd, &truncated)) {
+    return absl::UnavailableError("the FD keeper went away");
+  }
+  if (truncated) {
+    if (fd >= 0) ::close(fd);
+    return absl::InternalError("FD keeper: the answer was cut short");
+  }
   if (fd_out) {
     *fd_out = fd;
   } else if (fd >= 0) {
@@ -119,6 +144,10 @@ absl::StatusOr<std::string> FdKeeperClient::Call(const std::string& request, int
 }
 
 absl::Status FdKeeperClient::Put(const std::string& key, int fd) {
+  if (key.size() + 2 > kMaxMessage) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("FD keeper key of ", key.size(), " bytes is longer than ", kMaxMessage - 2));
+  }
   auto a = Call("P " + key, fd, nullptr);
   if (!a.ok()) return a.status();
   if (*a != "OK") return absl::InternalError(absl::StrCat("FD keeper: ", *a));
@@ -150,7 +179,7 @@ absl::Status ServeFdKeeper(const FdKeeperOptions& options, const std::atomic<boo
   if (!addr.ok()) return addr.status();
   int listener = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (listener < 0) return Errno("socket");
-  ::unlink(options.socket.c_str());
+  UnlinkSocket(options.socket);
   if (::bind(listener, reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr) != 0 ||
       ::chmod(options.socket.c_str(), 0600) != 0 || ::listen(listener, 16) != 0) {
     absl::Status st = Errno(absl::StrCat("listen on ", options.socket));
@@ -175,16 +204,26 @@ absl::Status ServeFdKeeper(const FdKeeperOptions& options, const std::atomic<boo
       int c = fds[i].fd;
       std::string msg;
       int fd = -1;
-      if (!Receive(c, &msg, &fd)) {
+      bool truncated = false;
+      if (!Receive(c, &msg, &fd, &truncated)) {
         ::close(c);
         std::erase(clients, c);
         continue;
       }
       std::string key = msg.size() > 2 ? msg.substr(2) : "";
-      if (msg.rfind("P ", 0) == 0 && fd >= 0 && !key.empty()) {
+      bool put = msg.rfind("P ", 0) == 0;
+      // Only a whole P with a /dev/fuse descriptor keeps what came with it;
+      // any other request closes it, or it would leak for the keeper's life.
+      bool keep = put && !truncated && !key.empty() && fd >= 0 && IsFuseDevice(fd);
+      if (fd >= 0 && !keep) ::close(fd);
+      if (truncated) {
+        Send(c, "NO request too long", -1);
+      } else if (keep) {
         if (auto old = kept.find(key); old != kept.end()) ::close(old->second);
         kept[key] = fd;
         Send(c, "OK", -1);
+      } else if (put && fd >= 0 && !key.empty()) {
+        Send(c, "NO the descriptor is not /dev/fuse", -1);
       } else if (msg.rfind("G ", 0) == 0) {
         auto it = kept.find(key);
         Send(c, it == kept.end() ? "NO such key" : "OK", it == kept.end() ? -1 : it->second);
@@ -195,7 +234,6 @@ absl::Status ServeFdKeeper(const FdKeeperOptions& options, const std::atomic<boo
         }
         Send(c, "OK", -1);
       } else {
-        if (fd >= 0) ::close(fd);
         Send(c, "NO bad request", -1);
       }
     }
@@ -217,7 +255,7 @@ absl::Status ServeFdKeeper(const FdKeeperOptions& options, const std::atomic<boo
   for (int c : clients) ::close(c);
   for (auto& [key, fd] : kept) ::close(fd);
   ::close(listener);
-  ::unlink(options.socket.c_str());
+  UnlinkSocket(options.socket);
   return absl::OkStatus();
 }
 

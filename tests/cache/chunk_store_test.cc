@@ -135,6 +135,49 @@ TEST_F(ChunkStoreTest, RejectsBadInputWithClearErrors) {
   EXPECT_THAT(s->Read("obj", 0, absl::MakeSpan(out))->missing, ElementsAre(0));
 }
 
+TEST_F(ChunkStoreTest, SizesNear2To64AreRefusedNotWrappedAround) {
+  // (size + chunk - 1) / chunk once wrapped these to zero chunks; a later
+  // read indexed chunks[0] of an empty vector.
+  auto s = OpenStore();
+  for (uint64_t size : {UINT64_MAX, UINT64_MAX - kChunk + 2, (uint64_t{1} << 50) + 1}) {
+    SCOPED_TRACE(size);
+    absl::Status st = s->Register({"huge", size, "t", 0});
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  }
+  EXPECT_FALSE(s->Lookup("huge"));
+  std::string out(10, '\0');
+  EXPECT_EQ(s->Read("huge", 0, absl::MakeSpan(out)).status().code(), absl::StatusCode::kNotFound);
+  // Large is fine when the chunks can count it.
+  ASSERT_TRUE(s->Register({"large", uint64_t{1} << 40, "t", 256u << 20}).ok());
+  EXPECT_EQ(s->Lookup("large")->chunks, 4096u);
+}
+
+TEST_F(ChunkStoreTest, ARecordWithTooFewChunksIsAnErrorNotACrash) {
+  // An object recorded before sizes were bounded: its size wrapped to zero
+  // chunks. Reading it must fail, not index past its chunks.
+  {
+    auto idx = ChunkIndex::Open(dir_.path() + "/index");
+    ASSERT_TRUE(idx.ok()) << idx.status();
+    ObjectRecord rec;
+    rec.size = UINT64_MAX;
+    rec.chunk_size = kChunk;
+    rec.file = "0000000000000000-old";
+    ASSERT_TRUE((*idx)->PutObject("old", rec).ok());
+  }
+  auto s = OpenStore();
+  ASSERT_TRUE(s->Lookup("old"));
+  std::string out(10, '\0');
+  EXPECT_EQ(s->Read("old", 0, absl::MakeSpan(out)).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(s->MissingChunks("old", 0, 10).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(s->MissingChunks("old", 5, UINT64_MAX).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(s->Fill("old", 0, [](absl::Span<char>) { return absl::OkStatus(); }).status().code(),
+            absl::StatusCode::kOutOfRange);
+  // Registered again with a real size, it starts over.
+  ASSERT_TRUE(s->Register({"old", kChunk, "t", 0}).ok());
+  ASSERT_TRUE(s->WriteChunk("old", 0, Pattern(1, 0, kChunk)).ok());
+  EXPECT_EQ(ReadAll(*s, "old", 0, 10), Pattern(1, 0, kChunk).substr(0, 10));
+}
+
 TEST_F(ChunkStoreTest, SurvivesReopenAndVerifiesOnFirstServe) {
   {
     auto s = OpenStore();

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <thread>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_split.h"
@@ -14,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "tests/cache/test_util.h"
 #include "tests/util/fault_proxy.h"
+#include "tests/util/nginx.h"
 #include "tests/util/subprocess.h"
 
 namespace strata::cache {
@@ -196,6 +198,175 @@ TEST_F(OciOriginTest, ABlobCorruptedInTheRegistryIsNeverServed) {
   EXPECT_EQ(ReadAllThroughFetcher(std::move(*o), facts["layer"], &err), "");
   EXPECT_EQ(err.code(), absl::StatusCode::kDataLoss) << err;
   EXPECT_THAT(std::string(err.message()), HasSubstr(facts["layer"]));
+}
+
+TEST(OciUrlTest, NamesOutsideTheDistributionGrammarAreRefused) {
+  for (const std::string& url : std::vector<std::string>{
+           "oci://localhost:1@evil/x",
+           "oci://user:pass@registry.example/x",
+           "oci://evil#/x",
+           "oci://evil\\x/y",
+           "oci://exa mple/x",
+           "oci://registry%2Eexample/x",
+           "oci://127.0.0.1:0/x",
+           "oci://127.0.0.1:65536/x",
+           "oci://[::1/x",
+           "oci://-bad.example/x",
+           "oci://127.0.0.1:5000/../x",
+           "oci://127.0.0.1:5000/a//b",
+           "oci://127.0.0.1:5000/A/b",
+           "oci://127.0.0.1:5000/a-/b",
+           "oci://127.0.0.1:5000/a___b",
+           "oci://127.0.0.1:5000/a..b",
+           "oci://127.0.0.1:5000/a/b:../../x",
+           "oci://127.0.0.1:5000/a:b#c",
+           "oci://127.0.0.1:5000/a:.hidden",
+           "oci://127.0.0.1:5000/a:-x",
+           "oci://127.0.0.1:5000/a:",
+           "oci://127.0.0.1:5000/a:" + std::string(129, 't'),
+           "oci://127.0.0.1:5000/" + std::string(256, 'r'),
+           "oci://127.0.0.1:5000/a@sha256:../x",
+       }) {
+    SCOPED_TRACE(url);
+    EXPECT_EQ(OpenOrigin(url, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  for (const std::string& url : std::vector<std::string>{
+           "oci://127.0.0.1:5000/a--b_c__d.e/f-g:v1.0_rc-2",
+           "oci://[::1]:5000/a",
+           "oci://registry.example/library/ubuntu",
+           "oci://127.0.0.1:5000/" + std::string(255, 'r') + ":" + std::string(128, 't'),
+       }) {
+    SCOPED_TRACE(url);
+    EXPECT_TRUE(OpenOrigin(url, {}).ok());
+  }
+}
+
+// A "registry" that is nginx serving files: manifests and token answers of
+// the wrong types, and auth challenges naming hostile token realms.
+class OciHostileRegistryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::ofstream(root_.path() + "/secret") << "TOPSECRET";
+    auto challenge = [](const std::string& repo, const std::string& realm) {
+      return "    location /v2/" + repo + "/ { add_header WWW-Authenticate 'Bearer realm=\"" +
+             realm + "\",service=\"t\"' always; return 401; }\n";
+    };
+    std::string extra = "    location /v2/ { default_type application/json; }\n";
+    extra += challenge("file", "file://" + root_.path() + "/secret");
+    extra += challenge("gopher", "gopher://127.0.0.1:$server_port/x");
+    extra += challenge("userinfo", "http://127.0.0.1:$server_port@evil.example/token");
+    extra += challenge("relative", "/token");
+    for (const char* t : {"typed", "crlf", "none"}) {
+      extra += challenge(std::string("tok") + t,
+                         std::string("http://127.0.0.1:$server_port/token-") + t + ".json");
+    }
+    Write("token-typed.json", R"({"token":"t","access_token":5})");
+    Write("token-crlf.json", R"({"token":"a\r\nX-Evil: 1"})");
+    Write("token-none.json", R"({"token":5,"access_token":[1]})");
+    nginx_ = std::make_unique<strata::testing::Nginx>(root_.path() + "/www", work_.path(), "", "",
+                                                      extra);
+    ASSERT_TRUE(nginx_->ok());
+  }
+
+  void Write(const std::string& path, const std::string& content) {
+    std::filesystem::create_directories(
+        std::filesystem::path(root_.path() + "/www/" + path).parent_path());
+    std::ofstream(root_.path() + "/www/" + path) << content;
+  }
+  void Manifest(const std::string& tag, const std::string& json) {
+    Write("v2/bad/manifests/" + tag, json);
+  }
+  std::unique_ptr<Origin> Open(const std::string& name) {
+    OriginOptions o;
+    o.oci_arch = "amd64";
+    o.docker_config = root_.path() + "/absent.json";
+    auto origin = OpenOrigin("oci://127.0.0.1:" + std::to_string(nginx_->port()) + "/" + name, o);
+    EXPECT_TRUE(origin.ok()) << origin.status();
+    return origin.ok() ? std::move(*origin) : nullptr;
+  }
+
+  TempDir root_, work_;
+  std::unique_ptr<strata::testing::Nginx> nginx_;
+};
+
+std::string Digest(char c) { return "sha256:" + std::string(64, c); }
+
+TEST_F(OciHostileRegistryTest, WronglyTypedManifestsAreErrorsNotCrashes) {
+  std::string amd64 = R"({"os":"linux","architecture":"amd64"})";
+  std::map<std::string, std::string> bad = {
+      {"manifests-string", R"({"manifests":"x"})"},
+      {"index-string", R"({"mediaType":"application/vnd.oci.image.index.v1+json"})"},
+      {"layers-int", R"({"layers":[1]})"},
+      {"layers-string", R"({"layers":"x"})"},
+      {"no-layers", R"({"config":{}})"},
+      {"mediatype-int", R"({"mediaType":5,"layers":[]})"},
+      {"config-string", R"({"config":"x","layers":[]})"},
+      {"platform-digest-path", R"({"manifests":[{"platform":)" + amd64 + R"(,"digest":"../x"}]})"},
+      {"platform-digest-int", R"({"manifests":[{"platform":)" + amd64 + R"(,"digest":5}]})"},
+      {"not-an-object", "[1,2]"},
+      {"not-json", "{"},
+  };
+  for (const auto& [tag, json] : bad) Manifest(tag, json);
+  for (const auto& [tag, json] : bad) {
+    SCOPED_TRACE(tag);
+    auto o = Open("bad:" + tag);
+    auto st = o->Stat("");
+    EXPECT_EQ(st.status().code(), absl::StatusCode::kInvalidArgument) << st.status();
+    EXPECT_EQ(o->List("").status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  // Platforms of the wrong types match nothing.
+  Manifest("platforms", R"({"manifests":[7,{"platform":"linux"},{"platform":{"os":5}}]})");
+  EXPECT_EQ(Open("bad:platforms")->Stat("").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(OciHostileRegistryTest, OnlyBlobsWithADigestAndASizeAreListed) {
+  Manifest("entries", R"({"config":{"digest":"","size":1},"layers":[)"
+                      R"({"digest":")" +
+                          Digest('a') +
+                          R"(","size":-1},)"
+                          R"({"digest":"../x","size":1},)"
+                          R"({"digest":"sha256:","size":1},)"
+                          R"({"size":1},)"
+                          R"({"digest":")" +
+                          Digest('b') +
+                          R"(","size":1.5},)"
+                          R"({"digest":")" +
+                          Digest('c') +
+                          R"(","size":"5"},)"
+                          R"({"digest":")" +
+                          Digest('e') +
+                          R"(","size":9007199254740993},)"
+                          R"({"digest":")" +
+                          Digest('d') +
+                          R"(","size":12},)"
+                          R"({"digest":")" +
+                          Digest('d') + R"(","size":12}]})");
+  auto o = Open("bad:entries");
+  auto list = o->List("");
+  ASSERT_TRUE(list.ok()) << list.status();
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].name, Digest('d'));
+  EXPECT_EQ((*list)[0].stat.size, 12u);
+}
+
+TEST_F(OciHostileRegistryTest, TokenRealmsMustBeHttpUrls) {
+  for (const char* repo : {"file", "gopher", "userinfo", "relative"}) {
+    SCOPED_TRACE(repo);
+    auto st = Open(std::string(repo) + "/x:v1")->Stat("");
+    EXPECT_EQ(st.status().code(), absl::StatusCode::kPermissionDenied) << st.status();
+    EXPECT_THAT(std::string(st.status().message()), HasSubstr("realm"));
+    EXPECT_THAT(std::string(st.status().message()), ::testing::Not(HasSubstr("TOPSECRET")));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // nginx writes its log
+  EXPECT_THAT(testing::ReadPath(nginx_->access_log()), ::testing::Not(HasSubstr("/token")));
+}
+
+TEST_F(OciHostileRegistryTest, TokenAnswersOfTheWrongTypesAreRefused) {
+  for (const char* t : {"typed", "crlf", "none"}) {
+    SCOPED_TRACE(t);
+    auto st = Open(std::string("tok") + t + "/x:v1")->Stat("");
+    EXPECT_EQ(st.status().code(), absl::StatusCode::kPermissionDenied) << st.status();
+  }
 }
 
 }  // namespace

@@ -9,15 +9,18 @@
 #include <set>
 #include <thread>
 
+#include "cache/origin_impl.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/cache/test_util.h"
+#include "tests/util/fault_proxy.h"
 #include "tests/util/nginx.h"
 
 namespace strata::cache {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using testing::Pattern;
 using testing::TempDir;
 
@@ -197,6 +200,80 @@ TEST(HttpOriginKeepAliveTest, ConnectionsAreReusedAndRedirectsFollowed) {
   }
   EXPECT_GE(requests, 23);  // + the two after the redirect
   EXPECT_LE(conns.size(), 3u) << "connections were not kept alive";
+}
+
+TEST(HttpClientTest, OnlyHttpAndHttpsAreFetched) {
+  TempDir root, work;
+  WriteFile(root.path() + "/secret", "TOPSECRET");
+  WriteFile(root.path() + "/www/ok.bin", "fine");
+  strata::testing::Nginx nginx(root.path() + "/www", work.path(), "", "",
+                               "    location = /to-ftp { return 302 ftp://127.0.0.1/x; }\n"
+                               "    location = /to-file { return 302 file://" +
+                                   root.path() + "/secret; }\n");
+  ASSERT_TRUE(nginx.ok());
+  auto http = std::make_shared<HttpClient>();
+  for (std::string url :
+       {"file://" + root.path() + "/secret", std::string("dict://127.0.0.1:1/x"),
+        std::string("gopher://127.0.0.1:1/x"), nginx.url("to-ftp"), nginx.url("to-file")}) {
+    SCOPED_TRACE(url);
+    HttpRequest req;
+    req.url = url;
+    auto resp = http->Do(req);
+    EXPECT_EQ(resp.status().code(), absl::StatusCode::kInvalidArgument) << resp.status();
+    auto origin = NewHttpOrigin(url, http);
+    ASSERT_TRUE(origin.ok());
+    auto st = (*origin)->Stat("");
+    EXPECT_EQ(st.status().code(), absl::StatusCode::kInvalidArgument) << st.status();
+    EXPECT_THAT(std::string(st.status().message()), Not(HasSubstr("TOPSECRET")));
+  }
+  auto ok = NewHttpOrigin(nginx.url("ok.bin"), http);
+  EXPECT_EQ((*ok)->Stat("")->size, 4u);
+}
+
+TEST(HttpClientTest, SuccessBodiesWithoutABufferAreBounded) {
+  TempDir root, work;
+  WriteFile(root.path() + "/www/big.bin", Pattern(3, 0, (16 << 20) + 1));
+  strata::testing::Nginx nginx(root.path() + "/www", work.path());
+  ASSERT_TRUE(nginx.ok());
+  HttpClient http;
+  HttpRequest req;
+  req.url = nginx.url("big.bin");
+  auto resp = http.Do(req);  // the default bound: 16 MiB
+  EXPECT_EQ(resp.status().code(), absl::StatusCode::kResourceExhausted) << resp.status();
+  req.max_body = 17 << 20;
+  resp = http.Do(req);
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  EXPECT_EQ(resp->body.size(), (16u << 20) + 1);
+}
+
+TEST(HttpOriginSizeTest, SizesPastTheBoundAreRefused) {
+  // Answers no real server gives; each once led to a size near 2^64. libcurl
+  // itself refuses some Content-Lengths (Unavailable); the rest are ours.
+  for (auto [answer, code] : std::vector<std::pair<std::string, absl::StatusCode>>{
+           {"HTTP/1.1 200 OK\r\nContent-Length: 1125899906842625\r\n\r\n",
+            absl::StatusCode::kInvalidArgument},
+           {"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n",
+            absl::StatusCode::kInvalidArgument},
+           {"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", absl::StatusCode::kUnavailable},
+           {"HTTP/1.1 405 No\r\nContent-Length: 0\r\n\r\n", absl::StatusCode::kInvalidArgument},
+       }) {
+    SCOPED_TRACE(answer);
+    strata::testing::FaultProxy server(
+        1,
+        [](uint64_t, const std::string&, const std::string&) {
+          return strata::testing::Fault{strata::testing::Fault::Kind::kCanned, 0, 0};
+        },
+        [&](const std::string& line) -> std::string {
+          // A GET (after a 405 to HEAD) gets a total past the bound.
+          if (line.rfind("HEAD", 0) == 0) return answer;
+          return "HTTP/1.1 206 Partial\r\nContent-Range: bytes 0-0/18446744073709551615\r\n"
+                 "Content-Length: 1\r\n\r\nx";
+        });
+    auto origin = OpenOrigin("http://127.0.0.1:" + std::to_string(server.port()) + "/x", {});
+    ASSERT_TRUE(origin.ok());
+    auto st = (*origin)->Stat("");
+    EXPECT_EQ(st.status().code(), code) << st.status();
+  }
 }
 
 TEST(HttpOriginConnTest, RefusedConnectionIsTransient) {

@@ -3,12 +3,15 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "cache/fetcher.h"
 #include "cache/origin.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/cache/test_util.h"
+#include "tests/util/fault_proxy.h"
+#include "tests/util/nginx.h"
 #include "tests/util/s3_server.h"
 #include "tests/util/subprocess.h"
 
@@ -185,6 +188,178 @@ TEST_F(S3OriginTest, ReadThroughTheFetcher) {
   auto n = f.Read(t, 0, absl::MakeSpan(out));
   ASSERT_TRUE(n.ok()) << n.status();
   EXPECT_EQ(out, data);
+}
+
+TEST_F(S3OriginTest, ANameThatIsBothAnObjectAndAPrefixIsListedOnce) {
+  auto o = Open("/d");
+  Upload(*o, "dup", "object");
+  Upload(*o, "dup/inner", "below");
+  Upload(*o, "plain", "x");
+  auto list = o->List("");
+  ASSERT_TRUE(list.ok()) << list.status();
+  std::vector<std::string> names;
+  for (auto& e : *list) names.push_back(e.name + (e.stat.is_dir ? "/" : ""));
+  // As Stat answers: "dup" is the object.
+  EXPECT_THAT(names, UnorderedElementsAre("dup", "plain"));
+  auto st = o->Stat("dup");
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_FALSE(st->is_dir);
+}
+
+OriginOptions FakeCredentials() {
+  OriginOptions o;
+  o.aws_access_key_id = "AKIAFAKE";
+  o.aws_secret_access_key = "fake";
+  return o;
+}
+
+TEST(S3OriginUrlTest, HostileRegionsAndEndpointsAreRefused) {
+  for (const std::string& url : std::vector<std::string>{
+           "s3://models?region=evil.example#",
+           "s3://models?region=evil.example%23",
+           "s3://models?region=us-east-1.evil.example",
+           "s3://models?region=US-EAST-1",
+           "s3://models?region=" + std::string(33, 'a'),
+           std::string("s3://models?endpoint=ftp://127.0.0.1:9000"),
+           std::string("s3://models?endpoint=127.0.0.1:9000"),
+           std::string("s3://models?endpoint=http://user@127.0.0.1:9000"),
+           std::string("s3://models?endpoint=http://127.0.0.1:1@evil.example"),
+           std::string("s3://models?endpoint=http://127.0.0.1:9000/path"),
+           std::string("s3://models?endpoint=http://127.0.0.1:9000#x"),
+           std::string("s3://models?endpoint=http://evil.example\\@127.0.0.1"),
+           std::string("s3://models?endpoint=http://%65vil.example"),
+           std::string("s3://models?endpoint=http://127.0.0.1:99999"),
+           std::string("s3://models?endpoint=http://"),
+       }) {
+    SCOPED_TRACE(url);
+    EXPECT_EQ(OpenOrigin(url, FakeCredentials()).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  // The region from the environment is held to the same rule.
+  const char* old = std::getenv("AWS_REGION");
+  std::string saved = old ? old : "";
+  ::setenv("AWS_REGION", "evil.example#", 1);
+  EXPECT_EQ(OpenOrigin("s3://models", FakeCredentials()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  if (old) {
+    ::setenv("AWS_REGION", saved.c_str(), 1);
+  } else {
+    ::unsetenv("AWS_REGION");
+  }
+}
+
+TEST(S3OriginUrlTest, TheUrlNamesTheHostReached) {
+  auto url = [](const std::string& u) {
+    auto o = OpenOrigin(u, FakeCredentials());
+    EXPECT_TRUE(o.ok()) << u << ": " << o.status();
+    return o.ok() ? (*o)->url() : "<error>";
+  };
+  EXPECT_EQ(url("s3://models/p?endpoint=http://127.0.0.1:9000/"),
+            "s3://models/p?endpoint=http://127.0.0.1:9000");
+  EXPECT_EQ(url("s3://models/p?endpoint=http://127.0.0.1:9000&region=eu-west-1"),
+            "s3://models/p?endpoint=http://127.0.0.1:9000");
+  EXPECT_NE(url("s3://models/p?endpoint=http://127.0.0.1:9000"),
+            url("s3://models/p?endpoint=http://127.0.0.1:9001"));
+  EXPECT_NE(url("s3://models/p?endpoint=http://127.0.0.1:9000"),
+            url("s3://models/p?endpoint=https://127.0.0.1:9000"));
+  EXPECT_EQ(url("s3://models/p?endpoint=http://[::1]:9000"),
+            "s3://models/p?endpoint=http://[::1]:9000");
+  // AWS's own endpoints: bucket names are global there.
+  EXPECT_EQ(url("s3://models/p?region=eu-west-1"), "s3://models/p");
+}
+
+// An endpoint serving a canned ListObjectsV2 answer (nginx ignores the
+// query and the signature).
+class S3HostileListingTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<Origin> Serve(const std::string& xml) {
+    std::filesystem::create_directories(root_.path() + "/www");
+    std::ofstream(root_.path() + "/www/models") << xml;
+    nginx_ = std::make_unique<strata::testing::Nginx>(root_.path() + "/www", work_.path(), "", "",
+                                                      "    default_type application/xml;\n");
+    EXPECT_TRUE(nginx_->ok());
+    OriginOptions o = FakeCredentials();
+    o.s3_endpoint = "http://127.0.0.1:" + std::to_string(nginx_->port());
+    auto origin = OpenOrigin("s3://models", o);
+    EXPECT_TRUE(origin.ok()) << origin.status();
+    return origin.ok() ? std::move(*origin) : nullptr;
+  }
+
+  TempDir root_, work_;
+  std::unique_ptr<strata::testing::Nginx> nginx_;
+};
+
+std::string Contents(const std::string& key, const std::string& size) {
+  return "<Contents><Key>" + key + "</Key><Size>" + size + "</Size><ETag>\"e\"</ETag></Contents>";
+}
+
+std::string Prefix(const std::string& p) {
+  return "<CommonPrefixes><Prefix>" + p + "</Prefix></CommonPrefixes>";
+}
+
+TEST_F(S3HostileListingTest, NamesThatAreNotFileNamesAreLeftOut) {
+  std::string xml = "<ListBucketResult><IsTruncated>false</IsTruncated>";
+  for (const char* bad : {"dir/..", "dir/.", "dir/&#46;&#46;", "dir/&#46;"}) {
+    xml += Contents(bad, "1");
+  }
+  xml += Contents("dir/" + std::string(256, 'n'), "1");
+  xml += Contents("dir/huge", "18446744073709551615");
+  xml += Contents("dir/negative", "-1");
+  xml += Contents("dir/good.bin", "5") + Contents("dir/good.bin", "5");
+  xml += Contents("dir/" + std::string(255, 'm'), "2");
+  xml += Contents("dir/both", "3");
+  for (const char* bad :
+       {"dir/../", "dir/./", "dir//", "dir/a//", "elsewhere/", "dir/noslash", "dir/&#46;&#46;/"}) {
+    xml += Prefix(bad);
+  }
+  xml += Prefix("dir/sub/") + Prefix("dir/both/");
+  xml += "</ListBucketResult>";
+  auto o = Serve(xml);
+  ASSERT_NE(o, nullptr);
+  auto list = o->List("dir");
+  ASSERT_TRUE(list.ok()) << list.status();
+  std::vector<std::string> names;
+  for (auto& e : *list) names.push_back(e.name + (e.stat.is_dir ? "/" : ""));
+  EXPECT_THAT(names, UnorderedElementsAre("good.bin", std::string(255, 'm'), "both", "sub/"));
+  // Something was left out: the directory does not count as empty.
+  EXPECT_EQ(o->RemoveDir("dir").code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(S3OriginRedirectTest, SignedRequestsAreNotForwarded) {
+  TempDir root, work, root2, work2;
+  std::filesystem::create_directories(root.path() + "/www");
+  std::filesystem::create_directories(root2.path() + "/www");
+  strata::testing::Nginx elsewhere(root2.path() + "/www", work2.path());
+  ASSERT_TRUE(elsewhere.ok());
+  strata::testing::Nginx endpoint(
+      root.path() + "/www", work.path(), "", "",
+      "    location / { return 307 " + elsewhere.url("models/x") + "; }\n");
+  ASSERT_TRUE(endpoint.ok());
+  OriginOptions o = FakeCredentials();
+  o.aws_session_token = "SESSIONTOKEN";
+  o.s3_endpoint = "http://127.0.0.1:" + std::to_string(endpoint.port());
+  auto origin = OpenOrigin("s3://models", o);
+  ASSERT_TRUE(origin.ok()) << origin.status();
+  EXPECT_FALSE((*origin)->Stat("x").ok());
+  EXPECT_FALSE((*origin)->List("").ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // nginx writes its log
+  EXPECT_EQ(testing::ReadPath(elsewhere.access_log()), "");
+}
+
+TEST(S3OriginSizeTest, AContentLengthPastTheBoundIsRefused) {
+  strata::testing::FaultProxy server(
+      1,
+      [](uint64_t, const std::string&, const std::string&) {
+        return strata::testing::Fault{strata::testing::Fault::Kind::kCanned, 0, 0};
+      },
+      [](const std::string&) -> std::string {
+        return "HTTP/1.1 200 OK\r\nContent-Length: 1125899906842625\r\nETag: \"e\"\r\n\r\n";
+      });
+  OriginOptions o = FakeCredentials();
+  o.s3_endpoint = "http://127.0.0.1:" + std::to_string(server.port());
+  auto origin = OpenOrigin("s3://models", o);
+  ASSERT_TRUE(origin.ok()) << origin.status();
+  EXPECT_EQ((*origin)->Stat("x").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -495,6 +495,18 @@ TEST(SigV4Rejects, HeaderInjectionAndBadNames) {
   EXPECT_EQ(SignStatus(req).code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(SigV4Rejects, HostsThatWouldReachAnotherHost) {
+  // Each would make "http://" + host + path name another host (or a
+  // fragment, query or escape) than the one signed for.
+  for (std::string host : {"evil.example#.s3.amazonaws.com", "a?b", "user@evil", "a\\b",
+                           "evil%2Eexample", "a/b", "a b"}) {
+    SCOPED_TRACE(host);
+    SigV4Request req = S3Request("GET", "/k");
+    req.host = host;
+    EXPECT_EQ(SignStatus(req).code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
 TEST(SigV4Rejects, MalformedPayloadHashAndCredentials) {
   SigV4Request req = S3Request("GET", "/k");
   req.payload_sha256 = "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855";

@@ -91,8 +91,8 @@ int FreePort() {
   return ntohs(a.sin_port);
 }
 
-FaultProxy::FaultProxy(int upstream_port, Plan plan)
-    : upstream_port_(upstream_port), plan_(std::move(plan)) {
+FaultProxy::FaultProxy(int upstream_port, Plan plan, Canned canned)
+    : upstream_port_(upstream_port), plan_(std::move(plan)), canned_(std::move(canned)) {
   listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int one = 1;
   ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -177,6 +177,12 @@ void FaultProxy::Serve(int client) {
   if (f.kind == Fault::Kind::kReset) {
     linger l{1, 0};  // RST, not FIN
     ::setsockopt(client, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    ::close(client);
+    return;
+  }
+  if (f.kind == Fault::Kind::kCanned) {
+    std::string resp = canned_ ? canned_(line) : "";
+    SendAll(client, resp.data(), resp.size());
     ::close(client);
     return;
   }

@@ -21,6 +21,7 @@ struct Fault {
     kStatus,    // answer `status` without asking upstream
     kTruncate,  // forward, but stop after `bytes` bytes of the body
     kCorrupt,   // forward, flipping a bit of body byte `bytes`
+    kCanned,    // answer what the proxy's Canned gives, without asking upstream
   };
   Kind kind = Kind::kNone;
   int status = 503;
@@ -34,7 +35,11 @@ class FaultProxy {
   using Plan =
       std::function<Fault(uint64_t n, const std::string& request_line, const std::string& range)>;
 
-  FaultProxy(int upstream_port, Plan plan);
+  // The whole answer (status line, headers, body) sent as is for kCanned:
+  // what no real server would say.
+  using Canned = std::function<std::string(const std::string& request_line)>;
+
+  FaultProxy(int upstream_port, Plan plan, Canned canned = nullptr);
   ~FaultProxy();  // stops accepting and waits for open connections to end
 
   int port() const { return port_; }
@@ -52,6 +57,7 @@ class FaultProxy {
 
   int upstream_port_;
   Plan plan_;
+  Canned canned_;
   int listen_fd_ = -1;
   int port_ = 0;
   std::atomic<bool> stop_{false};
