@@ -87,6 +87,19 @@ unsigned long MountFlags(const ::csi::v1::VolumeCapability& cap, bool* read_only
   return flags;
 }
 
+// A volume id names records, keeper slots and inode logs, and '#' joins it
+// to a group mount's key: it is checked where a volume is first mounted.
+Status CheckVolumeId(const std::string& id) {
+  if (id.empty()) return InvalidArgument("volume_id is missing");
+  for (char c : id) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f || c == '#') {
+      return InvalidArgument(
+          absl::StrCat("volume_id '", absl::CHexEscape(id), "' holds a control character or '#'"));
+    }
+  }
+  return Status::OK;
+}
+
 }  // namespace
 
 Status IdentityService::GetPluginInfo(grpc::ServerContext*, const ::csi::v1::GetPluginInfoRequest*,
@@ -339,7 +352,7 @@ void NodeService::Recover() {
 Status NodeService::NodeStageVolume(grpc::ServerContext*,
                                     const ::csi::v1::NodeStageVolumeRequest* req,
                                     ::csi::v1::NodeStageVolumeResponse*) {
-  if (req->volume_id().empty()) return InvalidArgument("volume_id is missing");
+  if (Status st = CheckVolumeId(req->volume_id()); !st.ok()) return st;
   if (req->staging_target_path().empty()) return InvalidArgument("staging_target_path is missing");
   if (!req->has_volume_capability()) return InvalidArgument("volume_capability is missing");
   const auto& cap = req->volume_capability();
@@ -521,7 +534,7 @@ Status NodeService::PublishInline(const ::csi::v1::NodePublishVolumeRequest& req
 Status NodeService::NodePublishVolume(grpc::ServerContext*,
                                       const ::csi::v1::NodePublishVolumeRequest* req,
                                       ::csi::v1::NodePublishVolumeResponse*) {
-  if (req->volume_id().empty()) return InvalidArgument("volume_id is missing");
+  if (Status st = CheckVolumeId(req->volume_id()); !st.ok()) return st;
   if (req->target_path().empty()) return InvalidArgument("target_path is missing");
   if (!req->has_volume_capability()) return InvalidArgument("volume_capability is missing");
   const auto& cap = req->volume_capability();

@@ -231,6 +231,24 @@ TEST_F(CsiNodeTest, InlineOriginsMustBeAllowedByTheNode) {
   EXPECT_THAT(st.error_message(), HasSubstr("allows no inline origins"));
 }
 
+TEST_F(CsiNodeTest, VolumeIdsWithControlCharactersOrHashAreRefused) {
+  for (const std::string& id : {std::string("pv\n1"), std::string("pv#gid=1"),
+                                std::string("pv\x01"), std::string("pv\0x", 4)}) {
+    EXPECT_EQ(driver_->Stage(id, staging_, Origin()).error_code(), Code::INVALID_ARGUMENT);
+    EXPECT_FALSE(strata::testing::IsMounted(staging_));
+  }
+  // A ',' cannot add mount options through the file system's name.
+  ASSERT_TRUE(driver_->Stage("pv,suid,dev", staging_, Origin()).ok());
+  std::ifstream mounts("/proc/self/mountinfo");
+  std::string line, found;
+  while (std::getline(mounts, line)) {
+    if (line.find(" " + staging_ + " ") != std::string::npos) found = line;
+  }
+  EXPECT_THAT(found, HasSubstr("nosuid"));
+  EXPECT_THAT(found, HasSubstr("nodev"));
+  ASSERT_TRUE(driver_->Unstage("pv,suid,dev", staging_).ok());
+}
+
 TEST(InlineOriginsTest, URLsAreMatchedByTheirParts) {
   auto origins = InlineOrigins::Parse({"https://models.example",
                                        "rw:s3://bucket/team?endpoint=http://127.0.0.1:9000",
