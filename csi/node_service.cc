@@ -28,18 +28,11 @@ constexpr char kPublishedPrefix[] = "published/";
 
 std::string KeeperKey(const std::string& volume_id) { return "volume/" + volume_id; }
 
-bool IsMountpoint(const std::string& path) {
-  std::ifstream m("/proc/self/mounts");
-  std::string dev, dir, rest;
-  while (m >> dev >> dir && std::getline(m, rest)) {
-    if (dir == path) return true;
-  }
-  return false;
-}
+using fuse::IsMountPoint;
 
 // Detaches everything mounted at `path` (stacked mounts too).
 absl::Status UnmountAll(const std::string& path) {
-  for (int i = 0; i < 16 && IsMountpoint(path); ++i) {
+  for (int i = 0; i < 16 && IsMountPoint(path); ++i) {
     if (::umount2(path.c_str(), 0) != 0 && ::umount2(path.c_str(), MNT_DETACH) != 0) {
       return absl::InternalError(absl::StrCat("unmount ", path, ": ", std::strerror(errno)));
     }
@@ -161,10 +154,14 @@ absl::Status NodeService::Start(Volume& v, int adopt_fd) {
   if (adopt_fd < 0) {
     if (absl::Status st = ProbeOrigin(*v.origin); !st.ok()) return st;
   }
-  std::error_code ec;
-  std::filesystem::create_directories(v.mountpoint, ec);
-  if (ec)
-    return absl::InternalError(absl::StrCat("cannot create ", v.mountpoint, ": ", ec.message()));
+  if (adopt_fd < 0) {
+    // A mount being taken over is never looked at through its path: its
+    // server is this thread until it serves (a stat would wait on it).
+    std::error_code ec;
+    std::filesystem::create_directories(v.mountpoint, ec);
+    if (ec)
+      return absl::InternalError(absl::StrCat("cannot create ", v.mountpoint, ": ", ec.message()));
+  }
   fuse::VolumeOptions vo;
   vo.staging_dir = opts_.staging_dir;
   vo.chunk_size = v.spec.chunk_size;
@@ -287,7 +284,7 @@ void NodeService::Recover() {
     }
     v->spec = *spec;
     v->spec.read_only = rec.value("read_only", v->spec.read_only);
-    if (opts_.keeper && !v->init.empty() && IsMountpoint(v->mountpoint)) {
+    if (opts_.keeper && !v->init.empty() && IsMountPoint(v->mountpoint)) {
       auto fd = opts_.keeper->Get(KeeperKey(v->id));
       if (fd.ok()) {
         absl::Status st = Start(*v, *fd);
@@ -390,7 +387,7 @@ Status NodeService::NodeStageVolume(grpc::ServerContext*,
   v->secrets = req->secrets();
   v->spec = *spec;
   v->mount_gid = *gid;
-  if (IsMountpoint(path)) {
+  if (IsMountPoint(path)) {
     return Status(StatusCode::ALREADY_EXISTS, absl::StrCat("something else is mounted at ", path));
   }
   auto served = Serve(std::move(v), /*inline_volume=*/false);
@@ -571,7 +568,7 @@ Status NodeService::NodePublishVolume(grpc::ServerContext*,
                                req->staging_target_path(), "; stage it first"));
   }
   if (it->second->spec.read_only && !p.read_only) p.read_only = true;  // the volume says so
-  if (IsMountpoint(target)) {
+  if (IsMountPoint(target)) {
     return Status(StatusCode::ALREADY_EXISTS,
                   absl::StrCat("something else is mounted at ", target));
   }
@@ -676,7 +673,7 @@ Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
     cond->set_abnormal(true);
     cond->set_message(
         "the volume's FUSE session has ended; restart strata node or stage the volume again");
-  } else if (!IsMountpoint(path)) {
+  } else if (!IsMountPoint(path)) {
     cond->set_abnormal(true);
     cond->set_message(absl::StrCat(path, " is not mounted any more"));
   } else if (absl::Status probe = ProbeOrigin(*origin); !probe.ok()) {

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -88,6 +89,10 @@ struct FuseServer::Impl {
   // number): its control files are /sys/fs/fuse/connections/<id>/.
   int connection = -1;
   std::string init;  // the kernel's INIT request, for a successor (Handoff)
+  // The kernel resends requests a dead daemon had taken (Linux 6.9+): then
+  // every worker reads from the descriptor the FD keeper shares, so those
+  // requests outlive this process and its successor answers them.
+  bool resend = false;
   // Directory listings taken at opendir, served by offset.
   absl::Mutex dirs_mu;
   absl::flat_hash_map<uint64_t, std::vector<DirEntry>> dirs ABSL_GUARDED_BY(dirs_mu);
@@ -420,6 +425,21 @@ void OnStatfs(fuse_req_t req, fuse_ino_t) {
   fuse_reply_statfs(req, &*sv);
 }
 
+// mountinfo writes ' ', '\t', '\n' and '\\' in paths as octal escapes.
+std::string UnescapeMountInfo(const std::string& field) {
+  std::string out;
+  for (size_t i = 0; i < field.size(); ++i) {
+    if (field[i] == '\\' && i + 3 < field.size() &&
+        std::isdigit(static_cast<unsigned char>(field[i + 1]))) {
+      out += static_cast<char>(std::stoi(field.substr(i + 1, 3), nullptr, 8));
+      i += 3;
+    } else {
+      out += field[i];
+    }
+  }
+  return out;
+}
+
 // The minor device number of the FUSE mount at `mountpoint`, from
 // /proc/self/mountinfo (a stat would ask the not yet serving daemon).
 int ConnectionOf(const std::string& mountpoint) {
@@ -430,7 +450,7 @@ int ConnectionOf(const std::string& mountpoint) {
     std::istringstream f(line);
     std::string id, parent, dev, root, point;
     if (!(f >> id >> parent >> dev >> root >> point)) continue;
-    if (point != mountpoint) continue;
+    if (UnescapeMountInfo(point) != mountpoint) continue;
     size_t colon = dev.find(':');
     if (colon != std::string::npos) found = std::atoi(dev.c_str() + colon + 1);  // the last wins
   }
@@ -508,6 +528,32 @@ void ProcessInit(fuse_session* se, std::string& init) {
   fuse_session_process_buf(se, &buf);
 }
 
+// FUSE_NOTIFY_RESEND and the INIT flag that announces it (Linux 6.9,
+// protocol 7.40), which this machine's headers may predate.
+constexpr int32_t kNotifyResend = 7;
+constexpr uint64_t kHasResend = 1ull << 39;
+constexpr uint32_t kInitExt = 1u << 30;
+
+// Whether the kernel that sent this INIT resends requests on demand.
+bool KernelResends(const std::string& init) {
+  struct InitIn {
+    uint32_t major, minor, max_readahead, flags, flags2;
+  } in{};
+  if (init.size() < sizeof(fuse_in_header) + sizeof in) return false;
+  std::memcpy(&in, init.data() + sizeof(fuse_in_header), sizeof in);
+  if (in.major != 7 || in.minor < 40 || !(in.flags & kInitExt)) return false;
+  return (uint64_t{in.flags2} << 32) & kHasResend;
+}
+
+void WarnNoResendOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    spdlog::warn(
+        "this kernel cannot resend FUSE requests (Linux 6.9+): a read that a killed daemon "
+        "had taken fails once with ECONNABORTED when its successor takes the mount over");
+  });
+}
+
 std::string Canonical(const std::string& path) {
   std::error_code ec;
   std::string c = std::filesystem::weakly_canonical(path, ec).string();
@@ -548,6 +594,7 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(Tree& tree,
   }
   init.resize(static_cast<size_t>(n));
   (*impl)->init = init;
+  (*impl)->resend = KernelResends(init);
   ProcessInit(se, init);
   (*impl)->Serve();
   return std::unique_ptr<FuseServer>(new FuseServer(std::move(*impl)));
@@ -576,7 +623,10 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Adopt(Tree& tree,
     return absl::InternalError(absl::StrCat("libfuse refused descriptor ", dev));
   }
   (*impl)->mounted = true;
-  (*impl)->connection = ConnectionOf(Canonical(options.mountpoint));
+  // Never a stat of the mountpoint here: the mount's server is this very
+  // thread until Run(), so the kernel would wait on it for good.
+  (*impl)->connection =
+      ConnectionOf(std::filesystem::path(options.mountpoint).lexically_normal().string());
   (*impl)->init = handoff.init;
   // The kernel did its handshake with the first daemon. The new session
   // replays that INIT to set itself up the same way; its reply carries a
@@ -592,6 +642,20 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Adopt(Tree& tree,
   h.unique = ~uint64_t{0} - 1;
   std::memcpy(replay.data(), &h, sizeof h);
   ProcessInit((*impl)->se, replay);
+  (*impl)->resend = KernelResends(handoff.init);
+  if ((*impl)->resend) {
+    // Requests the dead daemon had read but not answered go back to the
+    // queue, to be read and answered by this one: the caller sees a pause.
+    fuse_out_header notify{};
+    notify.len = sizeof notify;
+    notify.error = kNotifyResend;
+    if (::write(fd, &notify, sizeof notify) != static_cast<ssize_t>(sizeof notify)) {
+      spdlog::warn("{}: asking the kernel to resend pending requests failed: {}",
+                   options.mountpoint, std::strerror(errno));
+    }
+  } else {
+    WarnNoResendOnce();
+  }
   (*impl)->Serve();
   spdlog::info("took over the FUSE mount at {} (connection {})", options.mountpoint,
                (*impl)->connection);
@@ -603,10 +667,12 @@ Handoff FuseServer::handoff() const { return Handoff{fuse_session_fd(impl_->se),
 absl::Status FuseServer::Run() {
   fuse_loop_config* cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_max_threads(cfg, impl_->opts.max_threads);
-  // A descriptor per worker: requests a worker has read die with it
-  // (ECONNABORTED to the caller) if this process is killed, instead of
+  // Where the kernel resends, workers read from the session's descriptor,
+  // which the FD keeper shares: what a killed daemon had read stays queued
+  // on it for the successor. Elsewhere, a descriptor per worker: requests
+  // a worker has read die with it (ECONNABORTED to the caller) instead of
   // waiting forever on a connection that a successor takes over.
-  fuse_loop_cfg_set_clone_fd(cfg, 1);
+  fuse_loop_cfg_set_clone_fd(cfg, impl_->resend ? 0 : 1);
   int rc = fuse_session_loop_mt(impl_->se, cfg);
   fuse_loop_cfg_destroy(cfg);
   if (rc != 0 && !fuse_session_exited(impl_->se)) {
@@ -645,6 +711,19 @@ FuseServer::~FuseServer() {
   impl_->notifier.reset();
   fuse_session_unmount(impl_->se);
   fuse_session_destroy(impl_->se);
+}
+
+bool IsMountPoint(const std::string& path) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, point;
+    if ((f >> id >> parent >> dev >> root >> point) && UnescapeMountInfo(point) == path) {
+      return true;
+    }
+  }
+  return false;
 }
 
 absl::Status Unmount(const std::string& mountpoint) {

@@ -55,6 +55,11 @@ class FuseServer {
   std::unique_ptr<Impl> impl_;
 };
 
+// Whether something is mounted at `path` (as the kernel names it), from
+// /proc/self/mountinfo: a stat would ask the mount's server, which may be
+// dead, or this very process before it serves.
+bool IsMountPoint(const std::string& path);
+
 // Detaches a mount whose daemon may be gone (umount2 MNT_DETACH).
 absl::Status Unmount(const std::string& mountpoint);
 

@@ -1,8 +1,7 @@
 // The driver end to end, as Kubernetes uses it: the external provisioner
 // creates a volume from StorageClass parameters, kubelet stages and
 // publishes it on two nodes (ReadWriteMany, close-to-open visibility), and
-// a node daemon killed with SIGKILL while a pod reads comes back with the
-// pod's volume serving again.
+// a restarted node mounts and publishes again.
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -132,139 +131,8 @@ TEST_F(CsiConformanceTest, RestartedNodeMountsAndPublishesAgain) {
     EXPECT_FALSE(strata::testing::IsMounted(p)) << p;
 }
 
-// The real daemon, killed with SIGKILL while a reader has a file open on a
-// published volume, then started again on the same state directory: the
-// FD keeper kept the mount alive, the new daemon takes it over, and the
-// reader's open file and a pod's private view of the mount (its own mount
-// namespace, where a new bind mount would never show) both read on.
-TEST_F(CsiConformanceTest, NodeKilledWhileReadingServesAgainAfterRestart) {
-  std::string state = dir_.path() + "/state", socket = dir_.path() + "/csi.sock";
-  auto start = [&] {
-    return strata::testing::Spawn({STRATA_PATH, "node", "--state-dir", state, "--csi-endpoint",
-                                   "unix://" + socket, "--node-id", "node-a", "--controller",
-                                   "--fd-keeper-grace", "10"});
-  };
-  strata::testing::Child node = start();
-  ASSERT_GT(node.pid, 0);
-  std::string out = strata::testing::ReadUntil(node.out, "running", std::chrono::seconds(30));
-  ASSERT_THAT(out, HasSubstr("running"));
-  // Each daemon gets a channel of its own: gRPC would otherwise share the
-  // dead daemon's connection with the new channel.
-  auto connect = [&] {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    auto ch =
-        grpc::CreateCustomChannel("unix://" + socket, grpc::InsecureChannelCredentials(), args);
-    EXPECT_TRUE(ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10)));
-    return ch;
-  };
-  CsiClient client(connect());
-  ::csi::v1::CreateVolumeResponse created;
-  ASSERT_TRUE(client.Create("pvc-k", {{"origin", "file://" + origin_}}, 0, &created).ok());
-  Context ctx(created.volume().volume_context().begin(), created.volume().volume_context().end());
-  std::string weights(8 << 20, '\0');
-  for (size_t i = 0; i < weights.size(); ++i) weights[i] = static_cast<char>(i * 7 + i / 4096);
-  std::ofstream(origin_ + "/pvc-k/weights.bin", std::ios::binary) << weights;
-  std::string stage = Kubelet("a", "staging/pvc-k"), pod = Kubelet("a", "pods/p/pvc-k");
-  ASSERT_TRUE(client.Stage("pvc-k", stage, ctx).ok());
-  ASSERT_TRUE(client.Publish("pvc-k", stage, pod, false).ok());
-  int fd = ::open((pod + "/weights.bin").c_str(), O_RDONLY);
-  ASSERT_GE(fd, 0);
-  std::string head(1 << 20, '\0');
-  ASSERT_EQ(::pread(fd, head.data(), head.size(), 0), static_cast<ssize_t>(head.size()));
-  EXPECT_EQ(head, weights.substr(0, head.size()));
-
-  // A pod: its own mount namespace, with private propagation, made while
-  // the first daemon serves. It reads the volume when told to.
-  std::string flag = dir_.path() + "/go", seen = dir_.path() + "/seen";
-  strata::testing::Child pod_ns = strata::testing::Spawn(
-      {"/usr/bin/unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
-       "i=0; while [ ! -e " + flag +
-           " ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; "
-           "cat " +
-           pod + "/weights.bin > " + seen});
-  ASSERT_GT(pod_ns.pid, 0);
-
-  // Another reader keeps the daemon busy across the kill: its page cache
-  // dropped before each read, so every read is a FUSE request. A request
-  // the killed daemon had taken may fail (ECONNABORTED); none may return
-  // wrong bytes, and reading goes on once the next daemon serves.
-  std::atomic<bool> stop{false}, restarted{false};
-  std::atomic<int> busy_ok{0}, busy_ok_after{0}, busy_aborted{0}, busy_wrong{0}, busy_other{0};
-  std::thread busy([&] {
-    int bfd = ::open((pod + "/weights.bin").c_str(), O_RDONLY);
-    std::string buf(1 << 20, '\0');
-    for (int i = 0; i < 20000 && !stop; ++i) {
-      off_t off = static_cast<off_t>((i % 8) << 20);
-      ::posix_fadvise(bfd, off, buf.size(), POSIX_FADV_DONTNEED);
-      ssize_t got = ::pread(bfd, buf.data(), buf.size(), off);
-      if (got == static_cast<ssize_t>(buf.size())) {
-        if (buf != weights.substr(off, buf.size())) {
-          ++busy_wrong;
-        } else {
-          ++busy_ok;
-          if (restarted) ++busy_ok_after;
-        }
-      } else if (got < 0 && errno == ECONNABORTED) {
-        ++busy_aborted;
-      } else {
-        ++busy_other;
-      }
-    }
-    ::close(bfd);
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-
-  ::kill(node.pid, SIGKILL);
-  strata::testing::Wait(node, std::chrono::seconds(10));
-  // The reader goes on reading; its request waits for the next daemon.
-  std::string after(1 << 20, '\0');
-  ssize_t n = -1;
-  int read_errno = 0;
-  std::thread reader([&] {
-    n = ::pread(fd, after.data(), after.size(), 5 << 20);
-    read_errno = errno;
-  });
-
-  node = start();
-  ASSERT_GT(node.pid, 0);
-  out = strata::testing::ReadUntil(node.out, "running", std::chrono::seconds(30));
-  ASSERT_THAT(out, HasSubstr("running"));
-  restarted = true;
-  reader.join();
-  for (int i = 0; i < 200 && busy_ok_after < 20; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  stop = true;
-  busy.join();
-  EXPECT_EQ(busy_wrong, 0);
-  EXPECT_EQ(busy_other, 0);
-  EXPECT_LE(busy_aborted, 16) << "at most the requests the killed daemon held";
-  EXPECT_GE(busy_ok_after, 20) << "reading went on after the restart";
-  ASSERT_EQ(n, static_cast<ssize_t>(after.size()))
-      << std::strerror(read_errno) << "\n"
-      << out << strata::testing::ReadUntil(node.out, "", std::chrono::seconds(1));
-  EXPECT_EQ(after, weights.substr(5 << 20, after.size()));
-  ::close(fd);
-  EXPECT_EQ(ReadPath(pod + "/weights.bin"), weights) << out;
-  EXPECT_TRUE(strata::testing::IsMounted(stage));
-  std::ofstream(flag) << "";
-  EXPECT_EQ(strata::testing::Wait(pod_ns, std::chrono::seconds(30)), 0);
-  EXPECT_EQ(ReadPath(seen), weights) << "the pod's private view of the volume";
-
-  // kubelet's teardown works against the restarted daemon.
-  client.Connect(connect());
-  grpc::Status st = client.Unpublish("pvc-k", pod);
-  ASSERT_TRUE(st.ok()) << st.error_message();
-  st = client.Unstage("pvc-k", stage);
-  ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_FALSE(strata::testing::IsMounted(stage));
-  EXPECT_FALSE(std::filesystem::exists(pod));
-  ::kill(node.pid, SIGTERM);
-  EXPECT_EQ(strata::testing::Wait(node, std::chrono::seconds(30)), 0);
-  // The keeper the daemon started would leave by itself once idle for its
-  // grace period; the test does not wait for that.
-  strata::testing::RunCommand({"/usr/bin/pkill", "-f", state + "/fd-keeper.sock"});
-}
+// The real daemon killed and started again as kubelet drives it is in
+// restart_test.cc.
 
 }  // namespace
 }  // namespace strata::csi::testing

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <fstream>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,14 +21,22 @@
 namespace strata::testing {
 
 // Aborts the FUSE connection behind `mountpoint`, so nothing waits on it.
+// The connection is found in /proc/self/mountinfo (its minor device
+// number): a stat of the mountpoint would itself wait on a dead server.
 inline void AbortFuse(const std::string& mountpoint) {
   struct stat st;
   if (::stat("/sys/fs/fuse/connections", &st) != 0) return;
   ::mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, nullptr);  // if not mounted yet
-  if (::lstat(mountpoint.c_str(), &st) != 0) return;
-  std::ofstream(std::string("/sys/fs/fuse/connections/") + std::to_string(minor(st.st_dev)) +
-                "/abort")
-      << "1";
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, point;
+    if (!(f >> id >> parent >> dev >> root >> point) || point != mountpoint) continue;
+    size_t colon = dev.find(':');
+    if (colon == std::string::npos) continue;
+    std::ofstream("/sys/fs/fuse/connections/" + dev.substr(colon + 1) + "/abort") << "1";
+  }
 }
 
 inline bool IsMounted(const std::string& mountpoint) {
