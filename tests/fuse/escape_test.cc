@@ -1,24 +1,18 @@
 // A shared origin's other writers must never steer the root daemon outside
 // it. Each test swaps a directory that a mount has cached for a symlink to
-// a "host" directory, then works through the mount as a pod would: in a
-// mount namespace of its own where the host directory is hidden under an
-// empty tmpfs (the pod's view of the node). What the pod's kernel follows
-// lands in that tmpfs; only the daemon could reach the real host directory,
-// and it must change nothing there and reveal nothing of it.
+// a "host" directory, then works through the mount as a pod would
+// (tests/util/pod.cc): in a mount namespace of its own where the host
+// directory is hidden under an empty tmpfs (the pod's view of the node). What the pod's kernel
+// follows lands in that tmpfs; only the daemon could reach the real host directory, and it must
+// change nothing there and reveal nothing of it.
 #include <fcntl.h>
-#include <sched.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/time.h>
-#include <sys/wait.h>
-#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <random>
 #include <thread>
@@ -28,6 +22,7 @@
 #include "gtest/gtest.h"
 #include "tests/cache/test_util.h"
 #include "tests/util/mount.h"
+#include "tests/util/subprocess.h"
 
 namespace strata {
 namespace {
@@ -55,134 +50,26 @@ std::map<std::string, std::string> Snapshot(const std::string& dir) {
   return out;
 }
 
-// Runs `op` in a child with a mount namespace of its own in which `hidden`
-// is covered by an empty tmpfs; returns the child's result: 0 for success,
-// an errno, or -1 if the child could not set itself up. `op` writes what it
-// read, if anything, to `read_back`.
-int AsPod(const std::string& hidden, const std::function<int(std::string*)>& op,
-          std::string* read_back = nullptr) {
-  int pipefd[2];
-  if (::pipe(pipefd) != 0) return -1;
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(pipefd[0]);
-    if (::unshare(CLONE_NEWNS) != 0 ||
-        ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
-        ::mount("tmpfs", hidden.c_str(), "tmpfs", 0, "size=1m") != 0) {
-      ::_exit(255);
-    }
-    std::string got;
-    int rc = op(&got);
-    (void)!::write(pipefd[1], got.data(), got.size());
-    ::_exit(rc < 0 || rc > 250 ? 250 : rc);
-  }
-  ::close(pipefd[1]);
-  std::string got;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(pipefd[0], buf, sizeof buf)) > 0) got.append(buf, n);
-  ::close(pipefd[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (read_back) *read_back = got;
-  if (!WIFEXITED(status) || WEXITSTATUS(status) == 255) return -1;
-  return WEXITSTATUS(status);
+// Runs one operation of tests/util/pod.cc as a pod: in a mount namespace
+// of its own in which `hidden` is covered by an empty tmpfs. Returns the
+// errno it ended with (0: done; -1: the pod could not run) and, in
+// `read_back`, what it read.
+int AsPod(const std::string& hidden, const std::string& mnt, const std::string& d,
+          const std::string& op, std::string* read_back = nullptr) {
+  std::string out;
+  int rc = strata::testing::RunCommand({POD_PATH, hidden, "op", mnt, d, op}, &out,
+                                       std::chrono::seconds(60));
+  size_t nl = out.find('\n');
+  if (rc != 0 || nl == std::string::npos) return -1;
+  if (read_back) *read_back = out.substr(nl + 1);
+  return std::atoi(out.substr(0, nl).c_str());
 }
 
-// 0 when `rc` is 0, else errno.
-int Err(int rc) { return rc == 0 ? 0 : errno; }
-
-// Reads all of `path` into `out`.
-int ReadAll(const std::string& path, std::string* out) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) return errno;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0) out->append(buf, n);
-  int err = n < 0 ? errno : 0;
-  ::close(fd);
-  return err;
-}
-
-// One operation of a pod on the names under directory `d` of the mount.
-struct Op {
-  std::string name;
-  std::function<int(const std::string& mnt, const std::string& d, std::string* read)> run;
-};
-
-std::vector<Op> Ops() {
-  auto at = [](const std::string& mnt, const std::string& d, const std::string& n) {
-    return absl::StrCat(mnt, "/", d, "/", n);
-  };
-  return {
-      {"read", [=](auto& m, auto& d, std::string* r) { return ReadAll(at(m, d, "secret"), r); }},
-      // The kernel may answer from what it cached: the volume's own file.
-      {"stat",
-       [=](auto& m, auto& d, std::string* r) {
-         struct stat st;
-         if (::stat(at(m, d, "secret").c_str(), &st) != 0) return errno;
-         *r = absl::StrCat("size=", st.st_size);
-         return 0;
-       }},
-      {"readdir",
-       [=](auto& m, auto& d, std::string* r) {
-         std::error_code ec;
-         for (const auto& e : std::filesystem::directory_iterator(m + "/" + d, ec)) {
-           *r += e.path().filename().string() + " ";
-         }
-         return ec ? ec.value() : 0;
-       }},
-      {"create",
-       [=](auto& m, auto& d, std::string*) {
-         int fd = ::open(at(m, d, "new").c_str(), O_CREAT | O_WRONLY, 0644);
-         if (fd < 0) return errno;
-         ::close(fd);
-         return 0;
-       }},
-      {"write",
-       [=](auto& m, auto& d, std::string*) {
-         int fd = ::open(at(m, d, "secret").c_str(), O_WRONLY | O_APPEND);
-         if (fd < 0) return errno;
-         int rc = ::write(fd, "pwned", 5) == 5 ? 0 : errno;
-         ::close(fd);
-         return rc;
-       }},
-      {"mkdir",
-       [=](auto& m, auto& d, std::string*) { return Err(::mkdir(at(m, d, "nd").c_str(), 0755)); }},
-      {"rename-into",
-       [=](auto& m, auto& d, std::string*) {
-         return Err(::rename((m + "/" + d + ".file").c_str(), at(m, d, "moved").c_str()));
-       }},
-      {"rename-out",
-       [=](auto& m, auto& d, std::string*) {
-         return Err(::rename(at(m, d, "secret").c_str(), (m + "/" + d + ".stolen").c_str()));
-       }},
-      {"unlink",
-       [=](auto& m, auto& d, std::string*) { return Err(::unlink(at(m, d, "secret").c_str())); }},
-      {"rmdir",
-       [=](auto& m, auto& d, std::string*) { return Err(::rmdir(at(m, d, "sub").c_str())); }},
-      {"chmod", [=](auto& m, auto& d,
-                    std::string*) { return Err(::chmod(at(m, d, "secret").c_str(), 04777)); }},
-      {"chown", [=](auto& m, auto& d,
-                    std::string*) { return Err(::chown(at(m, d, "secret").c_str(), 4242, 4242)); }},
-      {"truncate", [=](auto& m, auto& d,
-                       std::string*) { return Err(::truncate(at(m, d, "secret").c_str(), 1)); }},
-      {"utimes", [=](auto& m, auto& d,
-                     std::string*) { return Err(::utimes(at(m, d, "secret").c_str(), nullptr)); }},
-      {"symlink",
-       [=](auto& m, auto& d, std::string*) {
-         return Err(::symlink("/etc/passwd", at(m, d, "ln").c_str()));
-       }},
-      {"link",
-       [=](auto& m, auto& d, std::string*) {
-         return Err(::link((m + "/" + d + ".file").c_str(), at(m, d, "hard").c_str()));
-       }},
-      {"setxattr",
-       [=](auto& m, auto& d, std::string*) {
-         return Err(::setxattr(at(m, d, "secret").c_str(), "user.x", "1", 1, 0));
-       }},
-  };
-}
+// The operations of tests/util/pod.cc that are tried on a swapped directory.
+const std::vector<std::string> kOps = {"read",  "stat",        "readdir",    "create",  "write",
+                                       "mkdir", "rename-into", "rename-out", "unlink",  "rmdir",
+                                       "chmod", "truncate",    "utimes",     "symlink", "link",
+                                       "chown", "setxattr"};
 
 class EscapeTest : public ::testing::Test {
  protected:
@@ -245,26 +132,24 @@ class EscapeTest : public ::testing::Test {
 TEST_F(EscapeTest, EveryOperationOnASwappedDirectoryStaysInTheOrigin) {
   auto m = Mount("mnt");
   const std::string mnt = dir_.path() + "/mnt";
-  const std::vector<Op> ops = Ops();
-  for (size_t i = 0; i < ops.size(); ++i) MakeAndCache(mnt, absl::StrCat("d", i));
-  for (size_t i = 0; i < ops.size(); ++i) {
+  for (size_t i = 0; i < kOps.size(); ++i) MakeAndCache(mnt, absl::StrCat("d", i));
+  for (size_t i = 0; i < kOps.size(); ++i) {
     std::string d = origin_ + "/d" + std::to_string(i);
     std::filesystem::rename(d, d + ".old");
     std::filesystem::create_directory_symlink(host_, d);
   }
-  for (size_t i = 0; i < ops.size(); ++i) {
-    std::string d = absl::StrCat("d", i), read;
-    int rc = AsPod(
-        host_, [&](std::string* r) { return ops[i].run(mnt, d, r); }, &read);
-    SCOPED_TRACE(ops[i].name);
-    ASSERT_NE(rc, -1) << "the pod could not set up its namespace";
-    if (ops[i].name == "stat" && rc == 0) {
+  for (size_t i = 0; i < kOps.size(); ++i) {
+    std::string read;
+    int rc = AsPod(host_, mnt, absl::StrCat("d", i), kOps[i], &read);
+    SCOPED_TRACE(kOps[i]);
+    ASSERT_NE(rc, -1) << "the pod could not run";
+    if (kOps[i] == "stat" && rc == 0) {
       EXPECT_EQ(read, "size=12") << "the volume's file as cached, not the host's";
       continue;
     }
-    EXPECT_NE(rc, 0) << ops[i].name << " succeeded through a swapped directory";
+    EXPECT_NE(rc, 0) << kOps[i] << " succeeded through a swapped directory";
     EXPECT_THAT(rc, ::testing::AnyOf(ELOOP, ENOTDIR, ENOENT, EPERM, EOPNOTSUPP))
-        << ops[i].name << ": " << std::strerror(rc);
+        << kOps[i] << ": " << std::strerror(rc);
     EXPECT_EQ(read.find("host"), std::string::npos) << read;
     EXPECT_EQ(read.find("secret"), std::string::npos) << read;
   }
@@ -290,19 +175,14 @@ TEST_F(EscapeTest, ASwappedFileIsNotFollowed) {
   std::filesystem::remove(origin_ + "/d/secret");
   std::filesystem::create_symlink(host_ + "/secret", origin_ + "/d/secret");
   std::string read;
-  int rc = AsPod(
-      host_, [&](std::string* r) { return ReadAll(mnt + "/d/secret", r); }, &read);
-  EXPECT_NE(rc, 0);
+  EXPECT_NE(AsPod(host_, mnt, "d", "read", &read), 0);
   EXPECT_EQ(read.find("host"), std::string::npos) << read;
-  rc = AsPod(host_, [&](std::string*) { return Err(::chmod((mnt + "/d/secret").c_str(), 0666)); });
-  EXPECT_NE(rc, 0);
-  rc = AsPod(host_, [&](std::string*) { return Err(::truncate((mnt + "/d/secret").c_str(), 0)); });
-  EXPECT_NE(rc, 0);
+  EXPECT_NE(AsPod(host_, mnt, "d", "chmod"), 0);
+  EXPECT_NE(AsPod(host_, mnt, "d", "truncate"), 0);
   // A file swapped for a directory: the open fails as on a local disk.
   std::filesystem::remove(origin_ + "/d.file");
   std::filesystem::create_directory(origin_ + "/d.file");
-  rc = AsPod(host_, [&](std::string* r) { return ReadAll(mnt + "/d.file", r); });
-  EXPECT_NE(rc, 0);
+  EXPECT_NE(AsPod(host_, mnt, "d", "read-side"), 0);
   ExpectHostUntouched();
 }
 
@@ -312,23 +192,17 @@ TEST_F(EscapeTest, ASwapThroughOneMountDoesNotSteerTheOther) {
   auto a = Mount("mnt-a");
   auto b = Mount("mnt-b");
   const std::string mnt_a = dir_.path() + "/mnt-a", mnt_b = dir_.path() + "/mnt-b";
-  const std::vector<Op> ops = Ops();
-  for (size_t i = 0; i < ops.size(); ++i) MakeAndCache(mnt_b, absl::StrCat("d", i));
-  for (size_t i = 0; i < ops.size(); ++i) {
-    std::string d = absl::StrCat(mnt_a, "/d", i);
-    int rc = AsPod(host_, [&](std::string*) {
-      if (::rename(d.c_str(), (d + ".old").c_str()) != 0) return errno;
-      return Err(::symlink(host_.c_str(), d.c_str()));
-    });
-    ASSERT_EQ(rc, 0) << "swap through mount a: " << std::strerror(rc);
+  for (size_t i = 0; i < kOps.size(); ++i) MakeAndCache(mnt_b, absl::StrCat("d", i));
+  for (size_t i = 0; i < kOps.size(); ++i) {
+    ASSERT_EQ(AsPod(host_, mnt_a, absl::StrCat("d", i), "swap-to=" + host_), 0)
+        << "the swap through mount a";
   }
-  for (size_t i = 0; i < ops.size(); ++i) {
-    std::string d = absl::StrCat("d", i), read;
-    int rc = AsPod(
-        host_, [&](std::string* r) { return ops[i].run(mnt_b, d, r); }, &read);
-    SCOPED_TRACE(ops[i].name);
-    if (ops[i].name != "stat") {
-      EXPECT_NE(rc, 0) << ops[i].name;
+  for (size_t i = 0; i < kOps.size(); ++i) {
+    std::string read;
+    int rc = AsPod(host_, mnt_b, absl::StrCat("d", i), kOps[i], &read);
+    SCOPED_TRACE(kOps[i]);
+    if (kOps[i] != "stat") {
+      EXPECT_NE(rc, 0) << kOps[i];
     }
     EXPECT_EQ(read.find("host"), std::string::npos) << read;
   }
@@ -352,28 +226,12 @@ TEST_F(EscapeTest, SwapsAtRandomMomentsDuringOperations) {
       if (rng() % 4 == 0) std::this_thread::yield();
     }
   });
-  const std::vector<Op> ops = Ops();
   std::string seen;
-  int rc = AsPod(
-      host_,
-      [&](std::string* r) {
-        std::mt19937 rng(11);
-        for (int i = 0; i < 600; ++i) {
-          const Op& op = ops[rng() % ops.size()];
-          std::string read;
-          op.run(mnt, "d", &read);
-          if (read.find("host") != std::string::npos) *r += op.name + " read the host; ";
-          // Recreate what the operations remove, wherever "d" is now.
-          WriteFile(mnt + "/d/secret", "volume data\n");
-          ::mkdir((mnt + "/d/sub").c_str(), 0755);
-          WriteFile(mnt + "/d.file", "a file\n");
-        }
-        return 0;
-      },
-      &seen);
+  int rc = strata::testing::RunCommand({POD_PATH, host_, "loop", mnt, "d", "600", "11"}, &seen,
+                                       std::chrono::seconds(120));
   done = true;
   flipper.join();
-  EXPECT_EQ(rc, 0);
+  EXPECT_EQ(rc, 0) << seen;
   EXPECT_EQ(seen, "");
   ExpectHostUntouched();
 }
