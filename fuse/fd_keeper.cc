@@ -30,29 +30,6 @@ absl::Status Errno(const std::string& what) {
   return absl::UnavailableError(absl::StrCat(what, ": ", std::strerror(errno)));
 }
 
-// Sends `msg`, with `fd` as SCM_RIGHTS when >= 0.
-bool Send(int sock, const std::string& msg, int fd) {
-  iovec iov{const_cast<char*>(msg.data()), msg.size()};
-  msghdr m{};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  if (fd >= 0) {
-    m.msg_control = control;
-    m.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
-  ssize_t n;
-  do {
-    n = ::sendmsg(sock, &m, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
-  return n == static_cast<ssize_t>(msg.size());
-}
-
 // Receives one message; a descriptor that came with it lands in *fd. False
 // at end of stream or on error. *truncated says the message or its control
 // data did not fit: the key it carries is then not the one sent (two long
@@ -97,6 +74,28 @@ void UnlinkSocket(const std::string& path) {
 
 }  // namespace
 
+bool SendWithFd(int sock, const std::string& msg, int fd) {
+  iovec iov{const_cast<char*>(msg.data()), msg.size()};
+  msghdr m{};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  if (fd >= 0) {
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
+  ssize_t n;
+  do {
+    n = ::sendmsg(sock, &m, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  return n == static_cast<ssize_t>(msg.size());
+}
+
 absl::StatusOr<sockaddr_un> UnixAddress(const std::string& path) {
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
@@ -124,7 +123,7 @@ FdKeeperClient::~FdKeeperClient() { ::close(sock_); }
 absl::StatusOr<std::string> FdKeeperClient::Call(const std::string& request, int fd_in,
                                                  int* fd_out) {
   absl::MutexLock l(&mu_);
-  if (!Send(sock_, request, fd_in)) return Errno("FD keeper request");
+  if (!SendWithFd(sock_, request, fd_in)) return Errno("FD keeper request");
   std::string answer;
   int fd = -1;
   bool truncated = false;
@@ -217,24 +216,24 @@ absl::Status ServeFdKeeper(const FdKeeperOptions& options, const std::atomic<boo
       bool keep = put && !truncated && !key.empty() && fd >= 0 && IsFuseDevice(fd);
       if (fd >= 0 && !keep) ::close(fd);
       if (truncated) {
-        Send(c, "NO request too long", -1);
+        SendWithFd(c, "NO request too long", -1);
       } else if (keep) {
         if (auto old = kept.find(key); old != kept.end()) ::close(old->second);
         kept[key] = fd;
-        Send(c, "OK", -1);
+        SendWithFd(c, "OK", -1);
       } else if (put && fd >= 0 && !key.empty()) {
-        Send(c, "NO the descriptor is not /dev/fuse", -1);
+        SendWithFd(c, "NO the descriptor is not /dev/fuse", -1);
       } else if (msg.rfind("G ", 0) == 0) {
         auto it = kept.find(key);
-        Send(c, it == kept.end() ? "NO such key" : "OK", it == kept.end() ? -1 : it->second);
+        SendWithFd(c, it == kept.end() ? "NO such key" : "OK", it == kept.end() ? -1 : it->second);
       } else if (msg.rfind("D ", 0) == 0) {
         if (auto it = kept.find(key); it != kept.end()) {
           ::close(it->second);
           kept.erase(it);
         }
-        Send(c, "OK", -1);
+        SendWithFd(c, "OK", -1);
       } else {
-        Send(c, "NO bad request", -1);
+        SendWithFd(c, "NO bad request", -1);
       }
     }
     if (!clients.empty()) {

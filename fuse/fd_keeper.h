@@ -29,6 +29,10 @@ namespace strata::fuse {
 // is too long for one). The FD keeper's, and the node's admin socket's.
 absl::StatusOr<sockaddr_un> UnixAddress(const std::string& path);
 
+// Sends `msg` on a SOCK_SEQPACKET socket, with `fd` as SCM_RIGHTS when >= 0
+// (the keeper's wire format); false unless all of it went.
+bool SendWithFd(int sock, const std::string& msg, int fd);
+
 class FdKeeperClient {
  public:
   // Connects to a keeper at `socket`; Unavailable if none answers.
