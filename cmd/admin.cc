@@ -114,7 +114,8 @@ absl::StatusOr<cache::FetchTarget> ResolveTarget(const ObjectRef& ref) {
   if (st->is_dir) return absl::InvalidArgumentError(absl::StrCat(ref.url, " is a directory"));
   t.stat = *st;
   if (!ref.digest.empty()) {
-    if (!ref.digest.starts_with("sha256:") || ref.digest.size() != 71) {
+    if (!ref.digest.starts_with("sha256:") || ref.digest.size() != 71 ||
+        ref.digest.find_first_not_of("0123456789abcdef", 7) != std::string::npos) {
       return absl::InvalidArgumentError("the digest must be sha256:<64 hex digits>");
     }
     t.stat.digest = ref.digest;

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "cache/chunk_index.h"
@@ -133,6 +134,37 @@ TEST_F(ChunkStoreTest, RejectsBadInputWithClearErrors) {
   // A failed write leaves the chunk missing, not half there.
   std::string out(10, '\0');
   EXPECT_THAT(s->Read("obj", 0, absl::MakeSpan(out))->missing, ElementsAre(0));
+}
+
+// Keys come from outside (origin paths, S3 keys, digests): they name
+// objects in the index, never files. Each lands in a file of its own under
+// objects/, with a name of the store's making, and reads back as itself.
+TEST_F(ChunkStoreTest, HostileKeysNeverBecomeFileNames) {
+  auto s = OpenStore();
+  const std::vector<std::string> keys = {"../../outside",    "/etc/passwd",          "a/../../b",
+                                         "objects/../../x",  std::string(4000, '/'), "\n\t\x01\x7f",
+                                         "sha256:../../../x"};
+  for (size_t i = 0; i < keys.size(); ++i) Put(*s, keys[i], 2);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_EQ(ReadAll(*s, keys[i], 0, 2 * kChunk), Pattern(1, 0, kChunk) + Pattern(1, 1, kChunk));
+  }
+  std::set<std::string> top;
+  for (auto& e : std::filesystem::directory_iterator(dir_.path())) {
+    top.insert(e.path().filename().string());
+  }
+  for (const std::string& name : top) {
+    EXPECT_TRUE(name == "objects" || name == "index" || name.rfind("LOCK", 0) == 0 ||
+                name.rfind(".", 0) == 0)
+        << "a file outside objects/: " << name;
+  }
+  size_t files = 0;
+  for (auto& e : std::filesystem::recursive_directory_iterator(dir_.path() + "/objects")) {
+    EXPECT_TRUE(e.is_regular_file()) << e.path();
+    EXPECT_EQ(e.path().parent_path().string(), dir_.path() + "/objects") << e.path();
+    ++files;
+  }
+  EXPECT_EQ(files, keys.size());
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/../outside"));
 }
 
 TEST_F(ChunkStoreTest, SizesNear2To64AreRefusedNotWrappedAround) {

@@ -233,7 +233,13 @@ TEST(CliTest, PrefetchWarmsARunningNodesCacheThroughItsAdminSocket) {
   // node goes on serving.
   for (std::string bad : {std::string("not json"), std::string(R"({"op":"prefetch"})"),
                           std::string(R"({"op":"prefetch","url":"file:///x","insecure":"yes"})"),
-                          std::string(R"({"op":1,"url":"file:///x"})")}) {
+                          std::string(R"({"op":1,"url":"file:///x"})"),
+                          // Names the socket must not act on: a digest that
+                          // is no digest, schemes curl would otherwise speak.
+                          R"({"op":"prefetch","url":"file://)" + obj + R"(","digest":"sha256:)" +
+                              std::string(64, 'G') + R"("})",
+                          std::string(R"({"op":"prefetch","url":"gopher://127.0.0.1:1/x"})"),
+                          std::string(R"({"op":"prefetch","url":"dict://127.0.0.1:1/x"})")}) {
     EXPECT_THAT(RawRequest(sock, bad + "\n"), HasSubstr("\"error\"")) << bad;
   }
   EXPECT_THAT(
