@@ -715,25 +715,36 @@ absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int
     Changed(*path);
     return Fresh(*path);  // times: the object store keeps its own
   }
+  // Each call below acts on a name in its directory and never follows it;
+  // the volume's root, which has no name here, through its descriptor.
+  cache::RootDir::Entry at;
+  std::shared_ptr<const cache::UniqueFd> root_fd;
+  int dir = AT_FDCWD, nofollow = AT_SYMLINK_NOFOLLOW;
+  std::string name;
   if (path->empty()) {
-    return PosixError(EPERM, "the volume's root belongs to the origin: its attributes stay");
+    auto fd = root_->Fd();
+    if (!fd.ok()) return fd.status();
+    root_fd = *fd;
+    name = absl::StrCat("/proc/self/fd/", root_fd->get());
+    nofollow = 0;
+  } else {
+    auto parent = root_->Parent(*path);
+    if (!parent.ok()) return Broken(parent.status(), *path);
+    at = std::move(*parent);
+    dir = at.dir.get();
+    name = at.name;
   }
-  auto at = root_->Parent(*path);
-  if (!at.ok()) return Broken(at.status(), *path);
-  const int dir = at->dir.get();
-  const char* name = at->name.c_str();
   auto fail = [&](const char* what) {
     return Broken(PosixError(errno, absl::StrCat(what, " ", *path, ": ", std::strerror(errno))),
                   *path);
   };
-  // Each call acts on the name in its directory and never follows it.
   if ((to_set & FUSE_SET_ATTR_MODE) &&
-      ::fchmodat(dir, name, a.st_mode & 07777, AT_SYMLINK_NOFOLLOW) != 0)
+      ::fchmodat(dir, name.c_str(), a.st_mode & 07777, nofollow) != 0)
     return fail("chmod");
   if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
     uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? a.st_uid : static_cast<uid_t>(-1);
     gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? a.st_gid : static_cast<gid_t>(-1);
-    if (::fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW) != 0) return fail("chown");
+    if (::fchownat(dir, name.c_str(), uid, gid, nofollow) != 0) return fail("chown");
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
     auto file = root_->OpenFile(*path, O_WRONLY);
@@ -747,7 +758,7 @@ absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int
       ts[0] = (to_set & FUSE_SET_ATTR_ATIME_NOW) ? timespec{0, UTIME_NOW} : a.st_atim;
     if (to_set & FUSE_SET_ATTR_MTIME)
       ts[1] = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? timespec{0, UTIME_NOW} : a.st_mtim;
-    if (::utimensat(dir, name, ts, AT_SYMLINK_NOFOLLOW) != 0) return fail("utimens");
+    if (::utimensat(dir, name.c_str(), ts, nofollow) != 0) return fail("utimens");
   }
   return Fresh(*path);
 }

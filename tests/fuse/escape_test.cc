@@ -165,6 +165,23 @@ TEST_F(EscapeTest, EveryOperationOnASwappedDirectoryStaysInTheOrigin) {
   EXPECT_TRUE(seen_as_link);
 }
 
+// The root of the volume has no name beneath the origin: its attributes
+// are set through the origin's descriptor, as chmod/chown/touch expect.
+TEST_F(EscapeTest, TheVolumeRootsAttributesCanStillBeSet) {
+  auto m = Mount("mnt");
+  const std::string mnt = dir_.path() + "/mnt";
+  ASSERT_EQ(::chmod(mnt.c_str(), 01777), 0) << std::strerror(errno);
+  ASSERT_EQ(::chown(mnt.c_str(), 4242, 4343), 0) << std::strerror(errno);
+  struct timespec ts[2] = {{1000, 0}, {2000, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, mnt.c_str(), ts, 0), 0) << std::strerror(errno);
+  struct stat st;
+  ASSERT_EQ(::stat(origin_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 01777u);
+  EXPECT_EQ(st.st_uid, 4242u);
+  EXPECT_EQ(st.st_gid, 4343u);
+  EXPECT_EQ(st.st_mtim.tv_sec, 2000);
+}
+
 // A file that the mount cached, swapped for a symlink to a host file: the
 // open goes to the daemon by inode and must not follow the link.
 TEST_F(EscapeTest, ASwappedFileIsNotFollowed) {
