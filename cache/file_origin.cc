@@ -1,6 +1,7 @@
 // file:// origin: a POSIX directory (NFS, Lustre, hostPath). An object's
-// version is its mtime, size and inode; a read re-checks them so a file that
-// changes under a read is reported, never mixed into one version's chunks.
+// version is its mtime, ctime, size and inode; a read re-checks them so a
+// file that changes under a read is reported, never mixed into one
+// version's chunks. The ctime catches an edit whose mtime was put back.
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -20,24 +21,6 @@
 
 namespace strata::cache {
 namespace {
-
-std::string VersionOf(const struct stat& st) {
-  return absl::StrFormat("%d.%09d-%d-%d", st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_size,
-                         st.st_ino);
-}
-
-ObjectStat StatOf(const struct stat& st) {
-  ObjectStat s;
-  s.size = S_ISREG(st.st_mode) ? st.st_size : 0;
-  s.version = VersionOf(st);
-  s.mtime_ns = int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
-  s.mode = st.st_mode & 07777;
-  s.uid = st.st_uid;
-  s.gid = st.st_gid;
-  s.is_dir = S_ISDIR(st.st_mode);
-  s.is_symlink = S_ISLNK(st.st_mode);
-  return s;
-}
 
 class FileOrigin final : public Origin {
  public:

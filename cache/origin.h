@@ -18,7 +18,8 @@ namespace strata::cache {
 class RootDir;
 
 // What an origin says about one object: enough to key its chunks. `version`
-// changes whenever the content may have changed (ETag; mtime, size and inode).
+// changes whenever the content may have changed (ETag; mtime, ctime, size
+// and inode).
 struct ObjectStat {
   uint64_t size = 0;
   std::string version;
@@ -28,6 +29,14 @@ struct ObjectStat {
   bool is_dir = false;
   bool is_symlink = false;  // POSIX origins: `size` is the target's length
   std::string digest;       // "sha256:<hex>" when the content is addressed by it
+
+  // What only a POSIX origin knows (all 0 where an origin does not say).
+  uint64_t dev = 0, ino = 0;  // the file's identity: every hard link shares it
+  uint32_t nlink = 0;         // names (and, for a directory, subdirectories)
+  int64_t atime_ns = 0, ctime_ns = 0;
+  int64_t blocks = -1;   // 512-byte blocks held (-1: count from the size)
+  uint32_t special = 0;  // S_IFIFO, S_IFSOCK, S_IFCHR or S_IFBLK; 0: none of them
+  uint64_t rdev = 0;     // the device a S_IFCHR or S_IFBLK node stands for
 };
 
 struct DirEntry {

@@ -9,9 +9,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "cache/errno_status.h"
 #include "cache/origin.h"
@@ -30,10 +32,55 @@ UniqueFd::~UniqueFd() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+std::string VersionOf(const struct stat& st) {
+  return absl::StrFormat("%d.%09d-%d-%d-%d.%09d", st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_size,
+                         st.st_ino, st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
+}
+
+namespace {
+int64_t Nanos(const struct timespec& t) { return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec; }
+}  // namespace
+
+ObjectStat StatOf(const struct stat& st) {
+  ObjectStat s;
+  s.size = S_ISREG(st.st_mode) ? st.st_size : 0;
+  s.version = VersionOf(st);
+  s.mtime_ns = Nanos(st.st_mtim);
+  s.atime_ns = Nanos(st.st_atim);
+  s.ctime_ns = Nanos(st.st_ctim);
+  s.mode = st.st_mode & 07777;
+  s.uid = st.st_uid;
+  s.gid = st.st_gid;
+  s.is_dir = S_ISDIR(st.st_mode);
+  s.is_symlink = S_ISLNK(st.st_mode);
+  s.dev = st.st_dev;
+  s.ino = st.st_ino;
+  s.nlink = static_cast<uint32_t>(st.st_nlink);
+  s.blocks = st.st_blocks;
+  if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) || S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
+    s.special = st.st_mode & S_IFMT;
+    s.rdev = st.st_rdev;
+  }
+  return s;
+}
+
 absl::StatusOr<UniqueFd> OpenBeneath(int dirfd, const std::string& what, const std::string& rel,
                                      int flags, mode_t mode) {
   if (absl::Status st = CheckRelativePath(rel); !st.ok()) {
-    return WithErrno(std::move(st), rel.size() >= PATH_MAX ? ENAMETOOLONG : EINVAL);
+    bool long_name = false;
+    for (absl::string_view part : absl::StrSplit(rel, '/')) long_name |= part.size() > NAME_MAX;
+    return WithErrno(std::move(st), long_name ? ENAMETOOLONG : EINVAL);
+  }
+  if (rel.size() >= PATH_MAX) {
+    // Longer than the kernel takes as one string, but the origin holds it:
+    // walked in pieces, each opened beneath the one before.
+    size_t cut = rel.rfind('/', PATH_MAX - 2);
+    if (cut == std::string::npos || cut == 0) {
+      return ErrnoStatus(ENAMETOOLONG, absl::StrCat("open ", what, "/", rel));
+    }
+    auto dir = OpenBeneath(dirfd, what, rel.substr(0, cut), O_PATH | O_DIRECTORY);
+    if (!dir.ok()) return dir.status();
+    return OpenBeneath(dir->get(), what, rel.substr(cut + 1), flags, mode);
   }
   open_how how{};
   how.flags = static_cast<uint64_t>(flags | O_CLOEXEC);

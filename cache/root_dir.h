@@ -20,6 +20,8 @@
 
 namespace strata::cache {
 
+struct ObjectStat;
+
 // An owned file descriptor, closed when it goes.
 class UniqueFd {
  public:
@@ -104,6 +106,11 @@ class RootDir {
 // (see RootDir::Open); `what` names the directory in errors.
 absl::StatusOr<UniqueFd> OpenBeneath(int dirfd, const std::string& what, const std::string& rel,
                                      int flags, mode_t mode = 0);
+
+// What a POSIX origin says about a file it stat'ed: its ObjectStat, whose
+// version is its mtime, size, inode and ctime (VersionOf).
+ObjectStat StatOf(const struct stat& st);
+std::string VersionOf(const struct stat& st);
 
 // Removes `name` in `dirfd` and, if it is a directory, everything in it,
 // reaching each level through the descriptor of the one above: a directory

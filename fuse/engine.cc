@@ -53,6 +53,14 @@ class EntryNotifier final : public KernelCache {
     if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
   }
 
+  void ForgetAttrs(uint64_t ino) override {
+    // A negative offset: the attributes only, no pages (and so no page lock).
+    int rc = fuse_lowlevel_notify_inval_inode(se_, ino, -1, 0);
+    if (rc != 0 && rc != -ENOENT) {
+      spdlog::debug("forget attributes of inode {}: {}", ino, std::strerror(-rc));
+    }
+  }
+
  private:
   void Loop() {
     absl::MutexLock l(&mu_);
@@ -129,12 +137,15 @@ struct stat ToStat(const Attr& a) {
   st.st_nlink = a.nlink;
   st.st_uid = a.uid;
   st.st_gid = a.gid;
+  st.st_rdev = static_cast<dev_t>(a.rdev);
   st.st_blksize = 1 << 20;
-  st.st_blocks = static_cast<blkcnt_t>((a.size + 511) / 512);
-  st.st_mtim.tv_sec = a.mtime_ns / 1'000'000'000;
-  st.st_mtim.tv_nsec = a.mtime_ns % 1'000'000'000;
-  st.st_ctim = st.st_mtim;
-  st.st_atim = st.st_mtim;
+  st.st_blocks = static_cast<blkcnt_t>(a.blocks >= 0 ? a.blocks : (a.size + 511) / 512);
+  auto time = [](int64_t ns) {
+    return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+  };
+  st.st_mtim = time(a.mtime_ns);
+  st.st_atim = time(a.atime_ns != 0 ? a.atime_ns : a.mtime_ns);
+  st.st_ctim = time(a.ctime_ns != 0 ? a.ctime_ns : a.mtime_ns);
   return st;
 }
 
@@ -241,10 +252,16 @@ void OnRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   fuse_reply_err(req, 0);
 }
 
-void OnLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t, const char* name) {
-  // Inodes here are paths: a second name for the same file is not kept.
-  spdlog::warn("link {} (inode {}): hard links are not supported", name, ino);
-  fuse_reply_err(req, EPERM);
+void OnLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  auto a = Self(req)->tree->Link(ino, newparent, newname);
+  if (!a.ok()) return Fail(req, "link", ino, a.status());
+  ReplyEntry(req, *a);
+}
+
+void OnMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  auto a = Self(req)->tree->Mknod(parent, name, mode, rdev, Who(req));
+  if (!a.ok()) return Fail(req, "mknod", parent, a.status());
+  ReplyEntry(req, *a);
 }
 
 void OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -325,6 +342,16 @@ void OnFsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info* fi) {
   Tree* t = Self(req)->tree;
   absl::Status st = OnHandle(req, ino, fi, [&] { return t->Fsync(fi->fh); });
   if (!st.ok()) return Fail(req, "fsync", ino, st);
+  fuse_reply_err(req, 0);
+}
+
+void OnFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                 fuse_file_info* fi) {
+  Tree* t = Self(req)->tree;
+  absl::Status st = OnHandle(req, ino, fi, [&] {
+    return t->Fallocate(fi->fh, mode, static_cast<uint64_t>(offset), static_cast<uint64_t>(length));
+  });
+  if (!st.ok()) return Fail(req, "fallocate", ino, st);
   fuse_reply_err(req, 0);
 }
 
@@ -471,6 +498,8 @@ fuse_lowlevel_ops Ops() {
   ops.symlink = OnSymlink;
   ops.rename = OnRename;
   ops.link = OnLink;
+  ops.mknod = OnMknod;
+  ops.fallocate = OnFallocate;
   ops.open = OnOpen;
   ops.read = OnRead;
   ops.write = OnWrite;

@@ -65,6 +65,11 @@ absl::StatusOr<Attr> Tree::Symlink(const std::string&, uint64_t, const std::stri
   return ReadOnly();
 }
 absl::StatusOr<std::string> Tree::Readlink(uint64_t) { return PosixError(EINVAL, "not a symlink"); }
+absl::StatusOr<Attr> Tree::Link(uint64_t, uint64_t, const std::string&) { return ReadOnly(); }
+absl::StatusOr<Attr> Tree::Mknod(uint64_t, const std::string&, uint32_t, uint64_t, const Caller&) {
+  return ReadOnly();
+}
+absl::Status Tree::Fallocate(uint64_t, int, uint64_t, uint64_t) { return ReadOnly(); }
 
 absl::Status Tree::Reopen(uint64_t, uint64_t handle, int) {
   return PosixError(EBADF, absl::StrCat("unknown file handle ", handle));

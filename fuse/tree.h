@@ -33,6 +33,10 @@ struct Attr {
   uint32_t uid = 0;
   uint32_t gid = 0;
   int64_t mtime_ns = 0;
+  int64_t atime_ns = 0;  // 0: as mtime
+  int64_t ctime_ns = 0;  // 0: as mtime
+  int64_t blocks = -1;   // 512-byte blocks held; -1: counted from the size
+  uint64_t rdev = 0;     // device nodes: the device
 };
 
 struct DirEntry {
@@ -66,6 +70,12 @@ class KernelCache {
   virtual ~KernelCache() = default;
   // The kernel forgets that `name` in directory `parent` is what it was told.
   virtual void ForgetEntry(uint64_t parent, const std::string& name) = 0;
+  // The kernel forgets the attributes (size, times) it holds for `ino`, and
+  // asks again before it next uses them. Unlike ForgetEntry this is done
+  // before the call returns, so that a request (an open) can rely on it;
+  // it is safe there because dropping attributes takes no lock a request
+  // holds.
+  virtual void ForgetAttrs(uint64_t ino) = 0;
 };
 
 class Tree {
@@ -106,6 +116,14 @@ class Tree {
   virtual absl::StatusOr<Attr> Symlink(const std::string& target, uint64_t parent,
                                        const std::string& name, const Caller& who);
   virtual absl::StatusOr<std::string> Readlink(uint64_t ino);
+  // A second name for the file `ino`; the default refuses (EROFS).
+  virtual absl::StatusOr<Attr> Link(uint64_t ino, uint64_t new_parent, const std::string& new_name);
+  // A fifo, socket or device node (or an empty regular file): `mode` holds
+  // the type, `rdev` the device.
+  virtual absl::StatusOr<Attr> Mknod(uint64_t parent, const std::string& name, uint32_t mode,
+                                     uint64_t rdev, const Caller& who);
+  // fallocate(2) on an open handle, with its `mode` flags.
+  virtual absl::Status Fallocate(uint64_t handle, int mode, uint64_t offset, uint64_t length);
 
   // A file handle the kernel holds from before this daemon took the mount
   // over (see FuseServer::Adopt): make `handle` usable again for `ino`,
@@ -119,6 +137,9 @@ class Tree {
  protected:
   void ForgetEntry(uint64_t parent, const std::string& name) {
     if (KernelCache* k = kernel_.load()) k->ForgetEntry(parent, name);
+  }
+  void ForgetAttrs(uint64_t ino) {
+    if (KernelCache* k = kernel_.load()) k->ForgetAttrs(ino);
   }
 
  private:

@@ -64,21 +64,60 @@ void VolumeTree::LoadInodes() {
     if (!in.read(reinterpret_cast<char*>(&len), sizeof len) || len > 65536) break;
     std::string path(len, '\0');
     if (!in.read(path.data(), len)) break;
-    if (ino == kRootIno || inos_.contains(path)) continue;
-    inos_[path] = ino;
+    if (ino == kRootIno) continue;
+    inos_[path] = ino;  // a later record wins: the name moved
     nodes_[ino] = Node{path, {}, absl::InfinitePast(), ""};
     ++loaded;
   }
   spdlog::info("volume {}: {} inodes known from the previous daemon", origin_->url(), loaded);
 }
 
-uint64_t VolumeTree::InoFor(const std::string& path) {
+uint64_t VolumeTree::InoFor(const std::string& path, const cache::ObjectStat& st) {
+  const FileId id{st.dev, st.ino};
   auto it = inos_.find(path);
-  if (it != inos_.end()) return it->second;
-  uint64_t ino = XXH3_64bits(path.data(), path.size()) | 2;  // never 0 or 1 (the root)
-  while (nodes_.contains(ino)) ino = (ino + 2) | 2;
+  if (it != inos_.end()) {
+    Node& n = nodes_[it->second];
+    if (st.ino == 0 || n.id == id) {
+      n.path = path;
+      n.named = true;
+      return it->second;
+    }
+    if (n.id == FileId{0, 0} && !by_id_.contains(id)) {
+      // Known by name only (the root, or from the inode log): now by file.
+      n.id = id;
+      by_id_[id] = it->second;
+      return it->second;
+    }
+    DropName(path);  // the name now stands for another file
+  }
+  uint64_t ino;
+  auto known = st.ino != 0 ? by_id_.find(id) : by_id_.end();
+  if (known != by_id_.end()) {
+    ino = known->second;  // another name of a file seen before
+  } else {
+    // The origin's own number where it is free (never 0 or 1, the root);
+    // else, and for object stores, a hash, probing past collisions.
+    ino = st.ino;
+    if (ino <= kRootIno || nodes_.contains(ino)) {
+      ino = (st.ino != 0 ? XXH3_64bits(&id, sizeof id) : XXH3_64bits(path.data(), path.size())) | 2;
+      while (nodes_.contains(ino)) ino = (ino + 2) | 2;
+    }
+    nodes_[ino] = Node{path, {}, absl::InfinitePast(), ""};
+    if (st.ino != 0) {
+      nodes_[ino].id = id;
+      by_id_[id] = ino;
+    }
+  }
+  Name(path, ino);
+  return ino;
+}
+
+void VolumeTree::Name(const std::string& path, uint64_t ino) {
   inos_[path] = ino;
-  nodes_[ino] = Node{path, {}, absl::InfinitePast(), ""};
+  Node& n = nodes_[ino];
+  n.path = path;
+  n.named = true;
+  n.fetched = absl::InfinitePast();
   if (inode_log_fd_ >= 0) {
     uint32_t len = static_cast<uint32_t>(path.size());
     std::string rec(reinterpret_cast<const char*>(&ino), sizeof ino);
@@ -88,7 +127,26 @@ uint64_t VolumeTree::InoFor(const std::string& path) {
       spdlog::warn("inode log {}: {}", opts_.inode_log, std::strerror(errno));
     }
   }
-  return ino;
+}
+
+void VolumeTree::DropName(const std::string& path) {
+  if (path.empty()) return;  // the root keeps its name
+  auto it = inos_.find(path);
+  if (it == inos_.end()) return;
+  uint64_t ino = it->second;
+  inos_.erase(it);
+  Node& n = nodes_[ino];
+  n.fetched = absl::InfinitePast();
+  if (n.path != path) return;
+  n.named = false;
+  if (n.stat.nlink <= 1) return;
+  for (const auto& [other, i] : inos_) {  // a file with other names: one of them
+    if (i == ino) {
+      n.path = other;
+      n.named = true;
+      return;
+    }
+  }
 }
 
 absl::StatusOr<std::string> VolumeTree::PathOf(uint64_t ino) {
@@ -101,10 +159,17 @@ absl::StatusOr<std::string> VolumeTree::PathOf(uint64_t ino) {
 Attr VolumeTree::ToAttr(uint64_t ino, const cache::ObjectStat& st) const {
   Attr a;
   a.ino = ino;
-  a.mode = (st.is_dir ? S_IFDIR : st.is_symlink ? S_IFLNK : S_IFREG) | (st.mode & 07777);
+  uint32_t type = st.is_dir ? S_IFDIR : st.is_symlink ? S_IFLNK : st.special ? st.special : S_IFREG;
+  a.mode = type | (st.mode & 07777);
   if (opts_.read_only) a.mode &= ~0222;
   a.size = st.is_dir ? 0 : st.size;
-  a.nlink = st.is_dir ? 2 : 1;
+  // A POSIX origin's count is what it says (0: unlinked, still open);
+  // object stores say none.
+  a.nlink = st.ino != 0 ? st.nlink : st.is_dir ? 2 : 1;
+  a.atime_ns = st.atime_ns;
+  a.ctime_ns = st.ctime_ns;
+  a.blocks = st.blocks;
+  a.rdev = st.rdev;
   a.uid = st.uid;
   a.gid = st.gid;
   if (opts_.mount_gid >= 0) {
@@ -203,7 +268,7 @@ absl::StatusOr<cache::ObjectStat> VolumeTree::StatPath(const std::string& path, 
     return st.status();
   }
   absl::MutexLock l(&mu_);
-  *ino = InoFor(path);
+  *ino = InoFor(path, *st);
   Node& n = nodes_[*ino];
   n.stat = *st;
   n.fetched = now;
@@ -232,12 +297,35 @@ absl::StatusOr<Attr> VolumeTree::Lookup(uint64_t parent, const std::string& name
 }
 
 absl::StatusOr<Attr> VolumeTree::GetAttr(uint64_t ino) {
-  auto path = PathOf(ino);
-  if (!path.ok()) return path.status();
+  std::string path;
+  bool named;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = nodes_.find(ino);
+    if (it == nodes_.end()) return PosixError(ESTALE, absl::StrCat("unknown inode ", ino));
+    named = it->second.named;
+    path = it->second.path;
+  }
+  if (!named) return AttrOfOpen(ino);
   uint64_t got;
-  auto st = StatPath(*path, &got, false);
-  if (!st.ok()) return st.status();
-  return ToAttr(ino, *st);
+  auto st = StatPath(path, &got, false);
+  if (st.ok() && got == ino) return ToAttr(ino, *st);
+  // Gone, or the name now leads to another file: the file itself, if open.
+  auto open = AttrOfOpen(ino);
+  if (open.ok()) return open;
+  return st.ok() ? PosixError(ENOENT, absl::StrCat(path, " is another file now")) : st.status();
+}
+
+absl::StatusOr<Attr> VolumeTree::AttrOfOpen(uint64_t ino) {
+  struct stat local;
+  absl::MutexLock l(&mu_);
+  for (const auto& [h, handle] : handles_) {
+    if (handle.ino == ino && handle.fd >= 0 && handle.staged.empty() &&
+        ::fstat(handle.fd, &local) == 0) {
+      return ToAttr(ino, cache::StatOf(local));
+    }
+  }
+  return PosixError(ENOENT, absl::StrCat("inode ", ino, " has no name and is not open"));
 }
 
 absl::StatusOr<std::vector<DirEntry>> VolumeTree::ReadDir(uint64_t ino) {
@@ -263,7 +351,7 @@ absl::StatusOr<std::vector<DirEntry>> VolumeTree::ReadDir(uint64_t ino) {
       continue;
     }
     std::string child = path->empty() ? e.name : absl::StrCat(*path, "/", e.name);
-    uint64_t cino = InoFor(child);
+    uint64_t cino = InoFor(child, e.stat);
     Node& n = nodes_[cino];
     n.stat = e.stat;
     n.fetched = now;
@@ -279,29 +367,44 @@ absl::StatusOr<OpenResult> VolumeTree::Open(uint64_t ino, int flags) {
   }
   auto file = FileToOpen(ino);
   if (!file.ok()) return file.status();
-  const std::string* path = &file->first;
-  const cache::ObjectStat* st = &file->second;
-  if (!writing) return AddHandle(ino, *path, *st, -1);
-  if (posix()) {
-    auto fd = root_->OpenFile(*path, flags & (O_ACCMODE | O_TRUNC | O_APPEND));
-    if (!fd.ok()) return Broken(fd.status(), *path);
-    if (flags & O_TRUNC) Changed(*path);
-    return AddHandle(ino, *path, *st, fd->release());
+  const auto& [path, st] = *file;
+  absl::StatusOr<OpenResult> opened;
+  if (!writing) {
+    opened = AddHandle(ino, path, st, -1);
+  } else if (posix()) {
+    auto fd = root_->OpenFile(path, flags & (O_ACCMODE | O_TRUNC | O_APPEND));
+    if (!fd.ok()) return Broken(fd.status(), path);
+    if (flags & O_TRUNC) Changed(path);
+    opened = AddHandle(ino, path, st, fd->release());
+  } else {
+    opened = OpenObjectForWriting(ino, path, st, flags);
   }
+  if (opened.ok() && !opened->keep_cache) {
+    // The file may have changed since the kernel was told its size (grown
+    // at the origin, or by another node): the kernel must ask again before
+    // this open returns, or a read would stop at the old end.
+    ForgetAttrs(ino);
+  }
+  return opened;
+}
+
+absl::StatusOr<OpenResult> VolumeTree::OpenObjectForWriting(uint64_t ino, const std::string& path,
+                                                            const cache::ObjectStat& st,
+                                                            int flags) {
   // An object store takes whole objects: new files and whole rewrites.
-  if ((flags & O_APPEND) || (!(flags & O_TRUNC) && st->size > 0)) {
+  if ((flags & O_APPEND) || (!(flags & O_TRUNC) && st.size > 0)) {
     return PosixError(
-        ENOTSUP, absl::StrCat(*path, ": ", origin_->url(),
+        ENOTSUP, absl::StrCat(path, ": ", origin_->url(),
                               " takes whole objects; open with O_TRUNC to rewrite it (appending "
                               "or writing into an existing object is not possible)"));
   }
-  auto staged = Stage(*path);
+  auto staged = Stage(path);
   if (!staged.ok()) return staged.status();
-  auto h = AddHandle(ino, *path, *st, staged->first, staged->second);
+  auto h = AddHandle(ino, path, st, staged->first, staged->second);
   if (h.ok()) {
     absl::MutexLock l(&mu_);
     handles_[h->handle].dirty = true;  // even empty, the rewrite is uploaded
-    staged_paths_[*path] = h->handle;
+    staged_paths_[path] = h->handle;
   }
   return h;
 }
@@ -549,7 +652,16 @@ absl::Status VolumeTree::Writable(const char* op) const {
   return absl::OkStatus();
 }
 
+void VolumeTree::DirChanged(const std::string& path) {
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "" : path.substr(0, slash);
+  absl::MutexLock l(&mu_);
+  auto it = inos_.find(dir);
+  if (it != inos_.end()) nodes_[it->second].fetched = absl::InfinitePast();
+}
+
 void VolumeTree::Changed(const std::string& path) {
+  DirChanged(path);
   cache::ObjectStat old;
   {
     absl::MutexLock l(&mu_);
@@ -596,7 +708,7 @@ absl::StatusOr<std::pair<Attr, OpenResult>> VolumeTree::Create(uint64_t parent,
     st.mtime_ns = absl::ToUnixNanos(absl::Now());
     {
       absl::MutexLock l(&mu_);
-      ino = InoFor(*path);
+      ino = InoFor(*path, st);
     }
     auto h = AddHandle(ino, *path, st, staged->first, staged->second);
     if (!h.ok()) return h.status();
@@ -611,10 +723,7 @@ absl::StatusOr<std::pair<Attr, OpenResult>> VolumeTree::Create(uint64_t parent,
   int fd = ::openat(at->dir.get(), at->name.c_str(),
                     open_flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode & 07777);
   if (fd >= 0) {
-    if (::fchown(fd, who.uid, who.gid) != 0) {
-      spdlog::warn("create {}: cannot give it to {}:{}: {}", *path, who.uid, who.gid,
-                   std::strerror(errno));
-    }
+    Own(fd, at->dir.get(), *path, mode, who);
   } else if (errno == EEXIST && !(flags & O_EXCL)) {
     // There already: opened as it is (never through a symlink, never a fifo).
     auto file = root_->OpenFile(*path, open_flags);
@@ -702,14 +811,8 @@ absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int
       } else if (a.st_size != 0) {
         return PosixError(ENOTSUP,
                           absl::StrCat(*path, ": an object can only be truncated to 0 bytes"));
-      } else {
-        auto staged = Stage(*path);
-        absl::Status up = staged.ok() ? origin_->Put(*path, staged->second) : staged.status();
-        if (staged.ok()) {
-          ::close(staged->first);
-          ::unlink(staged->second.c_str());
-        }
-        if (!up.ok()) return PosixError(EIO, absl::StrCat("truncate ", *path, ": ", up.message()));
+      } else if (absl::Status up = PutEmpty(*path); !up.ok()) {
+        return up;
       }
     }
     Changed(*path);
@@ -780,9 +883,12 @@ absl::StatusOr<Attr> VolumeTree::Mkdir(uint64_t parent, const std::string& name,
     return Broken(PosixError(errno, absl::StrCat("mkdir ", *path, ": ", std::strerror(errno))),
                   *path);
   }
-  if (::fchownat(at->dir.get(), at->name.c_str(), who.uid, who.gid, AT_SYMLINK_NOFOLLOW) != 0) {
-    spdlog::warn("mkdir {}: cannot give it to {}:{}", *path, who.uid, who.gid);
+  int fd = ::openat(at->dir.get(), at->name.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd >= 0) {
+    Own(fd, at->dir.get(), *path, S_IFDIR | mode, who);
+    ::close(fd);
   }
+  DirChanged(*path);
   return Fresh(*path);
 }
 
@@ -796,10 +902,13 @@ absl::Status VolumeTree::Unlink(uint64_t parent, const std::string& name) {
     if (!st.ok()) return st.status();
     if (st->is_dir) return PosixError(EISDIR, *path);
     if (absl::Status d = origin_->Delete(*path); !d.ok()) return d;
-  } else if (absl::Status st = RemoveName(*path, 0); !st.ok()) {
-    return st;
+  } else {
+    HoldOpenFiles(*path);
+    if (absl::Status st = RemoveName(*path, 0); !st.ok()) return st;
   }
   Changed(*path);
+  absl::MutexLock l(&mu_);
+  DropName(*path);
   return absl::OkStatus();
 }
 
@@ -825,6 +934,8 @@ absl::Status VolumeTree::Rmdir(uint64_t parent, const std::string& name) {
     return st;
   }
   Changed(*path);
+  absl::MutexLock l(&mu_);
+  DropName(*path);
   return absl::OkStatus();
 }
 
@@ -854,6 +965,7 @@ absl::Status VolumeTree::Rename(uint64_t parent, const std::string& name, uint64
     if (absl::Status d = origin_->Delete(*from); !d.ok()) return d;
     Changed(*from);
   } else {
+    if (!(flags & RENAME_EXCHANGE)) HoldOpenFiles(*to);
     auto src = root_->Parent(*from);
     if (!src.ok()) return Broken(src.status(), *from);
     auto dst = root_->Parent(*to);
@@ -866,27 +978,37 @@ absl::Status VolumeTree::Rename(uint64_t parent, const std::string& name, uint64
       (void)Broken(st, *from);
       return Broken(st, *to);
     }
+    Changed(*from);  // its ctime, and the directory it left
   }
-  // The kernel keeps the moved inode's number: move our path mappings (the
-  // subtree's too) under it, and point open handles at the new path.
+  // The kernel keeps the moved inode's number: its names (its subtree's
+  // too) move under it, and open handles follow. What was at `to` loses
+  // that name, or, in an exchange, takes the one at `from`.
   absl::MutexLock l(&mu_);
-  std::string prefix = *from + "/";
-  std::vector<std::pair<std::string, uint64_t>> moved;
-  for (auto& [p, ino] : inos_) {
-    if (p == *from || p.rfind(prefix, 0) == 0) moved.emplace_back(p, ino);
+  auto under = [](const std::string& p, const std::string& dir) {
+    return p.size() >= dir.size() && p.compare(0, dir.size(), dir) == 0 &&
+           (p.size() == dir.size() || p[dir.size()] == '/');
+  };
+  std::vector<std::pair<std::string, uint64_t>> moved, replaced;
+  for (const auto& [p, ino] : inos_) {
+    if (under(p, *from)) {
+      moved.emplace_back(p, ino);
+    } else if (under(p, *to)) {
+      replaced.emplace_back(p, ino);
+    }
   }
-  for (auto& [p, ino] : moved) {
-    std::string np = *to + p.substr(from->size());
-    inos_.erase(p);
-    auto old = inos_.find(np);
-    if (old != inos_.end()) nodes_.erase(old->second);
-    inos_[np] = ino;
-    nodes_[ino].path = np;
-    nodes_[ino].fetched = absl::InfinitePast();
+  for (const auto& [p, ino] : moved) DropName(p);
+  for (const auto& [p, ino] : replaced) DropName(p);
+  for (const auto& [p, ino] : moved) Name(*to + p.substr(from->size()), ino);
+  if (flags & RENAME_EXCHANGE) {
+    for (const auto& [p, ino] : replaced) Name(*from + p.substr(to->size()), ino);
   }
   for (auto& [h, handle] : handles_) {
-    const std::string& p = handle.target.path;
-    if (p == *from || p.rfind(prefix, 0) == 0) handle.target.path = *to + p.substr(from->size());
+    std::string& p = handle.target.path;
+    if (under(p, *from)) {
+      p = *to + p.substr(from->size());
+    } else if ((flags & RENAME_EXCHANGE) && under(p, *to)) {
+      p = *from + p.substr(to->size());
+    }
   }
   return absl::OkStatus();
 }
@@ -903,7 +1025,12 @@ absl::StatusOr<Attr> VolumeTree::Symlink(const std::string& target, uint64_t par
     return Broken(PosixError(errno, absl::StrCat("symlink ", *path, ": ", std::strerror(errno))),
                   *path);
   }
-  (void)!::fchownat(at->dir.get(), at->name.c_str(), who.uid, who.gid, AT_SYMLINK_NOFOLLOW);
+  int fd = ::openat(at->dir.get(), at->name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (fd >= 0) {
+    Own(fd, at->dir.get(), *path, S_IFLNK | 0777, who);
+    ::close(fd);
+  }
+  DirChanged(*path);
   return Fresh(*path);
 }
 
@@ -921,6 +1048,168 @@ absl::StatusOr<std::string> VolumeTree::Readlink(uint64_t ino) {
                   *path);
   }
   return std::string(buf, n);
+}
+
+// A new entry belongs to who made it (the daemon, root, made it) with the
+// mode the kernel passed, which already has the caller's umask applied:
+// the daemon's own umask must not apply again, and the chown would clear
+// setuid and setgid, so the mode is set last. In a setgid directory the
+// group stays the directory's (the origin gave it so), and a directory
+// made there is setgid too, as on a local file system.
+void VolumeTree::Own(int fd, int dirfd, const std::string& path, uint32_t mode, const Caller& who) {
+  struct stat dir {};
+  bool group_from_dir = ::fstat(dirfd, &dir) == 0 && (dir.st_mode & S_ISGID);
+  gid_t gid = group_from_dir ? static_cast<gid_t>(-1) : who.gid;
+  if (::fchownat(fd, "", who.uid, gid, AT_EMPTY_PATH) != 0) {
+    spdlog::warn("{}: cannot give it to {}:{}: {}", path, who.uid, who.gid, std::strerror(errno));
+  }
+  if (S_ISLNK(mode)) return;  // a symlink's mode means nothing
+  mode_t bits = mode & 07777;
+  if (S_ISDIR(mode) && group_from_dir) bits |= S_ISGID;
+  // Through the descriptor (which may be O_PATH): the entry just made.
+  std::string self = absl::StrCat("/proc/self/fd/", fd);
+  if (::chmod(self.c_str(), bits) != 0) {
+    spdlog::warn("{}: cannot set mode {:o}: {}", path, bits, std::strerror(errno));
+  }
+}
+
+void VolumeTree::HoldOpenFiles(const std::string& path) {
+  std::vector<uint64_t> readers;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = inos_.find(path);
+    if (it == inos_.end()) return;
+    for (const auto& [h, handle] : handles_) {
+      if (handle.ino == it->second && handle.fd < 0) readers.push_back(h);
+    }
+  }
+  if (readers.empty()) return;
+  auto file = root_->OpenFile(path, O_RDONLY);
+  if (!file.ok()) {
+    spdlog::warn("{}: open readers will fail once it is removed: {}", path,
+                 file.status().message());
+    return;
+  }
+  absl::MutexLock l(&mu_);
+  for (uint64_t h : readers) {
+    auto it = handles_.find(h);
+    if (it == handles_.end() || it->second.fd >= 0) continue;
+    int fd = ::fcntl(file->get(), F_DUPFD_CLOEXEC, 0);
+    if (fd >= 0) it->second.fd = fd;
+  }
+}
+
+absl::StatusOr<Attr> VolumeTree::Link(uint64_t ino, uint64_t new_parent,
+                                      const std::string& new_name) {
+  if (absl::Status w = Writable("link"); !w.ok()) return w;
+  if (!posix()) {
+    return PosixError(EPERM, absl::StrCat(origin_->url(), " has no hard links"));
+  }
+  auto to = ChildPath(new_parent, new_name);
+  if (!to.ok()) return to.status();
+  std::string from;
+  FileId id;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = nodes_.find(ino);
+    if (it == nodes_.end() || !it->second.named) {
+      return PosixError(ENOENT, absl::StrCat("inode ", ino, " has no name to link"));
+    }
+    from = it->second.path;
+    id = it->second.id;
+  }
+  if (from.empty()) return PosixError(EPERM, "the volume's root cannot be linked");
+  // The file itself, checked to be the one this inode stands for, is
+  // linked through its descriptor: never whatever its name leads to now.
+  auto file = root_->Open(from, O_PATH | O_NOFOLLOW);
+  if (!file.ok()) return Broken(file.status(), from);
+  struct stat st;
+  if (::fstat(file->get(), &st) != 0 || FileId{st.st_dev, st.st_ino} != id) {
+    return Broken(PosixError(ENOENT, absl::StrCat(from, " is no longer the file to link")), from);
+  }
+  auto at = root_->Parent(*to);
+  if (!at.ok()) return Broken(at.status(), *to);
+  if (::linkat(file->get(), "", at->dir.get(), at->name.c_str(), AT_EMPTY_PATH) != 0) {
+    return Broken(
+        PosixError(errno, absl::StrCat("link ", from, " to ", *to, ": ", std::strerror(errno))),
+        *to);
+  }
+  Changed(from);  // its link count and ctime
+  DirChanged(*to);
+  return Fresh(*to);
+}
+
+absl::StatusOr<Attr> VolumeTree::Mknod(uint64_t parent, const std::string& name, uint32_t mode,
+                                       uint64_t rdev, const Caller& who) {
+  if (absl::Status w = Writable("mknod"); !w.ok()) return w;
+  auto path = ChildPath(parent, name);
+  if (!path.ok()) return path.status();
+  const uint32_t type = mode & S_IFMT;
+  if (!posix()) {
+    if (type != S_IFREG && type != 0) {
+      return PosixError(EPERM, absl::StrCat(*path, ": ", origin_->url(),
+                                            " keeps no fifos, sockets or device nodes"));
+    }
+    uint64_t ino;
+    if (StatPath(*path, &ino, /*revalidate=*/true).ok()) return PosixError(EEXIST, *path);
+    if (absl::Status st = PutEmpty(*path); !st.ok()) return st;
+    Changed(*path);
+    return Fresh(*path);
+  }
+  if (type != S_IFREG && type != 0 && type != S_IFIFO && type != S_IFSOCK && type != S_IFCHR &&
+      type != S_IFBLK) {
+    return PosixError(EINVAL, absl::StrCat("mknod ", *path, ": type ", type));
+  }
+  auto at = root_->Parent(*path);
+  if (!at.ok()) return Broken(at.status(), *path);
+  // The kernel let the caller make a device node only with CAP_MKNOD; and
+  // the mount is nodev, so no device made or found here opens through it.
+  if (::mknodat(at->dir.get(), at->name.c_str(), (type ? type : S_IFREG) | (mode & 07777),
+                static_cast<dev_t>(rdev)) != 0) {
+    return Broken(PosixError(errno, absl::StrCat("mknod ", *path, ": ", std::strerror(errno))),
+                  *path);
+  }
+  int fd = ::openat(at->dir.get(), at->name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (fd >= 0) {
+    Own(fd, at->dir.get(), *path, mode, who);
+    ::close(fd);
+  }
+  DirChanged(*path);
+  return Fresh(*path);
+}
+
+absl::Status VolumeTree::Fallocate(uint64_t handle, int mode, uint64_t offset, uint64_t length) {
+  int fd;
+  std::string path;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = handles_.find(handle);
+    if (it == handles_.end()) return PosixError(EBADF, absl::StrCat("unknown handle ", handle));
+    if (!posix()) {
+      return PosixError(EOPNOTSUPP,
+                        absl::StrCat(it->second.target.path, ": ", origin_->url(),
+                                     " takes whole objects; fallocate is not possible"));
+    }
+    if (it->second.fd < 0) return PosixError(EBADF, "not open for writing");
+    fd = it->second.fd;
+    path = it->second.target.path;
+    it->second.dirty = true;
+    nodes_[it->second.ino].fetched = absl::InfinitePast();
+  }
+  if (::fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0) {
+    return PosixError(errno, absl::StrCat("fallocate ", path, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VolumeTree::PutEmpty(const std::string& path) {
+  auto staged = Stage(path);
+  if (!staged.ok()) return staged.status();
+  absl::Status up = origin_->Put(path, staged->second);
+  ::close(staged->first);
+  ::unlink(staged->second.c_str());
+  if (!up.ok()) return PosixError(EIO, absl::StrCat("upload of ", path, ": ", up.message()));
+  return absl::OkStatus();
 }
 
 }  // namespace strata::fuse

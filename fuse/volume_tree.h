@@ -2,6 +2,13 @@
 // POSIX directories and files. Metadata is cached for a short TTL; an open
 // revalidates against the origin (close-to-open consistency across nodes);
 // reads go through the fetcher and the chunk store, hits by splice.
+//
+// Inodes: on a POSIX origin an inode stands for the origin's file (its
+// device and inode number), so every hard link of a file is one inode and
+// a rename keeps it; the number is the origin's own where it can be. On an
+// object store an inode stands for a path (a hash of it). Either way the
+// numbers are stable across restarts, and an inode log lets a successor
+// daemon know the ones the kernel holds.
 #pragma once
 
 #include <atomic>
@@ -81,6 +88,11 @@ class VolumeTree final : public Tree {
   absl::StatusOr<Attr> Symlink(const std::string& target, uint64_t parent, const std::string& name,
                                const Caller& who) override;
   absl::StatusOr<std::string> Readlink(uint64_t ino) override;
+  absl::StatusOr<Attr> Link(uint64_t ino, uint64_t new_parent,
+                            const std::string& new_name) override;
+  absl::StatusOr<Attr> Mknod(uint64_t parent, const std::string& name, uint32_t mode, uint64_t rdev,
+                             const Caller& who) override;
+  absl::Status Fallocate(uint64_t handle, int mode, uint64_t offset, uint64_t length) override;
   absl::Status Reopen(uint64_t ino, uint64_t handle, int flags) override;
   // A POSIX origin's file system; the default (no fixed size) elsewhere.
   absl::StatusOr<struct statvfs> StatFs() override;
@@ -88,11 +100,17 @@ class VolumeTree final : public Tree {
   VolumeStats Stats() const;
 
  private:
+  // The origin's identity of a file: device and inode number.
+  using FileId = std::pair<uint64_t, uint64_t>;
   struct Node {
-    std::string path;  // relative to the origin's root; "" for the root
+    // Its name relative to the origin's root ("" for the root): of a file
+    // with several, the one last confirmed.
+    std::string path;
     cache::ObjectStat stat;
     absl::Time fetched;
     std::string opened_version;  // version at the last open: keep_cache when unchanged
+    FileId id{0, 0};             // POSIX origins, once stat'ed
+    bool named = true;           // false: no name of it is known (unlinked, still open)
   };
   struct Handle {
     uint64_t ino;
@@ -105,10 +123,28 @@ class VolumeTree final : public Tree {
   // The path and fresh attributes of the file `ino`, for an open; EISDIR
   // for a directory.
   absl::StatusOr<std::pair<std::string, cache::ObjectStat>> FileToOpen(uint64_t ino);
+  // Object stores: a handle that stages a whole new content of `path`.
+  absl::StatusOr<OpenResult> OpenObjectForWriting(uint64_t ino, const std::string& path,
+                                                  const cache::ObjectStat& st, int flags);
   absl::StatusOr<ReadResult> ReadUncounted(uint64_t handle, uint64_t offset, size_t size);
-  // The inode of `path`: a hash of it, stable across restarts, probing past
-  // the (unlikely) collision with another path.
-  uint64_t InoFor(const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The inode that `path`, which the origin just described as `st`, names
+  // (see the top of this file), recorded as one of its names.
+  uint64_t InoFor(const std::string& path, const cache::ObjectStat& st)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records `path` as the name of `ino` it was last known by.
+  void Name(const std::string& path, uint64_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `path` no longer names what it did (unlinked, renamed, replaced).
+  void DropName(const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Before the last name of an open file may go (unlink, rename over it):
+  // its read handles, which read by name, get a descriptor of the file, so
+  // that they keep working after it (as on a local file system).
+  void HoldOpenFiles(const std::string& path);
+  // The attributes of a file that no known name leads to, from a
+  // descriptor an open handle holds (st_nlink 0 once unlinked).
+  absl::StatusOr<Attr> AttrOfOpen(uint64_t ino);
+  // Gives a new entry (open as `fd`, any kind) to `who`, with exactly
+  // `mode`'s permission bits; see the .cc.
+  void Own(int fd, int dirfd, const std::string& path, uint32_t mode, const Caller& who);
   // Reads the inode log of a mount being taken over.
   void LoadInodes() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::string> PathOf(uint64_t ino);
@@ -127,9 +163,14 @@ class VolumeTree final : public Tree {
   absl::Status Broken(absl::Status status, const std::string& path);
   // unlinkat of `path` with `flags` (0 or AT_REMOVEDIR).
   absl::Status RemoveName(const std::string& path, int flags);
-  // Forgets cached metadata of `path` and drops the cached chunks of the
-  // version it had, so nothing stale is served after a change.
+  // Forgets cached metadata of `path` and of its directory, and drops the
+  // cached chunks of the version it had, so nothing stale is served after
+  // a change.
   void Changed(const std::string& path);
+  // Forgets the cached metadata of the directory holding `path`.
+  void DirChanged(const std::string& path);
+  // Object stores: makes `path` an empty object.
+  absl::Status PutEmpty(const std::string& path);
   // After a change through this tree: the new attributes of `path`.
   absl::StatusOr<Attr> Fresh(const std::string& path);
   absl::StatusOr<OpenResult> AddHandle(uint64_t ino, const std::string& path,
@@ -149,7 +190,8 @@ class VolumeTree final : public Tree {
   cache::RootDir* root_;
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Node> nodes_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, uint64_t> inos_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> inos_ ABSL_GUARDED_BY(mu_);  // name -> inode
+  absl::flat_hash_map<FileId, uint64_t> by_id_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Handle> handles_ ABSL_GUARDED_BY(mu_);
   // Object stores: paths written but not uploaded yet -> their handle.
   absl::flat_hash_map<std::string, uint64_t> staged_paths_ ABSL_GUARDED_BY(mu_);

@@ -2,6 +2,7 @@
 // files and whole rewrites are staged and uploaded on close or fsync;
 // rename is copy and delete; what an object store cannot do is a clear errno.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -129,9 +130,25 @@ TEST_F(S3VolumeTest, WhatAnObjectStoreCannotDoIsAClearError) {
   EXPECT_EQ(errno, ENOTSUP);
   EXPECT_EQ(::chmod((mnt_ + "/obj.bin").c_str(), 0600), -1);
   EXPECT_EQ(errno, ENOTSUP);
+  // No fifos or device nodes; a regular file by mknod is an empty object.
+  EXPECT_EQ(::mkfifo((mnt_ + "/fifo").c_str(), 0644), -1);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(::mknod((mnt_ + "/empty.bin").c_str(), S_IFREG | 0644, 0), 0);
+  EXPECT_EQ(AtOrigin("empty.bin"), "");
+  {
+    // fallocate on a file being written: not possible on whole objects.
+    int fd = ::open((mnt_ + "/new.bin").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(::fallocate(fd, 0, 0, 4096), -1);
+    EXPECT_EQ(errno, EOPNOTSUPP);
+    EXPECT_EQ(::write(fd, "abc", 3), 3);
+    EXPECT_EQ(::close(fd), 0);
+    EXPECT_EQ(AtOrigin("new.bin"), "abc");
+  }
   EXPECT_EQ(AtOrigin("obj.bin"), "0123456789");  // nothing was lost
   mount_->Stop();
-  EXPECT_THAT(mount_->output(), ::testing::HasSubstr("hard links are not supported"));
+  EXPECT_THAT(mount_->output(), ::testing::HasSubstr("has no hard links"));
+  EXPECT_THAT(mount_->output(), ::testing::HasSubstr("keeps no fifos"));
   EXPECT_THAT(mount_->output(), ::testing::HasSubstr("O_TRUNC"));
 }
 
