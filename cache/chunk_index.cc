@@ -1,5 +1,6 @@
-// Record layout. Keys: "o\0<object key>" and "c\0<object key>\0<index, 4 bytes
-// big endian>", so an object's chunks sort together after its own record.
+// Record layout. Keys: "o\0<object key>", "c\0<object key>\0<index, 4 bytes
+// big endian>", so an object's chunks sort together after its own record, and
+// "n\0<origin object name>" for what an origin last said about an object.
 // Values: a version byte, fixed-width little-endian fields, length-prefixed
 // strings, and a trailing 4-byte xxh3 of everything before it.
 #include "cache/chunk_index.h"
@@ -119,7 +120,34 @@ std::optional<ChunkRecord> DecodeChunk(std::string_view v) {
   return r;
 }
 
+std::string EncodeName(const NameRecord& r) {
+  std::string v(1, static_cast<char>(kVersion));
+  PutString(v, r.key);
+  PutFixed(v, r.size, 8);
+  PutString(v, r.version);
+  PutFixed(v, static_cast<uint64_t>(r.mtime_ns), 8);
+  PutString(v, r.digest);
+  Seal(v);
+  return v;
+}
+
+std::optional<NameRecord> DecodeName(std::string_view v) {
+  auto body = Unseal(v);
+  if (!body) return std::nullopt;
+  Reader rd(*body);
+  NameRecord r;
+  uint64_t mtime;
+  if (!rd.String(&r.key) || !rd.Fixed(&r.size, 8) || !rd.String(&r.version) ||
+      !rd.Fixed(&mtime, 8) || !rd.String(&r.digest) || !rd.Done() || r.key.empty()) {
+    return std::nullopt;
+  }
+  r.mtime_ns = static_cast<int64_t>(mtime);
+  return r;
+}
+
 std::string ObjectKey(const std::string& key) { return std::string("o\0", 2) + key; }
+
+std::string NameKey(const std::string& name) { return std::string("n\0", 2) + name; }
 
 std::string ChunkPrefix(const std::string& key) { return std::string("c\0", 2) + key + '\0'; }
 
@@ -149,6 +177,7 @@ std::string ChunkIndex::ObjectKeyForTesting(const std::string& key) { return Obj
 std::string ChunkIndex::ChunkKeyForTesting(const std::string& key, uint32_t index) {
   return ChunkKey(key, index);
 }
+std::string ChunkIndex::NameKeyForTesting(const std::string& name) { return NameKey(name); }
 
 ChunkIndex::ChunkIndex(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
 ChunkIndex::~ChunkIndex() = default;
@@ -224,6 +253,21 @@ absl::StatusOr<ChunkIndex::LoadStats> ChunkIndex::Load(
     }
     on_chunk(key, index, *rec);
   }
+  // A name whose object was evicted or dropped names nothing cached: its
+  // record goes, so that records of names stay bounded by the objects.
+  const std::string nprefix("n\0", 2);
+  for (it->Seek(nprefix); it->Valid() && it->key().starts_with(nprefix); it->Next()) {
+    auto rec = DecodeName(it->value().ToStringView());
+    if (rec && objects.contains(rec->key)) continue;
+    if (rec) {
+      ++stats.stale_names;
+    } else {
+      spdlog::warn("cache index: dropping corrupt name record of {}",
+                   it->key().ToStringView().substr(2));
+      ++stats.corrupt_records;
+    }
+    drop.Delete(it->key());
+  }
   if (!it->status().ok()) return FromRocks(it->status(), "scan");
   if (drop.Count() > 0) {
     if (auto st = FromRocks(db_->Write(WriteOpts(), &drop), "drop corrupt records"); !st.ok()) {
@@ -260,6 +304,27 @@ absl::Status ChunkIndex::PutObjects(const std::vector<std::pair<std::string, Obj
   rocksdb::WriteBatch b;
   for (const auto& [k, r] : recs) b.Put(ObjectKey(k), EncodeObject(r));
   return WriteWithRecovery(db_.get(), &b, "put objects");
+}
+
+absl::Status ChunkIndex::PutName(const std::string& name, const NameRecord& rec) {
+  rocksdb::WriteBatch b;
+  b.Put(NameKey(name), EncodeName(rec));
+  return WriteWithRecovery(db_.get(), &b, "put name");
+}
+
+absl::StatusOr<std::optional<NameRecord>> ChunkIndex::GetName(const std::string& name) {
+  std::string v;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), NameKey(name), &v);
+  if (s.IsNotFound()) return std::nullopt;
+  if (!s.ok()) return FromRocks(s, "get name");
+  auto rec = DecodeName(v);
+  if (!rec) {
+    spdlog::warn("cache index: dropping corrupt name record of {}", name);
+    rocksdb::WriteBatch b;
+    b.Delete(NameKey(name));
+    WriteWithRecovery(db_.get(), &b, "drop corrupt name").IgnoreError();
+  }
+  return rec;
 }
 
 absl::Status ChunkIndex::PutChunk(const std::string& key, uint32_t index, const ChunkRecord& rec) {

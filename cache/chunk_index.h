@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,17 @@ struct ChunkRecord {
   uint32_t length = 0;
 };
 
+// What an origin last said about one of its objects, recorded under the
+// object's name (origin URL and path): its version and the object key it is
+// cached under.
+struct NameRecord {
+  std::string key;
+  uint64_t size = 0;
+  std::string version;
+  int64_t mtime_ns = 0;
+  std::string digest;
+};
+
 class ChunkIndex {
  public:
   // Opens (creating) the index in `dir`. A database RocksDB itself reports as
@@ -46,9 +58,11 @@ class ChunkIndex {
 
   struct LoadStats {
     uint64_t corrupt_records = 0;  // dropped: undecodable, or chunks of no object
+    uint64_t stale_names = 0;      // dropped: name records of objects no longer cached
   };
   // Calls `on_object` for every object, then `on_chunk` for every chunk whose
-  // object was seen. Corrupt records are deleted and counted.
+  // object was seen. Corrupt records are deleted and counted, and so are
+  // name records whose object is gone.
   absl::StatusOr<LoadStats> Load(
       const std::function<void(const std::string& key, const ObjectRecord&)>& on_object,
       const std::function<void(const std::string& key, uint32_t index, const ChunkRecord&)>&
@@ -62,10 +76,16 @@ class ChunkIndex {
   // Writes many objects' last-use times in one batch.
   absl::Status PutObjects(const std::vector<std::pair<std::string, ObjectRecord>>& recs);
 
+  absl::Status PutName(const std::string& name, const NameRecord& rec);
+  // The record of `name`: nullopt when there is none, or when it is corrupt
+  // (it is then deleted).
+  absl::StatusOr<std::optional<NameRecord>> GetName(const std::string& name);
+
   // Raw access for fault-injection tests that damage records on purpose.
   rocksdb::DB* db_for_testing() { return db_.get(); }
   static std::string ObjectKeyForTesting(const std::string& key);
   static std::string ChunkKeyForTesting(const std::string& key, uint32_t index);
+  static std::string NameKeyForTesting(const std::string& name);
 
  private:
   explicit ChunkIndex(std::unique_ptr<rocksdb::DB> db);

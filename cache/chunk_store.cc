@@ -490,6 +490,38 @@ class ChunkStoreImpl final : public ChunkStore {
     return index_->PutObject(key, rec);
   }
 
+  absl::Status RecordSeen(const std::string& name, const SeenVersion& seen) override {
+    if (name.empty() || name.size() > kMaxKeyLength) {
+      return absl::InvalidArgumentError("an object name must be 1 to 4096 bytes");
+    }
+    {
+      absl::MutexLock l(&mu_);
+      if (!health_.ok()) return absl::OkStatus();  // nothing is kept
+      auto it = objects_.find(seen.key);
+      if (it == objects_.end() || it->second->removing) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("object not in the cache: ", seen.key, " (seen as ", name, ")"));
+      }
+    }
+    // Written after the object's own record (Register): a crash that loses
+    // that record loses this one too, and a record that survives its object
+    // is dropped at the next open.
+    return index_->PutName(
+        name, NameRecord{seen.key, seen.size, seen.version, seen.mtime_ns, seen.digest});
+  }
+
+  std::optional<SeenVersion> LastSeen(const std::string& name) const override {
+    if (!health_ok_) return std::nullopt;
+    auto rec = index_->GetName(name);
+    if (!rec.ok()) {
+      spdlog::warn("cannot look up {} in the cache index: {}", name, rec.status().message());
+      return std::nullopt;
+    }
+    if (!rec->has_value()) return std::nullopt;
+    const NameRecord& r = **rec;
+    return SeenVersion{r.key, r.size, r.version, r.mtime_ns, r.digest};
+  }
+
   bool DigestVerified(const std::string& key) const override {
     absl::MutexLock l(&mu_);
     auto it = objects_.find(key);

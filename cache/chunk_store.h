@@ -94,6 +94,16 @@ struct ObjectInfo {
   bool digest_verified = false;  // see MarkDigestVerified
 };
 
+// What an origin last said about one of its objects, and the object key
+// that version is cached under (see ChunkStore::RecordSeen).
+struct SeenVersion {
+  std::string key;
+  uint64_t size = 0;
+  std::string version;
+  int64_t mtime_ns = 0;
+  std::string digest;  // "sha256:<hex>" when the object is addressed by it
+};
+
 // A read is all or nothing: either every byte of the range was copied, or
 // nothing was and `missing` lists the chunks to fill first.
 struct ReadResult {
@@ -241,6 +251,15 @@ class ChunkStore {
   virtual absl::Status MarkDigestVerified(const std::string& key) = 0;
   // Whether the object carries that mark (cheaper than Lookup).
   virtual bool DigestVerified(const std::string& key) const = 0;
+
+  // Records, durably, that the origin object `name` (origin URL and path;
+  // at most 4096 bytes) was last seen as `seen`, whose key is an object of
+  // this store: a later process can then find the cached version of `name`
+  // when its origin cannot be asked. A record outlives its object only
+  // until the store is next opened. Nothing is recorded by a degraded store.
+  virtual absl::Status RecordSeen(const std::string& name, const SeenVersion& seen) = 0;
+  // What RecordSeen last recorded for `name`, if anything.
+  virtual std::optional<SeenVersion> LastSeen(const std::string& name) const = 0;
 
   // Pinned objects are never evicted. Pins live as long as the process.
   virtual absl::Status Pin(const std::string& key) = 0;

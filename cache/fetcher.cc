@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -22,6 +23,10 @@
 #include "cache/logging.h"
 
 namespace strata::cache {
+
+std::string ObjectName(const FetchTarget& t) {
+  return t.path.empty() ? t.origin->url() : absl::StrCat(t.origin->url(), "/", t.path);
+}
 
 std::string StoreKey(const FetchTarget& t) {
   if (!t.stat.digest.empty()) return t.stat.digest;
@@ -234,6 +239,7 @@ class Fetcher::Impl {
     absl::Mutex mu;
     absl::CondVar cv;
     uint64_t done_bytes = 0;
+    std::optional<uint64_t> reported;  // the count progress() last heard
     int outstanding = 0;
     absl::Status first_error;
     // Keep a bounded number queued, so a huge prefetch does not flood the pool.
@@ -259,12 +265,20 @@ class Fetcher::Impl {
       while (outstanding == before && outstanding > 0) cv.Wait(&mu);
       if (progress) {
         uint64_t d = done_bytes;
+        reported = d;
         mu.Unlock();
         progress(d, total);
         mu.Lock();
       }
     }
     if (!first_error.ok()) return Fail(t, first_error);
+    // The last chunks can land while an earlier count is being reported, and
+    // end the loop unreported: the caller always hears the final count.
+    if (progress && reported != total) {
+      mu.Unlock();
+      progress(total, total);
+      mu.Lock();
+    }
     if (!t.stat.digest.empty() && t.chunk_sha256.empty() && ranges.empty()) {
       mu.Unlock();
       absl::Status v = EnsureDigestVerified(t, key);
@@ -291,9 +305,7 @@ class Fetcher::Impl {
   }
 
  private:
-  static std::string Name(const FetchTarget& t) {
-    return t.path.empty() ? t.origin->url() : absl::StrCat(t.origin->url(), "/", t.path);
-  }
+  static std::string Name(const FetchTarget& t) { return ObjectName(t); }
 
   absl::Status Fail(const FetchTarget& t, const absl::Status& st) {
     ++failures_;
@@ -304,8 +316,30 @@ class Fetcher::Impl {
   }
 
   absl::Status Register(const FetchTarget& t, const std::string& key) {
-    return store_.Register(
+    absl::Status st = store_.Register(
         {key, t.stat.size, absl::StrCat(Name(t), " ", t.stat.version), t.chunk_size});
+    if (st.ok() && opts_.record_seen) RecordSeen(t, key);
+    return st;
+  }
+
+  // Records the version of the target as the one last seen for its object,
+  // once per object and version in this process: a later process finds it
+  // cached when the origin cannot be asked. Under the lock, so that records
+  // of two versions of one object are written in the order they are noted.
+  void RecordSeen(const FetchTarget& t, const std::string& key) {
+    std::string name = Name(t);
+    absl::MutexLock l(&seen_mu_);
+    auto it = seen_.find(name);
+    if (it != seen_.end() && it->second == key) return;
+    absl::Status st =
+        store_.RecordSeen(name, {key, t.stat.size, t.stat.version, t.stat.mtime_ns, t.stat.digest});
+    if (!st.ok()) {
+      // Only serving without the origin later depends on it.
+      spdlog::debug("{}: cannot record its version: {}", name, st.message());
+      return;
+    }
+    if (seen_.size() >= 4096) seen_.clear();  // bounded: recording again is harmless
+    seen_[name] = key;
   }
 
   uint32_t ChunkSize(const std::string& key) {
@@ -562,6 +596,8 @@ class Fetcher::Impl {
   absl::flat_hash_map<const Origin*, std::unique_ptr<OriginGate>> gates_ ABSL_GUARDED_BY(gates_mu_);
   absl::Mutex seq_mu_;
   absl::flat_hash_map<std::string, SequentialState> seq_ ABSL_GUARDED_BY(seq_mu_);
+  absl::Mutex seen_mu_;
+  absl::flat_hash_map<std::string, std::string> seen_ ABSL_GUARDED_BY(seen_mu_);  // name -> key
   absl::Mutex verify_mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<absl::Mutex>> verify_locks_
       ABSL_GUARDED_BY(verify_mu_);

@@ -31,6 +31,11 @@ struct FetchTarget {
   std::vector<std::string> chunk_sha256;
 };
 
+// A target's object by name, as logs and errors give it and as the store
+// records the version last seen (ChunkStore::RecordSeen): origin URL and
+// path, without a version.
+std::string ObjectName(const FetchTarget& target);
+
 // The store key of a target: its digest when content-addressed (so the same
 // blob is shared across origins), else origin URL, path and version.
 std::string StoreKey(const FetchTarget& target);
@@ -44,6 +49,10 @@ struct FetcherOptions {
   int max_attempts = 6;
   absl::Duration backoff_initial = absl::Milliseconds(50);
   absl::Duration backoff_max = absl::Seconds(5);
+  // Record each target's version as the one last seen for its object
+  // (ChunkStore::RecordSeen). Off for a reader whose targets come from
+  // those records rather than from their origins.
+  bool record_seen = true;
 };
 
 struct FetcherStats {
@@ -69,7 +78,9 @@ class Fetcher {
   Fetcher& operator=(const Fetcher&) = delete;
 
   // Reads [offset, offset + out.size()) clipped at the object's end; returns
-  // the bytes read. Errors name the origin, the object and the cause.
+  // the bytes read. Errors name the origin, the object and the cause. Every
+  // read, like Ensure and Prefetch, records the target's version as the one
+  // last seen for its object (FetcherOptions::record_seen).
   absl::StatusOr<size_t> Read(const FetchTarget& target, uint64_t offset, absl::Span<char> out);
 
   // Makes [offset, offset + length) present in the store as a read would
@@ -80,7 +91,8 @@ class Fetcher {
 
   // Warms the chunks under `ranges` ({offset, length} pairs; none: the whole
   // object) at low priority; `progress(done, total)` is called from this
-  // thread as chunks land, in bytes of chunks. Returns the first error.
+  // thread as chunks land, in bytes of chunks, and last with done == total
+  // when every chunk landed. Returns the first error.
   using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
   absl::Status Prefetch(const FetchTarget& target, const Ranges& ranges = {},
                         const std::function<void(uint64_t done, uint64_t total)>& progress = {});

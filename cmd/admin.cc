@@ -101,7 +101,12 @@ std::optional<std::string> StringField(const json& req, const char* key) {
 
 }  // namespace
 
-absl::StatusOr<cache::FetchTarget> ResolveTarget(const ObjectRef& ref) {
+absl::StatusOr<cache::FetchTarget> UnresolvedTarget(const ObjectRef& ref) {
+  if (!ref.digest.empty() &&
+      (!ref.digest.starts_with("sha256:") || ref.digest.size() != 71 ||
+       ref.digest.find_first_not_of("0123456789abcdef", 7) != std::string::npos)) {
+    return absl::InvalidArgumentError("the digest must be sha256:<64 hex digits>");
+  }
   cache::OriginOptions oo;
   oo.ca_file = ref.ca_file;
   oo.verify_tls = !ref.insecure;
@@ -109,17 +114,18 @@ absl::StatusOr<cache::FetchTarget> ResolveTarget(const ObjectRef& ref) {
   if (!origin.ok()) return origin.status();
   cache::FetchTarget t;
   t.origin = std::move(*origin);
-  auto st = t.origin->Stat("");
+  t.stat.digest = ref.digest;
+  return t;
+}
+
+absl::StatusOr<cache::FetchTarget> ResolveTarget(const ObjectRef& ref) {
+  auto t = UnresolvedTarget(ref);
+  if (!t.ok()) return t.status();
+  auto st = t->origin->Stat("");
   if (!st.ok()) return st.status();
   if (st->is_dir) return absl::InvalidArgumentError(absl::StrCat(ref.url, " is a directory"));
-  t.stat = *st;
-  if (!ref.digest.empty()) {
-    if (!ref.digest.starts_with("sha256:") || ref.digest.size() != 71 ||
-        ref.digest.find_first_not_of("0123456789abcdef", 7) != std::string::npos) {
-      return absl::InvalidArgumentError("the digest must be sha256:<64 hex digits>");
-    }
-    t.stat.digest = ref.digest;
-  }
+  t->stat = *st;
+  if (!ref.digest.empty()) t->stat.digest = ref.digest;
   return t;
 }
 

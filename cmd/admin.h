@@ -34,7 +34,10 @@ struct ObjectRef {
   bool insecure = false;
 };
 
-// Opens the object's origin and takes its stat: the target a fetch reads.
+// The object's target before its origin is asked anything: the origin
+// opened and the digest checked, no stat yet (but the digest's).
+absl::StatusOr<cache::FetchTarget> UnresolvedTarget(const ObjectRef& ref);
+// UnresolvedTarget with the origin's stat taken: the target a fetch reads.
 absl::StatusOr<cache::FetchTarget> ResolveTarget(const ObjectRef& ref);
 
 class AdminServer {

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string_view>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
@@ -57,21 +58,118 @@ ObjectRef RefOf(const FetchOpts& o) {
   return ObjectRef{o.url, o.digest, ca, o.insecure};
 }
 
-// `degrade`: serve without caching when the store cannot be used (cat);
-// otherwise that is an error (prefetch, whose whole point is the cache).
-absl::StatusOr<Session> Open(const FetchOpts& o, bool degrade = true) {
-  auto target = ResolveTarget(RefOf(o));
-  if (!target.ok()) return target.status();
+// The store and a fetcher on it, for `target`. `degrade`: serve without
+// caching when the store cannot be used (cat); otherwise that is an error
+// (prefetch, whose whole point is the cache).
+absl::StatusOr<Session> OpenStore(const FetchOpts& o, cache::FetchTarget target, bool degrade,
+                                  const cache::FetcherOptions& fo = {}) {
   Session s;
-  s.target = std::move(*target);
+  s.target = std::move(target);
   cache::StoreOptions so;
   so.dir = o.cache_dir;
   so.degrade_on_error = degrade;
   auto store = cache::ChunkStore::Open(so);
   if (!store.ok()) return store.status();
   s.store = std::move(*store);
-  s.fetcher = std::make_unique<cache::Fetcher>(*s.store);
+  s.fetcher = std::make_unique<cache::Fetcher>(*s.store, fo);
   return s;
+}
+
+absl::StatusOr<Session> Open(const FetchOpts& o, bool degrade) {
+  auto target = ResolveTarget(RefOf(o));
+  if (!target.ok()) return target.status();
+  return OpenStore(o, std::move(*target), degrade);
+}
+
+// An origin's error as part of one log line: servers' error pages can hold
+// line breaks.
+std::string OneLine(absl::string_view text) {
+  std::string line(text);
+  for (char& c : line) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return line;
+}
+
+// The origin could not be asked for the object's stat (`why`, an error a
+// retry may cure): a session on the version the origin reported last, as
+// the cache recorded it, when every chunk of [offset, offset + length) is
+// cached (and checked against the digest, when the object has one). The
+// origin is never asked: nothing is fetched, nor read ahead.
+absl::StatusOr<Session> OpenOffline(const FetchOpts& o, const absl::Status& why, uint64_t offset,
+                                    std::optional<uint64_t> length) {
+  auto unresolved = UnresolvedTarget(RefOf(o));
+  if (!unresolved.ok()) return unresolved.status();
+  cache::FetcherOptions fo;
+  fo.readahead_max_bytes = 0;
+  fo.max_attempts = 1;
+  fo.record_seen = false;  // nothing was seen: the records are what is read
+  auto s = OpenStore(o, std::move(*unresolved), /*degrade=*/true, fo);
+  if (!s.ok()) return s.status();
+  const std::string name = cache::ObjectName(s->target);
+  auto unavailable = [&](const std::string& what) {
+    return absl::UnavailableError(absl::StrCat("the origin of ", name, " is unreachable (",
+                                               OneLine(why.message()), ") and ", what));
+  };
+  if (absl::Status health = s->store->health(); !health.ok()) {
+    return unavailable(
+        absl::StrCat("the cache in ", o.cache_dir, " cannot be used: ", health.message()));
+  }
+  cache::ObjectStat& stat = s->target.stat;
+  std::string seen_as;  // which version is served, for the warning
+  if (!stat.digest.empty()) {
+    // Content-addressed: the bytes are the digest's, whatever the origin
+    // said last.
+    auto info = s->store->Lookup(stat.digest);
+    if (!info) return unavailable(absl::StrCat("no object with ", stat.digest, " is cached"));
+    stat.size = info->size;
+    seen_as = stat.digest;
+  } else {
+    auto seen = s->store->LastSeen(name);
+    if (!seen) return unavailable("it is not in the cache");
+    stat.size = seen->size;
+    stat.version = seen->version;
+    stat.mtime_ns = seen->mtime_ns;
+    stat.digest = seen->digest;
+    if (cache::StoreKey(s->target) != seen->key) {
+      return unavailable(absl::StrCat("its cache record names another object (", seen->key, ")"));
+    }
+    seen_as = absl::StrCat("version ", seen->version.empty() ? "\"\"" : seen->version);
+  }
+  const std::string key = cache::StoreKey(s->target);
+  auto info = s->store->Lookup(key);
+  if (!info) return unavailable(absl::StrCat("its cached copy (", seen_as, ") was evicted"));
+  if (!stat.digest.empty() && !info->digest_verified) {
+    return unavailable(
+        absl::StrCat("its cached copy is not complete and checked against ", stat.digest));
+  }
+  uint64_t from = std::min(offset, stat.size);
+  uint64_t len = std::min(stat.size - from, length.value_or(stat.size));
+  auto missing = s->store->MissingChunks(key, from, len);
+  if (!missing.ok()) return unavailable(std::string(missing.status().message()));
+  if (!missing->empty()) {
+    uint64_t cs = info->chunk_size;
+    uint64_t needed = len == 0 ? 0 : (from + len - 1) / cs - from / cs + 1;
+    return unavailable(absl::StrFormat(
+        "the object is not fully cached (%u of the %u chunks %s are missing)", missing->size(),
+        needed, length || offset > 0 ? "of the range asked for" : "it has"));
+  }
+  spdlog::warn("the origin of {} is unreachable ({}); serving the cached copy of {} ({} bytes)",
+               name, OneLine(why.message()), seen_as, stat.size);
+  return s;
+}
+
+// A reader's session: through the origin, or, when the origin cannot be
+// reached (as opposed to answering no), on what the cache holds of the
+// version it reported last.
+absl::StatusOr<Session> OpenToRead(const FetchOpts& o, uint64_t offset,
+                                   std::optional<uint64_t> length) {
+  auto target = ResolveTarget(RefOf(o));
+  if (target.ok()) return OpenStore(o, std::move(*target), /*degrade=*/true);
+  if (cache::IsTransient(target.status())) {
+    return OpenOffline(o, target.status(), offset, length);
+  }
+  return target.status();
 }
 
 void PrintStats(const Session& s, double seconds, uint64_t bytes) {
@@ -166,21 +264,22 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
         spdlog::error("bad --offset or --block");
         return 2;
       }
-      auto s = Open(*co);
-      if (!s.ok()) {
-        spdlog::error("{}", s.status().message());
-        return 1;
-      }
-      uint64_t size = s->target.stat.size;
-      uint64_t end = size;
+      std::optional<uint64_t> length;
       if (!co->length.empty()) {
         auto len = ParseSize(co->length);
         if (!len.ok()) {
           spdlog::error("{}", len.status().message());
           return 2;
         }
-        end = std::min(size, *offset + *len);
+        length = *len;
       }
+      auto s = OpenToRead(*co, *offset, length);
+      if (!s.ok()) {
+        spdlog::error("{}", s.status().message());
+        return 1;
+      }
+      uint64_t size = s->target.stat.size;
+      uint64_t end = length ? std::min(size, *offset + std::min(*length, size)) : size;
       if (*offset > size) {
         spdlog::error("--offset {} is past the end of {} ({} bytes)", *offset, co->url, size);
         return 2;
@@ -259,9 +358,16 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
       bool tty = ::isatty(2);
       auto t0 = std::chrono::steady_clock::now();
       auto last = t0;
+      bool complete_shown = false;  // the 100% line
+      // Lines at most every 100 ms on a terminal, 2 s in a log; the
+      // complete count always.
       auto progress = [&](uint64_t done, uint64_t total) {
         auto now = std::chrono::steady_clock::now();
         if (done != total && now - last < std::chrono::milliseconds(tty ? 100 : 2000)) return;
+        if (done == total) {
+          if (complete_shown) return;
+          complete_shown = true;
+        }
         last = now;
         double pct = total ? 100.0 * done / total : 100;
         int bar = static_cast<int>(pct / 2.5);
@@ -272,6 +378,9 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
       if (!socket.empty()) {
         // The daemon holds the store: it fetches, this process shows progress.
         auto bytes = PrefetchThroughNode(socket, RefOf(*po), progress);
+        // A node that did not report its last count (an empty object; an
+        // older daemon) still finished: the line says so.
+        if (bytes.ok()) progress(*bytes, *bytes);
         if (tty) std::fprintf(stderr, "\n");
         if (!bytes.ok()) {
           spdlog::error("{}", bytes.status().message());
@@ -290,6 +399,7 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
         return 1;
       }
       absl::Status st = s->fetcher->Prefetch(s->target, {}, progress);
+      if (st.ok()) progress(s->target.stat.size, s->target.stat.size);
       if (tty) std::fprintf(stderr, "\n");
       if (!st.ok()) {
         spdlog::error("{}", st.message());

@@ -368,6 +368,57 @@ TEST_F(ChunkStoreTest, CorruptIndexRecordsAreDroppedAtOpen) {
   EXPECT_EQ(files, 2);
 }
 
+// What an origin last said about a name outlives the process, so that a
+// reader can find the cached version without the origin; it goes with its
+// object, and a damaged record is dropped, never misread.
+TEST_F(ChunkStoreTest, LastSeenVersionsAreDurableAndGoWithTheirObjects) {
+  const std::string digest = "sha256:" + std::string(64, 'a');
+  {
+    auto s = OpenStore();
+    EXPECT_FALSE(s->LastSeen("http://o/a"));
+    EXPECT_EQ(s->RecordSeen("http://o/a", {"a@v0", 1, "v0", 0, ""}).code(),
+              absl::StatusCode::kFailedPrecondition);  // names only what the store holds
+    EXPECT_EQ(s->RecordSeen("", {"a@v0", 1, "v0", 0, ""}).code(),
+              absl::StatusCode::kInvalidArgument);
+    Put(*s, "a@v1", 2);
+    Put(*s, "a@v2", 1);
+    Put(*s, "b@v1", 1);
+    ASSERT_TRUE(s->RecordSeen("http://o/a", {"a@v1", 2 * kChunk, "v1", 11, ""}).ok());
+    ASSERT_TRUE(s->RecordSeen("http://o/a", {"a@v2", kChunk, "v2", 22, ""}).ok());
+    ASSERT_TRUE(s->RecordSeen("http://o/b", {"b@v1", kChunk, "v1", 33, digest}).ok());
+  }
+  {
+    auto s = OpenStore();
+    auto a = s->LastSeen("http://o/a");
+    ASSERT_TRUE(a);
+    EXPECT_EQ(a->key, "a@v2");  // the last one recorded
+    EXPECT_EQ(a->size, kChunk);
+    EXPECT_EQ(a->version, "v2");
+    EXPECT_EQ(a->mtime_ns, 22);
+    auto b = s->LastSeen("http://o/b");
+    ASSERT_TRUE(b);
+    EXPECT_EQ(b->digest, digest);
+    // Until the next open, a record can name an object that is gone.
+    ASSERT_TRUE(s->Remove("a@v2").ok());
+    EXPECT_TRUE(s->LastSeen("http://o/a"));
+  }
+  {
+    auto idx = ChunkIndex::Open(dir_.path() + "/index");
+    ASSERT_TRUE(idx.ok());
+    auto* db = (*idx)->db_for_testing();
+    std::string v;
+    ASSERT_TRUE(db->Get({}, ChunkIndex::NameKeyForTesting("http://o/b"), &v).ok());
+    v[5] ^= 0x04;
+    ASSERT_TRUE(db->Put({}, ChunkIndex::NameKeyForTesting("http://o/b"), v).ok());
+  }
+  auto s = OpenStore();
+  EXPECT_FALSE(s->LastSeen("http://o/a"));  // its object was removed
+  EXPECT_FALSE(s->LastSeen("http://o/b"));  // damaged
+  EXPECT_EQ(s->Stats().corrupt_index_records, 1u);
+  EXPECT_TRUE(s->Lookup("a@v1"));
+  EXPECT_TRUE(s->Lookup("b@v1"));
+}
+
 TEST_F(ChunkStoreTest, DataFileDeletedBehindTheStoresBack) {
   {
     auto s = OpenStore();

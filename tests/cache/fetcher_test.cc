@@ -308,6 +308,40 @@ TEST_F(FetcherTest, PrefetchWarmsAndReportsProgressWithoutStarvingReaders) {
   EXPECT_EQ(f.Stats().origin_requests, before);
 }
 
+// The last chunks can land while an earlier count is being reported, which
+// ends the prefetch: the caller hears the final count all the same (a
+// progress line of `strata prefetch` went missing so under load).
+TEST_F(FetcherTest, PrefetchAlwaysReportsTheFinalCount) {
+  Fetcher f(*store_);
+  FetchTarget t = Target(nullptr);
+  const std::string key = StoreKey(t);
+  const uint64_t span = 4 * kChunk;  // fewer chunks than are queued at once
+  std::vector<uint64_t> reports;
+  ASSERT_TRUE(f.Prefetch(t, {{0, span}}, [&](uint64_t done, uint64_t total) {
+                 EXPECT_EQ(total, span);
+                 if (reports.empty()) {
+                   // The first report returns only once every chunk landed.
+                   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+                   while (std::chrono::steady_clock::now() < deadline) {
+                     auto missing = store_->MissingChunks(key, 0, span);
+                     if (missing.ok() && missing->empty()) break;
+                     std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                   }
+                   std::this_thread::sleep_for(std::chrono::milliseconds(100));
+                 }
+                 reports.push_back(done);
+               }).ok());
+  ASSERT_FALSE(reports.empty());
+  EXPECT_EQ(reports.back(), span);
+  // An empty object is done at once, and says so.
+  reports.clear();
+  ASSERT_TRUE(f.Prefetch(t, {{kSize, 10}}, [&](uint64_t done, uint64_t total) {
+                 EXPECT_EQ(done, total);
+                 reports.push_back(done);
+               }).ok());
+  EXPECT_EQ(reports.size(), 1u);
+}
+
 TEST_F(FetcherTest, PrefetchOfAListOfRanges) {
   Fetcher f(*store_);
   FetchTarget t = Target(nullptr);

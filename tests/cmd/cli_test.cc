@@ -1,11 +1,13 @@
 // Runs the real `strata` binary the way an operator does: help on every
-// subcommand, the cache tools on a populated store, and the node daemon's
-// start, report and clean stop.
+// subcommand, the cache tools on a populated store, `strata cat` of an HTTP
+// origin that goes down, and the node daemon's start, report and clean stop.
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +18,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/cache/test_util.h"
+#include "tests/util/fault_proxy.h"
+#include "tests/util/nginx.h"
 #include "tests/util/subprocess.h"
 
 namespace strata {
@@ -23,6 +27,7 @@ namespace {
 
 using cache::testing::TempDir;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 using testing::Child;
 using testing::ReadUntil;
@@ -42,10 +47,50 @@ struct Result {
   std::string out;
 };
 
+// Runs to the command's exit (bounded): everything it printed is in `out`
+// when the test looks.
 Result RunStrata(std::vector<std::string> args) {
   args.insert(args.begin(), STRATA_PATH);
   Result r;
   r.code = testing::RunCommand(args, &r.out, std::chrono::seconds(60));
+  return r;
+}
+
+// Kills a daemon that its test did not stop (an ASSERT returned early), so
+// that it does not outlive the test.
+class Reaper {
+ public:
+  explicit Reaper(Child& c) : c_(c) {}
+  ~Reaper() {
+    if (c_.out < 0) return;  // waited for already
+    ::kill(c_.pid, SIGKILL);
+    Wait(c_);
+  }
+
+ private:
+  Child& c_;
+};
+
+// A daemon's start or stop, awaited on its output: generous, since a
+// sanitizer build on a loaded machine starts slowly; a test fails only when
+// the daemon never gets there.
+constexpr auto kDaemonLimit = std::chrono::seconds(60);
+
+// A run with stdout and stderr apart: stdout carries an object's bytes.
+struct SplitResult {
+  int code;
+  std::string out, err;
+};
+
+SplitResult RunStrataSplit(const std::vector<std::string>& args, const std::string& err_file) {
+  std::vector<std::string> argv = {"/bin/sh", "-c",     "err=$1; shift; exec \"$@\" 2>\"$err\"",
+                                   "sh",      err_file, STRATA_PATH};
+  argv.insert(argv.end(), args.begin(), args.end());
+  SplitResult r;
+  // To its exit: everything it wrote is there when the output is checked.
+  r.code = testing::RunCommand(argv, &r.out, std::chrono::seconds(60));
+  std::ifstream f(err_file);
+  r.err.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
   return r;
 }
 
@@ -118,7 +163,8 @@ TEST(CliTest, NodeReportsItsStateAndStopsOnSigterm) {
   TempDir dir;
   Child node = SpawnStrata({"node", "--state-dir", dir.path(), "--cache-capacity", "1GiB"});
   ASSERT_GT(node.pid, 0);
-  std::string out = ReadUntil(node.out, "running", std::chrono::seconds(30));
+  Reaper reaper(node);
+  std::string out = ReadUntil(node.out, "running", kDaemonLimit);
   EXPECT_THAT(out, HasSubstr("state in " + dir.path()));
   EXPECT_THAT(out, HasSubstr("chunk cache in " + dir.path() + "/cache"));
   ASSERT_THAT(out, HasSubstr("running"));
@@ -129,7 +175,7 @@ TEST(CliTest, NodeReportsItsStateAndStopsOnSigterm) {
   EXPECT_THAT(r.out, HasSubstr("in use by another strata process"));
 
   ASSERT_EQ(::kill(node.pid, SIGTERM), 0);
-  out += ReadUntil(node.out, "stopped", std::chrono::seconds(30));
+  out += ReadUntil(node.out, "stopped", kDaemonLimit);
   EXPECT_THAT(out, HasSubstr("stopped"));
   EXPECT_EQ(ExitCode(Wait(node)), 0);
 }
@@ -141,7 +187,8 @@ TEST(CliTest, NodeServesCsiOnAUnixSocket) {
       SpawnStrata({"node", "--state-dir", dir.path(), "--cache-capacity", "1GiB", "--csi-endpoint",
                    "unix://" + sock, "--node-id", "node-7", "--metrics-port", "0"});
   ASSERT_GT(node.pid, 0);
-  std::string out = ReadUntil(node.out, "running", std::chrono::seconds(30));
+  Reaper reaper(node);
+  std::string out = ReadUntil(node.out, "running", kDaemonLimit);
   EXPECT_THAT(out, HasSubstr("CSI Identity and Node on unix://" + sock + " (node id node-7)"));
   EXPECT_TRUE(std::filesystem::exists(sock));
   // /metrics and /healthz, on the port it printed.
@@ -154,7 +201,7 @@ TEST(CliTest, NodeServesCsiOnAUnixSocket) {
   EXPECT_THAT(page, HasSubstr("strata_volumes_dead 0"));
   ASSERT_EQ(testing::RunCommand({"/usr/bin/curl", "-sf", base + "/healthz"}, &page), 0) << page;
   ASSERT_EQ(::kill(node.pid, SIGTERM), 0);
-  out += ReadUntil(node.out, "stopped", std::chrono::seconds(30));
+  out += ReadUntil(node.out, "stopped", kDaemonLimit);
   EXPECT_EQ(ExitCode(Wait(node)), 0) << out;
 }
 
@@ -195,7 +242,8 @@ TEST(CliTest, PrefetchWarmsARunningNodesCacheThroughItsAdminSocket) {
   Child node = SpawnStrata({"node", "--state-dir", state, "--cache-capacity", "1GiB", "--fd-keeper",
                             "off", "--metrics-port", "0"});
   ASSERT_GT(node.pid, 0);
-  std::string out = ReadUntil(node.out, "running", std::chrono::seconds(30));
+  Reaper reaper(node);
+  std::string out = ReadUntil(node.out, "running", kDaemonLimit);
   ASSERT_THAT(out, HasSubstr("running"));
   size_t at = out.find("http://127.0.0.1:");
   ASSERT_NE(at, std::string::npos) << out;
@@ -213,6 +261,8 @@ TEST(CliTest, PrefetchWarmsARunningNodesCacheThroughItsAdminSocket) {
 
   Result r = RunStrata({"prefetch", "file://" + obj, "--node-socket", sock});
   EXPECT_EQ(r.code, 0) << r.out;
+  // Progress lines are rate-limited, never the last one, however the
+  // chunks land (run to the command's exit: its whole output is here).
   EXPECT_THAT(r.out, HasSubstr("100.0%"));
   EXPECT_THAT(r.out, HasSubstr("into the cache of the node daemon at " + sock));
   EXPECT_EQ(origin_bytes(), std::to_string(20 << 20));
@@ -261,9 +311,106 @@ TEST(CliTest, PrefetchWarmsARunningNodesCacheThroughItsAdminSocket) {
   EXPECT_THAT(r.out, HasSubstr("connect to the node daemon"));
 
   ASSERT_EQ(::kill(node.pid, SIGTERM), 0);
-  out += ReadUntil(node.out, "stopped", std::chrono::seconds(30));
+  out += ReadUntil(node.out, "stopped", kDaemonLimit);
   EXPECT_EQ(ExitCode(Wait(node)), 0) << out;
   EXPECT_FALSE(std::filesystem::exists(sock)) << "the socket outlived its daemon";
+}
+
+// `strata cat` through a cache whose HTTP origin stops answering: what the
+// cache holds of the version the origin reported last is served, with a
+// warning; what it does not hold fully is a clear error; and an origin that
+// answers "no" (not found, forbidden) is never overruled by the cache.
+TEST(CliTest, CatServesTheCachedCopyWhenTheOriginIsUnreachable) {
+  TempDir dir;
+  const std::string www = dir.path() + "/www", cache = dir.path() + "/cache";
+  std::filesystem::create_directories(www);
+  std::filesystem::create_directories(dir.path() + "/nginx");
+  // Three 4 MiB chunks, the last one short.
+  const std::string model = cache::testing::Pattern(7, 0, (9 << 20) + 4321);
+  const std::string partial = cache::testing::Pattern(8, 0, 9 << 20);
+  std::ofstream(www + "/model.bin", std::ios::binary) << model;
+  std::ofstream(www + "/partial.bin", std::ios::binary) << partial;
+  std::ofstream(www + "/never.bin", std::ios::binary) << "never read";
+  auto nginx = std::make_unique<testing::Nginx>(www, dir.path() + "/nginx");
+  ASSERT_TRUE(nginx->ok());
+  // The origin as Strata sees it: nginx, or what the proxy answers instead.
+  std::atomic<int> answer{0};  // 0: forward; else an HTTP status
+  auto proxy = std::make_unique<testing::FaultProxy>(nginx->port(), [&](uint64_t,
+                                                                        const std::string&,
+                                                                        const std::string&) {
+    int status = answer.load();
+    return status == 0 ? testing::Fault{} : testing::Fault{testing::Fault::Kind::kStatus, status};
+  });
+  const std::string origin = "http://127.0.0.1:" + std::to_string(proxy->port()) + "/";
+  const std::string err = dir.path() + "/stderr";
+  auto cat = [&](const std::string& name, std::vector<std::string> more = {}) {
+    std::vector<std::string> args = {"cat", origin + name, "--cache-dir", cache};
+    args.insert(args.end(), more.begin(), more.end());
+    return RunStrataSplit(args, err);
+  };
+
+  // Cached while the origin answers: all of model.bin, the first chunk of
+  // partial.bin.
+  SplitResult r = cat("model.bin");
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(r.out == model) << r.out.size() << " bytes; " << r.err;
+  r = cat("partial.bin", {"--length", "1000"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(r.out == partial.substr(0, 1000)) << r.err;
+
+  // An origin that says no is believed, cache or not.
+  for (int status : {403, 404}) {
+    answer = status;
+    r = cat("model.bin");
+    EXPECT_EQ(r.code, 1) << status;
+    EXPECT_TRUE(r.out.empty()) << status;
+    EXPECT_THAT(r.err, HasSubstr("HTTP " + std::to_string(status)));
+    EXPECT_THAT(r.err, Not(HasSubstr("serving the cached copy")));
+  }
+
+  // An origin that fails (503): the cached copy, and one line saying so.
+  answer = 503;
+  r = cat("model.bin");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(r.out == model) << r.out.size() << " bytes; " << r.err;
+  EXPECT_THAT(r.err, HasSubstr("the origin of " + origin + "model.bin is unreachable"));
+  EXPECT_THAT(r.err, HasSubstr("HTTP 503"));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+
+  // The origin goes away altogether (nothing listens): the same.
+  proxy.reset();
+  nginx.reset();
+  r = cat("model.bin");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(r.out == model) << r.out.size() << " bytes; " << r.err;
+  EXPECT_THAT(r.err, HasSubstr("the origin of " + origin + "model.bin is unreachable"));
+  EXPECT_THAT(r.err, HasSubstr("serving the cached copy"));
+  r = cat("model.bin", {"--offset", "4194000", "--length", "5000"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(r.out == model.substr(4194000, 5000)) << r.err;
+
+  // What is not wholly cached is not served, and the error says why.
+  r = cat("partial.bin");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(r.out.empty());
+  EXPECT_THAT(r.err, HasSubstr("is unreachable"));
+  EXPECT_THAT(r.err, HasSubstr("not fully cached (2 of the 3 chunks it has are missing)"));
+  r = cat("partial.bin", {"--length", "1000"});  // what is cached of it still is
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(r.out == partial.substr(0, 1000)) << r.err;
+  r = cat("never.bin");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(r.out.empty());
+  EXPECT_THAT(r.err, HasSubstr("the origin of " + origin + "never.bin is unreachable"));
+  EXPECT_THAT(r.err, HasSubstr("is not in the cache"));
+
+  // Once evicted, the object is an error too.
+  Result evict = RunStrata({"cache", "evict", "--cache-dir", cache, "--all"});
+  ASSERT_EQ(evict.code, 0) << evict.out;
+  r = cat("model.bin");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(r.out.empty());
+  EXPECT_THAT(r.err, HasSubstr("is unreachable"));
 }
 
 // A socket left by a killed daemon does not keep the next one from serving.
@@ -281,11 +428,12 @@ TEST(CliTest, NodeReplacesAStaleAdminSocket) {
   Child node = SpawnStrata(
       {"node", "--state-dir", dir.path() + "/state", "--fd-keeper", "off", "--admin-socket", sock});
   ASSERT_GT(node.pid, 0);
-  std::string out = ReadUntil(node.out, "running", std::chrono::seconds(30));
+  Reaper reaper(node);
+  std::string out = ReadUntil(node.out, "running", kDaemonLimit);
   ASSERT_THAT(out, HasSubstr("running"));
   EXPECT_THAT(RawRequest(sock, "{}\n"), HasSubstr("\"error\""));
   ASSERT_EQ(::kill(node.pid, SIGTERM), 0);
-  out += ReadUntil(node.out, "stopped", std::chrono::seconds(30));
+  out += ReadUntil(node.out, "stopped", kDaemonLimit);
   EXPECT_EQ(ExitCode(Wait(node)), 0) << out;
   // Something that is not a socket is never removed to make room.
   std::ofstream(sock) << "keep";

@@ -225,7 +225,7 @@ TEST_F(NodeRestartTest, KilledNodeTakesItsMountOverAndAnswersWhatWasPending) {
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   StartNode();
   AwaitRunning();
-  EXPECT_TRUE(LsAnswers(std::chrono::seconds(10)));
+  EXPECT_TRUE(LsAnswers(std::chrono::seconds(60)));
   ExpectNoErrors();
   EXPECT_EQ(ReadPath(pod_ + "/weights.bin"), weights_);
 
@@ -259,7 +259,7 @@ TEST_F(NodeRestartTest, KillsAtRandomMomentsNeverHangOrFailAPod) {
     AwaitRunning();
     if (HasFailure()) break;
   }
-  EXPECT_TRUE(LsAnswers(std::chrono::seconds(10)));
+  EXPECT_TRUE(LsAnswers(std::chrono::seconds(60)));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   StopWorkers();
   ExpectNoErrors();

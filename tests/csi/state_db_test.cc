@@ -241,12 +241,17 @@ TEST(StateDbAtTest, StartingWithAStateOriginMovesTheRecordsOfTheStateDir) {
     ASSERT_TRUE((*old)->Put("volume/old-1", json{{"capacity", 5}}).ok());
   }
   std::string records = "file://" + dir.path() + "/share/records";
-  std::string out;
-  // The controller runs until a signal: give it two seconds.
-  strata::testing::RunCommand(
-      {"/usr/bin/timeout", "-s", "TERM", "2", STRATA_PATH, "controller", "--state-dir", state,
-       "--state-origin", records, "--csi-endpoint", "unix://" + dir.path() + "/csi.sock"},
-      &out);
+  // The controller moves the records before it serves, and runs until a
+  // signal: stopped once it says it serves.
+  strata::testing::Child controller =
+      strata::testing::Spawn({STRATA_PATH, "controller", "--state-dir", state, "--state-origin",
+                              records, "--csi-endpoint", "unix://" + dir.path() + "/csi.sock"});
+  ASSERT_GT(controller.pid, 0);
+  std::string out =
+      strata::testing::ReadUntil(controller.out, "Controller on", std::chrono::seconds(60));
+  ::kill(controller.pid, SIGTERM);
+  out += strata::testing::ReadUntil(controller.out, "stopped", std::chrono::seconds(60));
+  EXPECT_EQ(strata::testing::Wait(controller), 0) << out;
   EXPECT_FALSE(std::filesystem::exists(state)) << out;
   EXPECT_TRUE(std::filesystem::exists(state + ".moved")) << out;
   auto db = StateDb::OpenAt(records);

@@ -40,8 +40,15 @@ class Nginx {
         << (tls_ ? "    ssl_certificate " + cert + ";\n    ssl_certificate_key " + key + ";\n" : "")
         << extra << "  }\n}\n";
     child_ = Spawn({"/usr/sbin/nginx", "-c", work + "/nginx.conf", "-p", work});
-    // Ready when it accepts a connection (bounded).
-    for (int i = 0; i < 200 && !Accepts(); ++i) {
+    // Ready when it accepts a connection: bounded by a deadline generous
+    // for a loaded machine, and cut short when nginx exits (a bad config).
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (child_.pid > 0 && !(ready_ = Accepts()) && std::chrono::steady_clock::now() < deadline) {
+      if (::waitpid(child_.pid, nullptr, WNOHANG) == child_.pid) {
+        ::close(child_.out);
+        child_ = Child{};
+        break;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
@@ -56,7 +63,8 @@ class Nginx {
     return (tls_ ? "https" : "http") + std::string("://127.0.0.1:") + std::to_string(port_) + "/" +
            path;
   }
-  bool ok() const { return child_.pid > 0; }
+  // Started and accepting connections.
+  bool ok() const { return child_.pid > 0 && ready_; }
   std::string access_log() const { return work_ + "/access.log"; }
 
  private:
@@ -74,6 +82,7 @@ class Nginx {
   std::string work_;
   bool tls_ = false;
   int port_ = 0;
+  bool ready_ = false;
   Child child_;
 };
 
