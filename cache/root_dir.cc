@@ -43,7 +43,9 @@ int64_t Nanos(const struct timespec& t) { return int64_t{t.tv_sec} * 1'000'000'0
 
 ObjectStat StatOf(const struct stat& st) {
   ObjectStat s;
-  s.size = S_ISREG(st.st_mode) ? st.st_size : 0;
+  // A symlink's size is its target's length, a directory's what its file
+  // system says; only a file's is read as bytes.
+  s.size = S_ISREG(st.st_mode) || S_ISLNK(st.st_mode) || S_ISDIR(st.st_mode) ? st.st_size : 0;
   s.version = VersionOf(st);
   s.mtime_ns = Nanos(st.st_mtim);
   s.atime_ns = Nanos(st.st_atim);

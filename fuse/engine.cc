@@ -158,7 +158,8 @@ absl::Status StatusOf(const absl::StatusOr<T>& r) {
 // Replies with an errno, logging what is not routine.
 void Fail(fuse_req_t req, const char* op, uint64_t ino, const absl::Status& st) {
   int err = ErrnoOf(st);
-  if (err != ENOENT && err != EEXIST && err != ENOTEMPTY && err != EROFS && err != ENAMETOOLONG) {
+  if (err != ENOENT && err != EEXIST && err != ENOTEMPTY && err != EROFS && err != ENAMETOOLONG &&
+      err != ENODATA && err != ERANGE) {
     spdlog::warn("{} (inode {}): {} -> {}", op, ino, st.message(), std::strerror(err));
   }
   fuse_reply_err(req, err);
@@ -262,6 +263,38 @@ void OnMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, d
   auto a = Self(req)->tree->Mknod(parent, name, mode, rdev, Who(req));
   if (!a.ok()) return Fail(req, "mknod", parent, a.status());
   ReplyEntry(req, *a);
+}
+
+// getxattr and listxattr: a size of 0 asks how long the answer is.
+void ReplySized(fuse_req_t req, size_t size, const std::string& value) {
+  if (size == 0) return (void)fuse_reply_xattr(req, value.size());
+  if (value.size() > size) return (void)fuse_reply_err(req, ERANGE);
+  fuse_reply_buf(req, value.data(), value.size());
+}
+
+void OnGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  auto v = Self(req)->tree->GetXattr(ino, name);
+  if (!v.ok()) return Fail(req, "getxattr", ino, v.status());
+  ReplySized(req, size, *v);
+}
+
+void OnListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  auto v = Self(req)->tree->ListXattr(ino);
+  if (!v.ok()) return Fail(req, "listxattr", ino, v.status());
+  ReplySized(req, size, *v);
+}
+
+void OnSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                int flags) {
+  absl::Status st = Self(req)->tree->SetXattr(ino, name, std::string(value, size), flags);
+  if (!st.ok()) return Fail(req, "setxattr", ino, st);
+  fuse_reply_err(req, 0);
+}
+
+void OnRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  absl::Status st = Self(req)->tree->RemoveXattr(ino, name);
+  if (!st.ok()) return Fail(req, "removexattr", ino, st);
+  fuse_reply_err(req, 0);
 }
 
 void OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -500,6 +533,10 @@ fuse_lowlevel_ops Ops() {
   ops.link = OnLink;
   ops.mknod = OnMknod;
   ops.fallocate = OnFallocate;
+  ops.getxattr = OnGetxattr;
+  ops.listxattr = OnListxattr;
+  ops.setxattr = OnSetxattr;
+  ops.removexattr = OnRemovexattr;
   ops.open = OnOpen;
   ops.read = OnRead;
   ops.write = OnWrite;

@@ -70,6 +70,15 @@ absl::StatusOr<Attr> Tree::Mknod(uint64_t, const std::string&, uint32_t, uint64_
   return ReadOnly();
 }
 absl::Status Tree::Fallocate(uint64_t, int, uint64_t, uint64_t) { return ReadOnly(); }
+namespace {
+absl::Status NoXattrs() { return PosixError(EOPNOTSUPP, "this filesystem keeps no xattrs"); }
+}  // namespace
+absl::StatusOr<std::string> Tree::GetXattr(uint64_t, const std::string&) { return NoXattrs(); }
+absl::StatusOr<std::string> Tree::ListXattr(uint64_t) { return NoXattrs(); }
+absl::Status Tree::SetXattr(uint64_t, const std::string&, const std::string&, int) {
+  return NoXattrs();
+}
+absl::Status Tree::RemoveXattr(uint64_t, const std::string&) { return NoXattrs(); }
 
 absl::Status Tree::Reopen(uint64_t, uint64_t handle, int) {
   return PosixError(EBADF, absl::StrCat("unknown file handle ", handle));

@@ -124,6 +124,13 @@ class Tree {
                                      uint64_t rdev, const Caller& who);
   // fallocate(2) on an open handle, with its `mode` flags.
   virtual absl::Status Fallocate(uint64_t handle, int mode, uint64_t offset, uint64_t length);
+  // Extended attributes: a value; the names, each ended by a NUL; set
+  // with setxattr(2)'s `flags`; removed. The default has none (EOPNOTSUPP).
+  virtual absl::StatusOr<std::string> GetXattr(uint64_t ino, const std::string& name);
+  virtual absl::StatusOr<std::string> ListXattr(uint64_t ino);
+  virtual absl::Status SetXattr(uint64_t ino, const std::string& name, const std::string& value,
+                                int flags);
+  virtual absl::Status RemoveXattr(uint64_t ino, const std::string& name);
 
   // A file handle the kernel holds from before this daemon took the mount
   // over (see FuseServer::Adopt): make `handle` usable again for `ino`,

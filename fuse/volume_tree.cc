@@ -5,7 +5,9 @@
 
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <linux/limits.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -162,7 +164,7 @@ Attr VolumeTree::ToAttr(uint64_t ino, const cache::ObjectStat& st) const {
   uint32_t type = st.is_dir ? S_IFDIR : st.is_symlink ? S_IFLNK : st.special ? st.special : S_IFREG;
   a.mode = type | (st.mode & 07777);
   if (opts_.read_only) a.mode &= ~0222;
-  a.size = st.is_dir ? 0 : st.size;
+  a.size = st.size;
   // A POSIX origin's count is what it says (0: unlinked, still open);
   // object stores say none.
   a.nlink = st.ino != 0 ? st.nlink : st.is_dir ? 2 : 1;
@@ -818,17 +820,38 @@ absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int
     Changed(*path);
     return Fresh(*path);  // times: the object store keeps its own
   }
-  // Each call below acts on a name in its directory and never follows it;
-  // the volume's root, which has no name here, through its descriptor.
+  // Each call below acts on a name in its directory and never follows it.
+  // What has no name here acts through a descriptor: the volume's root,
+  // and a file unlinked while open (its handle's, as fchmod would).
   cache::RootDir::Entry at;
   std::shared_ptr<const cache::UniqueFd> root_fd;
+  cache::UniqueFd held;
   int dir = AT_FDCWD, nofollow = AT_SYMLINK_NOFOLLOW;
   std::string name;
-  if (path->empty()) {
-    auto fd = root_->Fd();
-    if (!fd.ok()) return fd.status();
-    root_fd = *fd;
-    name = absl::StrCat("/proc/self/fd/", root_fd->get());
+  bool named = true;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = nodes_.find(ino);
+    if (it != nodes_.end() && !it->second.named) {
+      named = false;
+      for (const auto& [h, handle] : handles_) {
+        if (handle.ino == ino && handle.fd >= 0 && handle.staged.empty()) {
+          held = cache::UniqueFd(::fcntl(handle.fd, F_DUPFD_CLOEXEC, 0));
+          break;
+        }
+      }
+    }
+  }
+  if (path->empty() || !named) {
+    if (!named && held.get() < 0) {
+      return PosixError(ENOENT, absl::StrCat(*path, " was removed and is not open"));
+    }
+    if (path->empty()) {
+      auto fd = root_->Fd();
+      if (!fd.ok()) return fd.status();
+      root_fd = *fd;
+    }
+    name = absl::StrCat("/proc/self/fd/", root_fd ? root_fd->get() : held.get());
     nofollow = 0;
   } else {
     auto parent = root_->Parent(*path);
@@ -850,10 +873,12 @@ absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int
     if (::fchownat(dir, name.c_str(), uid, gid, nofollow) != 0) return fail("chown");
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
-    auto file = root_->OpenFile(*path, O_WRONLY);
+    absl::StatusOr<cache::UniqueFd> file =
+        named ? root_->OpenFile(*path, O_WRONLY)
+              : cache::UniqueFd(::open(name.c_str(), O_WRONLY | O_CLOEXEC));
     if (!file.ok()) return Broken(file.status(), *path);
-    if (::ftruncate(file->get(), a.st_size) != 0) return fail("truncate");
-    Changed(*path);
+    if (file->get() < 0 || ::ftruncate(file->get(), a.st_size) != 0) return fail("truncate");
+    if (named) Changed(*path);
   }
   if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
     struct timespec ts[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
@@ -863,6 +888,7 @@ absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int
       ts[1] = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? timespec{0, UTIME_NOW} : a.st_mtim;
     if (::utimensat(dir, name.c_str(), ts, nofollow) != 0) return fail("utimens");
   }
+  if (!named) return AttrOfOpen(ino);
   return Fresh(*path);
 }
 
@@ -1209,6 +1235,73 @@ absl::Status VolumeTree::PutEmpty(const std::string& path) {
   ::close(staged->first);
   ::unlink(staged->second.c_str());
   if (!up.ok()) return PosixError(EIO, absl::StrCat("upload of ", path, ": ", up.message()));
+  return absl::OkStatus();
+}
+
+namespace {
+bool UserXattr(const std::string& name) { return name.rfind("user.", 0) == 0; }
+std::string ProcFd(int fd) { return absl::StrCat("/proc/self/fd/", fd); }
+}  // namespace
+
+absl::StatusOr<cache::UniqueFd> VolumeTree::Entry(uint64_t ino) {
+  if (!posix()) return PosixError(EOPNOTSUPP, absl::StrCat(origin_->url(), " keeps no xattrs"));
+  auto path = PathOf(ino);
+  if (!path.ok()) return path.status();
+  auto fd = root_->Open(*path, O_PATH | O_NOFOLLOW);
+  if (!fd.ok()) return Broken(fd.status(), *path);
+  return fd;
+}
+
+absl::StatusOr<std::string> VolumeTree::GetXattr(uint64_t ino, const std::string& name) {
+  auto fd = Entry(ino);
+  if (!fd.ok()) return fd.status();
+  if (!UserXattr(name)) return PosixError(ENODATA, name);
+  std::string value(XATTR_SIZE_MAX, '\0');
+  ssize_t n = ::getxattr(ProcFd(fd->get()).c_str(), name.c_str(), value.data(), value.size());
+  if (n < 0) return PosixError(errno, absl::StrCat("getxattr ", name, ": ", std::strerror(errno)));
+  value.resize(static_cast<size_t>(n));
+  return value;
+}
+
+absl::StatusOr<std::string> VolumeTree::ListXattr(uint64_t ino) {
+  auto fd = Entry(ino);
+  if (!fd.ok()) return fd.status();
+  std::string names(XATTR_LIST_MAX, '\0');
+  ssize_t n = ::listxattr(ProcFd(fd->get()).c_str(), names.data(), names.size());
+  if (n < 0) return PosixError(errno, absl::StrCat("listxattr: ", std::strerror(errno)));
+  std::string out;
+  for (absl::string_view name : absl::StrSplit(absl::string_view(names.data(), n), '\0')) {
+    if (UserXattr(std::string(name))) absl::StrAppend(&out, name, absl::string_view("\0", 1));
+  }
+  return out;
+}
+
+absl::Status VolumeTree::SetXattr(uint64_t ino, const std::string& name, const std::string& value,
+                                  int flags) {
+  if (absl::Status w = Writable("setxattr"); !w.ok()) return w;
+  auto fd = Entry(ino);
+  if (!fd.ok()) return fd.status();
+  if (!UserXattr(name)) {
+    return PosixError(EOPNOTSUPP, absl::StrCat("setxattr ", name, ": only user. attributes"));
+  }
+  if (::setxattr(ProcFd(fd->get()).c_str(), name.c_str(), value.data(), value.size(), flags) != 0) {
+    return PosixError(errno, absl::StrCat("setxattr ", name, ": ", std::strerror(errno)));
+  }
+  auto path = PathOf(ino);
+  if (path.ok()) Changed(*path);  // its ctime
+  return absl::OkStatus();
+}
+
+absl::Status VolumeTree::RemoveXattr(uint64_t ino, const std::string& name) {
+  if (absl::Status w = Writable("removexattr"); !w.ok()) return w;
+  auto fd = Entry(ino);
+  if (!fd.ok()) return fd.status();
+  if (!UserXattr(name)) return PosixError(ENODATA, name);
+  if (::removexattr(ProcFd(fd->get()).c_str(), name.c_str()) != 0) {
+    return PosixError(errno, absl::StrCat("removexattr ", name, ": ", std::strerror(errno)));
+  }
+  auto path = PathOf(ino);
+  if (path.ok()) Changed(*path);
   return absl::OkStatus();
 }
 

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "cache/fetcher.h"
 #include "cache/origin.h"
+#include "cache/root_dir.h"
 #include "fuse/tree.h"
 
 namespace strata::fuse {
@@ -93,6 +94,14 @@ class VolumeTree final : public Tree {
   absl::StatusOr<Attr> Mknod(uint64_t parent, const std::string& name, uint32_t mode, uint64_t rdev,
                              const Caller& who) override;
   absl::Status Fallocate(uint64_t handle, int mode, uint64_t offset, uint64_t length) override;
+  // file:// volumes keep the origin's "user." attributes; others are
+  // neither shown nor set (ENODATA, EOPNOTSUPP): "trusted." and
+  // "security." ones mean something to the node, not to the volume.
+  absl::StatusOr<std::string> GetXattr(uint64_t ino, const std::string& name) override;
+  absl::StatusOr<std::string> ListXattr(uint64_t ino) override;
+  absl::Status SetXattr(uint64_t ino, const std::string& name, const std::string& value,
+                        int flags) override;
+  absl::Status RemoveXattr(uint64_t ino, const std::string& name) override;
   absl::Status Reopen(uint64_t ino, uint64_t handle, int flags) override;
   // A POSIX origin's file system; the default (no fixed size) elsewhere.
   absl::StatusOr<struct statvfs> StatFs() override;
@@ -169,6 +178,9 @@ class VolumeTree final : public Tree {
   void Changed(const std::string& path);
   // Forgets the cached metadata of the directory holding `path`.
   void DirChanged(const std::string& path);
+  // The entry `ino` stands for, opened O_PATH without following it, for an
+  // xattr call through /proc/self/fd.
+  absl::StatusOr<cache::UniqueFd> Entry(uint64_t ino);
   // Object stores: makes `path` an empty object.
   absl::Status PutEmpty(const std::string& path);
   // After a change through this tree: the new attributes of `path`.
