@@ -53,22 +53,38 @@ VolumeTree::~VolumeTree() {
   if (inode_log_fd_ >= 0) ::close(inode_log_fd_);
 }
 
-// The log is a sequence of records: 8-byte inode, 4-byte length, path. A
-// torn last record (a kill mid-write) is ignored: its inode was never
-// handed to the kernel, which happens only after the record is written.
+// The log is a sequence of records: 8-byte inode, 4-byte length, path,
+// and, when the length has kRecordHasId set, the origin's 8-byte device and
+// inode numbers of the file. A torn last record (a kill mid-write) is
+// ignored: its inode was never handed to the kernel, which happens only
+// after the record is written.
 void VolumeTree::LoadInodes() {
   std::ifstream in(opts_.inode_log, std::ios::binary);
   size_t loaded = 0;
   while (in) {
     uint64_t ino;
     uint32_t len;
+    FileId id{0, 0};
     if (!in.read(reinterpret_cast<char*>(&ino), sizeof ino)) break;
-    if (!in.read(reinterpret_cast<char*>(&len), sizeof len) || len > 65536) break;
+    if (!in.read(reinterpret_cast<char*>(&len), sizeof len)) break;
+    const bool has_id = len & kRecordHasId;
+    len &= ~kRecordHasId;
+    if (len > 65536) break;
     std::string path(len, '\0');
     if (!in.read(path.data(), len)) break;
+    if (has_id && (!in.read(reinterpret_cast<char*>(&id.first), sizeof id.first) ||
+                   !in.read(reinterpret_cast<char*>(&id.second), sizeof id.second))) {
+      break;
+    }
     if (ino == kRootIno) continue;
     inos_[path] = ino;  // a later record wins: the name moved
-    nodes_[ino] = Node{path, {}, absl::InfinitePast(), ""};
+    Node& n = nodes_[ino];
+    n.path = path;  // of a file with several names, the last one recorded
+    n.fetched = absl::InfinitePast();
+    if (has_id) {
+      n.id = id;
+      by_id_[id] = ino;  // so that a name is taken for this file only if it still is
+    }
     ++loaded;
   }
   spdlog::info("volume {}: {} inodes known from the previous daemon", origin_->url(), loaded);
@@ -94,6 +110,12 @@ uint64_t VolumeTree::InoFor(const std::string& path, const cache::ObjectStat& st
   }
   uint64_t ino;
   auto known = st.ino != 0 ? by_id_.find(id) : by_id_.end();
+  if (known != by_id_.end() && !nodes_[known->second].named && HeldIsGone(known->second)) {
+    // The origin gave a removed file's number to a new file, while the old
+    // one is still open here: the new file is another inode.
+    by_id_.erase(known);
+    known = by_id_.end();
+  }
   if (known != by_id_.end()) {
     ino = known->second;  // another name of a file seen before
   } else {
@@ -121,10 +143,15 @@ void VolumeTree::Name(const std::string& path, uint64_t ino) {
   n.named = true;
   n.fetched = absl::InfinitePast();
   if (inode_log_fd_ >= 0) {
-    uint32_t len = static_cast<uint32_t>(path.size());
+    const bool has_id = n.id != FileId{0, 0};
+    uint32_t len = static_cast<uint32_t>(path.size()) | (has_id ? kRecordHasId : 0);
     std::string rec(reinterpret_cast<const char*>(&ino), sizeof ino);
     rec.append(reinterpret_cast<const char*>(&len), sizeof len);
     rec += path;
+    if (has_id) {
+      rec.append(reinterpret_cast<const char*>(&n.id.first), sizeof n.id.first);
+      rec.append(reinterpret_cast<const char*>(&n.id.second), sizeof n.id.second);
+    }
     if (::write(inode_log_fd_, rec.data(), rec.size()) != static_cast<ssize_t>(rec.size())) {
       spdlog::warn("inode log {}: {}", opts_.inode_log, std::strerror(errno));
     }
@@ -141,8 +168,8 @@ void VolumeTree::DropName(const std::string& path) {
   n.fetched = absl::InfinitePast();
   if (n.path != path) return;
   n.named = false;
-  if (n.stat.nlink <= 1) return;
-  for (const auto& [other, i] : inos_) {  // a file with other names: one of them
+  if (n.stat.is_dir || n.stat.nlink <= 1) return;  // no other name to look for
+  for (const auto& [other, i] : inos_) {           // a file with other names: one of them
     if (i == ino) {
       n.path = other;
       n.named = true;
@@ -315,19 +342,37 @@ absl::StatusOr<Attr> VolumeTree::GetAttr(uint64_t ino) {
   // Gone, or the name now leads to another file: the file itself, if open.
   auto open = AttrOfOpen(ino);
   if (open.ok()) return open;
-  return st.ok() ? PosixError(ENOENT, absl::StrCat(path, " is another file now")) : st.status();
+  // ESTALE: the kernel looks the name up again (and finds the new file).
+  return st.ok() ? PosixError(ESTALE, absl::StrCat(path, " is another file now")) : st.status();
+}
+
+cache::UniqueFd VolumeTree::HeldFd(uint64_t ino) {
+  absl::MutexLock l(&mu_);
+  return HeldFdLocked(ino);
+}
+
+cache::UniqueFd VolumeTree::HeldFdLocked(uint64_t ino) {
+  for (const auto& [h, handle] : handles_) {
+    if (handle.ino == ino && handle.fd >= 0 && handle.staged.empty()) {
+      return cache::UniqueFd(::fcntl(handle.fd, F_DUPFD_CLOEXEC, 0));
+    }
+  }
+  return cache::UniqueFd();
+}
+
+bool VolumeTree::HeldIsGone(uint64_t ino) {
+  cache::UniqueFd fd = HeldFdLocked(ino);
+  struct stat local;
+  return fd.get() >= 0 && ::fstat(fd.get(), &local) == 0 && local.st_nlink == 0;
 }
 
 absl::StatusOr<Attr> VolumeTree::AttrOfOpen(uint64_t ino) {
+  cache::UniqueFd fd = HeldFd(ino);
   struct stat local;
-  absl::MutexLock l(&mu_);
-  for (const auto& [h, handle] : handles_) {
-    if (handle.ino == ino && handle.fd >= 0 && handle.staged.empty() &&
-        ::fstat(handle.fd, &local) == 0) {
-      return ToAttr(ino, cache::StatOf(local));
-    }
+  if (fd.get() < 0 || ::fstat(fd.get(), &local) != 0) {
+    return PosixError(ESTALE, absl::StrCat("inode ", ino, " has no name and is not open"));
   }
-  return PosixError(ENOENT, absl::StrCat("inode ", ino, " has no name and is not open"));
+  return ToAttr(ino, cache::StatOf(local));
 }
 
 absl::StatusOr<std::vector<DirEntry>> VolumeTree::ReadDir(uint64_t ino) {
@@ -368,7 +413,13 @@ absl::StatusOr<OpenResult> VolumeTree::Open(uint64_t ino, int flags) {
     if (absl::Status w = Writable("open for writing"); !w.ok()) return w;
   }
   auto file = FileToOpen(ino);
-  if (!file.ok()) return file.status();
+  if (!file.ok()) {
+    if (ErrnoOf(file.status()) != ESTALE && ErrnoOf(file.status()) != ENOENT) return file.status();
+    // No name leads to it now, but it is open here (/proc/PID/fd of an
+    // unlinked file): another descriptor of the same file.
+    auto again = OpenHeld(ino, flags);
+    return again.ok() ? again : file.status();
+  }
   const auto& [path, st] = *file;
   absl::StatusOr<OpenResult> opened;
   if (!writing) {
@@ -388,6 +439,21 @@ absl::StatusOr<OpenResult> VolumeTree::Open(uint64_t ino, int flags) {
     ForgetAttrs(ino);
   }
   return opened;
+}
+
+absl::StatusOr<OpenResult> VolumeTree::OpenHeld(uint64_t ino, int flags) {
+  cache::UniqueFd held = HeldFd(ino);
+  if (held.get() < 0) return PosixError(ESTALE, "not open here");
+  std::string self = absl::StrCat("/proc/self/fd/", held.get());
+  cache::UniqueFd fd(::open(self.c_str(), (flags & (O_ACCMODE | O_APPEND | O_TRUNC)) | O_CLOEXEC));
+  struct stat local;
+  if (fd.get() < 0 || ::fstat(fd.get(), &local) != 0) {
+    return PosixError(errno, absl::StrCat("reopen of inode ", ino, ": ", std::strerror(errno)));
+  }
+  auto path = PathOf(ino);
+  auto h = AddHandle(ino, path.ok() ? *path : "", cache::StatOf(local), fd.get());
+  if (h.ok()) fd.release();
+  return h;
 }
 
 absl::StatusOr<OpenResult> VolumeTree::OpenObjectForWriting(uint64_t ino, const std::string& path,
@@ -412,12 +478,25 @@ absl::StatusOr<OpenResult> VolumeTree::OpenObjectForWriting(uint64_t ino, const 
 }
 
 absl::StatusOr<std::pair<std::string, cache::ObjectStat>> VolumeTree::FileToOpen(uint64_t ino) {
-  auto path = PathOf(ino);
-  if (!path.ok()) return path.status();
+  std::string at;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = nodes_.find(ino);
+    if (it == nodes_.end()) return PosixError(ESTALE, absl::StrCat("unknown inode ", ino));
+    if (!it->second.named) {
+      return PosixError(ESTALE, absl::StrCat(it->second.path, " was removed"));
+    }
+    at = it->second.path;
+  }
+  const std::string* path = &at;
   uint64_t got;
   // Close-to-open: what another node wrote and closed is what this open sees.
   auto st = StatPath(*path, &got, /*revalidate=*/true);
   if (!st.ok()) return st.status();
+  if (got != ino) {
+    // Replaced (a new file renamed over it): the kernel must look again.
+    return PosixError(ESTALE, absl::StrCat(*path, " is another file now"));
+  }
   if (st->is_dir) return PosixError(EISDIR, *path);
   // Replaced by a symlink since the kernel looked it up: the kernel must look
   // again and follow it itself, in the reader's own view.
@@ -743,6 +822,10 @@ absl::StatusOr<std::pair<Attr, OpenResult>> VolumeTree::Create(uint64_t parent,
   }
   uint64_t got;
   auto st = StatPath(*path, &got, false);
+  if (!st.ok()) {
+    ::close(fd);
+    return st.status();
+  }
   auto h = AddHandle(attr->ino, *path, *st, fd);
   if (!h.ok()) return h.status();
   return std::make_pair(*attr, *h);
@@ -929,8 +1012,9 @@ absl::Status VolumeTree::Unlink(uint64_t parent, const std::string& name) {
     if (st->is_dir) return PosixError(EISDIR, *path);
     if (absl::Status d = origin_->Delete(*path); !d.ok()) return d;
   } else {
-    HoldOpenFiles(*path);
+    Held held = HoldOpenFiles(*path);
     if (absl::Status st = RemoveName(*path, 0); !st.ok()) return st;
+    GiveHeld(held);
   }
   Changed(*path);
   absl::MutexLock l(&mu_);
@@ -991,7 +1075,8 @@ absl::Status VolumeTree::Rename(uint64_t parent, const std::string& name, uint64
     if (absl::Status d = origin_->Delete(*from); !d.ok()) return d;
     Changed(*from);
   } else {
-    if (!(flags & RENAME_EXCHANGE)) HoldOpenFiles(*to);
+    Held held;
+    if (!(flags & RENAME_EXCHANGE)) held = HoldOpenFiles(*to);
     auto src = root_->Parent(*from);
     if (!src.ok()) return Broken(src.status(), *from);
     auto dst = root_->Parent(*to);
@@ -1004,6 +1089,7 @@ absl::Status VolumeTree::Rename(uint64_t parent, const std::string& name, uint64
       (void)Broken(st, *from);
       return Broken(st, *to);
     }
+    GiveHeld(held);
     Changed(*from);  // its ctime, and the directory it left
   }
   // The kernel keeps the moved inode's number: its names (its subtree's
@@ -1083,6 +1169,17 @@ absl::StatusOr<std::string> VolumeTree::Readlink(uint64_t ino) {
 // group stays the directory's (the origin gave it so), and a directory
 // made there is setgid too, as on a local file system.
 void VolumeTree::Own(int fd, int dirfd, const std::string& path, uint32_t mode, const Caller& who) {
+  // The entry was opened again by its name: it must be the one just made
+  // (this daemon's, of the kind asked, with no other name), never one that
+  // a writer of the origin swapped in meanwhile.
+  struct stat made;
+  if (::fstat(fd, &made) != 0 || made.st_uid != ::geteuid() ||
+      (made.st_mode & S_IFMT) != (mode & S_IFMT) ||
+      (!S_ISDIR(made.st_mode) && made.st_nlink != 1)) {
+    spdlog::warn("{}: changed at the origin as it was made; its owner and mode are left alone",
+                 path);
+    return;
+  }
   struct stat dir {};
   bool group_from_dir = ::fstat(dirfd, &dir) == 0 && (dir.st_mode & S_ISGID);
   gid_t gid = group_from_dir ? static_cast<gid_t>(-1) : who.gid;
@@ -1099,29 +1196,37 @@ void VolumeTree::Own(int fd, int dirfd, const std::string& path, uint32_t mode, 
   }
 }
 
-void VolumeTree::HoldOpenFiles(const std::string& path) {
-  std::vector<uint64_t> readers;
+VolumeTree::Held VolumeTree::HoldOpenFiles(const std::string& path) {
+  Held held;
+  FileId id;
   {
     absl::MutexLock l(&mu_);
     auto it = inos_.find(path);
-    if (it == inos_.end()) return;
-    for (const auto& [h, handle] : handles_) {
-      if (handle.ino == it->second && handle.fd < 0) readers.push_back(h);
-    }
+    if (it == inos_.end()) return held;
+    bool open = false;
+    for (const auto& [h, handle] : handles_) open |= handle.ino == it->second;
+    if (!open) return held;  // (a reader opening meanwhile reads by name)
+    held.ino = it->second;
+    id = nodes_[it->second].id;
   }
-  if (readers.empty()) return;
   auto file = root_->OpenFile(path, O_RDONLY);
-  if (!file.ok()) {
-    spdlog::warn("{}: open readers will fail once it is removed: {}", path,
-                 file.status().message());
-    return;
+  struct stat st;
+  if (!file.ok() || ::fstat(file->get(), &st) != 0 || FileId{st.st_dev, st.st_ino} != id) {
+    spdlog::warn("{}: its open readers will fail once it is removed: {}", path,
+                 file.ok() ? "it is another file now" : file.status().message());
+    return Held{};
   }
+  held.fd = std::move(*file);
+  return held;
+}
+
+void VolumeTree::GiveHeld(const Held& held) {
+  if (held.fd.get() < 0) return;
   absl::MutexLock l(&mu_);
-  for (uint64_t h : readers) {
-    auto it = handles_.find(h);
-    if (it == handles_.end() || it->second.fd >= 0) continue;
-    int fd = ::fcntl(file->get(), F_DUPFD_CLOEXEC, 0);
-    if (fd >= 0) it->second.fd = fd;
+  for (auto& [h, handle] : handles_) {
+    if (handle.ino != held.ino || handle.fd >= 0) continue;
+    int fd = ::fcntl(held.fd.get(), F_DUPFD_CLOEXEC, 0);
+    if (fd >= 0) handle.fd = fd;
   }
 }
 
@@ -1150,8 +1255,9 @@ absl::StatusOr<Attr> VolumeTree::Link(uint64_t ino, uint64_t new_parent,
   auto file = root_->Open(from, O_PATH | O_NOFOLLOW);
   if (!file.ok()) return Broken(file.status(), from);
   struct stat st;
-  if (::fstat(file->get(), &st) != 0 || FileId{st.st_dev, st.st_ino} != id) {
-    return Broken(PosixError(ENOENT, absl::StrCat(from, " is no longer the file to link")), from);
+  if (::fstat(file->get(), &st) != 0 ||
+      (id != FileId{0, 0} && FileId{st.st_dev, st.st_ino} != id)) {
+    return Broken(PosixError(ESTALE, absl::StrCat(from, " is no longer the file to link")), from);
   }
   auto at = root_->Parent(*to);
   if (!at.ok()) return Broken(at.status(), *to);
@@ -1186,10 +1292,16 @@ absl::StatusOr<Attr> VolumeTree::Mknod(uint64_t parent, const std::string& name,
       type != S_IFBLK) {
     return PosixError(EINVAL, absl::StrCat("mknod ", *path, ": type ", type));
   }
+  if ((type == S_IFCHR || type == S_IFBLK) && rdev != 0) {
+    // A pod's root may hold CAP_MKNOD, and the origin is shared: a node for
+    // a disk of this machine, left there, would open it for anyone reading
+    // the origin without nodev. Only overlayfs's whiteout (0, 0) is made.
+    return PosixError(EPERM, absl::StrCat("mknod ", *path,
+                                          ": device nodes are not made on volumes (only the "
+                                          "0/0 whiteout)"));
+  }
   auto at = root_->Parent(*path);
   if (!at.ok()) return Broken(at.status(), *path);
-  // The kernel let the caller make a device node only with CAP_MKNOD; and
-  // the mount is nodev, so no device made or found here opens through it.
   if (::mknodat(at->dir.get(), at->name.c_str(), (type ? type : S_IFREG) | (mode & 07777),
                 static_cast<dev_t>(rdev)) != 0) {
     return Broken(PosixError(errno, absl::StrCat("mknod ", *path, ": ", std::strerror(errno))),
@@ -1245,17 +1357,35 @@ std::string ProcFd(int fd) { return absl::StrCat("/proc/self/fd/", fd); }
 
 absl::StatusOr<cache::UniqueFd> VolumeTree::Entry(uint64_t ino) {
   if (!posix()) return PosixError(EOPNOTSUPP, absl::StrCat(origin_->url(), " keeps no xattrs"));
-  auto path = PathOf(ino);
-  if (!path.ok()) return path.status();
-  auto fd = root_->Open(*path, O_PATH | O_NOFOLLOW);
-  if (!fd.ok()) return Broken(fd.status(), *path);
+  std::string path;
+  FileId id;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = nodes_.find(ino);
+    if (it == nodes_.end()) return PosixError(ESTALE, absl::StrCat("unknown inode ", ino));
+    if (!it->second.named) {
+      // Unlinked and still open: the file itself, through a handle's descriptor.
+      cache::UniqueFd held = HeldFdLocked(ino);
+      if (held.get() < 0) return PosixError(ESTALE, absl::StrCat(it->second.path, " was removed"));
+      return held;
+    }
+    path = it->second.path;
+    id = it->second.id;
+  }
+  auto fd = root_->Open(path, O_PATH | O_NOFOLLOW);
+  if (!fd.ok()) return Broken(fd.status(), path);
+  struct stat st;
+  if (id != FileId{0, 0} && (::fstat(fd->get(), &st) != 0 || FileId{st.st_dev, st.st_ino} != id)) {
+    return PosixError(ESTALE, absl::StrCat(path, " is another file now"));
+  }
   return fd;
 }
 
 absl::StatusOr<std::string> VolumeTree::GetXattr(uint64_t ino, const std::string& name) {
+  // Asked on every write (security.capability): answered before any work.
+  if (posix() && !UserXattr(name)) return PosixError(ENODATA, name);
   auto fd = Entry(ino);
   if (!fd.ok()) return fd.status();
-  if (!UserXattr(name)) return PosixError(ENODATA, name);
   std::string value(XATTR_SIZE_MAX, '\0');
   ssize_t n = ::getxattr(ProcFd(fd->get()).c_str(), name.c_str(), value.data(), value.size());
   if (n < 0) return PosixError(errno, absl::StrCat("getxattr ", name, ": ", std::strerror(errno)));
@@ -1279,11 +1409,11 @@ absl::StatusOr<std::string> VolumeTree::ListXattr(uint64_t ino) {
 absl::Status VolumeTree::SetXattr(uint64_t ino, const std::string& name, const std::string& value,
                                   int flags) {
   if (absl::Status w = Writable("setxattr"); !w.ok()) return w;
-  auto fd = Entry(ino);
-  if (!fd.ok()) return fd.status();
-  if (!UserXattr(name)) {
+  if (posix() && !UserXattr(name)) {
     return PosixError(EOPNOTSUPP, absl::StrCat("setxattr ", name, ": only user. attributes"));
   }
+  auto fd = Entry(ino);
+  if (!fd.ok()) return fd.status();
   if (::setxattr(ProcFd(fd->get()).c_str(), name.c_str(), value.data(), value.size(), flags) != 0) {
     return PosixError(errno, absl::StrCat("setxattr ", name, ": ", std::strerror(errno)));
   }
@@ -1294,9 +1424,9 @@ absl::Status VolumeTree::SetXattr(uint64_t ino, const std::string& name, const s
 
 absl::Status VolumeTree::RemoveXattr(uint64_t ino, const std::string& name) {
   if (absl::Status w = Writable("removexattr"); !w.ok()) return w;
+  if (posix() && !UserXattr(name)) return PosixError(ENODATA, name);
   auto fd = Entry(ino);
   if (!fd.ok()) return fd.status();
-  if (!UserXattr(name)) return PosixError(ENODATA, name);
   if (::removexattr(ProcFd(fd->get()).c_str(), name.c_str()) != 0) {
     return PosixError(errno, absl::StrCat("removexattr ", name, ": ", std::strerror(errno)));
   }

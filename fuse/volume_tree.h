@@ -111,6 +111,8 @@ class VolumeTree final : public Tree {
  private:
   // The origin's identity of a file: device and inode number.
   using FileId = std::pair<uint64_t, uint64_t>;
+  // In an inode log record's length: the file's FileId follows the path.
+  static constexpr uint32_t kRecordHasId = 0x80000000u;
   struct Node {
     // Its name relative to the origin's root ("" for the root): of a file
     // with several, the one last confirmed.
@@ -145,12 +147,27 @@ class VolumeTree final : public Tree {
   // `path` no longer names what it did (unlinked, renamed, replaced).
   void DropName(const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Before the last name of an open file may go (unlink, rename over it):
-  // its read handles, which read by name, get a descriptor of the file, so
-  // that they keep working after it (as on a local file system).
-  void HoldOpenFiles(const std::string& path);
+  // a descriptor of the file, checked to be the one its inode stands for,
+  // taken while the name still leads to it. Once the name is gone,
+  // GiveHeld lends it to the file's read handles, which read by name, so
+  // that they keep working (as on a local file system).
+  struct Held {
+    uint64_t ino = 0;
+    cache::UniqueFd fd;
+  };
+  Held HoldOpenFiles(const std::string& path);
+  void GiveHeld(const Held& held);
   // The attributes of a file that no known name leads to, from a
   // descriptor an open handle holds (st_nlink 0 once unlinked).
   absl::StatusOr<Attr> AttrOfOpen(uint64_t ino);
+  // Another descriptor of the file `ino` as an open handle holds it; none
+  // (-1) when no handle holds one.
+  cache::UniqueFd HeldFd(uint64_t ino);
+  cache::UniqueFd HeldFdLocked(uint64_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the file `ino` is open here and has no name left at the origin.
+  bool HeldIsGone(uint64_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Opens `ino` through a descriptor a handle holds (a file without a name).
+  absl::StatusOr<OpenResult> OpenHeld(uint64_t ino, int flags);
   // Gives a new entry (open as `fd`, any kind) to `who`, with exactly
   // `mode`'s permission bits; see the .cc.
   void Own(int fd, int dirfd, const std::string& path, uint32_t mode, const Caller& who);

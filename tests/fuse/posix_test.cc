@@ -566,22 +566,31 @@ TEST_F(PosixTest, RenameKeepsTheInodeNumber) {
 
 // --- 10 --------------------------------------------------------------------
 
-TEST_F(PosixTest, MknodMakesFifosSocketsAndDevicesAndDevicesDoNotOpen) {
+// Device nodes other than overlayfs's whiteout (0, 0) are refused: a pod's
+// root may hold CAP_MKNOD, and a node for this machine's disk left in a
+// shared origin would open it for anyone reading the origin without nodev.
+TEST_F(PosixTest, MknodMakesFifosSocketsAndWhiteoutsButNoDevices) {
   ASSERT_NO_FATAL_FAILURE(Mount());
-  const dev_t null_dev = makedev(1, 3);
+  const dev_t whiteout = makedev(0, 0);
   auto make = [&](const std::string& dir) {
     std::string out;
     if (::mkfifo((dir + "/fifo").c_str(), 0644) != 0)
       absl::StrAppend(&out, "mkfifo: ", Errno(errno), "; ");
     if (::mknod((dir + "/sock").c_str(), S_IFSOCK | 0644, 0) != 0)
       absl::StrAppend(&out, "mknod S_IFSOCK: ", Errno(errno), "; ");
-    if (::mknod((dir + "/null").c_str(), S_IFCHR | 0666, null_dev) != 0)
-      absl::StrAppend(&out, "mknod S_IFCHR: ", Errno(errno), "; ");
+    if (::mknod((dir + "/wh").c_str(), S_IFCHR | 0666, whiteout) != 0)
+      absl::StrAppend(&out, "mknod S_IFCHR 0/0: ", Errno(errno), "; ");
     return out;
   };
   ASSERT_EQ(make(scratch_), "") << "(the origin's own file system)";
   EXPECT_EQ(make(mnt_), "");
-  for (const std::string name : {"fifo", "sock", "null"}) {
+  EXPECT_EQ(::mknod(M("null").c_str(), S_IFCHR | 0666, makedev(1, 3)), -1);
+  EXPECT_EQ(errno, EPERM) << Errno(errno);
+  EXPECT_EQ(::mknod(M("disk").c_str(), S_IFBLK | 0600, makedev(8, 0)), -1);
+  EXPECT_EQ(errno, EPERM) << Errno(errno);
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::symlink_status(O("null"))));
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::symlink_status(O("disk"))));
+  for (const std::string name : {"fifo", "sock", "wh"}) {
     struct stat want = StatOf(S(name));
     for (const std::string& path : {M(name), O(name)}) {
       struct stat st = StatOf(path);
@@ -589,9 +598,9 @@ TEST_F(PosixTest, MknodMakesFifosSocketsAndDevicesAndDevicesDoNotOpen) {
       EXPECT_EQ(st.st_rdev, want.st_rdev) << path;
     }
   }
-  // The mount is nodev: its device nodes do not open.
+  // The mount is nodev: even the device nodes found there do not open.
   errno = 0;
-  int fd = ::open(M("null").c_str(), O_RDONLY | O_NONBLOCK);
+  int fd = ::open(M("wh").c_str(), O_RDONLY | O_NONBLOCK);
   if (fd >= 0) ::close(fd);
   EXPECT_LT(fd, 0) << "a device node opened through a nodev mount";
   EXPECT_EQ(errno, EACCES) << Errno(errno);
@@ -749,6 +758,43 @@ TEST_F(PosixTest, SymlinksAndDirectoriesHaveTheOriginsSizes) {
   EXPECT_EQ(StatOf(M("link")).st_size, 15);
   EXPECT_EQ(StatOf(M("dir")).st_size, StatOf(O("dir")).st_size);
   EXPECT_EQ(StatOf(M("dir")).st_nlink, StatOf(O("dir")).st_nlink);
+}
+
+// --- 16 --------------------------------------------------------------------
+
+// Editors and writers of checkpoints save by renaming a new file over the
+// old one. Done at the origin while the kernel still holds the old name,
+// the next open through the mount must get the new file, all of it.
+TEST_F(PosixTest, AFileRenamedOverAtTheOriginIsTheNewFileAtTheNextOpen) {
+  WriteFile(O("x"), Pattern(10, 0, 100));
+  ASSERT_NO_FATAL_FAILURE(Mount());
+  ASSERT_EQ(ReadPath(M("x")), Pattern(10, 0, 100));
+  ino_t old_ino = StatOf(M("x")).st_ino;
+  WriteFile(O("x.tmp"), Pattern(11, 0, 300000));
+  ASSERT_EQ(::rename(O("x.tmp").c_str(), O("x").c_str()), 0);
+  int fd = ::open(M("x").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << Errno(errno);
+  EXPECT_EQ(PreadFrom(fd, 0), Pattern(11, 0, 300000));
+  EXPECT_EQ(FstatOf(fd).st_size, 300000);
+  EXPECT_NE(FstatOf(fd).st_ino, old_ino);
+  ::close(fd);
+}
+
+// /proc/PID/fd/N of an unlinked file opens the file itself, as on ext4.
+TEST_F(PosixTest, AnUnlinkedOpenFileReopensThroughProc) {
+  WriteFile(O("f"), Pattern(12, 0, 5000));
+  ASSERT_NO_FATAL_FAILURE(Mount());
+  int fd = ::open(M("f").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << Errno(errno);
+  ASSERT_EQ(::unlink(M("f").c_str()), 0);
+  int again = ::open(absl::StrCat("/proc/self/fd/", fd).c_str(), O_RDONLY);
+  EXPECT_GE(again, 0) << Errno(errno);
+  if (again >= 0) {
+    EXPECT_EQ(PreadFrom(again, 0), Pattern(12, 0, 5000));
+    EXPECT_EQ(FstatOf(again).st_nlink, 0u);
+    ::close(again);
+  }
+  ::close(fd);
 }
 
 }  // namespace
