@@ -26,6 +26,7 @@ void AddMountCommands(CLI::App& app, Runner& run) {
     std::string memory = "64MiB";
     double attr_ttl = 1.0;
     bool read_only = false;
+    bool xattrs = false;
     int metrics_port = 0;
   };
   auto o = std::make_shared<Opts>();
@@ -42,6 +43,9 @@ void AddMountCommands(CLI::App& app, Runner& run) {
   m->add_option("--attr-ttl", o->attr_ttl, "Seconds metadata is cached (open always revalidates)")
       ->capture_default_str();
   m->add_flag("--read-only", o->read_only, "Refuse writes");
+  m->add_flag("--xattrs", o->xattrs,
+              "Serve the origin's user.* extended attributes (file:// only; costs a round trip "
+              "per write)");
   m->add_option("--metrics-port", o->metrics_port,
                 "Port on 127.0.0.1 for /metrics and /healthz (0: any free port; -1: none)")
       ->capture_default_str();
@@ -77,6 +81,7 @@ void AddMountCommands(CLI::App& app, Runner& run) {
       vo.attr_ttl = absl::Seconds(o->attr_ttl);
       vo.chunk_size = static_cast<uint32_t>(*chunk);
       vo.read_only = o->read_only;
+      vo.xattrs = o->xattrs;
       vo.staging_dir = daemon->staging_dir;
       fuse::VolumeTree tree(shared, *store, fetcher, vo);
       fuse::MountOptions mo;

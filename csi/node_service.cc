@@ -166,6 +166,7 @@ absl::Status NodeService::Start(Volume& v, int adopt_fd) {
   vo.staging_dir = opts_.staging_dir;
   vo.chunk_size = v.spec.chunk_size;
   vo.attr_ttl = absl::Seconds(v.spec.attr_ttl_s);
+  vo.xattrs = v.spec.xattrs;
   vo.read_only = v.spec.read_only;
   vo.mount_gid = v.mount_gid;
   if (!opts_.inode_dir.empty()) {

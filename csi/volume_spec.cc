@@ -38,7 +38,7 @@ absl::Status CheckVolumeOption(const std::string& key, const std::string& value)
     }
     return absl::OkStatus();
   }
-  if (key == kReadOnly) return ParseBool(key, value).status();
+  if (key == kReadOnly || key == kXattrs) return ParseBool(key, value).status();
   if (key == kOrigin) {
     if (value.empty()) return absl::InvalidArgumentError("origin is empty");
     for (const char* scheme : {"file://", "s3://", "http://", "https://", "oci://"}) {
@@ -48,7 +48,7 @@ absl::Status CheckVolumeOption(const std::string& key, const std::string& value)
         "origin '", value, "' has no supported scheme (file://, s3://, http(s)://, oci://)"));
   }
   return absl::InvalidArgumentError(absl::StrCat(
-      "unknown volume option '", key, "' (known: origin, chunkSize, attrTTL, readOnly)"));
+      "unknown volume option '", key, "' (known: origin, chunkSize, attrTTL, readOnly, xattrs)"));
 }
 
 absl::StatusOr<VolumeSpec> ParseVolumeContext(const StringMap& context) {
@@ -63,6 +63,7 @@ absl::StatusOr<VolumeSpec> ParseVolumeContext(const StringMap& context) {
     if (key == kChunkSize) spec.chunk_size = static_cast<uint32_t>(*cache::ParseSize(value));
     if (key == kAttrTtl) (void)absl::SimpleAtod(value, &spec.attr_ttl_s);
     if (key == kReadOnly) spec.read_only = *ParseBool(key, value);
+    if (key == kXattrs) spec.xattrs = *ParseBool(key, value);
   }
   if (spec.origin.empty()) {
     return absl::InvalidArgumentError(

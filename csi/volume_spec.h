@@ -23,6 +23,7 @@ inline constexpr char kOrigin[] = "origin";
 inline constexpr char kChunkSize[] = "chunkSize";
 inline constexpr char kAttrTtl[] = "attrTTL";
 inline constexpr char kReadOnly[] = "readOnly";
+inline constexpr char kXattrs[] = "xattrs";
 // StorageClass only.
 inline constexpr char kSubPathFrom[] = "subPathFrom";
 inline constexpr char kOnDelete[] = "onDelete";
@@ -35,6 +36,7 @@ struct VolumeSpec {
   uint32_t chunk_size = 0;  // 0: the node's default
   double attr_ttl_s = 1.0;  // metadata cache; opens always revalidate
   bool read_only = false;   // the volume refuses writes wherever published
+  bool xattrs = false;      // file:// volumes keep user xattrs (see VolumeOptions)
   bool ephemeral = false;   // an inline volume in a pod spec
 };
 

@@ -517,7 +517,7 @@ int ConnectionOf(const std::string& mountpoint) {
   return found;
 }
 
-fuse_lowlevel_ops Ops() {
+fuse_lowlevel_ops Ops(bool xattrs) {
   fuse_lowlevel_ops ops{};
   ops.init = OnInit;
   ops.lookup = OnLookup;
@@ -533,10 +533,12 @@ fuse_lowlevel_ops Ops() {
   ops.link = OnLink;
   ops.mknod = OnMknod;
   ops.fallocate = OnFallocate;
-  ops.getxattr = OnGetxattr;
-  ops.listxattr = OnListxattr;
-  ops.setxattr = OnSetxattr;
-  ops.removexattr = OnRemovexattr;
+  if (xattrs) {
+    ops.getxattr = OnGetxattr;
+    ops.listxattr = OnListxattr;
+    ops.setxattr = OnSetxattr;
+    ops.removexattr = OnRemovexattr;
+  }
   ops.open = OnOpen;
   ops.read = OnRead;
   ops.write = OnWrite;
@@ -578,8 +580,11 @@ absl::StatusOr<std::unique_ptr<Impl>> NewSession(Tree& tree, const MountOptions&
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
-  static const fuse_lowlevel_ops ops = Ops();
-  impl->se = fuse_session_new(&args, &ops, sizeof(ops), impl.get());
+  // Without xattr calls, libfuse answers ENOSYS and the kernel stops
+  // asking (see VolumeOptions::xattrs).
+  static const fuse_lowlevel_ops with_xattrs = Ops(true), without_xattrs = Ops(false);
+  const fuse_lowlevel_ops* ops = tree.keeps_xattrs() ? &with_xattrs : &without_xattrs;
+  impl->se = fuse_session_new(&args, ops, sizeof(*ops), impl.get());
   fuse_opt_free_args(&args);  // libfuse may have copied and extended them
   if (impl->se == nullptr)
     return absl::InternalError("fuse_session_new failed (bad mount options?)");

@@ -89,6 +89,9 @@ class Tree {
   virtual absl::Duration attr_timeout() const = 0;
   virtual absl::Duration entry_timeout() const = 0;
   virtual bool read_only() const = 0;
+  // Whether it serves extended attributes (the engine asks the kernel to
+  // send xattr calls only then).
+  virtual bool keeps_xattrs() const { return false; }
 
   virtual absl::StatusOr<Attr> Lookup(uint64_t parent, const std::string& name) = 0;
   virtual absl::StatusOr<Attr> GetAttr(uint64_t ino) = 0;

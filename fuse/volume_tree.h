@@ -52,6 +52,12 @@ struct VolumeOptions {
   // `resume_inodes` it is read first (a takeover); otherwise it starts empty.
   std::string inode_log;
   bool resume_inodes = false;
+  // file:// volumes: serve the origin's "user." extended attributes. Off by
+  // default: a file system that answers getxattr is asked for
+  // security.capability before every write (the kernel cannot mark its
+  // inodes as having none without FUSE_HANDLE_KILLPRIV_V2, which needs
+  // libfuse 3.15+), one more round trip per write(2).
+  bool xattrs = false;
 };
 
 class VolumeTree final : public Tree {
@@ -63,6 +69,7 @@ class VolumeTree final : public Tree {
   absl::Duration attr_timeout() const override { return opts_.attr_ttl; }
   absl::Duration entry_timeout() const override { return opts_.attr_ttl; }
   bool read_only() const override { return opts_.read_only; }
+  bool keeps_xattrs() const override { return opts_.xattrs && root_ != nullptr; }
 
   absl::StatusOr<Attr> Lookup(uint64_t parent, const std::string& name) override;
   absl::StatusOr<Attr> GetAttr(uint64_t ino) override;

@@ -154,10 +154,10 @@ class PosixTest : public ::testing::Test {
 
   // Mounts the origin with the default attribute TTL. Setup made in the
   // origin before this call is what the mount first sees.
-  void Mount() {
-    mount_ = std::make_unique<StrataMount>(
-        STRATA_PATH, "file://" + origin_, mnt_,
-        std::vector<std::string>{"--cache-dir", dir_.path() + "/cache", "--chunk-size", "1MiB"});
+  void Mount(std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"--cache-dir", dir_.path() + "/cache", "--chunk-size", "1MiB"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    mount_ = std::make_unique<StrataMount>(STRATA_PATH, "file://" + origin_, mnt_, args);
     ASSERT_TRUE(mount_->ok()) << mount_->output();
   }
 
@@ -703,9 +703,19 @@ TEST_F(PosixTest, ChownClearsSetuidAndSetgidAsTheOriginDoes) {
 
 // --- 13 --------------------------------------------------------------------
 
-TEST_F(PosixTest, UserXattrsAreTheOriginsAndOthersAreRefused) {
+TEST_F(PosixTest, WithoutTheOptionXattrsAreNotSupported) {
   WriteFile(O("f"), "x");
   ASSERT_NO_FATAL_FAILURE(Mount());
+  char buf[16];
+  EXPECT_EQ(::setxattr(M("f").c_str(), "user.k", "v", 1, 0), -1);
+  EXPECT_EQ(errno, EOPNOTSUPP);
+  EXPECT_EQ(::getxattr(M("f").c_str(), "user.k", buf, sizeof buf), -1);
+  EXPECT_EQ(errno, EOPNOTSUPP);
+}
+
+TEST_F(PosixTest, UserXattrsAreTheOriginsAndOthersAreRefused) {
+  WriteFile(O("f"), "x");
+  ASSERT_NO_FATAL_FAILURE(Mount({"--xattrs"}));
   ASSERT_EQ(::setxattr(M("f").c_str(), "user.k", "v1", 2, 0), 0) << Errno(errno);
   char buf[64];
   ssize_t n = ::getxattr(O("f").c_str(), "user.k", buf, sizeof buf);
