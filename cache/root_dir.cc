@@ -75,7 +75,10 @@ absl::StatusOr<UniqueFd> OpenBeneath(int dirfd, const std::string& what, const s
   }
   if (rel.size() >= PATH_MAX) {
     // Longer than the kernel takes as one string, but the origin holds it:
-    // walked in pieces, each opened beneath the one before.
+    // walked in pieces, each opened beneath the one before. A piece renamed
+    // out of the root between two steps leaves the walk beneath it (one
+    // openat2 would see that rename and retry); the same holds for every
+    // directory descriptor kept across calls, as Parent() gives them.
     size_t cut = rel.rfind('/', PATH_MAX - 2);
     if (cut == std::string::npos || cut == 0) {
       return ErrnoStatus(ENAMETOOLONG, absl::StrCat("open ", what, "/", rel));

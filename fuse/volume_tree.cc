@@ -1261,7 +1261,9 @@ absl::StatusOr<Attr> VolumeTree::Link(uint64_t ino, uint64_t new_parent,
   }
   auto at = root_->Parent(*to);
   if (!at.ok()) return Broken(at.status(), *to);
-  if (::linkat(file->get(), "", at->dir.get(), at->name.c_str(), AT_EMPTY_PATH) != 0) {
+  // Through /proc rather than AT_EMPTY_PATH, which needs CAP_DAC_READ_SEARCH.
+  std::string self = absl::StrCat("/proc/self/fd/", file->get());
+  if (::linkat(AT_FDCWD, self.c_str(), at->dir.get(), at->name.c_str(), AT_SYMLINK_FOLLOW) != 0) {
     return Broken(
         PosixError(errno, absl::StrCat("link ", from, " to ", *to, ": ", std::strerror(errno))),
         *to);
