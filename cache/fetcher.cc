@@ -21,6 +21,7 @@
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
 #include "cache/logging.h"
+#include "cache/sigv4.h"
 
 namespace strata::cache {
 
@@ -36,13 +37,6 @@ std::string StoreKey(const FetchTarget& t) {
 namespace {
 
 enum class Priority { kDemand = 0, kReadahead = 1, kPrefetch = 2 };
-
-std::string Sha256Hex(absl::Span<const char> data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
-  return absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(md), n));
-}
 
 // Limits the requests in flight to one origin; a free slot goes to a waiting
 // reader first, then readahead, then prefetch.
@@ -397,7 +391,7 @@ class Fetcher::Impl {
         if (idx >= t.chunk_sha256.size()) {
           return absl::InvalidArgumentError(absl::StrFormat("no digest for chunk %u", idx));
         }
-        std::string got = Sha256Hex(out);
+        std::string got = Sha256Hex(std::string_view(out.data(), out.size()));
         if (got == t.chunk_sha256[idx]) return absl::OkStatus();
         ++corrupt_;
         spdlog::error("{}: chunk {} has sha256 {}, want {}; discarded", Name(t), idx, got,
