@@ -101,9 +101,11 @@ uint64_t VolumeTree::InoFor(const std::string& path, const cache::ObjectStat& st
       return it->second;
     }
     if (n.id == FileId{0, 0} && !by_id_.contains(id)) {
-      // Known by name only (the root, or from the inode log): now by file.
+      // Known by name only (the root, or from an older inode log): now by
+      // file, and logged so, for the next daemon to take over.
       n.id = id;
       by_id_[id] = it->second;
+      Name(path, it->second);
       return it->second;
     }
     DropName(path);  // the name now stands for another file
