@@ -180,11 +180,17 @@ void VolumeTree::DropName(const std::string& path) {
   }
 }
 
-absl::StatusOr<std::string> VolumeTree::PathOf(uint64_t ino) {
+absl::StatusOr<VolumeTree::Known> VolumeTree::NodeOf(uint64_t ino) {
   absl::MutexLock l(&mu_);
   auto it = nodes_.find(ino);
   if (it == nodes_.end()) return PosixError(ESTALE, absl::StrCat("unknown inode ", ino));
-  return it->second.path;
+  return Known{it->second.path, it->second.named, it->second.id};
+}
+
+absl::StatusOr<std::string> VolumeTree::PathOf(uint64_t ino) {
+  auto node = NodeOf(ino);
+  if (!node.ok()) return node.status();
+  return std::move(node->path);
 }
 
 Attr VolumeTree::ToAttr(uint64_t ino, const cache::ObjectStat& st) const {
@@ -328,16 +334,10 @@ absl::StatusOr<Attr> VolumeTree::Lookup(uint64_t parent, const std::string& name
 }
 
 absl::StatusOr<Attr> VolumeTree::GetAttr(uint64_t ino) {
-  std::string path;
-  bool named;
-  {
-    absl::MutexLock l(&mu_);
-    auto it = nodes_.find(ino);
-    if (it == nodes_.end()) return PosixError(ESTALE, absl::StrCat("unknown inode ", ino));
-    named = it->second.named;
-    path = it->second.path;
-  }
-  if (!named) return AttrOfOpen(ino);
+  auto node = NodeOf(ino);
+  if (!node.ok()) return node.status();
+  if (!node->named) return AttrOfOpen(ino);
+  const std::string& path = node->path;
   uint64_t got;
   auto st = StatPath(path, &got, false);
   if (st.ok() && got == ino) return ToAttr(ino, *st);
@@ -480,17 +480,10 @@ absl::StatusOr<OpenResult> VolumeTree::OpenObjectForWriting(uint64_t ino, const 
 }
 
 absl::StatusOr<std::pair<std::string, cache::ObjectStat>> VolumeTree::FileToOpen(uint64_t ino) {
-  std::string at;
-  {
-    absl::MutexLock l(&mu_);
-    auto it = nodes_.find(ino);
-    if (it == nodes_.end()) return PosixError(ESTALE, absl::StrCat("unknown inode ", ino));
-    if (!it->second.named) {
-      return PosixError(ESTALE, absl::StrCat(it->second.path, " was removed"));
-    }
-    at = it->second.path;
-  }
-  const std::string* path = &at;
+  auto node = NodeOf(ino);
+  if (!node.ok()) return node.status();
+  if (!node->named) return PosixError(ESTALE, absl::StrCat(node->path, " was removed"));
+  const std::string* path = &node->path;
   uint64_t got;
   // Close-to-open: what another node wrote and closed is what this open sees.
   auto st = StatPath(*path, &got, /*revalidate=*/true);
@@ -910,23 +903,11 @@ absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int
   // and a file unlinked while open (its handle's, as fchmod would).
   cache::RootDir::Entry at;
   std::shared_ptr<const cache::UniqueFd> root_fd;
-  cache::UniqueFd held;
   int dir = AT_FDCWD, nofollow = AT_SYMLINK_NOFOLLOW;
   std::string name;
-  bool named = true;
-  {
-    absl::MutexLock l(&mu_);
-    auto it = nodes_.find(ino);
-    if (it != nodes_.end() && !it->second.named) {
-      named = false;
-      for (const auto& [h, handle] : handles_) {
-        if (handle.ino == ino && handle.fd >= 0 && handle.staged.empty()) {
-          held = cache::UniqueFd(::fcntl(handle.fd, F_DUPFD_CLOEXEC, 0));
-          break;
-        }
-      }
-    }
-  }
+  auto node = NodeOf(ino);
+  const bool named = !node.ok() || node->named;
+  cache::UniqueFd held = named ? cache::UniqueFd() : HeldFd(ino);
   if (path->empty() || !named) {
     if (!named && held.get() < 0) {
       return PosixError(ENOENT, absl::StrCat(*path, " was removed and is not open"));
@@ -1240,27 +1221,14 @@ absl::StatusOr<Attr> VolumeTree::Link(uint64_t ino, uint64_t new_parent,
   }
   auto to = ChildPath(new_parent, new_name);
   if (!to.ok()) return to.status();
-  std::string from;
-  FileId id;
-  {
-    absl::MutexLock l(&mu_);
-    auto it = nodes_.find(ino);
-    if (it == nodes_.end() || !it->second.named) {
-      return PosixError(ENOENT, absl::StrCat("inode ", ino, " has no name to link"));
-    }
-    from = it->second.path;
-    id = it->second.id;
-  }
+  auto node = NodeOf(ino);
+  if (!node.ok()) return node.status();
+  const std::string& from = node->path;
   if (from.empty()) return PosixError(EPERM, "the volume's root cannot be linked");
-  // The file itself, checked to be the one this inode stands for, is
-  // linked through its descriptor: never whatever its name leads to now.
-  auto file = root_->Open(from, O_PATH | O_NOFOLLOW);
-  if (!file.ok()) return Broken(file.status(), from);
-  struct stat st;
-  if (::fstat(file->get(), &st) != 0 ||
-      (id != FileId{0, 0} && FileId{st.st_dev, st.st_ino} != id)) {
-    return Broken(PosixError(ESTALE, absl::StrCat(from, " is no longer the file to link")), from);
-  }
+  // The file itself is linked through its descriptor: never whatever its
+  // name leads to now.
+  auto file = TheFile(ino);
+  if (!file.ok()) return file.status();
   auto at = root_->Parent(*to);
   if (!at.ok()) return Broken(at.status(), *to);
   // Through /proc rather than AT_EMPTY_PATH, which needs CAP_DAC_READ_SEARCH.
@@ -1359,28 +1327,22 @@ bool UserXattr(const std::string& name) { return name.rfind("user.", 0) == 0; }
 std::string ProcFd(int fd) { return absl::StrCat("/proc/self/fd/", fd); }
 }  // namespace
 
-absl::StatusOr<cache::UniqueFd> VolumeTree::Entry(uint64_t ino) {
-  if (!posix()) return PosixError(EOPNOTSUPP, absl::StrCat(origin_->url(), " keeps no xattrs"));
-  std::string path;
-  FileId id;
-  {
-    absl::MutexLock l(&mu_);
-    auto it = nodes_.find(ino);
-    if (it == nodes_.end()) return PosixError(ESTALE, absl::StrCat("unknown inode ", ino));
-    if (!it->second.named) {
-      // Unlinked and still open: the file itself, through a handle's descriptor.
-      cache::UniqueFd held = HeldFdLocked(ino);
-      if (held.get() < 0) return PosixError(ESTALE, absl::StrCat(it->second.path, " was removed"));
-      return held;
-    }
-    path = it->second.path;
-    id = it->second.id;
+absl::StatusOr<cache::UniqueFd> VolumeTree::TheFile(uint64_t ino) {
+  if (!posix()) return PosixError(EOPNOTSUPP, absl::StrCat(origin_->url(), " has no files"));
+  auto node = NodeOf(ino);
+  if (!node.ok()) return node.status();
+  if (!node->named) {
+    // Unlinked and still open: through a handle's descriptor.
+    cache::UniqueFd held = HeldFd(ino);
+    if (held.get() < 0) return PosixError(ESTALE, absl::StrCat(node->path, " was removed"));
+    return held;
   }
-  auto fd = root_->Open(path, O_PATH | O_NOFOLLOW);
-  if (!fd.ok()) return Broken(fd.status(), path);
+  auto fd = root_->Open(node->path, O_PATH | O_NOFOLLOW);
+  if (!fd.ok()) return Broken(fd.status(), node->path);
   struct stat st;
-  if (id != FileId{0, 0} && (::fstat(fd->get(), &st) != 0 || FileId{st.st_dev, st.st_ino} != id)) {
-    return PosixError(ESTALE, absl::StrCat(path, " is another file now"));
+  if (node->id != FileId{0, 0} &&
+      (::fstat(fd->get(), &st) != 0 || FileId{st.st_dev, st.st_ino} != node->id)) {
+    return PosixError(ESTALE, absl::StrCat(node->path, " is another file now"));
   }
   return fd;
 }
@@ -1388,7 +1350,7 @@ absl::StatusOr<cache::UniqueFd> VolumeTree::Entry(uint64_t ino) {
 absl::StatusOr<std::string> VolumeTree::GetXattr(uint64_t ino, const std::string& name) {
   // Asked on every write (security.capability): answered before any work.
   if (posix() && !UserXattr(name)) return PosixError(ENODATA, name);
-  auto fd = Entry(ino);
+  auto fd = TheFile(ino);
   if (!fd.ok()) return fd.status();
   std::string value(XATTR_SIZE_MAX, '\0');
   ssize_t n = ::getxattr(ProcFd(fd->get()).c_str(), name.c_str(), value.data(), value.size());
@@ -1398,7 +1360,7 @@ absl::StatusOr<std::string> VolumeTree::GetXattr(uint64_t ino, const std::string
 }
 
 absl::StatusOr<std::string> VolumeTree::ListXattr(uint64_t ino) {
-  auto fd = Entry(ino);
+  auto fd = TheFile(ino);
   if (!fd.ok()) return fd.status();
   std::string names(XATTR_LIST_MAX, '\0');
   ssize_t n = ::listxattr(ProcFd(fd->get()).c_str(), names.data(), names.size());
@@ -1416,7 +1378,7 @@ absl::Status VolumeTree::SetXattr(uint64_t ino, const std::string& name, const s
   if (posix() && !UserXattr(name)) {
     return PosixError(EOPNOTSUPP, absl::StrCat("setxattr ", name, ": only user. attributes"));
   }
-  auto fd = Entry(ino);
+  auto fd = TheFile(ino);
   if (!fd.ok()) return fd.status();
   if (::setxattr(ProcFd(fd->get()).c_str(), name.c_str(), value.data(), value.size(), flags) != 0) {
     return PosixError(errno, absl::StrCat("setxattr ", name, ": ", std::strerror(errno)));
@@ -1429,7 +1391,7 @@ absl::Status VolumeTree::SetXattr(uint64_t ino, const std::string& name, const s
 absl::Status VolumeTree::RemoveXattr(uint64_t ino, const std::string& name) {
   if (absl::Status w = Writable("removexattr"); !w.ok()) return w;
   if (posix() && !UserXattr(name)) return PosixError(ENODATA, name);
-  auto fd = Entry(ino);
+  auto fd = TheFile(ino);
   if (!fd.ok()) return fd.status();
   if (::removexattr(ProcFd(fd->get()).c_str(), name.c_str()) != 0) {
     return PosixError(errno, absl::StrCat("removexattr ", name, ": ", std::strerror(errno)));

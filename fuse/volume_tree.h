@@ -180,6 +180,13 @@ class VolumeTree final : public Tree {
   void Own(int fd, int dirfd, const std::string& path, uint32_t mode, const Caller& who);
   // Reads the inode log of a mount being taken over.
   void LoadInodes() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What this tree knows of the inode `ino` (ESTALE if nothing).
+  struct Known {
+    std::string path;
+    bool named;
+    FileId id;
+  };
+  absl::StatusOr<Known> NodeOf(uint64_t ino);
   absl::StatusOr<std::string> PathOf(uint64_t ino);
   // The origin's stat of `path` (fresh when `revalidate` or past the TTL).
   absl::StatusOr<cache::ObjectStat> StatPath(const std::string& path, uint64_t* ino,
@@ -202,9 +209,11 @@ class VolumeTree final : public Tree {
   void Changed(const std::string& path);
   // Forgets the cached metadata of the directory holding `path`.
   void DirChanged(const std::string& path);
-  // The entry `ino` stands for, opened O_PATH without following it, for an
-  // xattr call through /proc/self/fd.
-  absl::StatusOr<cache::UniqueFd> Entry(uint64_t ino);
+  // The file `ino` stands for, opened O_PATH without following its name
+  // and checked to be that file (ESTALE if the name now leads to another);
+  // unlinked and open, a handle's descriptor of it. For calls through
+  // /proc/self/fd (xattrs, link).
+  absl::StatusOr<cache::UniqueFd> TheFile(uint64_t ino);
   // Object stores: makes `path` an empty object.
   absl::Status PutEmpty(const std::string& path);
   // After a change through this tree: the new attributes of `path`.

@@ -43,6 +43,12 @@ inline std::string Pattern(uint64_t seed, uint32_t index, size_t len) {
   return s;
 }
 
+// Writes `data` as the whole file `path`, making the directories above it.
+inline void WriteFile(const std::string& path, const std::string& data) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  std::ofstream(path, std::ios::binary) << data;
+}
+
 // The whole content of a file ("" when it cannot be read).
 inline std::string ReadPath(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

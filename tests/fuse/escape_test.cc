@@ -29,11 +29,8 @@ namespace {
 
 using cache::testing::ReadPath;
 using cache::testing::TempDir;
+using cache::testing::WriteFile;
 using testing::StrataMount;
-
-void WriteFile(const std::string& path, const std::string& data) {
-  std::ofstream(path, std::ios::binary) << data;
-}
 
 // What can be seen of a directory tree: names, kinds, modes, owners,
 // sizes, times and contents.

@@ -23,12 +23,8 @@ namespace {
 using cache::testing::Pattern;
 using cache::testing::ReadPath;
 using cache::testing::TempDir;
+using cache::testing::WriteFile;
 using testing::StrataMount;
-
-void WriteFile(const std::string& path, const std::string& data) {
-  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
-  std::ofstream(path, std::ios::binary) << data;
-}
 
 class MountTest : public ::testing::Test {
  protected:

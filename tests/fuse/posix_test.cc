@@ -32,11 +32,8 @@ namespace {
 using cache::testing::Pattern;
 using cache::testing::ReadPath;
 using cache::testing::TempDir;
+using cache::testing::WriteFile;
 using testing::StrataMount;
-
-void WriteFile(const std::string& path, const std::string& data) {
-  std::ofstream(path, std::ios::binary) << data;
-}
 
 void AppendFile(const std::string& path, const std::string& data) {
   std::ofstream(path, std::ios::binary | std::ios::app) << data;
