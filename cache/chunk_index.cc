@@ -17,7 +17,8 @@
 #include <unordered_set>
 
 #include "absl/strings/str_cat.h"
-#include "cache/logging.h"
+#include "base/logging.h"
+#include "base/rocksdb_status.h"
 
 namespace strata::cache {
 namespace {
@@ -159,10 +160,7 @@ std::string ChunkKey(const std::string& key, uint32_t index) {
 
 absl::Status FromRocks(const rocksdb::Status& s, const std::string& what) {
   if (s.ok()) return absl::OkStatus();
-  std::string msg = absl::StrCat("cache index: ", what, ": ", s.ToString());
-  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
-  if (s.IsCorruption()) return absl::DataLossError(msg);
-  return absl::UnavailableError(msg);
+  return RocksStatus(s, absl::StrCat("cache index: ", what));
 }
 
 rocksdb::WriteOptions WriteOpts() {

@@ -26,8 +26,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "base/logging.h"
 #include "cache/chunk_index.h"
-#include "cache/logging.h"
 
 namespace strata::cache {
 

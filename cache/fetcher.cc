@@ -4,8 +4,6 @@
 // serves waiting readers before readahead and readahead before prefetch.
 #include "cache/fetcher.h"
 
-#include <openssl/evp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <deque>
@@ -20,8 +18,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
-#include "cache/logging.h"
-#include "cache/sigv4.h"
+#include "base/digest.h"
+#include "base/logging.h"
 
 namespace strata::cache {
 
@@ -341,7 +339,7 @@ class Fetcher::Impl {
     return info ? info->chunk_size : kDefaultChunkSize;
   }
 
-  OriginGate& Gate(const Origin* o) {
+  OriginGate& Gate(const origin::Origin* o) {
     absl::MutexLock l(&gates_mu_);
     auto& g = gates_[o];
     if (!g) g = std::make_unique<OriginGate>(opts_.max_inflight_per_origin);
@@ -366,7 +364,7 @@ class Fetcher::Impl {
         bytes_ += out.size();
         return st;
       }
-      if (!IsTransient(st) || attempt >= opts_.max_attempts || stopping_) return st;
+      if (!origin::IsTransient(st) || attempt >= opts_.max_attempts || stopping_) return st;
       absl::Duration sleep =
           backoff * (0.5 + std::uniform_real_distribution<double>(0, 1)(rng));  // full jitter
       if (absl::Now() + sleep > deadline) {
@@ -510,8 +508,7 @@ class Fetcher::Impl {
       return absl::InvalidArgumentError(absl::StrFormat("%u bytes is too large", t.stat.size));
     }
     uint32_t chunks = static_cast<uint32_t>(chunk_count);
-    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+    Sha256 sha;
     absl::Status st;
     // Fetch in windows of parallel chunks and hash in order.
     const uint32_t window = std::max(1, opts_.max_inflight_per_origin);
@@ -534,7 +531,7 @@ class Fetcher::Impl {
         }
         uint32_t len = std::min<uint64_t>(cs, t.stat.size - uint64_t{i} * cs);
         if (res[i - base]->bytes) {
-          EVP_DigestUpdate(ctx, res[i - base]->bytes->data(), len);
+          sha.Update(std::string_view(res[i - base]->bytes->data(), len));
           if (!res[i - base]->cached) {
             st = absl::FailedPreconditionError(
                 "the cache has no room for it, and its digest can only be checked over the "
@@ -548,16 +545,11 @@ class Fetcher::Impl {
           st = absl::UnavailableError("chunks were evicted while the digest was being checked");
           break;
         }
-        EVP_DigestUpdate(ctx, buf.data(), len);
+        sha.Update(std::string_view(buf.data(), len));
       }
     }
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    EVP_DigestFinal_ex(ctx, md, &n);
-    EVP_MD_CTX_free(ctx);
     if (!st.ok()) return st;
-    std::string got =
-        "sha256:" + absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(md), n));
+    std::string got = "sha256:" + sha.HexDigest();
     if (got != t.stat.digest) {
       ++digest_failures_;
       spdlog::error("{}: content has digest {}, want {}; discarded", Name(t), got, t.stat.digest);
@@ -587,7 +579,8 @@ class Fetcher::Impl {
   uint64_t lat_[std::size(FetcherStats::kLatencyBoundsMs) + 1] ABSL_GUARDED_BY(lat_mu_) = {};
   double lat_sum_ms_ ABSL_GUARDED_BY(lat_mu_) = 0;
   absl::Mutex gates_mu_;
-  absl::flat_hash_map<const Origin*, std::unique_ptr<OriginGate>> gates_ ABSL_GUARDED_BY(gates_mu_);
+  absl::flat_hash_map<const origin::Origin*, std::unique_ptr<OriginGate>> gates_
+      ABSL_GUARDED_BY(gates_mu_);
   absl::Mutex seq_mu_;
   absl::flat_hash_map<std::string, SequentialState> seq_ ABSL_GUARDED_BY(seq_mu_);
   absl::Mutex seen_mu_;

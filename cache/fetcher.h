@@ -15,15 +15,15 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "cache/chunk_store.h"
-#include "cache/origin.h"
+#include "origin/origin.h"
 
 namespace strata::cache {
 
 // One object of one origin, as read. `stat` pins the version read.
 struct FetchTarget {
-  std::shared_ptr<Origin> origin;
+  std::shared_ptr<origin::Origin> origin;
   std::string path;
-  ObjectStat stat;
+  origin::ObjectStat stat;
   uint32_t chunk_size = 0;  // 0: the store's default
   // Lowercase hex sha256 of each chunk, when a table of contents gives them;
   // otherwise a `stat.digest` is checked over the whole object before any of

@@ -24,7 +24,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "cache/logging.h"
+#include "base/logging.h"
 
 namespace strata::cache {
 

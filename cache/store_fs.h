@@ -13,7 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "cache/errno_status.h"
+#include "base/errno_status.h"
 
 namespace strata::cache {
 

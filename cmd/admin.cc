@@ -17,7 +17,7 @@
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
-#include "cache/logging.h"
+#include "base/logging.h"
 #include "fuse/fd_keeper.h"
 #include "nlohmann/json.hpp"
 
@@ -107,10 +107,10 @@ absl::StatusOr<cache::FetchTarget> UnresolvedTarget(const ObjectRef& ref) {
        ref.digest.find_first_not_of("0123456789abcdef", 7) != std::string::npos)) {
     return absl::InvalidArgumentError("the digest must be sha256:<64 hex digits>");
   }
-  cache::OriginOptions oo;
+  origin::OriginOptions oo;
   oo.ca_file = ref.ca_file;
   oo.verify_tls = !ref.insecure;
-  auto origin = cache::OpenOrigin(ref.url, oo);
+  auto origin = origin::OpenOrigin(ref.url, oo);
   if (!origin.ok()) return origin.status();
   cache::FetchTarget t;
   t.origin = std::move(*origin);

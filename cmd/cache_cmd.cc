@@ -4,8 +4,8 @@
 #include <cstdio>
 
 #include "absl/strings/str_format.h"
+#include "base/logging.h"
 #include "cache/chunk_store.h"
-#include "cache/logging.h"
 #include "cmd/commands.h"
 
 namespace strata::cmd {

@@ -12,8 +12,8 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
+#include "base/size.h"
 #include "cache/chunk_store.h"
-#include "cache/size.h"
 
 namespace strata::cmd {
 
@@ -28,7 +28,7 @@ void AddBenchCommands(CLI::App& app, Runner& run);
 void AddFetchCommands(CLI::App& app, Runner& run);
 void AddMountCommands(CLI::App& app, Runner& run);
 
-using cache::ParseSize;
+using strata::ParseSize;
 // The chunk store of a daemon (node, mount): it degrades to serving
 // uncached rather than failing, and its staging directory (where writes to
 // object stores wait for their upload) exists. Null, logged, on failure.

@@ -15,9 +15,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/logging.h"
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
-#include "cache/logging.h"
 #include "cmd/admin.h"
 #include "cmd/commands.h"
 
@@ -115,7 +115,7 @@ absl::StatusOr<Session> OpenOffline(const FetchOpts& o, const absl::Status& why,
     return unavailable(
         absl::StrCat("the cache in ", o.cache_dir, " cannot be used: ", health.message()));
   }
-  cache::ObjectStat& stat = s->target.stat;
+  origin::ObjectStat& stat = s->target.stat;
   std::string seen_as;  // which version is served, for the warning
   if (!stat.digest.empty()) {
     // Content-addressed: the bytes are the digest's, whatever the origin
@@ -166,7 +166,7 @@ absl::StatusOr<Session> OpenToRead(const FetchOpts& o, uint64_t offset,
                                    std::optional<uint64_t> length) {
   auto target = ResolveTarget(RefOf(o));
   if (target.ok()) return OpenStore(o, std::move(*target), /*degrade=*/true);
-  if (cache::IsTransient(target.status())) {
+  if (origin::IsTransient(target.status())) {
     return OpenOffline(o, target.status(), offset, length);
   }
   return target.status();

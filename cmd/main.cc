@@ -4,7 +4,7 @@
 #include <cstdio>
 
 #include "CLI/CLI.hpp"
-#include "cache/logging.h"
+#include "base/logging.h"
 #include "cmd/commands.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 

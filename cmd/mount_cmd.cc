@@ -8,9 +8,9 @@
 #include <filesystem>
 #include <thread>
 
+#include "base/logging.h"
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
-#include "cache/logging.h"
 #include "cmd/commands.h"
 #include "cmd/metrics_server.h"
 #include "fuse/engine.h"
@@ -59,12 +59,12 @@ void AddMountCommands(CLI::App& app, Runner& run) {
       }
       sigset_t set = BlockStopSignals();  // before any thread starts
 
-      auto origin = cache::OpenOrigin(o->origin, {});
+      auto origin = origin::OpenOrigin(o->origin, {});
       if (!origin.ok()) {
         spdlog::error("{}", origin.status().message());
         return 1;
       }
-      std::shared_ptr<cache::Origin> shared = std::move(*origin);
+      std::shared_ptr<origin::Origin> shared = std::move(*origin);
       if (auto st = shared->Stat(""); !st.ok() || !st->is_dir) {
         spdlog::error("{}: {}", o->origin,
                       st.ok() ? "not a directory" : std::string(st.status().message()));

@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "base/logging.h"
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
-#include "cache/logging.h"
 #include "cmd/admin.h"
 #include "cmd/commands.h"
 #include "cmd/metrics_server.h"

@@ -5,7 +5,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
-#include "cache/logging.h"
+#include "base/logging.h"
 #include "cmd/commands.h"
 
 namespace strata::cmd {

@@ -8,11 +8,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "cache/errno_status.h"
-#include "cache/logging.h"
-#include "cache/origin.h"
-#include "cache/root_dir.h"
+#include "base/errno_status.h"
+#include "base/logging.h"
 #include "csi/volume_spec.h"
+#include "origin/origin.h"
+#include "origin/root_dir.h"
 
 namespace strata::csi {
 namespace {
@@ -51,9 +51,9 @@ absl::Status CheckRecordPath(const std::string& id, const json& rec) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<cache::Origin>> OpenBase(const std::string& url,
-                                                        const StringMap& secrets) {
-  auto origin = cache::OpenOrigin(url, OriginOptionsFrom(secrets));
+absl::StatusOr<std::unique_ptr<origin::Origin>> OpenBase(const std::string& url,
+                                                         const StringMap& secrets) {
+  auto origin = origin::OpenOrigin(url, OriginOptionsFrom(secrets));
   if (!origin.ok()) return origin.status();
   if (absl::Status st = ProbeOrigin(**origin); !st.ok()) return st;
   return origin;
@@ -62,16 +62,16 @@ absl::StatusOr<std::unique_ptr<cache::Origin>> OpenBase(const std::string& url,
 // A POSIX origin's directories are made and removed beneath its root,
 // never through a symlink: a volume directory that a pod swapped for a link
 // to the node's files is removed as a link.
-absl::Status MakeTree(cache::Origin& origin, const std::string& path) {
-  if (cache::RootDir* root = origin.Dir()) return root->MakeDirs(path, 0755);
+absl::Status MakeTree(origin::Origin& origin, const std::string& path) {
+  if (origin::RootDir* root = origin.Dir()) return root->MakeDirs(path, 0755);
   return origin.MakeDir(path);
 }
 
 // Removes `path` and everything under it; what is already gone is fine.
-absl::Status RemoveTree(cache::Origin& origin, const std::string& path) {
-  if (cache::RootDir* root = origin.Dir()) {
+absl::Status RemoveTree(origin::Origin& origin, const std::string& path) {
+  if (origin::RootDir* root = origin.Dir()) {
     absl::Status st = root->RemoveAll(path);
-    int err = cache::AttachedErrno(st);
+    int err = strata::AttachedErrno(st);
     if (err == ELOOP || err == ENOTDIR) {
       return absl::FailedPreconditionError(
           absl::StrCat("a directory on the way to ", path, " in ", origin.url(),
@@ -83,7 +83,7 @@ absl::Status RemoveTree(cache::Origin& origin, const std::string& path) {
   auto entries = origin.List(path);
   if (absl::IsNotFound(entries.status())) return absl::OkStatus();
   if (!entries.ok()) return entries.status();
-  for (const cache::DirEntry& e : *entries) {
+  for (const origin::DirEntry& e : *entries) {
     std::string child = absl::StrCat(path, "/", e.name);
     absl::Status st = e.stat.is_dir ? RemoveTree(origin, child) : origin.Delete(child);
     if (!st.ok() && !absl::IsNotFound(st)) return st;
@@ -308,11 +308,11 @@ Status ControllerService::GetCapacity(grpc::ServerContext*,
   auto it = req->parameters().find(kOrigin);
   std::string base = it != req->parameters().end() ? it->second : opts_.default_origin;
   if (base.empty()) return Status::OK;
-  auto origin = cache::OpenOrigin(base, {});
+  auto origin = origin::OpenOrigin(base, {});
   if (!origin.ok()) return ToGrpc(origin.status());
   // Only a POSIX origin has a size to report; object stores have no limit
   // to speak of, which CSI expresses by leaving the capacity unset.
-  if (cache::RootDir* root = (*origin)->Dir()) {
+  if (origin::RootDir* root = (*origin)->Dir()) {
     auto fd = root->Fd();
     struct statvfs sv {};
     if (!fd.ok() || ::fstatvfs((*fd)->get(), &sv) != 0) {

@@ -26,7 +26,7 @@ class InlineOrigins {
   struct Grant {
     bool writable = false;
     // file://: the allowed directory, which the origin is reached beneath
-    // without following symlinks (cache::OriginOptions::file_beneath).
+    // without following symlinks (origin::OriginOptions::file_beneath).
     std::string file_beneath;
   };
   // PermissionDenied, naming the flag, unless `origin` is allowed.

@@ -13,8 +13,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "cache/logging.h"
-#include "cache/origin.h"
+#include "base/logging.h"
+#include "origin/origin.h"
 
 namespace strata::csi {
 namespace {
@@ -135,7 +135,7 @@ NodeService::~NodeService() {
 }
 
 absl::Status NodeService::Start(Volume& v, int adopt_fd) {
-  cache::OriginOptions oo = OriginOptionsFrom(v.secrets);
+  origin::OriginOptions oo = OriginOptionsFrom(v.secrets);
   if (v.named_by_pod) {
     // Checked at every start, a restart's too: an origin the administrator
     // no longer allows is not served again.
@@ -144,7 +144,7 @@ absl::Status NodeService::Start(Volume& v, int adopt_fd) {
     if (!grant->writable) v.spec.read_only = true;
     oo.file_beneath = grant->file_beneath;
   }
-  auto origin = cache::OpenOrigin(v.spec.origin, oo);
+  auto origin = origin::OpenOrigin(v.spec.origin, oo);
   if (!origin.ok()) return origin.status();
   v.origin = std::move(*origin);
   // A new mount checks its origin first, so a bad URL or bad keys fail the
@@ -635,7 +635,7 @@ Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
   if (req->volume_id().empty()) return InvalidArgument("volume_id is missing");
   if (req->volume_path().empty()) return InvalidArgument("volume_path is missing");
   const std::string& path = req->volume_path();
-  std::shared_ptr<cache::Origin> origin;
+  std::shared_ptr<origin::Origin> origin;
   bool running = false;
   absl::StatusOr<struct statvfs> sv = absl::UnknownError("");
   {

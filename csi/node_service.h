@@ -111,7 +111,7 @@ class NodeService final : public ::csi::v1::Node::Service {
     VolumeSpec spec;
     int64_t mount_gid = -1;
     bool named_by_pod = false;  // an inline volume: its origin must be allowed
-    std::shared_ptr<cache::Origin> origin;
+    std::shared_ptr<origin::Origin> origin;
     std::unique_ptr<fuse::VolumeTree> tree;
     std::unique_ptr<fuse::FuseServer> server;
     std::thread serving;

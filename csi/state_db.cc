@@ -19,17 +19,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "cache/logging.h"
-#include "cache/root_dir.h"
-#include "cache/sigv4.h"
+#include "base/logging.h"
+#include "base/rocksdb_status.h"
+#include "origin/root_dir.h"
+#include "origin/sigv4.h"
 
 namespace strata::csi {
 namespace {
-
-absl::Status FromRocks(const rocksdb::Status& s, const std::string& what) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": ", s.ToString()));
-}
 
 rocksdb::WriteOptions Synced() {
   rocksdb::WriteOptions w;
@@ -70,19 +66,19 @@ absl::StatusOr<std::unique_ptr<StateDb>> StateDb::Open(const std::string& dir) {
     return absl::FailedPreconditionError(
         absl::StrCat("state directory ", dir, " is in use by another process: ", s.ToString()));
   }
-  if (!s.ok()) return FromRocks(s, absl::StrCat("cannot open the state database in ", dir));
+  if (!s.ok()) return RocksStatus(s, absl::StrCat("cannot open the state database in ", dir));
   return std::make_unique<RocksStateDb>(std::unique_ptr<rocksdb::DB>(raw));
 }
 
 absl::Status RocksStateDb::Put(const std::string& key, const nlohmann::json& value) {
-  return FromRocks(db_->Put(Synced(), key, value.dump()), absl::StrCat("record ", key));
+  return RocksStatus(db_->Put(Synced(), key, value.dump()), absl::StrCat("record ", key));
 }
 
 absl::StatusOr<std::optional<nlohmann::json>> RocksStateDb::Get(const std::string& key) {
   std::string v;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), key, &v);
   if (s.IsNotFound()) return std::nullopt;
-  if (!s.ok()) return FromRocks(s, absl::StrCat("record ", key));
+  if (!s.ok()) return RocksStatus(s, absl::StrCat("record ", key));
   auto j = nlohmann::json::parse(v, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
     spdlog::error("state record {} is not JSON; ignoring it", key);
@@ -92,7 +88,7 @@ absl::StatusOr<std::optional<nlohmann::json>> RocksStateDb::Get(const std::strin
 }
 
 absl::Status RocksStateDb::Delete(const std::string& key) {
-  return FromRocks(db_->Delete(Synced(), key), absl::StrCat("record ", key));
+  return RocksStatus(db_->Delete(Synced(), key), absl::StrCat("record ", key));
 }
 
 absl::StatusOr<std::vector<std::pair<std::string, nlohmann::json>>> RocksStateDb::Scan(
@@ -112,7 +108,7 @@ absl::StatusOr<std::vector<std::pair<std::string, nlohmann::json>>> RocksStateDb
     out.emplace_back(std::move(key), std::move(j));
     if (max != 0 && out.size() == max) break;
   }
-  if (!it->status().ok()) return FromRocks(it->status(), absl::StrCat("scan of ", prefix));
+  if (!it->status().ok()) return RocksStatus(it->status(), absl::StrCat("scan of ", prefix));
   return out;
 }
 
@@ -137,7 +133,7 @@ std::string ObjectName(const std::string& key) {
       absl::StrAppendFormat(&name, "%%%02X", c);
     }
   }
-  if (name.size() > kMaxName) name = "h-" + cache::Sha256Hex(key);
+  if (name.size() > kMaxName) name = "h-" + strata::Sha256Hex(key);
   return name + kSuffix;
 }
 
@@ -214,7 +210,7 @@ absl::Status WriteFileDurably(const std::string& dir, const std::string& name,
 
 class OriginStateDb final : public StateDb {
  public:
-  explicit OriginStateDb(std::unique_ptr<cache::Origin> origin)
+  explicit OriginStateDb(std::unique_ptr<origin::Origin> origin)
       : origin_(std::move(origin)), root_(origin_->Dir() ? origin_->Dir()->path() : "") {}
 
   absl::Status Put(const std::string& key, const nlohmann::json& value) override {
@@ -295,7 +291,7 @@ class OriginStateDb final : public StateDb {
     // The keys in order first (from the names, reading only hashed ones),
     // then the records of the page.
     std::vector<std::pair<std::string, std::string>> keys;  // key, object name
-    for (const cache::DirEntry& e : *entries) {
+    for (const origin::DirEntry& e : *entries) {
       if (e.stat.is_dir || !absl::EndsWith(e.name, kSuffix)) continue;
       std::optional<std::string> key = KeyOfName(e.name);
       if (!key && absl::StartsWith(e.name, "h-")) {
@@ -347,7 +343,7 @@ class OriginStateDb final : public StateDb {
     return j;
   }
 
-  std::unique_ptr<cache::Origin> origin_;
+  std::unique_ptr<origin::Origin> origin_;
   std::string root_;  // a POSIX origin's directory: written there directly
   std::atomic<int> next_tmp_{0};
 };
@@ -355,14 +351,14 @@ class OriginStateDb final : public StateDb {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<StateDb>> StateDb::OpenAt(const std::string& url,
-                                                         const cache::OriginOptions& options) {
+                                                         const origin::OriginOptions& options) {
   if (!absl::StartsWith(url, "file://") && !absl::StartsWith(url, "s3://")) {
     return absl::InvalidArgumentError(absl::StrCat(
         "records need an origin that takes writes (file:///dir or s3://bucket/prefix), not ", url));
   }
-  auto origin = cache::OpenOrigin(url, options);
+  auto origin = origin::OpenOrigin(url, options);
   if (!origin.ok()) return origin.status();
-  if (cache::RootDir* dir = (*origin)->Dir()) {
+  if (origin::RootDir* dir = (*origin)->Dir()) {
     const std::string& root = dir->path();
     std::error_code ec;
     bool made = std::filesystem::create_directories(root, ec);
@@ -383,7 +379,7 @@ absl::StatusOr<std::unique_ptr<StateDb>> StateDb::OpenAt(const std::string& url,
         absl::StrCat("cannot read records in ", url, ": ", listed.status().message()));
   }
   bool marked = false, other = false;
-  for (const cache::DirEntry& e : *listed) {
+  for (const origin::DirEntry& e : *listed) {
     if (e.name == kMarker) {
       marked = true;
     } else if (!absl::StartsWith(e.name, ".")) {  // "." : a writer's temporary file

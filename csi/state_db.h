@@ -17,8 +17,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "cache/origin.h"
 #include "nlohmann/json.hpp"
+#include "origin/origin.h"
 
 namespace strata::csi {
 
@@ -30,7 +30,7 @@ class StateDb {
   // Keeps the records as objects under `url` (made if missing). The origin
   // must take writes: a POSIX directory or an S3 prefix.
   static absl::StatusOr<std::unique_ptr<StateDb>> OpenAt(const std::string& url,
-                                                         const cache::OriginOptions& options = {});
+                                                         const origin::OriginOptions& options = {});
   virtual ~StateDb() = default;
 
   virtual absl::Status Put(const std::string& key, const nlohmann::json& value) = 0;

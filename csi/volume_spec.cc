@@ -4,7 +4,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "cache/size.h"
+#include "base/size.h"
 
 namespace strata::csi {
 namespace {
@@ -21,7 +21,7 @@ absl::StatusOr<bool> ParseBool(const std::string& key, const std::string& v) {
 
 absl::Status CheckVolumeOption(const std::string& key, const std::string& value) {
   if (key == kChunkSize) {
-    auto n = cache::ParseSize(value);
+    auto n = strata::ParseSize(value);
     if (!n.ok())
       return absl::InvalidArgumentError(absl::StrCat(kChunkSize, ": ", n.status().message()));
     if (*n < (64u << 10) || *n > (64u << 20) || (*n & (*n - 1)) != 0) {
@@ -60,7 +60,7 @@ absl::StatusOr<VolumeSpec> ParseVolumeContext(const StringMap& context) {
     if (absl::StartsWith(key, "csi.storage.k8s.io/")) continue;
     if (absl::Status st = CheckVolumeOption(key, value); !st.ok()) return st;
     if (key == kOrigin) spec.origin = value;
-    if (key == kChunkSize) spec.chunk_size = static_cast<uint32_t>(*cache::ParseSize(value));
+    if (key == kChunkSize) spec.chunk_size = static_cast<uint32_t>(*strata::ParseSize(value));
     if (key == kAttrTtl) (void)absl::SimpleAtod(value, &spec.attr_ttl_s);
     if (key == kReadOnly) spec.read_only = *ParseBool(key, value);
     if (key == kXattrs) spec.xattrs = *ParseBool(key, value);
@@ -73,8 +73,8 @@ absl::StatusOr<VolumeSpec> ParseVolumeContext(const StringMap& context) {
   return spec;
 }
 
-cache::OriginOptions OriginOptionsFrom(const StringMap& secrets) {
-  cache::OriginOptions o;
+origin::OriginOptions OriginOptionsFrom(const StringMap& secrets) {
+  origin::OriginOptions o;
   auto first = [&](std::initializer_list<const char*> keys) -> std::string {
     for (const char* k : keys) {
       auto it = secrets.find(k);
@@ -133,7 +133,7 @@ bool IsReaderOnly(const ::csi::v1::VolumeCapability& cap) {
   return m == Mode::SINGLE_NODE_READER_ONLY || m == Mode::MULTI_NODE_READER_ONLY;
 }
 
-absl::Status ProbeOrigin(cache::Origin& origin) {
+absl::Status ProbeOrigin(origin::Origin& origin) {
   auto root = origin.Stat("");
   if (root.ok() && !root->is_dir) {
     return absl::FailedPreconditionError(absl::StrCat("origin ", origin.url(), " is a file"));
@@ -146,9 +146,9 @@ absl::Status ProbeOrigin(cache::Origin& origin) {
   if (st.ok()) return st;
   // Transient trouble is Unavailable (callers retry); an origin that is not
   // there needs the operator; refused credentials stay PermissionDenied.
-  absl::StatusCode code = cache::IsTransient(st) ? absl::StatusCode::kUnavailable
-                          : absl::IsNotFound(st) ? absl::StatusCode::kFailedPrecondition
-                                                 : st.code();
+  absl::StatusCode code = origin::IsTransient(st) ? absl::StatusCode::kUnavailable
+                          : absl::IsNotFound(st)  ? absl::StatusCode::kFailedPrecondition
+                                                  : st.code();
   return absl::Status(code,
                       absl::StrCat("origin ", origin.url(), " is not reachable: ", st.message()));
 }

@@ -11,8 +11,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "cache/origin.h"
 #include "csi.pb.h"
+#include "origin/origin.h"
 
 namespace strata::csi {
 
@@ -50,7 +50,7 @@ absl::Status CheckVolumeOption(const std::string& key, const std::string& value)
 
 // Origin options for a call's secrets: S3 keys access_key_id,
 // secret_access_key and session_token (also the AWS_* and camelCase names).
-cache::OriginOptions OriginOptionsFrom(const StringMap& secrets);
+origin::OriginOptions OriginOptionsFrom(const StringMap& secrets);
 
 // `base` with `sub` (a relative path) appended to its path, before any query:
 // s3://b/p?region=x + v -> s3://b/p/v?region=x.
@@ -64,7 +64,7 @@ bool IsReaderOnly(const ::csi::v1::VolumeCapability& cap);
 // Checks that `origin` answers with our credentials and that its root is a
 // directory. An object store's root "exists" without asking it, so its
 // listing is read as well: bad keys show here, not at the first write.
-absl::Status ProbeOrigin(cache::Origin& origin);
+absl::Status ProbeOrigin(origin::Origin& origin);
 
 // INVALID_ARGUMENT with `what` to fix.
 grpc::Status InvalidArgument(const std::string& what);

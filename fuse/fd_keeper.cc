@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "cache/logging.h"
+#include "base/logging.h"
 
 namespace strata::fuse {
 namespace {

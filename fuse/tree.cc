@@ -4,7 +4,7 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
-#include "cache/errno_status.h"
+#include "base/errno_status.h"
 
 namespace strata::fuse {
 namespace {
@@ -14,12 +14,12 @@ absl::Status ReadOnly() { return PosixError(EROFS, "this filesystem is read-only
 absl::Status PosixError(int err, const std::string& message) {
   absl::Status st(
       err == ENOENT ? absl::StatusCode::kNotFound : absl::StatusCode::kFailedPrecondition, message);
-  return cache::WithErrno(std::move(st), err);
+  return strata::WithErrno(std::move(st), err);
 }
 
 int ErrnoOf(const absl::Status& st) {
   if (st.ok()) return 0;
-  if (int err = cache::AttachedErrno(st); err != 0) return err;
+  if (int err = strata::AttachedErrno(st); err != 0) return err;
   switch (st.code()) {
     case absl::StatusCode::kNotFound:
       return ENOENT;

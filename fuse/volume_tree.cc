@@ -18,12 +18,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "cache/logging.h"
-#include "cache/root_dir.h"
+#include "base/logging.h"
+#include "origin/root_dir.h"
 
 namespace strata::fuse {
 
-VolumeTree::VolumeTree(std::shared_ptr<cache::Origin> origin, cache::ChunkStore& store,
+VolumeTree::VolumeTree(std::shared_ptr<origin::Origin> origin, cache::ChunkStore& store,
                        cache::Fetcher& fetcher, VolumeOptions options)
     : origin_(std::move(origin)),
       store_(store),
@@ -90,7 +90,7 @@ void VolumeTree::LoadInodes() {
   spdlog::info("volume {}: {} inodes known from the previous daemon", origin_->url(), loaded);
 }
 
-uint64_t VolumeTree::InoFor(const std::string& path, const cache::ObjectStat& st) {
+uint64_t VolumeTree::InoFor(const std::string& path, const origin::ObjectStat& st) {
   const FileId id{st.dev, st.ino};
   auto it = inos_.find(path);
   if (it != inos_.end()) {
@@ -193,7 +193,7 @@ absl::StatusOr<std::string> VolumeTree::PathOf(uint64_t ino) {
   return std::move(node->path);
 }
 
-Attr VolumeTree::ToAttr(uint64_t ino, const cache::ObjectStat& st) const {
+Attr VolumeTree::ToAttr(uint64_t ino, const origin::ObjectStat& st) const {
   Attr a;
   a.ino = ino;
   uint32_t type = st.is_dir ? S_IFDIR : st.is_symlink ? S_IFLNK : st.special ? st.special : S_IFREG;
@@ -255,8 +255,8 @@ absl::Status VolumeTree::Broken(absl::Status status, const std::string& path) {
   return status;
 }
 
-absl::StatusOr<cache::ObjectStat> VolumeTree::StatPath(const std::string& path, uint64_t* ino,
-                                                       bool revalidate) {
+absl::StatusOr<origin::ObjectStat> VolumeTree::StatPath(const std::string& path, uint64_t* ino,
+                                                        bool revalidate) {
   absl::Time now = absl::Now();
   {
     absl::MutexLock l(&mu_);
@@ -278,7 +278,7 @@ absl::StatusOr<cache::ObjectStat> VolumeTree::StatPath(const std::string& path, 
       struct stat local;
       if (::fstat(h.fd, &local) == 0) {
         *ino = h.ino;
-        cache::ObjectStat st = h.target.stat;
+        origin::ObjectStat st = h.target.stat;
         st.size = local.st_size;
         st.mtime_ns = int64_t{local.st_mtim.tv_sec} * 1'000'000'000 + local.st_mtim.tv_nsec;
         return st;
@@ -290,7 +290,7 @@ absl::StatusOr<cache::ObjectStat> VolumeTree::StatPath(const std::string& path, 
     if (posix()) return Broken(st.status(), path);
     if (absl::IsNotFound(st.status()))
       return PosixError(ENOENT, std::string(st.status().message()));
-    if (cache::IsTransient(st.status())) {
+    if (origin::IsTransient(st.status())) {
       // The origin is down, not saying no: what it said last still stands,
       // so what is cached keeps being served until it answers again.
       absl::MutexLock l(&mu_);
@@ -348,33 +348,33 @@ absl::StatusOr<Attr> VolumeTree::GetAttr(uint64_t ino) {
   return st.ok() ? PosixError(ESTALE, absl::StrCat(path, " is another file now")) : st.status();
 }
 
-cache::UniqueFd VolumeTree::HeldFd(uint64_t ino) {
+strata::UniqueFd VolumeTree::HeldFd(uint64_t ino) {
   absl::MutexLock l(&mu_);
   return HeldFdLocked(ino);
 }
 
-cache::UniqueFd VolumeTree::HeldFdLocked(uint64_t ino) {
+strata::UniqueFd VolumeTree::HeldFdLocked(uint64_t ino) {
   for (const auto& [h, handle] : handles_) {
     if (handle.ino == ino && handle.fd >= 0 && handle.staged.empty()) {
-      return cache::UniqueFd(::fcntl(handle.fd, F_DUPFD_CLOEXEC, 0));
+      return strata::UniqueFd(::fcntl(handle.fd, F_DUPFD_CLOEXEC, 0));
     }
   }
-  return cache::UniqueFd();
+  return strata::UniqueFd();
 }
 
 bool VolumeTree::HeldIsGone(uint64_t ino) {
-  cache::UniqueFd fd = HeldFdLocked(ino);
+  strata::UniqueFd fd = HeldFdLocked(ino);
   struct stat local;
   return fd.get() >= 0 && ::fstat(fd.get(), &local) == 0 && local.st_nlink == 0;
 }
 
 absl::StatusOr<Attr> VolumeTree::AttrOfOpen(uint64_t ino) {
-  cache::UniqueFd fd = HeldFd(ino);
+  strata::UniqueFd fd = HeldFd(ino);
   struct stat local;
   if (fd.get() < 0 || ::fstat(fd.get(), &local) != 0) {
     return PosixError(ESTALE, absl::StrCat("inode ", ino, " has no name and is not open"));
   }
-  return ToAttr(ino, cache::StatOf(local));
+  return ToAttr(ino, origin::StatOf(local));
 }
 
 absl::StatusOr<std::vector<DirEntry>> VolumeTree::ReadDir(uint64_t ino) {
@@ -394,7 +394,7 @@ absl::StatusOr<std::vector<DirEntry>> VolumeTree::ReadDir(uint64_t ino) {
   for (auto& e : *list) {
     // Every origin checks its names; this is the last word before the
     // kernel (an empty name would be the root's own inode).
-    if (absl::Status bad = cache::CheckEntryName(e.name); !bad.ok()) {
+    if (absl::Status bad = origin::CheckEntryName(e.name); !bad.ok()) {
       spdlog::warn("{}: listing of '{}' left out an entry: {}", origin_->url(), *path,
                    bad.message());
       continue;
@@ -444,22 +444,22 @@ absl::StatusOr<OpenResult> VolumeTree::Open(uint64_t ino, int flags) {
 }
 
 absl::StatusOr<OpenResult> VolumeTree::OpenHeld(uint64_t ino, int flags) {
-  cache::UniqueFd held = HeldFd(ino);
+  strata::UniqueFd held = HeldFd(ino);
   if (held.get() < 0) return PosixError(ESTALE, "not open here");
   std::string self = absl::StrCat("/proc/self/fd/", held.get());
-  cache::UniqueFd fd(::open(self.c_str(), (flags & (O_ACCMODE | O_APPEND | O_TRUNC)) | O_CLOEXEC));
+  strata::UniqueFd fd(::open(self.c_str(), (flags & (O_ACCMODE | O_APPEND | O_TRUNC)) | O_CLOEXEC));
   struct stat local;
   if (fd.get() < 0 || ::fstat(fd.get(), &local) != 0) {
     return PosixError(errno, absl::StrCat("reopen of inode ", ino, ": ", std::strerror(errno)));
   }
   auto path = PathOf(ino);
-  auto h = AddHandle(ino, path.ok() ? *path : "", cache::StatOf(local), fd.get());
+  auto h = AddHandle(ino, path.ok() ? *path : "", origin::StatOf(local), fd.get());
   if (h.ok()) fd.release();
   return h;
 }
 
 absl::StatusOr<OpenResult> VolumeTree::OpenObjectForWriting(uint64_t ino, const std::string& path,
-                                                            const cache::ObjectStat& st,
+                                                            const origin::ObjectStat& st,
                                                             int flags) {
   // An object store takes whole objects: new files and whole rewrites.
   if ((flags & O_APPEND) || (!(flags & O_TRUNC) && st.size > 0)) {
@@ -479,7 +479,7 @@ absl::StatusOr<OpenResult> VolumeTree::OpenObjectForWriting(uint64_t ino, const 
   return h;
 }
 
-absl::StatusOr<std::pair<std::string, cache::ObjectStat>> VolumeTree::FileToOpen(uint64_t ino) {
+absl::StatusOr<std::pair<std::string, origin::ObjectStat>> VolumeTree::FileToOpen(uint64_t ino) {
   auto node = NodeOf(ino);
   if (!node.ok()) return node.status();
   if (!node->named) return PosixError(ESTALE, absl::StrCat(node->path, " was removed"));
@@ -509,7 +509,7 @@ absl::Status VolumeTree::Reopen(uint64_t ino, uint64_t handle, int flags) {
   auto file = FileToOpen(ino);
   if (!file.ok()) return file.status();
   const std::string* path = &file->first;
-  const cache::ObjectStat* st = &file->second;
+  const origin::ObjectStat* st = &file->second;
   int fd = -1;
   if ((flags & O_ACCMODE) != O_RDONLY) {
     if (!posix()) {
@@ -533,7 +533,7 @@ absl::Status VolumeTree::Reopen(uint64_t ino, uint64_t handle, int flags) {
 }
 
 absl::StatusOr<OpenResult> VolumeTree::AddHandle(uint64_t ino, const std::string& path,
-                                                 const cache::ObjectStat& st, int fd,
+                                                 const origin::ObjectStat& st, int fd,
                                                  std::string staged) {
   absl::MutexLock l(&mu_);
   Node& n = nodes_[ino];
@@ -607,7 +607,7 @@ absl::StatusOr<ReadResult> VolumeTree::ReadUncounted(uint64_t handle, uint64_t o
     // A handle that writes reads its own bytes straight from the origin file.
     ++direct_reads_;
     r.bytes.resize(size);
-    cache::UniqueFd opened;
+    strata::UniqueFd opened;
     if (fd < 0) {
       auto file = root_->OpenFile(target.path, O_RDONLY);
       if (!file.ok()) {
@@ -738,7 +738,7 @@ void VolumeTree::DirChanged(const std::string& path) {
 
 void VolumeTree::Changed(const std::string& path) {
   DirChanged(path);
-  cache::ObjectStat old;
+  origin::ObjectStat old;
   {
     absl::MutexLock l(&mu_);
     auto it = inos_.find(path);
@@ -777,7 +777,7 @@ absl::StatusOr<std::pair<Attr, OpenResult>> VolumeTree::Create(uint64_t parent,
     if (existing.ok() && existing->is_dir) return PosixError(EISDIR, *path);
     auto staged = Stage(*path);
     if (!staged.ok()) return staged.status();
-    cache::ObjectStat st;
+    origin::ObjectStat st;
     st.mode = 0644;
     st.uid = who.uid;
     st.gid = who.gid;
@@ -901,13 +901,13 @@ absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int
   // Each call below acts on a name in its directory and never follows it.
   // What has no name here acts through a descriptor: the volume's root,
   // and a file unlinked while open (its handle's, as fchmod would).
-  cache::RootDir::Entry at;
-  std::shared_ptr<const cache::UniqueFd> root_fd;
+  origin::RootDir::Entry at;
+  std::shared_ptr<const strata::UniqueFd> root_fd;
   int dir = AT_FDCWD, nofollow = AT_SYMLINK_NOFOLLOW;
   std::string name;
   auto node = NodeOf(ino);
   const bool named = !node.ok() || node->named;
-  cache::UniqueFd held = named ? cache::UniqueFd() : HeldFd(ino);
+  strata::UniqueFd held = named ? strata::UniqueFd() : HeldFd(ino);
   if (path->empty() || !named) {
     if (!named && held.get() < 0) {
       return PosixError(ENOENT, absl::StrCat(*path, " was removed and is not open"));
@@ -939,9 +939,9 @@ absl::StatusOr<Attr> VolumeTree::SetAttr(uint64_t ino, const struct stat& a, int
     if (::fchownat(dir, name.c_str(), uid, gid, nofollow) != 0) return fail("chown");
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
-    absl::StatusOr<cache::UniqueFd> file =
+    absl::StatusOr<strata::UniqueFd> file =
         named ? root_->OpenFile(*path, O_WRONLY)
-              : cache::UniqueFd(::open(name.c_str(), O_WRONLY | O_CLOEXEC));
+              : strata::UniqueFd(::open(name.c_str(), O_WRONLY | O_CLOEXEC));
     if (!file.ok()) return Broken(file.status(), *path);
     if (file->get() < 0 || ::ftruncate(file->get(), a.st_size) != 0) return fail("truncate");
     if (named) Changed(*path);
@@ -1327,13 +1327,13 @@ bool UserXattr(const std::string& name) { return name.rfind("user.", 0) == 0; }
 std::string ProcFd(int fd) { return absl::StrCat("/proc/self/fd/", fd); }
 }  // namespace
 
-absl::StatusOr<cache::UniqueFd> VolumeTree::TheFile(uint64_t ino) {
+absl::StatusOr<strata::UniqueFd> VolumeTree::TheFile(uint64_t ino) {
   if (!posix()) return PosixError(EOPNOTSUPP, absl::StrCat(origin_->url(), " has no files"));
   auto node = NodeOf(ino);
   if (!node.ok()) return node.status();
   if (!node->named) {
     // Unlinked and still open: through a handle's descriptor.
-    cache::UniqueFd held = HeldFd(ino);
+    strata::UniqueFd held = HeldFd(ino);
     if (held.get() < 0) return PosixError(ESTALE, absl::StrCat(node->path, " was removed"));
     return held;
   }

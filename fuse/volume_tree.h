@@ -19,9 +19,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "cache/fetcher.h"
-#include "cache/origin.h"
-#include "cache/root_dir.h"
 #include "fuse/tree.h"
+#include "origin/origin.h"
+#include "origin/root_dir.h"
 
 namespace strata::fuse {
 
@@ -62,7 +62,7 @@ struct VolumeOptions {
 
 class VolumeTree final : public Tree {
  public:
-  VolumeTree(std::shared_ptr<cache::Origin> origin, cache::ChunkStore& store,
+  VolumeTree(std::shared_ptr<origin::Origin> origin, cache::ChunkStore& store,
              cache::Fetcher& fetcher, VolumeOptions options);
   ~VolumeTree() override;
 
@@ -124,7 +124,7 @@ class VolumeTree final : public Tree {
     // Its name relative to the origin's root ("" for the root): of a file
     // with several, the one last confirmed.
     std::string path;
-    cache::ObjectStat stat;
+    origin::ObjectStat stat;
     absl::Time fetched;
     std::string opened_version;  // version at the last open: keep_cache when unchanged
     FileId id{0, 0};             // POSIX origins, once stat'ed
@@ -140,14 +140,14 @@ class VolumeTree final : public Tree {
 
   // The path and fresh attributes of the file `ino`, for an open; EISDIR
   // for a directory.
-  absl::StatusOr<std::pair<std::string, cache::ObjectStat>> FileToOpen(uint64_t ino);
+  absl::StatusOr<std::pair<std::string, origin::ObjectStat>> FileToOpen(uint64_t ino);
   // Object stores: a handle that stages a whole new content of `path`.
   absl::StatusOr<OpenResult> OpenObjectForWriting(uint64_t ino, const std::string& path,
-                                                  const cache::ObjectStat& st, int flags);
+                                                  const origin::ObjectStat& st, int flags);
   absl::StatusOr<ReadResult> ReadUncounted(uint64_t handle, uint64_t offset, size_t size);
   // The inode that `path`, which the origin just described as `st`, names
   // (see the top of this file), recorded as one of its names.
-  uint64_t InoFor(const std::string& path, const cache::ObjectStat& st)
+  uint64_t InoFor(const std::string& path, const origin::ObjectStat& st)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records `path` as the name of `ino` it was last known by.
   void Name(const std::string& path, uint64_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -160,7 +160,7 @@ class VolumeTree final : public Tree {
   // that they keep working (as on a local file system).
   struct Held {
     uint64_t ino = 0;
-    cache::UniqueFd fd;
+    strata::UniqueFd fd;
   };
   Held HoldOpenFiles(const std::string& path);
   void GiveHeld(const Held& held);
@@ -169,8 +169,8 @@ class VolumeTree final : public Tree {
   absl::StatusOr<Attr> AttrOfOpen(uint64_t ino);
   // Another descriptor of the file `ino` as an open handle holds it; none
   // (-1) when no handle holds one.
-  cache::UniqueFd HeldFd(uint64_t ino);
-  cache::UniqueFd HeldFdLocked(uint64_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  strata::UniqueFd HeldFd(uint64_t ino);
+  strata::UniqueFd HeldFdLocked(uint64_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether the file `ino` is open here and has no name left at the origin.
   bool HeldIsGone(uint64_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Opens `ino` through a descriptor a handle holds (a file without a name).
@@ -189,9 +189,9 @@ class VolumeTree final : public Tree {
   absl::StatusOr<Known> NodeOf(uint64_t ino);
   absl::StatusOr<std::string> PathOf(uint64_t ino);
   // The origin's stat of `path` (fresh when `revalidate` or past the TTL).
-  absl::StatusOr<cache::ObjectStat> StatPath(const std::string& path, uint64_t* ino,
-                                             bool revalidate);
-  Attr ToAttr(uint64_t ino, const cache::ObjectStat& st) const;
+  absl::StatusOr<origin::ObjectStat> StatPath(const std::string& path, uint64_t* ino,
+                                              bool revalidate);
+  Attr ToAttr(uint64_t ino, const origin::ObjectStat& st) const;
   // The origin path of `name` in directory `parent`, checked.
   absl::StatusOr<std::string> ChildPath(uint64_t parent, const std::string& name);
   // Refuses writes on read-only volumes and origins that cannot take them.
@@ -213,13 +213,13 @@ class VolumeTree final : public Tree {
   // and checked to be that file (ESTALE if the name now leads to another);
   // unlinked and open, a handle's descriptor of it. For calls through
   // /proc/self/fd (xattrs, link).
-  absl::StatusOr<cache::UniqueFd> TheFile(uint64_t ino);
+  absl::StatusOr<strata::UniqueFd> TheFile(uint64_t ino);
   // Object stores: makes `path` an empty object.
   absl::Status PutEmpty(const std::string& path);
   // After a change through this tree: the new attributes of `path`.
   absl::StatusOr<Attr> Fresh(const std::string& path);
   absl::StatusOr<OpenResult> AddHandle(uint64_t ino, const std::string& path,
-                                       const cache::ObjectStat& st, int fd,
+                                       const origin::ObjectStat& st, int fd,
                                        std::string staged = "");
   // Object stores: a new local staging file for `path` (fd, file name).
   absl::StatusOr<std::pair<int, std::string>> Stage(const std::string& path);
@@ -227,12 +227,12 @@ class VolumeTree final : public Tree {
   absl::Status Upload(uint64_t handle);
   bool posix() const { return root_ != nullptr; }
 
-  std::shared_ptr<cache::Origin> origin_;
+  std::shared_ptr<origin::Origin> origin_;
   cache::ChunkStore& store_;
   cache::Fetcher& fetcher_;
   VolumeOptions opts_;
   // POSIX origins: their directory, which every name is resolved beneath.
-  cache::RootDir* root_;
+  origin::RootDir* root_;
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Node> nodes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> inos_ ABSL_GUARDED_BY(mu_);  // name -> inode

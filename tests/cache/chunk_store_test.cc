@@ -22,16 +22,16 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/cache/faulty_fs.h"
-#include "tests/cache/test_util.h"
+#include "tests/util/test_util.h"
 
 namespace strata::cache {
 namespace {
 
+using strata::testing::Pattern;
+using strata::testing::TempDir;
 using ::testing::ElementsAre;
 using testing::FaultyFs;
 using ::testing::IsEmpty;
-using testing::Pattern;
-using testing::TempDir;
 
 constexpr uint32_t kChunk = 64 << 10;
 

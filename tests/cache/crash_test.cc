@@ -13,14 +13,14 @@
 
 #include "cache/chunk_store.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
 #include "tests/util/subprocess.h"
+#include "tests/util/test_util.h"
 
 namespace strata::cache {
 namespace {
 
-using testing::Pattern;
-using testing::TempDir;
+using strata::testing::Pattern;
+using strata::testing::TempDir;
 
 constexpr uint32_t kChunk = 64 << 10;
 

@@ -15,7 +15,7 @@
 #include "cache/chunk_store.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
-#include "tests/cache/test_util.h"
+#include "tests/util/test_util.h"
 
 int main(int argc, char** argv) {
   if (argc != 5) {
@@ -59,7 +59,7 @@ int main(int argc, char** argv) {
         if (!(*store)->Register({key, 40 * o.chunk_size - 1000, "crash", 0}).ok()) continue;
         uint32_t idx = rng() % 40;
         uint32_t len = idx == 39 ? o.chunk_size - 1000 : o.chunk_size;
-        auto r = (*store)->WriteChunk(key, idx, strata::cache::testing::Pattern(obj, idx, len));
+        auto r = (*store)->WriteChunk(key, idx, strata::testing::Pattern(obj, idx, len));
         if (r.ok() && r->cached && r->bytes) {
           std::string line = key + " " + std::to_string(idx) + "\n";
           if (::write(journal, line.data(), line.size()) < 0) std::abort();

@@ -19,12 +19,12 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
+#include "tests/util/test_util.h"
 
 namespace strata::fuse {
 namespace {
 
-using strata::cache::testing::TempDir;
+using strata::testing::TempDir;
 using ::testing::HasSubstr;
 
 // Descriptors open in this process (the keeper's included: it runs here).
@@ -149,7 +149,7 @@ TEST_F(FdKeeperTest, OnlyAStaleSocketIsRemovedAtItsPath) {
   o.socket = socket_;
   std::atomic<bool> stop{true};
   EXPECT_FALSE(ServeFdKeeper(o, stop).ok());
-  EXPECT_EQ(strata::cache::testing::ReadPath(socket_), "precious");
+  EXPECT_EQ(strata::testing::ReadPath(socket_), "precious");
   std::filesystem::remove(socket_);
 
   // A socket left by a keeper that died is replaced.

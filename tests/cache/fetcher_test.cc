@@ -14,18 +14,18 @@
 #include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
 #include "tests/util/fault_proxy.h"
 #include "tests/util/nginx.h"
+#include "tests/util/test_util.h"
 
 namespace strata::cache {
 namespace {
 
 using strata::testing::Fault;
 using strata::testing::FaultProxy;
+using strata::testing::Pattern;
+using strata::testing::TempDir;
 using ::testing::HasSubstr;
-using testing::Pattern;
-using testing::TempDir;
 
 constexpr uint32_t kChunk = 256 << 10;
 constexpr uint64_t kSize = 16 * kChunk + 12345;  // a short last chunk
@@ -57,12 +57,12 @@ class FetcherTest : public ::testing::Test {
   FetchTarget Target(FaultProxy* proxy) {
     std::string url = proxy ? "http://127.0.0.1:" + std::to_string(proxy->port()) + "/blob.bin"
                             : nginx_->url("blob.bin");
-    auto origin = OpenOrigin(url, {});
+    auto origin = origin::OpenOrigin(url, {});
     EXPECT_TRUE(origin.ok());
     FetchTarget t;
     t.origin = std::move(*origin);
     // Stat straight from nginx, so request counts at the proxy are GETs only.
-    auto direct = OpenOrigin(nginx_->url("blob.bin"), {});
+    auto direct = origin::OpenOrigin(nginx_->url("blob.bin"), {});
     t.stat = *(*direct)->Stat("");
     t.chunk_size = kChunk;
     return t;
@@ -359,7 +359,7 @@ TEST_F(FetcherTest, PrefetchOfAListOfRanges) {
 }
 
 TEST_F(FetcherTest, FileOriginChangedUnderAReaderIsAnError) {
-  auto origin = OpenOrigin("file://" + root_.path() + "/www", {});
+  auto origin = origin::OpenOrigin("file://" + root_.path() + "/www", {});
   ASSERT_TRUE(origin.ok());
   FetchTarget t;
   t.origin = std::move(*origin);

@@ -17,15 +17,15 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
 #include "tests/util/fault_proxy.h"
 #include "tests/util/nginx.h"
 #include "tests/util/subprocess.h"
+#include "tests/util/test_util.h"
 
 namespace strata {
 namespace {
 
-using cache::testing::TempDir;
+using strata::testing::TempDir;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -326,8 +326,8 @@ TEST(CliTest, CatServesTheCachedCopyWhenTheOriginIsUnreachable) {
   std::filesystem::create_directories(www);
   std::filesystem::create_directories(dir.path() + "/nginx");
   // Three 4 MiB chunks, the last one short.
-  const std::string model = cache::testing::Pattern(7, 0, (9 << 20) + 4321);
-  const std::string partial = cache::testing::Pattern(8, 0, 9 << 20);
+  const std::string model = strata::testing::Pattern(7, 0, (9 << 20) + 4321);
+  const std::string partial = strata::testing::Pattern(8, 0, 9 << 20);
   std::ofstream(www + "/model.bin", std::ios::binary) << model;
   std::ofstream(www + "/partial.bin", std::ios::binary) << partial;
   std::ofstream(www + "/never.bin", std::ios::binary) << "never read";

@@ -18,13 +18,13 @@
 #include "csi/node_service.h"
 #include "csi/state_db.h"
 #include "gmock/gmock.h"
-#include "tests/cache/test_util.h"
 #include "tests/util/mount.h"
+#include "tests/util/test_util.h"
 
 namespace strata::csi::testing {
 
-using cache::testing::ReadPath;
-using cache::testing::TempDir;
+using strata::testing::ReadPath;
+using strata::testing::TempDir;
 using ::testing::HasSubstr;
 using Code = grpc::StatusCode;
 using Context = std::map<std::string, std::string>;

@@ -10,8 +10,8 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
 #include "tests/csi/driver.h"
+#include "tests/util/test_util.h"
 
 namespace strata::csi::testing {
 namespace {

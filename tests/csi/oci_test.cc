@@ -11,10 +11,10 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
 #include "tests/csi/driver.h"
 #include "tests/util/fault_proxy.h"
 #include "tests/util/subprocess.h"
+#include "tests/util/test_util.h"
 
 namespace strata::csi::testing {
 namespace {

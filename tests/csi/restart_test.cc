@@ -22,10 +22,10 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
 #include "tests/csi/driver.h"
 #include "tests/util/mount.h"
 #include "tests/util/subprocess.h"
+#include "tests/util/test_util.h"
 
 namespace strata::csi::testing {
 namespace {

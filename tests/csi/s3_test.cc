@@ -8,12 +8,12 @@
 #include <filesystem>
 #include <fstream>
 
-#include "cache/origin.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
+#include "origin/origin.h"
 #include "tests/csi/driver.h"
 #include "tests/util/s3_server.h"
+#include "tests/util/test_util.h"
 
 namespace strata::csi::testing {
 namespace {
@@ -41,7 +41,7 @@ class CsiS3Test : public ::testing::Test {
   }
   // The bucket's own view of `path` under the volume prefix.
   std::string AtOrigin(const std::string& url, const std::string& path) {
-    return cache::testing::ReadAtOrigin(
+    return strata::testing::ReadAtOrigin(
         url, OriginOptionsFrom(StringMap(secrets_.begin(), secrets_.end())), path);
   }
 

@@ -10,15 +10,15 @@
 
 #include "csi/controller_service.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
 #include "tests/util/s3_server.h"
 #include "tests/util/subprocess.h"
+#include "tests/util/test_util.h"
 
 namespace strata::csi::testing {
 namespace {
 
-using cache::testing::TempDir;
 using nlohmann::json;
+using strata::testing::TempDir;
 
 class StateDbTest : public ::testing::TestWithParam<std::string> {
  protected:
@@ -36,7 +36,7 @@ class StateDbTest : public ::testing::TestWithParam<std::string> {
     } else if (GetParam() == "file") {
       db = StateDb::OpenAt("file://" + dir_.path() + "/shared/records");
     } else {
-      cache::OriginOptions o;
+      origin::OriginOptions o;
       o.aws_access_key_id = strata::testing::S3Server::kKey;
       o.aws_secret_access_key = strata::testing::S3Server::kSecret;
       o.s3_list_page_size = 2;  // listings of a few records take several pages
@@ -130,7 +130,7 @@ TEST(StateDbAtTest, OnlyOriginsThatTakeWritesAndThatAnswer) {
   auto oci = StateDb::OpenAt("oci://127.0.0.1:1/repo:tag");
   EXPECT_EQ(oci.status().code(), absl::StatusCode::kInvalidArgument);
   // An S3 endpoint that does not answer is an error at open, naming it.
-  cache::OriginOptions o;
+  origin::OriginOptions o;
   o.aws_access_key_id = "k";
   o.aws_secret_access_key = "s";
   auto dead = StateDb::OpenAt("s3://records/p?endpoint=http://127.0.0.1:1&region=us-east-1", o);
@@ -198,7 +198,7 @@ TEST(StateDbAtTest, ALocationThatIsGoneIsAnErrorNotNoRecords) {
   // Nor is a bucket that does not exist.
   strata::testing::S3Server s3(dir.path() + "/s3", "present");
   ASSERT_TRUE(s3.ok()) << s3.error();
-  cache::OriginOptions o;
+  origin::OriginOptions o;
   o.aws_access_key_id = strata::testing::S3Server::kKey;
   o.aws_secret_access_key = strata::testing::S3Server::kSecret;
   auto missing =

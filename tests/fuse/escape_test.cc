@@ -20,16 +20,16 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
 #include "tests/util/mount.h"
 #include "tests/util/subprocess.h"
+#include "tests/util/test_util.h"
 
 namespace strata {
 namespace {
 
-using cache::testing::ReadPath;
-using cache::testing::TempDir;
-using cache::testing::WriteFile;
+using strata::testing::ReadPath;
+using strata::testing::TempDir;
+using strata::testing::WriteFile;
 using testing::StrataMount;
 
 // What can be seen of a directory tree: names, kinds, modes, owners,

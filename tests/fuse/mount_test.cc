@@ -15,15 +15,15 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
+#include "tests/util/test_util.h"
 
 namespace strata {
 namespace {
 
-using cache::testing::Pattern;
-using cache::testing::ReadPath;
-using cache::testing::TempDir;
-using cache::testing::WriteFile;
+using strata::testing::Pattern;
+using strata::testing::ReadPath;
+using strata::testing::TempDir;
+using strata::testing::WriteFile;
 using testing::StrataMount;
 
 class MountTest : public ::testing::Test {

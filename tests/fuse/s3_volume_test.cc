@@ -8,19 +8,19 @@
 #include <filesystem>
 #include <fstream>
 
-#include "cache/origin.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
+#include "origin/origin.h"
 #include "tests/util/mount.h"
 #include "tests/util/s3_server.h"
+#include "tests/util/test_util.h"
 
 namespace strata {
 namespace {
 
-using cache::testing::Pattern;
-using cache::testing::ReadPath;
-using cache::testing::TempDir;
+using strata::testing::Pattern;
+using strata::testing::ReadPath;
+using strata::testing::TempDir;
 using testing::StrataMount;
 
 bool WritePath(const std::string& path, const std::string& data) {
@@ -54,7 +54,7 @@ class S3VolumeTest : public ::testing::Test {
 
   // The origin's own view, not through the mount.
   std::string AtOrigin(const std::string& path) {
-    return cache::testing::ReadAtOrigin(url_, {}, path);
+    return strata::testing::ReadAtOrigin(url_, {}, path);
   }
 
   TempDir dir_;

@@ -11,33 +11,33 @@
 
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
-#include "cache/origin.h"
-#include "cache/sigv4.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
+#include "origin/origin.h"
+#include "origin/sigv4.h"
+#include "tests/util/test_util.h"
 
 namespace strata::fuse {
 namespace {
 
-using cache::testing::Pattern;
-using cache::testing::TempDir;
+using strata::testing::Pattern;
+using strata::testing::TempDir;
 
 constexpr uint32_t kChunk = 64 << 10;
 
 // A file:// origin that names each file's sha256, as a registry names blobs
 // (the seam: the bytes still come from real files).
-class DigestOrigin final : public cache::Origin {
+class DigestOrigin final : public origin::Origin {
  public:
-  explicit DigestOrigin(std::unique_ptr<cache::Origin> base) : base_(std::move(base)) {}
+  explicit DigestOrigin(std::unique_ptr<origin::Origin> base) : base_(std::move(base)) {}
   std::map<std::string, std::string> digests;
 
   const std::string& url() const override { return base_->url(); }
-  absl::StatusOr<cache::ObjectStat> Stat(const std::string& path) override {
+  absl::StatusOr<origin::ObjectStat> Stat(const std::string& path) override {
     auto st = base_->Stat(path);
     if (st.ok() && digests.count(path)) st->digest = digests[path];
     return st;
   }
-  absl::StatusOr<std::vector<cache::DirEntry>> List(const std::string& dir) override {
+  absl::StatusOr<std::vector<origin::DirEntry>> List(const std::string& dir) override {
     auto l = base_->List(dir);
     if (l.ok()) {
       for (auto& e : *l) {
@@ -46,13 +46,15 @@ class DigestOrigin final : public cache::Origin {
     }
     return l;
   }
-  absl::Status ReadRange(const std::string& path, const cache::ObjectStat& stat, uint64_t offset,
-                         absl::Span<char> out) override {
+
+ protected:
+  absl::Status ReadInRange(const std::string& path, const origin::ObjectStat& stat, uint64_t offset,
+                           absl::Span<char> out) override {
     return base_->ReadRange(path, stat, offset, out);
   }
 
  private:
-  std::unique_ptr<cache::Origin> base_;
+  std::unique_ptr<origin::Origin> base_;
 };
 
 // The bytes a read answered with, whichever way it came.
@@ -74,10 +76,10 @@ TEST(VolumeTreeTest, UncheckedChunksOfADigestObjectAreNeverServed) {
   std::string content = Pattern(1, 0, kChunk) + Pattern(1, 1, kChunk) + Pattern(1, 2, 1000);
   std::filesystem::create_directories(dir.path() + "/origin");
   std::ofstream(dir.path() + "/origin/blob", std::ios::binary) << content;
-  auto base = cache::OpenOrigin("file://" + dir.path() + "/origin", {});
+  auto base = origin::OpenOrigin("file://" + dir.path() + "/origin", {});
   ASSERT_TRUE(base.ok()) << base.status();
   auto origin = std::make_shared<DigestOrigin>(std::move(*base));
-  origin->digests["blob"] = "sha256:" + cache::Sha256Hex(content);
+  origin->digests["blob"] = "sha256:" + strata::Sha256Hex(content);
 
   cache::StoreOptions so;
   so.dir = dir.path() + "/cache";

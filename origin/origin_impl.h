@@ -4,10 +4,10 @@
 #include <memory>
 #include <string>
 
-#include "cache/http_client.h"
-#include "cache/origin.h"
+#include "origin/http_client.h"
+#include "origin/origin.h"
 
-namespace strata::cache {
+namespace strata::origin {
 
 // With `beneath`, `root` must lie under that directory and is reached from
 // it without following symlinks (see OriginOptions::file_beneath).
@@ -30,4 +30,4 @@ absl::Status CheckRangedGet(const HttpResponse& resp, uint64_t offset, size_t le
                             const ObjectStat& stat, const std::string& what);
 bool IsStrongEtag(absl::string_view etag);
 
-}  // namespace strata::cache
+}  // namespace strata::origin

@@ -10,9 +10,9 @@
 #include <string>
 
 #include "absl/types/span.h"
-#include "cache/origin.h"
+#include "origin/origin.h"
 
-namespace strata::cache::testing {
+namespace strata::testing {
 
 class TempDir {
  public:
@@ -57,9 +57,9 @@ inline std::string ReadPath(const std::string& path) {
 
 // The whole object `path` as the origin at `url` itself has it (not through
 // a cache or a mount): "<missing>" when it is not there, "<...>" on errors.
-inline std::string ReadAtOrigin(const std::string& url, const OriginOptions& options,
+inline std::string ReadAtOrigin(const std::string& url, const origin::OriginOptions& options,
                                 const std::string& path) {
-  auto origin = OpenOrigin(url, options);
+  auto origin = origin::OpenOrigin(url, options);
   if (!origin.ok()) return "<" + std::string(origin.status().message()) + ">";
   auto st = (*origin)->Stat(path);
   if (!st.ok()) return "<missing>";
@@ -68,4 +68,4 @@ inline std::string ReadAtOrigin(const std::string& url, const OriginOptions& opt
   return out;
 }
 
-}  // namespace strata::cache::testing
+}  // namespace strata::testing

@@ -19,12 +19,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "cache/logging.h"
-#include "cache/origin_impl.h"
-#include "cache/sigv4.h"
-#include "cache/store_fs.h"
+#include "base/errno_status.h"
+#include "base/logging.h"
+#include "origin/origin_impl.h"
+#include "origin/sigv4.h"
 
-namespace strata::cache {
+namespace strata::origin {
 namespace {
 
 // --- a minimal reader for S3's XML answers (flat, well-known shapes) -------
@@ -269,15 +269,10 @@ class S3Origin final : public Origin {
     return absl::ResourceExhaustedError(absl::StrCat("listing ", Name(prefix), " does not end"));
   }
 
-  absl::Status ReadRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
-                         absl::Span<char> out) override {
-    if (out.empty()) return absl::OkStatus();
+  absl::Status ReadInRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
+                           absl::Span<char> out) override {
     auto key = Key(path);
     if (!key.ok()) return key.status();
-    if (offset + out.size() > stat.size) {
-      return absl::OutOfRangeError(absl::StrFormat("%s: [%u, +%u) is past its end (%u bytes)",
-                                                   Name(*key), offset, out.size(), stat.size));
-    }
     S3Request r;
     r.key = *key;
     r.headers = {{"range", absl::StrFormat("bytes=%u-%u", offset, offset + out.size() - 1)}};
@@ -698,4 +693,4 @@ absl::StatusOr<std::unique_ptr<Origin>> NewS3Origin(const std::string& url,
                                     std::move(*creds), o, std::move(http));
 }
 
-}  // namespace strata::cache
+}  // namespace strata::origin

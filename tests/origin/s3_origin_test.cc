@@ -6,21 +6,21 @@
 #include <thread>
 
 #include "cache/fetcher.h"
-#include "cache/origin.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
+#include "origin/origin.h"
 #include "tests/util/fault_proxy.h"
 #include "tests/util/nginx.h"
 #include "tests/util/s3_server.h"
 #include "tests/util/subprocess.h"
+#include "tests/util/test_util.h"
 
-namespace strata::cache {
+namespace strata::origin {
 namespace {
 
+using strata::testing::Pattern;
+using strata::testing::TempDir;
 using ::testing::HasSubstr;
-using testing::Pattern;
-using testing::TempDir;
 using ::testing::UnorderedElementsAre;
 
 constexpr const char* kKey = strata::testing::S3Server::kKey;
@@ -177,13 +177,13 @@ TEST_F(S3OriginTest, ReadThroughTheFetcher) {
   std::string data = Pattern(24, 0, (3 << 20) + 5);
   Upload(*o, "blob", data);
   TempDir cache;
-  StoreOptions so;
+  cache::StoreOptions so;
   so.dir = cache.path();
   so.chunk_size = 1 << 20;
-  auto store = ChunkStore::Open(so);
+  auto store = cache::ChunkStore::Open(so);
   ASSERT_TRUE(store.ok());
-  Fetcher f(**store);
-  FetchTarget t{o, "blob", *o->Stat("blob"), 0, {}};
+  cache::Fetcher f(**store);
+  cache::FetchTarget t{o, "blob", *o->Stat("blob"), 0, {}};
   std::string out(data.size(), '\0');
   auto n = f.Read(t, 0, absl::MakeSpan(out));
   ASSERT_TRUE(n.ok()) << n.status();
@@ -363,4 +363,4 @@ TEST(S3OriginSizeTest, AContentLengthPastTheBoundIsRefused) {
 }
 
 }  // namespace
-}  // namespace strata::cache
+}  // namespace strata::origin

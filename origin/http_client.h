@@ -14,7 +14,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 
-namespace strata::cache {
+namespace strata::origin {
 
 using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
 
@@ -91,4 +91,4 @@ bool ParseObjectSize(absl::string_view value, uint64_t* size);
 // name from outside cannot make the URL reach another host than it says.
 bool IsHostAndPort(absl::string_view authority);
 
-}  // namespace strata::cache
+}  // namespace strata::origin

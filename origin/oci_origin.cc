@@ -17,12 +17,12 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
-#include "cache/logging.h"
-#include "cache/origin_impl.h"
-#include "cache/sigv4.h"
+#include "base/logging.h"
 #include "nlohmann/json.hpp"
+#include "origin/origin_impl.h"
+#include "origin/sigv4.h"
 
-namespace strata::cache {
+namespace strata::origin {
 namespace {
 
 using json = nlohmann::json;
@@ -222,16 +222,11 @@ class OciOrigin final : public Origin {
     return out;
   }
 
-  absl::Status ReadRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
-                         absl::Span<char> out) override {
-    if (out.empty()) return absl::OkStatus();
+  absl::Status ReadInRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
+                           absl::Span<char> out) override {
     std::string digest = path.empty() ? ref_ : path;
     if (!IsDigest(digest))
       return absl::InvalidArgumentError(absl::StrCat(url_, ": not a blob: ", digest));
-    if (offset + out.size() > stat.size) {
-      return absl::OutOfRangeError(absl::StrFormat("%s: [%u, +%u) is past the end of %s (%u bytes)",
-                                                   url_, offset, out.size(), digest, stat.size));
-    }
     HttpRequest req;
     req.url = BlobUrl(digest);
     req.headers = {{"Range", absl::StrFormat("bytes=%u-%u", offset, offset + out.size() - 1)}};
@@ -578,4 +573,4 @@ absl::StatusOr<std::unique_ptr<Origin>> NewOciOrigin(const std::string& url,
                                      std::move(http));
 }
 
-}  // namespace strata::cache
+}  // namespace strata::origin

@@ -1,12 +1,24 @@
 // OpenOrigin: picks the origin for a URL's scheme. Shared path rules.
-#include "cache/origin.h"
+#include "origin/origin.h"
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "cache/origin_impl.h"
+#include "origin/origin_impl.h"
 
-namespace strata::cache {
+namespace strata::origin {
+
+absl::Status Origin::ReadRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
+                               absl::Span<char> out) {
+  if (out.empty()) return absl::OkStatus();
+  if (offset > stat.size || out.size() > stat.size - offset) {
+    return absl::OutOfRangeError(absl::StrFormat("%s: %s: [%u, +%u) is past its end (%u bytes)",
+                                                 url(), path.empty() ? "the object" : path, offset,
+                                                 out.size(), stat.size));
+  }
+  return ReadInRange(path, stat, offset, out);
+}
 
 absl::Status Origin::Put(const std::string& path, const std::string&) {
   return absl::UnimplementedError(absl::StrCat(url(), " does not accept writes (", path, ")"));
@@ -85,4 +97,4 @@ absl::Status CheckEntryName(const std::string& name) {
   return absl::OkStatus();
 }
 
-}  // namespace strata::cache
+}  // namespace strata::origin

@@ -1,6 +1,6 @@
 // libcurl easy handles are kept in a pool: a handle keeps its connections
 // open between requests, so a thread that takes one back reuses them.
-#include "cache/http_client.h"
+#include "origin/http_client.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -17,7 +17,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 
-namespace strata::cache {
+namespace strata::origin {
 
 std::string HttpResponse::Header(absl::string_view name) const {
   for (auto it = headers.rbegin(); it != headers.rend(); ++it) {
@@ -283,4 +283,4 @@ absl::StatusOr<HttpResponse> HttpClient::Do(const HttpRequest& req) {
   return resp;
 }
 
-}  // namespace strata::cache
+}  // namespace strata::origin

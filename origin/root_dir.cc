@@ -1,6 +1,6 @@
 // RootDir: openat2 beneath a kept descriptor, and a removal that never
 // leaves the directory it starts in.
-#include "cache/root_dir.h"
+#include "origin/root_dir.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -15,22 +15,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "cache/errno_status.h"
-#include "cache/origin.h"
+#include "base/errno_status.h"
+#include "origin/origin.h"
 
-namespace strata::cache {
-
-UniqueFd& UniqueFd::operator=(UniqueFd&& o) noexcept {
-  if (this != &o) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = o.release();
-  }
-  return *this;
-}
-
-UniqueFd::~UniqueFd() {
-  if (fd_ >= 0) ::close(fd_);
-}
+namespace strata::origin {
 
 std::string VersionOf(const struct stat& st) {
   return absl::StrFormat("%d.%09d-%d-%d-%d.%09d", st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_size,
@@ -256,4 +244,4 @@ absl::Status RemoveAllAt(int dirfd, const std::string& name, const std::string& 
   return absl::OkStatus();
 }
 
-}  // namespace strata::cache
+}  // namespace strata::origin

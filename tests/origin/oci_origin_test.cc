@@ -10,20 +10,20 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_split.h"
 #include "cache/fetcher.h"
-#include "cache/origin.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
+#include "origin/origin.h"
 #include "tests/util/fault_proxy.h"
 #include "tests/util/nginx.h"
 #include "tests/util/subprocess.h"
+#include "tests/util/test_util.h"
 
-namespace strata::cache {
+namespace strata::origin {
 namespace {
 
+using strata::testing::Pattern;
+using strata::testing::TempDir;
 using ::testing::HasSubstr;
-using testing::Pattern;
-using testing::TempDir;
 
 constexpr const char* kRegistry = STRATA_SOURCE_DIR "/tests/util/registry.sh";
 constexpr const char* kPush = STRATA_SOURCE_DIR "/tests/util/push_image.sh";
@@ -86,12 +86,12 @@ class OciOriginTest : public ::testing::Test {
 
   std::string ReadAllThroughFetcher(std::shared_ptr<Origin> o, const std::string& path,
                                     absl::Status* err) {
-    StoreOptions so;
+    cache::StoreOptions so;
     so.dir = cache_.path();
     so.chunk_size = 1 << 20;
-    auto store = ChunkStore::Open(so);
-    Fetcher f(**store);
-    FetchTarget t{o, path, *o->Stat(path), 0, {}};
+    auto store = cache::ChunkStore::Open(so);
+    cache::Fetcher f(**store);
+    cache::FetchTarget t{o, path, *o->Stat(path), 0, {}};
     std::string out(t.stat.size, '\0');
     auto n = f.Read(t, 0, absl::MakeSpan(out));
     if (!n.ok()) {
@@ -370,4 +370,4 @@ TEST_F(OciHostileRegistryTest, TokenAnswersOfTheWrongTypesAreRefused) {
 }
 
 }  // namespace
-}  // namespace strata::cache
+}  // namespace strata::origin

@@ -15,11 +15,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
-#include "cache/origin_impl.h"
-#include "cache/root_dir.h"
-#include "cache/store_fs.h"
+#include "base/errno_status.h"
+#include "origin/origin_impl.h"
+#include "origin/root_dir.h"
 
-namespace strata::cache {
+namespace strata::origin {
 namespace {
 
 class FileOrigin final : public Origin {
@@ -55,8 +55,8 @@ class FileOrigin final : public Origin {
     return out;
   }
 
-  absl::Status ReadRange(const std::string& path, const ObjectStat& want, uint64_t offset,
-                         absl::Span<char> out) override {
+  absl::Status ReadInRange(const std::string& path, const ObjectStat& want, uint64_t offset,
+                           absl::Span<char> out) override {
     const std::string name = Name(path);
     // Aligned ranges are read with O_DIRECT (see ReadAll); a file system
     // that refuses it is read the ordinary way.
@@ -190,4 +190,4 @@ absl::StatusOr<std::unique_ptr<Origin>> NewFileOrigin(const std::string& url,
   return std::make_unique<FileOrigin>(url, base, sub);
 }
 
-}  // namespace strata::cache
+}  // namespace strata::origin

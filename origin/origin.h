@@ -13,7 +13,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 
-namespace strata::cache {
+namespace strata::origin {
 
 class RootDir;
 
@@ -59,9 +59,11 @@ class Origin {
   virtual absl::StatusOr<ObjectStat> Stat(const std::string& path) = 0;
   virtual absl::StatusOr<std::vector<DirEntry>> List(const std::string& dir) = 0;
   // Fills `out` with the bytes at [offset, offset + out.size()) of the object
-  // as it was when `stat` was taken; all of them or an error.
-  virtual absl::Status ReadRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
-                                 absl::Span<char> out) = 0;
+  // as it was when `stat` was taken; all of them or an error. A range that
+  // does not lie within stat.size is OutOfRange, checked here once for every
+  // origin.
+  absl::Status ReadRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
+                         absl::Span<char> out);
 
   // Writes, where the origin allows them (Unimplemented elsewhere).
   // Put stores the whole content of `local_file` as `path` (object stores
@@ -79,6 +81,11 @@ class Origin {
   // through with system calls beneath it (see root_dir.h); null for every
   // other origin.
   virtual RootDir* Dir() { return nullptr; }
+
+ protected:
+  // ReadRange of a non-empty range that lies within stat.size.
+  virtual absl::Status ReadInRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
+                                   absl::Span<char> out) = 0;
 };
 
 struct OriginOptions {
@@ -139,4 +146,4 @@ absl::Status CheckRelativePath(const std::string& path);
 // or leave the directory once it becomes a path.
 absl::Status CheckEntryName(const std::string& name);
 
-}  // namespace strata::cache
+}  // namespace strata::origin

@@ -17,31 +17,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "base/unique_fd.h"
 
-namespace strata::cache {
+namespace strata::origin {
 
 struct ObjectStat;
-
-// An owned file descriptor, closed when it goes.
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
-  UniqueFd& operator=(UniqueFd&& o) noexcept;
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  ~UniqueFd();
-  int get() const { return fd_; }
-  int release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-
- private:
-  int fd_ = -1;
-};
 
 class RootDir {
  public:
@@ -118,4 +98,4 @@ std::string VersionOf(const struct stat& st);
 // touched. What is already gone is fine.
 absl::Status RemoveAllAt(int dirfd, const std::string& name, const std::string& what);
 
-}  // namespace strata::cache
+}  // namespace strata::origin

@@ -1,6 +1,6 @@
 // The file:// and http(s):// origins against the real file system and a real
 // nginx on 127.0.0.1.
-#include "cache/origin.h"
+#include "origin/origin.h"
 
 #include <unistd.h>
 
@@ -9,20 +9,20 @@
 #include <set>
 #include <thread>
 
-#include "cache/origin_impl.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/cache/test_util.h"
+#include "origin/origin_impl.h"
 #include "tests/util/fault_proxy.h"
 #include "tests/util/nginx.h"
+#include "tests/util/test_util.h"
 
-namespace strata::cache {
+namespace strata::origin {
 namespace {
 
+using strata::testing::Pattern;
+using strata::testing::TempDir;
 using ::testing::HasSubstr;
 using ::testing::Not;
-using testing::Pattern;
-using testing::TempDir;
 
 void WriteFile(const std::string& path, const std::string& data) {
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());
@@ -286,4 +286,4 @@ TEST(HttpOriginConnTest, RefusedConnectionIsTransient) {
 }
 
 }  // namespace
-}  // namespace strata::cache
+}  // namespace strata::origin

@@ -2,7 +2,7 @@
 // signature test suite (AKIDEXAMPLE, service "service", 2015-08-30) and the
 // worked S3 examples (examplebucket, 2013-05-24), step by step where AWS
 // publishes the intermediate canonical request and string to sign.
-#include "cache/sigv4.h"
+#include "origin/sigv4.h"
 
 #include <string>
 #include <string_view>
@@ -17,7 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-namespace strata::cache {
+namespace strata::origin {
 namespace {
 
 using Pairs = std::vector<std::pair<std::string, std::string>>;
@@ -521,4 +521,4 @@ TEST(SigV4Rejects, MalformedPayloadHashAndCredentials) {
 }
 
 }  // namespace
-}  // namespace strata::cache
+}  // namespace strata::origin

@@ -1,5 +1,5 @@
 // ParseSize: the units operators use on command lines and in StorageClasses.
-#include "cache/size.h"
+#include "base/size.h"
 
 #include <cctype>
 #include <string_view>
@@ -8,7 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
-namespace strata::cache {
+namespace strata {
 
 absl::StatusOr<uint64_t> ParseSize(const std::string& text) {
   std::string t = absl::AsciiStrToLower(text);
@@ -35,4 +35,4 @@ absl::StatusOr<uint64_t> ParseSize(const std::string& text) {
   return static_cast<uint64_t>(value * static_cast<double>(mult));
 }
 
-}  // namespace strata::cache
+}  // namespace strata

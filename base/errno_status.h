@@ -7,7 +7,7 @@
 
 #include "absl/status/status.h"
 
-namespace strata::cache {
+namespace strata {
 
 // A status for `err` (an errno, or -errno) naming `what`, with a code that
 // callers can act on (ENOENT -> NotFound, ENOSPC -> ResourceExhausted...)
@@ -20,4 +20,4 @@ absl::Status WithErrno(absl::Status status, int err);
 // The errno attached to `status`, or 0.
 int AttachedErrno(const absl::Status& status);
 
-}  // namespace strata::cache
+}  // namespace strata

@@ -1,67 +1,28 @@
 // AWS Signature Version 4, following the canonical-request rules of AWS's
-// published test suite and the S3 exceptions to them. Hashing and HMAC come
-// from OpenSSL's one-shot calls; there is no state between signatures.
-#include "cache/sigv4.h"
-
-#include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
+// published test suite and the S3 exceptions to them. There is no state
+// between signatures.
+#include "origin/sigv4.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/digest.h"
+#include "base/uri.h"
 
-namespace strata::cache {
+namespace strata::origin {
 namespace {
 
 using Pairs = std::vector<std::pair<std::string, std::string>>;
 
 constexpr char kAlgorithm[] = "AWS4-HMAC-SHA256";
-constexpr char kHexUpper[] = "0123456789ABCDEF";
-constexpr char kHexLower[] = "0123456789abcdef";
 
 // Debian's abseil is built with its own absl::string_view
 // (ABSL_OPTION_USE_STD_STRING_VIEW 0), which does not convert from
 // std::string_view, so StrCat and friends need this bridge.
 absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
-
-// SHA-256 and HMAC over memory only fail if OpenSSL itself is broken (no
-// provider for SHA-256), which no request could cause or recover from.
-[[noreturn]] void DieOnOpenSsl(const char* what) {
-  char detail[256];
-  ERR_error_string_n(ERR_get_error(), detail, sizeof(detail));
-  std::fprintf(stderr, "sigv4: OpenSSL %s failed: %s\n", what, detail);
-  std::abort();
-}
-
-std::string HexLower(const unsigned char* data, size_t n) {
-  std::string out(2 * n, '\0');
-  for (size_t i = 0; i < n; ++i) {
-    out[2 * i] = kHexLower[data[i] >> 4];
-    out[2 * i + 1] = kHexLower[data[i] & 0xf];
-  }
-  return out;
-}
-
-std::string HmacSha256(std::string_view key, std::string_view data) {
-  unsigned char mac[EVP_MAX_MD_SIZE];
-  unsigned int mac_len = 0;
-  if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-           reinterpret_cast<const unsigned char*>(data.data()), data.size(), mac,
-           &mac_len) == nullptr) {
-    DieOnOpenSsl("HMAC-SHA256");
-  }
-  return std::string(reinterpret_cast<const char*>(mac), mac_len);
-}
-
-bool IsUnreserved(unsigned char c) {
-  return absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~';
-}
 
 bool IsHexDigit(char c) { return absl::ascii_isxdigit(static_cast<unsigned char>(c)); }
 
@@ -141,6 +102,7 @@ absl::Status CheckS3Path(std::string_view path) {
       i += 2;
       continue;
     }
+    static constexpr char kHexUpper[] = "0123456789ABCDEF";
     const char hex[] = {kHexUpper[c >> 4], kHexUpper[c & 0xf], '\0'};
     return absl::InvalidArgumentError(
         absl::StrCat("SigV4: S3 path \"", AV(path), "\" has byte 0x", hex, " at offset ", i,
@@ -206,30 +168,6 @@ absl::Status CheckRequest(const SigV4Request& req, const AwsCredentials& creds,
 }
 
 }  // namespace
-
-std::string Sha256Hex(std::string_view data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int md_len = 0;
-  if (EVP_Digest(data.data(), data.size(), md, &md_len, EVP_sha256(), nullptr) != 1) {
-    DieOnOpenSsl("SHA-256");
-  }
-  return HexLower(md, md_len);
-}
-
-std::string UriEncode(std::string_view s, bool encode_slash) {
-  std::string out;
-  out.reserve(s.size() * 3);
-  for (unsigned char c : s) {
-    if (IsUnreserved(c) || (c == '/' && !encode_slash)) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHexUpper[c >> 4]);
-      out.push_back(kHexUpper[c & 0xf]);
-    }
-  }
-  return out;
-}
 
 std::string CanonicalUri(std::string_view path, bool double_encode_path) {
   if (path.empty()) return "/";
@@ -324,7 +262,7 @@ absl::StatusOr<SigV4Signature> SignV4(const SigV4Request& req, const AwsCredenti
   out.string_to_sign = StringToSign(now, region, service, creq.text);
   const std::string mac =
       HmacSha256(SigningKey(creds.secret_access_key, now, region, service), out.string_to_sign);
-  out.signature = HexLower(reinterpret_cast<const unsigned char*>(mac.data()), mac.size());
+  out.signature = HexLower(mac);
   out.headers.emplace_back("Authorization",
                            absl::StrCat(kAlgorithm, " Credential=", creds.access_key_id, "/",
                                         CredentialScope(now, region, service), ", SignedHeaders=",
@@ -334,4 +272,4 @@ absl::StatusOr<SigV4Signature> SignV4(const SigV4Request& req, const AwsCredenti
   return out;
 }
 
-}  // namespace strata::cache
+}  // namespace strata::origin

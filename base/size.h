@@ -6,9 +6,9 @@
 
 #include "absl/status/statusor.h"
 
-namespace strata::cache {
+namespace strata {
 
 // "4MiB", "2G", "1048576" -> bytes (K/M/G/T, with or without "iB"/"B").
 absl::StatusOr<uint64_t> ParseSize(const std::string& text);
 
-}  // namespace strata::cache
+}  // namespace strata

@@ -6,10 +6,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "cache/origin_impl.h"
-#include "cache/sigv4.h"
+#include "origin/origin_impl.h"
+#include "origin/sigv4.h"
 
-namespace strata::cache {
+namespace strata::origin {
 namespace {
 
 // Parses "bytes FIRST-LAST/TOTAL".
@@ -82,15 +82,10 @@ class HttpOrigin final : public Origin {
         absl::StrCat("cannot list ", url_, "/", dir, ": plain HTTP has no directory listing"));
   }
 
-  absl::Status ReadRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
-                         absl::Span<char> out) override {
-    if (out.empty()) return absl::OkStatus();
+  absl::Status ReadInRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
+                           absl::Span<char> out) override {
     auto target = Target(path);
     if (!target.ok()) return target.status();
-    if (offset + out.size() > stat.size) {
-      return absl::OutOfRangeError(absl::StrFormat("%s: [%u, +%u) is past its end (%u bytes)",
-                                                   *target, offset, out.size(), stat.size));
-    }
     HttpRequest req;
     req.url = *target;
     uint64_t last = offset + out.size() - 1;
@@ -158,4 +153,4 @@ absl::StatusOr<std::unique_ptr<Origin>> NewHttpOrigin(const std::string& url,
   return std::make_unique<HttpOrigin>(url, std::move(http));
 }
 
-}  // namespace strata::cache
+}  // namespace strata::origin

@@ -1,5 +1,5 @@
 // ErrnoStatus and the errno a status carries.
-#include "cache/errno_status.h"
+#include "base/errno_status.h"
 
 #include <cerrno>
 #include <cstring>
@@ -8,7 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
-namespace strata::cache {
+namespace strata {
 namespace {
 constexpr char kErrnoPayload[] = "strata.io/errno";
 }  // namespace
@@ -57,4 +57,4 @@ int AttachedErrno(const absl::Status& status) {
   return err;
 }
 
-}  // namespace strata::cache
+}  // namespace strata

@@ -10,8 +10,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "base/digest.h"
+#include "base/uri.h"
 
-namespace strata::cache {
+namespace strata::origin {
 
 // The payload hash S3 accepts when the body is not hashed (fine over TLS).
 inline constexpr char kUnsignedPayload[] = "UNSIGNED-PAYLOAD";
@@ -75,14 +77,6 @@ absl::StatusOr<SigV4Signature> SignV4(const SigV4Request& req, const AwsCredenti
 // The building blocks SignV4 uses, exposed so tests can check each step
 // against AWS's published vectors and the S3 origin can build matching URLs.
 
-// Lowercase hex SHA-256 of `data`.
-std::string Sha256Hex(std::string_view data);
-
-// AWS's URI encoding: A-Z a-z 0-9 - _ . ~ kept, every other byte as %XX with
-// uppercase hex (so a space is %20, never +). '/' is kept when !encode_slash,
-// which is how object keys go into an S3 path.
-std::string UriEncode(std::string_view s, bool encode_slash);
-
 // The CanonicalURI line: `path` verbatim (S3), or normalized and encoded again.
 std::string CanonicalUri(std::string_view path, bool double_encode_path);
 
@@ -113,4 +107,4 @@ std::string StringToSign(absl::Time now, std::string_view region, std::string_vi
 std::string SigningKey(std::string_view secret_access_key, absl::Time now, std::string_view region,
                        std::string_view service);
 
-}  // namespace strata::cache
+}  // namespace strata::origin

@@ -1,0 +1,23 @@
+// One mapping of RocksDB's statuses to abseil's, for every RocksDB that
+// Strata keeps (the chunk index, the CSI state), so callers decide the same
+// way whichever database failed.
+#pragma once
+
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace rocksdb {
+class Status;
+}
+
+namespace strata {
+
+// OK stays OK. NotFound -> NotFound; NoSpace -> ResourceExhausted;
+// Corruption -> DataLoss; I/O errors, Busy, TimedOut, TryAgain and
+// Incomplete -> Unavailable (the disk or a lock may recover); anything else
+// (a bad argument, an unsupported option) -> Internal. The message names
+// `what` and carries RocksDB's own text.
+absl::Status RocksStatus(const rocksdb::Status& s, std::string_view what);
+
+}  // namespace strata
