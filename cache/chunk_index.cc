@@ -180,8 +180,10 @@ std::string ChunkIndex::NameKeyForTesting(const std::string& name) { return Name
 ChunkIndex::ChunkIndex(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
 ChunkIndex::~ChunkIndex() = default;
 
-absl::StatusOr<std::unique_ptr<ChunkIndex>> ChunkIndex::Open(const std::string& dir) {
+absl::StatusOr<std::unique_ptr<ChunkIndex>> ChunkIndex::Open(const std::string& dir,
+                                                             rocksdb::Env* env) {
   rocksdb::Options opts;
+  if (env != nullptr) opts.env = env;
   opts.create_if_missing = true;
   opts.paranoid_checks = true;
   opts.max_open_files = 256;

@@ -15,7 +15,8 @@
 
 namespace rocksdb {
 class DB;
-}
+class Env;
+}  // namespace rocksdb
 
 namespace strata::cache {
 
@@ -52,8 +53,11 @@ class ChunkIndex {
  public:
   // Opens (creating) the index in `dir`. A database RocksDB itself reports as
   // corrupt is moved aside and replaced by an empty one, which is logged; the
-  // caller then finds no objects and discards their files.
-  static absl::StatusOr<std::unique_ptr<ChunkIndex>> Open(const std::string& dir);
+  // caller then finds no objects and discards their files. `env` is where
+  // RocksDB does its I/O (null: the real one); tests pass one that injects
+  // faults or loses unsynced data.
+  static absl::StatusOr<std::unique_ptr<ChunkIndex>> Open(const std::string& dir,
+                                                          rocksdb::Env* env = nullptr);
   ~ChunkIndex();
 
   struct LoadStats {

@@ -1365,7 +1365,7 @@ class ChunkStoreImpl final : public ChunkStore {
 
   absl::Status OpenDisk() {
     if (auto st = fs_->MakeDirs(objects_dir_); !st.ok()) return st;
-    auto idx = ChunkIndex::Open(opts_.dir + "/index");
+    auto idx = ChunkIndex::Open(opts_.dir + "/index", opts_.index_env);
     if (!idx.ok()) return idx.status();
     index_ = std::move(*idx);
     auto files = fs_->ListFiles(objects_dir_);

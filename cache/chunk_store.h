@@ -20,6 +20,10 @@
 #include "absl/types/span.h"
 #include "cache/store_fs.h"
 
+namespace rocksdb {
+class Env;
+}
+
 namespace strata::cache {
 
 inline constexpr uint32_t kDefaultChunkSize = 4u << 20;
@@ -70,6 +74,7 @@ struct StoreOptions {
   // inspect a store turn them off.
   bool background_work = true;
   std::shared_ptr<StoreFs> fs;        // null: the real io_uring file system
+  rocksdb::Env* index_env = nullptr;  // the index's RocksDB I/O; null: the real one
   std::function<int64_t()> clock_us;  // null: wall clock, microseconds
 };
 

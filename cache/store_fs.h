@@ -59,6 +59,43 @@ class StoreFs {
   virtual absl::StatusOr<FsSpace> Space(const std::string& path) = 0;
 };
 
+// Forwards every call to another StoreFs: the base of the file systems that
+// tests put between the store and the disk (fault injection, power loss), so
+// each overrides only what it changes.
+class StoreFsWrapper : public StoreFs {
+ public:
+  explicit StoreFsWrapper(std::shared_ptr<StoreFs> target) : target_(std::move(target)) {}
+
+  StoreFs* target() const { return target_.get(); }
+
+  absl::StatusOr<int> Open(const std::string& path, bool create) override {
+    return target_->Open(path, create);
+  }
+  void Close(int fd) override { target_->Close(fd); }
+  absl::Status Submit(absl::Span<IoOp> ops) override { return target_->Submit(ops); }
+  absl::Status PunchHole(int fd, uint64_t offset, uint64_t len) override {
+    return target_->PunchHole(fd, offset, len);
+  }
+  absl::Status Allocate(int fd, uint64_t offset, uint64_t len) override {
+    return target_->Allocate(fd, offset, len);
+  }
+  void WillNeed(int fd, uint64_t offset, uint64_t len) override {
+    target_->WillNeed(fd, offset, len);
+  }
+  absl::Status Unlink(const std::string& path) override { return target_->Unlink(path); }
+  absl::Status MakeDirs(const std::string& path) override { return target_->MakeDirs(path); }
+  absl::StatusOr<std::vector<std::string>> ListFiles(const std::string& dir) override {
+    return target_->ListFiles(dir);
+  }
+  absl::Status FileState(int fd, uint64_t* size, uint64_t* links) override {
+    return target_->FileState(fd, size, links);
+  }
+  absl::StatusOr<FsSpace> Space(const std::string& path) override { return target_->Space(path); }
+
+ private:
+  std::shared_ptr<StoreFs> target_;
+};
+
 // The real file system. Uses a small pool of io_uring rings, or pread/pwrite
 // where io_uring is unavailable (old kernel, seccomp), which it logs once.
 std::unique_ptr<StoreFs> NewPosixStoreFs();
