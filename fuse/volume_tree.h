@@ -3,6 +3,10 @@
 // revalidates against the origin (close-to-open consistency across nodes);
 // reads go through the fetcher and the chunk store, hits by splice.
 //
+// How changes reach the origin is a Writes (writes.h), picked by the
+// origin: written through beneath a POSIX directory, or staged and uploaded
+// to an object store. What reads the time reads VolumeOptions::clock.
+//
 // Inodes: on a POSIX origin an inode stands for the origin's file (its
 // device and inode number), so every hard link of a file is one inode and
 // a rename keeps it; the number is the origin's own where it can be. On an
@@ -18,8 +22,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "base/clock.h"
 #include "cache/fetcher.h"
 #include "fuse/tree.h"
+#include "fuse/writes.h"
 #include "origin/origin.h"
 #include "origin/root_dir.h"
 
@@ -58,6 +64,8 @@ struct VolumeOptions {
   // inodes as having none without FUSE_HANDLE_KILLPRIV_V2, which needs
   // libfuse 3.15+), one more round trip per write(2).
   bool xattrs = false;
+  // Ages metadata against the TTL and stamps new objects; tests pass a fake.
+  Clock* clock = RealClock();
 };
 
 class VolumeTree final : public Tree {
@@ -78,7 +86,7 @@ class VolumeTree final : public Tree {
   absl::StatusOr<ReadResult> Read(uint64_t handle, uint64_t offset, size_t size) override;
   void Release(uint64_t handle) override;
 
-  // Writes go through to a POSIX origin (file://); elsewhere ENOTSUP for now.
+  // Writes: the volume's Writes makes them at the origin.
   absl::StatusOr<std::pair<Attr, OpenResult>> Create(uint64_t parent, const std::string& name,
                                                      uint32_t mode, int flags,
                                                      const Caller& who) override;
@@ -101,9 +109,8 @@ class VolumeTree final : public Tree {
   absl::StatusOr<Attr> Mknod(uint64_t parent, const std::string& name, uint32_t mode, uint64_t rdev,
                              const Caller& who) override;
   absl::Status Fallocate(uint64_t handle, int mode, uint64_t offset, uint64_t length) override;
-  // file:// volumes keep the origin's "user." attributes; others are
-  // neither shown nor set (ENODATA, EOPNOTSUPP): "trusted." and
-  // "security." ones mean something to the node, not to the volume.
+  // file:// volumes keep the origin's "user." attributes; object stores
+  // have none (see the Writes).
   absl::StatusOr<std::string> GetXattr(uint64_t ino, const std::string& name) override;
   absl::StatusOr<std::string> ListXattr(uint64_t ino) override;
   absl::Status SetXattr(uint64_t ino, const std::string& name, const std::string& value,
@@ -116,6 +123,10 @@ class VolumeTree final : public Tree {
   VolumeStats Stats() const;
 
  private:
+  // The two ways of writing work on the tree's names and handles.
+  friend class WriteThrough;
+  friend class StagedUploads;
+
   // The origin's identity of a file: device and inode number.
   using FileId = std::pair<uint64_t, uint64_t>;
   // In an inode log record's length: the file's FileId follows the path.
@@ -141,9 +152,6 @@ class VolumeTree final : public Tree {
   // The path and fresh attributes of the file `ino`, for an open; EISDIR
   // for a directory.
   absl::StatusOr<std::pair<std::string, origin::ObjectStat>> FileToOpen(uint64_t ino);
-  // Object stores: a handle that stages a whole new content of `path`.
-  absl::StatusOr<OpenResult> OpenObjectForWriting(uint64_t ino, const std::string& path,
-                                                  const origin::ObjectStat& st, int flags);
   absl::StatusOr<ReadResult> ReadUncounted(uint64_t handle, uint64_t offset, size_t size);
   // The inode that `path`, which the origin just described as `st`, names
   // (see the top of this file), recorded as one of its names.
@@ -153,17 +161,6 @@ class VolumeTree final : public Tree {
   void Name(const std::string& path, uint64_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `path` no longer names what it did (unlinked, renamed, replaced).
   void DropName(const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Before the last name of an open file may go (unlink, rename over it):
-  // a descriptor of the file, checked to be the one its inode stands for,
-  // taken while the name still leads to it. Once the name is gone,
-  // GiveHeld lends it to the file's read handles, which read by name, so
-  // that they keep working (as on a local file system).
-  struct Held {
-    uint64_t ino = 0;
-    strata::UniqueFd fd;
-  };
-  Held HoldOpenFiles(const std::string& path);
-  void GiveHeld(const Held& held);
   // The attributes of a file that no known name leads to, from a
   // descriptor an open handle holds (st_nlink 0 once unlinked).
   absl::StatusOr<Attr> AttrOfOpen(uint64_t ino);
@@ -175,9 +172,6 @@ class VolumeTree final : public Tree {
   bool HeldIsGone(uint64_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Opens `ino` through a descriptor a handle holds (a file without a name).
   absl::StatusOr<OpenResult> OpenHeld(uint64_t ino, int flags);
-  // Gives a new entry (open as `fd`, any kind) to `who`, with exactly
-  // `mode`'s permission bits; see the .cc.
-  void Own(int fd, int dirfd, const std::string& path, uint32_t mode, const Caller& who);
   // Reads the inode log of a mount being taken over.
   void LoadInodes() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // What this tree knows of the inode `ino` (ESTALE if nothing).
@@ -194,37 +188,26 @@ class VolumeTree final : public Tree {
   Attr ToAttr(uint64_t ino, const origin::ObjectStat& st) const;
   // The origin path of `name` in directory `parent`, checked.
   absl::StatusOr<std::string> ChildPath(uint64_t parent, const std::string& name);
-  // Refuses writes on read-only volumes and origins that cannot take them.
+  // Refuses writes on read-only volumes, then as the Writes says.
   absl::Status Writable(const char* op) const;
   // `status` from an origin call on `path`, passed on. When it says the
   // path no longer leads where it did (ENOTDIR, ELOOP: a directory became
   // a symlink or a file), the first name that changed is forgotten, here
   // and in the kernel, so that the next lookup sees what is there now.
   absl::Status Broken(absl::Status status, const std::string& path);
-  // unlinkat of `path` with `flags` (0 or AT_REMOVEDIR).
-  absl::Status RemoveName(const std::string& path, int flags);
   // Forgets cached metadata of `path` and of its directory, and drops the
   // cached chunks of the version it had, so nothing stale is served after
   // a change.
   void Changed(const std::string& path);
   // Forgets the cached metadata of the directory holding `path`.
   void DirChanged(const std::string& path);
-  // The file `ino` stands for, opened O_PATH without following its name
-  // and checked to be that file (ESTALE if the name now leads to another);
-  // unlinked and open, a handle's descriptor of it. For calls through
-  // /proc/self/fd (xattrs, link).
-  absl::StatusOr<strata::UniqueFd> TheFile(uint64_t ino);
-  // Object stores: makes `path` an empty object.
-  absl::Status PutEmpty(const std::string& path);
   // After a change through this tree: the new attributes of `path`.
   absl::StatusOr<Attr> Fresh(const std::string& path);
   absl::StatusOr<OpenResult> AddHandle(uint64_t ino, const std::string& path,
                                        const origin::ObjectStat& st, int fd,
                                        std::string staged = "");
-  // Object stores: a new local staging file for `path` (fd, file name).
-  absl::StatusOr<std::pair<int, std::string>> Stage(const std::string& path);
-  // Object stores: uploads a dirty staged handle; EIO (and a log line) on failure.
-  absl::Status Upload(uint64_t handle);
+  // Whether the origin is a POSIX directory, which changes in place (also
+  // under this mount, by other writers) and reports errors of its names.
   bool posix() const { return root_ != nullptr; }
 
   std::shared_ptr<origin::Origin> origin_;
@@ -238,14 +221,14 @@ class VolumeTree final : public Tree {
   absl::flat_hash_map<std::string, uint64_t> inos_ ABSL_GUARDED_BY(mu_);  // name -> inode
   absl::flat_hash_map<FileId, uint64_t> by_id_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Handle> handles_ ABSL_GUARDED_BY(mu_);
-  // Object stores: paths written but not uploaded yet -> their handle.
-  absl::flat_hash_map<std::string, uint64_t> staged_paths_ ABSL_GUARDED_BY(mu_);
   // Handles start at a random number, so that handles the kernel kept from
   // a replaced daemon (see Reopen) do not collide with new ones.
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_);
   int inode_log_fd_ = -1;
   std::atomic<uint64_t> reads_{0}, cached_reads_{0}, fetched_reads_{0}, direct_reads_{0};
   std::atomic<uint64_t> bytes_read_{0}, cached_bytes_{0}, bytes_written_{0}, errors_{0};
+  // Last: it works on all of the above.
+  std::unique_ptr<Writes> writes_;
 };
 
 }  // namespace strata::fuse
