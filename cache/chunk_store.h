@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "base/clock.h"
 #include "cache/store_fs.h"
 
 namespace strata::cache {
@@ -69,8 +70,10 @@ struct StoreOptions {
   // Run the background evictor and verify-ahead threads. Tools that only
   // inspect a store turn them off.
   bool background_work = true;
-  std::shared_ptr<StoreFs> fs;        // null: the real io_uring file system
-  std::function<int64_t()> clock_us;  // null: wall clock, microseconds
+  std::shared_ptr<StoreFs> fs;  // null: the real io_uring file system
+  // What last-use stamps (eviction order, the open-file budget) and the
+  // evictor's flush and scrub intervals are read from. Not owned.
+  Clock* clock = RealClock();
 };
 
 // What a caller says about an object when it first uses it.
