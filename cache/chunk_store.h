@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "base/clock.h"
 #include "cache/store_fs.h"
 
 namespace rocksdb {
@@ -75,7 +76,9 @@ struct StoreOptions {
   bool background_work = true;
   std::shared_ptr<StoreFs> fs;        // null: the real io_uring file system
   rocksdb::Env* index_env = nullptr;  // the index's RocksDB I/O; null: the real one
-  std::function<int64_t()> clock_us;  // null: wall clock, microseconds
+  // What last-use stamps (eviction order, the open-file budget) and the
+  // evictor's flush and scrub intervals are read from. Not owned.
+  Clock* clock = RealClock();
 };
 
 // What a caller says about an object when it first uses it.

@@ -127,7 +127,10 @@ struct SequentialState {
 class Fetcher::Impl {
  public:
   Impl(ChunkStore& store, FetcherOptions opts)
-      : store_(store), opts_(opts), pool_(opts.demand_workers, opts.background_workers) {}
+      : store_(store),
+        opts_(opts),
+        clock_(opts.clock != nullptr ? opts.clock : RealClock()),
+        pool_(opts.demand_workers, opts.background_workers) {}
 
   ~Impl() {
     stopping_ = true;  // queued background fetches end quickly
@@ -346,19 +349,20 @@ class Fetcher::Impl {
     return *g;
   }
 
-  // One ranged read with retries, jittered exponential backoff and a deadline.
+  // One ranged read with retries, jittered exponential backoff and a deadline,
+  // all in the fetcher's clock's time (request latencies too).
   absl::Status ReadDirect(const FetchTarget& t, uint64_t offset, absl::Span<char> out, Priority p) {
-    absl::Time deadline = absl::Now() + opts_.read_deadline;
+    absl::Time deadline = clock_->Now() + opts_.read_deadline;
     absl::Duration backoff = opts_.backoff_initial;
     thread_local std::mt19937_64 rng(std::random_device{}());
     OriginGate& gate = Gate(t.origin.get());
     absl::Status st;
     for (int attempt = 1;; ++attempt) {
       gate.Acquire(p);
-      absl::Time start = absl::Now();
+      absl::Time start = clock_->Now();
       st = t.origin->ReadRange(t.path, t.stat, offset, out);
       gate.Release();
-      Record(absl::Now() - start);
+      Record(clock_->Now() - start);
       ++requests_;
       if (st.ok()) {
         bytes_ += out.size();
@@ -367,14 +371,14 @@ class Fetcher::Impl {
       if (!origin::IsTransient(st) || attempt >= opts_.max_attempts || stopping_) return st;
       absl::Duration sleep =
           backoff * (0.5 + std::uniform_real_distribution<double>(0, 1)(rng));  // full jitter
-      if (absl::Now() + sleep > deadline) {
+      if (clock_->Now() + sleep > deadline) {
         return absl::DeadlineExceededError(
             absl::StrCat("gave up after ", attempt, " attempts: ", st.message()));
       }
       ++retries_;
       spdlog::debug("{} [{}, +{}): {}; retrying in {}", Name(t), offset, out.size(), st.message(),
                     absl::FormatDuration(sleep));
-      absl::SleepFor(sleep);
+      clock_->SleepFor(sleep);
       backoff = std::min(backoff * 2, opts_.backoff_max);
     }
   }
@@ -572,6 +576,7 @@ class Fetcher::Impl {
 
   ChunkStore& store_;
   FetcherOptions opts_;
+  Clock* const clock_;
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> requests_{0}, bytes_{0}, retries_{0}, failures_{0}, corrupt_{0};
   std::atomic<uint64_t> digest_failures_{0}, readahead_chunks_{0}, prefetch_chunks_{0};

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "base/clock.h"
 #include "cache/chunk_store.h"
 #include "origin/origin.h"
 
@@ -53,6 +54,9 @@ struct FetcherOptions {
   // (ChunkStore::RecordSeen). Off for a reader whose targets come from
   // those records rather than from their origins.
   bool record_seen = true;
+  // What deadlines, retry backoff (its sleeps too) and request latencies are
+  // measured on. Not owned.
+  Clock* clock = RealClock();
 };
 
 struct FetcherStats {

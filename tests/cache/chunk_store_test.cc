@@ -22,6 +22,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/cache/faulty_fs.h"
+#include "tests/util/fake_clock.h"
 #include "tests/util/test_util.h"
 
 namespace strata::cache {
@@ -44,7 +45,7 @@ class ChunkStoreTest : public ::testing::Test {
     o.capacity_bytes = capacity;
     o.memory_bytes = memory_bytes_;
     o.fs = fs_;
-    o.clock_us = [this] { return clock_.load(); };
+    o.clock = &clock_;
     auto s = ChunkStore::Open(o);
     EXPECT_TRUE(s.ok()) << s.status();
     return s.ok() ? std::move(*s) : nullptr;
@@ -81,7 +82,7 @@ class ChunkStoreTest : public ::testing::Test {
   TempDir dir_;
   uint64_t memory_bytes_ = StoreOptions{}.memory_bytes;
   std::shared_ptr<FaultyFs> fs_ = std::make_shared<FaultyFs>(NewPosixStoreFs());
-  std::atomic<int64_t> clock_{1'000'000};
+  strata::testing::FakeClock clock_;
 };
 
 TEST_F(ChunkStoreTest, ReadsBackWhatWasWrittenAtOddOffsets) {
@@ -467,10 +468,10 @@ TEST_F(ChunkStoreTest, ReRegisterWithAnotherSizeStartsOver) {
 TEST_F(ChunkStoreTest, EvictsLeastRecentlyUsedBetweenWatermarks) {
   auto s = OpenStore(/*capacity=*/10 * kChunk);  // high 9 chunks, low 8
   for (int i = 0; i < 8; ++i) {
-    clock_ += 1000;
+    clock_.Advance(absl::Milliseconds(1));
     Put(*s, "obj" + std::to_string(i), 1);
   }
-  clock_ += 1000;
+  clock_.Advance(absl::Milliseconds(1));
   ReadAll(*s, "obj0", 0, 10);  // obj0 is now the most recent
   EvictReport rep = s->Evict({EvictRequest::Mode::kToTarget, 5 * kChunk, ""});
   EXPECT_EQ(rep.objects, 3u);
@@ -481,7 +482,7 @@ TEST_F(ChunkStoreTest, EvictsLeastRecentlyUsedBetweenWatermarks) {
   EXPECT_EQ(s->Stats().used_bytes, 5 * kChunk);
   // Background eviction: crossing the high watermark brings use under low.
   for (int i = 10; i < 15; ++i) {
-    clock_ += 1000;
+    clock_.Advance(absl::Milliseconds(1));
     Put(*s, "obj" + std::to_string(i), 1);
   }
   for (int t = 0; t < 500 && s->Stats().used_bytes > 8 * kChunk; ++t) {
@@ -492,11 +493,43 @@ TEST_F(ChunkStoreTest, EvictsLeastRecentlyUsedBetweenWatermarks) {
   EXPECT_TRUE(s->Lookup("obj0"));
 }
 
+// Last use is the store's clock's time, kept across a restart: eviction
+// after one still removes what was used longest ago by that clock.
+TEST_F(ChunkStoreTest, LastUseIsTheClocksTimeAndOrdersEvictionAfterARestart) {
+  const absl::Time t0 = clock_.Now();
+  {
+    auto s = OpenStore(/*capacity=*/10 * kChunk);
+    Put(*s, "a", 1);
+    clock_.Advance(absl::Hours(1));
+    Put(*s, "b", 1);
+    clock_.Advance(absl::Hours(1));
+    Put(*s, "c", 1);
+    clock_.Advance(absl::Hours(1));
+    EXPECT_EQ(ReadAll(*s, "a", 0, 10), Pattern(1, 0, 10));
+    EXPECT_EQ(s->Lookup("a")->last_use_us, absl::ToUnixMicros(t0 + absl::Hours(3)));
+    EXPECT_EQ(s->Lookup("b")->last_use_us, absl::ToUnixMicros(t0 + absl::Hours(1)));
+    EXPECT_EQ(s->Lookup("c")->last_use_us, absl::ToUnixMicros(t0 + absl::Hours(2)));
+  }
+  clock_.Advance(absl::Hours(1));
+  auto s = OpenStore(/*capacity=*/10 * kChunk);
+  EXPECT_EQ(s->Lookup("a")->last_use_us, absl::ToUnixMicros(t0 + absl::Hours(3)));
+  EvictReport rep = s->Evict({EvictRequest::Mode::kToTarget, 2 * kChunk, ""});
+  EXPECT_EQ(rep.objects, 1u);
+  EXPECT_FALSE(s->Lookup("b"));
+  EXPECT_TRUE(s->Lookup("a"));
+  EXPECT_TRUE(s->Lookup("c"));
+  // Evicting one more takes c (two hours), not a (three).
+  rep = s->Evict({EvictRequest::Mode::kToTarget, kChunk, ""});
+  EXPECT_EQ(rep.objects, 1u);
+  EXPECT_FALSE(s->Lookup("c"));
+  EXPECT_TRUE(s->Lookup("a"));
+}
+
 TEST_F(ChunkStoreTest, PunchesColdChunksOfALargeObject) {
   auto s = OpenStore(/*capacity=*/32 * kChunk);
   Put(*s, "big", 20);
   for (uint32_t i = 10; i < 20; ++i) {
-    clock_ += 1000;
+    clock_.Advance(absl::Milliseconds(1));
     ReadAll(*s, "big", uint64_t{i} * kChunk, 10);
   }
   EvictReport rep = s->Evict({EvictRequest::Mode::kToTarget, 12 * kChunk, ""});

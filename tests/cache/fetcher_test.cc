@@ -5,6 +5,8 @@
 
 #include <openssl/sha.h>
 
+#include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -14,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/util/fake_clock.h"
 #include "tests/util/fault_proxy.h"
 #include "tests/util/nginx.h"
 #include "tests/util/test_util.h"
@@ -379,6 +382,148 @@ TEST_F(FetcherTest, FileOriginChangedUnderAReaderIsAnError) {
   t.stat = *t.origin->Stat("blob.bin");
   ASSERT_TRUE(f.Read(t, 5 * kChunk, absl::MakeSpan(buf)).ok());
   EXPECT_EQ(buf, Pattern(12, 0, kSize).substr(5 * kChunk, 1000));
+}
+
+// An origin in memory that fails its first `failures` reads with a transient
+// error, and takes `latency` of the test's clock per read.
+class FlakyOrigin final : public origin::Origin {
+ public:
+  FlakyOrigin(std::string data, int failures, strata::testing::FakeClock* clock,
+              absl::Duration latency)
+      : data_(std::move(data)), failures_(failures), clock_(clock), latency_(latency) {}
+
+  const std::string& url() const override { return url_; }
+  absl::StatusOr<origin::ObjectStat> Stat(const std::string&) override {
+    origin::ObjectStat st;
+    st.size = data_.size();
+    st.version = "v1";
+    return st;
+  }
+  absl::StatusOr<std::vector<origin::DirEntry>> List(const std::string&) override {
+    return absl::UnimplementedError("no listing");
+  }
+  int reads() const { return reads_; }
+
+ protected:
+  absl::Status ReadInRange(const std::string&, const origin::ObjectStat&, uint64_t offset,
+                           absl::Span<char> out) override {
+    clock_->Advance(latency_);
+    if (++reads_ <= failures_) return absl::UnavailableError("origin is busy");
+    std::memcpy(out.data(), data_.data() + offset, out.size());
+    return absl::OkStatus();
+  }
+
+ private:
+  const std::string url_ = "mem://flaky";
+  const std::string data_;
+  const int failures_;
+  strata::testing::FakeClock* const clock_;
+  const absl::Duration latency_;
+  std::atomic<int> reads_{0};
+};
+
+// The fetcher's deadlines and backoff on a fake clock: every retry's wait
+// moves the clock instead of the test's thread, so the waits are checked
+// exactly (within the jitter) without taking any time.
+class FetcherClockTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    StoreOptions so;
+    so.dir = cache_.path();
+    so.chunk_size = kChunk;
+    so.capacity_bytes = 64 << 20;
+    so.background_work = false;
+    auto s = ChunkStore::Open(so);
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = std::move(*s);
+  }
+
+  // A one-chunk object, so that every origin read happens on the reader's
+  // thread, in order.
+  FetchTarget Target(const std::shared_ptr<FlakyOrigin>& origin) {
+    FetchTarget t;
+    t.origin = origin;
+    t.stat = *origin->Stat("");
+    return t;
+  }
+
+  FetcherOptions Options(absl::Duration initial, absl::Duration max, int attempts) {
+    FetcherOptions o;
+    o.clock = &clock_;
+    o.demand_workers = 1;
+    o.background_workers = 1;
+    o.backoff_initial = initial;
+    o.backoff_max = max;
+    o.max_attempts = attempts;
+    return o;
+  }
+
+  TempDir cache_;
+  std::unique_ptr<ChunkStore> store_;
+  strata::testing::FakeClock clock_;
+  const std::string data_ = Pattern(13, 0, 10000);
+};
+
+TEST_F(FetcherClockTest, RetriesWaitOnTheClockWithCappedBackoff) {
+  auto origin =
+      std::make_shared<FlakyOrigin>(data_, /*failures=*/3, &clock_, absl::Milliseconds(30));
+  Fetcher f(*store_, Options(absl::Seconds(1), absl::Seconds(2), /*attempts=*/6));
+  const absl::Time t0 = clock_.Now();
+  std::string out(data_.size(), '\0');
+  auto n = f.Read(Target(origin), 0, absl::MakeSpan(out));
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(out, data_);
+  EXPECT_EQ(origin->reads(), 4);
+  FetcherStats st = f.Stats();
+  EXPECT_EQ(st.retries, 3u);
+  EXPECT_EQ(st.origin_requests, 4u);
+  // Latencies are the clock's: 30 ms per request.
+  EXPECT_DOUBLE_EQ(st.latency_sum_ms, 4 * 30.0);
+  EXPECT_EQ(st.latency_buckets[4], 4u);  // (25, 50] ms
+  // Backoffs of 1 s, then 2 s twice (capped), each jittered to [0.5, 1.5)
+  // of itself.
+  absl::Duration waited = clock_.Now() - t0 - 4 * absl::Milliseconds(30);
+  EXPECT_GE(waited, absl::Milliseconds(2500));
+  EXPECT_LT(waited, absl::Milliseconds(7500));
+}
+
+TEST_F(FetcherClockTest, PersistentFailureStopsAtMaxAttemptsOrTheDeadline) {
+  {
+    SCOPED_TRACE("max_attempts");
+    auto origin =
+        std::make_shared<FlakyOrigin>(data_, /*failures=*/1000, &clock_, absl::ZeroDuration());
+    Fetcher f(*store_, Options(absl::Seconds(1), absl::Seconds(10), /*attempts=*/4));
+    const absl::Time t0 = clock_.Now();
+    std::string out(data_.size(), '\0');
+    auto n = f.Read(Target(origin), 0, absl::MakeSpan(out));
+    ASSERT_FALSE(n.ok());
+    EXPECT_EQ(n.status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(std::string(n.status().message()), HasSubstr("mem://flaky"));
+    EXPECT_EQ(origin->reads(), 4);
+    EXPECT_EQ(f.Stats().retries, 3u);
+    // 1 s, 2 s and 4 s, jittered.
+    EXPECT_GE(clock_.Now() - t0, absl::Milliseconds(3500));
+    EXPECT_LT(clock_.Now() - t0, absl::Milliseconds(10500));
+  }
+  {
+    SCOPED_TRACE("read_deadline");
+    auto origin =
+        std::make_shared<FlakyOrigin>(data_, /*failures=*/1000, &clock_, absl::ZeroDuration());
+    FetcherOptions o = Options(absl::Seconds(4), absl::Seconds(4), /*attempts=*/1000);
+    o.read_deadline = absl::Seconds(20);
+    Fetcher f(*store_, o);
+    const absl::Time t0 = clock_.Now();
+    std::string out(data_.size(), '\0');
+    auto n = f.Read(Target(origin), 0, absl::MakeSpan(out));
+    ASSERT_FALSE(n.ok());
+    EXPECT_EQ(n.status().code(), absl::StatusCode::kDeadlineExceeded);
+    EXPECT_THAT(std::string(n.status().message()), HasSubstr("gave up after"));
+    // No wait runs past the deadline. Each is 2 s to 6 s: three fit in it
+    // for sure, ten at most.
+    EXPECT_LE(clock_.Now() - t0, absl::Seconds(20));
+    EXPECT_GE(origin->reads(), 4);
+    EXPECT_LE(origin->reads(), 11);
+  }
 }
 
 }  // namespace
