@@ -4,9 +4,10 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "base/logging.h"
-#include "cache/chunk_store.h"
+#include "base/size.h"
+#include "cmd/cache_stack.h"
 #include "cmd/commands.h"
 
 namespace strata::cmd {
@@ -29,6 +30,21 @@ double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
 
+// The store alone, as `background_work` says, on the scratch directory of
+// --cache-dir; `chunk_size` 0: the store's default.
+absl::StatusOr<std::unique_ptr<cache::ChunkStore>> OpenBenchStore(const CacheFlags& flags,
+                                                                  bool background_work,
+                                                                  uint32_t chunk_size = 0) {
+  auto options = flags.Parse();
+  if (!options.ok()) return options.status();
+  options->store.background_work = background_work;
+  if (chunk_size) options->store.chunk_size = chunk_size;
+  options->fetcher = std::nullopt;
+  auto cache = OpenCacheStack(*options);
+  if (!cache.ok()) return cache.status();
+  return std::move(cache->store);
+}
+
 }  // namespace
 
 void AddBenchCommands(CLI::App& app, Runner& run) {
@@ -36,7 +52,7 @@ void AddBenchCommands(CLI::App& app, Runner& run) {
   bench->require_subcommand(1);
 
   struct ReadOpts {
-    std::string dir;
+    CacheFlags cache;
     std::string size = "2GiB";
     std::string block = "1MiB";
     std::string key = "bench/store-read";
@@ -46,33 +62,22 @@ void AddBenchCommands(CLI::App& app, Runner& run) {
   auto ro = std::make_shared<ReadOpts>();
   CLI::App* sr = bench->add_subcommand(
       "store-read", "Sequential reads of one object from the chunk store; prints MiB/s per pass");
-  sr->add_option("--cache-dir", ro->dir, "Chunk cache directory")->required();
+  AddCacheFlags(*sr, ro->cache, {.dir = CacheFlagSpec::Dir::kRequired});
   sr->add_option("--size", ro->size, "Object size")->capture_default_str();
   sr->add_option("--block", ro->block, "Read size")->capture_default_str();
   sr->add_option("--key", ro->key, "Object key")->capture_default_str();
   sr->add_option("--passes", ro->passes, "Read passes")->capture_default_str();
   sr->add_flag("--populate", ro->populate, "Write the object first, then print its data file");
   sr->callback([ro, &run] {
-    run = [ro]() -> int {
+    run = StatusRunner([ro]() -> absl::Status {
       auto size = ParseSize(ro->size);
       auto block = ParseSize(ro->block);
-      if (!size.ok() || !block.ok() || *block == 0) {
-        spdlog::error("bad --size or --block");
-        return 2;
-      }
-      cache::StoreOptions so;
-      so.dir = ro->dir;
-      so.background_work = true;  // as a node runs it: verify-ahead on
-      auto store_or = cache::ChunkStore::Open(so);
-      if (!store_or.ok()) {
-        spdlog::error("{}", store_or.status().message());
-        return 1;
-      }
+      if (!size.ok() || !block.ok() || *block == 0) return UsageError("bad --size or --block");
+      // As a node runs it: verify-ahead on.
+      auto store_or = OpenBenchStore(ro->cache, /*background_work=*/true);
+      if (!store_or.ok()) return store_or.status();
       auto& store = *store_or;
-      if (auto st = store->Register({ro->key, *size, "bench", 0}); !st.ok()) {
-        spdlog::error("{}", st.message());
-        return 1;
-      }
+      if (auto st = store->Register({ro->key, *size, "bench", 0}); !st.ok()) return st;
       auto info = *store->Lookup(ro->key);
       if (ro->populate) {
         auto t0 = std::chrono::steady_clock::now();
@@ -83,9 +88,9 @@ void AddBenchCommands(CLI::App& app, Runner& run) {
           FillPattern(i, absl::MakeSpan(buf.data(), len));
           auto r = store->WriteChunk(ro->key, i, absl::MakeConstSpan(buf.data(), len));
           if (!r.ok() || !r->cached) {
-            spdlog::error("populate failed at chunk {}: {}", i,
-                          r.ok() ? "not cached" : r.status().message());
-            return 1;
+            return absl::Status(r.ok() ? absl::StatusCode::kInternal : r.status().code(),
+                                absl::StrCat("populate failed at chunk ", i, ": ",
+                                             r.ok() ? "not cached" : r.status().message()));
           }
         }
         std::printf("populated %s in %.2fs\n", ro->key.c_str(), Seconds(t0));
@@ -97,10 +102,11 @@ void AddBenchCommands(CLI::App& app, Runner& run) {
         for (uint64_t off = 0; off < *size; off += *block) {
           auto r = store->Read(ro->key, off, absl::MakeSpan(buf));
           if (!r.ok() || !r->missing.empty()) {
-            spdlog::error("read at {} failed: {}", off,
-                          r.ok() ? absl::StrFormat("%u chunks missing", r->missing.size())
-                                 : std::string(r.status().message()));
-            return 1;
+            return absl::Status(
+                r.ok() ? absl::StatusCode::kInternal : r.status().code(),
+                absl::StrCat("read at ", off, " failed: ",
+                             r.ok() ? absl::StrFormat("%u chunks missing", r->missing.size())
+                                    : std::string(r.status().message())));
           }
           total += r->bytes;
         }
@@ -108,12 +114,12 @@ void AddBenchCommands(CLI::App& app, Runner& run) {
         std::printf("pass=%d bytes=%llu seconds=%.3f mibps=%.1f\n", p,
                     static_cast<unsigned long long>(total), s, total / 1048576.0 / s);
       }
-      return 0;
-    };
+      return absl::OkStatus();
+    });
   });
 
   struct LookupOpts {
-    std::string dir;
+    CacheFlags cache;
     int objects = 2000;
     double seconds = 2;
     int threads = 2;
@@ -121,36 +127,30 @@ void AddBenchCommands(CLI::App& app, Runner& run) {
   auto lo = std::make_shared<LookupOpts>();
   CLI::App* il = bench->add_subcommand(
       "index-lookups", "Chunk index lookups per second on the hit path (lease of a cached range)");
-  il->add_option("--cache-dir", lo->dir, "Chunk cache directory (a scratch one)")->required();
+  AddCacheFlags(*il, lo->cache,
+                {.dir = CacheFlagSpec::Dir::kRequired, .dir_note = "(a scratch one)"});
   il->add_option("--objects", lo->objects, "Objects to spread lookups over")->capture_default_str();
   il->add_option("--seconds", lo->seconds, "How long to measure")->capture_default_str();
   il->add_option("--threads", lo->threads, "Looking-up threads")->capture_default_str();
   il->callback([lo, &run] {
-    run = [lo]() -> int {
+    run = StatusRunner([lo]() -> absl::Status {
       constexpr uint32_t kChunk = 64 << 10;
-      cache::StoreOptions so;
-      so.dir = lo->dir;
-      so.chunk_size = kChunk;
-      so.background_work = false;
-      auto store_or = cache::ChunkStore::Open(so);
-      if (!store_or.ok()) {
-        spdlog::error("{}", store_or.status().message());
-        return 1;
-      }
+      auto store_or = OpenBenchStore(lo->cache, /*background_work=*/false, kChunk);
+      if (!store_or.ok()) return store_or.status();
       auto& store = *store_or;
       std::vector<char> buf(kChunk);
       std::vector<std::string> keys;
       for (int i = 0; i < lo->objects; ++i) {
         keys.push_back(absl::StrFormat("bench/lookup/%06d", i));
         FillPattern(i, absl::MakeSpan(buf));
-        if (!store->Register({keys.back(), 4 * kChunk, "bench", 0}).ok()) return 1;
+        if (auto st = store->Register({keys.back(), 4 * kChunk, "bench", 0}); !st.ok()) return st;
         for (uint32_t c = 0; c < 4; ++c) {
-          if (!store->WriteChunk(keys.back(), c, buf).ok()) return 1;
+          if (auto w = store->WriteChunk(keys.back(), c, buf); !w.ok()) return w.status();
         }
       }
       // Warm-up: the first lease of a chunk after a start verifies it.
       for (const std::string& key : keys) {
-        if (!store->Lease(key, 0, 4 * kChunk).ok()) return 1;
+        if (auto lease = store->Lease(key, 0, 4 * kChunk); !lease.ok()) return lease.status();
       }
       std::atomic<uint64_t> total{0};
       std::atomic<bool> failed{false};
@@ -171,14 +171,11 @@ void AddBenchCommands(CLI::App& app, Runner& run) {
         });
       }
       for (auto& th : ts) th.join();
-      if (failed) {
-        spdlog::error("a lookup failed");
-        return 1;
-      }
+      if (failed) return absl::InternalError("a lookup failed");
       std::printf("lookups=%llu seconds=%.2f per_second=%.0f\n",
                   static_cast<unsigned long long>(total.load()), lo->seconds, total / lo->seconds);
-      return 0;
-    };
+      return absl::OkStatus();
+    });
   });
 }
 

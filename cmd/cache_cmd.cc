@@ -3,19 +3,25 @@
 // (RocksDB's lock says so if it is not).
 #include <cstdio>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "base/logging.h"
-#include "cache/chunk_store.h"
+#include "base/size.h"
+#include "cmd/cache_stack.h"
 #include "cmd/commands.h"
 
 namespace strata::cmd {
 namespace {
 
-absl::StatusOr<std::unique_ptr<cache::ChunkStore>> OpenForTool(const std::string& dir) {
-  cache::StoreOptions so;
-  so.dir = dir;
-  so.background_work = false;
-  return cache::ChunkStore::Open(so);
+// The store alone, without its background work: the tools only look, or
+// repair in the foreground.
+absl::StatusOr<std::unique_ptr<cache::ChunkStore>> OpenForTool(const CacheFlags& flags) {
+  auto options = flags.Parse();
+  if (!options.ok()) return options.status();
+  options->store.background_work = false;
+  options->fetcher = std::nullopt;
+  auto cache = OpenCacheStack(*options);
+  if (!cache.ok()) return cache.status();
+  return std::move(cache->store);
 }
 
 std::string Human(uint64_t b) {
@@ -45,50 +51,43 @@ void PrintStats(const cache::StoreStats& s) {
 void AddCacheCommands(CLI::App& app, Runner& run) {
   CLI::App* cache = app.add_subcommand("cache", "Inspect and repair a node's chunk cache");
   cache->require_subcommand(1);
-  auto dir = std::make_shared<std::string>(DefaultStateDir() + "/cache");
+  auto flags = std::make_shared<CacheFlags>();
   auto add = [&](const char* name, const char* help) {
     CLI::App* c = cache->add_subcommand(name, help);
-    c->add_option("--cache-dir", *dir, "Chunk cache directory")->capture_default_str();
+    AddCacheFlags(*c, *flags);
     return c;
   };
 
-  add("stats", "Capacity, use and contents of the cache")->callback([dir, &run] {
-    run = [dir] {
-      auto store = OpenForTool(*dir);
-      if (!store.ok()) {
-        spdlog::error("{}", store.status().message());
-        return 1;
-      }
+  add("stats", "Capacity, use and contents of the cache")->callback([flags, &run] {
+    run = StatusRunner([flags]() -> absl::Status {
+      auto store = OpenForTool(*flags);
+      if (!store.ok()) return store.status();
       PrintStats((*store)->Stats());
-      return 0;
-    };
+      return absl::OkStatus();
+    });
   });
 
-  add("ls", "List cached objects")->callback([dir, &run] {
-    run = [dir] {
-      auto store = OpenForTool(*dir);
-      if (!store.ok()) {
-        spdlog::error("{}", store.status().message());
-        return 1;
-      }
+  add("ls", "List cached objects")->callback([flags, &run] {
+    run = StatusRunner([flags]() -> absl::Status {
+      auto store = OpenForTool(*flags);
+      if (!store.ok()) return store.status();
       std::printf("%-12s %-12s %-8s %s\n", "SIZE", "CACHED", "CHUNKS", "KEY (IDENTITY)");
       for (const auto& o : (*store)->List()) {
         std::printf("%-12s %-12s %u/%-6u %s (%s)\n", Human(o.size).c_str(),
                     Human(o.bytes_present).c_str(), o.chunks_present, o.chunks, o.key.c_str(),
                     o.identity.c_str());
       }
-      return 0;
-    };
+      return absl::OkStatus();
+    });
   });
 
+  // Bad chunks found (and dropped) are the command's answer, not its
+  // failure: exit code 3, so that a script can tell them from an error.
   add("verify", "Read every cached chunk, check its checksum and drop bad ones")
-      ->callback([dir, &run] {
-        run = [dir] {
-          auto store = OpenForTool(*dir);
-          if (!store.ok()) {
-            spdlog::error("{}", store.status().message());
-            return 1;
-          }
+      ->callback([flags, &run] {
+        run = [flags]() -> absl::StatusOr<int> {
+          auto store = OpenForTool(*flags);
+          if (!store.ok()) return store.status();
           cache::VerifyReport r = (*store)->Verify();
           std::printf(
               "checked %llu chunks in %llu objects: %llu bad (dropped), %llu data files missing\n",
@@ -110,8 +109,8 @@ void AddCacheCommands(CLI::App& app, Runner& run) {
   auto* a = ev->add_flag("--all", *all, "Evict everything");
   t->excludes(k)->excludes(a);
   k->excludes(a);
-  ev->callback([dir, target, key, all, &run] {
-    run = [dir, target, key, all] {
+  ev->callback([flags, target, key, all, &run] {
+    run = StatusRunner([flags, target, key, all]() -> absl::Status {
       cache::EvictRequest req;
       if (*all) {
         req.mode = cache::EvictRequest::Mode::kAll;
@@ -120,30 +119,22 @@ void AddCacheCommands(CLI::App& app, Runner& run) {
         req.key = *key;
       } else if (!target->empty()) {
         auto bytes = ParseSize(*target);
-        if (!bytes.ok()) {
-          spdlog::error("{}", bytes.status().message());
-          return 2;
-        }
+        if (!bytes.ok()) return UsageError(bytes.status());
         req.target_bytes = *bytes;
       } else {
-        spdlog::error("say what to evict: --to SIZE, --key KEY or --all");
-        return 2;
+        return UsageError("say what to evict: --to SIZE, --key KEY or --all");
       }
-      auto store = OpenForTool(*dir);
-      if (!store.ok()) {
-        spdlog::error("{}", store.status().message());
-        return 1;
-      }
+      auto store = OpenForTool(*flags);
+      if (!store.ok()) return store.status();
       if (req.mode == cache::EvictRequest::Mode::kKey && !(*store)->Lookup(req.key)) {
-        spdlog::error("no object {} in the cache", req.key);
-        return 1;
+        return absl::NotFoundError(absl::StrCat("no object ", req.key, " in the cache"));
       }
       cache::EvictReport r = (*store)->Evict(req);
       std::printf("evicted %llu objects and %llu chunks (%s)\n",
                   static_cast<unsigned long long>(r.objects),
                   static_cast<unsigned long long>(r.chunks), Human(r.bytes).c_str());
-      return 0;
-    };
+      return absl::OkStatus();
+    });
   });
 }
 

@@ -1,24 +1,33 @@
 // Subcommands of the `strata` binary. Each Add* registers its subcommand on
-// the app and arranges for it to run; the returned code is the exit status.
+// the app and arranges for it to run; main.cc turns what the run returns
+// into the process's exit code, in one place.
 #pragma once
 
 #include <signal.h>
 
-#include <cstdint>
 #include <functional>
-#include <memory>
-#include <optional>
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "base/size.h"
-#include "cache/chunk_store.h"
+#include "absl/strings/string_view.h"
 
 namespace strata::cmd {
 
-// Where the subcommand's work goes once CLI11 has parsed its options.
-using Runner = std::function<int()>;
+// A subcommand's work once CLI11 has parsed its options: an error, or the
+// exit code of a success (0, but for a command whose result is a code of
+// its own, as `cache verify`'s 3). See main.cc for the mapping.
+using Runner = std::function<absl::StatusOr<int>()>;
+// The Runner of work whose success is exit code 0.
+Runner StatusRunner(std::function<absl::Status()> work);
+
+// A command line that cannot work (a size that is no size, a flag missing
+// or contradicting another) as opposed to work that failed: exit code 2.
+// The message is `message`, or `cause`'s (its code kept).
+absl::Status UsageError(absl::string_view message);
+absl::Status UsageError(const absl::Status& cause);
+bool IsUsageError(const absl::Status& status);
 
 void AddNodeCommand(CLI::App& app, Runner& run);
 void AddControllerCommand(CLI::App& app, Runner& run);
@@ -28,15 +37,6 @@ void AddBenchCommands(CLI::App& app, Runner& run);
 void AddFetchCommands(CLI::App& app, Runner& run);
 void AddMountCommands(CLI::App& app, Runner& run);
 
-using strata::ParseSize;
-// The chunk store of a daemon (node, mount): it degrades to serving
-// uncached rather than failing, and its staging directory (where writes to
-// object stores wait for their upload) exists. Null, logged, on failure.
-struct DaemonStore {
-  std::unique_ptr<cache::ChunkStore> store;
-  std::string staging_dir;
-};
-std::optional<DaemonStore> OpenDaemonStore(cache::StoreOptions options);
 // Blocks SIGINT and SIGTERM in this thread and every thread started after it
 // (call it first), so that one thread can sigwait() for them.
 sigset_t BlockStopSignals();

@@ -15,10 +15,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/errno_status.h"
 #include "base/logging.h"
-#include "cache/chunk_store.h"
-#include "cache/fetcher.h"
+#include "base/size.h"
 #include "cmd/admin.h"
+#include "cmd/cache_stack.h"
 #include "cmd/commands.h"
 
 namespace strata::cmd {
@@ -26,7 +27,7 @@ namespace {
 
 struct FetchOpts {
   std::string url;
-  std::string cache_dir = DefaultStateDir() + "/cache";
+  CacheFlags cache;
   std::string offset = "0";
   std::string length;
   std::string block = "8MiB";
@@ -38,7 +39,7 @@ struct FetchOpts {
 
 void AddCommon(CLI::App* c, FetchOpts& o) {
   c->add_option("url", o.url, "Object URL: file:///path, http(s)://host/path")->required();
-  c->add_option("--cache-dir", o.cache_dir, "Chunk cache directory")->capture_default_str();
+  AddCacheFlags(*c, o.cache);
   c->add_option("--digest", o.digest,
                 "Expected sha256:<hex> of the whole object; nothing unverified is served");
   c->add_option("--ca-file", o.ca_file, "Extra CA bundle for https");
@@ -47,8 +48,7 @@ void AddCommon(CLI::App* c, FetchOpts& o) {
 }
 
 struct Session {
-  std::unique_ptr<cache::ChunkStore> store;
-  std::unique_ptr<cache::Fetcher> fetcher;
+  CacheStack cache;
   cache::FetchTarget target;
 };
 
@@ -61,24 +61,21 @@ ObjectRef RefOf(const FetchOpts& o) {
 // The store and a fetcher on it, for `target`. `degrade`: serve without
 // caching when the store cannot be used (cat); otherwise that is an error
 // (prefetch, whose whole point is the cache).
-absl::StatusOr<Session> OpenStore(const FetchOpts& o, cache::FetchTarget target, bool degrade,
-                                  const cache::FetcherOptions& fo = {}) {
-  Session s;
-  s.target = std::move(target);
-  cache::StoreOptions so;
-  so.dir = o.cache_dir;
-  so.degrade_on_error = degrade;
-  auto store = cache::ChunkStore::Open(so);
-  if (!store.ok()) return store.status();
-  s.store = std::move(*store);
-  s.fetcher = std::make_unique<cache::Fetcher>(*s.store, fo);
-  return s;
+absl::StatusOr<Session> OpenSession(const FetchOpts& o, cache::FetchTarget target, bool degrade,
+                                    const cache::FetcherOptions& fo = {}) {
+  auto options = o.cache.Parse();
+  if (!options.ok()) return options.status();
+  options->store.degrade_on_error = degrade;
+  options->fetcher = fo;
+  auto cache = OpenCacheStack(*options);
+  if (!cache.ok()) return cache.status();
+  return Session{std::move(*cache), std::move(target)};
 }
 
 absl::StatusOr<Session> Open(const FetchOpts& o, bool degrade) {
   auto target = ResolveTarget(RefOf(o));
   if (!target.ok()) return target.status();
-  return OpenStore(o, std::move(*target), degrade);
+  return OpenSession(o, std::move(*target), degrade);
 }
 
 // An origin's error as part of one log line: servers' error pages can hold
@@ -104,28 +101,28 @@ absl::StatusOr<Session> OpenOffline(const FetchOpts& o, const absl::Status& why,
   fo.readahead_max_bytes = 0;
   fo.max_attempts = 1;
   fo.record_seen = false;  // nothing was seen: the records are what is read
-  auto s = OpenStore(o, std::move(*unresolved), /*degrade=*/true, fo);
+  auto s = OpenSession(o, std::move(*unresolved), /*degrade=*/true, fo);
   if (!s.ok()) return s.status();
   const std::string name = cache::ObjectName(s->target);
   auto unavailable = [&](const std::string& what) {
     return absl::UnavailableError(absl::StrCat("the origin of ", name, " is unreachable (",
                                                OneLine(why.message()), ") and ", what));
   };
-  if (absl::Status health = s->store->health(); !health.ok()) {
+  if (absl::Status health = s->cache.store->health(); !health.ok()) {
     return unavailable(
-        absl::StrCat("the cache in ", o.cache_dir, " cannot be used: ", health.message()));
+        absl::StrCat("the cache in ", o.cache.dir, " cannot be used: ", health.message()));
   }
   origin::ObjectStat& stat = s->target.stat;
   std::string seen_as;  // which version is served, for the warning
   if (!stat.digest.empty()) {
     // Content-addressed: the bytes are the digest's, whatever the origin
     // said last.
-    auto info = s->store->Lookup(stat.digest);
+    auto info = s->cache.store->Lookup(stat.digest);
     if (!info) return unavailable(absl::StrCat("no object with ", stat.digest, " is cached"));
     stat.size = info->size;
     seen_as = stat.digest;
   } else {
-    auto seen = s->store->LastSeen(name);
+    auto seen = s->cache.store->LastSeen(name);
     if (!seen) return unavailable("it is not in the cache");
     stat.size = seen->size;
     stat.version = seen->version;
@@ -137,7 +134,7 @@ absl::StatusOr<Session> OpenOffline(const FetchOpts& o, const absl::Status& why,
     seen_as = absl::StrCat("version ", seen->version.empty() ? "\"\"" : seen->version);
   }
   const std::string key = cache::StoreKey(s->target);
-  auto info = s->store->Lookup(key);
+  auto info = s->cache.store->Lookup(key);
   if (!info) return unavailable(absl::StrCat("its cached copy (", seen_as, ") was evicted"));
   if (!stat.digest.empty() && !info->digest_verified) {
     return unavailable(
@@ -145,7 +142,7 @@ absl::StatusOr<Session> OpenOffline(const FetchOpts& o, const absl::Status& why,
   }
   uint64_t from = std::min(offset, stat.size);
   uint64_t len = std::min(stat.size - from, length.value_or(stat.size));
-  auto missing = s->store->MissingChunks(key, from, len);
+  auto missing = s->cache.store->MissingChunks(key, from, len);
   if (!missing.ok()) return unavailable(std::string(missing.status().message()));
   if (!missing->empty()) {
     uint64_t cs = info->chunk_size;
@@ -165,7 +162,7 @@ absl::StatusOr<Session> OpenOffline(const FetchOpts& o, const absl::Status& why,
 absl::StatusOr<Session> OpenToRead(const FetchOpts& o, uint64_t offset,
                                    std::optional<uint64_t> length) {
   auto target = ResolveTarget(RefOf(o));
-  if (target.ok()) return OpenStore(o, std::move(*target), /*degrade=*/true);
+  if (target.ok()) return OpenSession(o, std::move(*target), /*degrade=*/true);
   if (origin::IsTransient(target.status())) {
     return OpenOffline(o, target.status(), offset, length);
   }
@@ -173,8 +170,8 @@ absl::StatusOr<Session> OpenToRead(const FetchOpts& o, uint64_t offset,
 }
 
 void PrintStats(const Session& s, double seconds, uint64_t bytes) {
-  cache::FetcherStats f = s.fetcher->Stats();
-  cache::StoreStats c = s.store->Stats();
+  cache::FetcherStats f = s.cache.fetcher->Stats();
+  cache::StoreStats c = s.cache.store->Stats();
   std::fprintf(
       stderr,
       "%llu bytes in %.3fs (%.1f MiB/s); origin: %llu requests, %llu bytes, %llu retries; "
@@ -191,6 +188,7 @@ struct Output {
   enum Result { kDone, kUnsent, kReaderGone, kFailed };
   Result result = kDone;
   uint64_t bytes = 0;
+  absl::Status error;  // why, when kFailed
 };
 
 Output WriteOut(std::string_view data) {
@@ -200,8 +198,12 @@ Output WriteOut(std::string_view data) {
     if (w < 0 && errno == EINTR) continue;
     if (w < 0) {
       // A reader that went away (EPIPE) is not an error of ours.
-      if (errno != EPIPE) spdlog::error("write to stdout: {}", std::strerror(errno));
-      out.result = errno == EPIPE ? Output::kReaderGone : Output::kFailed;
+      if (errno == EPIPE) {
+        out.result = Output::kReaderGone;
+      } else {
+        out.result = Output::kFailed;
+        out.error = ErrnoStatus(errno, "write to stdout");
+      }
       return out;
     }
     out.bytes += static_cast<uint64_t>(w);
@@ -235,9 +237,10 @@ Output Send(const cache::ReadLease& lease, bool& sendfile_ok) {
       sendfile_ok = false;
       continue;
     }
-    spdlog::error("write to stdout from the cache: {}",
-                  w < 0 ? std::strerror(errno) : "the cache file is short");
     out.result = Output::kFailed;
+    out.error =
+        w < 0 ? ErrnoStatus(errno, "write to stdout from the cache")
+              : absl::DataLossError("write to stdout from the cache: the cache file is short");
     return out;
   }
   return out;
@@ -245,6 +248,130 @@ Output Send(const cache::ReadLease& lease, bool& sendfile_ok) {
 
 double Since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+absl::Status Cat(const FetchOpts& co) {
+  auto offset = ParseSize(co.offset);
+  auto block = ParseSize(co.block);
+  if (!offset.ok() || !block.ok() || *block == 0) return UsageError("bad --offset or --block");
+  std::optional<uint64_t> length;
+  if (!co.length.empty()) {
+    auto len = ParseSize(co.length);
+    if (!len.ok()) return UsageError(len.status());
+    length = *len;
+  }
+  auto s = OpenToRead(co, *offset, length);
+  if (!s.ok()) return s.status();
+  uint64_t size = s->target.stat.size;
+  uint64_t end = length ? std::min(size, *offset + std::min(*length, size)) : size;
+  if (*offset > size) {
+    return UsageError(
+        absl::StrFormat("--offset %u is past the end of %s (%u bytes)", *offset, co.url, size));
+  }
+  std::signal(SIGPIPE, SIG_IGN);
+  std::vector<char> buf;
+  auto t0 = std::chrono::steady_clock::now();
+  uint64_t written = 0;
+  const std::string key = cache::StoreKey(s->target);
+  bool sendfile_ok = true;  // until stdout refuses it
+  for (uint64_t pos = *offset; pos < end;) {
+    size_t want = std::min<uint64_t>(*block, end - pos);
+    const uint64_t stop = pos + want;
+    // Cached bytes are written from the store's memory when they were
+    // just fetched, else sent from the cache file by sendfile, without
+    // a copy through this process; bytes the store could not keep go
+    // through a buffer.
+    auto kept = s->cache.fetcher->Ensure(s->target, pos, want);
+    if (!kept.ok()) return kept.status();
+    auto info = *kept ? s->cache.store->Lookup(key) : std::nullopt;
+    while (info && pos < stop) {
+      // One chunk at a time: a lease within one chunk can be in memory.
+      uint64_t cend = (pos / info->chunk_size + 1) * info->chunk_size;
+      auto lease = s->cache.store->Lease(key, pos, std::min(stop, cend) - pos);
+      if (!lease.ok()) break;  // evicted meanwhile: read the rest
+      Output out = Send(*lease, sendfile_ok);
+      pos += out.bytes;
+      written += out.bytes;
+      if (out.result == Output::kReaderGone) return absl::OkStatus();
+      if (out.result == Output::kFailed) return out.error;
+      if (out.result == Output::kUnsent) break;
+    }
+    if (pos == stop) continue;
+    want = stop - pos;
+    buf.resize(*block);
+    auto n = s->cache.fetcher->Read(s->target, pos, absl::MakeSpan(buf.data(), want));
+    if (!n.ok()) return n.status();
+    Output out = WriteOut(std::string_view(buf.data(), *n));
+    pos += out.bytes;
+    written += out.bytes;
+    if (out.result == Output::kReaderGone) return absl::OkStatus();
+    if (out.result == Output::kFailed) return out.error;
+  }
+  if (co.stats) PrintStats(*s, Since(t0), written);
+  return absl::OkStatus();
+}
+
+// `cache_dir_given`: --cache-dir was on the command line, so this process
+// warms that store itself rather than a node daemon's.
+absl::Status Prefetch(const FetchOpts& po, const std::string& node_socket, bool cache_dir_given) {
+  std::string socket = node_socket;
+  if (socket.empty() && !cache_dir_given) {
+    std::string daemon = DefaultStateDir() + "/admin.sock";
+    struct stat st;
+    // A socket that nobody answers was left by a killed daemon: the
+    // store is free, so this process warms it itself.
+    if (::stat(daemon.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && NodeAnswers(daemon)) {
+      socket = daemon;
+    }
+  }
+  bool tty = ::isatty(2);
+  auto t0 = std::chrono::steady_clock::now();
+  auto last = t0;
+  bool complete_shown = false;  // the 100% line
+  // Lines at most every 100 ms on a terminal, 2 s in a log; the
+  // complete count always.
+  auto progress = [&](uint64_t done, uint64_t total) {
+    auto now = std::chrono::steady_clock::now();
+    if (done != total && now - last < std::chrono::milliseconds(tty ? 100 : 2000)) return;
+    if (done == total) {
+      if (complete_shown) return;
+      complete_shown = true;
+    }
+    last = now;
+    double pct = total ? 100.0 * done / total : 100;
+    int bar = static_cast<int>(pct / 2.5);
+    std::fprintf(stderr, "%s[%-40s] %5.1f%% %.1f/%.1f MiB %.1f MiB/s%s", tty ? "\r" : "",
+                 std::string(bar, '#').c_str(), pct, done / 1048576.0, total / 1048576.0,
+                 done / 1048576.0 / std::max(Since(t0), 1e-3), tty ? "" : "\n");
+  };
+  if (!socket.empty()) {
+    // The daemon holds the store: it fetches, this process shows progress.
+    auto bytes = PrefetchThroughNode(socket, RefOf(po), progress);
+    // A node that did not report its last count (an empty object; an
+    // older daemon) still finished: the line says so.
+    if (bytes.ok()) progress(*bytes, *bytes);
+    if (tty) std::fprintf(stderr, "\n");
+    if (!bytes.ok()) return bytes.status();
+    std::printf("prefetched %s (%llu bytes) into the cache of the node daemon at %s\n",
+                po.url.c_str(), static_cast<unsigned long long>(*bytes), socket.c_str());
+    return absl::OkStatus();
+  }
+  auto s = Open(po, /*degrade=*/false);
+  if (!s.ok()) {
+    if (!absl::IsFailedPrecondition(s.status())) return s.status();
+    return absl::Status(
+        s.status().code(),
+        absl::StrCat(s.status().message(),
+                     " (a running node daemon: --node-socket STATE_DIR/admin.sock)"));
+  }
+  absl::Status st = s->cache.fetcher->Prefetch(s->target, {}, progress);
+  if (st.ok()) progress(s->target.stat.size, s->target.stat.size);
+  if (tty) std::fprintf(stderr, "\n");
+  if (!st.ok()) return st;
+  std::printf("prefetched %s (%llu bytes) into %s\n", po.url.c_str(),
+              static_cast<unsigned long long>(s->target.stat.size), po.cache.dir.c_str());
+  if (po.stats) PrintStats(*s, Since(t0), s->target.stat.size);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -256,83 +383,7 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
   cat->add_option("--offset", co->offset, "First byte")->capture_default_str();
   cat->add_option("--length", co->length, "Bytes to write (default: to the end)");
   cat->add_option("--block", co->block, "Read size")->capture_default_str();
-  cat->callback([co, &run] {
-    run = [co]() -> int {
-      auto offset = ParseSize(co->offset);
-      auto block = ParseSize(co->block);
-      if (!offset.ok() || !block.ok() || *block == 0) {
-        spdlog::error("bad --offset or --block");
-        return 2;
-      }
-      std::optional<uint64_t> length;
-      if (!co->length.empty()) {
-        auto len = ParseSize(co->length);
-        if (!len.ok()) {
-          spdlog::error("{}", len.status().message());
-          return 2;
-        }
-        length = *len;
-      }
-      auto s = OpenToRead(*co, *offset, length);
-      if (!s.ok()) {
-        spdlog::error("{}", s.status().message());
-        return 1;
-      }
-      uint64_t size = s->target.stat.size;
-      uint64_t end = length ? std::min(size, *offset + std::min(*length, size)) : size;
-      if (*offset > size) {
-        spdlog::error("--offset {} is past the end of {} ({} bytes)", *offset, co->url, size);
-        return 2;
-      }
-      std::signal(SIGPIPE, SIG_IGN);
-      std::vector<char> buf;
-      auto t0 = std::chrono::steady_clock::now();
-      uint64_t written = 0;
-      const std::string key = cache::StoreKey(s->target);
-      bool sendfile_ok = true;  // until stdout refuses it
-      for (uint64_t pos = *offset; pos < end;) {
-        size_t want = std::min<uint64_t>(*block, end - pos);
-        const uint64_t stop = pos + want;
-        // Cached bytes are written from the store's memory when they were
-        // just fetched, else sent from the cache file by sendfile, without
-        // a copy through this process; bytes the store could not keep go
-        // through a buffer.
-        auto kept = s->fetcher->Ensure(s->target, pos, want);
-        if (!kept.ok()) {
-          spdlog::error("{}", kept.status().message());
-          return 1;
-        }
-        auto info = *kept ? s->store->Lookup(key) : std::nullopt;
-        while (info && pos < stop) {
-          // One chunk at a time: a lease within one chunk can be in memory.
-          uint64_t cend = (pos / info->chunk_size + 1) * info->chunk_size;
-          auto lease = s->store->Lease(key, pos, std::min(stop, cend) - pos);
-          if (!lease.ok()) break;  // evicted meanwhile: read the rest
-          Output out = Send(*lease, sendfile_ok);
-          pos += out.bytes;
-          written += out.bytes;
-          if (out.result == Output::kReaderGone) return 0;
-          if (out.result == Output::kFailed) return 1;
-          if (out.result == Output::kUnsent) break;
-        }
-        if (pos == stop) continue;
-        want = stop - pos;
-        buf.resize(*block);
-        auto n = s->fetcher->Read(s->target, pos, absl::MakeSpan(buf.data(), want));
-        if (!n.ok()) {
-          spdlog::error("{}", n.status().message());
-          return 1;
-        }
-        Output out = WriteOut(std::string_view(buf.data(), *n));
-        pos += out.bytes;
-        written += out.bytes;
-        if (out.result == Output::kReaderGone) return 0;
-        if (out.result == Output::kFailed) return 1;
-      }
-      if (co->stats) PrintStats(*s, Since(t0), written);
-      return 0;
-    };
-  });
+  cat->callback([co, &run] { run = StatusRunner([co] { return Cat(*co); }); });
 
   auto po = std::make_shared<FetchOpts>();
   auto node_socket = std::make_shared<std::string>();
@@ -344,72 +395,9 @@ void AddFetchCommands(CLI::App& app, Runner& run) {
                   "STATE_DIR/admin.sock when it exists and no --cache-dir is given)");
   CLI::Option* cache_dir_opt = pre->get_option("--cache-dir");
   pre->callback([po, node_socket, cache_dir_opt, &run] {
-    run = [po, node_socket, cache_dir_opt]() -> int {
-      std::string socket = *node_socket;
-      if (socket.empty() && cache_dir_opt->count() == 0) {
-        std::string daemon = DefaultStateDir() + "/admin.sock";
-        struct stat st;
-        // A socket that nobody answers was left by a killed daemon: the
-        // store is free, so this process warms it itself.
-        if (::stat(daemon.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && NodeAnswers(daemon)) {
-          socket = daemon;
-        }
-      }
-      bool tty = ::isatty(2);
-      auto t0 = std::chrono::steady_clock::now();
-      auto last = t0;
-      bool complete_shown = false;  // the 100% line
-      // Lines at most every 100 ms on a terminal, 2 s in a log; the
-      // complete count always.
-      auto progress = [&](uint64_t done, uint64_t total) {
-        auto now = std::chrono::steady_clock::now();
-        if (done != total && now - last < std::chrono::milliseconds(tty ? 100 : 2000)) return;
-        if (done == total) {
-          if (complete_shown) return;
-          complete_shown = true;
-        }
-        last = now;
-        double pct = total ? 100.0 * done / total : 100;
-        int bar = static_cast<int>(pct / 2.5);
-        std::fprintf(stderr, "%s[%-40s] %5.1f%% %.1f/%.1f MiB %.1f MiB/s%s", tty ? "\r" : "",
-                     std::string(bar, '#').c_str(), pct, done / 1048576.0, total / 1048576.0,
-                     done / 1048576.0 / std::max(Since(t0), 1e-3), tty ? "" : "\n");
-      };
-      if (!socket.empty()) {
-        // The daemon holds the store: it fetches, this process shows progress.
-        auto bytes = PrefetchThroughNode(socket, RefOf(*po), progress);
-        // A node that did not report its last count (an empty object; an
-        // older daemon) still finished: the line says so.
-        if (bytes.ok()) progress(*bytes, *bytes);
-        if (tty) std::fprintf(stderr, "\n");
-        if (!bytes.ok()) {
-          spdlog::error("{}", bytes.status().message());
-          return 1;
-        }
-        std::printf("prefetched %s (%llu bytes) into the cache of the node daemon at %s\n",
-                    po->url.c_str(), static_cast<unsigned long long>(*bytes), socket.c_str());
-        return 0;
-      }
-      auto s = Open(*po, /*degrade=*/false);
-      if (!s.ok()) {
-        spdlog::error("{}{}", s.status().message(),
-                      absl::IsFailedPrecondition(s.status())
-                          ? " (a running node daemon: --node-socket STATE_DIR/admin.sock)"
-                          : "");
-        return 1;
-      }
-      absl::Status st = s->fetcher->Prefetch(s->target, {}, progress);
-      if (st.ok()) progress(s->target.stat.size, s->target.stat.size);
-      if (tty) std::fprintf(stderr, "\n");
-      if (!st.ok()) {
-        spdlog::error("{}", st.message());
-        return 1;
-      }
-      std::printf("prefetched %s (%llu bytes) into %s\n", po->url.c_str(),
-                  static_cast<unsigned long long>(s->target.stat.size), po->cache_dir.c_str());
-      if (po->stats) PrintStats(*s, Since(t0), s->target.stat.size);
-      return 0;
-    };
+    run = StatusRunner([po, node_socket, cache_dir_opt] {
+      return Prefetch(*po, *node_socket, cache_dir_opt->count() > 0);
+    });
   });
 }
 

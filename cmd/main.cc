@@ -20,6 +20,24 @@ void RaiseFileLimit() {
   }
 }
 
+// What a command came to, as the process's exit code; an error's message is
+// logged here, once. Tests and scripts rely on these:
+//   0        success (also `cat` whose reader went away, `fd-keeper` that
+//            found another keeper serving its socket)
+//   1        the work failed: any error but a usage error, whatever its code
+//   2        usage: a value CLI11 cannot check is wrong (a size that is no
+//            size, `cache evict` told nothing to evict, a bad inline origin)
+//   3        `cache verify` found bad chunks (and dropped them)
+//   100-127  CLI11's own codes, with its own message, for what it rejects
+//            while parsing: a value not allowed 105, a required flag or
+//            subcommand missing 106, an unknown flag 109, a flag without
+//            its value 114
+int ExitCode(const absl::StatusOr<int>& outcome) {
+  if (outcome.ok()) return *outcome;
+  spdlog::error("{}", outcome.status().message());
+  return strata::cmd::IsUsageError(outcome.status()) ? 2 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -41,5 +59,5 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   spdlog::set_default_logger(spdlog::stderr_color_mt("strata"));
   spdlog::set_level(spdlog::level::from_str(log_level));
-  return run ? run() : 2;
+  return run ? ExitCode(run()) : 2;  // no work: CLI11 requires a subcommand
 }

@@ -12,9 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/logging.h"
-#include "cache/chunk_store.h"
-#include "cache/fetcher.h"
 #include "cmd/admin.h"
+#include "cmd/cache_stack.h"
 #include "cmd/commands.h"
 #include "cmd/metrics_server.h"
 #include "csi/controller_service.h"
@@ -25,8 +24,8 @@ namespace {
 
 // A gRPC server for `services` on `endpoint` (unix:///path or host:port);
 // a stale socket file from a previous run is removed first.
-std::unique_ptr<grpc::Server> ServeGrpc(const std::string& endpoint,
-                                        std::initializer_list<grpc::Service*> services) {
+absl::StatusOr<std::unique_ptr<grpc::Server>> ServeGrpc(
+    const std::string& endpoint, std::initializer_list<grpc::Service*> services) {
   if (endpoint.rfind("unix://", 0) == 0) {
     std::filesystem::path socket = endpoint.substr(7);
     std::error_code ec;
@@ -39,7 +38,7 @@ std::unique_ptr<grpc::Server> ServeGrpc(const std::string& endpoint,
     if (s) b.RegisterService(s);
   }
   auto server = b.BuildAndStart();
-  if (!server) spdlog::error("cannot serve gRPC on {}", endpoint);
+  if (!server) return absl::UnavailableError(absl::StrCat("cannot serve gRPC on ", endpoint));
   return server;
 }
 
@@ -87,8 +86,23 @@ absl::StatusOr<std::unique_ptr<csi::StateDb>> OpenControllerRecords(const Contro
   return db;
 }
 
-template <typename Opts>
-std::unique_ptr<fuse::FdKeeperClient> OpenKeeper(const Opts& o) {
+struct NodeFlags {
+  std::string state_dir = DefaultStateDir();
+  CacheFlags cache;
+  std::string csi_endpoint;
+  std::string node_id;
+  bool controller = false;
+  ControllerFlags cf;
+  std::string fd_keeper = "spawn";
+  std::string fd_keeper_socket;
+  double fd_keeper_grace = 120;
+  int metrics_port = -1;
+  std::string metrics_address = "127.0.0.1";
+  std::string admin_socket;
+  std::vector<std::string> allowed_inline;
+};
+
+std::unique_ptr<fuse::FdKeeperClient> OpenKeeper(const NodeFlags& o) {
   if (o.fd_keeper == "off") return nullptr;
   std::string socket =
       o.fd_keeper_socket.empty() ? o.state_dir + "/fd-keeper.sock" : o.fd_keeper_socket;
@@ -114,15 +128,196 @@ std::unique_ptr<fuse::FdKeeperClient> OpenKeeper(const Opts& o) {
   return nullptr;
 }
 
+struct FdKeeperFlags {
+  std::string socket = DefaultStateDir() + "/fd-keeper.sock";
+  double grace = 120;
+  bool exit_when_idle = false;
+};
+
+absl::Status RunFdKeeper(const FdKeeperFlags& o) {
+  sigset_t set = BlockStopSignals();
+  std::atomic<bool> stop{false};
+  std::thread waiter([&] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    stop = true;
+  });
+  fuse::FdKeeperOptions fo{o.socket, absl::Seconds(o.grace), o.exit_when_idle};
+  absl::Status st = fuse::ServeFdKeeper(fo, stop);
+  if (!stop) ::kill(::getpid(), SIGTERM);  // idle exit: release the waiter
+  waiter.join();
+  // Another keeper serves the socket already: the node uses that one.
+  if (absl::IsAlreadyExists(st)) {
+    spdlog::info("{}", st.message());
+    return absl::OkStatus();
+  }
+  return st;
+}
+
+absl::Status RunNode(const NodeFlags& o) {
+  auto cache_options = o.cache.Parse();
+  if (!cache_options.ok()) return cache_options.status();
+  sigset_t set = BlockStopSignals();  // before any thread starts
+
+  if (cache_options->store.dir.empty()) cache_options->store.dir = o.state_dir + "/cache";
+  // A daemon serves uncached rather than not at all.
+  cache_options->store.degrade_on_error = true;
+  cache_options->staging = true;
+  auto cache = OpenCacheStack(*cache_options);
+  if (!cache.ok()) return cache.status();
+  cache::ChunkStore& store = *cache->store;
+  cache::Fetcher& fetcher = *cache->fetcher;
+  std::unique_ptr<AdminServer> admin;
+  if (o.admin_socket != "off") {
+    std::string path = o.admin_socket.empty() ? o.state_dir + "/admin.sock" : o.admin_socket;
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+    auto a = AdminServer::Start(path, fetcher);
+    if (a.ok()) {
+      admin = std::move(*a);
+    } else if (!o.admin_socket.empty()) {
+      return a.status();
+    } else {  // the default socket is a convenience, not a reason not to serve
+      spdlog::warn("no admin socket ({}); strata prefetch cannot reach this node",
+                   a.status().message());
+    }
+  }
+  std::unique_ptr<csi::StateDb> node_db, controller_db;
+  std::unique_ptr<fuse::FdKeeperClient> keeper;
+  std::unique_ptr<csi::IdentityService> identity;
+  std::unique_ptr<csi::NodeService> node;
+  std::unique_ptr<csi::ControllerService> controller;
+  std::unique_ptr<grpc::Server> server;
+  if (!o.csi_endpoint.empty()) {
+    std::string node_id = o.node_id;
+    if (node_id.empty()) {
+      char host[256] = {};
+      ::gethostname(host, sizeof host - 1);
+      node_id = host;
+    }
+    auto db = csi::StateDb::Open(o.state_dir + "/csi-node");
+    if (!db.ok()) return db.status();
+    node_db = std::move(*db);
+    keeper = OpenKeeper(o);
+    if (o.controller) {
+      auto cdb = OpenControllerRecords(o.cf, o.state_dir + "/csi-controller");
+      if (!cdb.ok()) return cdb.status();
+      controller_db = std::move(*cdb);
+      controller = std::make_unique<csi::ControllerService>(
+          *controller_db, csi::ControllerOptions{o.cf.default_origin});
+    }
+    identity = std::make_unique<csi::IdentityService>(csi::kDriverName, o.controller);
+    // Mounts again what was staged and published before a restart.
+    csi::NodeOptions no;
+    no.node_id = node_id;
+    no.staging_dir = cache->staging_dir;
+    no.state = node_db.get();
+    no.keeper = keeper.get();
+    no.inode_dir = o.state_dir + "/csi-node-inodes";
+    no.group_mount_dir = o.state_dir + "/csi-node-group-mounts";
+    auto inline_origins = csi::InlineOrigins::Parse(o.allowed_inline);
+    if (!inline_origins.ok()) return UsageError(inline_origins.status());
+    no.inline_origins = std::move(*inline_origins);
+    node = std::make_unique<csi::NodeService>(store, fetcher, no);
+    auto grpc_server = ServeGrpc(o.csi_endpoint, {identity.get(), node.get(), controller.get()});
+    if (!grpc_server.ok()) return grpc_server.status();
+    server = std::move(*grpc_server);
+    std::printf("strata node: CSI Identity%s on %s (node id %s)\n",
+                controller ? ", Node and Controller" : " and Node", o.csi_endpoint.c_str(),
+                node_id.c_str());
+  }
+  std::unique_ptr<MetricsServer> metrics;
+  if (o.metrics_port >= 0) {
+    csi::NodeService* n = node.get();
+    auto ms = MetricsServer::Start(
+        o.metrics_address, o.metrics_port,
+        [&, n] {
+          std::string text = PrometheusText(
+              store.Stats(), fetcher.Stats(),
+              n ? std::optional<fuse::VolumeStats>(n->VolumeTotals()) : std::nullopt);
+          if (n) {
+            absl::StrAppend(&text, "# HELP strata_volumes Volumes this node serves.\n",
+                            "# TYPE strata_volumes gauge\nstrata_volumes ", n->Volumes(),
+                            "\n# HELP strata_volumes_dead Volumes whose FUSE session ended.\n",
+                            "# TYPE strata_volumes_dead gauge\nstrata_volumes_dead ",
+                            n->DeadVolumes(), "\n");
+          }
+          return text;
+        },
+        [&, n]() -> absl::Status {
+          if (n && n->DeadVolumes() > 0) {
+            return absl::UnavailableError(
+                absl::StrCat(n->DeadVolumes(), " volumes' FUSE sessions have ended (see the log)"));
+          }
+          return store.health();
+        });
+    if (!ms.ok()) return ms.status();
+    metrics = std::move(*ms);
+    std::printf("strata node: metrics on http://%s:%d/metrics\n",
+                o.metrics_address == "0.0.0.0" ? "127.0.0.1" : o.metrics_address.c_str(),
+                metrics->port());
+  }
+  cache::StoreStats s = store.Stats();
+  std::printf(
+      "strata node: state in %s, chunk cache in %s (%llu objects, %.1f of %.1f GiB used%s)\n",
+      o.state_dir.c_str(), cache_options->store.dir.c_str(),
+      static_cast<unsigned long long>(s.objects), s.used_bytes / 1073741824.0,
+      s.capacity_bytes / 1073741824.0, s.degraded ? ", NOT CACHING: " : "");
+  if (s.degraded) std::printf("  %s\n", s.health.c_str());
+  std::printf("strata node: running; stop with Ctrl-C or SIGTERM\n");
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&set, &sig);
+  spdlog::info("received signal {}; flushing the cache index", sig);
+  admin.reset();  // prefetches in flight stop; the socket goes
+  if (keeper) {
+    // The mounts stay, held by the keeper, for the next daemon to take
+    // over; this process only has to go, quickly, since requests queue
+    // until the successor answers. FUSE requests in flight fail
+    // (ECONNABORTED); CSI calls in flight are retried by kubelet.
+    store.Flush();
+    std::printf("strata node: stopped; mounts left to the FD keeper\n");
+    std::fflush(stdout);
+    ::_exit(0);
+  }
+  // Calls in flight get a moment; kubelet retries what is cut off.
+  if (server) server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  metrics.reset();
+  node.reset();  // stops serving; the records stay for the next start
+  store.Flush();
+  std::printf("strata node: stopped\n");
+  return absl::OkStatus();
+}
+
+struct ControllerCommandFlags {
+  std::string state_dir = DefaultStateDir() + "-controller";
+  std::string csi_endpoint = "unix:///csi/csi.sock";
+  ControllerFlags cf;
+};
+
+absl::Status RunController(const ControllerCommandFlags& o) {
+  sigset_t set = BlockStopSignals();
+  auto db = OpenControllerRecords(o.cf, o.state_dir);
+  if (!db.ok()) return db.status();
+  csi::IdentityService identity(csi::kDriverName, /*controller=*/true);
+  csi::ControllerService controller(**db, csi::ControllerOptions{o.cf.default_origin});
+  auto server = ServeGrpc(o.csi_endpoint, {&identity, &controller});
+  if (!server.ok()) return server.status();
+  std::printf("strata controller: CSI Identity and Controller on %s, records in %s\n",
+              o.csi_endpoint.c_str(),
+              (o.cf.state_origin.empty() ? o.state_dir : o.cf.state_origin).c_str());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&set, &sig);
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  std::printf("strata controller: stopped\n");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 void AddFdKeeperCommand(CLI::App& app, Runner& run) {
-  struct Opts {
-    std::string socket = DefaultStateDir() + "/fd-keeper.sock";
-    double grace = 120;
-    bool exit_when_idle = false;
-  };
-  auto o = std::make_shared<Opts>();
+  auto o = std::make_shared<FdKeeperFlags>();
   CLI::App* c = app.add_subcommand(
       "fd-keeper", "Hold FUSE descriptors so that strata node can restart under live mounts");
   c->add_option("--socket", o->socket, "Unix socket to serve on")->capture_default_str();
@@ -131,64 +326,20 @@ void AddFdKeeperCommand(CLI::App& app, Runner& run) {
       ->capture_default_str();
   c->add_flag("--exit-when-idle", o->exit_when_idle,
               "Exit after the grace period with no daemon and nothing held");
-  c->callback([o, &run] {
-    run = [o]() -> int {
-      sigset_t set = BlockStopSignals();
-      std::atomic<bool> stop{false};
-      std::thread waiter([&] {
-        int sig = 0;
-        sigwait(&set, &sig);
-        stop = true;
-      });
-      fuse::FdKeeperOptions fo{o->socket, absl::Seconds(o->grace), o->exit_when_idle};
-      absl::Status st = fuse::ServeFdKeeper(fo, stop);
-      if (!stop) ::kill(::getpid(), SIGTERM);  // idle exit: release the waiter
-      waiter.join();
-      if (absl::IsAlreadyExists(st)) {
-        spdlog::info("{}", st.message());
-        return 0;
-      }
-      if (!st.ok()) {
-        spdlog::error("{}", st.message());
-        return 1;
-      }
-      return 0;
-    };
-  });
+  c->callback([o, &run] { run = StatusRunner([o] { return RunFdKeeper(*o); }); });
 }
 
 void AddNodeCommand(CLI::App& app, Runner& run) {
-  struct Opts {
-    std::string state_dir = DefaultStateDir();
-    std::string cache_dir;
-    std::string capacity = "0";
-    std::string memory = "64MiB";
-    std::string chunk_size = "4MiB";
-    std::string csi_endpoint;
-    std::string node_id;
-    bool controller = false;
-    ControllerFlags cf;
-    std::string fd_keeper = "spawn";
-    std::string fd_keeper_socket;
-    double fd_keeper_grace = 120;
-    int metrics_port = -1;
-    std::string metrics_address = "127.0.0.1";
-    std::string admin_socket;
-    std::vector<std::string> allowed_inline;
-  };
-  auto o = std::make_shared<Opts>();
+  auto o = std::make_shared<NodeFlags>();
   CLI::App* c = app.add_subcommand(
       "node", "Run the node daemon (chunk cache, CSI node service) until SIGINT/SIGTERM");
   c->add_option("--state-dir", o->state_dir, "Where state that outlives the process lives")
       ->capture_default_str();
-  c->add_option("--cache-dir", o->cache_dir, "Chunk cache directory (default: STATE_DIR/cache)");
-  c->add_option("--cache-capacity", o->capacity,
-                "Byte budget of the cache, e.g. 100GiB (0: 80% of its file system)")
-      ->capture_default_str();
-  c->add_option("--cache-memory", o->memory,
-                "Just-filled chunks kept in memory for the readers right behind (0: none)")
-      ->capture_default_str();
-  c->add_option("--chunk-size", o->chunk_size, "Default chunk size")->capture_default_str();
+  AddCacheFlags(*c, o->cache,
+                {.dir = CacheFlagSpec::Dir::kUnderStateDir,
+                 .capacity = true,
+                 .memory = true,
+                 .chunk_size = CacheFlagSpec::ChunkSize::kStore});
   c->add_option("--csi-endpoint", o->csi_endpoint,
                 "Serve CSI Identity and Node here, e.g. unix:///csi/csi.sock (empty: no CSI)");
   c->add_option("--node-id", o->node_id, "This node's CSI node id (default: the host name)");
@@ -219,200 +370,18 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
   c->add_option("--metrics-address", o->metrics_address,
                 "Address of the metrics endpoint (0.0.0.0 for a scraper outside the pod)")
       ->capture_default_str();
-  c->callback([o, &run] {
-    run = [o]() -> int {
-      auto capacity = ParseSize(o->capacity);
-      auto chunk = ParseSize(o->chunk_size);
-      auto memory = ParseSize(o->memory);
-      for (const auto* v : {&capacity, &chunk, &memory}) {
-        if (!v->ok()) {
-          spdlog::error("{}", v->status().message());
-          return 2;
-        }
-      }
-      sigset_t set = BlockStopSignals();  // before any thread starts
-
-      cache::StoreOptions so;
-      so.dir = o->cache_dir.empty() ? o->state_dir + "/cache" : o->cache_dir;
-      so.capacity_bytes = *capacity;
-      so.memory_bytes = *memory;
-      so.chunk_size = static_cast<uint32_t>(*chunk);
-      auto daemon = OpenDaemonStore(so);
-      if (!daemon) return 1;
-      cache::ChunkStore* store = daemon->store.get();
-      cache::Fetcher fetcher(*store);
-      std::unique_ptr<AdminServer> admin;
-      if (o->admin_socket != "off") {
-        std::string path = o->admin_socket.empty() ? o->state_dir + "/admin.sock" : o->admin_socket;
-        std::error_code ec;
-        std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
-        auto a = AdminServer::Start(path, fetcher);
-        if (a.ok()) {
-          admin = std::move(*a);
-        } else if (!o->admin_socket.empty()) {
-          spdlog::error("{}", a.status().message());
-          return 1;
-        } else {  // the default socket is a convenience, not a reason not to serve
-          spdlog::warn("no admin socket ({}); strata prefetch cannot reach this node",
-                       a.status().message());
-        }
-      }
-      std::unique_ptr<csi::StateDb> node_db, controller_db;
-      std::unique_ptr<fuse::FdKeeperClient> keeper;
-      std::unique_ptr<csi::IdentityService> identity;
-      std::unique_ptr<csi::NodeService> node;
-      std::unique_ptr<csi::ControllerService> controller;
-      std::unique_ptr<grpc::Server> server;
-      if (!o->csi_endpoint.empty()) {
-        std::string node_id = o->node_id;
-        if (node_id.empty()) {
-          char host[256] = {};
-          ::gethostname(host, sizeof host - 1);
-          node_id = host;
-        }
-        auto db = csi::StateDb::Open(o->state_dir + "/csi-node");
-        if (!db.ok()) {
-          spdlog::error("{}", db.status().message());
-          return 1;
-        }
-        node_db = std::move(*db);
-        keeper = OpenKeeper(*o);
-        if (o->controller) {
-          auto cdb = OpenControllerRecords(o->cf, o->state_dir + "/csi-controller");
-          if (!cdb.ok()) {
-            spdlog::error("{}", cdb.status().message());
-            return 1;
-          }
-          controller_db = std::move(*cdb);
-          controller = std::make_unique<csi::ControllerService>(
-              *controller_db, csi::ControllerOptions{o->cf.default_origin});
-        }
-        identity = std::make_unique<csi::IdentityService>(csi::kDriverName, o->controller);
-        // Mounts again what was staged and published before a restart.
-        csi::NodeOptions no;
-        no.node_id = node_id;
-        no.staging_dir = daemon->staging_dir;
-        no.state = node_db.get();
-        no.keeper = keeper.get();
-        no.inode_dir = o->state_dir + "/csi-node-inodes";
-        no.group_mount_dir = o->state_dir + "/csi-node-group-mounts";
-        auto inline_origins = csi::InlineOrigins::Parse(o->allowed_inline);
-        if (!inline_origins.ok()) {
-          spdlog::error("{}", inline_origins.status().message());
-          return 2;
-        }
-        no.inline_origins = std::move(*inline_origins);
-        node = std::make_unique<csi::NodeService>(*store, fetcher, no);
-        server = ServeGrpc(o->csi_endpoint, {identity.get(), node.get(), controller.get()});
-        if (!server) return 1;
-        std::printf("strata node: CSI Identity%s on %s (node id %s)\n",
-                    controller ? ", Node and Controller" : " and Node", o->csi_endpoint.c_str(),
-                    node_id.c_str());
-      }
-      std::unique_ptr<MetricsServer> metrics;
-      if (o->metrics_port >= 0) {
-        csi::NodeService* n = node.get();
-        auto ms = MetricsServer::Start(
-            o->metrics_address, o->metrics_port,
-            [&, n] {
-              std::string text = PrometheusText(
-                  store->Stats(), fetcher.Stats(),
-                  n ? std::optional<fuse::VolumeStats>(n->VolumeTotals()) : std::nullopt);
-              if (n) {
-                absl::StrAppend(&text, "# HELP strata_volumes Volumes this node serves.\n",
-                                "# TYPE strata_volumes gauge\nstrata_volumes ", n->Volumes(),
-                                "\n# HELP strata_volumes_dead Volumes whose FUSE session ended.\n",
-                                "# TYPE strata_volumes_dead gauge\nstrata_volumes_dead ",
-                                n->DeadVolumes(), "\n");
-              }
-              return text;
-            },
-            [&, n]() -> absl::Status {
-              if (n && n->DeadVolumes() > 0) {
-                return absl::UnavailableError(absl::StrCat(
-                    n->DeadVolumes(), " volumes' FUSE sessions have ended (see the log)"));
-              }
-              return store->health();
-            });
-        if (!ms.ok()) {
-          spdlog::error("{}", ms.status().message());
-          return 1;
-        }
-        metrics = std::move(*ms);
-        std::printf("strata node: metrics on http://%s:%d/metrics\n",
-                    o->metrics_address == "0.0.0.0" ? "127.0.0.1" : o->metrics_address.c_str(),
-                    metrics->port());
-      }
-      cache::StoreStats s = store->Stats();
-      std::printf(
-          "strata node: state in %s, chunk cache in %s (%llu objects, %.1f of %.1f GiB used%s)\n",
-          o->state_dir.c_str(), so.dir.c_str(), static_cast<unsigned long long>(s.objects),
-          s.used_bytes / 1073741824.0, s.capacity_bytes / 1073741824.0,
-          s.degraded ? ", NOT CACHING: " : "");
-      if (s.degraded) std::printf("  %s\n", s.health.c_str());
-      std::printf("strata node: running; stop with Ctrl-C or SIGTERM\n");
-      std::fflush(stdout);
-      int sig = 0;
-      sigwait(&set, &sig);
-      spdlog::info("received signal {}; flushing the cache index", sig);
-      admin.reset();  // prefetches in flight stop; the socket goes
-      if (keeper) {
-        // The mounts stay, held by the keeper, for the next daemon to take
-        // over; this process only has to go, quickly, since requests queue
-        // until the successor answers. FUSE requests in flight fail
-        // (ECONNABORTED); CSI calls in flight are retried by kubelet.
-        store->Flush();
-        std::printf("strata node: stopped; mounts left to the FD keeper\n");
-        std::fflush(stdout);
-        ::_exit(0);
-      }
-      // Calls in flight get a moment; kubelet retries what is cut off.
-      if (server) server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
-      metrics.reset();
-      node.reset();  // stops serving; the records stay for the next start
-      store->Flush();
-      std::printf("strata node: stopped\n");
-      return 0;
-    };
-  });
+  c->callback([o, &run] { run = StatusRunner([o] { return RunNode(*o); }); });
 }
 
 void AddControllerCommand(CLI::App& app, Runner& run) {
-  struct Opts {
-    std::string state_dir = DefaultStateDir() + "-controller";
-    std::string csi_endpoint = "unix:///csi/csi.sock";
-    ControllerFlags cf;
-  };
-  auto o = std::make_shared<Opts>();
+  auto o = std::make_shared<ControllerCommandFlags>();
   CLI::App* c = app.add_subcommand(
       "controller", "Serve CSI Identity and Controller (dynamic volumes) until SIGINT/SIGTERM");
   c->add_option("--state-dir", o->state_dir, "Where the volume records live")
       ->capture_default_str();
   c->add_option("--csi-endpoint", o->csi_endpoint, "Where to serve CSI")->capture_default_str();
   AddControllerFlags(c, o->cf);
-  c->callback([o, &run] {
-    run = [o]() -> int {
-      sigset_t set = BlockStopSignals();
-      auto db = OpenControllerRecords(o->cf, o->state_dir);
-      if (!db.ok()) {
-        spdlog::error("{}", db.status().message());
-        return 1;
-      }
-      csi::IdentityService identity(csi::kDriverName, /*controller=*/true);
-      csi::ControllerService controller(**db, csi::ControllerOptions{o->cf.default_origin});
-      auto server = ServeGrpc(o->csi_endpoint, {&identity, &controller});
-      if (!server) return 1;
-      std::printf("strata controller: CSI Identity and Controller on %s, records in %s\n",
-                  o->csi_endpoint.c_str(),
-                  (o->cf.state_origin.empty() ? o->state_dir : o->cf.state_origin).c_str());
-      std::fflush(stdout);
-      int sig = 0;
-      sigwait(&set, &sig);
-      server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
-      std::printf("strata controller: stopped\n");
-      return 0;
-    };
-  });
+  c->callback([o, &run] { run = StatusRunner([o] { return RunController(*o); }); });
 }
 
 }  // namespace strata::cmd

@@ -2,27 +2,39 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <filesystem>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
-#include "base/logging.h"
 #include "cmd/commands.h"
 
 namespace strata::cmd {
+namespace {
 
-std::optional<DaemonStore> OpenDaemonStore(cache::StoreOptions options) {
-  options.degrade_on_error = true;
-  auto store = cache::ChunkStore::Open(options);
-  if (!store.ok()) {
-    spdlog::error("cannot open the chunk store: {}", store.status().message());
-    return std::nullopt;
-  }
-  DaemonStore d{std::move(*store), options.dir + "/staging"};
-  if (std::error_code ec; !std::filesystem::create_directories(d.staging_dir, ec) && ec) {
-    spdlog::error("cannot create the staging directory {}: {}", d.staging_dir, ec.message());
-    return std::nullopt;
-  }
-  return d;
+// Marks a status as a usage error: its code stays what its source said.
+constexpr absl::string_view kUsagePayload = "strata.dev/cmd/usage-error";
+
+}  // namespace
+
+Runner StatusRunner(std::function<absl::Status()> work) {
+  return [work = std::move(work)]() -> absl::StatusOr<int> {
+    absl::Status st = work();
+    if (!st.ok()) return st;
+    return 0;
+  };
+}
+
+absl::Status UsageError(absl::string_view message) {
+  return UsageError(absl::InvalidArgumentError(message));
+}
+
+absl::Status UsageError(const absl::Status& cause) {
+  absl::Status st = cause;
+  if (!st.ok()) st.SetPayload(kUsagePayload, absl::Cord());
+  return st;
+}
+
+bool IsUsageError(const absl::Status& status) {
+  return status.GetPayload(kUsagePayload).has_value();
 }
 
 sigset_t BlockStopSignals() {
