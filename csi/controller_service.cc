@@ -10,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "base/errno_status.h"
 #include "base/logging.h"
+#include "csi/request_checks.h"
 #include "csi/volume_spec.h"
 #include "origin/origin.h"
 #include "origin/root_dir.h"
@@ -51,9 +52,9 @@ absl::Status CheckRecordPath(const std::string& id, const json& rec) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<origin::Origin>> OpenBase(const std::string& url,
-                                                         const StringMap& secrets) {
-  auto origin = origin::OpenOrigin(url, OriginOptionsFrom(secrets));
+absl::StatusOr<std::unique_ptr<origin::Origin>> OpenBase(
+    const std::string& url, const google::protobuf::Map<std::string, std::string>& secrets) {
+  auto origin = origin::OpenOrigin(url, OriginOptionsFrom(FromProto(secrets)));
   if (!origin.ok()) return origin.status();
   if (absl::Status st = ProbeOrigin(**origin); !st.ok()) return st;
   return origin;

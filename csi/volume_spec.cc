@@ -9,8 +9,6 @@
 namespace strata::csi {
 namespace {
 
-using Mode = ::csi::v1::VolumeCapability::AccessMode;
-
 absl::StatusOr<bool> ParseBool(const std::string& key, const std::string& v) {
   if (v == "true" || v == "True" || v == "1") return true;
   if (v == "false" || v == "False" || v == "0") return false;
@@ -97,42 +95,6 @@ std::string JoinOriginUrl(const std::string& base, const std::string& sub) {
   return absl::StrCat(path, absl::EndsWith(path, "/") ? "" : "/", sub, query);
 }
 
-grpc::Status CheckCapability(const ::csi::v1::VolumeCapability& cap) {
-  const auto& invalid = InvalidArgument;
-  if (cap.has_block())
-    return invalid("block access is not supported: Strata volumes are filesystems");
-  if (!cap.has_mount()) return invalid("volume_capability needs access_type mount");
-  const std::string& fs = cap.mount().fs_type();
-  if (!fs.empty() && fs != "fuse.strata" && fs != "strata") {
-    return invalid(absl::StrCat("fs_type '", fs, "' is not supported (leave it empty)"));
-  }
-  for (const std::string& flag : cap.mount().mount_flags()) {
-    if (flag != "ro" && flag != "rw" && flag != "nosuid" && flag != "nodev" && flag != "noexec" &&
-        flag != "noatime" && flag != "relatime") {
-      return invalid(absl::StrCat("mount flag '", flag,
-                                  "' is not supported (ro, rw, nosuid, nodev, noexec, noatime)"));
-    }
-  }
-  if (!cap.has_access_mode()) return invalid("volume_capability has no access_mode");
-  switch (cap.access_mode().mode()) {
-    case Mode::SINGLE_NODE_WRITER:
-    case Mode::SINGLE_NODE_READER_ONLY:
-    case Mode::MULTI_NODE_READER_ONLY:
-    case Mode::MULTI_NODE_SINGLE_WRITER:
-    case Mode::MULTI_NODE_MULTI_WRITER:
-    case Mode::SINGLE_NODE_SINGLE_WRITER:
-    case Mode::SINGLE_NODE_MULTI_WRITER:
-      return grpc::Status::OK;
-    default:
-      return invalid(absl::StrCat("access mode ", cap.access_mode().mode(), " is not supported"));
-  }
-}
-
-bool IsReaderOnly(const ::csi::v1::VolumeCapability& cap) {
-  Mode::Mode m = cap.access_mode().mode();
-  return m == Mode::SINGLE_NODE_READER_ONLY || m == Mode::MULTI_NODE_READER_ONLY;
-}
-
 absl::Status ProbeOrigin(origin::Origin& origin) {
   auto root = origin.Stat("");
   if (root.ok() && !root->is_dir) {
@@ -151,16 +113,6 @@ absl::Status ProbeOrigin(origin::Origin& origin) {
                                                   : st.code();
   return absl::Status(code,
                       absl::StrCat("origin ", origin.url(), " is not reachable: ", st.message()));
-}
-
-grpc::Status InvalidArgument(const std::string& what) {
-  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, what);
-}
-
-grpc::Status ToGrpc(const absl::Status& st) {
-  if (st.ok()) return grpc::Status::OK;
-  // absl and gRPC share the canonical code numbers.
-  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
 }
 
 }  // namespace strata::csi

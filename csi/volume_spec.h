@@ -1,22 +1,22 @@
 // What a Strata volume is as CSI calls carry it: StorageClass parameters (to
 // the controller), a volume context (to the node: the volume's own origin
-// URL and options), secrets (S3 credentials), and volume capabilities.
-// Controller and node parse them here, with the same checks and messages.
+// URL and options) and secrets (S3 credentials). Controller and node parse
+// them here, with the same checks and messages; nothing here is gRPC's.
 #pragma once
 
-#include <grpcpp/grpcpp.h>
-
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "csi.pb.h"
 #include "origin/origin.h"
 
 namespace strata::csi {
 
-using StringMap = google::protobuf::Map<std::string, std::string>;
+// A volume context or a call's secrets (request_checks.h copies them out
+// of a request).
+using StringMap = std::map<std::string, std::string>;
 
 // Keys of a volume context and of StorageClass parameters.
 inline constexpr char kOrigin[] = "origin";
@@ -56,20 +56,9 @@ origin::OriginOptions OriginOptionsFrom(const StringMap& secrets);
 // s3://b/p?region=x + v -> s3://b/p/v?region=x.
 std::string JoinOriginUrl(const std::string& base, const std::string& sub);
 
-// A mount-type capability with a known access mode and fs_type; anything
-// else is InvalidArgument saying what is wrong.
-grpc::Status CheckCapability(const ::csi::v1::VolumeCapability& cap);
-bool IsReaderOnly(const ::csi::v1::VolumeCapability& cap);
-
 // Checks that `origin` answers with our credentials and that its root is a
 // directory. An object store's root "exists" without asking it, so its
 // listing is read as well: bad keys show here, not at the first write.
 absl::Status ProbeOrigin(origin::Origin& origin);
-
-// INVALID_ARGUMENT with `what` to fix.
-grpc::Status InvalidArgument(const std::string& what);
-
-// An absl::Status as a gRPC status with the corresponding code.
-grpc::Status ToGrpc(const absl::Status& status);
 
 }  // namespace strata::csi

@@ -42,7 +42,7 @@ SECRET_KINDS = ("provisioner", "controller-publish", "node-stage", "node-publish
 # Which secrets are read by the controller's sidecars (the rest by kubelet).
 CONTROLLER_SECRET_KINDS = ("provisioner", "controller-publish", "controller-expand")
 S3_SECRET_KEYS = ("access_key_id", "secret_access_key")
-# Mount flags the driver accepts (csi/volume_spec.cc CheckCapability).
+# Mount flags the driver accepts (csi/request_checks.cc CheckCapability).
 MOUNT_OPTIONS = {"ro", "rw", "nosuid", "nodev", "noexec", "noatime", "relatime"}
 
 WORKLOAD_KINDS = ("Pod", "Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job")

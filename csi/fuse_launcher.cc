@@ -1,0 +1,57 @@
+// A volume tree served by a FUSE server on a thread of its own.
+#include "csi/fuse_launcher.h"
+
+#include <thread>
+
+#include "base/logging.h"
+
+namespace strata::csi {
+namespace {
+
+class TreeSession final : public FuseSession {
+ public:
+  TreeSession(std::string id, std::unique_ptr<fuse::VolumeTree> tree,
+              std::unique_ptr<fuse::FuseServer> server)
+      : id_(std::move(id)), tree_(std::move(tree)), server_(std::move(server)) {}
+  ~TreeSession() override { Stop(); }
+
+  fuse::Handoff handoff() const override { return server_ ? server_->handoff() : fuse::Handoff{}; }
+  void Serve() override {
+    running_ = true;
+    serving_ = std::thread([this] {
+      if (absl::Status st = server_->Run(); !st.ok())
+        spdlog::error("volume {}: {}", id_, st.message());
+      running_ = false;
+    });
+  }
+  bool running() const override { return running_; }
+  void Stop() override {
+    if (server_) server_->Stop();
+    if (serving_.joinable()) serving_.join();
+    server_.reset();
+  }
+  absl::StatusOr<struct statvfs> StatFs() override { return tree_->StatFs(); }
+  fuse::VolumeStats Stats() const override { return tree_->Stats(); }
+
+ private:
+  std::string id_;  // for the log
+  std::unique_ptr<fuse::VolumeTree> tree_;
+  std::unique_ptr<fuse::FuseServer> server_;
+  std::thread serving_;
+  std::atomic<bool> running_{false};
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<FuseSession>> CacheFuseLauncher::Launch(
+    const std::string& id, std::shared_ptr<origin::Origin> origin,
+    const fuse::VolumeOptions& volume, const fuse::MountOptions& mount,
+    const fuse::Handoff* adopt) {
+  auto tree = std::make_unique<fuse::VolumeTree>(std::move(origin), store_, fetcher_, volume);
+  auto server =
+      adopt ? fuse::FuseServer::Adopt(*tree, mount, *adopt) : fuse::FuseServer::Mount(*tree, mount);
+  if (!server.ok()) return server.status();
+  return std::make_unique<TreeSession>(id, std::move(tree), std::move(*server));
+}
+
+}  // namespace strata::csi
