@@ -45,6 +45,8 @@ absl::Status ChunkStoreImpl::Register(const ObjectSpec& spec) {
   }
   int64_t now = NowUs();
   ObjectPtr obj;
+  ObjectRecord rec;  // what is recorded, copied under the lock: another
+                     // Register of the key may stamp the object's last use
   {
     absl::MutexLock l(&mu_);
     for (;;) {
@@ -85,8 +87,9 @@ absl::Status ChunkStoreImpl::Register(const ObjectSpec& spec) {
     obj->chunks.resize((spec.size + cs - 1) / cs);
     objects_[spec.key] = obj;
     if (!health_.ok()) return absl::OkStatus();  // memory only: nothing is cached
+    rec = obj->rec;
   }
-  absl::Status st = index_->PutObject(spec.key, obj->rec);
+  absl::Status st = index_->PutObject(spec.key, rec);
   if (!st.ok()) {
     spdlog::error("cannot record object {}: {}", spec.key, st.message());
     absl::MutexLock l(&mu_);
