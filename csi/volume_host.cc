@@ -374,8 +374,18 @@ void VolumeHost::DropGroupMountIfUnused(const std::string& key) {
 std::optional<absl::Status> VolumeHost::Published(const std::string& target, const Publication& p) {
   auto prior = published_.find(target);
   if (prior == published_.end()) return std::nullopt;
-  if (prior->second.volume_id == p.volume_id && prior->second.read_only == p.read_only)
-    return absl::OkStatus();
+  if (prior->second.volume_id == p.volume_id && prior->second.read_only == p.read_only) {
+    // An inline volume's target is its own FUSE mount, answered for by the
+    // volume itself (see PublishInline).
+    if (prior->second.inline_volume || mounter_.IsMountPoint(target)) return absl::OkStatus();
+    // Recorded but not mounted (the volume could not come back after a
+    // restart, or the bind went): answering OK would hand the pod an empty
+    // directory, so the call is served afresh and says why it cannot be. The
+    // record stays until a publish replaces it or an unpublish settles it.
+    spdlog::warn("{} was published with volume {} but nothing is mounted there; publishing again",
+                 target, p.volume_id);
+    return std::nullopt;
+  }
   return absl::AlreadyExistsError(
       absl::StrCat(target, " already holds volume ", prior->second.volume_id,
                    prior->second.read_only ? " read-only" : " read-write"));

@@ -133,6 +133,10 @@ TEST_F(VolumeHostTest, AVolumeThatCannotComeBackKeepsItsRecordsUntilKubeletSettl
   EXPECT_FALSE(mounter_.IsMountPoint(staging_));
   EXPECT_FALSE(mounter_.IsMountPoint(target_));
   EXPECT_EQ(host_->Health("pv-1", target_).status().code(), absl::StatusCode::kNotFound);
+  // kubelet's repeated publish is not answered from the record: nothing is
+  // mounted there, and the volume must be staged again first.
+  EXPECT_EQ(Publish(target_).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(mounter_.binds, IsEmpty());
 
   ASSERT_TRUE(host_->Unpublish("pv-1", target_).ok());
   EXPECT_FALSE(std::filesystem::exists(target_));
@@ -143,6 +147,18 @@ TEST_F(VolumeHostTest, AVolumeThatCannotComeBackKeepsItsRecordsUntilKubeletSettl
   EXPECT_EQ(host_->Volumes(), 0) << "unpublish and unstage dropped the records";
   EXPECT_THAT(launcher_.launches, IsEmpty());
   EXPECT_THAT(mounter_.binds, IsEmpty());
+}
+
+TEST_F(VolumeHostTest, ARepeatedPublishBindsAgainWhereTheBindWentAway) {
+  ASSERT_TRUE(Stage("pv-1", staging_).ok());
+  ASSERT_TRUE(Publish(target_).ok());
+  ASSERT_EQ(mounter_.binds.size(), 1u);
+  ASSERT_TRUE(mounter_.Unmount(target_).ok());  // unmounted behind the driver's back
+  ASSERT_TRUE(Publish(target_).ok());
+  EXPECT_EQ(mounter_.binds.size(), 2u) << "the record alone was taken for a mount";
+  EXPECT_TRUE(mounter_.IsMountPoint(target_));
+  EXPECT_TRUE(Publish(target_).ok());
+  EXPECT_EQ(mounter_.binds.size(), 2u) << "a publish that holds is answered without a bind";
 }
 
 TEST_F(VolumeHostTest, RestartServesInlineVolumesAtTheirTargetsWithoutABind) {
