@@ -111,4 +111,10 @@ absl::StatusOr<CacheStack> OpenCacheStack(const CacheStackOptions& options) {
   return s;
 }
 
+absl::StatusOr<CacheStack> OpenDaemonCacheStack(CacheStackOptions options) {
+  options.store.degrade_on_error = true;
+  options.staging = true;
+  return OpenCacheStack(options);
+}
+
 }  // namespace strata::cmd

@@ -81,4 +81,9 @@ struct CacheStack {
 // (a store that another process holds is FailedPrecondition).
 absl::StatusOr<CacheStack> OpenCacheStack(const CacheStackOptions& options);
 
+// The stack of a daemon that serves volumes (mount, node): it serves
+// uncached rather than not at all when the store cannot be used, and stages
+// writes bound for object stores.
+absl::StatusOr<CacheStack> OpenDaemonCacheStack(CacheStackOptions options);
+
 }  // namespace strata::cmd

@@ -40,10 +40,7 @@ absl::Status Mount(const MountFlags& o) {
         st.ok() ? absl::StatusCode::kFailedPrecondition : st.status().code(),
         absl::StrCat(o.origin, ": ", st.ok() ? "not a directory" : st.status().message()));
   }
-  // A daemon serves uncached rather than not at all.
-  cache_options->store.degrade_on_error = true;
-  cache_options->staging = true;
-  auto cache = OpenCacheStack(*cache_options);
+  auto cache = OpenDaemonCacheStack(*cache_options);
   if (!cache.ok()) return cache.status();
   cache::ChunkStore& store = *cache->store;
   cache::Fetcher& fetcher = *cache->fetcher;

@@ -160,10 +160,7 @@ absl::Status RunNode(const NodeFlags& o) {
   sigset_t set = BlockStopSignals();  // before any thread starts
 
   if (cache_options->store.dir.empty()) cache_options->store.dir = o.state_dir + "/cache";
-  // A daemon serves uncached rather than not at all.
-  cache_options->store.degrade_on_error = true;
-  cache_options->staging = true;
-  auto cache = OpenCacheStack(*cache_options);
+  auto cache = OpenDaemonCacheStack(*cache_options);
   if (!cache.ok()) return cache.status();
   cache::ChunkStore& store = *cache->store;
   cache::Fetcher& fetcher = *cache->fetcher;
