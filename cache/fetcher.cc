@@ -287,6 +287,9 @@ class Fetcher::Impl {
     FetcherStats s;
     s.origin_requests = requests_;
     s.origin_bytes = bytes_;
+    s.peer_chunks = peer_chunks_;
+    s.peer_bytes = peer_bytes_;
+    s.peer_corrupt_chunks = peer_corrupt_;
     s.retries = retries_;
     s.failures = failures_;
     s.corrupt_chunks = corrupt_;
@@ -387,24 +390,51 @@ class Fetcher::Impl {
                                         Priority p) {
     uint32_t cs = ChunkSize(key);
     return store_.Fill(key, idx, [&](absl::Span<char> out) -> absl::Status {
-      for (int attempt = 1;; ++attempt) {
-        absl::Status st = ReadDirect(t, uint64_t{idx} * cs, out, p);
-        if (!st.ok() || t.chunk_sha256.empty()) return st;
-        if (idx >= t.chunk_sha256.size()) {
-          return absl::InvalidArgumentError(absl::StrFormat("no digest for chunk %u", idx));
-        }
-        std::string got = Sha256Hex(std::string_view(out.data(), out.size()));
-        if (got == t.chunk_sha256[idx]) return absl::OkStatus();
-        ++corrupt_;
-        spdlog::error("{}: chunk {} has sha256 {}, want {}; discarded", Name(t), idx, got,
-                      t.chunk_sha256[idx]);
-        if (attempt >= 3) {
-          return absl::DataLossError(absl::StrFormat(
-              "chunk %u does not match its digest after %d fetches: the origin serves corrupt data",
-              idx, attempt));
-        }
+      auto from_origin = [&](absl::Span<char> o) { return FromOrigin(t, idx, cs, o, p); };
+      if (opts_.peers == nullptr || !t.origin->SharedVersion(t.stat)) return from_origin(out);
+      auto from = opts_.peers->Fetch({key, idx, t.stat.size, cs}, out, from_origin);
+      if (!from.ok()) return from.status();
+      if (*from == ChunkFrom::kOrigin) return absl::OkStatus();
+      // A peer's bytes passed its checksum on the wire; a table of contents
+      // also vouches for them. (A whole-object digest is checked over all
+      // chunks, wherever they came from, before any is served.)
+      if (!t.chunk_sha256.empty() && !ChunkMatches(t, idx, out)) {
+        ++peer_corrupt_;
+        spdlog::error("{}: chunk {} from a peer does not match its digest; fetching it again",
+                      Name(t), idx);
+        return from_origin(out);
       }
+      ++peer_chunks_;
+      peer_bytes_ += out.size();
+      return absl::OkStatus();
     });
+  }
+
+  bool ChunkMatches(const FetchTarget& t, uint32_t idx, absl::Span<const char> bytes) {
+    return idx < t.chunk_sha256.size() &&
+           Sha256Hex(std::string_view(bytes.data(), bytes.size())) == t.chunk_sha256[idx];
+  }
+
+  // Chunk `idx` from the origin, checked against its digest when a table of
+  // contents gives one (a corrupt answer is fetched again, up to three times).
+  absl::Status FromOrigin(const FetchTarget& t, uint32_t idx, uint32_t cs, absl::Span<char> out,
+                          Priority p) {
+    for (int attempt = 1;; ++attempt) {
+      absl::Status st = ReadDirect(t, uint64_t{idx} * cs, out, p);
+      if (!st.ok() || t.chunk_sha256.empty()) return st;
+      if (idx >= t.chunk_sha256.size()) {
+        return absl::InvalidArgumentError(absl::StrFormat("no digest for chunk %u", idx));
+      }
+      if (ChunkMatches(t, idx, out)) return absl::OkStatus();
+      ++corrupt_;
+      spdlog::error("{}: chunk {} from the origin does not match its sha256 {}; discarded", Name(t),
+                    idx, t.chunk_sha256[idx]);
+      if (attempt >= 3) {
+        return absl::DataLossError(absl::StrFormat(
+            "chunk %u does not match its digest after %d fetches: the origin serves corrupt data",
+            idx, attempt));
+      }
+    }
   }
 
   // Fetches `missing` at reader priority: the first chunk on this thread,
@@ -580,6 +610,7 @@ class Fetcher::Impl {
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> requests_{0}, bytes_{0}, retries_{0}, failures_{0}, corrupt_{0};
   std::atomic<uint64_t> digest_failures_{0}, readahead_chunks_{0}, prefetch_chunks_{0};
+  std::atomic<uint64_t> peer_chunks_{0}, peer_bytes_{0}, peer_corrupt_{0};
   mutable absl::Mutex lat_mu_;
   uint64_t lat_[std::size(FetcherStats::kLatencyBoundsMs) + 1] ABSL_GUARDED_BY(lat_mu_) = {};
   double lat_sum_ms_ ABSL_GUARDED_BY(lat_mu_) = 0;

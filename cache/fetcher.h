@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "base/clock.h"
+#include "cache/chunk_peers.h"
 #include "cache/chunk_store.h"
 #include "origin/origin.h"
 
@@ -57,11 +58,18 @@ struct FetcherOptions {
   // What deadlines, retry backoff (its sleeps too) and request latencies are
   // measured on. Not owned.
   Clock* clock = RealClock();
+  // Asked for every missed chunk of an object whose version the cluster
+  // shares (Origin::SharedVersion) before its origin; null: origin only.
+  // Not owned.
+  ChunkPeers* peers = nullptr;
 };
 
 struct FetcherStats {
   uint64_t origin_requests = 0;
   uint64_t origin_bytes = 0;
+  uint64_t peer_chunks = 0;  // chunks a peer gave this node
+  uint64_t peer_bytes = 0;
+  uint64_t peer_corrupt_chunks = 0;  // from a peer, not matching their digest
   uint64_t retries = 0;
   uint64_t failures = 0;         // reads that ended in an error
   uint64_t corrupt_chunks = 0;   // chunk digest mismatches

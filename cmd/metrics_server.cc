@@ -14,18 +14,14 @@
 #include "absl/strings/str_format.h"
 
 namespace strata::cmd {
-namespace {
-
 void Metric(std::string& out, const char* name, const char* type, const char* help, double value,
-            const std::string& labels = "") {
+            const std::string& labels) {
   if (out.find(absl::StrCat("# TYPE ", name, " ")) == std::string::npos) {
     absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
   }
   absl::StrAppend(&out, name, labels.empty() ? "" : "{", labels, labels.empty() ? "" : "}", " ",
                   absl::StrFormat("%.15g", value), "\n");
 }
-
-}  // namespace
 
 std::string PrometheusText(const cache::StoreStats& s, const cache::FetcherStats& f,
                            std::optional<fuse::VolumeStats> v) {

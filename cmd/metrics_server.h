@@ -17,6 +17,11 @@
 namespace strata::cmd {
 
 // Prometheus text exposition of a node's cache, fetcher and volume counters.
+// Appends one sample of `name` (with its HELP and TYPE lines the first
+// time) in the Prometheus text format; `labels` as in a{b="c"}, or "".
+void Metric(std::string& out, const char* name, const char* type, const char* help, double value,
+            const std::string& labels = "");
+
 std::string PrometheusText(const cache::StoreStats& store, const cache::FetcherStats& fetch,
                            std::optional<fuse::VolumeStats> volume);
 

@@ -10,12 +10,14 @@
 #include <filesystem>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "base/logging.h"
 #include "cmd/admin.h"
 #include "cmd/cache_stack.h"
 #include "cmd/commands.h"
 #include "cmd/metrics_server.h"
+#include "cmd/peers.h"
 #include "csi/controller_service.h"
 #include "csi/node_service.h"
 
@@ -100,6 +102,7 @@ struct NodeFlags {
   std::string metrics_address = "127.0.0.1";
   std::string admin_socket;
   std::vector<std::string> allowed_inline;
+  PeerFlags peers;
 };
 
 std::unique_ptr<fuse::FdKeeperClient> OpenKeeper(const NodeFlags& o) {
@@ -160,10 +163,23 @@ absl::Status RunNode(const NodeFlags& o) {
   sigset_t set = BlockStopSignals();  // before any thread starts
 
   if (cache_options->store.dir.empty()) cache_options->store.dir = o.state_dir + "/cache";
+  auto opened_peers = OpenPeers(o.peers);
+  if (!opened_peers.ok()) return opened_peers.status();
+  Peers peers = std::move(*opened_peers);
+  if (peers.enabled()) cache_options->fetcher->peers = peers.client.get();
   auto cache = OpenDaemonCacheStack(*cache_options);
   if (!cache.ok()) return cache.status();
   cache::ChunkStore& store = *cache->store;
   cache::Fetcher& fetcher = *cache->fetcher;
+  // The peer server goes before the store it serves, however this returns.
+  absl::Cleanup stop_peers = [&peers] { peers.Stop(); };
+  if (absl::Status st = peers.Serve(store); !st.ok()) return st;
+  if (peers.enabled()) {
+    std::printf("strata node: serving peers on %s (%s, %zu static peers%s%s)\n",
+                o.peers.address.c_str(), o.peers.insecure ? "plain TCP" : "mutual TLS",
+                o.peers.peers.size(), o.peers.service.empty() ? "" : ", DNS ",
+                o.peers.service.c_str());
+  }
   std::unique_ptr<AdminServer> admin;
   if (o.admin_socket != "off") {
     std::string path = o.admin_socket.empty() ? o.state_dir + "/admin.sock" : o.admin_socket;
@@ -232,6 +248,7 @@ absl::Status RunNode(const NodeFlags& o) {
           std::string text = PrometheusText(
               store.Stats(), fetcher.Stats(),
               n ? std::optional<fuse::VolumeStats>(n->VolumeTotals()) : std::nullopt);
+          text += peers.MetricsText();
           if (n) {
             absl::StrAppend(&text, "# HELP strata_volumes Volumes this node serves.\n",
                             "# TYPE strata_volumes gauge\nstrata_volumes ", n->Volumes(),
@@ -267,6 +284,7 @@ absl::Status RunNode(const NodeFlags& o) {
   sigwait(&set, &sig);
   spdlog::info("received signal {}; flushing the cache index", sig);
   admin.reset();  // prefetches in flight stop; the socket goes
+  peers.Stop();   // askers fall back to others or their origin
   if (keeper) {
     // The mounts stay, held by the keeper, for the next daemon to take
     // over; this process only has to go, quickly, since requests queue
@@ -367,6 +385,7 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
   c->add_option("--metrics-address", o->metrics_address,
                 "Address of the metrics endpoint (0.0.0.0 for a scraper outside the pod)")
       ->capture_default_str();
+  AddPeerFlags(*c, o->peers);
   c->callback([o, &run] { run = StatusRunner([o] { return RunNode(*o); }); });
 }
 

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -24,10 +25,16 @@ namespace {
 
 class FileOrigin final : public Origin {
  public:
-  FileOrigin(std::string url, std::string root, std::string sub)
-      : url_(std::move(url)), root_(std::move(root), std::move(sub)) {}
+  FileOrigin(std::string url, std::string root, std::string sub, bool shared)
+      : url_(std::move(url)), root_(std::move(root), std::move(sub)), shared_(shared) {}
 
   const std::string& url() const override { return url_; }
+
+  // mtime, ctime, size and inode are the file server's on a network file
+  // system, the same for every node; on a local one they are this node's.
+  bool SharedVersion(const ObjectStat& stat) const override {
+    return shared_ || !stat.digest.empty();
+  }
 
   absl::StatusOr<ObjectStat> Stat(const std::string& path) override {
     auto st = root_.Stat(path);
@@ -156,9 +163,29 @@ class FileOrigin final : public Origin {
 
   std::string url_;
   RootDir root_;
+  const bool shared_;
   absl::Mutex bounce_mu_;
   std::vector<Bounce> bounces_ ABSL_GUARDED_BY(bounce_mu_);
 };
+
+// Whether `dir` is on a file system that other nodes mount too (by its
+// statfs magic: NFS, SMB, CephFS, Lustre, GPFS, BeeGFS).
+bool OnNetworkFileSystem(const std::string& dir) {
+  struct statfs fs;
+  if (::statfs(dir.c_str(), &fs) != 0) return false;
+  switch (static_cast<uint64_t>(fs.f_type)) {
+    case 0x6969:      // NFS
+    case 0xFE534D42:  // SMB2
+    case 0xFF534D42:  // CIFS
+    case 0x00C36400:  // CephFS
+    case 0x0BD00BD0:  // Lustre
+    case 0x47504653:  // GPFS
+    case 0x19830326:  // BeeGFS
+      return true;
+    default:
+      return false;
+  }
+}
 
 }  // namespace
 
@@ -171,7 +198,8 @@ absl::StatusOr<std::unique_ptr<Origin>> NewFileOrigin(const std::string& url,
   }
   std::string r = root;
   while (r.size() > 1 && r.back() == '/') r.pop_back();
-  if (beneath.empty()) return std::make_unique<FileOrigin>(url, r, "");
+  bool shared = OnNetworkFileSystem(r);
+  if (beneath.empty()) return std::make_unique<FileOrigin>(url, r, "", shared);
   // Confined: the root is reached from `beneath` one real directory at a time.
   std::string base = beneath;
   while (base.size() > 1 && base.back() == '/') base.pop_back();
@@ -187,7 +215,7 @@ absl::StatusOr<std::unique_ptr<Origin>> NewFileOrigin(const std::string& url,
           absl::StrCat("file origin ", url, " is not plainly beneath ", base, ": ", st.message()));
     }
   }
-  return std::make_unique<FileOrigin>(url, base, sub);
+  return std::make_unique<FileOrigin>(url, base, sub, shared);
 }
 
 }  // namespace strata::origin

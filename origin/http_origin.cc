@@ -29,6 +29,12 @@ class HttpOrigin final : public Origin {
 
   const std::string& url() const override { return url_; }
 
+  // A strong ETag or a Last-Modified is the server's word for every client;
+  // with neither, only the size is known, which says nothing about content.
+  bool SharedVersion(const ObjectStat& stat) const override {
+    return !stat.version.empty() && !stat.version.starts_with("lm::");
+  }
+
   absl::StatusOr<ObjectStat> Stat(const std::string& path) override {
     auto target = Target(path);
     if (!target.ok()) return target.status();

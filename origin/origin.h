@@ -82,6 +82,13 @@ class Origin {
   // other origin.
   virtual RootDir* Dir() { return nullptr; }
 
+  // Whether `stat` names the same bytes on every node that reads this
+  // origin (a content digest, an ETag, a file's identity on a file system
+  // the nodes share), so that its chunks may be asked of peers. A version
+  // only this node can vouch for (a local directory's inode and mtime) is
+  // not. Default: only content digests.
+  virtual bool SharedVersion(const ObjectStat& stat) const { return !stat.digest.empty(); }
+
  protected:
   // ReadRange of a non-empty range that lies within stat.size.
   virtual absl::Status ReadInRange(const std::string& path, const ObjectStat& stat, uint64_t offset,

@@ -199,6 +199,11 @@ class S3Origin final : public Origin {
 
   const std::string& url() const override { return url_; }
 
+  // An ETag (or Last-Modified) is the bucket's, the same for every reader.
+  bool SharedVersion(const ObjectStat& stat) const override {
+    return !stat.is_dir && !stat.version.empty() && !stat.version.starts_with("lm::");
+  }
+
   absl::StatusOr<ObjectStat> Stat(const std::string& path) override {
     auto key = Key(path);
     if (!key.ok()) return key.status();

@@ -251,6 +251,7 @@ void FaultProxy::Serve(int client) {
       size_t m = std::min<size_t>(16384, take - off);
       Pace(m);
       ok = SendAll(client, body.data() + off, m);
+      if (ok) body_bytes_ += m;
     }
     sent += take;
     body.erase(0, take);

@@ -45,6 +45,8 @@ class FaultProxy {
   int port() const { return port_; }
   uint64_t requests() const { return requests_; }
   uint64_t faults() const { return faults_; }
+  // Response body bytes sent to clients (what the origin served).
+  uint64_t body_bytes() const { return body_bytes_; }
 
   // Shared link: bytes per second to clients (0: unlimited), and a delay
   // added once per request before the response starts (a round trip).
@@ -61,7 +63,7 @@ class FaultProxy {
   int listen_fd_ = -1;
   int port_ = 0;
   std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> requests_{0}, faults_{0};
+  std::atomic<uint64_t> requests_{0}, faults_{0}, body_bytes_{0};
   std::atomic<uint64_t> rate_{0};
   std::atomic<int> rtt_ms_{0};
   std::atomic<int64_t> next_send_ns_{0};  // token bucket as a virtual clock

@@ -1,6 +1,7 @@
 // `fault_proxy`: the test proxy as a program, for benchmarks that need a
 // slow link: fault_proxy UPSTREAM_PORT [--rate BYTES_PER_S] [--rtt-ms N].
-// Prints "port=N" once listening; runs until SIGINT/SIGTERM.
+// Prints "port=N" once listening; runs until SIGINT/SIGTERM, then prints
+// "requests=N body_bytes=M" (what it served).
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -30,5 +31,9 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   int sig;
   sigwait(&set, &sig);
+  // What the origin served through it, for benchmarks that count it.
+  std::printf("requests=%llu body_bytes=%llu\n", static_cast<unsigned long long>(proxy.requests()),
+              static_cast<unsigned long long>(proxy.body_bytes()));
+  std::fflush(stdout);
   return 0;
 }

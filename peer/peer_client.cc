@@ -1,0 +1,210 @@
+// PeerClient: owner first, lease when granted, origin last.
+#include "peer/peer_client.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "base/logging.h"
+#include "peer/wire.h"
+
+namespace strata::peer {
+namespace {
+
+std::chrono::system_clock::time_point After(absl::Duration d) {
+  return std::chrono::system_clock::now() + absl::ToChronoNanoseconds(d);
+}
+
+constexpr uint64_t kMinRateSample = 1u << 20;  // smaller transfers say little
+
+}  // namespace
+
+PeerClient::PeerClient(Membership& membership, PeerCredentials credentials,
+                       PeerClientOptions options)
+    : membership_(membership), creds_(std::move(credentials)), opts_(options) {}
+
+PeerClient::~PeerClient() = default;
+
+absl::StatusOr<cache::ChunkFrom> PeerClient::Fetch(
+    const cache::ChunkId& chunk, absl::Span<char> out,
+    absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin) {
+  auto candidates = membership_.Candidates(chunk.key, chunk.index, opts_.max_candidates + 1);
+  size_t asked = 0;
+  for (const Candidate& c : candidates) {
+    if (c.self) {
+      // This node owns the chunk (or is next after owners that failed):
+      // its store's single fill is where the other nodes wait.
+      ++(asked == 0 ? owned_ : fallback_);
+      absl::Status st = from_origin(out);
+      if (!st.ok()) return st;
+      return cache::ChunkFrom::kOrigin;
+    }
+    if (asked++ >= opts_.max_candidates) break;
+    absl::Status origin_status;
+    switch (Ask(c.address, chunk, out, from_origin, &origin_status)) {
+      case Outcome::kGot:
+        membership_.Succeeded(c.address);
+        return cache::ChunkFrom::kPeer;
+      case Outcome::kLeased:
+        membership_.Succeeded(c.address);
+        ++leased_;
+        return cache::ChunkFrom::kOrigin;
+      case Outcome::kOriginFailed:
+        return origin_status;
+      case Outcome::kPeerFailed:
+        membership_.Failed(c.address);
+        break;
+    }
+  }
+  ++fallback_;
+  absl::Status st = from_origin(out);
+  if (!st.ok()) return st;
+  return cache::ChunkFrom::kOrigin;
+}
+
+template <typename F>
+void PeerClient::Update(const std::string& address, F f) {
+  absl::MutexLock l(&mu_);
+  auto it = links_.find(address);
+  if (it != links_.end()) f(it->second->stats);
+}
+
+PeerClient::Link* PeerClient::Connect(const std::string& address) {
+  Link* link;
+  {
+    absl::MutexLock l(&mu_);
+    auto& slot = links_[address];
+    if (!slot) {
+      slot = std::make_unique<Link>();
+      grpc::ChannelArguments args;
+      if (!creds_.server_name.empty()) args.SetSslTargetNameOverride(creds_.server_name);
+      args.SetMaxReceiveMessageSize(8 << 20);
+      // Our own set-aside decides when a failed peer is tried again; the
+      // channel should then really try, not answer from its own backoff.
+      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+      slot->channel = grpc::CreateCustomChannel(address, creds_.channel, args);
+      slot->stub = v1::Peer::NewStub(slot->channel);
+      slot->stats.address = address;
+    }
+    link = slot.get();
+  }
+  if (link->channel->GetState(/*try_to_connect=*/true) != GRPC_CHANNEL_READY &&
+      !link->channel->WaitForConnected(After(opts_.connect_timeout))) {
+    return nullptr;
+  }
+  return link;
+}
+
+PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::ChunkId& chunk,
+                                    absl::Span<char> out,
+                                    absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin,
+                                    absl::Status* origin_status) {
+  auto fail = [&](const std::string& why) {
+    spdlog::warn("peers: {} for chunk {} of {}: {}", address, chunk.index, chunk.key, why);
+    Update(address, [](PeerLinkStats& s) { ++s.failures; });
+    return Outcome::kPeerFailed;
+  };
+  Link* link = Connect(address);
+  if (link == nullptr) {
+    absl::MutexLock l(&mu_);
+    ++links_[address]->stats.requests;
+    ++links_[address]->stats.failures;
+    spdlog::warn("peers: cannot connect to {} within {}", address,
+                 absl::FormatDuration(opts_.connect_timeout));
+    return Outcome::kPeerFailed;
+  }
+  uint64_t link_rate;
+  {
+    absl::MutexLock l(&mu_);
+    ++link->stats.requests;
+    link_rate = link->stats.link_bytes_per_second;
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(After(opts_.timeout));
+  auto stream = link->stub->Fetch(&ctx);
+  v1::FetchRequest req;
+  v1::Want* w = req.mutable_want();
+  w->mutable_chunk()->set_key(std::string(chunk.key));
+  w->mutable_chunk()->set_index(chunk.index);
+  w->mutable_chunk()->set_object_size(chunk.object_size);
+  w->mutable_chunk()->set_chunk_size(chunk.chunk_size);
+  w->set_can_fetch(true);
+  if (opts_.zstd) w->add_accept(v1::CODEC_ZSTD);
+  w->set_link_bytes_per_second(link_rate);
+  v1::FetchResponse resp;
+  if (!stream->Write(req) || !stream->Read(&resp)) {
+    grpc::Status st = stream->Finish();
+    return fail(absl::StrCat("no answer (", st.error_message(), ")"));
+  }
+  if (resp.has_header()) {
+    auto start = std::chrono::steady_clock::now();
+    uint64_t wire = 0;
+    absl::Status st = ReceiveChunk<v1::FetchResponse>(*stream, resp.header(), out, &wire);
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!st.ok()) {
+      ctx.TryCancel();
+      stream->Finish().ok();
+      if (absl::IsDataLoss(st)) Update(address, [](PeerLinkStats& s) { ++s.corrupt; });
+      return fail(std::string(st.message()));
+    }
+    stream->WritesDone();
+    stream->Finish().ok();  // the bytes are in and checked: that is what counts
+    Update(address, [&](PeerLinkStats& s) {
+      ++s.chunks;
+      s.bytes += out.size();
+      s.wire_bytes += wire;
+      if (wire >= kMinRateSample && secs > 0) {
+        double rate = wire / secs;
+        s.link_bytes_per_second =
+            s.link_bytes_per_second == 0
+                ? static_cast<uint64_t>(rate)
+                : static_cast<uint64_t>(0.7 * s.link_bytes_per_second + 0.3 * rate);
+      }
+    });
+    return Outcome::kGot;
+  }
+  if (!resp.has_lease()) {
+    ctx.TryCancel();
+    stream->Finish().ok();
+    return fail("answered neither a chunk nor a lease");
+  }
+  Update(address, [](PeerLinkStats& s) { ++s.leases; });
+  *origin_status = from_origin(out);
+  if (!origin_status->ok()) {
+    v1::FetchRequest f;
+    f.mutable_lease_failed()->set_reason(std::string(origin_status->message()));
+    stream->Write(f);
+    stream->WritesDone();
+    stream->Finish().ok();
+    return Outcome::kOriginFailed;
+  }
+  SendOptions so;
+  so.link_bytes_per_second = link_rate;
+  bool sent =
+      SendChunk<v1::FetchRequest>(*stream, std::string_view(out.data(), out.size()), so, nullptr);
+  stream->WritesDone();
+  v1::FetchResponse stored;
+  bool ok = sent && stream->Read(&stored) && stored.has_stored();
+  grpc::Status st = stream->Finish();
+  if (!ok) {
+    // This node has the bytes; only the owner's copy is lost, and the next
+    // asker there will be granted the lease again.
+    spdlog::warn("peers: {} did not store chunk {} of {} fetched under its lease: {}", address,
+                 chunk.index, chunk.key, st.error_message());
+  }
+  return Outcome::kLeased;
+}
+
+PeerClientStats PeerClient::Stats() const {
+  PeerClientStats s;
+  s.owned_chunks = owned_;
+  s.leased_chunks = leased_;
+  s.fallback_chunks = fallback_;
+  absl::MutexLock l(&mu_);
+  for (const auto& [address, link] : links_) s.peers.push_back(link->stats);
+  std::sort(s.peers.begin(), s.peers.end(),
+            [](const PeerLinkStats& a, const PeerLinkStats& b) { return a.address < b.address; });
+  return s;
+}
+
+}  // namespace strata::peer

@@ -1,0 +1,95 @@
+// The asking side of the peer protocol: the fetcher's ChunkPeers. A missed
+// chunk is asked of its owner (Membership); the owner answers with the
+// bytes, or grants this node the fetch lease, in which case this node reads
+// the origin with its own credentials and hands the chunk to the owner for
+// everyone else. A peer that is down, slow past the deadline, or sends bytes
+// that do not check is set aside and the next candidate asked; when this
+// node is the next candidate, it reads the origin itself.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "cache/chunk_peers.h"
+#include "peer.grpc.pb.h"
+#include "peer/membership.h"
+#include "peer/tls.h"
+
+namespace strata::peer {
+
+struct PeerClientOptions {
+  // A whole exchange with one peer (waiting for a lease holder included).
+  absl::Duration timeout = absl::Seconds(20);
+  // Connecting to a peer that is not connected yet.
+  absl::Duration connect_timeout = absl::Seconds(2);
+  // Members asked, in rendezvous order, before this node reads the origin.
+  size_t max_candidates = 2;
+  bool zstd = true;  // accept zstd pieces
+};
+
+struct PeerLinkStats {
+  std::string address;
+  uint64_t requests = 0;
+  uint64_t failures = 0;  // down, deadline, refused, malformed
+  uint64_t corrupt = 0;   // bytes that did not match their checksum
+  uint64_t chunks = 0;    // received from it
+  uint64_t bytes = 0;     // uncompressed
+  uint64_t wire_bytes = 0;
+  uint64_t leases = 0;  // granted to this node by it
+  uint64_t link_bytes_per_second = 0;
+};
+
+struct PeerClientStats {
+  std::vector<PeerLinkStats> peers;
+  uint64_t owned_chunks = 0;     // misses this node was the owner of
+  uint64_t leased_chunks = 0;    // fetched from the origin under a lease
+  uint64_t fallback_chunks = 0;  // read from the origin after peers failed
+};
+
+class PeerClient final : public cache::ChunkPeers {
+ public:
+  // `membership` must outlive the client.
+  PeerClient(Membership& membership, PeerCredentials credentials, PeerClientOptions options = {});
+  ~PeerClient() override;
+
+  absl::StatusOr<cache::ChunkFrom> Fetch(
+      const cache::ChunkId& chunk, absl::Span<char> out,
+      absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin) override;
+
+  PeerClientStats Stats() const;
+
+ private:
+  enum class Outcome { kGot, kLeased, kOriginFailed, kPeerFailed };
+  struct Link {
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::Peer::Stub> stub;
+    PeerLinkStats stats;
+  };
+
+  Outcome Ask(const std::string& address, const cache::ChunkId& chunk, absl::Span<char> out,
+              absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin,
+              absl::Status* origin_status);
+  // The link to `address`, connected within the connect timeout; null if not.
+  Link* Connect(const std::string& address);
+  template <typename F>
+  void Update(const std::string& address, F f);
+
+  Membership& membership_;
+  const PeerCredentials creds_;
+  const PeerClientOptions opts_;
+  std::atomic<uint64_t> owned_{0}, leased_{0}, fallback_{0};
+  mutable absl::Mutex mu_;
+  // Links are never removed while the client lives: Ask holds a pointer.
+  absl::flat_hash_map<std::string, std::unique_ptr<Link>> links_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace strata::peer

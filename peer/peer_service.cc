@@ -1,0 +1,194 @@
+// PeerService: Wants answered from the store, fills made by leases.
+#include "peer/peer_service.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "base/logging.h"
+#include "peer/wire.h"
+
+namespace strata::peer {
+namespace {
+
+using Stream = grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>;
+
+constexpr size_t kMaxKeyBytes = 4096;
+constexpr uint64_t kMaxObjectBytes = 1ull << 50;  // the store's limit
+
+// What is wrong with a Want, before anything is done with it.
+absl::Status CheckWant(const v1::Want& w) {
+  const v1::ChunkRef& c = w.chunk();
+  if (c.key().empty() || c.key().size() > kMaxKeyBytes || c.key().find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError("a chunk key must be 1 to 4096 bytes without NUL");
+  }
+  if (c.chunk_size() == 0 || c.chunk_size() % 4096 != 0 || c.object_size() == 0 ||
+      c.object_size() > kMaxObjectBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("bad chunk size %u or object size %u", c.chunk_size(), c.object_size()));
+  }
+  uint64_t chunks = c.object_size() / c.chunk_size() + (c.object_size() % c.chunk_size() != 0);
+  if (c.index() >= chunks) {
+    return absl::OutOfRangeError(
+        absl::StrFormat("chunk %u of an object of %u chunks", c.index(), chunks));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+PeerService::PeerService(cache::ChunkStore& store, PeerServiceOptions options)
+    : store_(store), opts_(options) {}
+
+grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
+  const std::string asker = context->peer();
+  v1::FetchRequest req;
+  if (!stream->Read(&req)) return grpc::Status::OK;  // the asker left before asking
+  ++wants_;
+  auto refuse = [&](const absl::Status& st) {
+    ++refused_;
+    spdlog::warn("peers: refused a request from {}: {}", asker, st.message());
+    return ToGrpc(st);
+  };
+  if (!req.has_want())
+    return refuse(absl::InvalidArgumentError("the first message must be a Want"));
+  const v1::Want want = req.want();
+  if (absl::Status st = CheckWant(want); !st.ok()) return refuse(st);
+  const v1::ChunkRef& c = want.chunk();
+  const std::string& key = c.key();
+  // A known key of another size is not replaced on a peer's word: that
+  // would let one node drop another's cached object.
+  if (auto info = store_.Lookup(key)) {
+    if (info->size != c.object_size() || info->chunk_size != c.chunk_size()) {
+      return refuse(absl::FailedPreconditionError(
+          absl::StrFormat("this node caches %s as %u bytes in chunks of %u, not %u in chunks of %u",
+                          key, info->size, info->chunk_size, c.object_size(), c.chunk_size())));
+    }
+  }
+  const uint32_t len = static_cast<uint32_t>(
+      std::min<uint64_t>(c.chunk_size(), c.object_size() - uint64_t{c.index()} * c.chunk_size()));
+  absl::Status last = absl::UnavailableError("no fill was attempted");
+  for (int attempt = 0; attempt < opts_.max_fill_attempts; ++attempt) {
+    if (absl::Status st = store_.Register({key, c.object_size(), "via peers", c.chunk_size()});
+        !st.ok()) {
+      return ToGrpc(
+          absl::UnavailableError(absl::StrCat("this node cannot cache it: ", st.message())));
+    }
+    bool leased = false;
+    absl::Status lease_status;
+    auto r = store_.Fill(key, c.index(), [&](absl::Span<char> out) {
+      leased = true;
+      lease_status = Lease(stream, want, asker, out);
+      return lease_status;
+    });
+    if (leased) {
+      if (!r.ok()) return ToGrpc(lease_status.ok() ? r.status() : lease_status);
+      v1::FetchResponse done;
+      done.mutable_stored();
+      stream->Write(done);
+      return grpc::Status::OK;
+    }
+    if (!r.ok()) {  // another asker's lease failed, or the object went: again
+      last = r.status();
+      continue;
+    }
+    std::shared_ptr<const cache::ChunkBytes> bytes = r->bytes;
+    if (!bytes) {  // it was present already
+      auto buf = std::make_shared<cache::ChunkBytes>((len + cache::kIoAlign - 1) / cache::kIoAlign *
+                                                     cache::kIoAlign);
+      buf->resize(len);
+      auto rr =
+          store_.Read(key, uint64_t{c.index()} * c.chunk_size(), absl::MakeSpan(buf->data(), len));
+      if (!rr.ok() || !rr->missing.empty()) {
+        last = rr.ok() ? absl::UnavailableError("evicted while being served") : rr.status();
+        continue;
+      }
+      bytes = std::move(buf);
+    }
+    SendOptions so;
+    so.zstd = std::find(want.accept().begin(), want.accept().end(), v1::CODEC_ZSTD) !=
+              want.accept().end();
+    so.link_bytes_per_second = want.link_bytes_per_second();
+    so.compress_bytes_per_second = compress_rate_;
+    SendReport rep;
+    if (!SendChunk<v1::FetchResponse>(*stream, bytes->view().substr(0, len), so, &rep)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the asker went away");
+    }
+    if (rep.compress_bytes_per_second > 0) {
+      compress_rate_ = 0.8 * compress_rate_ + 0.2 * rep.compress_bytes_per_second;
+    }
+    ++served_;
+    bytes_ += len;
+    wire_ += rep.wire_bytes;
+    if (rep.compressed) ++compressed_;
+    return grpc::Status::OK;
+  }
+  return ToGrpc(absl::UnavailableError(
+      absl::StrCat("no node could fetch chunk ", c.index(), " of ", key, ": ", last.message())));
+}
+
+absl::Status PeerService::Lease(Stream* stream, const v1::Want& want, const std::string& asker,
+                                absl::Span<char> out) {
+  if (!want.can_fetch()) {
+    return absl::NotFoundError("nobody is fetching it and the asker cannot reach its origin");
+  }
+  v1::FetchResponse grant;
+  grant.mutable_lease()->set_timeout_ms(
+      static_cast<uint32_t>(absl::ToInt64Milliseconds(opts_.lease_timeout)));
+  if (!stream->Write(grant)) return absl::UnavailableError("the asker went away");
+  ++leases_;
+  auto failed = [&](absl::Status st) {
+    ++leases_failed_;
+    spdlog::warn("peers: the fetch lease of chunk {} of {} held by {} failed: {}",
+                 want.chunk().index(), want.chunk().key(), asker, st.message());
+    return st;
+  };
+  v1::FetchRequest up;
+  if (!stream->Read(&up)) return failed(absl::UnavailableError("the lease holder went away"));
+  if (up.has_lease_failed()) {
+    return failed(absl::UnavailableError(
+        absl::StrCat("the lease holder could not fetch it: ", up.lease_failed().reason())));
+  }
+  if (!up.has_header()) return failed(absl::InvalidArgumentError("expected the chunk's header"));
+  absl::Status st = ReceiveChunk<v1::FetchRequest>(*stream, up.header(), out, nullptr);
+  if (!st.ok()) return failed(st);
+  ++received_;
+  return absl::OkStatus();
+}
+
+PeerServiceStats PeerService::Stats() const {
+  PeerServiceStats s;
+  s.wants = wants_;
+  s.refused = refused_;
+  s.chunks_served = served_;
+  s.bytes_served = bytes_;
+  s.wire_bytes_served = wire_;
+  s.compressed_chunks = compressed_;
+  s.leases_granted = leases_;
+  s.leases_failed = leases_failed_;
+  s.chunks_received = received_;
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartPeerServer(const std::string& address,
+                                                              const PeerCredentials& credentials,
+                                                              PeerService& service) {
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort(address, credentials.server, &port);
+  b.SetMaxReceiveMessageSize(8 << 20);
+  b.RegisterService(&service);
+  auto server = b.BuildAndStart();
+  if (!server || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot serve peers on ", address,
+                                               " (in use, or not an address of this host?)"));
+  }
+  return server;
+}
+
+}  // namespace strata::peer

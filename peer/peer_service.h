@@ -1,0 +1,76 @@
+// The serving side of the peer protocol (proto/peer.proto): a node answers
+// other nodes' Wants for chunks from its chunk store, and coordinates the
+// chunks it is asked for but lacks. The store's one-fill-per-chunk is the
+// coordination: the first Want of a missing chunk becomes the chunk's fill,
+// whose source is a fetch lease granted to that asker, and every later Want
+// (and this node's own readers) waits on that fill and is answered with its
+// bytes as soon as they arrive. A lease that fails (the asker died, gave up
+// or sent bytes that do not check) fails the fill; the waiters then try
+// again and the next of them is granted the lease.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "cache/chunk_store.h"
+#include "peer.grpc.pb.h"
+#include "peer/tls.h"
+
+namespace strata::peer {
+
+struct PeerServiceOptions {
+  // How often a Want may wait on a fill that fails before it gives up.
+  int max_fill_attempts = 3;
+  absl::Duration lease_timeout = absl::Seconds(30);  // told to lease holders
+};
+
+struct PeerServiceStats {
+  uint64_t wants = 0;
+  uint64_t refused = 0;        // malformed or conflicting Wants
+  uint64_t chunks_served = 0;  // answered with bytes
+  uint64_t bytes_served = 0;   // uncompressed
+  uint64_t wire_bytes_served = 0;
+  uint64_t compressed_chunks = 0;
+  uint64_t leases_granted = 0;
+  uint64_t leases_failed = 0;    // the holder failed, vanished or sent bad bytes
+  uint64_t chunks_received = 0;  // lease holders' uploads stored
+};
+
+class PeerService final : public v1::Peer::Service {
+ public:
+  PeerService(cache::ChunkStore& store, PeerServiceOptions options = {});
+
+  grpc::Status Fetch(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>* stream) override;
+
+  PeerServiceStats Stats() const;
+
+ private:
+  // The source of a fill that this asker's lease makes: grant it, then take
+  // the bytes the asker sends up the stream into `out`.
+  absl::Status Lease(grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>* stream,
+                     const v1::Want& want, const std::string& asker, absl::Span<char> out);
+
+  cache::ChunkStore& store_;
+  const PeerServiceOptions opts_;
+  std::atomic<double> compress_rate_{300e6};  // bytes/s zstd manages here (EWMA)
+  std::atomic<uint64_t> wants_{0}, refused_{0}, served_{0}, bytes_{0}, wire_{0}, compressed_{0};
+  std::atomic<uint64_t> leases_{0}, leases_failed_{0}, received_{0};
+};
+
+// Serves `service` on `address` (host:port) with `credentials`.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartPeerServer(const std::string& address,
+                                                              const PeerCredentials& credentials,
+                                                              PeerService& service);
+
+// The grpc::Status for an absl::Status (their codes agree).
+grpc::Status ToGrpc(const absl::Status& status);
+
+}  // namespace strata::peer
