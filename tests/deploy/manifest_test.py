@@ -47,6 +47,12 @@ MOUNT_OPTIONS = {"ro", "rw", "nosuid", "nodev", "noexec", "noatime", "relatime"}
 
 WORKLOAD_KINDS = ("Pod", "Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job")
 
+# Files strata node reads from --peer-tls-dir (a kubernetes.io/tls Secret
+# with ca.crt, as cert-manager writes it), and the name a peer's
+# certificate must carry as a DNS SAN when --peer-tls-name is not given.
+PEER_TLS_FILES = ("ca.crt", "tls.crt", "tls.key")
+DEFAULT_PEER_TLS_NAME = "strata-peer"
+
 
 # --- loading -----------------------------------------------------------------
 
@@ -160,6 +166,31 @@ def strata_subcommand(container):
     for w in words:
         if not w.startswith("-"):
             return w
+    return None
+
+
+def pod_labels(doc):
+    if doc.kind == "Pod":
+        return get(doc.obj, "metadata.labels", {}) or {}
+    return get(doc.obj, "spec.template.metadata.labels", {}) or {}
+
+
+def selects(selector, labels):
+    """A Service's selector (a plain map) picks pods with these labels."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def service_of_dns_name(name, namespace):
+    """(service, namespace) of a Service's DNS name: NAME, NAME.NAMESPACE,
+    NAME.NAMESPACE.svc or NAME.NAMESPACE.svc.CLUSTER-DOMAIN (a bare NAME is
+    in `namespace`); None if it is no such name."""
+    parts = name.split(".")
+    if not all(parts):
+        return None
+    if len(parts) == 1:
+        return parts[0], namespace
+    if len(parts) == 2 or parts[2] == "svc":
+        return parts[0], parts[1]
     return None
 
 
@@ -714,6 +745,142 @@ class Manifests(unittest.TestCase):
             self.check_same_socket(d, spec, strata, endpoint, probe)
             self.check_liveness(d, strata, probe)
         self.report()
+
+    # Peers: the port other nodes dial, the headless Service the members
+    # come from, and the mutual-TLS Secret.
+
+    def test_node_peers(self):
+        d, spec, strata = self.strata_workload("node")
+        self.assertIsNotNone(d, "deploy/kubernetes: no workload runs `strata node`")
+        where = "containers[%s]" % strata.get("name")
+
+        ports = [p for p in strata.get("ports") or [] if p.get("name") == "peer"]
+        port = None
+        if len(ports) != 1:
+            self.problem(d, where + ".ports", "expected one port named peer, found %d" % len(ports))
+        else:
+            port = ports[0].get("containerPort")
+            if not isinstance(port, int):
+                self.problem(d, where + ".ports[peer].containerPort", "not a number: %s" % show(port))
+                port = None
+            self.expect_equal(d, where + ".ports[peer].protocol", ports[0].get("protocol", "TCP"), "TCP")
+
+        # Other nodes dial this address, and the node leaves itself out of
+        # the Service's records by it: the pod's own IP, at the peer port.
+        address = flag(strata, "--peer-address")
+        if port is not None:
+            self.expect_equal(d, where + ".args --peer-address", address, "$(POD_IP):%d" % port)
+        env = {e.get("name"): e for e in strata.get("env") or []}
+        self.expect_equal(d, where + ".env[POD_IP].valueFrom.fieldRef.fieldPath",
+                          get(env.get("POD_IP", {}), "valueFrom.fieldRef.fieldPath"), "status.podIP")
+        if spec.get("hostNetwork") and spec.get("dnsPolicy") != "ClusterFirstWithHostNet":
+            self.problem(d, "spec.template.spec.dnsPolicy",
+                         "hostNetwork needs ClusterFirstWithHostNet to resolve --peer-service")
+
+        self.check_peer_service(d, strata, port)
+        self.check_peer_tls(d, spec, strata)
+        if flag(strata, "--peer-insecure") is not None:
+            self.problem(d, where + ".args --peer-insecure",
+                         "peers without TLS serve every volume's chunks to whoever connects")
+        self.report()
+
+    def check_peer_service(self, d, strata, port):
+        where = "containers[%s].args --peer-service" % strata.get("name")
+        value = flag(strata, "--peer-service")
+        ref = service_of_dns_name(value, d.namespace) if isinstance(value, str) else None
+        if ref is None:
+            self.problem(d, where, "missing or not NAME.NAMESPACE.svc.cluster.local: %s" % show(value))
+            return
+        name, ns = ref
+        if ns != d.namespace:
+            self.problem(d, where, "%s is in namespace %s, not the DaemonSet's %s"
+                         % (value, ns, d.namespace))
+        svc = self.named("Service", name, ns)
+        if svc is None:
+            self.problem(d, where, "no Service %s/%s under deploy/kubernetes" % (ns, name))
+            return
+        if os.path.dirname(svc.path) != os.path.join(DEPLOY_DIR, "kubernetes"):
+            self.problem(svc, "", "the node needs it: it belongs next to node.yaml, not in %s"
+                         % os.path.relpath(os.path.dirname(svc.path), DEPLOY_DIR))
+        # One A record per node pod (headless), including starting ones.
+        self.expect_equal(svc, "spec.clusterIP", get(svc.obj, "spec.clusterIP"), "None")
+        self.expect_equal(svc, "spec.publishNotReadyAddresses",
+                          get(svc.obj, "spec.publishNotReadyAddresses"), True)
+        selector = get(svc.obj, "spec.selector") or {}
+        if not selects(selector, pod_labels(d)):
+            self.problem(svc, "spec.selector", "%s does not select the pods of %s (labels %s)"
+                         % (show(selector), d.where(), show(pod_labels(d))))
+        else:
+            for other, _ in self.workloads():
+                if other is not d and other.namespace == ns and selects(selector, pod_labels(other)):
+                    self.problem(svc, "spec.selector", "also selects the pods of %s, which would be "
+                                 "taken for peers" % other.where())
+        if port is None:
+            return
+        matching = [p for p in get(svc.obj, "spec.ports") or [] if p.get("port") == port]
+        if not matching:
+            self.problem(svc, "spec.ports", "no port %d (the node's peer port)" % port)
+        for p in matching:
+            target = p.get("targetPort", p.get("port"))
+            if container_port(strata, target) != port:
+                self.problem(svc, "spec.ports[%s].targetPort" % p.get("name"),
+                             "%s is not the node's peer port %d" % (show(target), port))
+
+    def check_peer_tls(self, d, spec, strata):
+        where = "containers[%s]" % strata.get("name")
+        tls_dir = flag(strata, "--peer-tls-dir")
+        if not isinstance(tls_dir, str):
+            self.problem(d, where + ".args --peer-tls-dir",
+                         "missing (peers authenticate with mutual TLS)")
+            return
+        m = find_mount(strata, tls_dir)
+        if m is None:
+            self.problem(d, where + ".volumeMounts", "nothing mounted at --peer-tls-dir %s" % tls_dir)
+            return
+        mwhere = where + ".volumeMounts[%s]" % m.get("name")
+        self.expect_equal(d, mwhere + ".readOnly", m.get("readOnly"), True)
+        if m.get("subPath"):
+            self.problem(d, mwhere + ".subPath",
+                         "a subPath mount is not updated when the Secret is renewed")
+        vol = volumes_by_name(spec).get(m.get("name")) or {}
+        vwhere = "volumes[%s]" % m.get("name")
+        if "secret" not in vol:
+            self.problem(d, vwhere + ".secret", "--peer-tls-dir %s is not a Secret volume" % tls_dir)
+            return
+        items = get(vol, "secret.items")
+        if items is not None:
+            paths = {i.get("key"): i.get("path") for i in items}
+            for f in PEER_TLS_FILES:
+                if paths.get(f) != f:
+                    self.problem(d, vwhere + ".secret.items", "key %s must appear as %s" % (f, f))
+        tls_name = flag(strata, "--peer-tls-name") or DEFAULT_PEER_TLS_NAME
+        self.check_peer_secret_source(d, vwhere + ".secret.secretName", get(vol, "secret.secretName"),
+                                      d.namespace, tls_name)
+
+    def check_peer_secret_source(self, d, field, name, ns, tls_name):
+        """Something under deploy/kubernetes makes the peers' Secret: the
+        Secret itself, or a cert-manager Certificate writing it."""
+        secret = self.named("Secret", name, ns)
+        certs = [c for c in self.of_kind("Certificate")
+                 if c.namespace == ns and get(c.obj, "spec.secretName") == name]
+        if secret is None and not certs:
+            self.problem(d, field, "no Secret or cert-manager Certificate under deploy/kubernetes makes "
+                         "Secret %s/%s (deploy/README.md, Peers)" % (ns, name))
+        if secret is not None:
+            keys = set(secret.obj.get("data") or {}) | set(secret.obj.get("stringData") or {})
+            for k in PEER_TLS_FILES:
+                if k not in keys:
+                    self.problem(secret, "data." + k, "missing (--peer-tls-dir needs it)")
+        for c in certs:
+            if tls_name not in (get(c.obj, "spec.dnsNames") or []):
+                self.problem(c, "spec.dnsNames", "must hold %s (--peer-tls-name)" % tls_name)
+            usages = get(c.obj, "spec.usages") or []
+            for u in ("server auth", "client auth"):
+                if u not in usages:
+                    self.problem(c, "spec.usages",
+                                 "missing %s: every peer is a server and a client" % show(u))
+            if get(c.obj, "spec.isCA"):
+                self.problem(c, "spec.isCA", "the peers' own certificate must not be a CA")
 
     def check_liveness(self, d, strata, probe):
         where = "containers[%s].livenessProbe" % strata.get("name")
