@@ -35,6 +35,14 @@ class HttpOrigin final : public Origin {
     return !stat.version.empty() && !stat.version.starts_with("lm::");
   }
 
+  // What a server says of a directory-like URL: forbidden (no index), or
+  // an HTML listing.
+  static bool IsPrefixAnswer(const HttpResponse& resp) {
+    if (resp.status == 403) return true;
+    std::string type = resp.Header("content-type");
+    return resp.status == 200 && type.rfind("text/html", 0) == 0;
+  }
+
   absl::StatusOr<ObjectStat> Stat(const std::string& path) override {
     auto target = Target(path);
     if (!target.ok()) return target.status();
@@ -51,6 +59,15 @@ class HttpOrigin final : public Origin {
       req.into = absl::MakeSpan(&one, 1);
       resp = http_->Do(req);
       if (!resp.ok()) return resp.status();
+    }
+    if (path.empty() && IsPrefixAnswer(*resp)) {
+      // The origin's URL is a prefix (a volume's), which plain HTTP cannot
+      // stat: the names beneath it are asked for one by one.
+      ObjectStat dir;
+      dir.is_dir = true;
+      dir.mode = 0555;
+      dir.version = "dir";
+      return dir;
     }
     if (resp->status != 200 && resp->status != 206)
       return HttpError(*resp, absl::StrCat("stat ", *target));

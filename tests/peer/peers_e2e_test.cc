@@ -1,0 +1,236 @@
+// Peers end to end: several `strata node` daemons on one machine, each with
+// its own state and cache and its own loopback address, an HTTP origin
+// (nginx) behind the fault proxy that counts what it serves, volumes staged
+// and published over each node's CSI socket as kubelet does, and readers
+// reading the mounts at the same time. The origin must serve the file about
+// once, every reader must get every byte right, and a node killed mid-read
+// must cost the others time only.
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "base/digest.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/csi/driver.h"
+#include "tests/util/fault_proxy.h"
+#include "tests/util/nginx.h"
+#include "tests/util/subprocess.h"
+#include "tests/util/test_util.h"
+
+namespace strata::peer {
+namespace {
+
+using strata::csi::testing::Context;
+using strata::csi::testing::CsiClient;
+using strata::testing::Child;
+using strata::testing::TempDir;
+
+constexpr uint64_t kChunk = 4ull << 20;
+
+// One `strata node` as the DaemonSet runs it, minus TLS (insecure here;
+// the TLS handshake is the in-process tests' subject).
+class NodeProcess {
+ public:
+  NodeProcess(const std::string& root, int index, int peer_port, const std::string& peers)
+      : state_(absl::StrCat(root, "/node", index)),
+        address_(absl::StrCat("127.0.0.", index + 1, ":", peer_port)) {
+    std::filesystem::create_directories(state_);
+    child_ = strata::testing::Spawn(
+        {STRATA_PATH, "node", "--state-dir", state_, "--csi-endpoint", "unix://" + socket(),
+         "--node-id", absl::StrCat("node-", index), "--fd-keeper", "off", "--peer-address",
+         address_, "--peers", peers, "--peer-insecure", "--peer-timeout", "10"});
+    std::string out = strata::testing::ReadUntil(child_.out, "running", std::chrono::seconds(60));
+    running_ = out.find("running") != std::string::npos;
+    log_ = out;
+    drain_ = std::thread([this] {
+      char buf[4096];
+      for (;;) {
+        pollfd p{child_.out, POLLIN, 0};
+        if (::poll(&p, 1, 100) <= 0) {
+          if (stop_) break;
+          continue;
+        }
+        ssize_t n = ::read(child_.out, buf, sizeof buf);
+        if (n <= 0) break;
+        std::lock_guard<std::mutex> l(mu_);
+        log_.append(buf, n);
+      }
+    });
+  }
+  ~NodeProcess() { Kill(); }
+
+  void Kill() {
+    if (child_.pid > 0) {
+      ::kill(child_.pid, SIGKILL);
+      ::waitpid(child_.pid, nullptr, 0);
+      child_.pid = -1;
+    }
+    stop_ = true;
+    if (drain_.joinable()) drain_.join();
+    if (child_.out >= 0) ::close(child_.out);
+    child_.out = -1;
+  }
+
+  bool running() const { return running_; }
+  std::string socket() const { return state_ + "/csi.sock"; }
+  std::string admin() const { return state_ + "/admin.sock"; }
+  const std::string& address() const { return address_; }
+  std::string log() {
+    std::lock_guard<std::mutex> l(mu_);
+    return log_;
+  }
+
+  // NodeStageVolume then NodePublishVolume of the volume at `origin`;
+  // returns the pod's path of the volume.
+  std::string Mount(const std::string& origin) {
+    grpc::ChannelArguments args;
+    auto ch =
+        grpc::CreateCustomChannel("unix://" + socket(), grpc::InsecureChannelCredentials(), args);
+    EXPECT_TRUE(ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30)));
+    CsiClient client(ch);
+    std::string stage = state_ + "/kubelet/plugins/kubernetes.io/csi/csi.strata.io/v/globalmount";
+    std::string pod = state_ + "/kubelet/pods/uid/volumes/kubernetes.io~csi/pv/mount";
+    Context ctx{{"origin", origin}};
+    grpc::Status st = client.Stage("pv-model", stage, ctx);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    st = client.Publish("pv-model", stage, pod, true, strata::csi::testing::MountCap(), ctx);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return pod;
+  }
+
+ private:
+  std::string state_, address_;
+  Child child_;
+  bool running_ = false;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::string log_;
+  std::thread drain_;
+};
+
+class PeersE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "mounting needs root";
+    std::filesystem::create_directories(dir_.path() + "/www/models");
+    std::filesystem::create_directories(dir_.path() + "/nginx");
+    std::mt19937_64 rng(42);
+    data_.resize(kSize);
+    for (size_t i = 0; i + 8 <= data_.size(); i += 8) {
+      uint64_t v = rng();
+      std::memcpy(&data_[i], &v, 8);
+    }
+    std::ofstream(dir_.path() + "/www/models/weights.bin", std::ios::binary) << data_;
+    sha_ = Sha256Hex(data_);
+    // The volume's root must answer a GET, as a model hub's listing does.
+    nginx_ = std::make_unique<strata::testing::Nginx>(dir_.path() + "/www", dir_.path() + "/nginx",
+                                                      "", "", "    autoindex on;\n");
+    ASSERT_TRUE(nginx_->ok());
+    proxy_ = std::make_unique<strata::testing::FaultProxy>(nginx_->port(), nullptr);
+  }
+  void TearDown() override {
+    for (auto& n : nodes_) n->Kill();
+    strata::csi::testing::UnmountUnder(dir_.path());
+  }
+
+  void StartNodes(int n) {
+    int port = strata::testing::FreePort();
+    std::vector<std::string> all;
+    for (int i = 0; i < n; ++i) all.push_back(absl::StrCat("127.0.0.", i + 1, ":", port));
+    for (int i = 0; i < n; ++i) {
+      nodes_.push_back(
+          std::make_unique<NodeProcess>(dir_.path(), i, port, absl::StrJoin(all, ",")));
+      ASSERT_TRUE(nodes_.back()->running()) << nodes_.back()->log();
+    }
+  }
+  std::string Origin() const {
+    return absl::StrCat("http://127.0.0.1:", proxy_->port(), "/models/");
+  }
+
+  // `sha256sum` of each path, all at once, as pods on the nodes would.
+  std::vector<std::string> ReadAll(const std::vector<std::string>& paths) {
+    std::vector<Child> readers;
+    for (const auto& p : paths) {
+      readers.push_back(
+          strata::testing::Spawn({"/usr/bin/timeout", "120", "/usr/bin/sha256sum", p}));
+    }
+    std::vector<std::string> sums;
+    for (Child& r : readers) {
+      std::string out = strata::testing::ReadUntil(r.out, "\n", std::chrono::seconds(150));
+      strata::testing::Wait(r, std::chrono::seconds(10));
+      sums.push_back(out.substr(0, out.find(' ')));
+    }
+    return sums;
+  }
+
+  static constexpr uint64_t kSize = 96ull << 20;
+  TempDir dir_;
+  std::string data_, sha_;
+  std::unique_ptr<strata::testing::Nginx> nginx_;
+  std::unique_ptr<strata::testing::FaultProxy> proxy_;
+  std::vector<std::unique_ptr<NodeProcess>> nodes_;
+};
+
+TEST_F(PeersE2eTest, FourNodesReadingOneFileAtOnceCostTheOriginItsSizeOnce) {
+  StartNodes(4);
+  std::vector<std::string> files;
+  for (auto& n : nodes_) files.push_back(n->Mount(Origin()) + "/weights.bin");
+  proxy_->Throttle(200ull << 20, 0);  // a shared filer under load
+  auto sums = ReadAll(files);
+  for (size_t i = 0; i < sums.size(); ++i) EXPECT_EQ(sums[i], sha_) << "node " << i;
+  // Once, within one chunk per node (a chunk fetched twice when an answer
+  // came late is allowed, a file per node is not).
+  EXPECT_GE(proxy_->body_bytes(), kSize);
+  EXPECT_LE(proxy_->body_bytes(), kSize + 4 * kChunk) << proxy_->body_bytes();
+  for (auto& n : nodes_) {
+    EXPECT_THAT(n->log(), ::testing::Not(::testing::HasSubstr("set aside"))) << n->log();
+  }
+}
+
+TEST_F(PeersE2eTest, AnOwnerKilledMidReadCostsTheOthersTimeNotBytes) {
+  StartNodes(3);
+  std::vector<std::string> files;
+  for (int i = 0; i < 2; ++i) files.push_back(nodes_[i]->Mount(Origin()) + "/weights.bin");
+  // Slow enough that the kill lands mid-read.
+  proxy_->Throttle(40ull << 20, 0);
+  std::thread killer([&] {
+    for (int i = 0; i < 3000 && proxy_->body_bytes() < kSize / 4; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    nodes_[2]->Kill();  // it owns a third of the chunks, and holds leases
+  });
+  auto sums = ReadAll(files);
+  killer.join();
+  EXPECT_EQ(sums[0], sha_);
+  EXPECT_EQ(sums[1], sha_);
+  EXPECT_LT(proxy_->body_bytes(), 2 * kSize);
+  EXPECT_THAT(nodes_[0]->log() + nodes_[1]->log(), ::testing::HasSubstr("set aside"));
+}
+
+TEST_F(PeersE2eTest, StrataPrefetchWarmsANodeThroughItsPeers) {
+  StartNodes(2);
+  std::string url = Origin() + "/weights.bin";
+  std::string out;
+  ASSERT_EQ(strata::testing::RunCommand(
+                {STRATA_PATH, "prefetch", url, "--node-socket", nodes_[0]->admin()}, &out),
+            0)
+      << out;
+  uint64_t once = proxy_->body_bytes();
+  EXPECT_GE(once, kSize);
+  EXPECT_LE(once, kSize + kChunk);
+  ASSERT_EQ(strata::testing::RunCommand(
+                {STRATA_PATH, "prefetch", url, "--node-socket", nodes_[1]->admin()}, &out),
+            0)
+      << out;
+  EXPECT_LE(proxy_->body_bytes() - once, 4096u);  // a stat at most, no chunk
+  // And the second node serves it from its own cache now.
+  std::string file = nodes_[1]->Mount(Origin()) + "/weights.bin";
+  EXPECT_EQ(ReadAll({file})[0], sha_);
+  EXPECT_LE(proxy_->body_bytes() - once, 8192u);
+}
+
+}  // namespace
+}  // namespace strata::peer
