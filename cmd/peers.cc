@@ -111,6 +111,8 @@ std::string Peers::MetricsText() const {
   Metric(o, "strata_peer_chunks_total", "counter", "Missed chunks by who fetched them.",
          c.owned_chunks, "how=\"owner\"");
   Metric(o, "strata_peer_chunks_total", "counter", "Missed chunks by who fetched them.",
+         c.runner_up_chunks, "how=\"runner_up\"");
+  Metric(o, "strata_peer_chunks_total", "counter", "Missed chunks by who fetched them.",
          c.leased_chunks, "how=\"lease\"");
   Metric(o, "strata_peer_chunks_total", "counter", "Missed chunks by who fetched them.",
          c.fallback_chunks, "how=\"fallback\"");

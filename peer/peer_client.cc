@@ -29,11 +29,26 @@ absl::StatusOr<cache::ChunkFrom> PeerClient::Fetch(
     absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin) {
   auto candidates = membership_.Candidates(chunk.key, chunk.index, opts_.max_candidates + 1);
   size_t asked = 0;
-  for (const Candidate& c : candidates) {
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const Candidate& c = candidates[i];
     if (c.self) {
       // This node owns the chunk (or is next after owners that failed):
       // its store's single fill is where the other nodes wait.
       ++(asked == 0 ? owned_ : fallback_);
+      if (i == 0 && candidates.size() > 1) {
+        absl::Status unused;
+        switch (Ask(candidates[1].address, chunk, out, from_origin, &unused, /*probe=*/true)) {
+          case Outcome::kGot:
+            ++runner_up_;
+            membership_.Succeeded(candidates[1].address);
+            return cache::ChunkFrom::kPeer;
+          case Outcome::kPeerFailed:
+            membership_.Failed(candidates[1].address);
+            break;
+          default:
+            break;
+        }
+      }
       absl::Status st = from_origin(out);
       if (!st.ok()) return st;
       return cache::ChunkFrom::kOrigin;
@@ -51,6 +66,7 @@ absl::StatusOr<cache::ChunkFrom> PeerClient::Fetch(
       case Outcome::kOriginFailed:
         return origin_status;
       case Outcome::kPeerFailed:
+      case Outcome::kAbsent:  // not asked of owners
         membership_.Failed(c.address);
         break;
     }
@@ -98,7 +114,7 @@ PeerClient::Link* PeerClient::Connect(const std::string& address) {
 PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::ChunkId& chunk,
                                     absl::Span<char> out,
                                     absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin,
-                                    absl::Status* origin_status) {
+                                    absl::Status* origin_status, bool probe) {
   auto fail = [&](const std::string& why) {
     spdlog::warn("peers: {} for chunk {} of {}: {}", address, chunk.index, chunk.key, why);
     Update(address, [](PeerLinkStats& s) { ++s.failures; });
@@ -120,7 +136,8 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
     link_rate = link->stats.link_bytes_per_second;
   }
   grpc::ClientContext ctx;
-  ctx.set_deadline(After(opts_.timeout));
+  // A probe is answered at once, or never: it is worth little time.
+  ctx.set_deadline(After(probe ? std::min(opts_.timeout, absl::Seconds(2)) : opts_.timeout));
   auto stream = link->stub->Fetch(&ctx);
   v1::FetchRequest req;
   v1::Want* w = req.mutable_want();
@@ -128,12 +145,14 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
   w->mutable_chunk()->set_index(chunk.index);
   w->mutable_chunk()->set_object_size(chunk.object_size);
   w->mutable_chunk()->set_chunk_size(chunk.chunk_size);
-  w->set_can_fetch(true);
+  w->set_can_fetch(!probe);
+  w->set_only_if_present(probe);
   if (opts_.zstd) w->add_accept(v1::CODEC_ZSTD);
   w->set_link_bytes_per_second(link_rate);
   v1::FetchResponse resp;
   if (!stream->Write(req) || !stream->Read(&resp)) {
     grpc::Status st = stream->Finish();
+    if (probe && st.error_code() == grpc::StatusCode::NOT_FOUND) return Outcome::kAbsent;
     return fail(absl::StrCat("no answer (", st.error_message(), ")"));
   }
   if (resp.has_header()) {
@@ -198,6 +217,7 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
 PeerClientStats PeerClient::Stats() const {
   PeerClientStats s;
   s.owned_chunks = owned_;
+  s.runner_up_chunks = runner_up_;
   s.leased_chunks = leased_;
   s.fallback_chunks = fallback_;
   absl::MutexLock l(&mu_);

@@ -4,7 +4,11 @@
 // the origin with its own credentials and hands the chunk to the owner for
 // everyone else. A peer that is down, slow past the deadline, or sends bytes
 // that do not check is set aside and the next candidate asked; when this
-// node is the next candidate, it reads the origin itself.
+// node is the next candidate, it reads the origin itself. An owner that
+// lacks a chunk first asks the runner-up whether it has it (only if
+// present, never waiting): when a node joins, the chunks it takes over
+// were the runner-up's, so a new node does not send the cluster's warm
+// chunks back to the origin.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -50,9 +54,10 @@ struct PeerLinkStats {
 
 struct PeerClientStats {
   std::vector<PeerLinkStats> peers;
-  uint64_t owned_chunks = 0;     // misses this node was the owner of
-  uint64_t leased_chunks = 0;    // fetched from the origin under a lease
-  uint64_t fallback_chunks = 0;  // read from the origin after peers failed
+  uint64_t owned_chunks = 0;      // misses this node was the owner of
+  uint64_t runner_up_chunks = 0;  // of those, found at the runner-up
+  uint64_t leased_chunks = 0;     // fetched from the origin under a lease
+  uint64_t fallback_chunks = 0;   // read from the origin after peers failed
 };
 
 class PeerClient final : public cache::ChunkPeers {
@@ -68,16 +73,18 @@ class PeerClient final : public cache::ChunkPeers {
   PeerClientStats Stats() const;
 
  private:
-  enum class Outcome { kGot, kLeased, kOriginFailed, kPeerFailed };
+  enum class Outcome { kGot, kLeased, kOriginFailed, kPeerFailed, kAbsent };
   struct Link {
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<v1::Peer::Stub> stub;
     PeerLinkStats stats;
   };
 
+  // One exchange with `address`. A probe asks only for a chunk the peer has
+  // now (kAbsent when it has not) and never takes a lease.
   Outcome Ask(const std::string& address, const cache::ChunkId& chunk, absl::Span<char> out,
               absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin,
-              absl::Status* origin_status);
+              absl::Status* origin_status, bool probe = false);
   // The link to `address`, connected within the connect timeout; null if not.
   Link* Connect(const std::string& address);
   template <typename F>
@@ -86,7 +93,7 @@ class PeerClient final : public cache::ChunkPeers {
   Membership& membership_;
   const PeerCredentials creds_;
   const PeerClientOptions opts_;
-  std::atomic<uint64_t> owned_{0}, leased_{0}, fallback_{0};
+  std::atomic<uint64_t> owned_{0}, runner_up_{0}, leased_{0}, fallback_{0};
   mutable absl::Mutex mu_;
   // Links are never removed while the client lives: Ask holds a pointer.
   absl::flat_hash_map<std::string, std::unique_ptr<Link>> links_ ABSL_GUARDED_BY(mu_);

@@ -72,6 +72,11 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
   }
   const uint32_t len = static_cast<uint32_t>(
       std::min<uint64_t>(c.chunk_size(), c.object_size() - uint64_t{c.index()} * c.chunk_size()));
+  if (want.only_if_present()) {
+    auto bytes = ReadPresent(key, c, len);
+    if (!bytes) return grpc::Status(grpc::StatusCode::NOT_FOUND, "not here");
+    return Send(stream, want, *bytes, len);
+  }
   absl::Status last = absl::UnavailableError("no fill was attempted");
   for (int attempt = 0; attempt < opts_.max_fill_attempts; ++attempt) {
     if (absl::Status st = store_.Register({key, c.object_size(), "via peers", c.chunk_size()});
@@ -98,38 +103,50 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
       continue;
     }
     std::shared_ptr<const cache::ChunkBytes> bytes = r->bytes;
-    if (!bytes) {  // it was present already
-      auto buf = std::make_shared<cache::ChunkBytes>((len + cache::kIoAlign - 1) / cache::kIoAlign *
-                                                     cache::kIoAlign);
-      buf->resize(len);
-      auto rr =
-          store_.Read(key, uint64_t{c.index()} * c.chunk_size(), absl::MakeSpan(buf->data(), len));
-      if (!rr.ok() || !rr->missing.empty()) {
-        last = rr.ok() ? absl::UnavailableError("evicted while being served") : rr.status();
-        continue;
-      }
-      bytes = std::move(buf);
+    if (!bytes) bytes = ReadPresent(key, c, len);  // it was present already
+    if (!bytes) {
+      last = absl::UnavailableError("evicted while being served");
+      continue;
     }
-    SendOptions so;
-    so.zstd = std::find(want.accept().begin(), want.accept().end(), v1::CODEC_ZSTD) !=
-              want.accept().end();
-    so.link_bytes_per_second = want.link_bytes_per_second();
-    so.compress_bytes_per_second = compress_rate_;
-    SendReport rep;
-    if (!SendChunk<v1::FetchResponse>(*stream, bytes->view().substr(0, len), so, &rep)) {
-      return grpc::Status(grpc::StatusCode::CANCELLED, "the asker went away");
-    }
-    if (rep.compress_bytes_per_second > 0) {
-      compress_rate_ = 0.8 * compress_rate_ + 0.2 * rep.compress_bytes_per_second;
-    }
-    ++served_;
-    bytes_ += len;
-    wire_ += rep.wire_bytes;
-    if (rep.compressed) ++compressed_;
-    return grpc::Status::OK;
+    return Send(stream, want, *bytes, len);
   }
   return ToGrpc(absl::UnavailableError(
       absl::StrCat("no node could fetch chunk ", c.index(), " of ", key, ": ", last.message())));
+}
+
+std::shared_ptr<const cache::ChunkBytes> PeerService::ReadPresent(const std::string& key,
+                                                                  const v1::ChunkRef& c,
+                                                                  uint32_t len) {
+  auto info = store_.Lookup(key);
+  if (!info || info->size != c.object_size() || info->chunk_size != c.chunk_size()) return nullptr;
+  auto buf = std::make_shared<cache::ChunkBytes>((len + cache::kIoAlign - 1) / cache::kIoAlign *
+                                                 cache::kIoAlign);
+  buf->resize(len);
+  auto rr =
+      store_.Read(key, uint64_t{c.index()} * c.chunk_size(), absl::MakeSpan(buf->data(), len));
+  if (!rr.ok() || !rr->missing.empty()) return nullptr;
+  return buf;
+}
+
+grpc::Status PeerService::Send(Stream* stream, const v1::Want& want, const cache::ChunkBytes& bytes,
+                               uint32_t len) {
+  SendOptions so;
+  so.zstd =
+      std::find(want.accept().begin(), want.accept().end(), v1::CODEC_ZSTD) != want.accept().end();
+  so.link_bytes_per_second = want.link_bytes_per_second();
+  so.compress_bytes_per_second = compress_rate_;
+  SendReport rep;
+  if (!SendChunk<v1::FetchResponse>(*stream, bytes.view().substr(0, len), so, &rep)) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the asker went away");
+  }
+  if (rep.compress_bytes_per_second > 0) {
+    compress_rate_ = 0.8 * compress_rate_ + 0.2 * rep.compress_bytes_per_second;
+  }
+  ++served_;
+  bytes_ += len;
+  wire_ += rep.wire_bytes;
+  if (rep.compressed) ++compressed_;
+  return grpc::Status::OK;
 }
 
 absl::Status PeerService::Lease(Stream* stream, const v1::Want& want, const std::string& asker,

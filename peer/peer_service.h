@@ -58,6 +58,12 @@ class PeerService final : public v1::Peer::Service {
   absl::Status Lease(grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>* stream,
                      const v1::Want& want, const std::string& asker, absl::Span<char> out);
 
+  // The chunk's bytes if this node has them now; null otherwise.
+  std::shared_ptr<const cache::ChunkBytes> ReadPresent(const std::string& key,
+                                                       const v1::ChunkRef& chunk, uint32_t len);
+  grpc::Status Send(grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>* stream,
+                    const v1::Want& want, const cache::ChunkBytes& bytes, uint32_t len);
+
   cache::ChunkStore& store_;
   const PeerServiceOptions opts_;
   std::atomic<double> compress_rate_{300e6};  // bytes/s zstd manages here (EWMA)

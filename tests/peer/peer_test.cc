@@ -441,6 +441,36 @@ TEST_F(PeersTest, ManyNodesAskingAtOnceCostTheOriginOneFetchPerChunk) {
   EXPECT_GT(served, 0u);
 }
 
+TEST_F(PeersTest, ANodeThatJoinsGetsTheChunksItNowOwnsFromTheirPreviousOwner) {
+  StartNodes(2);
+  const std::string key = "sha256:joined";
+  std::string got;
+  for (int n = 0; n < 2; ++n) {
+    for (uint32_t i = 0; i < 16; ++i) ASSERT_TRUE(Read(n, key, i, &got).ok());
+  }
+  ASSERT_EQ(origin_reads_, 16);
+  // A third node joins: it owns a third of the chunks now, which it has
+  // never seen; their previous owner is its runner-up.
+  std::string self = absl::StrCat("127.0.0.3:", nodes_[0]->address.substr(10));
+  auto m = Members(self, {nodes_[0]->address, nodes_[1]->address, self});
+  PeerClient joiner(*m, Insecure(), {.timeout = absl::Seconds(10)});
+  int owned = 0;
+  for (uint32_t i = 0; i < 16; ++i) {
+    owned += m->Candidates(key, i, 1)[0].self;
+    got.assign(kChunk, '\0');
+    auto from = joiner.Fetch({key, i, kObject, kChunk}, absl::MakeSpan(got), [&](absl::Span<char>) {
+      ++origin_reads_;
+      return absl::UnavailableError("the origin is not to be asked");
+    });
+    ASSERT_TRUE(from.ok()) << from.status();
+    EXPECT_EQ(*from, cache::ChunkFrom::kPeer);
+    EXPECT_TRUE(got == Bytes(key, i));
+  }
+  ASSERT_GT(owned, 0);
+  EXPECT_EQ(origin_reads_, 16);
+  EXPECT_EQ(joiner.Stats().runner_up_chunks, static_cast<uint64_t>(owned));
+}
+
 TEST_F(PeersTest, BytesCorruptedOnTheWayCostARefetchNeverAWrongByte) {
   StartNodes(2);
   const std::string key = "http://o/w@\"v\"";
