@@ -40,6 +40,10 @@ std::string PrometheusText(const cache::StoreStats& s, const cache::FetcherStats
          s.bytes_read + (v ? v->cached_bytes : 0), "source=\"cache\"");
   Metric(o, "strata_bytes_total", "counter", "Bytes served, by source.", f.origin_bytes,
          "source=\"origin\"");
+  Metric(o, "strata_bytes_total", "counter", "Bytes served, by source.", f.peer_bytes,
+         "source=\"peer\"");
+  Metric(o, "strata_errors_total", "counter", "Errors by kind.", f.peer_corrupt_chunks,
+         "kind=\"peer_digest\"");
   Metric(o, "strata_errors_total", "counter", "Errors by kind.", s.write_errors,
          "kind=\"cache_write\"");
   Metric(o, "strata_errors_total", "counter", "Errors by kind.", s.checksum_failures,

@@ -130,6 +130,8 @@ std::string Peers::MetricsText() const {
            s.leases_granted);
     Metric(o, "strata_peer_leases_failed_total", "counter",
            "Fetch leases whose holder failed, vanished or sent bad bytes.", s.leases_failed);
+    Metric(o, "strata_peer_lease_uploads_total", "counter",
+           "Chunks lease holders fetched for this node and sent it.", s.chunks_received);
     Metric(o, "strata_peer_refused_total", "counter", "Malformed or conflicting requests refused.",
            s.refused);
   }

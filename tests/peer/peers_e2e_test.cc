@@ -17,6 +17,7 @@
 #include "tests/csi/driver.h"
 #include "tests/util/fault_proxy.h"
 #include "tests/util/nginx.h"
+#include "tests/util/s3_server.h"
 #include "tests/util/subprocess.h"
 #include "tests/util/test_util.h"
 
@@ -38,12 +39,15 @@ class NodeProcess {
       : state_(absl::StrCat(root, "/node", index)),
         address_(absl::StrCat("127.0.0.", index + 1, ":", peer_port)) {
     std::filesystem::create_directories(state_);
-    child_ = strata::testing::Spawn(
-        {STRATA_PATH, "node", "--state-dir", state_, "--csi-endpoint", "unix://" + socket(),
-         "--node-id", absl::StrCat("node-", index), "--fd-keeper", "off", "--peer-address",
-         address_, "--peers", peers, "--peer-insecure", "--peer-timeout", "10"});
+    child_ =
+        strata::testing::Spawn({STRATA_PATH, "node", "--state-dir", state_, "--csi-endpoint",
+                                "unix://" + socket(), "--node-id", absl::StrCat("node-", index),
+                                "--fd-keeper", "off", "--peer-address", address_, "--peers", peers,
+                                "--peer-insecure", "--peer-timeout", "10", "--metrics-port", "0"});
     std::string out = strata::testing::ReadUntil(child_.out, "running", std::chrono::seconds(60));
     running_ = out.find("running") != std::string::npos;
+    size_t at = out.find("metrics on http://127.0.0.1:");
+    if (at != std::string::npos) metrics_port_ = std::atoi(out.c_str() + at + 28);
     log_ = out;
     drain_ = std::thread([this] {
       char buf[4096];
@@ -82,10 +86,30 @@ class NodeProcess {
     std::lock_guard<std::mutex> l(mu_);
     return log_;
   }
+  const std::string& state() const { return state_; }
+
+  // The value of one sample of /metrics ("name" or "name{labels}"); -1 if
+  // absent.
+  double Metric(const std::string& sample) {
+    std::string out;
+    strata::testing::RunCommand(
+        {"/usr/bin/curl", "-sf", absl::StrCat("http://127.0.0.1:", metrics_port_, "/metrics")},
+        &out, std::chrono::seconds(10));
+    size_t at = out.find("\n" + sample + " ");
+    return at == std::string::npos ? -1 : std::atof(out.c_str() + at + sample.size() + 2);
+  }
+  // /healthz's HTTP status.
+  std::string Health() {
+    std::string out;
+    strata::testing::RunCommand({"/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                 absl::StrCat("http://127.0.0.1:", metrics_port_, "/healthz")},
+                                &out, std::chrono::seconds(10));
+    return out;
+  }
 
   // NodeStageVolume then NodePublishVolume of the volume at `origin`;
   // returns the pod's path of the volume.
-  std::string Mount(const std::string& origin) {
+  std::string Mount(const std::string& origin, const Context& secrets = {}) {
     grpc::ChannelArguments args;
     auto ch =
         grpc::CreateCustomChannel("unix://" + socket(), grpc::InsecureChannelCredentials(), args);
@@ -94,7 +118,8 @@ class NodeProcess {
     std::string stage = state_ + "/kubelet/plugins/kubernetes.io/csi/csi.strata.io/v/globalmount";
     std::string pod = state_ + "/kubelet/pods/uid/volumes/kubernetes.io~csi/pv/mount";
     Context ctx{{"origin", origin}};
-    grpc::Status st = client.Stage("pv-model", stage, ctx);
+    grpc::Status st =
+        client.Stage("pv-model", stage, ctx, strata::csi::testing::MountCap(), secrets);
     EXPECT_TRUE(st.ok()) << st.error_message();
     st = client.Publish("pv-model", stage, pod, true, strata::csi::testing::MountCap(), ctx);
     EXPECT_TRUE(st.ok()) << st.error_message();
@@ -105,6 +130,7 @@ class NodeProcess {
   std::string state_, address_;
   Child child_;
   bool running_ = false;
+  int metrics_port_ = 0;
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::string log_;
@@ -185,9 +211,18 @@ TEST_F(PeersE2eTest, FourNodesReadingOneFileAtOnceCostTheOriginItsSizeOnce) {
   // came late is allowed, a file per node is not).
   EXPECT_GE(proxy_->body_bytes(), kSize);
   EXPECT_LE(proxy_->body_bytes(), kSize + 4 * kChunk) << proxy_->body_bytes();
+  double from_peers = 0, served = 0, uploads = 0;
   for (auto& n : nodes_) {
     EXPECT_THAT(n->log(), ::testing::Not(::testing::HasSubstr("set aside"))) << n->log();
+    from_peers += n->Metric("strata_bytes_total{source=\"peer\"}");
+    served += n->Metric("strata_peer_served_bytes_total");
+    uploads += n->Metric("strata_peer_lease_uploads_total");
   }
+  // Of each chunk's four copies, one came from the origin, and the other
+  // three from a peer, or (the owner's, when a lease holder fetched it)
+  // with the lease holder's upload.
+  EXPECT_EQ(from_peers, served);
+  EXPECT_EQ(from_peers + uploads * kChunk, 3.0 * kSize);
 }
 
 TEST_F(PeersE2eTest, AnOwnerKilledMidReadCostsTheOthersTimeNotBytes) {
@@ -208,6 +243,10 @@ TEST_F(PeersE2eTest, AnOwnerKilledMidReadCostsTheOthersTimeNotBytes) {
   EXPECT_EQ(sums[1], sha_);
   EXPECT_LT(proxy_->body_bytes(), 2 * kSize);
   EXPECT_THAT(nodes_[0]->log() + nodes_[1]->log(), ::testing::HasSubstr("set aside"));
+  // A peer down is no reason to call a node unhealthy.
+  EXPECT_EQ(nodes_[0]->Health(), "200");
+  EXPECT_GE(nodes_[0]->Metric("strata_peer_failures_total{peer=\"" + nodes_[2]->address() + "\"}"),
+            1);
 }
 
 TEST_F(PeersE2eTest, StrataPrefetchWarmsANodeThroughItsPeers) {
@@ -230,6 +269,54 @@ TEST_F(PeersE2eTest, StrataPrefetchWarmsANodeThroughItsPeers) {
   std::string file = nodes_[1]->Mount(Origin()) + "/weights.bin";
   EXPECT_EQ(ReadAll({file})[0], sha_);
   EXPECT_LE(proxy_->body_bytes() - once, 8192u);
+}
+
+// An S3 volume whose secrets two nodes of three were given: the third
+// never sees a credential, yet owns a third of the chunks; it grants their
+// fetch leases to the nodes that can reach the bucket, and the bucket
+// still serves each chunk about once.
+TEST_F(PeersE2eTest, CredentialsNeverTravelYetTheBucketServesEachChunkOnce) {
+  strata::testing::S3Server s3(dir_.path() + "/s3", "models");
+  ASSERT_TRUE(s3.ok()) << s3.error();
+  std::string out;
+  ASSERT_EQ(
+      strata::testing::RunCommand(
+          {"/usr/bin/curl", "-sf", "-X", "PUT", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user",
+           std::string(strata::testing::S3Server::kKey) + ":" + strata::testing::S3Server::kSecret,
+           "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "--data-binary",
+           "@" + dir_.path() + "/www/models/weights.bin",
+           s3.endpoint() + "/models/llm/weights.bin"},
+          &out),
+      0)
+      << out;
+  // The nodes get nothing from the environment: only two get the secrets.
+  ::unsetenv("AWS_ACCESS_KEY_ID");
+  ::unsetenv("AWS_SECRET_ACCESS_KEY");
+  strata::testing::FaultProxy bucket(s3.port(), nullptr);
+  StartNodes(3);
+  std::string origin =
+      absl::StrCat("s3://models/llm?endpoint=http://127.0.0.1:", bucket.port(), "&addressing=path");
+  Context secrets{{"access_key_id", strata::testing::S3Server::kKey},
+                  {"secret_access_key", strata::testing::S3Server::kSecret}};
+  std::vector<std::string> files;
+  for (int i = 0; i < 2; ++i) files.push_back(nodes_[i]->Mount(origin, secrets) + "/weights.bin");
+  bucket.Throttle(200ull << 20, 0);
+  auto sums = ReadAll(files);
+  EXPECT_EQ(sums[0], sha_);
+  EXPECT_EQ(sums[1], sha_);
+  EXPECT_LE(bucket.body_bytes(), kSize + 2 * kChunk) << bucket.body_bytes();
+  // The third node coordinated its share without reaching the bucket.
+  EXPECT_GE(nodes_[2]->Metric("strata_peer_leases_granted_total"), 1);
+  EXPECT_GE(nodes_[2]->Metric("strata_peer_served_chunks_total"), 1);
+  // Nothing it wrote or logged holds the secret.
+  std::string grep;
+  EXPECT_EQ(
+      strata::testing::RunCommand(
+          {"/bin/grep", "-rlaF", strata::testing::S3Server::kSecret, nodes_[2]->state()}, &grep),
+      1)
+      << grep;
+  EXPECT_THAT(nodes_[2]->log(),
+              ::testing::Not(::testing::HasSubstr(strata::testing::S3Server::kSecret)));
 }
 
 }  // namespace

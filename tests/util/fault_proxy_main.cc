@@ -1,7 +1,7 @@
 // `fault_proxy`: the test proxy as a program, for benchmarks that need a
 // slow link: fault_proxy UPSTREAM_PORT [--rate BYTES_PER_S] [--rtt-ms N].
 // Prints "port=N" once listening; runs until SIGINT/SIGTERM, then prints
-// "requests=N body_bytes=M" (what it served).
+// "requests=N body_bytes=M" (what it served; also on SIGUSR1, going on).
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -24,14 +24,21 @@ int main(int argc, char** argv) {
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   strata::testing::FaultProxy proxy(std::atoi(argv[1]), nullptr);
   proxy.Throttle(rate, rtt);
   std::printf("port=%d\n", proxy.port());
   std::fflush(stdout);
   int sig;
-  sigwait(&set, &sig);
-  // What the origin served through it, for benchmarks that count it.
+  // SIGUSR1 prints what it served so far and goes on; SIGINT/SIGTERM print
+  // it and end. For benchmarks that count what the origin served.
+  while (sigwait(&set, &sig) == 0 && sig == SIGUSR1) {
+    std::printf("requests=%llu body_bytes=%llu\n",
+                static_cast<unsigned long long>(proxy.requests()),
+                static_cast<unsigned long long>(proxy.body_bytes()));
+    std::fflush(stdout);
+  }
   std::printf("requests=%llu body_bytes=%llu\n", static_cast<unsigned long long>(proxy.requests()),
               static_cast<unsigned long long>(proxy.body_bytes()));
   std::fflush(stdout);

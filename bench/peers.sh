@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Peers: what the origin serves and how long nodes take when many start the
+# same file at once. Nodes are `strata node` daemons on 127.0.0.x, each with
+# its own state and cache, warmed through their admin sockets (`strata
+# prefetch --node-socket`, no mounts). The origin is nginx behind the test
+# fault proxy, throttled to RATE_MIB MiB/s (a shared registry or filer under
+# load), which counts the body bytes it serves. In one run:
+#   1. one node alone, cold: the time every other figure is compared with;
+#   2. four nodes without peers, all at once: origin bytes / size (about 4);
+#   3. four nodes with peers, all at once: origin bytes / size (goal <= 1.05)
+#      and the time until the last is done / the lone node's (goal <= 1.3);
+#   4. a fifth node joining the warm four: its read from peers against the
+#      same read by a lone node from the loopback nginx, unthrottled (goal:
+#      peer rate >= 0.9x nginx rate);
+#   5. a scale run: SCALE_NODES nodes (16) start a SCALE_MIB file at once:
+#      origin bytes / size, the largest share of the chunks served between
+#      nodes that one node served (1/SCALE_NODES is even), the time to the
+#      last node done;
+# On one machine every node writes its own copy to the one shared disk, so
+# the time of 4 nodes is also given against what this machine can do for
+# four nodes at all (four lone nodes on the unthrottled origin).
+# and every daemon's peak RSS (goal < 300 MiB).
+#   SIZE_MIB=2048 SCALE_MIB=1024 RATE_MIB=200 bench/peers.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+scripts/build.sh release
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+
+SIZE_MIB=${SIZE_MIB:-2048}
+SCALE_MIB=${SCALE_MIB:-1024}
+SCALE_NODES=${SCALE_NODES:-16}
+RATE_MIB=${RATE_MIB:-200}
+strata=build/cmd/strata
+work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/strata-peers.XXXXXX")
+pids=()
+node_pids=()
+proxy_pid=
+cleanup() {
+  for p in "${node_pids[@]}" "${pids[@]}" $proxy_pid; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc -l; }
+
+mkdir -p "$work/www" "$work/nginx"
+head -c "$((SIZE_MIB << 20))" /dev/urandom > "$work/www/model.bin"
+head -c "$((SCALE_MIB << 20))" /dev/urandom > "$work/www/scale.bin"
+port=$(free_port)
+cat > "$work/nginx/nginx.conf" <<CONF
+user root root;
+daemon off; worker_processes 2; pid $work/nginx/nginx.pid; error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; sendfile on; keepalive_requests 100000;
+  server { listen 127.0.0.1:$port; root $work/www; } }
+CONF
+nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
+
+# A fresh throttled proxy per phase, so that each phase's origin bytes are
+# its own; sets pport to its port. stop_proxy prints the bytes it served.
+start_proxy() {
+  rm -f "$work/proxy.out"
+  build/tests/util/fault_proxy "$port" --rate "$((RATE_MIB << 20))" > "$work/proxy.out" &
+  proxy_pid=$!
+  for _ in $(seq 200); do grep -q port= "$work/proxy.out" 2>/dev/null && break; sleep 0.05; done
+  pport=$(sed -n 's/port=//p' "$work/proxy.out")
+}
+stop_proxy() {
+  kill "$proxy_pid"
+  wait "$proxy_pid" 2>/dev/null || true
+  sed -n 's/.*body_bytes=//p' "$work/proxy.out" | tail -1
+}
+# What the running proxy served so far.
+proxy_bytes() {
+  local before
+  before=$(grep -c body_bytes= "$work/proxy.out" || true)
+  kill -USR1 "$proxy_pid"
+  for _ in $(seq 200); do
+    [ "$(grep -c body_bytes= "$work/proxy.out" || true)" -gt "$before" ] && break
+    sleep 0.02
+  done
+  sed -n 's/.*body_bytes=//p' "$work/proxy.out" | tail -1
+}
+
+# start_node NAME IP [PEERS]: a node daemon; PEERS empty: no peers.
+peer_port=$(free_port)
+start_node() {
+  local name=$1 ip=$2 peers=${3:-}
+  local args=(--log-level warn node --state-dir "$work/$name" --fd-keeper off --metrics-port 0)
+  if [ -n "$peers" ]; then
+    args+=(--peer-address "$ip:$peer_port" --peers "$peers" --peer-insecure)
+  fi
+  mkdir -p "$work/$name"
+  $strata "${args[@]}" > "$work/$name.log" 2>&1 &
+  node_pids+=($!)
+  echo $! > "$work/$name.pid"
+  for _ in $(seq 600); do grep -q running "$work/$name.log" && return 0; sleep 0.05; done
+  echo "node $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
+}
+# The peak RSS (KiB) of every node started so far, then stop them all.
+stop_nodes() {
+  for p in "${node_pids[@]}"; do
+    awk '/VmHWM/ {print $2}' "/proc/$p/status" >> "$work/rss_kib" 2>/dev/null || true
+    kill "$p" 2>/dev/null || true
+  done
+  for p in "${node_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  node_pids=()
+}
+prefetch() { $strata prefetch "$1" --node-socket "$work/$2/admin.sock" > /dev/null; }
+# Prefetches URL on every NAME at once; prints the seconds until the last.
+prefetch_all() {
+  local url=$1; shift
+  local t0 ps=() n
+  t0=$(now)
+  for n in "$@"; do prefetch "$url" "$n" & ps+=($!); done
+  for p in "${ps[@]}"; do wait "$p"; done
+  secs "$t0" "$(now)"
+}
+peer_list() { local i out=""; for i in "$@"; do out+="${out:+,}127.0.0.$i:$peer_port"; done; echo "$out"; }
+metric() { curl -s "http://127.0.0.1:$(sed -n 's/.*metrics on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$work/$1.log")/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+: > "$work/rss_kib"
+size=$((SIZE_MIB << 20))
+
+# 1. one node alone, cold, through the throttled origin
+start_proxy
+start_node alone 127.0.0.1
+t_alone=$(prefetch_all "http://127.0.0.1:$pport/model.bin" alone)
+stop_proxy > /dev/null
+stop_nodes
+
+# 2. four nodes without peers
+start_proxy
+for i in 1 2 3 4; do start_node "solo$i" "127.0.0.$i"; done
+t_nopeers=$(prefetch_all "http://127.0.0.1:$pport/model.bin" solo1 solo2 solo3 solo4)
+bytes_nopeers=$(stop_proxy)
+stop_nodes
+
+# 2b. what this one machine can do for four nodes: four lone nodes reading
+#     the unthrottled loopback origin at once (each writes its own copy to
+#     the one disk all of them share here, as they would not in a cluster)
+for i in 1 2 3 4; do start_node "bound$i" "127.0.0.$i"; done
+drop_caches
+t_bound=$(prefetch_all "http://127.0.0.1:$port/model.bin" bound1 bound2 bound3 bound4)
+stop_nodes
+
+# 3. four nodes with peers (kept for 4.)
+start_proxy
+list=$(peer_list 1 2 3 4 5)
+for i in 1 2 3 4; do start_node "peer$i" "127.0.0.$i" "$list"; done
+t_peers=$(prefetch_all "http://127.0.0.1:$pport/model.bin" peer1 peer2 peer3 peer4)
+bytes_peers=$(proxy_bytes)
+
+# 4. a fifth node joins the warm four and reads through them (the same
+#    origin URL: it is part of the chunk key; the origin only answers its
+#    stat); a lone node reads the same from loopback nginx.
+start_node peer5 127.0.0.5 "$list"
+drop_caches
+t_join=$(prefetch_all "http://127.0.0.1:$pport/model.bin" peer5)
+bytes_join=$(( $(stop_proxy) - bytes_peers ))
+stop_nodes
+start_node nginxread 127.0.0.6
+drop_caches
+t_nginx=$(prefetch_all "http://127.0.0.1:$port/model.bin" nginxread)
+stop_nodes
+
+# 5. the scale run
+start_proxy
+ids=(); for i in $(seq 11 $((10 + SCALE_NODES))); do ids+=("$i"); done
+list=$(peer_list "${ids[@]}")
+names=()
+for i in "${ids[@]}"; do start_node "scale$i" "127.0.0.$i" "$list"; names+=("scale$i"); done
+t_scale=$(prefetch_all "http://127.0.0.1:$pport/scale.bin" "${names[@]}")
+bytes_scale=$(stop_proxy)
+served=()
+for n in "${names[@]}"; do served+=("$(metric "$n" strata_peer_served_chunks_total)"); done
+stop_nodes
+
+chunks_scale=$(( (SCALE_MIB + 3) / 4 ))
+max_served=$(printf '%s\n' "${served[@]}" | sort -g | tail -1)
+total_served=$(printf '%s\n' "${served[@]}" | awk '{s += $1} END {print s}')
+rss_mib=$(sort -n "$work/rss_kib" | tail -1 | awk '{printf "%.0f", $1 / 1024}')
+
+echo "origin throttled to $RATE_MIB MiB/s, $SIZE_MIB MiB file"
+echo "one node alone: ${t_alone} s"
+echo "4 nodes, no peers: ${t_nopeers} s, origin served $bytes_nopeers bytes"
+echo "4 nodes, peers: ${t_peers} s, origin served $bytes_peers bytes"
+echo "4 nodes, no peers, unthrottled origin (this machine's bound): ${t_bound} s"
+echo "5th node from warm peers: ${t_join} s (origin $bytes_join bytes); the same from loopback nginx: ${t_nginx} s"
+echo "$SCALE_NODES nodes, $SCALE_MIB MiB: ${t_scale} s, origin served $bytes_scale bytes; chunks served to peers: max $max_served of $total_served (file: $chunks_scale chunks)"
+echo "peak daemon RSS: ${rss_mib} MiB"
+awk -v size="$size" -v ssize="$((SCALE_MIB << 20))" -v ta="$t_alone" -v tn="$t_nopeers" \
+    -v tp="$t_peers" -v bn="$bytes_nopeers" -v bp="$bytes_peers" -v tj="$t_join" \
+    -v tg="$t_nginx" -v ts="$t_scale" -v bs="$bytes_scale" -v ms="$max_served" \
+    -v ts_="$total_served" -v tb="$t_bound" -v r="$rss_mib" -v nodes="$SCALE_NODES" 'BEGIN {
+  bound = tb > ta ? tb : ta
+  printf "RESULT origin_ratio_peers=%.3f origin_ratio_nopeers=%.3f time_ratio_4nodes=%.2f time_ratio_vs_machine_bound=%.2f time_alone_s=%.1f time_4nodes_peers_s=%.1f time_4nodes_nopeers_s=%.1f machine_bound_s=%.1f peer_vs_nginx=%.2f peer_mibps=%.0f nginx_mibps=%.0f scale_nodes=%d scale_origin_ratio=%.3f scale_max_share=%.3f scale_time_s=%.1f peak_rss_mib=%s\n",
+    bp / size, bn / size, tp / ta, tp / bound, ta, tp, tn, tb, tg / tj, size / 1048576 / tj, size / 1048576 / tg,
+    nodes, bs / ssize, ms / ts_, ts, r }'
