@@ -600,6 +600,65 @@ TEST_F(PeersTest, ADeadOwnerIsSetAsideAndTheReadGoesOn) {
   EXPECT_EQ(nodes_[1]->client->Stats().fallback_chunks, 1u);
 }
 
+// A partition that drops packets rather than refusing connections: only a
+// deadline ends an exchange, after which the peer is set aside and the
+// next reads do not wait on it at all.
+TEST_F(PeersTest, ASilentPartitionCostsOneDeadlineNotARead) {
+  StartNodes(1);
+  const std::string key = "http://o/p@\"v\"";
+  int port = std::stoi(nodes_[0]->address.substr(nodes_[0]->address.rfind(':') + 1));
+  strata::testing::TcpProxy link("127.0.0.9", "127.0.0.1", port);
+  ASSERT_TRUE(link.ok());
+  std::string via = absl::StrCat("127.0.0.9:", link.port());
+  FakeClock clock;  // set-aside periods pass only when the test says
+  MembershipOptions mo;
+  mo.self = "127.0.0.2:1";
+  mo.peers = {via};
+  mo.clock = &clock;
+  auto m = Membership::Start(mo);
+  ASSERT_TRUE(m.ok());
+  PeerClient client(
+      **m, Insecure(),
+      {.timeout = absl::Milliseconds(500), .connect_timeout = absl::Milliseconds(500)});
+  std::vector<uint32_t> owned;
+  for (uint32_t i = 0; i < 64 && owned.size() < 3; ++i) {
+    if ((*m)->Candidates(key, i, 1)[0].address == via) owned.push_back(i);
+  }
+  ASSERT_EQ(owned.size(), 3u);
+  auto fetch = [&](uint32_t i, cache::ChunkFrom* from) {
+    std::string b = Bytes(key, i), got(kChunk, '\0');
+    auto f = client.Fetch({key, i, kObject, kChunk}, absl::MakeSpan(got), [&](absl::Span<char> o) {
+      ++origin_reads_;
+      std::memcpy(o.data(), b.data(), o.size());
+      return absl::OkStatus();
+    });
+    EXPECT_TRUE(f.ok()) << f.status();
+    if (f.ok()) *from = *f;
+    EXPECT_TRUE(got == b);
+  };
+  cache::ChunkFrom from;
+  fetch(owned[0], &from);  // through the link: a lease, so node 0 has it
+  EXPECT_EQ(from, cache::ChunkFrom::kOrigin);
+  EXPECT_EQ(nodes_[0]->service.Stats().chunks_received, 1u);
+  link.Blackhole(true);
+  auto start = std::chrono::steady_clock::now();
+  fetch(owned[1], &from);
+  EXPECT_EQ(from, cache::ChunkFrom::kOrigin);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  EXPECT_TRUE((*m)->Stats()[0].set_aside);
+  start = std::chrono::steady_clock::now();
+  uint64_t asked = client.Stats().peers[0].requests;
+  fetch(owned[2], &from);  // set aside: not asked
+  EXPECT_EQ(client.Stats().peers[0].requests, asked);
+  EXPECT_EQ(origin_reads_, 3);
+  // Healed, and the backoff over: the peer is asked again.
+  link.Blackhole(false);
+  clock.Advance(absl::Seconds(2));
+  fetch(owned[0], &from);
+  EXPECT_EQ(from, cache::ChunkFrom::kPeer);
+  EXPECT_EQ(origin_reads_, 3);
+}
+
 TEST_F(PeersTest, MalformedOrConflictingWantsAreRefusedWithTheRightCode) {
   StartNodes(1);
   ASSERT_TRUE(nodes_[0]->store->Register({"known", kObject, "test", kChunk}).ok());
