@@ -3,6 +3,9 @@
 #include "peer/tls.h"
 
 #include <grpcpp/security/credentials.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 
 #include <fstream>
 #include <sstream>
@@ -50,15 +53,22 @@ absl::StatusOr<PeerCredentials> LoadPeerCredentials(const PeerTlsOptions& o) {
   if (!crt.ok()) return crt.status();
   auto key = ReadPem(o.dir, "tls.key");
   if (!key.ok()) return key.status();
-  grpc::SslServerCredentialsOptions so(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  so.pem_root_certs = *ca;
-  so.pem_key_cert_pairs.push_back({*key, *crt});
-  c.server = grpc::SslServerCredentials(so);
-  grpc::SslCredentialsOptions co;
-  co.pem_root_certs = *ca;
-  co.pem_private_key = *key;
-  co.pem_cert_chain = *crt;
-  c.channel = grpc::SslCredentials(co);
+  // gRPC's file watcher reads the three files again every refresh, so
+  // renewed certificates take over without a restart (a restart would be
+  // cheap here, but the node's mounts make it a moment worth sparing).
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      o.dir + "/tls.key", o.dir + "/tls.crt", o.dir + "/ca.crt", o.refresh_seconds);
+  grpc::experimental::TlsServerCredentialsOptions so(provider);
+  so.watch_root_certs();
+  so.watch_identity_key_cert_pairs();
+  so.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  c.server = grpc::experimental::TlsServerCredentials(so);
+  grpc::experimental::TlsChannelCredentialsOptions co;
+  co.set_certificate_provider(provider);
+  co.watch_root_certs();
+  co.watch_identity_key_cert_pairs();
+  co.set_verify_server_certs(true);
+  c.channel = grpc::experimental::TlsCredentials(co);
   c.server_name = o.server_name;
   return c;
 }

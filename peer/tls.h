@@ -22,6 +22,10 @@ struct PeerTlsOptions {
   // checks the peer it connects to against, since peers are reached by IP.
   std::string server_name = "strata-peer";
   bool insecure = false;
+  // How often the files are read again: a renewed certificate (cert-manager
+  // rewrites the Secret, kubelet the mounted files) is used without a
+  // restart.
+  unsigned refresh_seconds = 60;
 };
 
 struct PeerCredentials {
@@ -30,8 +34,8 @@ struct PeerCredentials {
   std::string server_name;  // empty when insecure
 };
 
-// Reads the certificate directory (its files must be readable and
-// non-empty; the key readable by root alone is advised, not required).
+// Checks the certificate directory (its files must be readable PEM) and
+// makes credentials that read it again every refresh_seconds.
 // InvalidArgument for neither a directory nor `insecure`, or both.
 absl::StatusOr<PeerCredentials> LoadPeerCredentials(const PeerTlsOptions& options);
 

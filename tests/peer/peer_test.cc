@@ -739,7 +739,7 @@ class PeerTlsTest : public PeersTest {
            std::filesystem::copy_file(c + "/ca.crt", d + "/ca.crt");
   }
   PeerCredentials Creds(const std::string& name) {
-    auto c = LoadPeerCredentials({dir_.path() + "/" + name, "strata-peer", false});
+    auto c = LoadPeerCredentials({dir_.path() + "/" + name, "strata-peer", false, 1});
     EXPECT_TRUE(c.ok()) << c.status();
     return *c;
   }
@@ -781,6 +781,35 @@ TEST_F(PeerTlsTest, APeerWhoseCertificateNamesSomeoneElseIsNotTrustedAsAServer) 
   StartNodes(1, {Creds("wrongname")});
   EXPECT_FALSE(Gets(Creds("node2")));
   EXPECT_EQ(nodes_[0]->service.Stats().wants, 0u);
+}
+
+// cert-manager renews by rewriting the Secret, kubelet the mounted files:
+// the running node takes the new files without a restart. Here the CA
+// bundle grows to trust a second CA, whose peer is then let in.
+TEST_F(PeerTlsTest, RenewedFilesAreTakenWithoutARestart) {
+  std::string server = dir_.path() + "/server";
+  std::filesystem::create_directories(server);
+  for (const char* f : {"ca.crt", "tls.crt", "tls.key"}) {
+    std::filesystem::copy_file(dir_.path() + "/node1/" + f, server + "/" + f);
+  }
+  StartNodes(1, {Creds("server")});
+  // A peer of the second CA that trusts the first.
+  std::string other = dir_.path() + "/other";
+  std::filesystem::create_directories(other);
+  std::filesystem::copy_file(dir_.path() + "/rogue/tls.crt", other + "/tls.crt");
+  std::filesystem::copy_file(dir_.path() + "/rogue/tls.key", other + "/tls.key");
+  std::filesystem::copy_file(dir_.path() + "/ca1/ca.crt", other + "/ca.crt");
+  EXPECT_FALSE(Gets(Creds("other")));
+  std::string bundle = strata::testing::ReadPath(dir_.path() + "/ca1/ca.crt") +
+                       strata::testing::ReadPath(dir_.path() + "/ca2/ca.crt");
+  strata::testing::WriteFile(server + "/ca.crt.new", bundle);
+  std::filesystem::rename(server + "/ca.crt.new", server + "/ca.crt");
+  bool in = false;
+  for (int i = 0; i < 20 && !in; ++i) {  // the files are read every second
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    in = Gets(Creds("other"));
+  }
+  EXPECT_TRUE(in);
 }
 
 TEST(PeerTlsOptionsTest, ACertificateDirectoryOrAnExplicitInsecureIsRequired) {
