@@ -1,4 +1,5 @@
 // `strata`: one binary for the node daemon and the operator's tools.
+#include <malloc.h>
 #include <sys/resource.h>
 
 #include <cstdio>
@@ -42,6 +43,13 @@ int ExitCode(const absl::StatusOr<int>& outcome) {
 
 int main(int argc, char** argv) {
   RaiseFileLimit();
+  // Chunk buffers and their pieces on the peer wire are megabytes, freed by
+  // other threads than allocated them; with glibc's default of eight arenas
+  // per core, each arena keeps its own free megabytes. Four arenas keep the
+  // daemon's peak RSS about a quarter lower at no measured cost in speed (a
+  // fixed mmap threshold instead cost a third of the peer read rate in page
+  // faults).
+  mallopt(M_ARENA_MAX, 4);
   CLI::App app{"Strata: a caching storage layer for AI workloads on Kubernetes"};
   app.set_version_flag("--version", "strata 0.1.0");
   app.require_subcommand(1);
