@@ -102,10 +102,11 @@ start_node() {
   for _ in $(seq 600); do grep -q running "$work/$name.log" && return 0; sleep 0.05; done
   echo "node $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
 }
-# The peak RSS (KiB) of every node started so far, then stop them all.
+# Records the peak RSS (KiB) of every node started so far under the phase
+# name $1, then stops them all.
 stop_nodes() {
   for p in "${node_pids[@]}"; do
-    awk '/VmHWM/ {print $2}' "/proc/$p/status" >> "$work/rss_kib" 2>/dev/null || true
+    awk -v phase="$1" '/VmHWM/ {print phase, $2}' "/proc/$p/status" >> "$work/rss_kib" 2>/dev/null || true
     kill "$p" 2>/dev/null || true
   done
   for p in "${node_pids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -131,14 +132,14 @@ start_proxy
 start_node alone 127.0.0.1
 t_alone=$(prefetch_all "http://127.0.0.1:$pport/model.bin" alone)
 stop_proxy > /dev/null
-stop_nodes
+stop_nodes alone
 
 # 2. four nodes without peers
 start_proxy
 for i in 1 2 3 4; do start_node "solo$i" "127.0.0.$i"; done
 t_nopeers=$(prefetch_all "http://127.0.0.1:$pport/model.bin" solo1 solo2 solo3 solo4)
 bytes_nopeers=$(stop_proxy)
-stop_nodes
+stop_nodes nopeers
 
 # 2b. what this one machine can do for four nodes: four lone nodes reading
 #     the unthrottled loopback origin at once (each writes its own copy to
@@ -146,7 +147,7 @@ stop_nodes
 for i in 1 2 3 4; do start_node "bound$i" "127.0.0.$i"; done
 drop_caches
 t_bound=$(prefetch_all "http://127.0.0.1:$port/model.bin" bound1 bound2 bound3 bound4)
-stop_nodes
+stop_nodes bound
 
 # 3. four nodes with peers (kept for 4.)
 start_proxy
@@ -162,11 +163,11 @@ start_node peer5 127.0.0.5 "$list"
 drop_caches
 t_join=$(prefetch_all "http://127.0.0.1:$pport/model.bin" peer5)
 bytes_join=$(( $(stop_proxy) - bytes_peers ))
-stop_nodes
+stop_nodes peers
 start_node nginxread 127.0.0.6
 drop_caches
 t_nginx=$(prefetch_all "http://127.0.0.1:$port/model.bin" nginxread)
-stop_nodes
+stop_nodes nginx
 
 # 5. the scale run
 start_proxy
@@ -178,12 +179,13 @@ t_scale=$(prefetch_all "http://127.0.0.1:$pport/scale.bin" "${names[@]}")
 bytes_scale=$(stop_proxy)
 served=()
 for n in "${names[@]}"; do served+=("$(metric "$n" strata_peer_served_chunks_total)"); done
-stop_nodes
+stop_nodes scale
 
 chunks_scale=$(( (SCALE_MIB + 3) / 4 ))
 max_served=$(printf '%s\n' "${served[@]}" | sort -g | tail -1)
 total_served=$(printf '%s\n' "${served[@]}" | awk '{s += $1} END {print s}')
-rss_mib=$(sort -n "$work/rss_kib" | tail -1 | awk '{printf "%.0f", $1 / 1024}')
+rss_mib=$(awk '{print $2}' "$work/rss_kib" | sort -n | tail -1 | awk '{printf "%.0f", $1 / 1024}')
+rss_by_phase=$(awk '{if ($2 > m[$1]) m[$1] = $2} END {for (p in m) printf "%s %.0f MiB, ", p, m[p] / 1024}' "$work/rss_kib")
 
 echo "origin throttled to $RATE_MIB MiB/s, $SIZE_MIB MiB file"
 echo "one node alone: ${t_alone} s"
@@ -192,7 +194,7 @@ echo "4 nodes, peers: ${t_peers} s, origin served $bytes_peers bytes"
 echo "4 nodes, no peers, unthrottled origin (this machine's bound): ${t_bound} s"
 echo "5th node from warm peers: ${t_join} s (origin $bytes_join bytes); the same from loopback nginx: ${t_nginx} s"
 echo "$SCALE_NODES nodes, $SCALE_MIB MiB: ${t_scale} s, origin served $bytes_scale bytes; chunks served to peers: max $max_served of $total_served (file: $chunks_scale chunks)"
-echo "peak daemon RSS: ${rss_mib} MiB"
+echo "peak daemon RSS: ${rss_mib} MiB (by phase: ${rss_by_phase%, })"
 awk -v size="$size" -v ssize="$((SCALE_MIB << 20))" -v ta="$t_alone" -v tn="$t_nopeers" \
     -v tp="$t_peers" -v bn="$bytes_nopeers" -v bp="$bytes_peers" -v tj="$t_join" \
     -v tg="$t_nginx" -v ts="$t_scale" -v bs="$bytes_scale" -v ms="$max_served" \

@@ -199,6 +199,11 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartPeerServer(const std::string&
   int port = 0;
   b.AddListeningPort(address, credentials.server, &port);
   b.SetMaxReceiveMessageSize(8 << 20);
+  // Peers ping every two seconds to notice a silent partition; a server
+  // that took that for abuse would cut them off.
+  b.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  b.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   b.RegisterService(&service);
   auto server = b.BuildAndStart();
   if (!server || port == 0) {

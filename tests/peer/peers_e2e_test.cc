@@ -19,6 +19,7 @@
 #include "tests/util/nginx.h"
 #include "tests/util/s3_server.h"
 #include "tests/util/subprocess.h"
+#include "tests/util/tcp_proxy.h"
 #include "tests/util/test_util.h"
 
 namespace strata::peer {
@@ -35,15 +36,35 @@ constexpr uint64_t kChunk = 4ull << 20;
 // the TLS handshake is the in-process tests' subject).
 class NodeProcess {
  public:
-  NodeProcess(const std::string& root, int index, int peer_port, const std::string& peers)
-      : state_(absl::StrCat(root, "/node", index)),
-        address_(absl::StrCat("127.0.0.", index + 1, ":", peer_port)) {
+  // `netns`: a network namespace (its /run/netns name) to run in, entered
+  // for the network alone (nsenter), so that its mounts are the test's.
+  NodeProcess(const std::string& root, int index, const std::string& address,
+              const std::string& peers, const std::string& netns = "")
+      : state_(absl::StrCat(root, "/node", index)), address_(address) {
     std::filesystem::create_directories(state_);
-    child_ =
-        strata::testing::Spawn({STRATA_PATH, "node", "--state-dir", state_, "--csi-endpoint",
-                                "unix://" + socket(), "--node-id", absl::StrCat("node-", index),
-                                "--fd-keeper", "off", "--peer-address", address_, "--peers", peers,
-                                "--peer-insecure", "--peer-timeout", "10", "--metrics-port", "0"});
+    std::vector<std::string> argv = {STRATA_PATH,
+                                     "node",
+                                     "--state-dir",
+                                     state_,
+                                     "--csi-endpoint",
+                                     "unix://" + socket(),
+                                     "--node-id",
+                                     absl::StrCat("node-", index),
+                                     "--fd-keeper",
+                                     "off",
+                                     "--peer-address",
+                                     address_,
+                                     "--peers",
+                                     peers,
+                                     "--peer-insecure",
+                                     "--peer-timeout",
+                                     "10",
+                                     "--metrics-port",
+                                     "0"};
+    if (!netns.empty()) {
+      argv.insert(argv.begin(), {"/usr/bin/nsenter", "--net=/run/netns/" + netns, "--"});
+    }
+    child_ = strata::testing::Spawn(argv);
     std::string out = strata::testing::ReadUntil(child_.out, "running", std::chrono::seconds(60));
     running_ = out.find("running") != std::string::npos;
     size_t at = out.find("metrics on http://127.0.0.1:");
@@ -168,7 +189,7 @@ class PeersE2eTest : public ::testing::Test {
     for (int i = 0; i < n; ++i) all.push_back(absl::StrCat("127.0.0.", i + 1, ":", port));
     for (int i = 0; i < n; ++i) {
       nodes_.push_back(
-          std::make_unique<NodeProcess>(dir_.path(), i, port, absl::StrJoin(all, ",")));
+          std::make_unique<NodeProcess>(dir_.path(), i, all[i], absl::StrJoin(all, ",")));
       ASSERT_TRUE(nodes_.back()->running()) << nodes_.back()->log();
     }
   }
@@ -269,6 +290,88 @@ TEST_F(PeersE2eTest, StrataPrefetchWarmsANodeThroughItsPeers) {
   std::string file = nodes_[1]->Mount(Origin()) + "/weights.bin";
   EXPECT_EQ(ReadAll({file})[0], sha_);
   EXPECT_LE(proxy_->body_bytes() - once, 8192u);
+}
+
+// Nodes in network namespaces of their own on a bridge the test makes; one
+// is cut off mid-read by taking its link down (packets dropped, not
+// refused: only deadlines notice). The others finish with the right bytes.
+class PeersNetnsTest : public PeersE2eTest {
+ protected:
+  void SetUp() override {
+    PeersE2eTest::SetUp();
+    if (IsSkipped()) return;
+    tag_ = std::to_string(::getpid() % 100000);
+    bridge_ = "sbr" + tag_;
+    ASSERT_TRUE(Ip({"link", "add", bridge_, "type", "bridge"}));
+    ASSERT_TRUE(Ip({"addr", "add", Subnet(1) + "/24", "dev", bridge_}));
+    ASSERT_TRUE(Ip({"link", "set", bridge_, "up"}));
+    for (int i = 0; i < 3; ++i) {
+      std::string ns = Ns(i), veth = Veth(i);
+      ASSERT_TRUE(Ip({"netns", "add", ns}));
+      namespaces_.push_back(ns);
+      ASSERT_TRUE(Ip({"link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns}));
+      ASSERT_TRUE(Ip({"link", "set", veth, "master", bridge_, "up"}));
+      ASSERT_TRUE(Ip({"-n", ns, "addr", "add", Subnet(10 + i) + "/24", "dev", "eth0"}));
+      ASSERT_TRUE(Ip({"-n", ns, "link", "set", "eth0", "up"}));
+      ASSERT_TRUE(Ip({"-n", ns, "link", "set", "lo", "up"}));
+    }
+    // The origin, reached from the namespaces at the bridge's address.
+    origin_link_ =
+        std::make_unique<strata::testing::TcpProxy>(Subnet(1), "127.0.0.1", proxy_->port());
+    ASSERT_TRUE(origin_link_->ok());
+  }
+  void TearDown() override {
+    PeersE2eTest::TearDown();
+    origin_link_.reset();
+    for (const auto& ns : namespaces_) Ip({"netns", "del", ns});
+    if (!bridge_.empty()) Ip({"link", "del", bridge_});
+  }
+  bool Ip(std::vector<std::string> args) {
+    args.insert(args.begin(), "/usr/sbin/ip");
+    std::string out;
+    int rc = strata::testing::RunCommand(args, &out, std::chrono::seconds(30));
+    if (rc != 0) ADD_FAILURE() << absl::StrJoin(args, " ") << ": " << out;
+    return rc == 0;
+  }
+  // 10.213.N.host: a subnet per test process, of addresses this test made.
+  std::string Subnet(int host) const {
+    return absl::StrCat("10.213.", ::getpid() % 250, ".", host);
+  }
+  std::string Ns(int i) const { return absl::StrCat("strata-", tag_, "-", i); }
+  std::string Veth(int i) const { return absl::StrCat("sv", tag_, "n", i); }
+  std::string NsOrigin() const {
+    return absl::StrCat("http://", Subnet(1), ":", origin_link_->port(), "/models/");
+  }
+
+  std::string tag_, bridge_;
+  std::vector<std::string> namespaces_;
+  std::unique_ptr<strata::testing::TcpProxy> origin_link_;
+};
+
+TEST_F(PeersNetnsTest, ANodeCutOffMidReadCostsTheOthersTimeNotBytes) {
+  int port = strata::testing::FreePort();
+  std::vector<std::string> all;
+  for (int i = 0; i < 3; ++i) all.push_back(absl::StrCat(Subnet(10 + i), ":", port));
+  for (int i = 0; i < 3; ++i) {
+    nodes_.push_back(
+        std::make_unique<NodeProcess>(dir_.path(), i, all[i], absl::StrJoin(all, ","), Ns(i)));
+    ASSERT_TRUE(nodes_.back()->running()) << nodes_.back()->log();
+  }
+  std::vector<std::string> files;
+  for (int i = 0; i < 2; ++i) files.push_back(nodes_[i]->Mount(NsOrigin()) + "/weights.bin");
+  proxy_->Throttle(40ull << 20, 0);
+  std::thread cutter([&] {
+    for (int i = 0; i < 3000 && proxy_->body_bytes() < kSize / 4; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    Ip({"link", "set", Veth(2), "down"});  // node 2 is still running, unreachable
+  });
+  auto sums = ReadAll(files);
+  cutter.join();
+  EXPECT_EQ(sums[0], sha_) << nodes_[0]->log();
+  EXPECT_EQ(sums[1], sha_) << nodes_[1]->log();
+  EXPECT_THAT(nodes_[0]->log() + nodes_[1]->log(), ::testing::HasSubstr("set aside"));
+  EXPECT_LT(proxy_->body_bytes(), 2 * kSize);
 }
 
 // An S3 volume whose secrets two nodes of three were given: the third
