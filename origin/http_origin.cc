@@ -32,15 +32,7 @@ class HttpOrigin final : public Origin {
   // A strong ETag or a Last-Modified is the server's word for every client;
   // with neither, only the size is known, which says nothing about content.
   bool SharedVersion(const ObjectStat& stat) const override {
-    return !stat.version.empty() && !stat.version.starts_with("lm::");
-  }
-
-  // What a server says of a directory-like URL: forbidden (no index), or
-  // an HTML listing.
-  static bool IsPrefixAnswer(const HttpResponse& resp) {
-    if (resp.status == 403) return true;
-    std::string type = resp.Header("content-type");
-    return resp.status == 200 && type.rfind("text/html", 0) == 0;
+    return !stat.is_dir && !stat.version.empty() && !stat.version.starts_with("lm::");
   }
 
   absl::StatusOr<ObjectStat> Stat(const std::string& path) override {
@@ -60,9 +52,10 @@ class HttpOrigin final : public Origin {
       resp = http_->Do(req);
       if (!resp.ok()) return resp.status();
     }
-    if (path.empty() && IsPrefixAnswer(*resp)) {
-      // The origin's URL is a prefix (a volume's), which plain HTTP cannot
-      // stat: the names beneath it are asked for one by one.
+    if (path.empty() && url_.back() == '/') {
+      // A URL ending in "/" is a prefix (a volume's), which plain HTTP
+      // cannot stat: whatever the server says of it (a listing, 403, 404),
+      // it answered, and the names beneath are asked for one by one.
       ObjectStat dir;
       dir.is_dir = true;
       dir.mode = 0555;

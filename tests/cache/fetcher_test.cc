@@ -425,6 +425,83 @@ class FlakyOrigin final : public origin::Origin {
 // The fetcher's deadlines and backoff on a fake clock: every retry's wait
 // moves the clock instead of the test's thread, so the waits are checked
 // exactly (within the jitter) without taking any time.
+// The peers seam: a fake at ChunkPeers that records what it is asked and
+// answers from the origin, or with bytes of its own (a lying peer).
+class RecordingPeers final : public ChunkPeers {
+ public:
+  absl::StatusOr<ChunkFrom> Fetch(
+      const ChunkId& chunk, absl::Span<char> out,
+      absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin) override {
+    absl::MutexLock l(&mu_);
+    asked_.push_back(std::string(chunk.key) + "#" + std::to_string(chunk.index));
+    if (lie_) {
+      std::memset(out.data(), 'x', out.size());
+      return ChunkFrom::kPeer;
+    }
+    absl::Status st = from_origin(out);
+    if (!st.ok()) return st;
+    return ChunkFrom::kOrigin;
+  }
+  std::vector<std::string> asked() {
+    absl::MutexLock l(&mu_);
+    return asked_;
+  }
+  void Lie() { lie_ = true; }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> asked_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> lie_{false};
+};
+
+TEST_F(FetcherTest, ChunksOfASharedVersionAreAskedOfPeersFirst) {
+  RecordingPeers peers;
+  FetcherOptions o;
+  o.peers = &peers;
+  Fetcher f(*store_, o);
+  FetchTarget t = Target(nullptr);  // nginx: a strong ETag, the same for every node
+  ASSERT_TRUE(t.origin->SharedVersion(t.stat));
+  EXPECT_EQ(ReadAll(f, t, 1 << 20), data_);
+  auto asked = peers.asked();
+  EXPECT_EQ(asked.size(), 17u);
+  for (const auto& a : asked) EXPECT_THAT(a, ::testing::StartsWith(StoreKey(t) + "#"));
+}
+
+TEST_F(FetcherTest, AVersionOnlyThisNodeKnowsIsNeverAskedOfPeers) {
+  RecordingPeers peers;
+  FetcherOptions o;
+  o.peers = &peers;
+  Fetcher f(*store_, o);
+  // A file on this machine's own file system: its inode and mtime say
+  // nothing about another node's file of that name.
+  auto origin = origin::OpenOrigin("file://" + root_.path() + "/www", {});
+  ASSERT_TRUE(origin.ok());
+  FetchTarget t;
+  t.origin = std::move(*origin);
+  t.path = "blob.bin";
+  t.stat = *t.origin->Stat("blob.bin");
+  t.chunk_size = kChunk;
+  EXPECT_FALSE(t.origin->SharedVersion(t.stat));
+  EXPECT_EQ(ReadAll(f, t, 1 << 20), data_);
+  EXPECT_TRUE(peers.asked().empty());
+}
+
+TEST_F(FetcherTest, APeersBytesThatDoNotMatchTheirDigestAreFetchedAgain) {
+  RecordingPeers peers;
+  peers.Lie();
+  FetcherOptions o;
+  o.peers = &peers;
+  Fetcher f(*store_, o);
+  FetchTarget t = Target(nullptr);
+  for (uint64_t off = 0; off < kSize; off += kChunk) {
+    t.chunk_sha256.push_back(Sha256(absl::string_view(data_).substr(off, kChunk)));
+  }
+  EXPECT_EQ(ReadAll(f, t, 1 << 20), data_);
+  EXPECT_EQ(f.Stats().peer_corrupt_chunks, 17u);
+  EXPECT_EQ(f.Stats().peer_bytes, 0u);
+  EXPECT_GE(f.Stats().origin_requests, 17u);
+}
+
 class FetcherClockTest : public ::testing::Test {
  protected:
   void SetUp() override {

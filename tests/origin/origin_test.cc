@@ -93,6 +93,31 @@ class HttpOriginTest : public ::testing::Test {
   std::unique_ptr<strata::testing::Nginx> nginx_;
 };
 
+// An origin URL ending in "/" is a prefix (a volume's root): a directory,
+// whatever the server says of the URL itself (nginx: 403, no index). Without
+// the slash it is an object, and a 403 is believed.
+TEST_F(HttpOriginTest, AUrlEndingInASlashIsADirectory) {
+  auto prefix = OpenOrigin(nginx_->url("data/"), {});
+  ASSERT_TRUE(prefix.ok());
+  auto root = (*prefix)->Stat("");
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_TRUE(root->is_dir);
+  EXPECT_FALSE((*prefix)->SharedVersion(*root));
+  auto file = (*prefix)->Stat("model.bin");
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->size, data_.size());
+  EXPECT_TRUE((*prefix)->SharedVersion(*file));  // nginx's ETag
+  auto object = OpenOrigin(nginx_->url("data"), {});
+  ASSERT_TRUE(object.ok());
+  EXPECT_FALSE((*object)->Stat("").ok());
+  auto missing = OpenOrigin(nginx_->url("nowhere/"), {});
+  ASSERT_TRUE(missing.ok());
+  EXPECT_TRUE((*missing)->Stat("").ok());  // a 404 prefix: names beneath are asked anyway
+  auto down = OpenOrigin("http://127.0.0.1:1/data/", {});
+  ASSERT_TRUE(down.ok());
+  EXPECT_FALSE((*down)->Stat("").ok());  // nobody answered
+}
+
 TEST_F(HttpOriginTest, StatAndRangedReadsAgainstNginx) {
   auto origin = OpenOrigin(nginx_->url("data"), {});
   ASSERT_TRUE(origin.ok());

@@ -172,9 +172,9 @@ class PeersE2eTest : public ::testing::Test {
     }
     std::ofstream(dir_.path() + "/www/models/weights.bin", std::ios::binary) << data_;
     sha_ = Sha256Hex(data_);
-    // The volume's root must answer a GET, as a model hub's listing does.
-    nginx_ = std::make_unique<strata::testing::Nginx>(dir_.path() + "/www", dir_.path() + "/nginx",
-                                                      "", "", "    autoindex on;\n");
+    // The volume's root is a prefix (it ends in "/"): nginx's 403 for it
+    // is no reason not to stage it.
+    nginx_ = std::make_unique<strata::testing::Nginx>(dir_.path() + "/www", dir_.path() + "/nginx");
     ASSERT_TRUE(nginx_->ok());
     proxy_ = std::make_unique<strata::testing::FaultProxy>(nginx_->port(), nullptr);
   }
