@@ -73,6 +73,7 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
   const uint32_t len = static_cast<uint32_t>(
       std::min<uint64_t>(c.chunk_size(), c.object_size() - uint64_t{c.index()} * c.chunk_size()));
   if (want.only_if_present()) {
+    SendSlot slot(*this);
     auto bytes = ReadPresent(key, c, len);
     if (!bytes) return grpc::Status(grpc::StatusCode::NOT_FOUND, "not here");
     return Send(stream, want, *bytes, len);
@@ -102,6 +103,7 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
       last = r.status();
       continue;
     }
+    SendSlot slot(*this);
     std::shared_ptr<const cache::ChunkBytes> bytes = r->bytes;
     if (!bytes) bytes = ReadPresent(key, c, len);  // it was present already
     if (!bytes) {
@@ -112,6 +114,20 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
   }
   return ToGrpc(absl::UnavailableError(
       absl::StrCat("no node could fetch chunk ", c.index(), " of ", key, ": ", last.message())));
+}
+
+PeerService::SendSlot::SendSlot(PeerService& service) : service_(service) {
+  absl::MutexLock l(&service_.send_mu_);
+  auto free_slot = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(service_.send_mu_) {
+    return service_.sending_ < service_.opts_.max_sending;
+  };
+  service_.send_mu_.Await(absl::Condition(&free_slot));
+  ++service_.sending_;
+}
+
+PeerService::SendSlot::~SendSlot() {
+  absl::MutexLock l(&service_.send_mu_);
+  --service_.sending_;
 }
 
 std::shared_ptr<const cache::ChunkBytes> PeerService::ReadPresent(const std::string& key,

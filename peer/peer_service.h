@@ -17,6 +17,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cache/chunk_store.h"
 #include "peer.grpc.pb.h"
@@ -28,6 +29,10 @@ struct PeerServiceOptions {
   // How often a Want may wait on a fill that fails before it gives up.
   int max_fill_attempts = 3;
   absl::Duration lease_timeout = absl::Seconds(30);  // told to lease holders
+  // Chunks read out and sent at once: each holds a chunk's buffer and its
+  // pieces in flight, so a node asked by many peers at once waits rather
+  // than holding one of each per ask.
+  int max_sending = 16;
 };
 
 struct PeerServiceStats {
@@ -58,6 +63,17 @@ class PeerService final : public v1::Peer::Service {
   absl::Status Lease(grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>* stream,
                      const v1::Want& want, const std::string& asker, absl::Span<char> out);
 
+  // One of the max_sending slots, held while it lives.
+  class SendSlot {
+   public:
+    explicit SendSlot(PeerService& service);
+    ~SendSlot();
+    SendSlot(const SendSlot&) = delete;
+    SendSlot& operator=(const SendSlot&) = delete;
+
+   private:
+    PeerService& service_;
+  };
   // The chunk's bytes if this node has them now; null otherwise.
   std::shared_ptr<const cache::ChunkBytes> ReadPresent(const std::string& key,
                                                        const v1::ChunkRef& chunk, uint32_t len);
@@ -66,6 +82,8 @@ class PeerService final : public v1::Peer::Service {
 
   cache::ChunkStore& store_;
   const PeerServiceOptions opts_;
+  absl::Mutex send_mu_;
+  int sending_ ABSL_GUARDED_BY(send_mu_) = 0;
   std::atomic<double> compress_rate_{300e6};  // bytes/s zstd manages here (EWMA)
   std::atomic<uint64_t> wants_{0}, refused_{0}, served_{0}, bytes_{0}, wire_{0}, compressed_{0};
   std::atomic<uint64_t> leases_{0}, leases_failed_{0}, received_{0};
