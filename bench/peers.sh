@@ -16,10 +16,10 @@
 #      origin bytes / size, the largest share of the chunks served between
 #      nodes that one node served (1/SCALE_NODES is even), the time to the
 #      last node done;
-# On one machine every node writes its own copy to the one shared disk, so
-# the time of 4 nodes is also given against what this machine can do for
-# four nodes at all (four lone nodes on the unthrottled origin).
-# and every daemon's peak RSS (goal < 300 MiB).
+# and every daemon's peak RSS (goal < 300 MiB). On one machine every node
+# writes its own copy to the one shared disk, so the time of 4 nodes is also
+# given against what this machine can do for four nodes at all (four lone
+# nodes on the unthrottled origin).
 #   SIZE_MIB=2048 SCALE_MIB=1024 RATE_MIB=200 bench/peers.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -287,7 +287,6 @@ class Fetcher::Impl {
     FetcherStats s;
     s.origin_requests = requests_;
     s.origin_bytes = bytes_;
-    s.peer_chunks = peer_chunks_;
     s.peer_bytes = peer_bytes_;
     s.peer_corrupt_chunks = peer_corrupt_;
     s.retries = retries_;
@@ -404,7 +403,6 @@ class Fetcher::Impl {
                       Name(t), idx);
         return from_origin(out);
       }
-      ++peer_chunks_;
       peer_bytes_ += out.size();
       return absl::OkStatus();
     });
@@ -610,7 +608,7 @@ class Fetcher::Impl {
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> requests_{0}, bytes_{0}, retries_{0}, failures_{0}, corrupt_{0};
   std::atomic<uint64_t> digest_failures_{0}, readahead_chunks_{0}, prefetch_chunks_{0};
-  std::atomic<uint64_t> peer_chunks_{0}, peer_bytes_{0}, peer_corrupt_{0};
+  std::atomic<uint64_t> peer_bytes_{0}, peer_corrupt_{0};
   mutable absl::Mutex lat_mu_;
   uint64_t lat_[std::size(FetcherStats::kLatencyBoundsMs) + 1] ABSL_GUARDED_BY(lat_mu_) = {};
   double lat_sum_ms_ ABSL_GUARDED_BY(lat_mu_) = 0;

@@ -67,7 +67,6 @@ struct FetcherOptions {
 struct FetcherStats {
   uint64_t origin_requests = 0;
   uint64_t origin_bytes = 0;
-  uint64_t peer_chunks = 0;  // chunks a peer gave this node
   uint64_t peer_bytes = 0;
   uint64_t peer_corrupt_chunks = 0;  // from a peer, not matching their digest
   uint64_t retries = 0;

@@ -94,8 +94,6 @@ PeerClient::Link* PeerClient::Connect(const std::string& address) {
       grpc::ChannelArguments args;
       if (!creds_.server_name.empty()) args.SetSslTargetNameOverride(creds_.server_name);
       args.SetMaxReceiveMessageSize(8 << 20);
-      // Our own set-aside decides when a failed peer is tried again; the
-      // channel should then really try, not answer from its own backoff.
       // A peer cut off by the network (not refusing, just silent) is found
       // by pings within seconds, and its calls fail then, rather than each
       // waiting out its deadline on a connection that looks alive. Only
@@ -105,6 +103,8 @@ PeerClient::Link* PeerClient::Connect(const std::string& address) {
       args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
       args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
       args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+      // Our own set-aside decides when a failed peer is tried again; the
+      // channel should then really try, not answer from its own backoff.
       args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
       args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
       slot->channel = grpc::CreateCustomChannel(address, creds_.channel, args);
@@ -130,18 +130,14 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
     return Outcome::kPeerFailed;
   };
   Link* link = Connect(address);
+  Update(address, [](PeerLinkStats& s) { ++s.requests; });
   if (link == nullptr) {
-    absl::MutexLock l(&mu_);
-    ++links_[address]->stats.requests;
-    ++links_[address]->stats.failures;
-    spdlog::warn("peers: cannot connect to {} within {}", address,
-                 absl::FormatDuration(opts_.connect_timeout));
-    return Outcome::kPeerFailed;
+    return fail(
+        absl::StrCat("cannot connect within ", absl::FormatDuration(opts_.connect_timeout)));
   }
   uint64_t link_rate;
   {
     absl::MutexLock l(&mu_);
-    ++link->stats.requests;
     link_rate = link->stats.link_bytes_per_second;
   }
   grpc::ClientContext ctx;

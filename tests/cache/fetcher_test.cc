@@ -71,6 +71,18 @@ class FetcherTest : public ::testing::Test {
     return t;
   }
 
+  // The object read straight from its directory (a file:// origin).
+  FetchTarget FileTarget() {
+    auto origin = origin::OpenOrigin("file://" + root_.path() + "/www", {});
+    EXPECT_TRUE(origin.ok());
+    FetchTarget t;
+    t.origin = std::move(*origin);
+    t.path = "blob.bin";
+    t.stat = *t.origin->Stat("blob.bin");
+    t.chunk_size = kChunk;
+    return t;
+  }
+
   FetcherOptions FastRetries() {
     FetcherOptions o;
     o.backoff_initial = absl::Milliseconds(2);
@@ -362,13 +374,7 @@ TEST_F(FetcherTest, PrefetchOfAListOfRanges) {
 }
 
 TEST_F(FetcherTest, FileOriginChangedUnderAReaderIsAnError) {
-  auto origin = origin::OpenOrigin("file://" + root_.path() + "/www", {});
-  ASSERT_TRUE(origin.ok());
-  FetchTarget t;
-  t.origin = std::move(*origin);
-  t.path = "blob.bin";
-  t.stat = *t.origin->Stat("blob.bin");
-  t.chunk_size = kChunk;
+  FetchTarget t = FileTarget();
   Fetcher f(*store_);
   std::string buf(1000, '\0');
   ASSERT_TRUE(f.Read(t, 0, absl::MakeSpan(buf)).ok());
@@ -474,13 +480,7 @@ TEST_F(FetcherTest, AVersionOnlyThisNodeKnowsIsNeverAskedOfPeers) {
   Fetcher f(*store_, o);
   // A file on this machine's own file system: its inode and mtime say
   // nothing about another node's file of that name.
-  auto origin = origin::OpenOrigin("file://" + root_.path() + "/www", {});
-  ASSERT_TRUE(origin.ok());
-  FetchTarget t;
-  t.origin = std::move(*origin);
-  t.path = "blob.bin";
-  t.stat = *t.origin->Stat("blob.bin");
-  t.chunk_size = kChunk;
+  FetchTarget t = FileTarget();
   EXPECT_FALSE(t.origin->SharedVersion(t.stat));
   EXPECT_EQ(ReadAll(f, t, 1 << 20), data_);
   EXPECT_TRUE(peers.asked().empty());

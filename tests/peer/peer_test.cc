@@ -361,12 +361,8 @@ class PeersTest : public ::testing::Test {
     if (absl::Status st = n.store->Register({key, kObject, "test", kChunk}); !st.ok()) return st;
     std::optional<cache::ChunkFrom> from;
     auto r = n.store->Fill(key, idx, [&](absl::Span<char> o) -> absl::Status {
-      auto f = n.client->Fetch({key, idx, kObject, kChunk}, o, [&](absl::Span<char> oo) {
-        ++origin_reads_;
-        std::string b = Bytes(key, idx);
-        std::memcpy(oo.data(), b.data(), oo.size());
-        return absl::OkStatus();
-      });
+      auto f = n.client->Fetch({key, idx, kObject, kChunk}, o,
+                               [&](absl::Span<char> oo) { return FromOrigin(key, idx, oo); });
       if (!f.ok()) return f.status();
       from = *f;
       return absl::OkStatus();
@@ -378,6 +374,19 @@ class PeersTest : public ::testing::Test {
     if (!rr->missing.empty()) return absl::InternalError("not in the store after its fill");
     return from.value_or(cache::ChunkFrom::kOrigin);  // none: a fill of this node's did it
   }
+  // The counting origin: chunk `idx` of `key` into `out`.
+  absl::Status FromOrigin(const std::string& key, uint32_t idx, absl::Span<char> out) {
+    ++origin_reads_;
+    std::string b = Bytes(key, idx);
+    std::memcpy(out.data(), b.data(), out.size());
+    return absl::OkStatus();
+  }
+  // The peer port of node `i`.
+  int Port(int i) const {
+    const std::string& a = nodes_[i]->address;
+    return std::stoi(a.substr(a.rfind(':') + 1));
+  }
+
   static std::string Bytes(const std::string& key, uint32_t idx) {
     return strata::testing::Pattern(std::hash<std::string>()(key), idx, kChunk);
   }
@@ -451,7 +460,7 @@ TEST_F(PeersTest, ANodeThatJoinsGetsTheChunksItNowOwnsFromTheirPreviousOwner) {
   ASSERT_EQ(origin_reads_, 16);
   // A third node joins: it owns a third of the chunks now, which it has
   // never seen; their previous owner is its runner-up.
-  std::string self = absl::StrCat("127.0.0.3:", nodes_[0]->address.substr(10));
+  std::string self = absl::StrCat("127.0.0.3:", Port(0));
   auto m = Members(self, {nodes_[0]->address, nodes_[1]->address, self});
   PeerClient joiner(*m, Insecure(), {.timeout = absl::Seconds(10)});
   int owned = 0;
@@ -477,8 +486,7 @@ TEST_F(PeersTest, BytesCorruptedOnTheWayCostARefetchNeverAWrongByte) {
   // Node 1 reaches node 0 through a proxy that flips a bit in the middle
   // of the next chunk it carries (past TCP's checksum, inside HTTP/2's
   // payload: only Strata's own checksum can see it).
-  int port = std::stoi(nodes_[0]->address.substr(nodes_[0]->address.rfind(':') + 1));
-  strata::testing::TcpProxy proxy("127.0.0.9", "127.0.0.1", port);
+  strata::testing::TcpProxy proxy("127.0.0.9", "127.0.0.1", Port(0));
   ASSERT_TRUE(proxy.ok());
   std::string via = absl::StrCat("127.0.0.9:", proxy.port());
   auto members = Members(nodes_[1]->address, {nodes_[1]->address, via});
@@ -493,12 +501,8 @@ TEST_F(PeersTest, BytesCorruptedOnTheWayCostARefetchNeverAWrongByte) {
     if (tried == 0) proxy.FlipMarker(b.substr(kChunk / 2, 16), 1);
     std::string got(kChunk, '\0');
     int before = origin_reads_;
-    auto from =
-        client.Fetch({key, i, kObject, kChunk}, absl::MakeSpan(got), [&](absl::Span<char> o) {
-          ++origin_reads_;
-          std::memcpy(o.data(), b.data(), o.size());
-          return absl::OkStatus();
-        });
+    auto from = client.Fetch({key, i, kObject, kChunk}, absl::MakeSpan(got),
+                             [&](absl::Span<char> o) { return FromOrigin(key, i, o); });
     ASSERT_TRUE(from.ok()) << from.status();
     EXPECT_TRUE(got == b) << "chunk " << i;
     if (tried == 0) {
@@ -545,13 +549,8 @@ TEST_F(PeersTest, ALeaseHolderThatSendsBadBytesFailsTheFillAndTheNextWaiterFetch
   absl::StatusOr<cache::ChunkFrom> honest = absl::UnknownError("not run");
   PeerClient client(*m, Insecure(), {.timeout = absl::Seconds(10), .max_candidates = 1});
   std::thread waiter([&] {
-    honest =
-        client.Fetch({key, idx, kObject, kChunk}, absl::MakeSpan(got), [&](absl::Span<char> o) {
-          ++origin_reads_;
-          std::string b = Bytes(key, idx);
-          std::memcpy(o.data(), b.data(), o.size());
-          return absl::OkStatus();
-        });
+    honest = client.Fetch({key, idx, kObject, kChunk}, absl::MakeSpan(got),
+                          [&](absl::Span<char> o) { return FromOrigin(key, idx, o); });
   });
   for (int i = 0; i < 1000 && nodes_[0]->service.Stats().wants < 2; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -606,8 +605,7 @@ TEST_F(PeersTest, ADeadOwnerIsSetAsideAndTheReadGoesOn) {
 TEST_F(PeersTest, ASilentPartitionCostsOneDeadlineNotARead) {
   StartNodes(1);
   const std::string key = "http://o/p@\"v\"";
-  int port = std::stoi(nodes_[0]->address.substr(nodes_[0]->address.rfind(':') + 1));
-  strata::testing::TcpProxy link("127.0.0.9", "127.0.0.1", port);
+  strata::testing::TcpProxy link("127.0.0.9", "127.0.0.1", Port(0));
   ASSERT_TRUE(link.ok());
   std::string via = absl::StrCat("127.0.0.9:", link.port());
   FakeClock clock;  // set-aside periods pass only when the test says
@@ -627,11 +625,8 @@ TEST_F(PeersTest, ASilentPartitionCostsOneDeadlineNotARead) {
   ASSERT_EQ(owned.size(), 3u);
   auto fetch = [&](uint32_t i, cache::ChunkFrom* from) {
     std::string b = Bytes(key, i), got(kChunk, '\0');
-    auto f = client.Fetch({key, i, kObject, kChunk}, absl::MakeSpan(got), [&](absl::Span<char> o) {
-      ++origin_reads_;
-      std::memcpy(o.data(), b.data(), o.size());
-      return absl::OkStatus();
-    });
+    auto f = client.Fetch({key, i, kObject, kChunk}, absl::MakeSpan(got),
+                          [&](absl::Span<char> o) { return FromOrigin(key, i, o); });
     EXPECT_TRUE(f.ok()) << f.status();
     if (f.ok()) *from = *f;
     EXPECT_TRUE(got == b);
