@@ -20,6 +20,7 @@
 #include "cmd/peers.h"
 #include "csi/controller_service.h"
 #include "csi/node_service.h"
+#include "snapshotter/snapshots_service.h"
 
 namespace strata::cmd {
 namespace {
@@ -103,6 +104,7 @@ struct NodeFlags {
   std::string admin_socket;
   std::vector<std::string> allowed_inline;
   PeerFlags peers;
+  std::string snapshotter_address;
 };
 
 std::unique_ptr<fuse::FdKeeperClient> OpenKeeper(const NodeFlags& o) {
@@ -239,6 +241,20 @@ absl::Status RunNode(const NodeFlags& o) {
                 controller ? ", Node and Controller" : " and Node", o.csi_endpoint.c_str(),
                 node_id.c_str());
   }
+  std::unique_ptr<snapshotter::Snapshotter> snapshots;
+  std::unique_ptr<snapshotter::SnapshotsService> snapshots_service;
+  std::unique_ptr<grpc::Server> snapshots_server;
+  if (!o.snapshotter_address.empty()) {
+    auto sn = snapshotter::Snapshotter::Open({o.state_dir + "/snapshotter"});
+    if (!sn.ok()) return sn.status();
+    snapshots = std::move(*sn);
+    snapshots_service = std::make_unique<snapshotter::SnapshotsService>(*snapshots);
+    auto s = ServeGrpc("unix://" + o.snapshotter_address, {snapshots_service.get()});
+    if (!s.ok()) return s.status();
+    snapshots_server = std::move(*s);
+    std::printf("strata node: containerd snapshotter on %s (snapshots in %s/snapshotter)\n",
+                o.snapshotter_address.c_str(), o.state_dir.c_str());
+  }
   std::unique_ptr<MetricsServer> metrics;
   if (o.metrics_port >= 0) {
     csi::NodeService* n = node.get();
@@ -297,6 +313,9 @@ absl::Status RunNode(const NodeFlags& o) {
   }
   // Calls in flight get a moment; kubelet retries what is cut off.
   if (server) server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  if (snapshots_server) {
+    snapshots_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  }
   metrics.reset();
   node.reset();  // stops serving; the records stay for the next start
   store.Flush();
@@ -386,6 +405,9 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
                 "Address of the metrics endpoint (0.0.0.0 for a scraper outside the pod)")
       ->capture_default_str();
   AddPeerFlags(*c, o->peers);
+  c->add_option("--snapshotter-address", o->snapshotter_address,
+                "Serve containerd's snapshots API on this unix socket, for a proxy_plugins "
+                "entry of type snapshot (empty: no snapshotter)");
   c->callback([o, &run] { run = StatusRunner([o] { return RunNode(*o); }); });
 }
 

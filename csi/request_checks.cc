@@ -50,10 +50,4 @@ grpc::Status InvalidArgument(const std::string& what) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, what);
 }
 
-grpc::Status ToGrpc(const absl::Status& st) {
-  if (st.ok()) return grpc::Status::OK;
-  // absl and gRPC share the canonical code numbers.
-  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
-}
-
 }  // namespace strata::csi

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "base/grpc_status.h"
 #include "csi.pb.h"
 #include "csi/volume_spec.h"
 
@@ -20,9 +21,6 @@ bool IsReaderOnly(const ::csi::v1::VolumeCapability& cap);
 
 // INVALID_ARGUMENT with `what` to fix.
 grpc::Status InvalidArgument(const std::string& what);
-
-// An absl::Status as a gRPC status with the corresponding code.
-grpc::Status ToGrpc(const absl::Status& status);
 
 // A request's volume context, parameters or secrets.
 inline StringMap FromProto(const google::protobuf::Map<std::string, std::string>& m) {

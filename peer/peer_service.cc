@@ -37,11 +37,6 @@ absl::Status CheckWant(const v1::Want& w) {
 
 }  // namespace
 
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
-
 PeerService::PeerService(cache::ChunkStore& store, PeerServiceOptions options)
     : store_(store), opts_(options) {}
 

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/grpc_status.h"
 #include "cache/chunk_store.h"
 #include "peer.grpc.pb.h"
 #include "peer/tls.h"
@@ -93,8 +94,5 @@ class PeerService final : public v1::Peer::Service {
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartPeerServer(const std::string& address,
                                                               const PeerCredentials& credentials,
                                                               PeerService& service);
-
-// The grpc::Status for an absl::Status (their codes agree).
-grpc::Status ToGrpc(const absl::Status& status);
 
 }  // namespace strata::peer

@@ -15,6 +15,9 @@ PACKAGES=(
   nginx-light docker-registry skopeo apache2-utils openssl python3 nodejs npm
   # tests/deploy/manifest_test.py parses the Kubernetes manifests
   python3-yaml
+  # the snapshotter's tests: a real containerd with runc, images made by
+  # ordinary tools (umoci, ctr-remote of the stargz-snapshotter package)
+  containerd runc stargz-snapshotter busybox-static umoci
 )
 
 here=$(cd "$(dirname "$0")" && pwd)
