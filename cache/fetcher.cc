@@ -136,7 +136,8 @@ class Fetcher::Impl {
     stopping_ = true;  // queued background fetches end quickly
   }
 
-  absl::StatusOr<size_t> Read(const FetchTarget& t, uint64_t offset, absl::Span<char> out) {
+  absl::StatusOr<size_t> Read(const FetchTarget& t, uint64_t offset, absl::Span<char> out,
+                              bool verified = true) {
     std::string key = StoreKey(t);
     if (offset > t.stat.size) {
       return absl::OutOfRangeError(absl::StrFormat("%s: offset %u is past the end (%u bytes)",
@@ -152,7 +153,7 @@ class Fetcher::Impl {
       if (!direct.ok()) return Fail(t, direct);
       return n;
     }
-    if (!t.stat.digest.empty() && t.chunk_sha256.empty()) {
+    if (verified && !t.stat.digest.empty() && t.chunk_sha256.empty()) {
       if (absl::Status v = EnsureDigestVerified(t, key); !v.ok()) return Fail(t, v);
     }
     uint32_t cs = ChunkSize(key);
@@ -631,6 +632,11 @@ Fetcher::~Fetcher() = default;
 
 absl::StatusOr<size_t> Fetcher::Read(const FetchTarget& t, uint64_t offset, absl::Span<char> out) {
   return impl_->Read(t, offset, out);
+}
+
+absl::StatusOr<size_t> Fetcher::ReadUnverified(const FetchTarget& t, uint64_t offset,
+                                               absl::Span<char> out) {
+  return impl_->Read(t, offset, out, /*verified=*/false);
 }
 
 absl::Status Fetcher::Prefetch(const FetchTarget& t, const Ranges& ranges,

@@ -93,6 +93,13 @@ class Fetcher {
   // read, like Ensure and Prefetch, records the target's version as the one
   // last seen for its object (FetcherOptions::record_seen).
   absl::StatusOr<size_t> Read(const FetchTarget& target, uint64_t offset, absl::Span<char> out);
+  // Read, but without waiting for a content-addressed object to be checked
+  // against its whole digest: only for bytes whose use is itself checked
+  // later, such as the tar headers a layer is indexed from (no file of the
+  // layer is served before the layer matches its digest). Chunk digests
+  // (FetchTarget::chunk_sha256) are checked as always.
+  absl::StatusOr<size_t> ReadUnverified(const FetchTarget& target, uint64_t offset,
+                                        absl::Span<char> out);
 
   // Makes [offset, offset + length) present in the store as a read would
   // (reader priority, readahead), without copying it out: the caller then

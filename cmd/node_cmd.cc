@@ -105,6 +105,7 @@ struct NodeFlags {
   std::vector<std::string> allowed_inline;
   PeerFlags peers;
   std::string snapshotter_address;
+  bool lazy_layers = true;
 };
 
 std::unique_ptr<fuse::FdKeeperClient> OpenKeeper(const NodeFlags& o) {
@@ -241,11 +242,16 @@ absl::Status RunNode(const NodeFlags& o) {
                 controller ? ", Node and Controller" : " and Node", o.csi_endpoint.c_str(),
                 node_id.c_str());
   }
+  std::unique_ptr<snapshotter::LazyLayers> lazy_layers;
   std::unique_ptr<snapshotter::Snapshotter> snapshots;
   std::unique_ptr<snapshotter::SnapshotsService> snapshots_service;
   std::unique_ptr<grpc::Server> snapshots_server;
   if (!o.snapshotter_address.empty()) {
-    auto sn = snapshotter::Snapshotter::Open({o.state_dir + "/snapshotter"});
+    if (o.lazy_layers) {
+      lazy_layers = std::make_unique<snapshotter::LazyLayers>(store, fetcher,
+                                                               snapshotter::LazyLayerOptions{});
+    }
+    auto sn = snapshotter::Snapshotter::Open({o.state_dir + "/snapshotter", lazy_layers.get()});
     if (!sn.ok()) return sn.status();
     snapshots = std::move(*sn);
     snapshots_service = std::make_unique<snapshotter::SnapshotsService>(*snapshots);
@@ -316,6 +322,8 @@ absl::Status RunNode(const NodeFlags& o) {
   if (snapshots_server) {
     snapshots_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   }
+  snapshots.reset();
+  lazy_layers.reset();  // unmounts the layers: the containers over them are gone too
   metrics.reset();
   node.reset();  // stops serving; the records stay for the next start
   store.Flush();
@@ -408,6 +416,9 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
   c->add_option("--snapshotter-address", o->snapshotter_address,
                 "Serve containerd's snapshots API on this unix socket, for a proxy_plugins "
                 "entry of type snapshot (empty: no snapshotter)");
+  c->add_flag("!--no-lazy-layers", o->lazy_layers,
+              "Let containerd pull every layer (by default, layers that can be read lazily are "
+              "served from the registry through the cache without being pulled)");
   c->callback([o, &run] { run = StatusRunner([o] { return RunNode(*o); }); });
 }
 

@@ -40,7 +40,11 @@ std::string Encode(const SnapshotInfo& s) {
                       {"labels", s.labels},
                       {"size", s.size},
                       {"inodes", s.inodes}};
-  if (!s.remote.empty()) j["remote"] = s.remote;
+  if (!s.remote_digest.empty()) {
+    j["remote_origin"] = s.remote_origin;
+    j["remote_digest"] = s.remote_digest;
+    j["remote_size"] = s.remote_size;
+  }
   return j.dump();
 }
 
@@ -67,7 +71,9 @@ absl::StatusOr<SnapshotInfo> Decode(const std::string& name, const std::string& 
   }
   s.size = j.value("size", int64_t{-1});
   s.inodes = j.value("inodes", int64_t{-1});
-  s.remote = j.value("remote", "");
+  s.remote_origin = j.value("remote_origin", "");
+  s.remote_digest = j.value("remote_digest", "");
+  s.remote_size = j.value("remote_size", uint64_t{0});
   return s;
 }
 

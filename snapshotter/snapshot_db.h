@@ -37,9 +37,11 @@ struct SnapshotInfo {
   // -1 while active.
   int64_t size = -1;
   int64_t inodes = -1;
-  // A remote layer: its tree is served by Strata, not kept in its
-  // directory (the layer's digest; empty for ordinary snapshots).
-  std::string remote;
+  // A layer served lazily (lazy_layers.h): its tree is mounted at its
+  // directory's fs from this blob. Empty for ordinary snapshots.
+  std::string remote_origin;  // oci://registry/repository
+  std::string remote_digest;
+  uint64_t remote_size = 0;
 };
 
 class SnapshotDb {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/logging.h"
+#include "fuse/engine.h"
 
 namespace strata::snapshotter {
 namespace fs = std::filesystem;
@@ -23,6 +24,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr size_t kMaxLabelBytes = 4096;
+constexpr char kTargetLabel[] = "containerd.io/snapshot.ref";
 constexpr char kRemovingPrefix[] = "rm-";
 
 // Bytes on disk and distinct inodes under `dir`, not following links, as
@@ -87,7 +89,53 @@ absl::StatusOr<std::unique_ptr<Snapshotter>> Snapshotter::Open(SnapshotterOption
   // containerd turns the overlay index off where the kernel has the knob;
   // with it on, a lower directory reused under another upper fails.
   bool index = fs::exists("/sys/module/overlay/parameters/index", ec);
-  return std::unique_ptr<Snapshotter>(new Snapshotter(std::move(options), std::move(*db), index));
+  std::unique_ptr<Snapshotter> sn(new Snapshotter(std::move(options), std::move(*db), index));
+  sn->MountRemoteLayers();
+  return sn;
+}
+
+void Snapshotter::MountRemoteLayers() {
+  std::vector<SnapshotInfo> remote;
+  {
+    absl::MutexLock lock(&mu_);
+    auto all = db_->List();
+    if (!all.ok()) {
+      spdlog::error("cannot list snapshots to mount their layers again: {}",
+                    all.status().message());
+      return;
+    }
+    for (SnapshotInfo& s : *all) {
+      if (!s.remote_digest.empty()) remote.push_back(std::move(s));
+    }
+  }
+  for (SnapshotInfo& s : remote) {
+    std::string dir = Dir(s.id);
+    if (!DetachLayer(dir)) continue;
+    RemoteLayer layer{s.remote_origin, s.remote_digest, s.remote_size};
+    if (!opts_.lazy) {
+      spdlog::error("snapshot {} is a lazily served layer, but this node serves none", s.name);
+      continue;
+    }
+    // Its chunks are usually in the cache: no registry needed.
+    absl::Status st = opts_.lazy->Mount(s.id, layer, dir + "/fs");
+    if (!st.ok()) {
+      spdlog::error(
+          "snapshot {}: cannot mount its layer {} again ({}); containers over it fail "
+          "to start until it can",
+          s.name, s.remote_digest, st.message());
+    }
+  }
+}
+
+bool Snapshotter::DetachLayer(const std::string& dir) {
+  std::string fs_dir = dir + "/fs";
+  if (!fuse::IsMountPoint(fs_dir)) return true;
+  absl::Status st = fuse::Unmount(fs_dir);
+  if (!st.ok() || fuse::IsMountPoint(fs_dir)) {
+    spdlog::error("cannot detach the layer mounted at {}: {}", fs_dir, st.message());
+    return false;
+  }
+  return true;
 }
 
 std::string Snapshotter::Dir(uint64_t id) const {
@@ -111,6 +159,15 @@ absl::StatusOr<std::vector<Mount>> Snapshotter::Create(Kind kind, const std::str
                                                        const Labels& labels) {
   if (absl::Status st = CheckSnapshotName(key, "snapshot key"); !st.ok()) return st;
   if (absl::Status st = CheckLabels(labels); !st.ok()) return st;
+  if (auto target = labels.find(kTargetLabel);
+      kind == Kind::kActive && opts_.lazy && target != labels.end()) {
+    absl::Status st = PrepareRemote(target->second, parent, labels);
+    if (absl::IsAlreadyExists(st)) return st;
+    if (!st.ok() && !absl::IsNotFound(st)) {
+      spdlog::warn("snapshot {}: not served lazily, containerd pulls it: {}", target->second,
+                   st.message());
+    }
+  }
   absl::MutexLock lock(&mu_);
   auto existing = db_->Get(key);
   if (!existing.ok()) return existing.status();
@@ -149,6 +206,75 @@ absl::StatusOr<std::vector<Mount>> Snapshotter::Create(Kind kind, const std::str
   return MountsOf(s);
 }
 
+absl::Status Snapshotter::PrepareRemote(const std::string& target, const std::string& parent,
+                                        const Labels& labels) {
+  if (absl::Status st = CheckSnapshotName(target, "target snapshot name"); !st.ok()) return st;
+  auto layer = RemoteLayerFromLabels(labels);
+  if (!layer.ok()) return layer.status();
+  if (!*layer) return absl::NotFoundError("the labels name no layer in a registry");
+  uint64_t id = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto existing = db_->Get(target);
+    if (!existing.ok()) return existing.status();
+    if (*existing) {
+      return absl::AlreadyExistsError(absl::StrCat("target snapshot ", target, " already exists"));
+    }
+    if (!parent.empty()) {
+      auto p = db_->Get(parent);
+      if (!p.ok()) return p.status();
+      if (!*p || (*p)->kind != Kind::kCommitted) {
+        return absl::FailedPreconditionError("the parent is not a committed snapshot");
+      }
+    }
+    auto next = db_->NextId();
+    if (!next.ok()) return next.status();
+    id = *next;
+  }
+  // Indexing reads the registry: outside the lock, which every other call
+  // needs.
+  std::string dir = Dir(id);
+  std::error_code ec;
+  fs::create_directories(dir + "/fs", ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  absl::Time start = absl::Now();
+  if (absl::Status st = opts_.lazy->Mount(id, **layer, dir + "/fs"); !st.ok()) {
+    fs::remove_all(dir, ec);
+    return st;
+  }
+  auto undo = [&] {
+    opts_.lazy->Unmount(id).IgnoreError();
+    if (DetachLayer(dir)) fs::remove_all(dir, ec);
+  };
+  absl::MutexLock lock(&mu_);
+  auto existing = db_->Get(target);
+  if (!existing.ok() || *existing) {  // made meanwhile, by another Prepare
+    undo();
+    if (!existing.ok()) return existing.status();
+    return absl::AlreadyExistsError(absl::StrCat("target snapshot ", target, " already exists"));
+  }
+  SnapshotInfo s;
+  s.name = target;
+  s.parent = parent;
+  s.kind = Kind::kCommitted;
+  s.id = id;
+  s.created = s.updated = absl::Now();
+  s.labels = labels;
+  s.size = 0;  // nothing of it is on this snapshotter's disk
+  s.inodes = 0;
+  s.remote_origin = (*layer)->origin;
+  s.remote_digest = (*layer)->digest;
+  s.remote_size = (*layer)->size;
+  if (absl::Status st = db_->Create(s); !st.ok()) {
+    undo();
+    return st;
+  }
+  spdlog::info("snapshot {}: layer {} served lazily (mounted in {})", target, s.remote_digest,
+               absl::FormatDuration(absl::Now() - start));
+  return absl::AlreadyExistsError(
+      absl::StrCat("target snapshot ", target, " already exists (served lazily)"));
+}
+
 absl::StatusOr<std::vector<Mount>> Snapshotter::MountsOf(const SnapshotInfo& s) {
   std::vector<std::string> lowers;  // the nearest parent first
   std::string parent = s.parent;
@@ -161,6 +287,11 @@ absl::StatusOr<std::vector<Mount>> Snapshotter::MountsOf(const SnapshotInfo& s) 
     if (!*p) {
       return absl::DataLossError(
           absl::StrCat("snapshot ", s.name, " has lost its ancestor ", parent));
+    }
+    if (!(*p)->remote_digest.empty() && (!opts_.lazy || !opts_.lazy->Mounted((*p)->id))) {
+      return absl::UnavailableError(
+          absl::StrCat("layer ", (*p)->remote_digest, " of snapshot ", parent,
+                       " is not mounted (see the log for why); nothing is served without it"));
     }
     lowers.push_back(Dir((*p)->id) + "/fs");
     parent = (*p)->parent;
@@ -249,6 +380,13 @@ absl::Status Snapshotter::Remove(const std::string& key) {
     if (*children) {
       return absl::FailedPreconditionError(
           absl::StrCat("cannot remove snapshot ", key, ": it has children"));
+    }
+    if (!(*s)->remote_digest.empty()) {
+      if (opts_.lazy) opts_.lazy->Unmount((*s)->id).IgnoreError();
+      if (!DetachLayer(Dir((*s)->id))) {
+        return absl::UnavailableError(
+            absl::StrCat("cannot remove snapshot ", key, ": its layer is still mounted"));
+      }
     }
     if (absl::Status st = db_->Remove(**s); !st.ok()) return st;
     // Renamed under the lock, so that a new snapshot never sees it; removed
@@ -361,6 +499,7 @@ absl::Status Snapshotter::Cleanup() {
       // Anything but a live id's directory goes, renamed first so that its
       // removal outside the lock cannot race a new snapshot.
       fs::path to = dir / n;
+      if (!DetachLayer(to.string())) continue;  // never walk into a mount
       if (!absl::StartsWith(n, kRemovingPrefix)) {
         to = dir / (kRemovingPrefix + n);
         std::error_code rec;

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "snapshotter/filter.h"
+#include "snapshotter/lazy_layers.h"
 #include "snapshotter/snapshot_db.h"
 
 namespace strata::snapshotter {
@@ -38,6 +39,9 @@ struct SnapshotterOptions {
   // Snapshot directories live in ROOT/snapshots/ID/{fs,work}; the metadata
   // in ROOT/metadata.
   std::string root;
+  // Serves layers lazily where a Prepare's labels name one in a registry;
+  // null: containerd pulls every layer. Not owned.
+  LazyLayers* lazy = nullptr;
 };
 
 class Snapshotter {
@@ -47,6 +51,12 @@ class Snapshotter {
   // A new active snapshot `key` over committed `parent` (empty: none).
   // AlreadyExists if `key` exists; NotFound if `parent` does not;
   // InvalidArgument if it is not committed.
+  //
+  // A remote layer: when `labels` name the snapshot the layer becomes
+  // (containerd.io/snapshot.ref) and the layer in a registry, and the layer
+  // can be served lazily, it is mounted and committed under that name at
+  // once, and the answer is AlreadyExists: containerd then skips its
+  // download. Otherwise an ordinary snapshot, which containerd fills.
   absl::StatusOr<std::vector<Mount>> Prepare(const std::string& key, const std::string& parent,
                                              const Labels& labels);
   // The same, read-only.
@@ -79,6 +89,15 @@ class Snapshotter {
                                             const std::string& parent, const Labels& labels);
   absl::StatusOr<std::vector<Mount>> MountsOf(const SnapshotInfo& s)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // AlreadyExists when `target` is (now) a lazily served layer; NotFound
+  // when the labels name no remote layer; why not, otherwise.
+  absl::Status PrepareRemote(const std::string& target, const std::string& parent,
+                             const Labels& labels);
+  // Mounts again the lazily served layers a previous run had mounted.
+  void MountRemoteLayers();
+  // Detaches whatever is mounted at `dir`/fs (a layer tree); false if that
+  // failed, and the directory must not be removed.
+  bool DetachLayer(const std::string& dir);
   std::string Dir(uint64_t id) const;
 
   const SnapshotterOptions opts_;

@@ -213,5 +213,50 @@ TEST_F(ContainerdTest, PullsAndRunsAnImageOnStrataSnapshots) {
   EXPECT_EQ(dirs, 0u) << "every snapshot directory went with its snapshot";
 }
 
+// ctr-remote (Debian's stargz-snapshotter package) pulls with the labels
+// that name each layer in its registry: Strata serves the uncompressed tar
+// layers lazily, containerd downloads none of them, and the container reads
+// every file right.
+TEST_F(ContainerdTest, RpullServesTarLayersLazily) {
+  auto image = Push({"weights", "48"});
+  ASSERT_FALSE(image["weights_sha256"].empty());
+  std::vector<std::string> layers = absl::StrSplit(image["layers"], ',');
+  ASSERT_EQ(layers.size(), 3u) << image["layers"];
+  std::string out;
+  ASSERT_EQ(RunCommand({"/usr/bin/ctr-remote", "--address", Ctd() + "/containerd.sock", "images",
+                        "rpull", "--plain-http", "--snapshotter", "strata", image["ref"]},
+                       &out, std::chrono::seconds(180)),
+            0)
+      << out;
+  // containerd's content store holds the manifest and config, no layer.
+  ASSERT_EQ(Ctr({"content", "ls", "-q"}, &out), 0) << out;
+  for (const std::string& l : layers) {
+    EXPECT_FALSE(absl::StrContains(out, l)) << "layer " << l << " was downloaded:\n" << out;
+  }
+  ASSERT_EQ(Ctr({"run", "--rm", "--snapshotter", "strata", image["ref"], "lazy1", "/bin/sh", "-c",
+                 std::string(kCheckBase) + " && sha256sum /models/weights.bin"},
+                &out),
+            0)
+      << out;
+  EXPECT_TRUE(absl::StrContains(out, ". .. a.txt e.txt fifo hard link owned.txt sub") ||
+              absl::StrContains(out, "a.txt e.txt fifo hard link owned.txt sub"))
+      << out;
+  EXPECT_FALSE(absl::StrContains(out, "b.txt")) << out;
+  EXPECT_FALSE(absl::StrContains(out, "c.txt")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "one\none\none\nfive\nfour\n")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "owned.txt 640 1000:1000 1 regular file")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "a.txt 644 0:0 2 regular file")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "a.txt\nwritten")) << out;
+  EXPECT_TRUE(absl::StrContains(out, image["weights_sha256"] + "  /models/weights.bin")) << out;
+  // Each layer is a committed Strata snapshot mounted as a layer tree.
+  std::ifstream mounts("/proc/self/mounts");
+  std::string line;
+  int trees = 0;
+  while (std::getline(mounts, line)) {
+    if (absl::StrContains(line, "strata-layer") && absl::StrContains(line, dir_.path())) ++trees;
+  }
+  EXPECT_EQ(trees, 3);
+}
+
 }  // namespace
 }  // namespace strata::snapshotter

@@ -1,0 +1,477 @@
+// IndexTar: a tar reader that reads headers only and skips over file data,
+// through a window of the blob (pax, GNU long names and base-256 numbers
+// included; sparse files refused).
+#include "snapshotter/layer_index.h"
+
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <set>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace strata::snapshotter {
+namespace {
+
+constexpr size_t kBlock = 512;
+constexpr char kWhiteoutPrefix[] = ".wh.";
+constexpr char kOpaque[] = ".wh..wh..opq";
+
+// The blob through a window: header reads cost one read per window.
+class Window {
+ public:
+  Window(const BlobReader& read, uint64_t size, size_t window)
+      : read_(read), size_(size), window_(window) {}
+
+  // Bytes [offset, offset + n), which must lie within the blob.
+  absl::StatusOr<absl::string_view> At(uint64_t offset, size_t n) {
+    if (offset > size_ || n > size_ - offset) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the tar needs bytes [", offset, ", +", n, ") past its end (", size_, ")"));
+    }
+    if (offset < start_ || offset + n > start_ + buf_.size()) {
+      uint64_t len = std::min<uint64_t>(std::max(window_, n), size_ - offset);
+      buf_.resize(len);
+      if (absl::Status st = read_(offset, absl::MakeSpan(buf_)); !st.ok()) return st;
+      start_ = offset;
+    }
+    return absl::string_view(buf_.data() + (offset - start_), n);
+  }
+
+ private:
+  const BlobReader& read_;
+  const uint64_t size_;
+  const size_t window_;
+  uint64_t start_ = 0;
+  std::string buf_;
+};
+
+// A header field: NUL-terminated within its width.
+std::string Field(absl::string_view h, size_t off, size_t width) {
+  absl::string_view f = h.substr(off, width);
+  size_t nul = f.find('\0');
+  return std::string(f.substr(0, nul));
+}
+
+// A numeric field: octal (spaces and NULs around it), or base-256 when the
+// first byte's high bit is set.
+std::optional<uint64_t> Number(absl::string_view h, size_t off, size_t width) {
+  absl::string_view f = h.substr(off, width);
+  if (static_cast<unsigned char>(f[0]) & 0x80) {
+    if (static_cast<unsigned char>(f[0]) != 0x80) return std::nullopt;  // negative or huge
+    uint64_t v = 0;
+    for (size_t i = 1; i < f.size(); ++i) {
+      if (v >> 56) return std::nullopt;
+      v = (v << 8) | static_cast<unsigned char>(f[i]);
+    }
+    return v;
+  }
+  size_t i = 0;
+  while (i < f.size() && (f[i] == ' ' || f[i] == '\0')) ++i;
+  uint64_t v = 0;
+  bool any = false;
+  for (; i < f.size() && f[i] >= '0' && f[i] <= '7'; ++i) {
+    if (v >> 60) return std::nullopt;
+    v = v * 8 + (f[i] - '0');
+    any = true;
+  }
+  for (; i < f.size(); ++i) {
+    if (f[i] != ' ' && f[i] != '\0') return std::nullopt;
+  }
+  if (!any) return 0;
+  return v;
+}
+
+bool ChecksumOk(absl::string_view h) {
+  auto want = Number(h, 148, 8);
+  if (!want) return false;
+  uint64_t unsigned_sum = 0;
+  int64_t signed_sum = 0;
+  for (size_t i = 0; i < kBlock; ++i) {
+    char c = (i >= 148 && i < 156) ? ' ' : h[i];
+    unsigned_sum += static_cast<unsigned char>(c);
+    signed_sum += static_cast<signed char>(c);
+  }
+  return *want == unsigned_sum || static_cast<int64_t>(*want) == signed_sum;
+}
+
+bool AllZero(absl::string_view b) {
+  return std::all_of(b.begin(), b.end(), [](char c) { return c == '\0'; });
+}
+
+// Pax records: "LEN KEY=VALUE\n" each, LEN counting the whole record.
+absl::Status ParsePax(absl::string_view data, std::map<std::string, std::string>& out) {
+  while (!data.empty()) {
+    size_t sp = data.find(' ');
+    uint64_t len = 0;
+    if (sp == absl::string_view::npos || !absl::SimpleAtoi(data.substr(0, sp), &len) ||
+        len <= sp + 1 || len > data.size() || data[len - 1] != '\n') {
+      return absl::InvalidArgumentError("a pax header record is malformed");
+    }
+    absl::string_view rec = data.substr(sp + 1, len - sp - 2);
+    size_t eq = rec.find('=');
+    if (eq == absl::string_view::npos || eq == 0) {
+      return absl::InvalidArgumentError("a pax header record has no key");
+    }
+    out[std::string(rec.substr(0, eq))] = std::string(rec.substr(eq + 1));
+    data.remove_prefix(len);
+  }
+  return absl::OkStatus();
+}
+
+// A tar name as a list of components: "/", "./" and "." parts dropped,
+// ".." refused. Empty: the root.
+absl::StatusOr<std::vector<std::string>> CleanName(const std::string& name, uint64_t max) {
+  if (name.size() > max) {
+    return absl::InvalidArgumentError(absl::StrCat("a name is longer than ", max, " bytes"));
+  }
+  if (name.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError("a name holds a NUL byte");
+  }
+  std::vector<std::string> parts;
+  for (absl::string_view p : absl::StrSplit(name, '/')) {
+    if (p.empty() || p == ".") continue;
+    if (p == "..") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("entry \"", absl::CHexEscape(name), "\" climbs out with \"..\""));
+    }
+    parts.emplace_back(p);
+  }
+  return parts;
+}
+
+class Indexer {
+ public:
+  Indexer(const BlobReader& read, uint64_t size, const IndexLimits& limits)
+      : win_(read, size, limits.window), size_(size), limits_(limits) {
+    LayerNode root;
+    root.mode = S_IFDIR | 0755;
+    root.nlink = 2;
+    index_.nodes.push_back(root);
+    index_.blob_size = size;
+  }
+
+  absl::StatusOr<LayerIndex> Run() {
+    uint64_t off = 0;
+    std::map<std::string, std::string> global, local;
+    std::optional<std::string> long_name, long_link;
+    while (true) {
+      if (off == size_) break;  // no end-of-archive blocks: tolerated
+      auto h = win_.At(off, kBlock);
+      if (!h.ok()) return h.status();
+      if (AllZero(*h)) break;  // the end of the archive
+      if (!ChecksumOk(*h)) {
+        return absl::InvalidArgumentError(absl::StrCat("the tar header at ", off, " is corrupt"));
+      }
+      auto size = Number(*h, 124, 12);
+      if (!size) return absl::InvalidArgumentError(absl::StrCat("bad size at ", off));
+      char type = (*h)[156];
+      uint64_t data = off + kBlock;
+      uint64_t file_size = *size;
+      if (local.count("size")) {
+        if (!absl::SimpleAtoi(local["size"], &file_size)) {
+          return absl::InvalidArgumentError(absl::StrCat("bad pax size at ", off));
+        }
+      }
+      // Header-only types carry no data whatever their size field says
+      // (GNU tar writes 0; pax's size only counts for regular files).
+      uint64_t data_len =
+          (type == '0' || type == '\0' || type == '7' || type == 'x' || type == 'g' ||
+           type == 'L' || type == 'K')
+              ? (type == 'x' || type == 'g' || type == 'L' || type == 'K' ? *size : file_size)
+              : 0;
+      if (data > size_ || data_len > size_ - data) {
+        return absl::InvalidArgumentError(absl::StrCat("entry at ", off, " claims ", data_len,
+                                                       " bytes past the end of the layer"));
+      }
+      uint64_t next = data + (data_len + kBlock - 1) / kBlock * kBlock;
+      if (next > size_) next = size_;  // the last entry's padding may be cut
+      if (type == 'x' || type == 'g' || type == 'L' || type == 'K') {
+        if (data_len > limits_.max_pax) {
+          return absl::InvalidArgumentError(absl::StrCat("a ", std::string(1, type), " record of ",
+                                                         data_len, " bytes at ", off,
+                                                         " is larger than ", limits_.max_pax));
+        }
+        auto body = win_.At(data, data_len);
+        if (!body.ok()) return body.status();
+        if (type == 'x' || type == 'g') {
+          if (absl::Status st = ParsePax(*body, type == 'x' ? local : global); !st.ok()) {
+            return absl::InvalidArgumentError(absl::StrCat(st.message(), " at ", off));
+          }
+        } else {
+          std::string v(body->substr(0, body->find('\0')));
+          (type == 'L' ? long_name : long_link) = std::move(v);
+        }
+        off = next;
+        continue;
+      }
+      std::map<std::string, std::string> pax = global;
+      for (auto& [k, v] : local) pax[k] = v;
+      local.clear();
+      std::string name = Field(*h, 0, 100);
+      std::string magic = Field(*h, 257, 6);
+      if (magic == "ustar") {  // POSIX ustar: a prefix field
+        std::string prefix = Field(*h, 345, 155);
+        if (!prefix.empty()) name = prefix + "/" + name;
+      }
+      if (long_name) name = *long_name;
+      if (pax.count("path")) name = pax["path"];
+      std::string link = Field(*h, 157, 100);
+      if (long_link) link = *long_link;
+      if (pax.count("linkpath")) link = pax["linkpath"];
+      long_name.reset();
+      long_link.reset();
+      if (++index_.files > limits_.max_entries) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the layer has more than ", limits_.max_entries, " entries"));
+      }
+      if (absl::Status st = Add(*h, type, name, link, data, file_size, pax); !st.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "entry \"", absl::CHexEscape(name.substr(0, 256)), "\" at ", off, ": ", st.message()));
+      }
+      off = next;
+    }
+    return std::move(index_);
+  }
+
+ private:
+  absl::Status Add(absl::string_view h, char type, const std::string& name, const std::string& link,
+                   uint64_t data, uint64_t file_size,
+                   const std::map<std::string, std::string>& pax) {
+    auto parts = CleanName(name, limits_.max_name);
+    if (!parts.ok()) return parts.status();
+    LayerNode n;
+    auto mode = Number(h, 100, 8);
+    auto uid = Number(h, 108, 8);
+    auto gid = Number(h, 116, 8);
+    auto mtime = Number(h, 136, 12);
+    if (!mode || !uid || !gid || !mtime) return absl::InvalidArgumentError("bad numeric field");
+    n.mode = static_cast<uint32_t>(*mode & 07777);
+    n.uid = static_cast<uint32_t>(*uid);
+    n.gid = static_cast<uint32_t>(*gid);
+    n.mtime_ns =
+        static_cast<int64_t>(std::min<uint64_t>(*mtime, INT64_MAX / 1000000000)) * 1000000000;
+    auto num = [&](const char* key, auto& into) {
+      auto it = pax.find(key);
+      if (it == pax.end()) return true;
+      uint64_t v = 0;
+      if (!absl::SimpleAtoi(it->second, &v) || v > UINT32_MAX) return false;
+      into = static_cast<uint32_t>(v);
+      return true;
+    };
+    if (!num("uid", n.uid) || !num("gid", n.gid)) {
+      return absl::InvalidArgumentError("bad pax uid or gid");
+    }
+    if (auto it = pax.find("mtime"); it != pax.end()) {
+      double secs = 0;
+      if (!absl::SimpleAtod(it->second, &secs) || secs < 0 || secs > 1e17) {
+        return absl::InvalidArgumentError("bad pax mtime");
+      }
+      n.mtime_ns = static_cast<int64_t>(secs * 1e9);
+    }
+    for (const auto& [k, v] : pax) {
+      if (absl::StartsWith(k, "SCHILY.xattr.")) n.xattrs[k.substr(13)] = v;
+      if (absl::StartsWith(k, "GNU.sparse.")) {
+        return absl::InvalidArgumentError("sparse files are not read lazily");
+      }
+    }
+    // Whiteouts: ".wh..wh..opq" makes the directory opaque; ".wh.NAME"
+    // hides NAME below, as a 0/0 character device for overlayfs.
+    if (!parts->empty()) {
+      const std::string& base = parts->back();
+      if (base == kOpaque) {
+        parts->pop_back();
+        auto dir = Dir(*parts);
+        if (!dir.ok()) return dir.status();
+        index_.nodes[*dir].opaque = true;
+        return absl::OkStatus();
+      }
+      if (absl::StartsWith(base, kWhiteoutPrefix)) {
+        std::string hidden = base.substr(strlen(kWhiteoutPrefix));
+        if (hidden.empty() || absl::StartsWith(hidden, kWhiteoutPrefix)) {
+          return absl::InvalidArgumentError("an unknown whiteout form");
+        }
+        parts->back() = hidden;
+        LayerNode w;
+        w.mode = S_IFCHR;
+        w.rdev = makedev(0, 0);
+        w.mtime_ns = n.mtime_ns;
+        return Place(*parts, std::move(w));
+      }
+    }
+    switch (type) {
+      case '0':
+      case '\0':
+      case '7':
+        n.mode |= S_IFREG;
+        n.size = file_size;
+        n.offset = data;
+        return Place(*parts, std::move(n));
+      case '5':
+        n.mode |= S_IFDIR;
+        return PlaceDir(*parts, std::move(n));
+      case '2':
+        if (link.empty() || link.size() > limits_.max_name ||
+            link.find('\0') != std::string::npos) {
+          return absl::InvalidArgumentError("a symlink with an empty or bad target");
+        }
+        n.mode |= S_IFLNK;
+        n.link = link;
+        n.size = link.size();
+        return Place(*parts, std::move(n));
+      case '6':
+        n.mode |= S_IFIFO;
+        return Place(*parts, std::move(n));
+      case '1': {
+        auto target = CleanName(link, limits_.max_name);
+        if (!target.ok()) return target.status();
+        auto node = Find(*target);
+        if (!node || !S_ISREG(index_.nodes[*node].mode)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("a hard link to \"", absl::CHexEscape(link.substr(0, 256)),
+                           "\", which is not an earlier regular file of this layer"));
+        }
+        return Link(*parts, *node);
+      }
+      case '3':
+      case '4':
+        return absl::InvalidArgumentError("device nodes are not served from lazy layers");
+      default:
+        return absl::InvalidArgumentError(absl::StrCat(
+            "entry type '", absl::CHexEscape(std::string(1, type)), "' is not read lazily"));
+    }
+  }
+
+  std::optional<uint32_t> Find(const std::vector<std::string>& parts) const {
+    uint32_t cur = 0;
+    for (const std::string& p : parts) {
+      const LayerNode& d = index_.nodes[cur];
+      if (!S_ISDIR(d.mode)) return std::nullopt;
+      auto it = d.children.find(p);
+      if (it == d.children.end()) return std::nullopt;
+      cur = it->second;
+    }
+    return cur;
+  }
+
+  // The directory at `parts`, made (0755, root's) where the layer names
+  // files in it before, or without, the directory itself.
+  absl::StatusOr<uint32_t> Dir(const std::vector<std::string>& parts) {
+    uint32_t cur = 0;
+    for (const std::string& p : parts) {
+      auto it = index_.nodes[cur].children.find(p);
+      if (it != index_.nodes[cur].children.end()) {
+        if (!S_ISDIR(index_.nodes[it->second].mode)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("\"", absl::CHexEscape(p), "\" is used as a directory but is not one"));
+        }
+        cur = it->second;
+        continue;
+      }
+      LayerNode d;
+      d.mode = S_IFDIR | 0755;
+      d.nlink = 2;
+      d.parent = cur;
+      uint32_t id = static_cast<uint32_t>(index_.nodes.size());
+      index_.nodes.push_back(std::move(d));
+      index_.nodes[cur].children[p] = id;
+      index_.nodes[cur].nlink++;
+      cur = id;
+    }
+    return cur;
+  }
+
+  absl::Status Place(std::vector<std::string> parts, LayerNode n) {
+    if (parts.empty()) return absl::InvalidArgumentError("only a directory may be the root");
+    std::string base = std::move(parts.back());
+    parts.pop_back();
+    auto dir = Dir(parts);
+    if (!dir.ok()) return dir.status();
+    auto& children = index_.nodes[*dir].children;
+    if (children.count(base)) return absl::InvalidArgumentError("the layer names it twice");
+    n.parent = *dir;
+    uint32_t id = static_cast<uint32_t>(index_.nodes.size());
+    index_.nodes.push_back(std::move(n));
+    index_.nodes[*dir].children[base] = id;
+    return absl::OkStatus();
+  }
+
+  // A directory entry: made, or its attributes set if only its children
+  // had made it so far (or it is the root).
+  absl::Status PlaceDir(const std::vector<std::string>& parts, LayerNode n) {
+    if (parts.empty()) {
+      LayerNode& root = index_.nodes[0];
+      if (explicit_root_) return absl::InvalidArgumentError("the layer names the root twice");
+      explicit_root_ = true;
+      root.mode = n.mode;
+      root.uid = n.uid;
+      root.gid = n.gid;
+      root.mtime_ns = n.mtime_ns;
+      root.xattrs = std::move(n.xattrs);
+      return absl::OkStatus();
+    }
+    std::vector<std::string> up(parts.begin(), parts.end() - 1);
+    auto parent = Dir(up);
+    if (!parent.ok()) return parent.status();
+    auto& children = index_.nodes[*parent].children;
+    auto it = children.find(parts.back());
+    if (it == children.end()) {
+      auto made = Dir(parts);
+      if (!made.ok()) return made.status();
+      it = index_.nodes[*parent].children.find(parts.back());
+    } else if (!S_ISDIR(index_.nodes[it->second].mode) || named_dirs_.count(it->second)) {
+      return absl::InvalidArgumentError("the layer names it twice");
+    }
+    uint32_t id = it->second;
+    named_dirs_.insert(id);
+    LayerNode& d = index_.nodes[id];
+    d.mode = n.mode;
+    d.uid = n.uid;
+    d.gid = n.gid;
+    d.mtime_ns = n.mtime_ns;
+    d.xattrs = std::move(n.xattrs);
+    return absl::OkStatus();
+  }
+
+  absl::Status Link(std::vector<std::string> parts, uint32_t target) {
+    if (parts.empty()) return absl::InvalidArgumentError("a hard link cannot be the root");
+    std::string base = std::move(parts.back());
+    parts.pop_back();
+    auto dir = Dir(parts);
+    if (!dir.ok()) return dir.status();
+    auto& children = index_.nodes[*dir].children;
+    if (children.count(base)) return absl::InvalidArgumentError("the layer names it twice");
+    children[base] = target;
+    index_.nodes[target].nlink++;
+    return absl::OkStatus();
+  }
+
+  Window win_;
+  const uint64_t size_;
+  const IndexLimits limits_;
+  LayerIndex index_;
+  bool explicit_root_ = false;
+  std::set<uint32_t> named_dirs_;
+};
+
+}  // namespace
+
+bool LooksLikeTar(absl::Span<const char> first_block) {
+  if (first_block.size() < kBlock) return false;
+  absl::string_view h(first_block.data(), kBlock);
+  return !AllZero(h) && ChecksumOk(h);
+}
+
+absl::StatusOr<LayerIndex> IndexTar(const BlobReader& read, uint64_t blob_size,
+                                    const IndexLimits& limits) {
+  return Indexer(read, blob_size, limits).Run();
+}
+
+}  // namespace strata::snapshotter

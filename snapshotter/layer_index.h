@@ -1,0 +1,69 @@
+// A layer's index: every file of an image layer (its tree, attributes and,
+// for regular files, where their bytes are in the layer blob), built from
+// the layer itself without unpacking it. Built from an uncompressed tar's
+// headers (IndexTar); the tree's inode numbers are node positions, so the
+// same blob always gives the same numbers.
+//
+// A layer is hostile until indexed: names are cleaned (a leading "/" or
+// "./" dropped) and any ".." refused, hard links must name an earlier file
+// of the same layer, every extent lies within the blob, an entry may not
+// appear twice, and device nodes other than overlay whiteouts are refused
+// (a lazily served layer shows its metadata before its digest is checked).
+// Whatever is refused is an InvalidArgument naming the entry; the caller
+// lets containerd pull such a layer as usual.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace strata::snapshotter {
+
+struct LayerNode {
+  uint32_t mode = 0;  // type and permission bits
+  uint32_t uid = 0, gid = 0;
+  int64_t mtime_ns = 0;
+  uint64_t size = 0;    // regular files: bytes; symlinks: the target's length
+  uint64_t offset = 0;  // regular files: where the bytes start in the blob
+  uint64_t rdev = 0;
+  uint32_t nlink = 1;
+  uint32_t parent = 0;  // the directory it was first named in
+  std::string link;     // symlinks: the target, as the layer gives it
+  bool opaque = false;  // directories: hides the lower layers' content
+  std::map<std::string, std::string> xattrs;
+  std::map<std::string, uint32_t> children;  // directories: name -> node
+};
+
+struct LayerIndex {
+  std::vector<LayerNode> nodes;  // nodes[0] is the root; inode = position + 1
+  uint64_t blob_size = 0;
+  uint64_t files = 0;  // entries in the layer
+};
+
+// Random access to the layer blob: fills `out` from `offset` (all of it or
+// an error).
+using BlobReader = std::function<absl::Status(uint64_t offset, absl::Span<char> out)>;
+
+struct IndexLimits {
+  uint64_t max_entries = 1000000;
+  uint64_t max_name = 4096;
+  uint64_t max_pax = 1 << 20;  // bytes of one pax or GNU long-name record
+  // Header reads go through a window of this many bytes, so that a layer of
+  // many small files costs a read per window, not per file.
+  size_t window = 1 << 20;
+};
+
+// Indexes the uncompressed tar of `blob_size` bytes read by `read`.
+absl::StatusOr<LayerIndex> IndexTar(const BlobReader& read, uint64_t blob_size,
+                                    const IndexLimits& limits = {});
+
+// Whether the first 512 bytes of a blob are a tar header (ustar, GNU or
+// v7 with a valid checksum).
+bool LooksLikeTar(absl::Span<const char> first_block);
+
+}  // namespace strata::snapshotter

@@ -1,0 +1,144 @@
+// LayerTree: lookups in the index, reads through the cache (splice on a
+// hit), overlay's xattrs.
+#include "snapshotter/layer_tree.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+
+namespace strata::snapshotter {
+
+constexpr char kOpaqueXattr[] = "trusted.overlay.opaque";
+
+LayerTree::LayerTree(LayerIndex index, cache::FetchTarget blob, cache::ChunkStore& store,
+                     cache::Fetcher& fetcher)
+    : index_(std::move(index)), blob_(std::move(blob)), store_(store), fetcher_(fetcher) {}
+
+absl::StatusOr<const LayerNode*> LayerTree::Node(uint64_t ino) const {
+  if (ino < fuse::kRootIno || ino - fuse::kRootIno >= index_.nodes.size()) {
+    return fuse::PosixError(ENOENT, absl::StrCat("no inode ", ino, " in this layer"));
+  }
+  return &index_.nodes[ino - fuse::kRootIno];
+}
+
+fuse::Attr LayerTree::AttrOf(uint64_t ino, const LayerNode& n) const {
+  fuse::Attr a;
+  a.ino = ino;
+  a.mode = n.mode;
+  a.size = n.size;
+  a.nlink = n.nlink;
+  a.uid = n.uid;
+  a.gid = n.gid;
+  a.mtime_ns = n.mtime_ns;
+  a.rdev = n.rdev;
+  return a;
+}
+
+absl::StatusOr<fuse::Attr> LayerTree::Lookup(uint64_t parent, const std::string& name) {
+  auto dir = Node(parent);
+  if (!dir.ok()) return dir.status();
+  if (!S_ISDIR((*dir)->mode)) return fuse::PosixError(ENOTDIR, "not a directory");
+  auto it = (*dir)->children.find(name);
+  if (it == (*dir)->children.end()) return fuse::PosixError(ENOENT, "no such entry");
+  uint64_t ino = it->second + fuse::kRootIno;
+  return AttrOf(ino, index_.nodes[it->second]);
+}
+
+absl::StatusOr<fuse::Attr> LayerTree::GetAttr(uint64_t ino) {
+  auto n = Node(ino);
+  if (!n.ok()) return n.status();
+  return AttrOf(ino, **n);
+}
+
+absl::StatusOr<std::vector<fuse::DirEntry>> LayerTree::ReadDir(uint64_t ino) {
+  auto dir = Node(ino);
+  if (!dir.ok()) return dir.status();
+  if (!S_ISDIR((*dir)->mode)) return fuse::PosixError(ENOTDIR, "not a directory");
+  std::vector<fuse::DirEntry> out;
+  out.reserve((*dir)->children.size());
+  for (const auto& [name, id] : (*dir)->children) {
+    out.push_back({name, AttrOf(id + fuse::kRootIno, index_.nodes[id])});
+  }
+  return out;
+}
+
+absl::StatusOr<fuse::OpenResult> LayerTree::Open(uint64_t ino, int flags) {
+  auto n = Node(ino);
+  if (!n.ok()) return n.status();
+  if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) {
+    return fuse::PosixError(EROFS, "image layers are read-only");
+  }
+  if (!S_ISREG((*n)->mode)) return fuse::PosixError(EINVAL, "not a regular file");
+  // The layer never changes: what the kernel cached stays right.
+  return fuse::OpenResult{ino, /*keep_cache=*/true};
+}
+
+absl::Status LayerTree::Reopen(uint64_t ino, uint64_t handle, int flags) {
+  if (handle != ino) return fuse::PosixError(EBADF, "a handle of another tree");
+  return Open(ino, flags).status();
+}
+
+absl::StatusOr<fuse::ReadResult> LayerTree::Read(uint64_t handle, uint64_t offset, size_t size) {
+  auto n = Node(handle);
+  if (!n.ok()) return n.status();
+  const LayerNode& node = **n;
+  fuse::ReadResult r;
+  if (!S_ISREG(node.mode) || offset >= node.size || size == 0) return r;
+  size = std::min<uint64_t>(size, node.size - offset);
+  const uint64_t at = node.offset + offset;
+  bytes_read_ += size;
+  const std::string key = cache::StoreKey(blob_);
+  // A hit on a checked blob: lend the cache's range (spliced to the kernel).
+  if (store_.DigestVerified(key)) {
+    auto lease = store_.Lease(key, at, size);
+    if (lease.ok()) {
+      r.lease = std::move(*lease);
+      return r;
+    }
+  }
+  // Otherwise the fetcher fetches what is missing and checks the blob's
+  // digest first; then it is a hit.
+  auto kept = fetcher_.Ensure(blob_, at, size);
+  if (kept.ok() && *kept) {
+    auto lease = store_.Lease(key, at, size);
+    if (lease.ok()) {
+      r.lease = std::move(*lease);
+      return r;
+    }
+  }
+  r.bytes.resize(size);
+  auto got = fetcher_.Read(blob_, at, absl::MakeSpan(r.bytes));
+  if (!got.ok()) return fuse::PosixError(EIO, std::string(got.status().message()));
+  r.bytes.resize(*got);
+  return r;
+}
+
+absl::StatusOr<std::string> LayerTree::Readlink(uint64_t ino) {
+  auto n = Node(ino);
+  if (!n.ok()) return n.status();
+  if (!S_ISLNK((*n)->mode)) return fuse::PosixError(EINVAL, "not a symlink");
+  return (*n)->link;
+}
+
+absl::StatusOr<std::string> LayerTree::GetXattr(uint64_t ino, const std::string& name) {
+  auto n = Node(ino);
+  if (!n.ok()) return n.status();
+  if (name == kOpaqueXattr && (*n)->opaque) return std::string("y");
+  auto it = (*n)->xattrs.find(name);
+  if (it == (*n)->xattrs.end()) return fuse::PosixError(ENODATA, "no such attribute");
+  return it->second;
+}
+
+absl::StatusOr<std::string> LayerTree::ListXattr(uint64_t ino) {
+  auto n = Node(ino);
+  if (!n.ok()) return n.status();
+  std::string out;
+  if ((*n)->opaque) out.append(kOpaqueXattr).push_back('\0');
+  for (const auto& [k, v] : (*n)->xattrs) out.append(k).push_back('\0');
+  return out;
+}
+
+}  // namespace strata::snapshotter

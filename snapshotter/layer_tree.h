@@ -1,0 +1,59 @@
+// A layer tree: an image layer's files, read-only, from its LayerIndex, for
+// containerd to stack as an overlay lower directory. Inode numbers are the
+// index's node positions and file handles are inode numbers, so a daemon
+// that takes the mount over after a restart serves the kernel's inodes and
+// open files as they were. Whiteouts are 0/0 character devices and opaque
+// directories carry trusted.overlay.opaque, as overlayfs expects of a
+// lower directory.
+//
+// File bytes are the blob's, at each file's offset, through the chunk cache;
+// none is served before the whole blob matched its digest (the fetcher
+// fetches and checks it on the first read, and the layer's background fetch
+// has usually done so before).
+#pragma once
+
+#include <atomic>
+#include <memory>
+
+#include "cache/fetcher.h"
+#include "fuse/tree.h"
+#include "snapshotter/layer_index.h"
+
+namespace strata::snapshotter {
+
+class LayerTree final : public fuse::Tree {
+ public:
+  LayerTree(LayerIndex index, cache::FetchTarget blob, cache::ChunkStore& store,
+            cache::Fetcher& fetcher);
+
+  absl::Duration attr_timeout() const override { return absl::Hours(1); }
+  absl::Duration entry_timeout() const override { return absl::Hours(1); }
+  bool read_only() const override { return true; }
+  bool keeps_xattrs() const override { return true; }
+
+  absl::StatusOr<fuse::Attr> Lookup(uint64_t parent, const std::string& name) override;
+  absl::StatusOr<fuse::Attr> GetAttr(uint64_t ino) override;
+  absl::StatusOr<std::vector<fuse::DirEntry>> ReadDir(uint64_t ino) override;
+  absl::StatusOr<fuse::OpenResult> Open(uint64_t ino, int flags) override;
+  absl::StatusOr<fuse::ReadResult> Read(uint64_t handle, uint64_t offset, size_t size) override;
+  void Release(uint64_t) override {}
+  absl::StatusOr<std::string> Readlink(uint64_t ino) override;
+  absl::StatusOr<std::string> GetXattr(uint64_t ino, const std::string& name) override;
+  absl::StatusOr<std::string> ListXattr(uint64_t ino) override;
+  absl::Status Reopen(uint64_t ino, uint64_t handle, int flags) override;
+
+  const cache::FetchTarget& blob() const { return blob_; }
+  uint64_t bytes_read() const { return bytes_read_.load(); }
+
+ private:
+  absl::StatusOr<const LayerNode*> Node(uint64_t ino) const;
+  fuse::Attr AttrOf(uint64_t ino, const LayerNode& n) const;
+
+  const LayerIndex index_;
+  const cache::FetchTarget blob_;
+  cache::ChunkStore& store_;
+  cache::Fetcher& fetcher_;
+  std::atomic<uint64_t> bytes_read_{0};
+};
+
+}  // namespace strata::snapshotter

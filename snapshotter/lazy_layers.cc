@@ -1,0 +1,176 @@
+// LazyLayers: labels to a registry blob, the blob to an index, the index to
+// a mounted tree, and the background fetch that follows.
+#include "snapshotter/lazy_layers.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "base/logging.h"
+#include "snapshotter/layer_index.h"
+
+namespace strata::snapshotter {
+namespace {
+
+constexpr char kCriImageRef[] = "containerd.io/snapshot/cri.image-ref";
+constexpr char kCriLayerDigest[] = "containerd.io/snapshot/cri.layer-digest";
+constexpr char kStargzRef[] = "containerd.io/snapshot/remote/stargz.reference";
+constexpr char kStargzDigest[] = "containerd.io/snapshot/remote/stargz.digest";
+
+bool IsSha256Digest(const std::string& d) {
+  return d.size() == 71 && absl::StartsWith(d, "sha256:") &&
+         d.find_first_not_of("0123456789abcdef", 7) == std::string::npos;
+}
+
+// "registry[:port]/repo[:tag][@digest]" -> "oci://registry/repo"; Docker
+// Hub's short name is its API host. The origin checks the parts.
+absl::StatusOr<std::string> OriginOf(const std::string& ref) {
+  std::string r = ref.substr(0, ref.find('@'));
+  size_t slash = r.find('/');
+  if (slash == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image reference '", ref.substr(0, 256), "' names no registry"));
+  }
+  size_t colon = r.rfind(':');
+  if (colon != std::string::npos && colon > slash) r.resize(colon);  // the tag
+  std::string registry = r.substr(0, slash);
+  if (registry == "docker.io") r = "registry-1.docker.io" + r.substr(slash);
+  return "oci://" + r;
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<RemoteLayer>> RemoteLayerFromLabels(
+    const std::map<std::string, std::string>& labels) {
+  for (auto [ref_label, digest_label] :
+       {std::pair{kCriImageRef, kCriLayerDigest}, std::pair{kStargzRef, kStargzDigest}}) {
+    auto ref = labels.find(ref_label);
+    auto digest = labels.find(digest_label);
+    if (ref == labels.end() || digest == labels.end()) continue;
+    if (!IsSha256Digest(digest->second)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("label ", digest_label, " is not a sha256 digest"));
+    }
+    auto origin = OriginOf(ref->second);
+    if (!origin.ok()) return origin.status();
+    return std::optional<RemoteLayer>(RemoteLayer{*origin, digest->second, 0});
+  }
+  return std::nullopt;
+}
+
+LazyLayers::LazyLayers(cache::ChunkStore& store, cache::Fetcher& fetcher, LazyLayerOptions options)
+    : store_(store), fetcher_(fetcher), opts_(std::move(options)) {}
+
+LazyLayers::~LazyLayers() {
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, l] : layers_) Stop(*l);
+  layers_.clear();
+}
+
+void LazyLayers::Stop(Layer& l) {
+  l.stop = true;
+  if (l.server) l.server->Stop();
+  if (l.serve.joinable()) l.serve.join();
+  if (l.background.joinable()) l.background.join();
+  l.server.reset();
+}
+
+absl::Status LazyLayers::Mount(uint64_t id, RemoteLayer& layer, const std::string& dir) {
+  auto origin = origin::OpenOrigin(layer.origin, opts_.origin);
+  if (!origin.ok()) return origin.status();
+  cache::FetchTarget blob;
+  blob.origin = std::shared_ptr<origin::Origin>(std::move(*origin));
+  blob.path = layer.digest;
+  if (layer.size == 0) {
+    auto st = blob.origin->Stat(layer.digest);
+    if (!st.ok()) return st.status();
+    if (st->digest != layer.digest) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(layer.origin, " answers for ", layer.digest, " with another digest"));
+    }
+    layer.size = st->size;
+  }
+  blob.stat.size = layer.size;
+  blob.stat.digest = layer.digest;
+  blob.stat.version = layer.digest;
+  blob.stat.mode = 0444;
+  // What the layer is: only uncompressed tar is read lazily so far.
+  std::string first(std::min<uint64_t>(512, layer.size), '\0');
+  auto n = fetcher_.ReadUnverified(blob, 0, absl::MakeSpan(first));
+  if (!n.ok()) return n.status();
+  if (!LooksLikeTar(first)) {
+    bool gzip = first.size() >= 2 && first[0] == '\x1f' && first[1] == '\x8b';
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ", layer.digest, " is ", gzip ? "gzip-compressed" : "not a tar",
+                     "; only uncompressed tar layers are read lazily"));
+  }
+  auto index = IndexTar(
+      [&](uint64_t off, absl::Span<char> out) -> absl::Status {
+        auto got = fetcher_.ReadUnverified(blob, off, out);
+        if (!got.ok()) return got.status();
+        if (*got != out.size()) return absl::DataLossError("the layer blob ended early");
+        return absl::OkStatus();
+      },
+      layer.size);
+  if (!index.ok()) return index.status();
+  uint64_t files = index->files;
+  auto l = std::make_unique<Layer>();
+  l->tree = std::make_unique<LayerTree>(std::move(*index), blob, store_, fetcher_);
+  fuse::MountOptions mo;
+  mo.mountpoint = dir;
+  mo.fsname = "strata-layer";
+  mo.max_threads = opts_.fuse_threads;
+  auto server = fuse::FuseServer::Mount(*l->tree, mo);
+  if (!server.ok()) return server.status();
+  l->server = std::move(*server);
+  fuse::FuseServer* s = l->server.get();
+  l->serve = std::thread([s, dir] {
+    absl::Status st = s->Run();
+    if (!st.ok()) spdlog::warn("layer at {}: {}", dir, st.message());
+  });
+  // The rest of the blob, slice by slice at the fetcher's low priority
+  // (readers' demand fetches go first), then checked against its digest.
+  Layer* raw = l.get();
+  const uint64_t slice = opts_.background_slice;
+  l->background = std::thread([this, raw, blob, slice] {
+    for (uint64_t off = 0; off < blob.stat.size && !raw->stop; off += slice) {
+      uint64_t len = std::min(slice, blob.stat.size - off);
+      absl::Status st = fetcher_.Prefetch(blob, {{off, len}});
+      if (!st.ok()) {
+        spdlog::warn("background fetch of layer {}: {}", blob.path, st.message());
+        return;
+      }
+    }
+    if (raw->stop) return;
+    absl::Status st = fetcher_.Prefetch(blob);  // all present by now: the digest check
+    if (!st.ok()) {
+      spdlog::error("layer {}: {}", blob.path, st.message());
+    } else {
+      spdlog::info("layer {} fetched whole and checked against its digest", blob.path);
+    }
+  });
+  spdlog::info("layer {} of {} mounted lazily at {} ({} entries, {} bytes)", layer.digest,
+               layer.origin, dir, files, layer.size);
+  absl::MutexLock lock(&mu_);
+  if (auto old = layers_.find(id); old != layers_.end()) Stop(*old->second);
+  layers_[id] = std::move(l);
+  return absl::OkStatus();
+}
+
+absl::Status LazyLayers::Unmount(uint64_t id) {
+  std::unique_ptr<Layer> l;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = layers_.find(id);
+    if (it == layers_.end()) return absl::OkStatus();
+    l = std::move(it->second);
+    layers_.erase(it);
+  }
+  Stop(*l);
+  return absl::OkStatus();
+}
+
+bool LazyLayers::Mounted(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  return layers_.count(id) > 0;
+}
+
+}  // namespace strata::snapshotter

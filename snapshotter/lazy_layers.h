@@ -1,0 +1,79 @@
+// The layers Strata serves lazily: a Prepare whose labels name a layer in a
+// registry (the CRI plugin's, or ctr-remote rpull's) is resolved in the
+// registry, indexed from the blob through the chunk cache, and mounted as a
+// layer tree (FUSE), so that containerd never downloads it. The rest of the
+// blob is then fetched in the background at low priority, and checked
+// against its digest before any file's bytes are served.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "cache/fetcher.h"
+#include "fuse/engine.h"
+#include "origin/origin.h"
+#include "snapshotter/layer_tree.h"
+
+namespace strata::snapshotter {
+
+// A layer blob in a registry, as a snapshot's record keeps it.
+struct RemoteLayer {
+  std::string origin;  // oci://registry/repository
+  std::string digest;  // sha256:...
+  uint64_t size = 0;   // 0: not known yet (asked of the registry)
+};
+
+// The layer a Prepare's labels name, if they name one: the CRI plugin's
+// containerd.io/snapshot/cri.{image-ref,layer-digest} or ctr-remote's
+// containerd.io/snapshot/remote/stargz.{reference,digest}. InvalidArgument
+// when they name one badly (a reference or digest that does not parse).
+absl::StatusOr<std::optional<RemoteLayer>> RemoteLayerFromLabels(
+    const std::map<std::string, std::string>& labels);
+
+struct LazyLayerOptions {
+  origin::OriginOptions origin;  // registry credentials (docker config), TLS
+  int fuse_threads = 8;
+  // The background fetch goes in slices of this many bytes, so that a
+  // layer being unmounted stops it within one slice.
+  uint64_t background_slice = 64ull << 20;
+};
+
+class LazyLayers {
+ public:
+  LazyLayers(cache::ChunkStore& store, cache::Fetcher& fetcher, LazyLayerOptions options);
+  ~LazyLayers();  // unmounts every layer
+
+  // Resolves `layer` (its size, if not known), indexes it and mounts its
+  // tree at `dir` under `id`; starts its background fetch. FailedPrecondition
+  // when the layer is not in a format read lazily, InvalidArgument when its
+  // index refuses it, the registry's error when it cannot be reached.
+  // `layer.size` is set.
+  absl::Status Mount(uint64_t id, RemoteLayer& layer, const std::string& dir);
+  // Unmounts layer `id` (lazily: overlays using it keep it until they go).
+  absl::Status Unmount(uint64_t id);
+  bool Mounted(uint64_t id);
+
+ private:
+  struct Layer {
+    std::unique_ptr<LayerTree> tree;
+    std::unique_ptr<fuse::FuseServer> server;
+    std::thread serve, background;
+    std::atomic<bool> stop{false};
+  };
+  void Stop(Layer& l);
+
+  cache::ChunkStore& store_;
+  cache::Fetcher& fetcher_;
+  const LazyLayerOptions opts_;
+  absl::Mutex mu_;
+  std::map<uint64_t, std::unique_ptr<Layer>> layers_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace strata::snapshotter
