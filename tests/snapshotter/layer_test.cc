@@ -1,0 +1,370 @@
+// Layer indexes from tar headers (what a layer may hold, and every way a
+// hostile one is refused), and layer trees over real FUSE mounts stacked by
+// the kernel's overlayfs the way containerd stacks them.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "base/digest.h"
+#include "fuse/engine.h"
+#include "origin/origin.h"
+#include "snapshotter/layer_index.h"
+#include "snapshotter/layer_tree.h"
+#include "tests/util/test_util.h"
+
+namespace strata::snapshotter {
+namespace {
+namespace fs = std::filesystem;
+using strata::testing::Pattern;
+using strata::testing::ReadPath;
+using strata::testing::TempDir;
+
+// A tar written entry by entry, headers as GNU tar and Go's archive/tar
+// write them.
+class Tar {
+ public:
+  struct Entry {
+    std::string name;
+    char type = '0';
+    std::string data;
+    std::string link;
+    uint32_t mode = 0644;
+    uint32_t uid = 0, gid = 0;
+    uint64_t mtime = 1700000000;
+    int64_t size_override = -1;  // a header that lies about its size
+  };
+
+  Tar& Add(const Entry& e) {
+    std::string h(512, '\0');
+    auto put = [&](size_t off, size_t width, const std::string& v) {
+      h.replace(off, std::min(width, v.size()), v.substr(0, width));
+    };
+    auto octal = [&](size_t off, size_t width, uint64_t v) {
+      put(off, width - 1, absl::StrFormat("%0*o", static_cast<int>(width - 1), v));
+    };
+    put(0, 100, e.name);
+    octal(100, 8, e.mode);
+    octal(108, 8, e.uid);
+    octal(116, 8, e.gid);
+    octal(124, 12, e.size_override >= 0 ? e.size_override : e.data.size());
+    octal(136, 12, e.mtime);
+    h[156] = e.type;
+    put(157, 100, e.link);
+    put(257, 6, std::string("ustar\0", 6));
+    put(263, 2, "00");
+    put(148, 8, "        ");
+    uint32_t sum = 0;
+    for (unsigned char c : h) sum += c;
+    put(148, 8, absl::StrFormat("%06o", sum) + std::string("\0 ", 2));
+    out_ += h;
+    out_ += e.data;
+    out_.append((512 - e.data.size() % 512) % 512, '\0');
+    return *this;
+  }
+  Tar& File(const std::string& name, const std::string& data, uint32_t mode = 0644) {
+    return Add({.name = name, .type = '0', .data = data, .mode = mode});
+  }
+  Tar& Dir(const std::string& name, uint32_t mode = 0755) {
+    return Add({.name = name, .type = '5', .mode = mode});
+  }
+  // A pax extended header for the next entry.
+  Tar& Pax(const std::vector<std::pair<std::string, std::string>>& records) {
+    std::string body;
+    for (const auto& [k, v] : records) {
+      std::string rec = absl::StrCat(" ", k, "=", v, "\n");
+      size_t len = rec.size() + 1;
+      while (std::to_string(len).size() + rec.size() != len) ++len;
+      body += std::to_string(len) + rec;
+    }
+    return Add({.name = "PaxHeaders/x", .type = 'x', .data = body});
+  }
+  std::string Done() const { return out_ + std::string(1024, '\0'); }
+
+ private:
+  std::string out_;
+};
+
+absl::StatusOr<LayerIndex> Index(const std::string& blob, int* reads = nullptr,
+                                 IndexLimits limits = {}) {
+  return IndexTar(
+      [&](uint64_t off, absl::Span<char> out) -> absl::Status {
+        if (reads) ++*reads;
+        if (off + out.size() > blob.size()) return absl::OutOfRangeError("past the end");
+        std::memcpy(out.data(), blob.data() + off, out.size());
+        return absl::OkStatus();
+      },
+      blob.size(), limits);
+}
+
+const LayerNode* At(const LayerIndex& idx, const std::string& path) {
+  uint32_t cur = 0;
+  for (const auto& part : absl::StrSplit(path, '/', absl::SkipEmpty())) {
+    auto it = idx.nodes[cur].children.find(std::string(part));
+    if (it == idx.nodes[cur].children.end()) return nullptr;
+    cur = it->second;
+  }
+  return &idx.nodes[cur];
+}
+
+TEST(LayerIndexTest, IndexesWhatImageLayersHold) {
+  std::string weights = Pattern(3, 0, 70000);
+  std::string longname = std::string(150, 'n') + "/" + std::string(120, 'f');
+  std::string blob = Tar()
+                         .Dir("./")
+                         .Dir("./etc/", 0700)
+                         .File("./etc/passwd", "root:x:0:0::/root:/bin/sh\n")
+                         .File("/models/weights.bin", weights, 0640)  // parent made
+                         .Add({.name = "bin/sh", .type = '2', .link = "/bin/busybox"})
+                         .Add({.name = "etc/hard", .type = '1', .link = "./etc/passwd"})
+                         .Add({.name = "run/fifo", .type = '6'})
+                         .File("old/.wh.gone", "")
+                         .File("opaque/.wh..wh..opq", "")
+                         .Pax({{"path", longname},
+                               {"uid", "4000000"},
+                               {"SCHILY.xattr.user.k", "v"},
+                               {"mtime", "1700000000.5"}})
+                         .File("ignored-by-pax", "long")
+                         .Done();
+  auto idx = Index(blob);
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  EXPECT_EQ(idx->nodes[0].mode, S_IFDIR | 0755u);
+  const LayerNode* etc = At(*idx, "etc");
+  ASSERT_TRUE(etc);
+  EXPECT_EQ(etc->mode, S_IFDIR | 0700u);
+  const LayerNode* w = At(*idx, "models/weights.bin");
+  ASSERT_TRUE(w);
+  EXPECT_EQ(w->mode, S_IFREG | 0640u);
+  EXPECT_EQ(w->size, weights.size());
+  EXPECT_EQ(blob.substr(w->offset, w->size), weights);
+  EXPECT_EQ(At(*idx, "models")->mode, S_IFDIR | 0755u);
+  const LayerNode* sh = At(*idx, "bin/sh");
+  ASSERT_TRUE(sh);
+  EXPECT_TRUE(S_ISLNK(sh->mode));
+  EXPECT_EQ(sh->link, "/bin/busybox") << "absolute targets are data: the container resolves them";
+  EXPECT_EQ(At(*idx, "etc/hard"), At(*idx, "etc/passwd")) << "a hard link is the same node";
+  EXPECT_EQ(At(*idx, "etc/passwd")->nlink, 2u);
+  EXPECT_TRUE(S_ISFIFO(At(*idx, "run/fifo")->mode));
+  const LayerNode* gone = At(*idx, "old/gone");
+  ASSERT_TRUE(gone);
+  EXPECT_TRUE(S_ISCHR(gone->mode));
+  EXPECT_EQ(gone->rdev, makedev(0, 0));
+  EXPECT_EQ(At(*idx, "old/.wh.gone"), nullptr);
+  EXPECT_TRUE(At(*idx, "opaque")->opaque);
+  EXPECT_TRUE(At(*idx, "opaque")->children.empty());
+  const LayerNode* lf = At(*idx, longname);
+  ASSERT_TRUE(lf) << "pax path";
+  EXPECT_EQ(lf->uid, 4000000u);
+  EXPECT_EQ(lf->mtime_ns, 1700000000500000000);
+  EXPECT_EQ(lf->xattrs.at("user.k"), "v");
+  EXPECT_EQ(At(*idx, "ignored-by-pax"), nullptr);
+}
+
+TEST(LayerIndexTest, ManySmallFilesCostAReadPerWindowNotPerFile) {
+  Tar t;
+  for (int i = 0; i < 10000; ++i) t.File(absl::StrCat("d/f", i), Pattern(4, i, 100));
+  std::string blob = t.Done();
+  int reads = 0;
+  auto idx = Index(blob, &reads);
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  EXPECT_EQ(idx->files, 10000u);
+  EXPECT_LE(reads, static_cast<int>(blob.size() / (1 << 20)) + 2) << blob.size() << " bytes";
+  const LayerNode* f = At(*idx, "d/f9999");
+  ASSERT_TRUE(f);
+  EXPECT_EQ(blob.substr(f->offset, f->size), Pattern(4, 9999, 100));
+}
+
+TEST(LayerIndexTest, RefusesHostileLayersNamingTheEntry) {
+  struct Case {
+    const char* what;
+    std::string blob;
+    const char* says;
+  };
+  std::vector<Case> cases = {
+      {"dot-dot", Tar().File("../etc/shadow", "x").Done(), "climbs out"},
+      {"dot-dot inside", Tar().File("a/b/../../../x", "x").Done(), "climbs out"},
+      {"dot-dot in pax path", Tar().Pax({{"path", "ok/../../x"}}).File("ok", "x").Done(),
+       "climbs out"},
+      {"hard link out", Tar().Add({.name = "h", .type = '1', .link = "../../etc/shadow"}).Done(),
+       "climbs out"},
+      {"hard link to nothing", Tar().Add({.name = "h", .type = '1', .link = "etc/shadow"}).Done(),
+       "not an earlier regular file"},
+      {"hard link to a dir", Tar().Dir("d").Add({.name = "h", .type = '1', .link = "d"}).Done(),
+       "not an earlier regular file"},
+      {"twice", Tar().File("a", "1").File("a", "2").Done(), "names it twice"},
+      {"file then dir", Tar().File("a", "1").Dir("a").Done(), "names it twice"},
+      {"dir twice", Tar().Dir("a").Dir("a/").Done(), "names it twice"},
+      {"whiteout and file", Tar().File("a", "1").File(".wh.a", "").Done(), "names it twice"},
+      {"file as a dir", Tar().File("a", "1").File("a/b", "2").Done(), "not one"},
+      {"past the end", Tar().Add({.name = "big", .data = "x", .size_override = 1 << 30}).Done(),
+       "past the end"},
+      {"device", Tar().Add({.name = "dev/mem", .type = '3'}).Done(), "device nodes"},
+      {"sparse", Tar().Add({.name = "s", .type = 'S'}).Done(), "not read lazily"},
+      {"gnu sparse pax", Tar().Pax({{"GNU.sparse.major", "1"}}).File("s", "x").Done(), "sparse"},
+      {"bad pax", Tar().Add({.name = "p", .type = 'x', .data = "99 path=x\n"}).File("a", "").Done(),
+       "pax"},
+      {"NUL in pax path", Tar().Pax({{"path", std::string("a\0b", 3)}}).File("a", "").Done(),
+       "NUL"},
+      {"empty symlink", Tar().Add({.name = "l", .type = '2'}).Done(), "symlink"},
+  };
+  for (const Case& c : cases) {
+    auto idx = Index(c.blob);
+    ASSERT_FALSE(idx.ok()) << c.what;
+    EXPECT_TRUE(absl::IsInvalidArgument(idx.status())) << c.what << ": " << idx.status();
+    EXPECT_NE(idx.status().message().find(c.says), std::string::npos)
+        << c.what << ": " << idx.status();
+  }
+  // A corrupt header, and too many entries.
+  std::string blob = Tar().File("a", "x").Done();
+  blob[10] ^= 1;
+  EXPECT_NE(Index(blob).status().message().find("corrupt"), std::string::npos);
+  Tar many;
+  for (int i = 0; i < 20; ++i) many.File(absl::StrCat("f", i), "");
+  IndexLimits limits;
+  limits.max_entries = 10;
+  EXPECT_TRUE(absl::IsInvalidArgument(Index(many.Done(), nullptr, limits).status()));
+  EXPECT_FALSE(LooksLikeTar(std::string(512, '\0')));
+  EXPECT_FALSE(LooksLikeTar(std::string("\x1f\x8b") + std::string(510, 'x')));
+  EXPECT_TRUE(LooksLikeTar(Tar().File("a", "x").Done()));
+}
+
+// Layer trees over real FUSE, stacked by overlayfs as containerd stacks a
+// container's rootfs.
+class LayerTreeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "mounting needs root";
+    fs::create_directories(dir_.path() + "/origin");
+    auto o = origin::OpenOrigin("file://" + dir_.path() + "/origin", {});
+    ASSERT_TRUE(o.ok()) << o.status();
+    origin_ = std::shared_ptr<origin::Origin>(std::move(*o));
+    cache::StoreOptions so;
+    so.dir = dir_.path() + "/cache";
+    so.chunk_size = 1 << 20;
+    auto store = cache::ChunkStore::Open(so);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    fetcher_ = std::make_unique<cache::Fetcher>(*store_);
+  }
+  void TearDown() override {
+    for (auto it = mounts_.rbegin(); it != mounts_.rend(); ++it) ::umount2(it->c_str(), MNT_DETACH);
+    for (auto& s : servers_) s->Stop();
+    for (auto& t : threads_) t.join();
+  }
+
+  // Serves `blob` (as it is at the origin, and with its true digest unless
+  // `digest` says otherwise) at a new mountpoint; returns it.
+  std::string Serve(const std::string& name, const std::string& blob, std::string digest = "") {
+    std::ofstream(dir_.path() + "/origin/" + name, std::ios::binary) << blob;
+    auto idx = Index(blob);
+    EXPECT_TRUE(idx.ok()) << idx.status();
+    cache::FetchTarget t;
+    t.origin = origin_;
+    t.path = name;
+    t.stat = *origin_->Stat(name);
+    t.stat.digest = digest.empty() ? "sha256:" + Sha256Hex(blob) : digest;
+    trees_.push_back(std::make_unique<LayerTree>(std::move(*idx), t, *store_, *fetcher_));
+    std::string mnt = dir_.path() + "/" + name + ".mnt";
+    fs::create_directories(mnt);
+    auto server = fuse::FuseServer::Mount(*trees_.back(), {.mountpoint = mnt});
+    EXPECT_TRUE(server.ok()) << server.status();
+    fuse::FuseServer* s = server->get();
+    servers_.push_back(std::move(*server));
+    threads_.emplace_back([s] { s->Run().IgnoreError(); });
+    return mnt;
+  }
+
+  TempDir dir_;
+  std::shared_ptr<origin::Origin> origin_;
+  std::unique_ptr<cache::ChunkStore> store_;
+  std::unique_ptr<cache::Fetcher> fetcher_;
+  std::vector<std::unique_ptr<LayerTree>> trees_;
+  std::vector<std::unique_ptr<fuse::FuseServer>> servers_;
+  std::vector<std::thread> threads_;
+  std::vector<std::string> mounts_;
+};
+
+TEST_F(LayerTreeTest, OverlayStacksLayerTreesWithWhiteoutsAndOpaqueDirs) {
+  std::string weights = Pattern(5, 0, (3 << 20) + 77);
+  std::string lower = Tar()
+                          .Dir("data")
+                          .File("data/a.txt", "one\n")
+                          .File("data/b.txt", "two\n")
+                          .File("data/sub/c.txt", "three\n")
+                          .File("models/weights.bin", weights, 0640)
+                          .Add({.name = "data/link", .type = '2', .link = "a.txt"})
+                          .Add({.name = "data/hard", .type = '1', .link = "data/a.txt"})
+                          .File("keep/x", "x")
+                          .Done();
+  std::string upper = Tar()
+                          .File("data/.wh.b.txt", "")
+                          .File("data/sub/.wh..wh..opq", "")
+                          .File("data/sub/d.txt", "four\n")
+                          .File("data/e.txt", "five\n")
+                          .Done();
+  std::string l = Serve("lower", lower);
+  std::string u = Serve("upper", upper);
+  // The trees themselves.
+  EXPECT_EQ(ReadPath(l + "/data/a.txt"), "one\n");
+  EXPECT_EQ(ReadPath(l + "/models/weights.bin"), weights);
+  struct stat st;
+  ASSERT_EQ(::lstat((u + "/data/b.txt").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  EXPECT_EQ(st.st_rdev, makedev(0, 0));
+  char v[8] = {};
+  EXPECT_EQ(::lgetxattr((u + "/data/sub").c_str(), "trusted.overlay.opaque", v, sizeof v), 1);
+  EXPECT_EQ(v[0], 'y');
+  ASSERT_EQ(::stat((l + "/data/hard").c_str(), &st), 0);
+  struct stat st2;
+  ASSERT_EQ(::stat((l + "/data/a.txt").c_str(), &st2), 0);
+  EXPECT_EQ(st.st_ino, st2.st_ino);
+  EXPECT_EQ(st.st_nlink, 2u);
+  EXPECT_NE(::open((l + "/data/a.txt").c_str(), O_WRONLY), 0);
+  EXPECT_EQ(errno, EROFS);
+
+  // Stacked as a container's rootfs: upper directory, then the layers.
+  std::string root = dir_.path() + "/rootfs";
+  fs::create_directories(root);
+  fs::create_directories(dir_.path() + "/up");
+  fs::create_directories(dir_.path() + "/work");
+  std::string opts = absl::StrCat("index=off,lowerdir=", u, ":", l, ",upperdir=", dir_.path(),
+                                  "/up,workdir=", dir_.path(), "/work");
+  ASSERT_EQ(::mount("overlay", root.c_str(), "overlay", 0, opts.c_str()), 0) << strerror(errno);
+  mounts_.push_back(root);
+  EXPECT_EQ(ReadPath(root + "/data/a.txt"), "one\n");
+  EXPECT_EQ(ReadPath(root + "/data/e.txt"), "five\n");
+  EXPECT_FALSE(fs::exists(root + "/data/b.txt"));
+  EXPECT_TRUE(fs::exists(root + "/data/sub/d.txt"));
+  EXPECT_FALSE(fs::exists(root + "/data/sub/c.txt")) << "the opaque directory hides the lower";
+  EXPECT_EQ(ReadPath(root + "/keep/x"), "x");
+  EXPECT_EQ(fs::read_symlink(root + "/data/link"), "a.txt");
+  EXPECT_EQ(ReadPath(root + "/models/weights.bin"), weights);
+  std::ofstream(root + "/data/new") << "rw";  // the container's own writes go up
+  EXPECT_EQ(ReadPath(dir_.path() + "/up/data/new"), "rw");
+}
+
+TEST_F(LayerTreeTest, ABlobThatDoesNotMatchItsDigestServesNoByte) {
+  std::string blob = Tar().File("secret", "the registry lied\n").Done();
+  std::string mnt = Serve("bad", blob, "sha256:" + std::string(64, '0'));
+  // The index is visible (its headers were read), the bytes are not.
+  EXPECT_TRUE(fs::exists(mnt + "/secret"));
+  int fd = ::open((mnt + "/secret").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  char buf[64];
+  EXPECT_EQ(::read(fd, buf, sizeof buf), -1);
+  EXPECT_EQ(errno, EIO);
+  ::close(fd);
+}
+
+}  // namespace
+}  // namespace strata::snapshotter
