@@ -3,6 +3,7 @@
 // umoci and served by Debian's docker-registry, pulled and run with ctr as a
 // user would. The images' layers stack with their whiteouts, links and
 // modes; the snapshots outlive a SIGKILL of strata node.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "cri_image.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/util/fault_proxy.h"
 #include "tests/util/subprocess.h"
@@ -63,11 +65,11 @@ class ContainerdTest : public ::testing::Test {
         << out;
     registry_started_ = true;
     StartNode();
-    ASSERT_EQ(RunCommand({"/bin/bash", kContainerd, "start", Ctd(), "--proxy-snapshotter",
-                          "strata=" + Socket(), "--registry", registry_},
-                         &out, std::chrono::seconds(60)),
-              0)
-        << out;
+    std::vector<std::string> args = {
+        "/bin/bash",           kContainerd,          "start",      Ctd(),
+        "--proxy-snapshotter", "strata=" + Socket(), "--registry", registry_};
+    if (Cri()) args.push_back("--cri");
+    ASSERT_EQ(RunCommand(args, &out, std::chrono::seconds(60)), 0) << out;
     containerd_started_ = true;
   }
 
@@ -78,6 +80,8 @@ class ContainerdTest : public ::testing::Test {
     if (registry_started_) RunCommand({"/bin/bash", kRegistry, "stop", dir_.path() + "/reg"});
   }
 
+  // Whether containerd runs its CRI plugin, with Strata as its snapshotter.
+  virtual bool Cri() const { return false; }
   std::string Ctd() const { return dir_.path() + "/ctd"; }
   std::string Socket() const { return dir_.path() + "/sn.sock"; }
 
@@ -256,6 +260,44 @@ TEST_F(ContainerdTest, RpullServesTarLayersLazily) {
     if (absl::StrContains(line, "strata-layer") && absl::StrContains(line, dir_.path())) ++trees;
   }
   EXPECT_EQ(trees, 3);
+}
+
+// kubelet's way: the CRI plugin pulls through its image service, with
+// Strata as its snapshotter and the snapshot labels on, as deploy/
+// configures a node. Its labels name each layer in the registry.
+class ContainerdCriTest : public ContainerdTest {
+ protected:
+  bool Cri() const override { return true; }
+};
+
+TEST_F(ContainerdCriTest, KubeletsPullServesLayersLazily) {
+  auto image = Push({"weights", "16"});
+  std::vector<std::string> layers = absl::StrSplit(image["layers"], ',');
+  ASSERT_EQ(layers.size(), 3u) << image["layers"];
+  auto channel = grpc::CreateChannel("unix://" + Ctd() + "/containerd.sock",
+                                     grpc::InsecureChannelCredentials());
+  auto cri = runtime::v1::ImageService::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  runtime::v1::PullImageRequest req;
+  req.mutable_image()->set_image(image["ref"]);
+  runtime::v1::PullImageResponse resp;
+  grpc::Status st = cri->PullImage(&ctx, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_code() << ": " << st.error_message();
+  EXPECT_TRUE(absl::StartsWith(resp.image_ref(), "sha256:")) << resp.image_ref();
+  std::string out;
+  ASSERT_EQ(Ctr({"-n", "k8s.io", "content", "ls", "-q"}, &out), 0) << out;
+  for (const std::string& l : layers) {
+    EXPECT_FALSE(absl::StrContains(out, l)) << "layer " << l << " was downloaded:\n" << out;
+  }
+  ASSERT_EQ(Ctr({"-n", "k8s.io", "run", "--rm", "--snapshotter", "strata", image["ref"], "cri1",
+                 "/bin/sh", "-c", std::string(kCheckBase) + " && sha256sum /models/weights.bin"},
+                &out),
+            0)
+      << out;
+  EXPECT_FALSE(absl::StrContains(out, "b.txt")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "one\none\none\nfive\nfour\n")) << out;
+  EXPECT_TRUE(absl::StrContains(out, image["weights_sha256"] + "  /models/weights.bin")) << out;
 }
 
 }  // namespace
