@@ -19,6 +19,8 @@
 #         ("five\n").
 #       weights, layer 3: /models/weights.bin, SIZE_MIB MiB of AES-128-CTR
 #         keystream (openssl, fixed key and iv) - the same bytes every run.
+#   make_image.sh OUT_LAYOUT_DIR base-gzip
+#       base with umoci's own tar+gzip layers (no eStargz TOC).
 #       Config: cmd ["/bin/sh"], linux/amd64, all times 1970-01-01T00:00:00Z.
 #       Layers are uncompressed tar (application/vnd.oci.image.layer.v1.tar):
 #       umoci 0.4.7 can only write gzip, so each layer is gunzipped afterwards
@@ -152,12 +154,12 @@ uncompress_layers() {  # LAYOUT
 cmd_build() {  # OUT KIND [SIZE_MIB]
   local out=$1 kind=$2 size=0
   case $kind in
-    base) [ $# -eq 2 ] || usage ;;
+    base | base-gzip) [ $# -eq 2 ] || usage ;;
     weights)
       [ $# -eq 3 ] || usage
       size=$3; [[ $size =~ ^[0-9]+$ ]] && [ "$size" -ge 1 ] || die "SIZE_MIB must be a positive number"
       ;;
-    *) die "unknown KIND $kind (base, weights)" ;;
+    *) die "unknown KIND $kind (base, base-gzip, weights)" ;;
   esac
   [ "$(id -u)" -eq 0 ] || die "must run as root (owners 1000:1000, device-free unpack)"
   ensure_packages umoci busybox-static jq openssl coreutils findutils gzip
@@ -179,7 +181,8 @@ cmd_build() {  # OUT KIND [SIZE_MIB]
     --architecture amd64 --os linux --config.cmd /bin/sh || die "umoci config failed"
   local wsha=""
   [ "$kind" = weights ] && wsha=$(sha "$b/rootfs/models/weights.bin")
-  uncompress_layers "$out"
+  local mt=$MT_TAR
+  if [ "$kind" = base-gzip ]; then mt=$MT_TAR+gzip; else uncompress_layers "$out"; fi
 
   local bl=$out/blobs/sha256 man mhex
   man=$(jq -r '.manifests[0].digest' "$out/index.json"); mhex=${man#sha256:}
@@ -187,7 +190,7 @@ cmd_build() {  # OUT KIND [SIZE_MIB]
   echo "manifest_size=$(stat -c %s "$bl/$mhex")"
   echo "config=$(jq -r '.config.digest' "$bl/$mhex")"
   echo "layers=$(jq -r '[.layers[].digest] | join(",")' "$bl/$mhex")"
-  echo "layer_media_type=$MT_TAR"
+  echo "layer_media_type=$mt"
   if [ "$kind" = weights ]; then
     echo "weights_sha256=$wsha"
     echo "weights_size=$((size * 1024 * 1024))"
