@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Checks Strata's Kubernetes deployment (deploy/kubernetes) and image
-(deploy/Dockerfile) without a cluster: parses every manifest and checks the
-fields that have to agree with the strata binary, with kubelet and with each
-other (sockets, mounts, RBAC, secrets, images).
+"""Checks Strata's Kubernetes deployment (deploy/kubernetes), image
+(deploy/Dockerfile) and containerd fragment (deploy/containerd) without a
+cluster: parses every manifest and checks the fields that have to agree with
+the strata binary, with kubelet, with containerd and with each other
+(sockets, mounts, RBAC, secrets, images).
 
     python3 tests/deploy/manifest_test.py [DEPLOY_DIR]
 
 DEPLOY_DIR defaults to the deploy/ folder of this repository. Needs PyYAML
-(Debian: python3-yaml). Every failure names the file, the object and the
-field.
+(Debian: python3-yaml) and Python 3.11+ for tomllib (Debian 12's python3;
+older ones skip the containerd checks unless tomli is installed). Every
+failure names the file, the object and the field.
 """
 
 import json
@@ -18,6 +20,14 @@ import sys
 import unittest
 
 import yaml
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEPLOY_DIR = os.path.abspath(os.path.join(HERE, "..", "..", "deploy"))
@@ -52,6 +62,12 @@ WORKLOAD_KINDS = ("Pod", "Deployment", "DaemonSet", "StatefulSet", "ReplicaSet",
 # certificate must carry as a DNS SAN when --peer-tls-name is not given.
 PEER_TLS_FILES = ("ca.crt", "tls.crt", "tls.key")
 DEFAULT_PEER_TLS_NAME = "strata-peer"
+
+# containerd (deploy/containerd): the fragment that makes strata node the
+# CRI plugin's snapshotter, through a proxy plugin of this name.
+CONTAINERD_FRAGMENT = os.path.join("containerd", "strata-snapshotter.toml")
+SNAPSHOTTER_NAME = "strata"
+CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 
 
 # --- loading -----------------------------------------------------------------
@@ -941,6 +957,68 @@ class Manifests(unittest.TestCase):
                 self.check_liveness(d, strata, c)
         self.report()
 
+    # The containerd snapshotter: containerd runs on the host, so the socket
+    # and the snapshot directories must be where the host sees them.
+
+    def test_node_snapshotter(self):
+        d, spec, strata = self.strata_workload("node")
+        self.assertIsNotNone(d, "deploy/kubernetes: no workload runs `strata node`")
+        where = "containers[%s]" % strata.get("name")
+        vols = volumes_by_name(spec)
+
+        # containerd dials the socket at this path on the host: the
+        # directory holding it is a hostPath mounted at its own path.
+        sock = flag(strata, "--snapshotter-address")
+        if not isinstance(sock, str) or not sock.startswith("/"):
+            self.problem(d, where + ".args --snapshotter-address",
+                         "missing or not an absolute path: %s" % show(sock))
+        else:
+            sock_dir = os.path.dirname(sock)
+            m = find_mount(strata, sock_dir)
+            if m is None:
+                self.problem(d, where + ".volumeMounts",
+                             "nothing mounted at %s (the --snapshotter-address directory)" % sock_dir)
+            else:
+                hp = get(vols.get(m.get("name")) or {}, "hostPath") or {}
+                vwhere = "volumes[%s].hostPath" % m.get("name")
+                self.expect_equal(d, vwhere + ".path", hp.get("path"), sock_dir)
+                self.expect_equal(d, vwhere + ".type", hp.get("type"), "DirectoryOrCreate")
+                if m.get("subPath"):
+                    self.problem(d, where + ".volumeMounts[%s].subPath" % m.get("name"),
+                                 "the socket's directory is mounted whole")
+        if flag(strata, "--no-lazy-layers") is not None and not isinstance(sock, str):
+            self.problem(d, where + ".args --no-lazy-layers", "without --snapshotter-address")
+
+        # containerd's overlays name STATE_DIR/snapshotter/snapshots/ID/fs as
+        # lower directories, and the lazily read layers are FUSE mounts
+        # there: the same path on the host, and mounts that propagate out.
+        state = flag(strata, "--state-dir")
+        m = find_mount(strata, state) if isinstance(state, str) else None
+        if m is None:
+            self.problem(d, where + ".volumeMounts", "nothing mounted at --state-dir %s" % show(state))
+            self.report()
+        mwhere = where + ".volumeMounts[%s]" % m.get("name")
+        self.expect_equal(d, mwhere + ".mountPropagation", m.get("mountPropagation"), "Bidirectional")
+        if m.get("subPath"):
+            self.problem(d, mwhere + ".subPath", "the state directory is mounted whole")
+        hp = get(vols.get(m.get("name")) or {}, "hostPath") or {}
+        if hp.get("path") != state:
+            self.problem(d, "volumes[%s].hostPath.path" % m.get("name"),
+                         "%s: the state directory must be at the same path on the host (%s)"
+                         % (show(hp.get("path")), state))
+        # Another container's private copy of the state directory would hold
+        # the layer mounts present when it started after strata unmounts them.
+        for c in containers(spec):
+            if c is strata:
+                continue
+            for i, cm in enumerate(c.get("volumeMounts") or []):
+                if cm.get("name") == m.get("name") \
+                        and cm.get("mountPropagation") not in ("HostToContainer", "Bidirectional"):
+                    self.problem(d, "containers[%s].volumeMounts[%d].mountPropagation" % (c.get("name"), i),
+                                 "%s: the state directory holds strata's layer mounts; expected "
+                                 "HostToContainer" % show(cm.get("mountPropagation")))
+        self.report()
+
     # file:// origins are paths the pods must see.
 
     def test_file_origins_are_mounted_where_needed(self):
@@ -1070,6 +1148,81 @@ class Manifests(unittest.TestCase):
         if not rwx:
             self.problems.append("deploy/kubernetes/examples: no ReadWriteMany PVC of strata-rwx")
         self.report()
+
+
+class Containerd(unittest.TestCase):
+    """deploy/containerd/strata-snapshotter.toml: a containerd 1.6 (config
+    version 2) fragment naming strata node's snapshotter socket."""
+
+    def setUp(self):
+        if tomllib is None:
+            self.skipTest("no tomllib (Python 3.11+) or tomli")
+        self.path = os.path.join(DEPLOY_DIR, CONTAINERD_FRAGMENT)
+        self.where = os.path.join("deploy", CONTAINERD_FRAGMENT)
+
+    def load(self, path):
+        with open(path, "rb") as f:
+            try:
+                return tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                why = str(e)
+        self.fail("deploy/containerd/%s: not valid TOML: %s" % (os.path.basename(path), why))
+
+    def test_every_fragment_parses(self):
+        folder = os.path.join(DEPLOY_DIR, "containerd")
+        self.assertTrue(os.path.exists(self.path), "%s: missing" % self.where)
+        for f in sorted(os.listdir(folder)):
+            if f.endswith(".toml"):
+                self.assertEqual(self.load(os.path.join(folder, f)).get("version"), 2,
+                                 "deploy/containerd/%s: expected version = 2 (containerd 1.x)" % f)
+
+    def test_snapshotter_fragment(self):
+        conf = self.load(self.path)
+        problems = []
+
+        def expect(field, want):
+            got = get(conf, field)
+            # TOML keeps types: "false" is not false.
+            if got != want or type(got) is not type(want):
+                problems.append("%s: %s: expected %s, got %s" % (self.where, field, show(want), show(got)))
+
+        expect("version", 2)
+        plugin = get(conf, "proxy_plugins", {}).get(SNAPSHOTTER_NAME) or {}
+        if not plugin:
+            problems.append("%s: no [proxy_plugins.%s]" % (self.where, SNAPSHOTTER_NAME))
+        if plugin.get("type") != "snapshot":
+            problems.append("%s: proxy_plugins.%s.type: expected \"snapshot\", got %s"
+                            % (self.where, SNAPSHOTTER_NAME, show(plugin.get("type"))))
+        cri = (get(conf, "plugins", {}).get(CRI_PLUGIN) or {}).get("containerd") or {}
+        field = 'plugins."%s".containerd' % CRI_PLUGIN
+        if cri.get("snapshotter") != SNAPSHOTTER_NAME:
+            problems.append("%s: %s.snapshotter: expected %s, got %s"
+                            % (self.where, field, show(SNAPSHOTTER_NAME), show(cri.get("snapshotter"))))
+        # Without the CRI plugin's labels on Prepare, strata cannot tell
+        # which registry blob a layer is, and containerd pulls every layer.
+        if cri.get("disable_snapshot_annotations") is not False:
+            problems.append("%s: %s.disable_snapshot_annotations: expected false, got %s"
+                            % (self.where, field, show(cri.get("disable_snapshot_annotations"))))
+
+        # The socket is the one the node DaemonSet serves.
+        docs, _ = load_manifests(DEPLOY_DIR)
+        node = None
+        for d in docs:
+            spec = pod_spec(d)
+            for c in containers(spec) if spec is not None else []:
+                if strata_subcommand(c) == "node":
+                    node = (d, c)
+        if node is None:
+            problems.append("deploy/kubernetes: no workload runs `strata node`")
+        else:
+            d, c = node
+            sock = flag(c, "--snapshotter-address")
+            if plugin.get("address") != sock:
+                problems.append("%s: proxy_plugins.%s.address: %s is not the --snapshotter-address "
+                                "of %s (%s)" % (self.where, SNAPSHOTTER_NAME, show(plugin.get("address")),
+                                                d.where("containers[%s]" % c.get("name")), show(sock)))
+        if problems:
+            self.fail("\n  " + "\n  ".join(problems))
 
 
 class Dockerfile(unittest.TestCase):
