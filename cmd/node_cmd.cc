@@ -204,6 +204,8 @@ absl::Status RunNode(const NodeFlags& o) {
   std::unique_ptr<csi::NodeService> node;
   std::unique_ptr<csi::ControllerService> controller;
   std::unique_ptr<grpc::Server> server;
+  // Mounts that must outlive a restart: volumes and lazily served layers.
+  if (!o.csi_endpoint.empty() || !o.snapshotter_address.empty()) keeper = OpenKeeper(o);
   if (!o.csi_endpoint.empty()) {
     std::string node_id = o.node_id;
     if (node_id.empty()) {
@@ -214,7 +216,6 @@ absl::Status RunNode(const NodeFlags& o) {
     auto db = csi::StateDb::Open(o.state_dir + "/csi-node");
     if (!db.ok()) return db.status();
     node_db = std::move(*db);
-    keeper = OpenKeeper(o);
     if (o.controller) {
       auto cdb = OpenControllerRecords(o.cf, o.state_dir + "/csi-controller");
       if (!cdb.ok()) return cdb.status();
@@ -248,8 +249,9 @@ absl::Status RunNode(const NodeFlags& o) {
   std::unique_ptr<grpc::Server> snapshots_server;
   if (!o.snapshotter_address.empty()) {
     if (o.lazy_layers) {
-      lazy_layers = std::make_unique<snapshotter::LazyLayers>(store, fetcher,
-                                                               snapshotter::LazyLayerOptions{});
+      snapshotter::LazyLayerOptions lo;
+      lo.keeper = keeper.get();
+      lazy_layers = std::make_unique<snapshotter::LazyLayers>(store, fetcher, lo);
     }
     auto sn = snapshotter::Snapshotter::Open({o.state_dir + "/snapshotter", lazy_layers.get()});
     if (!sn.ok()) return sn.status();

@@ -2,6 +2,8 @@
 // a mounted tree, and the background fetch that follows.
 #include "snapshotter/lazy_layers.h"
 
+#include <unistd.h>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/logging.h"
@@ -35,6 +37,8 @@ absl::StatusOr<std::string> OriginOf(const std::string& ref) {
   if (registry == "docker.io") r = "registry-1.docker.io" + r.substr(slash);
   return "oci://" + r;
 }
+
+std::string KeeperKey(uint64_t id) { return absl::StrCat("layer-", id); }
 
 }  // namespace
 
@@ -73,7 +77,9 @@ void LazyLayers::Stop(Layer& l) {
   l.server.reset();
 }
 
-absl::Status LazyLayers::Mount(uint64_t id, RemoteLayer& layer, const std::string& dir) {
+absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
+                                              const std::string& dir,
+                                              const std::string& adopt_init) {
   auto origin = origin::OpenOrigin(layer.origin, opts_.origin);
   if (!origin.ok()) return origin.status();
   cache::FetchTarget blob;
@@ -118,9 +124,27 @@ absl::Status LazyLayers::Mount(uint64_t id, RemoteLayer& layer, const std::strin
   mo.mountpoint = dir;
   mo.fsname = "strata-layer";
   mo.max_threads = opts_.fuse_threads;
-  auto server = fuse::FuseServer::Mount(*l->tree, mo);
+  absl::StatusOr<std::unique_ptr<fuse::FuseServer>> server;
+  if (!adopt_init.empty()) {
+    if (!opts_.keeper) return absl::FailedPreconditionError("no FD keeper to take a mount over");
+    auto fd = opts_.keeper->Get(KeeperKey(id));
+    if (!fd.ok()) return fd.status();
+    server = fuse::FuseServer::Adopt(*l->tree, mo, {*fd, adopt_init});
+    ::close(*fd);  // Adopt keeps a duplicate
+  } else {
+    server = fuse::FuseServer::Mount(*l->tree, mo);
+  }
   if (!server.ok()) return server.status();
   l->server = std::move(*server);
+  fuse::Handoff handoff = l->server->handoff();
+  if (opts_.keeper && adopt_init.empty()) {
+    if (absl::Status st = opts_.keeper->Put(KeeperKey(id), handoff.fd); !st.ok()) {
+      spdlog::warn(
+          "layer {}: the FD keeper did not take its descriptor ({}); a restart will "
+          "mount it afresh under running containers",
+          layer.digest, st.message());
+    }
+  }
   fuse::FuseServer* s = l->server.get();
   l->serve = std::thread([s, dir] {
     absl::Status st = s->Run();
@@ -147,12 +171,12 @@ absl::Status LazyLayers::Mount(uint64_t id, RemoteLayer& layer, const std::strin
       spdlog::info("layer {} fetched whole and checked against its digest", blob.path);
     }
   });
-  spdlog::info("layer {} of {} mounted lazily at {} ({} entries, {} bytes)", layer.digest,
-               layer.origin, dir, files, layer.size);
+  spdlog::info("layer {} of {} {} at {} ({} entries, {} bytes)", layer.digest, layer.origin,
+               adopt_init.empty() ? "mounted lazily" : "taken over", dir, files, layer.size);
   absl::MutexLock lock(&mu_);
   if (auto old = layers_.find(id); old != layers_.end()) Stop(*old->second);
   layers_[id] = std::move(l);
-  return absl::OkStatus();
+  return handoff.init;
 }
 
 absl::Status LazyLayers::Unmount(uint64_t id) {
@@ -165,6 +189,11 @@ absl::Status LazyLayers::Unmount(uint64_t id) {
     layers_.erase(it);
   }
   Stop(*l);
+  if (opts_.keeper) {
+    if (absl::Status st = opts_.keeper->Delete(KeeperKey(id)); !st.ok()) {
+      spdlog::warn("layer {}: FD keeper: {}", id, st.message());
+    }
+  }
   return absl::OkStatus();
 }
 

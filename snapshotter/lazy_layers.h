@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "cache/fetcher.h"
 #include "fuse/engine.h"
+#include "fuse/fd_keeper.h"
 #include "origin/origin.h"
 #include "snapshotter/layer_tree.h"
 
@@ -40,6 +41,11 @@ absl::StatusOr<std::optional<RemoteLayer>> RemoteLayerFromLabels(
 struct LazyLayerOptions {
   origin::OriginOptions origin;  // registry credentials (docker config), TLS
   int fuse_threads = 8;
+  // Holds each layer mount's /dev/fuse descriptor, so that a daemon
+  // restarted after a crash takes the mounts over and containers reading
+  // them carry on (null: a restart mounts the layers afresh, and running
+  // containers over them see errors). Not owned.
+  fuse::FdKeeperClient* keeper = nullptr;
   // The background fetch goes in slices of this many bytes, so that a
   // layer being unmounted stops it within one slice.
   uint64_t background_slice = 64ull << 20;
@@ -54,8 +60,14 @@ class LazyLayers {
   // tree at `dir` under `id`; starts its background fetch. FailedPrecondition
   // when the layer is not in a format read lazily, InvalidArgument when its
   // index refuses it, the registry's error when it cannot be reached.
-  // `layer.size` is set.
-  absl::Status Mount(uint64_t id, RemoteLayer& layer, const std::string& dir);
+  // `layer.size` is set. Returns the mount's INIT request, which a
+  // successor needs to take the mount over.
+  //
+  // With `adopt_init` (what an earlier Mount of `id` returned), takes over
+  // the live mount at `dir` whose descriptor the keeper holds instead.
+  absl::StatusOr<std::string> Mount(uint64_t id, RemoteLayer& layer, const std::string& dir,
+                                    const std::string& adopt_init = "");
+  bool can_adopt() const { return opts_.keeper != nullptr; }
   // Unmounts layer `id` (lazily: overlays using it keep it until they go).
   absl::Status Unmount(uint64_t id);
   bool Mounted(uint64_t id);

@@ -9,6 +9,7 @@
 
 #include <filesystem>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "base/logging.h"
@@ -44,6 +45,7 @@ std::string Encode(const SnapshotInfo& s) {
     j["remote_origin"] = s.remote_origin;
     j["remote_digest"] = s.remote_digest;
     j["remote_size"] = s.remote_size;
+    j["fuse_init"] = absl::Base64Escape(s.fuse_init);
   }
   return j.dump();
 }
@@ -74,6 +76,7 @@ absl::StatusOr<SnapshotInfo> Decode(const std::string& name, const std::string& 
   s.remote_origin = j.value("remote_origin", "");
   s.remote_digest = j.value("remote_digest", "");
   s.remote_size = j.value("remote_size", uint64_t{0});
+  absl::Base64Unescape(j.value("fuse_init", ""), &s.fuse_init);
   return s;
 }
 

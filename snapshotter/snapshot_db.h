@@ -42,6 +42,8 @@ struct SnapshotInfo {
   std::string remote_origin;  // oci://registry/repository
   std::string remote_digest;
   uint64_t remote_size = 0;
+  // The layer mount's INIT request, for a successor to take it over.
+  std::string fuse_init;
 };
 
 class SnapshotDb {

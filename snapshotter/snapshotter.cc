@@ -110,19 +110,33 @@ void Snapshotter::MountRemoteLayers() {
   }
   for (SnapshotInfo& s : remote) {
     std::string dir = Dir(s.id);
-    if (!DetachLayer(dir)) continue;
-    RemoteLayer layer{s.remote_origin, s.remote_digest, s.remote_size};
     if (!opts_.lazy) {
       spdlog::error("snapshot {} is a lazily served layer, but this node serves none", s.name);
       continue;
     }
-    // Its chunks are usually in the cache: no registry needed.
-    absl::Status st = opts_.lazy->Mount(s.id, layer, dir + "/fs");
-    if (!st.ok()) {
+    RemoteLayer layer{s.remote_origin, s.remote_digest, s.remote_size};
+    // A mount the FD keeper kept alive is taken over: the containers over
+    // it never notice. Its chunks are usually in the cache: no registry
+    // needed either way.
+    if (opts_.lazy->can_adopt() && !s.fuse_init.empty() && fuse::IsMountPoint(dir + "/fs")) {
+      auto init = opts_.lazy->Mount(s.id, layer, dir + "/fs", s.fuse_init);
+      if (init.ok()) continue;
+      spdlog::warn("snapshot {}: cannot take its layer's mount over ({}); mounting it afresh",
+                   s.name, init.status().message());
+    }
+    if (!DetachLayer(dir)) continue;
+    auto init = opts_.lazy->Mount(s.id, layer, dir + "/fs");
+    if (!init.ok()) {
       spdlog::error(
           "snapshot {}: cannot mount its layer {} again ({}); containers over it fail "
           "to start until it can",
-          s.name, s.remote_digest, st.message());
+          s.name, s.remote_digest, init.status().message());
+      continue;
+    }
+    s.fuse_init = *init;
+    absl::MutexLock lock(&mu_);
+    if (absl::Status st = db_->Update(s); !st.ok()) {
+      spdlog::warn("snapshot {}: {}; a restart will mount its layer afresh", s.name, st.message());
     }
   }
 }
@@ -238,9 +252,10 @@ absl::Status Snapshotter::PrepareRemote(const std::string& target, const std::st
   fs::create_directories(dir + "/fs", ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   absl::Time start = absl::Now();
-  if (absl::Status st = opts_.lazy->Mount(id, **layer, dir + "/fs"); !st.ok()) {
+  auto init = opts_.lazy->Mount(id, **layer, dir + "/fs");
+  if (!init.ok()) {
     fs::remove_all(dir, ec);
-    return st;
+    return init.status();
   }
   auto undo = [&] {
     opts_.lazy->Unmount(id).IgnoreError();
@@ -265,6 +280,7 @@ absl::Status Snapshotter::PrepareRemote(const std::string& target, const std::st
   s.remote_origin = (*layer)->origin;
   s.remote_digest = (*layer)->digest;
   s.remote_size = (*layer)->size;
+  s.fuse_init = *init;
   if (absl::Status st = db_->Create(s); !st.ok()) {
     undo();
     return st;

@@ -77,6 +77,8 @@ class ContainerdTest : public ::testing::Test {
   void TearDown() override {
     if (containerd_started_) RunCommand({"/bin/bash", kContainerd, "stop", Ctd()});
     StopNode(SIGTERM);
+    // A keeper the node spawned outlives it by design.
+    RunCommand({"/usr/bin/pkill", "-f", dir_.path() + "/node/fd-keeper.sock"});
     UnmountUnder(dir_.path());
     if (registry_started_) RunCommand({"/bin/bash", kRegistry, "stop", dir_.path() + "/reg"});
   }
@@ -88,14 +90,14 @@ class ContainerdTest : public ::testing::Test {
 
   // strata node, its output in node.log (read by the tests; a pipe nobody
   // drains would stall it).
-  void StartNode() {
+  void StartNode(bool keeper = false) {
     std::string log = dir_.path() + "/node.log";
     size_t before = ReadPath(log).size();
     node_ = strata::testing::Spawn(
         {"/bin/sh", "-c",
-         absl::StrCat("exec ", STRATA_PATH, " node --state-dir ", dir_.path(),
-                      "/node --fd-keeper off --admin-socket off --snapshotter-address ", Socket(),
-                      " >> ", log, " 2>&1")});
+         absl::StrCat("exec ", STRATA_PATH, " node --state-dir ", dir_.path(), "/node --fd-keeper ",
+                      keeper ? "spawn" : "off", " --admin-socket off --snapshotter-address ",
+                      Socket(), " >> ", log, " 2>&1")});
     ASSERT_GT(node_.pid, 0);
     for (int i = 0; i < 600; ++i) {
       if (ReadPath(log).find("running", before) != std::string::npos) return;
@@ -310,6 +312,38 @@ TEST_F(ContainerdCriTest, KubeletsPullServesLayersLazily) {
   EXPECT_FALSE(absl::StrContains(out, "b.txt")) << out;
   EXPECT_TRUE(absl::StrContains(out, "one\none\none\nfive\nfour\n")) << out;
   EXPECT_TRUE(absl::StrContains(out, image["weights_sha256"] + "  /models/weights.bin")) << out;
+}
+
+// strata node killed while a container runs over its lazy layers: the FD
+// keeper holds the layer mounts, the restarted node takes them over, and
+// the container reads on (here, the weights it had not read yet).
+TEST_F(ContainerdTest, ARunningContainerReadsOnAcrossASigkillOfTheNode) {
+  StopNode(SIGTERM);
+  StartNode(/*keeper=*/true);
+  auto image = Push({"weights", "24"});
+  std::string out;
+  ASSERT_EQ(RunCommand({"/usr/bin/ctr-remote", "--address", Ctd() + "/containerd.sock", "images",
+                        "rpull", "--plain-http", "--snapshotter", "strata", image["ref"]},
+                       &out, std::chrono::seconds(180)),
+            0)
+      << out;
+  ASSERT_EQ(
+      Ctr({"run", "-d", "--snapshotter", "strata", image["ref"], "long1", "/bin/sleep", "600"},
+          &out),
+      0)
+      << out;
+  StopNode(SIGKILL);
+  std::ofstream("/proc/sys/vm/drop_caches") << "3";
+  StartNode(/*keeper=*/true);
+  EXPECT_TRUE(absl::StrContains(NodeLog(), "taken over")) << NodeLog();
+  ASSERT_EQ(Ctr({"tasks", "exec", "--exec-id", "e1", "long1", "/bin/sh", "-c",
+                 "cat /data/a.txt /data/sub/d.txt && sha256sum /models/weights.bin"},
+                &out),
+            0)
+      << out;
+  EXPECT_TRUE(absl::StrContains(out, "one\nfour\n")) << out;
+  EXPECT_TRUE(absl::StrContains(out, image["weights_sha256"] + "  /models/weights.bin")) << out;
+  Ctr({"tasks", "kill", "-s", "KILL", "long1"}, &out);
 }
 
 // A layer Strata cannot read lazily (gzip without an eStargz TOC) is
