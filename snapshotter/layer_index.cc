@@ -463,6 +463,131 @@ class Indexer {
 
 }  // namespace
 
+namespace {
+
+constexpr uint64_t kIndexFormat = 1;
+
+void PutVarint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<char>(v));
+}
+
+void PutString(std::string& out, std::string_view s) {
+  PutVarint(out, s.size());
+  out.append(s);
+}
+
+class IndexReader {
+ public:
+  explicit IndexReader(std::string_view in) : in_(in) {}
+  bool Varint(uint64_t& v) {
+    v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (in_.empty()) return false;
+      uint8_t b = static_cast<uint8_t>(in_[0]);
+      in_.remove_prefix(1);
+      v |= uint64_t{b & 0x7fu} << shift;
+      if (!(b & 0x80)) return true;
+    }
+    return false;
+  }
+  bool String(std::string& s) {
+    uint64_t n = 0;
+    if (!Varint(n) || n > in_.size()) return false;
+    s.assign(in_.data(), n);
+    in_.remove_prefix(n);
+    return true;
+  }
+  bool done() const { return in_.empty(); }
+
+ private:
+  std::string_view in_;
+};
+
+}  // namespace
+
+std::string EncodeIndex(const LayerIndex& index) {
+  std::string out;
+  PutVarint(out, kIndexFormat);
+  PutVarint(out, index.blob_size);
+  PutVarint(out, index.files);
+  PutVarint(out, index.nodes.size());
+  for (const LayerNode& n : index.nodes) {
+    for (uint64_t v :
+         {uint64_t{n.mode}, uint64_t{n.uid}, uint64_t{n.gid}, static_cast<uint64_t>(n.mtime_ns),
+          n.size, n.offset, n.rdev, uint64_t{n.nlink}, uint64_t{n.parent}, uint64_t{n.opaque}}) {
+      PutVarint(out, v);
+    }
+    PutString(out, n.link);
+    PutVarint(out, n.xattrs.size());
+    for (const auto& [k, v] : n.xattrs) {
+      PutString(out, k);
+      PutString(out, v);
+    }
+    PutVarint(out, n.children.size());
+    for (const auto& [name, id] : n.children) {
+      PutString(out, name);
+      PutVarint(out, id);
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<LayerIndex> DecodeIndex(std::string_view bytes) {
+  IndexReader r(bytes);
+  auto bad = [] { return absl::DataLossError("a stored layer index does not decode"); };
+  uint64_t format = 0, count = 0;
+  LayerIndex index;
+  if (!r.Varint(format) || format != kIndexFormat || !r.Varint(index.blob_size) ||
+      !r.Varint(index.files) || !r.Varint(count) || count == 0 || count > bytes.size()) {
+    return bad();
+  }
+  index.nodes.resize(count);
+  for (LayerNode& n : index.nodes) {
+    uint64_t v[10];
+    for (uint64_t& x : v) {
+      if (!r.Varint(x)) return bad();
+    }
+    n.mode = static_cast<uint32_t>(v[0]);
+    n.uid = static_cast<uint32_t>(v[1]);
+    n.gid = static_cast<uint32_t>(v[2]);
+    n.mtime_ns = static_cast<int64_t>(v[3]);
+    n.size = v[4];
+    n.offset = v[5];
+    n.rdev = v[6];
+    n.nlink = static_cast<uint32_t>(v[7]);
+    n.parent = static_cast<uint32_t>(v[8]);
+    n.opaque = v[9] != 0;
+    if (n.parent >= count || !r.String(n.link)) return bad();
+    // Extents are checked again: a file's bytes must lie within the blob.
+    if (S_ISREG(n.mode) && (n.offset > index.blob_size || n.size > index.blob_size - n.offset)) {
+      return bad();
+    }
+    uint64_t m = 0;
+    if (!r.Varint(m)) return bad();
+    for (uint64_t i = 0; i < m; ++i) {
+      std::string k, val;
+      if (!r.String(k) || !r.String(val)) return bad();
+      n.xattrs[k] = val;
+    }
+    if (!r.Varint(m)) return bad();
+    for (uint64_t i = 0; i < m; ++i) {
+      std::string name;
+      uint64_t id = 0;
+      if (!r.String(name) || !r.Varint(id) || id == 0 || id >= count || name.empty() ||
+          name.find('/') != std::string::npos || name == "." || name == "..") {
+        return bad();
+      }
+      n.children[name] = static_cast<uint32_t>(id);
+    }
+  }
+  if (!r.done() || !S_ISDIR(index.nodes[0].mode)) return bad();
+  return index;
+}
+
 bool LooksLikeTar(absl::Span<const char> first_block) {
   if (first_block.size() < kBlock) return false;
   absl::string_view h(first_block.data(), kBlock);

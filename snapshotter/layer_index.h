@@ -16,7 +16,9 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -61,6 +63,21 @@ struct IndexLimits {
 // Indexes the uncompressed tar of `blob_size` bytes read by `read`.
 absl::StatusOr<LayerIndex> IndexTar(const BlobReader& read, uint64_t blob_size,
                                     const IndexLimits& limits = {});
+
+// The index as bytes, for the snapshotter's database (a restart then does
+// not read the layer again), and back. DecodeIndex checks what it reads
+// (DataLoss when the bytes are not an index).
+std::string EncodeIndex(const LayerIndex& index);
+absl::StatusOr<LayerIndex> DecodeIndex(std::string_view bytes);
+
+// Where indexes are kept across restarts, by layer digest (the snapshot
+// database), so that a restart does not read a layer's headers again.
+class LayerIndexStore {
+ public:
+  virtual ~LayerIndexStore() = default;
+  virtual absl::StatusOr<std::optional<std::string>> GetIndex(const std::string& digest) = 0;
+  virtual absl::Status PutIndex(const std::string& digest, const std::string& bytes) = 0;
+};
 
 // Whether the first 512 bytes of a blob are a tar header (ustar, GNU or
 // v7 with a valid checksum).

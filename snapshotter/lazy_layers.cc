@@ -77,9 +77,30 @@ void LazyLayers::Stop(Layer& l) {
   l.server.reset();
 }
 
+absl::StatusOr<LayerIndex> LazyLayers::BuildIndex(const cache::FetchTarget& blob) {
+  // What the layer is: only uncompressed tar is read lazily so far.
+  std::string first(std::min<uint64_t>(512, blob.stat.size), '\0');
+  auto n = fetcher_.ReadUnverified(blob, 0, absl::MakeSpan(first));
+  if (!n.ok()) return n.status();
+  if (!LooksLikeTar(first)) {
+    bool gzip = first.size() >= 2 && first[0] == '\x1f' && first[1] == '\x8b';
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ", blob.path, " is ", gzip ? "gzip-compressed" : "not a tar",
+                     "; only uncompressed tar layers are read lazily"));
+  }
+  return IndexTar(
+      [&](uint64_t off, absl::Span<char> out) -> absl::Status {
+        auto got = fetcher_.ReadUnverified(blob, off, out);
+        if (!got.ok()) return got.status();
+        if (*got != out.size()) return absl::DataLossError("the layer blob ended early");
+        return absl::OkStatus();
+      },
+      blob.stat.size);
+}
+
 absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
-                                              const std::string& dir,
-                                              const std::string& adopt_init) {
+                                              const std::string& dir, const std::string& adopt_init,
+                                              LayerIndexStore* indexes) {
   auto origin = origin::OpenOrigin(layer.origin, opts_.origin);
   if (!origin.ok()) return origin.status();
   cache::FetchTarget blob;
@@ -98,25 +119,28 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
   blob.stat.digest = layer.digest;
   blob.stat.version = layer.digest;
   blob.stat.mode = 0444;
-  // What the layer is: only uncompressed tar is read lazily so far.
-  std::string first(std::min<uint64_t>(512, layer.size), '\0');
-  auto n = fetcher_.ReadUnverified(blob, 0, absl::MakeSpan(first));
-  if (!n.ok()) return n.status();
-  if (!LooksLikeTar(first)) {
-    bool gzip = first.size() >= 2 && first[0] == '\x1f' && first[1] == '\x8b';
-    return absl::FailedPreconditionError(
-        absl::StrCat("layer ", layer.digest, " is ", gzip ? "gzip-compressed" : "not a tar",
-                     "; only uncompressed tar layers are read lazily"));
+  absl::StatusOr<LayerIndex> index = absl::NotFoundError("not built yet");
+  if (indexes) {
+    auto kept = indexes->GetIndex(layer.digest);
+    if (kept.ok() && *kept) {
+      index = DecodeIndex(**kept);
+      if (!index.ok())
+        spdlog::warn("layer {}: {}; reading it again", layer.digest, index.status().message());
+      if (index.ok() && index->blob_size != layer.size) {
+        index = absl::DataLossError("the stored index is of another size");
+      }
+    }
   }
-  auto index = IndexTar(
-      [&](uint64_t off, absl::Span<char> out) -> absl::Status {
-        auto got = fetcher_.ReadUnverified(blob, off, out);
-        if (!got.ok()) return got.status();
-        if (*got != out.size()) return absl::DataLossError("the layer blob ended early");
-        return absl::OkStatus();
-      },
-      layer.size);
-  if (!index.ok()) return index.status();
+  if (!index.ok()) {
+    index = BuildIndex(blob);
+    if (!index.ok()) return index.status();
+    if (indexes) {
+      if (absl::Status st = indexes->PutIndex(layer.digest, EncodeIndex(*index)); !st.ok()) {
+        spdlog::warn("layer {}: index not kept ({}); a restart reads it again", layer.digest,
+                     st.message());
+      }
+    }
+  }
   uint64_t files = index->files;
   auto l = std::make_unique<Layer>();
   l->tree = std::make_unique<LayerTree>(std::move(*index), blob, store_, fetcher_);

@@ -65,8 +65,10 @@ class LazyLayers {
   //
   // With `adopt_init` (what an earlier Mount of `id` returned), takes over
   // the live mount at `dir` whose descriptor the keeper holds instead.
+  // `indexes`, when given, keeps the index (and gives it back next time).
   absl::StatusOr<std::string> Mount(uint64_t id, RemoteLayer& layer, const std::string& dir,
-                                    const std::string& adopt_init = "");
+                                    const std::string& adopt_init = "",
+                                    LayerIndexStore* indexes = nullptr);
   bool can_adopt() const { return opts_.keeper != nullptr; }
   // Unmounts layer `id` (lazily: overlays using it keep it until they go).
   absl::Status Unmount(uint64_t id);
@@ -80,6 +82,9 @@ class LazyLayers {
     std::atomic<bool> stop{false};
   };
   void Stop(Layer& l);
+  // The layer's index from its blob's headers (read without waiting for the
+  // digest check: nothing of a file is served before it).
+  absl::StatusOr<LayerIndex> BuildIndex(const cache::FetchTarget& blob);
 
   cache::ChunkStore& store_;
   cache::Fetcher& fetcher_;

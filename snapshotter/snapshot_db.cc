@@ -2,6 +2,7 @@
 //   s/NAME            a snapshot's record (JSON)
 //   c/PARENT\0CHILD   PARENT has CHILD (names hold no NUL: checked above)
 //   next_id           the last id handed out
+//   i/DIGEST          a layer's index (layer_index.h's encoding)
 #include "snapshotter/snapshot_db.h"
 
 #include <rocksdb/db.h>
@@ -164,6 +165,22 @@ absl::StatusOr<bool> SnapshotDb::HasChildren(const std::string& name) {
   if (it->Valid() && it->key().starts_with(prefix)) return true;
   if (!it->status().ok()) return RocksStatus(it->status(), "reading the snapshot index");
   return false;
+}
+
+absl::StatusOr<std::optional<std::string>> SnapshotDb::GetIndex(const std::string& digest) {
+  std::string v;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), "i/" + digest, &v);
+  if (s.IsNotFound()) return std::nullopt;
+  if (!s.ok()) return RocksStatus(s, "reading a layer index");
+  return std::optional<std::string>(std::move(v));
+}
+
+absl::Status SnapshotDb::PutIndex(const std::string& digest, const std::string& bytes) {
+  return RocksStatus(db_->Put(Synced(), "i/" + digest, bytes), "keeping a layer index");
+}
+
+absl::Status SnapshotDb::DeleteIndex(const std::string& digest) {
+  return RocksStatus(db_->Delete(Synced(), "i/" + digest), "removing a layer index");
 }
 
 absl::StatusOr<std::vector<SnapshotInfo>> SnapshotDb::List() {

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "snapshotter/layer_index.h"
 
 namespace rocksdb {
 class DB;
@@ -46,7 +47,7 @@ struct SnapshotInfo {
   std::string fuse_init;
 };
 
-class SnapshotDb {
+class SnapshotDb final : public LayerIndexStore {
  public:
   // Opens (creating) the database in `dir`; another process holding it is
   // FailedPrecondition.
@@ -67,6 +68,11 @@ class SnapshotDb {
   absl::StatusOr<bool> HasChildren(const std::string& name);
   // Every snapshot, in name order.
   absl::StatusOr<std::vector<SnapshotInfo>> List();
+
+  // Layer indexes by digest, shared by every snapshot of that layer.
+  absl::StatusOr<std::optional<std::string>> GetIndex(const std::string& digest) override;
+  absl::Status PutIndex(const std::string& digest, const std::string& bytes) override;
+  absl::Status DeleteIndex(const std::string& digest);
 
  private:
   explicit SnapshotDb(std::unique_ptr<rocksdb::DB> db);

@@ -119,13 +119,13 @@ void Snapshotter::MountRemoteLayers() {
     // it never notice. Its chunks are usually in the cache: no registry
     // needed either way.
     if (opts_.lazy->can_adopt() && !s.fuse_init.empty() && fuse::IsMountPoint(dir + "/fs")) {
-      auto init = opts_.lazy->Mount(s.id, layer, dir + "/fs", s.fuse_init);
+      auto init = opts_.lazy->Mount(s.id, layer, dir + "/fs", s.fuse_init, db_.get());
       if (init.ok()) continue;
       spdlog::warn("snapshot {}: cannot take its layer's mount over ({}); mounting it afresh",
                    s.name, init.status().message());
     }
     if (!DetachLayer(dir)) continue;
-    auto init = opts_.lazy->Mount(s.id, layer, dir + "/fs");
+    auto init = opts_.lazy->Mount(s.id, layer, dir + "/fs", "", db_.get());
     if (!init.ok()) {
       spdlog::error(
           "snapshot {}: cannot mount its layer {} again ({}); containers over it fail "
@@ -252,7 +252,7 @@ absl::Status Snapshotter::PrepareRemote(const std::string& target, const std::st
   fs::create_directories(dir + "/fs", ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   absl::Time start = absl::Now();
-  auto init = opts_.lazy->Mount(id, **layer, dir + "/fs");
+  auto init = opts_.lazy->Mount(id, **layer, dir + "/fs", "", db_.get());
   if (!init.ok()) {
     fs::remove_all(dir, ec);
     return init.status();
@@ -405,6 +405,14 @@ absl::Status Snapshotter::Remove(const std::string& key) {
       }
     }
     if (absl::Status st = db_->Remove(**s); !st.ok()) return st;
+    if (!(*s)->remote_digest.empty()) {  // its index goes with the last snapshot of the layer
+      auto all = db_->List();
+      bool used = !all.ok();
+      for (const SnapshotInfo& o : all.ok() ? *all : std::vector<SnapshotInfo>{}) {
+        used = used || o.remote_digest == (*s)->remote_digest;
+      }
+      if (!used) db_->DeleteIndex((*s)->remote_digest).IgnoreError();
+    }
     // Renamed under the lock, so that a new snapshot never sees it; removed
     // after, since a large layer takes a while.
     removing = absl::StrCat(opts_.root, "/snapshots/", kRemovingPrefix, (*s)->id);

@@ -238,6 +238,58 @@ TEST(LayerIndexTest, RefusesHostileLayersNamingTheEntry) {
   EXPECT_TRUE(LooksLikeTar(Tar().File("a", "x").Done()));
 }
 
+TEST(LayerIndexTest, KeptIndexesDecodeToTheSameTreeAndCorruptOnesAreRefused) {
+  std::string blob = Tar()
+                         .Dir("etc", 0700)
+                         .File("etc/passwd", "root\n")
+                         .Add({.name = "etc/hard", .type = '1', .link = "etc/passwd"})
+                         .Add({.name = "l", .type = '2', .link = "/etc/passwd"})
+                         .File("o/.wh..wh..opq", "")
+                         .File(".wh.gone", "")
+                         .Pax({{"SCHILY.xattr.user.a", "b"}})
+                         .File("x", "y")
+                         .Done();
+  auto idx = Index(blob);
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  std::string bytes = EncodeIndex(*idx);
+  auto back = DecodeIndex(bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(EncodeIndex(*back), bytes);
+  ASSERT_EQ(back->nodes.size(), idx->nodes.size());
+  for (size_t i = 0; i < idx->nodes.size(); ++i) {
+    const LayerNode &a = idx->nodes[i], &b = back->nodes[i];
+    EXPECT_EQ(a.mode, b.mode);
+    EXPECT_EQ(a.offset, b.offset);
+    EXPECT_EQ(a.size, b.size);
+    EXPECT_EQ(a.nlink, b.nlink);
+    EXPECT_EQ(a.link, b.link);
+    EXPECT_EQ(a.opaque, b.opaque);
+    EXPECT_EQ(a.xattrs, b.xattrs);
+    EXPECT_EQ(a.children, b.children);
+    EXPECT_EQ(a.mtime_ns, b.mtime_ns);
+  }
+  // Truncated, or a byte changed: refused, never a wrong tree (a child
+  // number out of range, an extent past the blob, a bad name).
+  for (size_t cut : {size_t{0}, size_t{1}, bytes.size() / 2, bytes.size() - 1}) {
+    EXPECT_TRUE(absl::IsDataLoss(DecodeIndex(bytes.substr(0, cut)).status())) << cut;
+  }
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    std::string bad = bytes;
+    bad[i] ^= 0x40;
+    auto d = DecodeIndex(bad);
+    if (!d.ok()) {
+      EXPECT_TRUE(absl::IsDataLoss(d.status())) << i;
+      continue;
+    }
+    for (const LayerNode& n : d->nodes) {
+      for (const auto& [name, id] : n.children) EXPECT_LT(id, d->nodes.size());
+      if (S_ISREG(n.mode)) {
+        EXPECT_LE(n.offset + n.size, d->blob_size);
+      }
+    }
+  }
+}
+
 // Layer trees over real FUSE, stacked by overlayfs as containerd stacks a
 // container's rootfs.
 class LayerTreeTest : public ::testing::Test {
