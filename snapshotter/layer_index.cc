@@ -5,6 +5,7 @@
 
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cstring>
@@ -16,6 +17,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "base/digest.h"
+#include "nlohmann/json.hpp"
 
 namespace strata::snapshotter {
 namespace {
@@ -282,6 +286,20 @@ class Indexer {
         return absl::InvalidArgumentError("sparse files are not read lazily");
       }
     }
+    return Insert(type, name, link, std::move(n), file_size, data);
+  }
+
+ public:
+  // Adds an entry of tar type `type` ('0' regular, '5' directory, '2'
+  // symlink, '1' hard link to `link`, '6' fifo) with `n`'s attributes; a
+  // regular file's bytes are `file_size` at `data`. Whiteouts and opaque
+  // markers by name. last_placed() is then the entry's node (0 for an
+  // opaque marker).
+  absl::Status Insert(char type, const std::string& name, const std::string& link, LayerNode n,
+                      uint64_t file_size, uint64_t data) {
+    last_placed_ = 0;
+    auto parts = CleanName(name, limits_.max_name);
+    if (!parts.ok()) return parts.status();
     // Whiteouts: ".wh..wh..opq" makes the directory opaque; ".wh.NAME"
     // hides NAME below, as a 0/0 character device for overlayfs.
     if (!parts->empty()) {
@@ -349,6 +367,10 @@ class Indexer {
     }
   }
 
+  uint32_t last_placed() const { return last_placed_; }
+  LayerIndex& index() { return index_; }
+
+ private:
   std::optional<uint32_t> Find(const std::vector<std::string>& parts) const {
     uint32_t cur = 0;
     for (const std::string& p : parts) {
@@ -400,6 +422,7 @@ class Indexer {
     uint32_t id = static_cast<uint32_t>(index_.nodes.size());
     index_.nodes.push_back(std::move(n));
     index_.nodes[*dir].children[base] = id;
+    last_placed_ = id;
     return absl::OkStatus();
   }
 
@@ -431,6 +454,7 @@ class Indexer {
     }
     uint32_t id = it->second;
     named_dirs_.insert(id);
+    last_placed_ = id;
     LayerNode& d = index_.nodes[id];
     d.mode = n.mode;
     d.uid = n.uid;
@@ -450,6 +474,7 @@ class Indexer {
     if (children.count(base)) return absl::InvalidArgumentError("the layer names it twice");
     children[base] = target;
     index_.nodes[target].nlink++;
+    last_placed_ = target;
     return absl::OkStatus();
   }
 
@@ -458,6 +483,7 @@ class Indexer {
   const IndexLimits limits_;
   LayerIndex index_;
   bool explicit_root_ = false;
+  uint32_t last_placed_ = 0;
   std::set<uint32_t> named_dirs_;
 };
 
@@ -465,7 +491,7 @@ class Indexer {
 
 namespace {
 
-constexpr uint64_t kIndexFormat = 1;
+constexpr uint64_t kIndexFormat = 2;
 
 void PutVarint(std::string& out, uint64_t v) {
   while (v >= 0x80) {
@@ -514,6 +540,9 @@ std::string EncodeIndex(const LayerIndex& index) {
   PutVarint(out, kIndexFormat);
   PutVarint(out, index.blob_size);
   PutVarint(out, index.files);
+  PutVarint(out, static_cast<uint64_t>(index.format));
+  PutVarint(out, index.chunk_size);
+  PutVarint(out, index.prefetch_end);
   PutVarint(out, index.nodes.size());
   for (const LayerNode& n : index.nodes) {
     for (uint64_t v :
@@ -532,6 +561,15 @@ std::string EncodeIndex(const LayerIndex& index) {
       PutString(out, name);
       PutVarint(out, id);
     }
+    PutString(out, n.digest);
+    PutVarint(out, n.chunks.size());
+    for (const LayerChunk& c : n.chunks) {
+      PutVarint(out, c.blob_offset);
+      PutVarint(out, c.blob_end);
+      PutVarint(out, c.file_offset);
+      PutVarint(out, c.size);
+      PutString(out, c.digest);
+    }
   }
   return out;
 }
@@ -541,10 +579,14 @@ absl::StatusOr<LayerIndex> DecodeIndex(std::string_view bytes) {
   auto bad = [] { return absl::DataLossError("a stored layer index does not decode"); };
   uint64_t format = 0, count = 0;
   LayerIndex index;
+  uint64_t layer_format = 0;
   if (!r.Varint(format) || format != kIndexFormat || !r.Varint(index.blob_size) ||
-      !r.Varint(index.files) || !r.Varint(count) || count == 0 || count > bytes.size()) {
+      !r.Varint(index.files) || !r.Varint(layer_format) || layer_format > 1 ||
+      !r.Varint(index.chunk_size) || !r.Varint(index.prefetch_end) || !r.Varint(count) ||
+      count == 0 || count > bytes.size()) {
     return bad();
   }
+  index.format = static_cast<LayerFormat>(layer_format);
   index.nodes.resize(count);
   for (LayerNode& n : index.nodes) {
     uint64_t v[10];
@@ -563,7 +605,8 @@ absl::StatusOr<LayerIndex> DecodeIndex(std::string_view bytes) {
     n.opaque = v[9] != 0;
     if (n.parent >= count || !r.String(n.link)) return bad();
     // Extents are checked again: a file's bytes must lie within the blob.
-    if (S_ISREG(n.mode) && (n.offset > index.blob_size || n.size > index.blob_size - n.offset)) {
+    if (S_ISREG(n.mode) && index.format == LayerFormat::kTar &&
+        (n.offset > index.blob_size || n.size > index.blob_size - n.offset)) {
       return bad();
     }
     uint64_t m = 0;
@@ -583,6 +626,19 @@ absl::StatusOr<LayerIndex> DecodeIndex(std::string_view bytes) {
       }
       n.children[name] = static_cast<uint32_t>(id);
     }
+    if (!r.String(n.digest) || !r.Varint(m) || m > bytes.size()) return bad();
+    uint64_t expect = 0;
+    for (uint64_t i = 0; i < m; ++i) {
+      LayerChunk c;
+      if (!r.Varint(c.blob_offset) || !r.Varint(c.blob_end) || !r.Varint(c.file_offset) ||
+          !r.Varint(c.size) || !r.String(c.digest) || c.file_offset != expect ||
+          c.blob_offset >= c.blob_end || c.blob_end > index.blob_size) {
+        return bad();
+      }
+      expect += c.size;
+      n.chunks.push_back(std::move(c));
+    }
+    if (m > 0 && expect != n.size) return bad();
   }
   if (!r.done() || !S_ISDIR(index.nodes[0].mode)) return bad();
   return index;
@@ -597,6 +653,256 @@ bool LooksLikeTar(absl::Span<const char> first_block) {
 absl::StatusOr<LayerIndex> IndexTar(const BlobReader& read, uint64_t blob_size,
                                     const IndexLimits& limits) {
   return Indexer(read, blob_size, limits).Run();
+}
+
+}  // namespace strata::snapshotter
+
+// eStargz: the footer, the TOC and the tree it describes.
+namespace strata::snapshotter {
+namespace {
+
+constexpr size_t kFooterSize = 51;
+constexpr uint64_t kMaxTocBytes = 64ull << 20;  // compressed or not
+constexpr char kTocName[] = "stargz.index.json";
+constexpr char kPrefetchLandmark[] = ".prefetch.landmark";
+constexpr char kNoPrefetchLandmark[] = ".no.prefetch.landmark";
+
+// The TOC's offset from the 51-byte footer: an empty gzip member whose
+// extra field (SI1 'S', SI2 'G') holds "%016xSTARGZ".
+std::optional<uint64_t> FooterTocOffset(std::string_view f) {
+  if (f.size() != kFooterSize || static_cast<uint8_t>(f[0]) != 0x1f ||
+      static_cast<uint8_t>(f[1]) != 0x8b || f[2] != 8 || !(f[3] & 4)) {
+    return std::nullopt;
+  }
+  auto le16 = [&](size_t at) {
+    return static_cast<uint8_t>(f[at]) | static_cast<uint8_t>(f[at + 1]) << 8;
+  };
+  if (le16(10) != 26 || f[12] != 'S' || f[13] != 'G' || le16(14) != 22 ||
+      f.substr(32, 6) != "STARGZ") {
+    return std::nullopt;
+  }
+  uint64_t off = 0;
+  for (char c : f.substr(16, 16)) {
+    int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (v < 0) return std::nullopt;
+    off = off << 4 | static_cast<uint64_t>(v);
+  }
+  return off;
+}
+
+bool IsSha256(const std::string& d) {
+  return d.size() == 71 && d.compare(0, 7, "sha256:") == 0 &&
+         d.find_first_not_of("0123456789abcdef", 7) == std::string::npos;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> InflateMember(std::string_view compressed, size_t want) {
+  z_stream z{};
+  if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) return absl::InternalError("zlib init failed");
+  std::string out(want, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(compressed.data()));
+  z.avail_in = static_cast<uInt>(std::min<size_t>(compressed.size(), UINT32_MAX));
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(want);
+  int rc = Z_OK;
+  while (z.avail_out > 0 && rc == Z_OK) rc = inflate(&z, Z_NO_FLUSH);
+  size_t got = want - z.avail_out;
+  inflateEnd(&z);
+  if (rc != Z_OK && rc != Z_STREAM_END && !(rc == Z_BUF_ERROR && got == want)) {
+    return absl::DataLossError(absl::StrCat("not a gzip member (zlib: ", rc, ")"));
+  }
+  out.resize(got);
+  return out;
+}
+
+absl::StatusOr<LayerIndex> IndexEstargz(const BlobReader& read, uint64_t blob_size,
+                                        const std::string& toc_digest, const IndexLimits& limits) {
+  if (blob_size < kFooterSize) return absl::FailedPreconditionError("too small for eStargz");
+  std::string footer(kFooterSize, '\0');
+  if (absl::Status st = read(blob_size - kFooterSize, absl::MakeSpan(footer)); !st.ok()) return st;
+  auto toc_off = FooterTocOffset(footer);
+  if (!toc_off) return absl::FailedPreconditionError("no eStargz footer");
+  if (toc_digest.empty()) {
+    return absl::FailedPreconditionError(
+        "an eStargz layer without its TOC digest annotation (nothing vouches for its TOC)");
+  }
+  const uint64_t toc_end = blob_size - kFooterSize;
+  if (*toc_off >= toc_end || toc_end - *toc_off > kMaxTocBytes) {
+    return absl::InvalidArgumentError("the eStargz footer points outside the blob");
+  }
+  std::string compressed(toc_end - *toc_off, '\0');
+  if (absl::Status st = read(*toc_off, absl::MakeSpan(compressed)); !st.ok()) return st;
+  auto tar = InflateMember(compressed, kMaxTocBytes + 1024);
+  if (!tar.ok())
+    return absl::InvalidArgumentError(absl::StrCat("the TOC: ", tar.status().message()));
+  // One tar entry, stargz.index.json.
+  if (tar->size() < kBlock || !ChecksumOk(absl::string_view(tar->data(), kBlock)) ||
+      Field(absl::string_view(tar->data(), kBlock), 0, 100) != kTocName) {
+    return absl::InvalidArgumentError("the TOC member holds no stargz.index.json");
+  }
+  auto json_size = Number(absl::string_view(tar->data(), kBlock), 124, 12);
+  if (!json_size || *json_size > tar->size() - kBlock) {
+    return absl::InvalidArgumentError("the TOC's size is wrong");
+  }
+  std::string json_text = tar->substr(kBlock, *json_size);
+  std::string got = "sha256:" + Sha256Hex(json_text);
+  if (got != toc_digest) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the TOC's digest is ", got, ", not ", toc_digest, " as the image says"));
+  }
+  nlohmann::json toc = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (!toc.is_object() || toc.value("version", 0) != 1 || !toc.contains("entries") ||
+      !toc["entries"].is_array()) {
+    return absl::InvalidArgumentError("the TOC is not an eStargz TOC of version 1");
+  }
+  const nlohmann::json& entries = toc["entries"];
+  if (entries.size() > limits.max_entries) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the layer has more than ", limits.max_entries, " entries"));
+  }
+  // Where each chunk's member ends: at the next member any entry starts.
+  std::vector<uint64_t> starts = {*toc_off};
+  for (const auto& e : entries) {
+    if (e.is_object() && e.contains("offset") && e["offset"].is_number_unsigned()) {
+      starts.push_back(e["offset"].get<uint64_t>());
+    }
+  }
+  std::sort(starts.begin(), starts.end());
+  starts.erase(std::unique(starts.begin(), starts.end()), starts.end());
+
+  BlobReader none = [](uint64_t, absl::Span<char>) {
+    return absl::InternalError("an eStargz index reads no tar");
+  };
+  Indexer b(none, blob_size, limits);
+  b.index().format = LayerFormat::kEstargz;
+  std::map<std::string, uint32_t> regular;  // name -> node, for its later chunks
+  uint64_t chunk_size = 0;
+  for (const auto& e : entries) {
+    if (!e.is_object()) return absl::InvalidArgumentError("a TOC entry is not an object");
+    std::string name = e.value("name", "");
+    std::string type = e.value("type", "");
+    auto fail = [&](const std::string& why) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TOC entry \"", absl::CHexEscape(name.substr(0, 256)), "\": ", why));
+    };
+    if (name == kPrefetchLandmark || name == kNoPrefetchLandmark) {
+      if (name == kPrefetchLandmark) b.index().prefetch_end = e.value("offset", uint64_t{0});
+      continue;  // markers for the reader, not files of the image
+    }
+    auto u64 = [&](const char* key) -> std::optional<uint64_t> {
+      if (!e.contains(key)) return uint64_t{0};
+      if (!e[key].is_number_unsigned()) return std::nullopt;
+      return e[key].get<uint64_t>();
+    };
+    auto offset = u64("offset"), size = u64("size"), chunk_offset = u64("chunkOffset"),
+         csize = u64("chunkSize"), mode = u64("mode"), uid = u64("uid"), gid = u64("gid");
+    if (!offset || !size || !chunk_offset || !csize || !mode || !uid || !gid || *uid > UINT32_MAX ||
+        *gid > UINT32_MAX) {
+      return fail("a number field is not a number of its range");
+    }
+    if (type == "chunk") {
+      auto it = regular.find(name);
+      if (it == regular.end()) return fail("a chunk of no earlier regular file");
+      LayerNode& n = b.index().nodes[it->second];
+      uint64_t expect = n.chunks.empty() ? 0 : n.chunks.back().file_offset + n.chunks.back().size;
+      if (*chunk_offset != expect || n.chunks.empty() || n.chunks.back().size == 0) {
+        return fail("chunks out of order");
+      }
+      uint64_t len = *csize != 0 ? *csize : n.size - std::min(n.size, *chunk_offset);
+      auto end = std::upper_bound(starts.begin(), starts.end(), *offset);
+      LayerChunk c{*offset, end == starts.end() ? 0 : *end, *chunk_offset, len,
+                   e.value("chunkDigest", "")};
+      if (!IsSha256(c.digest)) return fail("a chunk without a sha256 chunkDigest");
+      n.chunks.push_back(std::move(c));
+      continue;
+    }
+    LayerNode n;
+    n.mode = static_cast<uint32_t>(*mode & 07777);
+    n.uid = static_cast<uint32_t>(*uid);
+    n.gid = static_cast<uint32_t>(*gid);
+    std::string modtime = e.value("modtime", "");
+    if (!modtime.empty()) {
+      absl::Time t;
+      std::string err;
+      if (!absl::ParseTime(absl::RFC3339_full, modtime, &t, &err)) return fail("bad modtime");
+      n.mtime_ns = absl::ToUnixNanos(t);
+    }
+    if (e.contains("xattrs") && e["xattrs"].is_object()) {
+      for (const auto& [k, v] : e["xattrs"].items()) {
+        std::string raw;
+        if (!v.is_string() || !absl::Base64Unescape(v.get<std::string>(), &raw)) {
+          return fail("an xattr value is not base64");
+        }
+        n.xattrs[k] = raw;
+      }
+    }
+    char tar_type = 0;
+    if (type == "dir") {
+      tar_type = '5';
+    } else if (type == "reg") {
+      tar_type = '0';
+    } else if (type == "symlink") {
+      tar_type = '2';
+    } else if (type == "hardlink") {
+      tar_type = '1';
+    } else if (type == "fifo") {
+      tar_type = '6';
+    } else if (type == "char" || type == "block") {
+      tar_type = '3';
+    } else {
+      return fail(absl::StrCat("unknown type \"", absl::CHexEscape(type.substr(0, 32)), "\""));
+    }
+    if (++b.index().files > limits.max_entries) return fail("too many entries");
+    if (absl::Status st = b.Insert(tar_type, name, e.value("linkName", ""), std::move(n), *size, 0);
+        !st.ok()) {
+      return fail(std::string(st.message()));
+    }
+    if (tar_type != '0' || b.last_placed() == 0) continue;
+    LayerNode& placed = b.index().nodes[b.last_placed()];
+    if (!S_ISREG(placed.mode)) continue;  // a whiteout
+    placed.offset = 0;
+    placed.digest = e.value("digest", "");
+    regular[name] = b.last_placed();
+    if (*size == 0) continue;
+    uint64_t len = *csize != 0 ? *csize : *size;
+    auto end = std::upper_bound(starts.begin(), starts.end(), *offset);
+    LayerChunk c{*offset, end == starts.end() ? 0 : *end, 0, len, e.value("chunkDigest", "")};
+    if (!IsSha256(c.digest)) return fail("a regular file without a sha256 chunkDigest");
+    placed.chunks.push_back(std::move(c));
+  }
+  // Every file's chunks cover it, lie before the TOC and, but for its last,
+  // have the layer's one chunk size.
+  for (LayerNode& n : b.index().nodes) {
+    if (!S_ISREG(n.mode) || n.size == 0) continue;
+    uint64_t covered = 0;
+    for (size_t i = 0; i < n.chunks.size(); ++i) {
+      const LayerChunk& c = n.chunks[i];
+      if (c.size == 0 || c.blob_end == 0 || c.blob_offset >= c.blob_end || c.blob_end > *toc_off) {
+        return absl::InvalidArgumentError("a chunk lies outside the blob's data");
+      }
+      if (i + 1 < n.chunks.size()) {
+        if (chunk_size == 0) chunk_size = c.size;
+        if (c.size != chunk_size) {
+          return absl::InvalidArgumentError("the layer's files are chunked in more than one size");
+        }
+      }
+      covered += c.size;
+    }
+    if (covered != n.size) return absl::InvalidArgumentError("a file's chunks do not cover it");
+  }
+  if (chunk_size == 0) chunk_size = 4 << 20;
+  if (chunk_size % 4096 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunks of ", chunk_size, " bytes (not a multiple of 4096)"));
+  }
+  for (const LayerNode& n : b.index().nodes) {
+    if (S_ISREG(n.mode) && n.chunks.size() == 1 && n.size > chunk_size) {
+      return absl::InvalidArgumentError("a file in one chunk larger than the layer's chunks");
+    }
+  }
+  b.index().chunk_size = chunk_size;
+  return std::move(b.index());
 }
 
 }  // namespace strata::snapshotter

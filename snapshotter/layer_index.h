@@ -26,6 +26,15 @@
 
 namespace strata::snapshotter {
 
+// eStargz: a piece of a regular file, compressed on its own in the blob.
+struct LayerChunk {
+  uint64_t blob_offset = 0;  // the gzip member that starts with it
+  uint64_t blob_end = 0;     // where the next member of another chunk (or the TOC) starts
+  uint64_t file_offset = 0;
+  uint64_t size = 0;
+  std::string digest;  // sha256:... of its uncompressed bytes
+};
+
 struct LayerNode {
   uint32_t mode = 0;  // type and permission bits
   uint32_t uid = 0, gid = 0;
@@ -39,12 +48,24 @@ struct LayerNode {
   bool opaque = false;  // directories: hides the lower layers' content
   std::map<std::string, std::string> xattrs;
   std::map<std::string, uint32_t> children;  // directories: name -> node
+  // eStargz regular files: the whole file's digest (may be empty) and its
+  // chunks in file order.
+  std::string digest;
+  std::vector<LayerChunk> chunks;
 };
+
+enum class LayerFormat { kTar = 0, kEstargz = 1 };
 
 struct LayerIndex {
   std::vector<LayerNode> nodes;  // nodes[0] is the root; inode = position + 1
   uint64_t blob_size = 0;
   uint64_t files = 0;  // entries in the layer
+  LayerFormat format = LayerFormat::kTar;
+  // eStargz: every chunk but a file's last has this many bytes.
+  uint64_t chunk_size = 0;
+  // eStargz: chunks at blob offsets below this are the ones the image asks
+  // to have first (its prefetch landmark); 0: none.
+  uint64_t prefetch_end = 0;
 };
 
 // Random access to the layer blob: fills `out` from `offset` (all of it or
@@ -63,6 +84,21 @@ struct IndexLimits {
 // Indexes the uncompressed tar of `blob_size` bytes read by `read`.
 absl::StatusOr<LayerIndex> IndexTar(const BlobReader& read, uint64_t blob_size,
                                     const IndexLimits& limits = {});
+
+// Indexes an eStargz blob (gzip members with a table of contents at the
+// end) from its footer and TOC alone. The TOC must have `toc_digest` (the
+// layer's containerd.io/snapshot/stargz/toc.digest annotation: without it
+// nothing vouches for the TOC); every non-empty file must have chunk
+// digests, all chunks but each file's last one size (a multiple of 4096).
+// FailedPrecondition when the blob is no eStargz; InvalidArgument when its
+// TOC is refused (the reason and the entry named).
+absl::StatusOr<LayerIndex> IndexEstargz(const BlobReader& read, uint64_t blob_size,
+                                        const std::string& toc_digest,
+                                        const IndexLimits& limits = {});
+
+// Inflates the gzip member at the start of `compressed` until `want` bytes
+// came out or the member ends; DataLoss when the bytes are not gzip.
+absl::StatusOr<std::string> InflateMember(std::string_view compressed, size_t want);
 
 // The index as bytes, for the snapshotter's database (a restart then does
 // not read the layer again), and back. DecodeIndex checks what it reads

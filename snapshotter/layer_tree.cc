@@ -13,15 +13,20 @@ namespace strata::snapshotter {
 
 constexpr char kOpaqueXattr[] = "trusted.overlay.opaque";
 
-LayerTree::LayerTree(LayerIndex index, cache::FetchTarget blob, cache::ChunkStore& store,
+LayerTree::LayerTree(std::shared_ptr<const LayerIndex> index, cache::FetchTarget blob,
+                     std::shared_ptr<EstargzFiles> files, cache::ChunkStore& store,
                      cache::Fetcher& fetcher)
-    : index_(std::move(index)), blob_(std::move(blob)), store_(store), fetcher_(fetcher) {}
+    : index_(std::move(index)),
+      blob_(std::move(blob)),
+      files_(std::move(files)),
+      store_(store),
+      fetcher_(fetcher) {}
 
 absl::StatusOr<const LayerNode*> LayerTree::Node(uint64_t ino) const {
-  if (ino < fuse::kRootIno || ino - fuse::kRootIno >= index_.nodes.size()) {
+  if (ino < fuse::kRootIno || ino - fuse::kRootIno >= index_->nodes.size()) {
     return fuse::PosixError(ENOENT, absl::StrCat("no inode ", ino, " in this layer"));
   }
-  return &index_.nodes[ino - fuse::kRootIno];
+  return &index_->nodes[ino - fuse::kRootIno];
 }
 
 fuse::Attr LayerTree::AttrOf(uint64_t ino, const LayerNode& n) const {
@@ -44,7 +49,7 @@ absl::StatusOr<fuse::Attr> LayerTree::Lookup(uint64_t parent, const std::string&
   auto it = (*dir)->children.find(name);
   if (it == (*dir)->children.end()) return fuse::PosixError(ENOENT, "no such entry");
   uint64_t ino = it->second + fuse::kRootIno;
-  return AttrOf(ino, index_.nodes[it->second]);
+  return AttrOf(ino, index_->nodes[it->second]);
 }
 
 absl::StatusOr<fuse::Attr> LayerTree::GetAttr(uint64_t ino) {
@@ -60,7 +65,7 @@ absl::StatusOr<std::vector<fuse::DirEntry>> LayerTree::ReadDir(uint64_t ino) {
   std::vector<fuse::DirEntry> out;
   out.reserve((*dir)->children.size());
   for (const auto& [name, id] : (*dir)->children) {
-    out.push_back({name, AttrOf(id + fuse::kRootIno, index_.nodes[id])});
+    out.push_back({name, AttrOf(id + fuse::kRootIno, index_->nodes[id])});
   }
   return out;
 }
@@ -88,20 +93,31 @@ absl::StatusOr<fuse::ReadResult> LayerTree::Read(uint64_t handle, uint64_t offse
   fuse::ReadResult r;
   if (!S_ISREG(node.mode) || offset >= node.size || size == 0) return r;
   size = std::min<uint64_t>(size, node.size - offset);
-  const uint64_t at = node.offset + offset;
   bytes_read_ += size;
-  const std::string key = cache::StoreKey(blob_);
-  // A hit on a checked blob: lend the cache's range (spliced to the kernel).
-  if (store_.DigestVerified(key)) {
+  if (files_) {
+    return ReadThrough(EstargzFiles::Target(files_, static_cast<uint32_t>(handle - fuse::kRootIno)),
+                       offset, size);
+  }
+  return ReadThrough(blob_, node.offset + offset, size);
+}
+
+absl::StatusOr<fuse::ReadResult> LayerTree::ReadThrough(const cache::FetchTarget& t, uint64_t at,
+                                                        size_t size) {
+  fuse::ReadResult r;
+  const std::string key = cache::StoreKey(t);
+  // A hit on checked bytes (chunks checked as they land, or the whole blob
+  // matched its digest): lend the cache's range, spliced to the kernel.
+  bool checked = !t.chunk_sha256.empty() || store_.DigestVerified(key);
+  if (checked) {
     auto lease = store_.Lease(key, at, size);
     if (lease.ok()) {
       r.lease = std::move(*lease);
       return r;
     }
   }
-  // Otherwise the fetcher fetches what is missing and checks the blob's
-  // digest first; then it is a hit.
-  auto kept = fetcher_.Ensure(blob_, at, size);
+  // Otherwise the fetcher fetches what is missing, checking it first; then
+  // it is a hit.
+  auto kept = fetcher_.Ensure(t, at, size);
   if (kept.ok() && *kept) {
     auto lease = store_.Lease(key, at, size);
     if (lease.ok()) {
@@ -110,7 +126,7 @@ absl::StatusOr<fuse::ReadResult> LayerTree::Read(uint64_t handle, uint64_t offse
     }
   }
   r.bytes.resize(size);
-  auto got = fetcher_.Read(blob_, at, absl::MakeSpan(r.bytes));
+  auto got = fetcher_.Read(t, at, absl::MakeSpan(r.bytes));
   if (!got.ok()) return fuse::PosixError(EIO, std::string(got.status().message()));
   r.bytes.resize(*got);
   return r;

@@ -17,14 +17,17 @@
 
 #include "cache/fetcher.h"
 #include "fuse/tree.h"
+#include "snapshotter/estargz_files.h"
 #include "snapshotter/layer_index.h"
 
 namespace strata::snapshotter {
 
 class LayerTree final : public fuse::Tree {
  public:
-  LayerTree(LayerIndex index, cache::FetchTarget blob, cache::ChunkStore& store,
-            cache::Fetcher& fetcher);
+  // `blob` is the layer; `files` serves an eStargz layer's files (null for
+  // tar layers, whose files are extents of the blob).
+  LayerTree(std::shared_ptr<const LayerIndex> index, cache::FetchTarget blob,
+            std::shared_ptr<EstargzFiles> files, cache::ChunkStore& store, cache::Fetcher& fetcher);
 
   absl::Duration attr_timeout() const override { return absl::Hours(1); }
   absl::Duration entry_timeout() const override { return absl::Hours(1); }
@@ -49,8 +52,14 @@ class LayerTree final : public fuse::Tree {
   absl::StatusOr<const LayerNode*> Node(uint64_t ino) const;
   fuse::Attr AttrOf(uint64_t ino, const LayerNode& n) const;
 
-  const LayerIndex index_;
+  // Through the cache: a lease of the range when its bytes are there and
+  // checked, else fetched (and checked) first.
+  absl::StatusOr<fuse::ReadResult> ReadThrough(const cache::FetchTarget& t, uint64_t at,
+                                               size_t size);
+
+  const std::shared_ptr<const LayerIndex> index_;
   const cache::FetchTarget blob_;
+  const std::shared_ptr<EstargzFiles> files_;
   cache::ChunkStore& store_;
   cache::Fetcher& fetcher_;
   std::atomic<uint64_t> bytes_read_{0};

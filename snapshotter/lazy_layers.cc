@@ -2,7 +2,10 @@
 // a mounted tree, and the background fetch that follows.
 #include "snapshotter/lazy_layers.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -16,6 +19,7 @@ constexpr char kCriImageRef[] = "containerd.io/snapshot/cri.image-ref";
 constexpr char kCriLayerDigest[] = "containerd.io/snapshot/cri.layer-digest";
 constexpr char kStargzRef[] = "containerd.io/snapshot/remote/stargz.reference";
 constexpr char kStargzDigest[] = "containerd.io/snapshot/remote/stargz.digest";
+constexpr char kTocDigest[] = "containerd.io/snapshot/stargz/toc.digest";
 
 bool IsSha256Digest(const std::string& d) {
   return d.size() == 71 && absl::StartsWith(d, "sha256:") &&
@@ -55,7 +59,15 @@ absl::StatusOr<std::optional<RemoteLayer>> RemoteLayerFromLabels(
     }
     auto origin = OriginOf(ref->second);
     if (!origin.ok()) return origin.status();
-    return std::optional<RemoteLayer>(RemoteLayer{*origin, digest->second, 0});
+    RemoteLayer layer{*origin, digest->second, 0, ""};
+    if (auto toc = labels.find(kTocDigest); toc != labels.end()) {
+      if (!IsSha256Digest(toc->second)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("label ", kTocDigest, " is not a sha256 digest"));
+      }
+      layer.toc_digest = toc->second;
+    }
+    return std::optional<RemoteLayer>(std::move(layer));
   }
   return std::nullopt;
 }
@@ -77,25 +89,32 @@ void LazyLayers::Stop(Layer& l) {
   l.server.reset();
 }
 
-absl::StatusOr<LayerIndex> LazyLayers::BuildIndex(const cache::FetchTarget& blob) {
+absl::StatusOr<LayerIndex> LazyLayers::BuildIndex(const cache::FetchTarget& blob,
+                                                  const std::string& toc_digest) {
   // What the layer is: only uncompressed tar is read lazily so far.
   std::string first(std::min<uint64_t>(512, blob.stat.size), '\0');
   auto n = fetcher_.ReadUnverified(blob, 0, absl::MakeSpan(first));
   if (!n.ok()) return n.status();
-  if (!LooksLikeTar(first)) {
-    bool gzip = first.size() >= 2 && first[0] == '\x1f' && first[1] == '\x8b';
-    return absl::FailedPreconditionError(
-        absl::StrCat("layer ", blob.path, " is ", gzip ? "gzip-compressed" : "not a tar",
-                     "; only uncompressed tar layers are read lazily"));
+  auto reader = [&](uint64_t off, absl::Span<char> out) -> absl::Status {
+    auto got = fetcher_.ReadUnverified(blob, off, out);
+    if (!got.ok()) return got.status();
+    if (*got != out.size()) return absl::DataLossError("the layer blob ended early");
+    return absl::OkStatus();
+  };
+  if (first.size() >= 2 && first[0] == '\x1f' && first[1] == '\x8b') {
+    auto index = IndexEstargz(reader, blob.stat.size, toc_digest);
+    if (absl::IsFailedPrecondition(index.status())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "layer ", blob.path, " is gzip-compressed, not eStargz (", index.status().message(),
+          "); only uncompressed tar and eStargz layers are read lazily"));
+    }
+    return index;
   }
-  return IndexTar(
-      [&](uint64_t off, absl::Span<char> out) -> absl::Status {
-        auto got = fetcher_.ReadUnverified(blob, off, out);
-        if (!got.ok()) return got.status();
-        if (*got != out.size()) return absl::DataLossError("the layer blob ended early");
-        return absl::OkStatus();
-      },
-      blob.stat.size);
+  if (!LooksLikeTar(first)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ", blob.path, " is neither tar nor gzip; not read lazily"));
+  }
+  return IndexTar(reader, blob.stat.size);
 }
 
 absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
@@ -132,7 +151,7 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
     }
   }
   if (!index.ok()) {
-    index = BuildIndex(blob);
+    index = BuildIndex(blob, layer.toc_digest);
     if (!index.ok()) return index.status();
     if (indexes) {
       if (absl::Status st = indexes->PutIndex(layer.digest, EncodeIndex(*index)); !st.ok()) {
@@ -142,8 +161,13 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
     }
   }
   uint64_t files = index->files;
+  auto shared = std::make_shared<const LayerIndex>(std::move(*index));
+  std::shared_ptr<EstargzFiles> estargz;
+  if (shared->format == LayerFormat::kEstargz) {
+    estargz = std::make_shared<EstargzFiles>(shared, blob);
+  }
   auto l = std::make_unique<Layer>();
-  l->tree = std::make_unique<LayerTree>(std::move(*index), blob, store_, fetcher_);
+  l->tree = std::make_unique<LayerTree>(shared, blob, estargz, store_, fetcher_);
   fuse::MountOptions mo;
   mo.mountpoint = dir;
   mo.fsname = "strata-layer";
@@ -178,7 +202,28 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
   // (readers' demand fetches go first), then checked against its digest.
   Layer* raw = l.get();
   const uint64_t slice = opts_.background_slice;
-  l->background = std::thread([this, raw, blob, slice] {
+  l->background = std::thread([this, raw, blob, slice, shared, estargz] {
+    if (estargz) {
+      // File by file in the blob's order, which puts the files the image
+      // asks to have first (before its prefetch landmark) first; each file's
+      // chunks are checked as they land.
+      std::vector<std::pair<uint64_t, uint32_t>> order;
+      for (uint32_t i = 0; i < shared->nodes.size(); ++i) {
+        const LayerNode& n = shared->nodes[i];
+        if (S_ISREG(n.mode) && !n.chunks.empty()) order.push_back({n.chunks[0].blob_offset, i});
+      }
+      std::sort(order.begin(), order.end());
+      for (const auto& [at, node] : order) {
+        if (raw->stop) return;
+        absl::Status st = fetcher_.Prefetch(EstargzFiles::Target(estargz, node));
+        if (!st.ok()) {
+          spdlog::warn("background fetch of layer {}: {}", blob.path, st.message());
+          return;
+        }
+      }
+      spdlog::info("layer {} fetched whole, every chunk checked against the TOC", blob.path);
+      return;
+    }
     for (uint64_t off = 0; off < blob.stat.size && !raw->stop; off += slice) {
       uint64_t len = std::min(slice, blob.stat.size - off);
       absl::Status st = fetcher_.Prefetch(blob, {{off, len}});

@@ -29,11 +29,15 @@ struct RemoteLayer {
   std::string origin;  // oci://registry/repository
   std::string digest;  // sha256:...
   uint64_t size = 0;   // 0: not known yet (asked of the registry)
+  // eStargz: the digest of its TOC, as the image's manifest gives it
+  // (containerd.io/snapshot/stargz/toc.digest).
+  std::string toc_digest;
 };
 
 // The layer a Prepare's labels name, if they name one: the CRI plugin's
 // containerd.io/snapshot/cri.{image-ref,layer-digest} or ctr-remote's
-// containerd.io/snapshot/remote/stargz.{reference,digest}. InvalidArgument
+// containerd.io/snapshot/remote/stargz.{reference,digest}, with an eStargz
+// layer's containerd.io/snapshot/stargz/toc.digest. InvalidArgument
 // when they name one badly (a reference or digest that does not parse).
 absl::StatusOr<std::optional<RemoteLayer>> RemoteLayerFromLabels(
     const std::map<std::string, std::string>& labels);
@@ -84,7 +88,8 @@ class LazyLayers {
   void Stop(Layer& l);
   // The layer's index from its blob's headers (read without waiting for the
   // digest check: nothing of a file is served before it).
-  absl::StatusOr<LayerIndex> BuildIndex(const cache::FetchTarget& blob);
+  absl::StatusOr<LayerIndex> BuildIndex(const cache::FetchTarget& blob,
+                                        const std::string& toc_digest);
 
   cache::ChunkStore& store_;
   cache::Fetcher& fetcher_;

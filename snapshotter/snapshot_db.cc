@@ -46,6 +46,7 @@ std::string Encode(const SnapshotInfo& s) {
     j["remote_origin"] = s.remote_origin;
     j["remote_digest"] = s.remote_digest;
     j["remote_size"] = s.remote_size;
+    if (!s.remote_toc.empty()) j["remote_toc"] = s.remote_toc;
     j["fuse_init"] = absl::Base64Escape(s.fuse_init);
   }
   return j.dump();
@@ -77,6 +78,7 @@ absl::StatusOr<SnapshotInfo> Decode(const std::string& name, const std::string& 
   s.remote_origin = j.value("remote_origin", "");
   s.remote_digest = j.value("remote_digest", "");
   s.remote_size = j.value("remote_size", uint64_t{0});
+  s.remote_toc = j.value("remote_toc", "");
   absl::Base64Unescape(j.value("fuse_init", ""), &s.fuse_init);
   return s;
 }

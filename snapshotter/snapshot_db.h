@@ -43,6 +43,7 @@ struct SnapshotInfo {
   std::string remote_origin;  // oci://registry/repository
   std::string remote_digest;
   uint64_t remote_size = 0;
+  std::string remote_toc;  // eStargz: its TOC's digest
   // The layer mount's INIT request, for a successor to take it over.
   std::string fuse_init;
 };

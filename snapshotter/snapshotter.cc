@@ -114,7 +114,7 @@ void Snapshotter::MountRemoteLayers() {
       spdlog::error("snapshot {} is a lazily served layer, but this node serves none", s.name);
       continue;
     }
-    RemoteLayer layer{s.remote_origin, s.remote_digest, s.remote_size};
+    RemoteLayer layer{s.remote_origin, s.remote_digest, s.remote_size, s.remote_toc};
     // A mount the FD keeper kept alive is taken over: the containers over
     // it never notice. Its chunks are usually in the cache: no registry
     // needed either way.
@@ -280,6 +280,7 @@ absl::Status Snapshotter::PrepareRemote(const std::string& target, const std::st
   s.remote_origin = (*layer)->origin;
   s.remote_digest = (*layer)->digest;
   s.remote_size = (*layer)->size;
+  s.remote_toc = (*layer)->toc_digest;
   s.fuse_init = *init;
   if (absl::Status st = db_->Create(s); !st.ok()) {
     undo();

@@ -346,6 +346,47 @@ TEST_F(ContainerdTest, ARunningContainerReadsOnAcrossASigkillOfTheNode) {
   Ctr({"tasks", "kill", "-s", "KILL", "long1"}, &out);
 }
 
+// An eStargz image converted by ctr-remote (in a containerd of its own, so
+// that this one holds none of its blobs): served lazily, each file chunk by
+// chunk checked against the TOC that the manifest's annotation vouches for.
+TEST_F(ContainerdTest, RpullServesEstargzLayersLazily) {
+  auto image = Push({"weights", "12"});
+  std::string conv = dir_.path() + "/conv";
+  std::string out;
+  ASSERT_EQ(RunCommand({"/bin/bash", kContainerd, "start", conv}, &out, std::chrono::seconds(60)),
+            0)
+      << out;
+  int rc = RunCommand(
+      {"/bin/bash", kMakeImage, "estargz", registry_, "test/weights:1", "test/weights:esgz", conv},
+      &out, std::chrono::seconds(300));
+  std::string stop_out;
+  RunCommand({"/bin/bash", kContainerd, "stop", conv}, &stop_out);
+  ASSERT_EQ(rc, 0) << out;
+  auto esgz = Facts(out);
+  std::vector<std::string> layers = absl::StrSplit(esgz["layers"], ',');
+  ASSERT_EQ(layers.size(), 3u) << out;
+  ASSERT_EQ(RunCommand({"/usr/bin/ctr-remote", "--address", Ctd() + "/containerd.sock", "images",
+                        "rpull", "--plain-http", "--snapshotter", "strata", esgz["ref"]},
+                       &out, std::chrono::seconds(180)),
+            0)
+      << out;
+  ASSERT_EQ(Ctr({"content", "ls", "-q"}, &out), 0) << out;
+  for (const std::string& l : layers) {
+    EXPECT_FALSE(absl::StrContains(out, l)) << "layer " << l << " was downloaded:\n" << out;
+  }
+  ASSERT_EQ(Ctr({"run", "--rm", "--snapshotter", "strata", esgz["ref"], "esgz1", "/bin/sh", "-c",
+                 std::string(kCheckBase) + " && sha256sum /models/weights.bin"},
+                &out),
+            0)
+      << out << NodeLog();
+  EXPECT_FALSE(absl::StrContains(out, "b.txt")) << out;
+  EXPECT_FALSE(absl::StrContains(out, "c.txt")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "one\none\none\nfive\nfour\n")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "owned.txt 640 1000:1000 1 regular file")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "a.txt 644 0:0 2 regular file")) << out;
+  EXPECT_TRUE(absl::StrContains(out, image["weights_sha256"] + "  /models/weights.bin")) << out;
+}
+
 // A layer Strata cannot read lazily (gzip without an eStargz TOC) is
 // answered as an ordinary snapshot: containerd pulls and unpacks it as
 // usual, and the node's log says why.

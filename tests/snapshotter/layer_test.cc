@@ -8,6 +8,7 @@
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <filesystem>
 #include <fstream>
@@ -18,7 +19,9 @@
 #include "absl/strings/str_split.h"
 #include "base/digest.h"
 #include "fuse/engine.h"
+#include "nlohmann/json.hpp"
 #include "origin/origin.h"
+#include "snapshotter/estargz_files.h"
 #include "snapshotter/layer_index.h"
 #include "snapshotter/layer_tree.h"
 #include "tests/util/test_util.h"
@@ -290,6 +293,147 @@ TEST(LayerIndexTest, KeptIndexesDecodeToTheSameTreeAndCorruptOnesAreRefused) {
   }
 }
 
+// One gzip member of `data` (with an extra field when given), as eStargz
+// writers make them.
+std::string Gzip(const std::string& data, const std::string& extra = "") {
+  z_stream z{};
+  // The footer is a stored (uncompressed) empty block: level 0.
+  int level = extra.empty() ? 6 : 0;
+  EXPECT_EQ(deflateInit2(&z, level, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  gz_header h{};
+  std::string ex = extra;
+  if (!ex.empty()) {
+    h.extra = reinterpret_cast<Bytef*>(ex.data());
+    h.extra_len = static_cast<uInt>(ex.size());
+    deflateSetHeader(&z, &h);
+  }
+  std::string out(deflateBound(&z, data.size()) + 64, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  z.avail_in = static_cast<uInt>(data.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+
+// An eStargz blob: each file's chunks a gzip member of their own, then the
+// TOC (a tar of stargz.index.json) and the 51-byte footer. Returns the
+// blob; `toc_digest` gets the TOC's digest.
+struct EstargzFile {
+  std::string name, type = "reg", data, link;
+  uint32_t mode = 0644;
+};
+std::string Estargz(const std::vector<EstargzFile>& files, size_t chunk, std::string* toc_digest,
+                    const std::function<void(nlohmann::json&)>& tamper = {}) {
+  std::string blob = Gzip(std::string(512, '\0'));  // a leading member, as tar headers would be
+  nlohmann::json entries = nlohmann::json::array();
+  for (const auto& f : files) {
+    nlohmann::json e = {{"name", f.name}, {"type", f.type}, {"mode", f.mode},
+                        {"uid", 0},       {"gid", 0},       {"modtime", "2024-01-02T03:04:05Z"}};
+    if (!f.link.empty()) e["linkName"] = f.link;
+    if (f.type != "reg" || f.data.empty()) {
+      if (f.type == "reg") e["size"] = 0;
+      entries.push_back(e);
+      continue;
+    }
+    e["size"] = f.data.size();
+    e["digest"] = "sha256:" + Sha256Hex(f.data);
+    for (size_t off = 0; off < f.data.size(); off += chunk) {
+      std::string piece = f.data.substr(off, chunk);
+      nlohmann::json c = off == 0 ? e : nlohmann::json{{"name", f.name}, {"type", "chunk"}};
+      c["offset"] = blob.size();
+      c["chunkOffset"] = off;
+      c["chunkSize"] = off + chunk < f.data.size() ? chunk : 0;
+      c["chunkDigest"] = "sha256:" + Sha256Hex(piece);
+      entries.push_back(c);
+      blob += Gzip(piece);
+    }
+  }
+  nlohmann::json toc = {{"version", 1}, {"entries", entries}};
+  if (tamper) tamper(toc);
+  std::string json = toc.dump();
+  *toc_digest = "sha256:" + Sha256Hex(json);
+  std::string tar = Tar().File("stargz.index.json", json).Done();
+  size_t toc_off = blob.size();
+  blob += Gzip(tar);
+  std::string extra = std::string("SG\x16\x00", 4) + absl::StrFormat("%016xSTARGZ", toc_off);
+  std::string footer = Gzip("", extra);
+  EXPECT_EQ(footer.size(), 51u) << "the footer is 51 bytes";
+  return blob + footer;
+}
+
+absl::StatusOr<LayerIndex> IndexStargz(const std::string& blob, const std::string& toc) {
+  return IndexEstargz(
+      [&](uint64_t off, absl::Span<char> out) -> absl::Status {
+        if (off + out.size() > blob.size()) return absl::OutOfRangeError("past the end");
+        std::memcpy(out.data(), blob.data() + off, out.size());
+        return absl::OkStatus();
+      },
+      blob.size(), toc);
+}
+
+TEST(EstargzIndexTest, IndexesFromTheTocAndRefusesWhatItCannotTrust) {
+  std::string weights = Pattern(6, 0, 3 * 4096 * 2 + 100);
+  std::string toc;
+  std::string blob = Estargz({{.name = "bin/", .type = "dir", .mode = 0755},
+                              {.name = "bin/sh", .type = "symlink", .link = "busybox"},
+                              {.name = "w.bin", .data = weights},
+                              {.name = "empty"},
+                              {.name = "data/.wh.gone"},
+                              {.name = ".prefetch.landmark", .data = "\x0f"}},
+                             8192, &toc);
+  auto idx = IndexStargz(blob, toc);
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  EXPECT_EQ(idx->format, LayerFormat::kEstargz);
+  EXPECT_EQ(idx->chunk_size, 8192u);
+  EXPECT_GT(idx->prefetch_end, 0u);
+  EXPECT_EQ(At(*idx, ".prefetch.landmark"), nullptr) << "landmarks are not files";
+  const LayerNode* w = At(*idx, "w.bin");
+  ASSERT_TRUE(w);
+  EXPECT_EQ(w->size, weights.size());
+  EXPECT_EQ(w->chunks.size(), 4u);
+  EXPECT_EQ(w->mtime_ns, absl::ToUnixNanos(absl::FromUnixSeconds(1704164645)));
+  EXPECT_TRUE(S_ISLNK(At(*idx, "bin/sh")->mode));
+  EXPECT_TRUE(S_ISCHR(At(*idx, "data/gone")->mode));
+  EXPECT_EQ(At(*idx, "empty")->size, 0u);
+  EXPECT_EQ(DecodeIndex(EncodeIndex(*idx))->nodes[w - idx->nodes.data()].chunks.size(), 4u);
+
+  // Nothing vouches for a TOC without the manifest's digest of it; a TOC
+  // that is not the one the manifest names is refused.
+  EXPECT_TRUE(absl::IsFailedPrecondition(IndexStargz(blob, "").status()));
+  auto lied = IndexStargz(blob, "sha256:" + std::string(64, 'a'));
+  EXPECT_TRUE(absl::IsInvalidArgument(lied.status())) << lied.status();
+  EXPECT_NE(lied.status().message().find("TOC's digest"), std::string::npos);
+  // Plain gzip has no footer: not eStargz.
+  EXPECT_TRUE(absl::IsFailedPrecondition(IndexStargz(Gzip(std::string(4096, 'x')), toc).status()));
+  // TOCs that lie in ways the digest cannot catch (the image's author
+  // wrote them): names climbing out, chunks outside the data, no chunk
+  // digests, mixed chunk sizes.
+  struct Case {
+    const char* what;
+    std::function<void(nlohmann::json&)> tamper;
+  };
+  std::vector<Case> cases = {
+      {"dot-dot", [](nlohmann::json& t) { t["entries"][2]["name"] = "../../w.bin"; }},
+      {"chunk past the TOC",
+       [](nlohmann::json& t) { t["entries"][3]["offset"] = uint64_t{1} << 40; }},
+      {"no chunk digest", [](nlohmann::json& t) { t["entries"][2].erase("chunkDigest"); }},
+      {"device", [](nlohmann::json& t) { t["entries"][0]["type"] = "char"; }},
+      {"mixed sizes", [](nlohmann::json& t) { t["entries"][2]["chunkSize"] = 4096; }},
+  };
+  for (const Case& c : cases) {
+    std::string t2;
+    std::string b2 = Estargz({{.name = "bin/", .type = "dir", .mode = 0755},
+                              {.name = "bin/sh", .type = "symlink", .link = "busybox"},
+                              {.name = "w.bin", .data = weights}},
+                             8192, &t2, c.tamper);
+    auto bad = IndexStargz(b2, t2);
+    EXPECT_TRUE(absl::IsInvalidArgument(bad.status())) << c.what << ": " << bad.status();
+  }
+}
+
 // Layer trees over real FUSE, stacked by overlayfs as containerd stacks a
 // container's rootfs.
 class LayerTreeTest : public ::testing::Test {
@@ -325,7 +469,8 @@ class LayerTreeTest : public ::testing::Test {
     t.path = name;
     t.stat = *origin_->Stat(name);
     t.stat.digest = digest.empty() ? "sha256:" + Sha256Hex(blob) : digest;
-    trees_.push_back(std::make_unique<LayerTree>(std::move(*idx), t, *store_, *fetcher_));
+    trees_.push_back(std::make_unique<LayerTree>(
+        std::make_shared<const LayerIndex>(std::move(*idx)), t, nullptr, *store_, *fetcher_));
     std::string mnt = dir_.path() + "/" + name + ".mnt";
     fs::create_directories(mnt);
     auto server = fuse::FuseServer::Mount(*trees_.back(), {.mountpoint = mnt});
@@ -403,6 +548,55 @@ TEST_F(LayerTreeTest, OverlayStacksLayerTreesWithWhiteoutsAndOpaqueDirs) {
   EXPECT_EQ(ReadPath(root + "/models/weights.bin"), weights);
   std::ofstream(root + "/data/new") << "rw";  // the container's own writes go up
   EXPECT_EQ(ReadPath(dir_.path() + "/up/data/new"), "rw");
+}
+
+// An eStargz layer over real FUSE: files come chunk by chunk from their
+// gzip members, each chunk checked against the TOC; a chunk that does not
+// match is an I/O error, the others are served.
+TEST_F(LayerTreeTest, ServesEstargzFilesChunkByChunkCheckingEach) {
+  std::string good = Pattern(7, 0, 5 * 4096 + 17), bad = Pattern(8, 0, 3 * 4096);
+  std::string toc;
+  std::string blob =
+      Estargz({{.name = "good.bin", .data = good}, {.name = "bad.bin", .data = bad}}, 4096, &toc);
+  // The registry's copy of bad.bin's second chunk differs from what the TOC
+  // says of it: a bit flipped in its member's compressed data.
+  auto idx = IndexStargz(blob, toc);
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  const LayerNode* b = At(*idx, "bad.bin");
+  ASSERT_TRUE(b);
+  std::string served = blob;
+  const LayerChunk& c = b->chunks[1];
+  std::string evil = Gzip(std::string(4096, 'E'));
+  ASSERT_LE(evil.size(), c.blob_end - c.blob_offset);
+  served.replace(c.blob_offset, evil.size(), evil);
+  std::ofstream(dir_.path() + "/origin/layer", std::ios::binary) << served;
+  cache::FetchTarget t;
+  t.origin = origin_;
+  t.path = "layer";
+  t.stat = *origin_->Stat("layer");
+  t.stat.digest = "sha256:" + Sha256Hex(blob);
+  auto shared = std::make_shared<const LayerIndex>(std::move(*idx));
+  auto files = std::make_shared<EstargzFiles>(shared, t);
+  trees_.push_back(std::make_unique<LayerTree>(shared, t, files, *store_, *fetcher_));
+  std::string mnt = dir_.path() + "/estargz.mnt";
+  fs::create_directories(mnt);
+  auto server = fuse::FuseServer::Mount(*trees_.back(), {.mountpoint = mnt});
+  ASSERT_TRUE(server.ok()) << server.status();
+  fuse::FuseServer* s = server->get();
+  servers_.push_back(std::move(*server));
+  threads_.emplace_back([s] { s->Run().IgnoreError(); });
+
+  EXPECT_EQ(ReadPath(mnt + "/good.bin"), good);
+  int fd = ::open((mnt + "/bad.bin").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  std::string buf(4096, '\0');
+  EXPECT_EQ(::pread(fd, buf.data(), 4096, 0), 4096) << "the first chunk is right";
+  EXPECT_EQ(buf, bad.substr(0, 4096));
+  EXPECT_EQ(::pread(fd, buf.data(), 4096, 4096), -1) << "the second is not: never served";
+  EXPECT_EQ(errno, EIO);
+  EXPECT_EQ(::pread(fd, buf.data(), 4096, 8192), 4096);
+  EXPECT_EQ(buf, bad.substr(8192, 4096));
+  ::close(fd);
 }
 
 TEST_F(LayerTreeTest, ABlobThatDoesNotMatchItsDigestServesNoByte) {
