@@ -411,7 +411,7 @@ TEST_F(ContainerdTest, GzipLayersArePulledAsUsual) {
       << out;
   EXPECT_FALSE(absl::StrContains(out, "b.txt")) << out;
   EXPECT_TRUE(absl::StrContains(out, "one\none\none\nfive\nfour\n")) << out;
-  EXPECT_TRUE(absl::StrContains(NodeLog(), "is gzip-compressed; only uncompressed tar layers"))
+  EXPECT_TRUE(absl::StrContains(NodeLog(), "is gzip-compressed, not eStargz (no eStargz footer)"))
       << NodeLog();
 }
 
