@@ -543,29 +543,44 @@ class Fetcher::Impl {
     uint32_t chunks = static_cast<uint32_t>(chunk_count);
     Sha256 sha;
     absl::Status st;
-    // Fetch in windows of parallel chunks and hash in order.
+    // Fetch in windows of parallel chunks and hash in order; the next window
+    // is in flight while one is hashed, so the link never waits on the hash.
     const uint32_t window = std::max(1, opts_.max_inflight_per_origin);
-    for (uint32_t base = 0; base < chunks && st.ok(); base += window) {
-      uint32_t stop = std::min(chunks, base + window);
-      std::vector<absl::StatusOr<FillResult>> res(stop - base, absl::UnknownError(""));
-      absl::BlockingCounter done(stop - base);
-      for (uint32_t i = base; i < stop; ++i) {
-        pool_.Submit(Priority::kDemand, [&, i] {
-          res[i - base] = FetchChunk(t, key, i, Priority::kDemand);
-          done.DecrementCount();
+    struct Window {
+      uint32_t base = 0, stop = 0;
+      std::vector<absl::StatusOr<FillResult>> res;
+      std::unique_ptr<absl::BlockingCounter> done;
+    };
+    auto start = [&](uint32_t base) {
+      auto w = std::make_unique<Window>();
+      w->base = base;
+      w->stop = std::min(chunks, base + window);
+      w->res.assign(w->stop - base, absl::UnknownError(""));
+      w->done = std::make_unique<absl::BlockingCounter>(w->stop - base);
+      for (uint32_t i = base; i < w->stop; ++i) {
+        Window* raw = w.get();
+        pool_.Submit(Priority::kDemand, [this, &t, &key, raw, i] {
+          raw->res[i - raw->base] = FetchChunk(t, key, i, Priority::kDemand);
+          raw->done->DecrementCount();
         });
       }
-      done.Wait();
+      return w;
+    };
+    std::unique_ptr<Window> cur = chunks > 0 ? start(0) : nullptr;
+    while (cur) {
+      std::unique_ptr<Window> next = cur->stop < chunks ? start(cur->stop) : nullptr;
+      cur->done->Wait();
       std::string buf;
-      for (uint32_t i = base; i < stop && st.ok(); ++i) {
-        if (!res[i - base].ok()) {
-          st = res[i - base].status();
+      for (uint32_t i = cur->base; i < cur->stop && st.ok(); ++i) {
+        auto& res = cur->res[i - cur->base];
+        if (!res.ok()) {
+          st = res.status();
           break;
         }
         uint32_t len = std::min<uint64_t>(cs, t.stat.size - uint64_t{i} * cs);
-        if (res[i - base]->bytes) {
-          sha.Update(std::string_view(res[i - base]->bytes->data(), len));
-          if (!res[i - base]->cached) {
+        if (res->bytes) {
+          sha.Update(std::string_view(res->bytes->data(), len));
+          if (!res->cached) {
             st = absl::FailedPreconditionError(
                 "the cache has no room for it, and its digest can only be checked over the "
                 "complete object");
@@ -580,6 +595,11 @@ class Fetcher::Impl {
         }
         sha.Update(std::string_view(buf.data(), len));
       }
+      if (!st.ok()) {
+        if (next) next->done->Wait();  // its fetches point into it
+        break;
+      }
+      cur = std::move(next);
     }
     if (!st.ok()) return st;
     std::string got = "sha256:" + sha.HexDigest();

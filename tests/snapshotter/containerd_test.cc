@@ -387,6 +387,39 @@ TEST_F(ContainerdTest, RpullServesEstargzLayersLazily) {
   EXPECT_TRUE(absl::StrContains(out, image["weights_sha256"] + "  /models/weights.bin")) << out;
 }
 
+// A layer no honest tool writes (a name climbing out, a hard link to a file
+// outside it): Strata refuses to serve it, naming the entry, and containerd
+// pulls it with its own unpacker, which keeps everything inside the layer.
+// Nothing appears outside the snapshot directories either way.
+TEST_F(ContainerdTest, AHostileLayerIsRefusedAndNothingEscapes) {
+  auto image = Push({"hostile"});
+  std::vector<std::string> layers = absl::StrSplit(image["layers"], ',');
+  ASSERT_EQ(layers.size(), 3u) << image["layers"];
+  std::string out;
+  ASSERT_EQ(RunCommand({"/usr/bin/ctr-remote", "--address", Ctd() + "/containerd.sock", "images",
+                        "rpull", "--plain-http", "--snapshotter", "strata", image["ref"]},
+                       &out, std::chrono::seconds(180)),
+            0)
+      << out;
+  EXPECT_TRUE(absl::StrContains(NodeLog(), "climbs out with \"..\"")) << NodeLog();
+  ASSERT_EQ(Ctr({"content", "ls", "-q"}, &out), 0) << out;
+  EXPECT_TRUE(absl::StrContains(out, layers[2])) << "containerd pulled the hostile layer itself";
+  EXPECT_FALSE(absl::StrContains(out, layers[0])) << "the honest layers were still served lazily";
+  ASSERT_EQ(Ctr({"run", "--rm", "--snapshotter", "strata", image["ref"], "h1", "/bin/sh", "-c",
+                 "cat /hostile/ok.txt /hostile/linkout /escape.txt"},
+                &out),
+            0)
+      << out;
+  // containerd's unpacker clamps both names inside the layer.
+  EXPECT_TRUE(absl::StrContains(out, "fine\nfine\nescaped\n")) << out;
+  for (const std::string& p :
+       {dir_.path() + "/escape.txt", dir_.path() + "/node/escape.txt",
+        dir_.path() + "/node/snapshotter/escape.txt", dir_.path() + "/ctd/escape.txt",
+        std::string("/escape.txt"), std::string("/tmp/escape.txt")}) {
+    EXPECT_FALSE(std::filesystem::exists(p)) << p;
+  }
+}
+
 // A layer Strata cannot read lazily (gzip without an eStargz TOC) is
 // answered as an ordinary snapshot: containerd pulls and unpacks it as
 // usual, and the node's log says why.

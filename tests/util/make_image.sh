@@ -19,6 +19,10 @@
 #         ("five\n").
 #       weights, layer 3: /models/weights.bin, SIZE_MIB MiB of AES-128-CTR
 #         keystream (openssl, fixed key and iv) - the same bytes every run.
+#   make_image.sh OUT_LAYOUT_DIR hostile
+#       base plus a third layer no honest tool writes: hostile/ok.txt, an
+#       entry named ../../escape.txt and a hard link hostile/linkout to
+#       ../../../hostile/ok.txt (containerd keeps both inside the layer).
 #   make_image.sh OUT_LAYOUT_DIR base-gzip
 #       base with umoci's own tar+gzip layers (no eStargz TOC).
 #       Config: cmd ["/bin/sh"], linux/amd64, all times 1970-01-01T00:00:00Z.
@@ -151,15 +155,49 @@ uncompress_layers() {  # LAYOUT
   umoci gc --layout "$l" || die "umoci gc failed"
 }
 
+# A third layer no honest tool writes, added by hand: a name that climbs
+# out of the layer and a hard link to a file outside it.
+add_hostile_layer() {  # LAYOUT
+  local l=$1 b=$1/blobs/sha256 man mhex cfg chex tarhex
+  python3 - "$WORK/hostile.tar" <<'PY'
+import io, sys, tarfile
+with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:
+    def add(name, data=b"", **kw):
+        i = tarfile.TarInfo(name)
+        i.size = len(data)
+        for k, v in kw.items():
+            setattr(i, k, v)
+        t.addfile(i, io.BytesIO(data) if data else None)
+    add("hostile/ok.txt", b"fine\n")
+    add("../../escape.txt", b"escaped\n")
+    add("hostile/linkout", type=tarfile.LNKTYPE, linkname="../../../hostile/ok.txt")
+PY
+  tarhex=$(sha "$WORK/hostile.tar")
+  mv "$WORK/hostile.tar" "$b/$tarhex"
+  man=$(jq -r '.manifests[0].digest' "$l/index.json"); mhex=${man#sha256:}
+  cfg=$(jq -r '.config.digest' "$b/$mhex"); chex=${cfg#sha256:}
+  jq -c --arg d "sha256:$tarhex" '.rootfs.diff_ids += [$d]' "$b/$chex" >"$WORK/c2"
+  printf '%s' "$(cat "$WORK/c2")" >"$WORK/c3"; chex=$(sha "$WORK/c3"); mv "$WORK/c3" "$b/$chex"
+  jq -c --arg d "sha256:$tarhex" --argjson s "$(stat -c %s "$b/$tarhex")" --arg mt "$MT_TAR" \
+    --arg c "sha256:$chex" --argjson cs "$(stat -c %s "$b/$chex")" \
+    '.config.digest = $c | .config.size = $cs | .layers += [{mediaType: $mt, digest: $d, size: $s}]' \
+    "$b/$mhex" >"$WORK/m2"
+  printf '%s' "$(cat "$WORK/m2")" >"$WORK/m3"; mhex=$(sha "$WORK/m3"); mv "$WORK/m3" "$b/$mhex"
+  jq -c --arg d "sha256:$mhex" --argjson s "$(stat -c %s "$b/$mhex")" \
+    '.manifests[0].digest = $d | .manifests[0].size = $s' "$l/index.json" >"$WORK/i2"
+  printf '%s' "$(cat "$WORK/i2")" >"$l/index.json"
+  umoci gc --layout "$l" || die "umoci gc failed"
+}
+
 cmd_build() {  # OUT KIND [SIZE_MIB]
   local out=$1 kind=$2 size=0
   case $kind in
-    base | base-gzip) [ $# -eq 2 ] || usage ;;
+    base | base-gzip | hostile) [ $# -eq 2 ] || usage ;;
     weights)
       [ $# -eq 3 ] || usage
       size=$3; [[ $size =~ ^[0-9]+$ ]] && [ "$size" -ge 1 ] || die "SIZE_MIB must be a positive number"
       ;;
-    *) die "unknown KIND $kind (base, base-gzip, weights)" ;;
+    *) die "unknown KIND $kind (base, base-gzip, weights, hostile)" ;;
   esac
   [ "$(id -u)" -eq 0 ] || die "must run as root (owners 1000:1000, device-free unpack)"
   ensure_packages umoci busybox-static jq openssl coreutils findutils gzip
@@ -183,6 +221,7 @@ cmd_build() {  # OUT KIND [SIZE_MIB]
   [ "$kind" = weights ] && wsha=$(sha "$b/rootfs/models/weights.bin")
   local mt=$MT_TAR
   if [ "$kind" = base-gzip ]; then mt=$MT_TAR+gzip; else uncompress_layers "$out"; fi
+  [ "$kind" = hostile ] && add_hostile_layer "$out"
 
   local bl=$out/blobs/sha256 man mhex
   man=$(jq -r '.manifests[0].digest' "$out/index.json"); mhex=${man#sha256:}
