@@ -10,7 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/logging.h"
-#include "snapshotter/layer_index.h"
+#include "fuse/layer_index.h"
 
 namespace strata::snapshotter {
 namespace {
@@ -89,8 +89,8 @@ void LazyLayers::Stop(Layer& l) {
   l.server.reset();
 }
 
-absl::StatusOr<LayerIndex> LazyLayers::BuildIndex(const cache::FetchTarget& blob,
-                                                  const std::string& toc_digest) {
+absl::StatusOr<fuse::LayerIndex> LazyLayers::BuildIndex(const cache::FetchTarget& blob,
+                                                        const std::string& toc_digest) {
   // What the layer is: only uncompressed tar is read lazily so far.
   std::string first(std::min<uint64_t>(512, blob.stat.size), '\0');
   auto n = fetcher_.ReadUnverified(blob, 0, absl::MakeSpan(first));
@@ -102,7 +102,7 @@ absl::StatusOr<LayerIndex> LazyLayers::BuildIndex(const cache::FetchTarget& blob
     return absl::OkStatus();
   };
   if (first.size() >= 2 && first[0] == '\x1f' && first[1] == '\x8b') {
-    auto index = IndexEstargz(reader, blob.stat.size, toc_digest);
+    auto index = fuse::IndexEstargz(reader, blob.stat.size, toc_digest);
     if (absl::IsFailedPrecondition(index.status())) {
       return absl::FailedPreconditionError(absl::StrCat(
           "layer ", blob.path, " is gzip-compressed, not eStargz (", index.status().message(),
@@ -110,16 +110,16 @@ absl::StatusOr<LayerIndex> LazyLayers::BuildIndex(const cache::FetchTarget& blob
     }
     return index;
   }
-  if (!LooksLikeTar(first)) {
+  if (!fuse::LooksLikeTar(first)) {
     return absl::FailedPreconditionError(
         absl::StrCat("layer ", blob.path, " is neither tar nor gzip; not read lazily"));
   }
-  return IndexTar(reader, blob.stat.size);
+  return fuse::IndexTar(reader, blob.stat.size);
 }
 
 absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
                                               const std::string& dir, const std::string& adopt_init,
-                                              LayerIndexStore* indexes) {
+                                              fuse::LayerIndexStore* indexes) {
   auto origin = origin::OpenOrigin(layer.origin, opts_.origin);
   if (!origin.ok()) return origin.status();
   cache::FetchTarget blob;
@@ -138,11 +138,11 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
   blob.stat.digest = layer.digest;
   blob.stat.version = layer.digest;
   blob.stat.mode = 0444;
-  absl::StatusOr<LayerIndex> index = absl::NotFoundError("not built yet");
+  absl::StatusOr<fuse::LayerIndex> index = absl::NotFoundError("not built yet");
   if (indexes) {
     auto kept = indexes->GetIndex(layer.digest);
     if (kept.ok() && *kept) {
-      index = DecodeIndex(**kept);
+      index = fuse::DecodeIndex(**kept);
       if (!index.ok())
         spdlog::warn("layer {}: {}; reading it again", layer.digest, index.status().message());
       if (index.ok() && index->blob_size != layer.size) {
@@ -154,20 +154,20 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
     index = BuildIndex(blob, layer.toc_digest);
     if (!index.ok()) return index.status();
     if (indexes) {
-      if (absl::Status st = indexes->PutIndex(layer.digest, EncodeIndex(*index)); !st.ok()) {
+      if (absl::Status st = indexes->PutIndex(layer.digest, fuse::EncodeIndex(*index)); !st.ok()) {
         spdlog::warn("layer {}: index not kept ({}); a restart reads it again", layer.digest,
                      st.message());
       }
     }
   }
   uint64_t files = index->files;
-  auto shared = std::make_shared<const LayerIndex>(std::move(*index));
-  std::shared_ptr<EstargzFiles> estargz;
-  if (shared->format == LayerFormat::kEstargz) {
-    estargz = std::make_shared<EstargzFiles>(shared, blob);
+  auto shared = std::make_shared<const fuse::LayerIndex>(std::move(*index));
+  std::shared_ptr<fuse::EstargzFiles> estargz;
+  if (shared->format == fuse::LayerFormat::kEstargz) {
+    estargz = std::make_shared<fuse::EstargzFiles>(shared, blob);
   }
   auto l = std::make_unique<Layer>();
-  l->tree = std::make_unique<LayerTree>(shared, blob, estargz, store_, fetcher_);
+  l->tree = std::make_unique<fuse::LayerTree>(shared, blob, estargz, store_, fetcher_);
   fuse::MountOptions mo;
   mo.mountpoint = dir;
   mo.fsname = "strata-layer";
@@ -209,13 +209,13 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
       // chunks are checked as they land.
       std::vector<std::pair<uint64_t, uint32_t>> order;
       for (uint32_t i = 0; i < shared->nodes.size(); ++i) {
-        const LayerNode& n = shared->nodes[i];
+        const fuse::LayerNode& n = shared->nodes[i];
         if (S_ISREG(n.mode) && !n.chunks.empty()) order.push_back({n.chunks[0].blob_offset, i});
       }
       std::sort(order.begin(), order.end());
       for (const auto& [at, node] : order) {
         if (raw->stop) return;
-        absl::Status st = fetcher_.Prefetch(EstargzFiles::Target(estargz, node));
+        absl::Status st = fetcher_.Prefetch(fuse::EstargzFiles::Target(estargz, node));
         if (!st.ok()) {
           spdlog::warn("background fetch of layer {}: {}", blob.path, st.message());
           return;

@@ -19,8 +19,8 @@
 #include "cache/fetcher.h"
 #include "fuse/engine.h"
 #include "fuse/fd_keeper.h"
+#include "fuse/layer_tree.h"
 #include "origin/origin.h"
-#include "snapshotter/layer_tree.h"
 
 namespace strata::snapshotter {
 
@@ -72,7 +72,7 @@ class LazyLayers {
   // `indexes`, when given, keeps the index (and gives it back next time).
   absl::StatusOr<std::string> Mount(uint64_t id, RemoteLayer& layer, const std::string& dir,
                                     const std::string& adopt_init = "",
-                                    LayerIndexStore* indexes = nullptr);
+                                    fuse::LayerIndexStore* indexes = nullptr);
   bool can_adopt() const { return opts_.keeper != nullptr; }
   // Unmounts layer `id` (lazily: overlays using it keep it until they go).
   absl::Status Unmount(uint64_t id);
@@ -80,7 +80,7 @@ class LazyLayers {
 
  private:
   struct Layer {
-    std::unique_ptr<LayerTree> tree;
+    std::unique_ptr<fuse::LayerTree> tree;
     std::unique_ptr<fuse::FuseServer> server;
     std::thread serve, background;
     std::atomic<bool> stop{false};
@@ -88,8 +88,8 @@ class LazyLayers {
   void Stop(Layer& l);
   // The layer's index from its blob's headers (read without waiting for the
   // digest check: nothing of a file is served before it).
-  absl::StatusOr<LayerIndex> BuildIndex(const cache::FetchTarget& blob,
-                                        const std::string& toc_digest);
+  absl::StatusOr<fuse::LayerIndex> BuildIndex(const cache::FetchTarget& blob,
+                                              const std::string& toc_digest);
 
   cache::ChunkStore& store_;
   cache::Fetcher& fetcher_;

@@ -16,7 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "snapshotter/layer_index.h"
+#include "fuse/layer_index.h"
 
 namespace rocksdb {
 class DB;
@@ -48,7 +48,7 @@ struct SnapshotInfo {
   std::string fuse_init;
 };
 
-class SnapshotDb final : public LayerIndexStore {
+class SnapshotDb final : public fuse::LayerIndexStore {
  public:
   // Opens (creating) the database in `dir`; another process holding it is
   // FailedPrecondition.

@@ -1,6 +1,6 @@
 // EstargzFiles: a file's range to its chunks, each chunk's member read from
 // the registry and inflated.
-#include "snapshotter/estargz_files.h"
+#include "fuse/estargz_files.h"
 
 #include <sys/stat.h>
 
@@ -9,7 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
-namespace strata::snapshotter {
+namespace strata::fuse {
 
 EstargzFiles::EstargzFiles(std::shared_ptr<const LayerIndex> index, cache::FetchTarget blob)
     : index_(std::move(index)),
@@ -91,4 +91,4 @@ absl::Status EstargzFiles::ReadInRange(const std::string& path, const origin::Ob
   return absl::OkStatus();
 }
 
-}  // namespace strata::snapshotter
+}  // namespace strata::fuse

@@ -1,7 +1,7 @@
 // IndexTar: a tar reader that reads headers only and skips over file data,
 // through a window of the blob (pax, GNU long names and base-256 numbers
 // included; sparse files refused).
-#include "snapshotter/layer_index.h"
+#include "fuse/layer_index.h"
 
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -21,7 +21,7 @@
 #include "base/digest.h"
 #include "nlohmann/json.hpp"
 
-namespace strata::snapshotter {
+namespace strata::fuse {
 namespace {
 
 constexpr size_t kBlock = 512;
@@ -655,10 +655,10 @@ absl::StatusOr<LayerIndex> IndexTar(const BlobReader& read, uint64_t blob_size,
   return Indexer(read, blob_size, limits).Run();
 }
 
-}  // namespace strata::snapshotter
+}  // namespace strata::fuse
 
 // eStargz: the footer, the TOC and the tree it describes.
-namespace strata::snapshotter {
+namespace strata::fuse {
 namespace {
 
 constexpr size_t kFooterSize = 51;
@@ -905,4 +905,120 @@ absl::StatusOr<LayerIndex> IndexEstargz(const BlobReader& read, uint64_t blob_si
   return std::move(b.index());
 }
 
-}  // namespace strata::snapshotter
+}  // namespace strata::fuse
+
+// MergeLayers: each layer walked into one tree, bottom first.
+namespace strata::fuse {
+namespace {
+
+class Merger {
+ public:
+  Merger() {
+    LayerNode root;
+    root.mode = S_IFDIR | 0755;
+    out_.nodes.push_back(root);
+  }
+
+  void Add(uint32_t layer, const LayerIndex& l) {
+    std::map<uint32_t, uint32_t> copied;  // the layer's file nodes already in: hard links
+    Walk(layer, l, 0, 0, copied);
+    out_.files += l.files;
+  }
+
+  LayerIndex Done() {
+    out_.merged = true;
+    // Link counts as the merged tree has them.
+    std::vector<uint32_t> names(out_.nodes.size(), 0);
+    std::vector<bool> reachable(out_.nodes.size(), false);
+    std::vector<uint32_t> stack = {0};
+    reachable[0] = true;
+    while (!stack.empty()) {
+      uint32_t d = stack.back();
+      stack.pop_back();
+      uint32_t subdirs = 0;
+      for (const auto& [name, id] : out_.nodes[d].children) {
+        ++names[id];
+        if (S_ISDIR(out_.nodes[id].mode)) {
+          ++subdirs;
+          if (!reachable[id]) stack.push_back(id);
+        }
+        reachable[id] = true;
+      }
+      out_.nodes[d].nlink = 2 + subdirs;
+    }
+    for (uint32_t i = 0; i < out_.nodes.size(); ++i) {
+      if (!S_ISDIR(out_.nodes[i].mode) && names[i] > 0) out_.nodes[i].nlink = names[i];
+    }
+    return std::move(out_);
+  }
+
+ private:
+  void CopyAttrs(const LayerNode& from, LayerNode& to) {
+    to.mode = from.mode;
+    to.uid = from.uid;
+    to.gid = from.gid;
+    to.mtime_ns = from.mtime_ns;
+    to.xattrs = from.xattrs;
+  }
+
+  void Walk(uint32_t layer, const LayerIndex& l, uint32_t from, uint32_t to,
+            std::map<uint32_t, uint32_t>& copied) {
+    const LayerNode& dir = l.nodes[from];
+    CopyAttrs(dir, out_.nodes[to]);
+    out_.nodes[to].layer = layer;
+    out_.nodes[to].layer_node = from;
+    if (dir.opaque) out_.nodes[to].children.clear();
+    for (const auto& [name, id] : dir.children) {
+      const LayerNode& c = l.nodes[id];
+      auto& kids = out_.nodes[to].children;
+      if (S_ISCHR(c.mode) && c.rdev == 0) {  // a whiteout
+        kids.erase(name);
+        continue;
+      }
+      if (S_ISDIR(c.mode)) {
+        auto it = kids.find(name);
+        uint32_t into;
+        if (it != kids.end() && S_ISDIR(out_.nodes[it->second].mode)) {
+          into = it->second;
+        } else {
+          into = New();
+          out_.nodes[to].children[name] = into;
+          out_.nodes[into].mode = S_IFDIR;
+        }
+        Walk(layer, l, id, into, copied);
+        continue;
+      }
+      auto seen = copied.find(id);
+      if (seen != copied.end()) {
+        out_.nodes[to].children[name] = seen->second;
+        continue;
+      }
+      uint32_t n = New();
+      LayerNode& made = out_.nodes[n];
+      made = c;
+      made.children.clear();
+      made.opaque = false;
+      made.layer = layer;
+      made.layer_node = id;
+      copied[id] = n;
+      out_.nodes[to].children[name] = n;
+    }
+  }
+
+  uint32_t New() {
+    out_.nodes.emplace_back();
+    return static_cast<uint32_t>(out_.nodes.size() - 1);
+  }
+
+  LayerIndex out_;
+};
+
+}  // namespace
+
+LayerIndex MergeLayers(const std::vector<const LayerIndex*>& layers) {
+  Merger m;
+  for (uint32_t i = 0; i < layers.size(); ++i) m.Add(i, *layers[i]);
+  return m.Done();
+}
+
+}  // namespace strata::fuse

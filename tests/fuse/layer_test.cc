@@ -19,14 +19,14 @@
 #include "absl/strings/str_split.h"
 #include "base/digest.h"
 #include "fuse/engine.h"
+#include "fuse/estargz_files.h"
+#include "fuse/layer_index.h"
+#include "fuse/layer_tree.h"
 #include "nlohmann/json.hpp"
 #include "origin/origin.h"
-#include "snapshotter/estargz_files.h"
-#include "snapshotter/layer_index.h"
-#include "snapshotter/layer_tree.h"
 #include "tests/util/test_util.h"
 
-namespace strata::snapshotter {
+namespace strata::fuse {
 namespace {
 namespace fs = std::filesystem;
 using strata::testing::Pattern;
@@ -473,9 +473,9 @@ class LayerTreeTest : public ::testing::Test {
         std::make_shared<const LayerIndex>(std::move(*idx)), t, nullptr, *store_, *fetcher_));
     std::string mnt = dir_.path() + "/" + name + ".mnt";
     fs::create_directories(mnt);
-    auto server = fuse::FuseServer::Mount(*trees_.back(), {.mountpoint = mnt});
+    auto server = FuseServer::Mount(*trees_.back(), {.mountpoint = mnt});
     EXPECT_TRUE(server.ok()) << server.status();
-    fuse::FuseServer* s = server->get();
+    FuseServer* s = server->get();
     servers_.push_back(std::move(*server));
     threads_.emplace_back([s] { s->Run().IgnoreError(); });
     return mnt;
@@ -486,7 +486,7 @@ class LayerTreeTest : public ::testing::Test {
   std::unique_ptr<cache::ChunkStore> store_;
   std::unique_ptr<cache::Fetcher> fetcher_;
   std::vector<std::unique_ptr<LayerTree>> trees_;
-  std::vector<std::unique_ptr<fuse::FuseServer>> servers_;
+  std::vector<std::unique_ptr<FuseServer>> servers_;
   std::vector<std::thread> threads_;
   std::vector<std::string> mounts_;
 };
@@ -580,9 +580,9 @@ TEST_F(LayerTreeTest, ServesEstargzFilesChunkByChunkCheckingEach) {
   trees_.push_back(std::make_unique<LayerTree>(shared, t, files, *store_, *fetcher_));
   std::string mnt = dir_.path() + "/estargz.mnt";
   fs::create_directories(mnt);
-  auto server = fuse::FuseServer::Mount(*trees_.back(), {.mountpoint = mnt});
+  auto server = FuseServer::Mount(*trees_.back(), {.mountpoint = mnt});
   ASSERT_TRUE(server.ok()) << server.status();
-  fuse::FuseServer* s = server->get();
+  FuseServer* s = server->get();
   servers_.push_back(std::move(*server));
   threads_.emplace_back([s] { s->Run().IgnoreError(); });
 
@@ -613,4 +613,4 @@ TEST_F(LayerTreeTest, ABlobThatDoesNotMatchItsDigestServesNoByte) {
 }
 
 }  // namespace
-}  // namespace strata::snapshotter
+}  // namespace strata::fuse

@@ -16,53 +16,58 @@
 #include <memory>
 
 #include "cache/fetcher.h"
+#include "fuse/estargz_files.h"
+#include "fuse/layer_index.h"
 #include "fuse/tree.h"
-#include "snapshotter/estargz_files.h"
-#include "snapshotter/layer_index.h"
 
-namespace strata::snapshotter {
+namespace strata::fuse {
 
-class LayerTree final : public fuse::Tree {
+class LayerTree final : public Tree {
  public:
   // `blob` is the layer; `files` serves an eStargz layer's files (null for
   // tar layers, whose files are extents of the blob).
   LayerTree(std::shared_ptr<const LayerIndex> index, cache::FetchTarget blob,
             std::shared_ptr<EstargzFiles> files, cache::ChunkStore& store, cache::Fetcher& fetcher);
+  // Several layers merged into one tree (MergeLayers): `layers[i]` serves
+  // the nodes of layer i.
+  struct Source {
+    cache::FetchTarget blob;
+    std::shared_ptr<EstargzFiles> files;  // eStargz layers
+  };
+  LayerTree(std::shared_ptr<const LayerIndex> merged, std::vector<Source> layers,
+            cache::ChunkStore& store, cache::Fetcher& fetcher);
 
   absl::Duration attr_timeout() const override { return absl::Hours(1); }
   absl::Duration entry_timeout() const override { return absl::Hours(1); }
   bool read_only() const override { return true; }
   bool keeps_xattrs() const override { return true; }
 
-  absl::StatusOr<fuse::Attr> Lookup(uint64_t parent, const std::string& name) override;
-  absl::StatusOr<fuse::Attr> GetAttr(uint64_t ino) override;
-  absl::StatusOr<std::vector<fuse::DirEntry>> ReadDir(uint64_t ino) override;
-  absl::StatusOr<fuse::OpenResult> Open(uint64_t ino, int flags) override;
-  absl::StatusOr<fuse::ReadResult> Read(uint64_t handle, uint64_t offset, size_t size) override;
+  absl::StatusOr<Attr> Lookup(uint64_t parent, const std::string& name) override;
+  absl::StatusOr<Attr> GetAttr(uint64_t ino) override;
+  absl::StatusOr<std::vector<DirEntry>> ReadDir(uint64_t ino) override;
+  absl::StatusOr<OpenResult> Open(uint64_t ino, int flags) override;
+  absl::StatusOr<ReadResult> Read(uint64_t handle, uint64_t offset, size_t size) override;
   void Release(uint64_t) override {}
   absl::StatusOr<std::string> Readlink(uint64_t ino) override;
   absl::StatusOr<std::string> GetXattr(uint64_t ino, const std::string& name) override;
   absl::StatusOr<std::string> ListXattr(uint64_t ino) override;
   absl::Status Reopen(uint64_t ino, uint64_t handle, int flags) override;
 
-  const cache::FetchTarget& blob() const { return blob_; }
   uint64_t bytes_read() const { return bytes_read_.load(); }
 
  private:
   absl::StatusOr<const LayerNode*> Node(uint64_t ino) const;
-  fuse::Attr AttrOf(uint64_t ino, const LayerNode& n) const;
+  Attr AttrOf(uint64_t ino, const LayerNode& n) const;
 
   // Through the cache: a lease of the range when its bytes are there and
   // checked, else fetched (and checked) first.
-  absl::StatusOr<fuse::ReadResult> ReadThrough(const cache::FetchTarget& t, uint64_t at,
-                                               size_t size);
+  absl::StatusOr<ReadResult> ReadThrough(const cache::FetchTarget& t, uint64_t at, size_t size);
 
   const std::shared_ptr<const LayerIndex> index_;
-  const cache::FetchTarget blob_;
-  const std::shared_ptr<EstargzFiles> files_;
+  const std::vector<Source> sources_;
   cache::ChunkStore& store_;
   cache::Fetcher& fetcher_;
   std::atomic<uint64_t> bytes_read_{0};
 };
 
-}  // namespace strata::snapshotter
+}  // namespace strata::fuse

@@ -24,7 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
-namespace strata::snapshotter {
+namespace strata::fuse {
 
 // eStargz: a piece of a regular file, compressed on its own in the blob.
 struct LayerChunk {
@@ -52,6 +52,10 @@ struct LayerNode {
   // chunks in file order.
   std::string digest;
   std::vector<LayerChunk> chunks;
+  // In a merged image (MergeLayers): the layer it comes from, and its node
+  // in that layer's own index (where an eStargz layer finds its chunks).
+  uint32_t layer = 0;
+  uint32_t layer_node = 0;
 };
 
 enum class LayerFormat { kTar = 0, kEstargz = 1 };
@@ -66,6 +70,8 @@ struct LayerIndex {
   // eStargz: chunks at blob offsets below this are the ones the image asks
   // to have first (its prefetch landmark); 0: none.
   uint64_t prefetch_end = 0;
+  // Made by MergeLayers: nodes name their layer (never kept in a database).
+  bool merged = false;
 };
 
 // Random access to the layer blob: fills `out` from `offset` (all of it or
@@ -100,6 +106,13 @@ absl::StatusOr<LayerIndex> IndexEstargz(const BlobReader& read, uint64_t blob_si
 // came out or the member ends; DataLoss when the bytes are not gzip.
 absl::StatusOr<std::string> InflateMember(std::string_view compressed, size_t want);
 
+// One tree of an image's layers, given bottom first, as overlayfs shows them
+// stacked: an upper entry replaces a lower one, a whiteout removes it, an
+// opaque directory hides what is below it, directories merge. Each node
+// records its layer and its node there. The same layers always merge to
+// the same node numbers.
+LayerIndex MergeLayers(const std::vector<const LayerIndex*>& layers);
+
 // The index as bytes, for the snapshotter's database (a restart then does
 // not read the layer again), and back. DecodeIndex checks what it reads
 // (DataLoss when the bytes are not an index).
@@ -119,4 +132,4 @@ class LayerIndexStore {
 // v7 with a valid checksum).
 bool LooksLikeTar(absl::Span<const char> first_block);
 
-}  // namespace strata::snapshotter
+}  // namespace strata::fuse

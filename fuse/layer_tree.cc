@@ -1,6 +1,6 @@
 // LayerTree: lookups in the index, reads through the cache (splice on a
 // hit), overlay's xattrs.
-#include "snapshotter/layer_tree.h"
+#include "fuse/layer_tree.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -9,28 +9,29 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace strata::snapshotter {
+namespace strata::fuse {
 
 constexpr char kOpaqueXattr[] = "trusted.overlay.opaque";
 
 LayerTree::LayerTree(std::shared_ptr<const LayerIndex> index, cache::FetchTarget blob,
                      std::shared_ptr<EstargzFiles> files, cache::ChunkStore& store,
                      cache::Fetcher& fetcher)
-    : index_(std::move(index)),
-      blob_(std::move(blob)),
-      files_(std::move(files)),
-      store_(store),
-      fetcher_(fetcher) {}
+    : LayerTree(std::move(index), std::vector<Source>{{std::move(blob), std::move(files)}}, store,
+                fetcher) {}
+
+LayerTree::LayerTree(std::shared_ptr<const LayerIndex> merged, std::vector<Source> layers,
+                     cache::ChunkStore& store, cache::Fetcher& fetcher)
+    : index_(std::move(merged)), sources_(std::move(layers)), store_(store), fetcher_(fetcher) {}
 
 absl::StatusOr<const LayerNode*> LayerTree::Node(uint64_t ino) const {
-  if (ino < fuse::kRootIno || ino - fuse::kRootIno >= index_->nodes.size()) {
-    return fuse::PosixError(ENOENT, absl::StrCat("no inode ", ino, " in this layer"));
+  if (ino < kRootIno || ino - kRootIno >= index_->nodes.size()) {
+    return PosixError(ENOENT, absl::StrCat("no inode ", ino, " in this layer"));
   }
-  return &index_->nodes[ino - fuse::kRootIno];
+  return &index_->nodes[ino - kRootIno];
 }
 
-fuse::Attr LayerTree::AttrOf(uint64_t ino, const LayerNode& n) const {
-  fuse::Attr a;
+Attr LayerTree::AttrOf(uint64_t ino, const LayerNode& n) const {
+  Attr a;
   a.ino = ino;
   a.mode = n.mode;
   a.size = n.size;
@@ -42,68 +43,71 @@ fuse::Attr LayerTree::AttrOf(uint64_t ino, const LayerNode& n) const {
   return a;
 }
 
-absl::StatusOr<fuse::Attr> LayerTree::Lookup(uint64_t parent, const std::string& name) {
+absl::StatusOr<Attr> LayerTree::Lookup(uint64_t parent, const std::string& name) {
   auto dir = Node(parent);
   if (!dir.ok()) return dir.status();
-  if (!S_ISDIR((*dir)->mode)) return fuse::PosixError(ENOTDIR, "not a directory");
+  if (!S_ISDIR((*dir)->mode)) return PosixError(ENOTDIR, "not a directory");
   auto it = (*dir)->children.find(name);
-  if (it == (*dir)->children.end()) return fuse::PosixError(ENOENT, "no such entry");
-  uint64_t ino = it->second + fuse::kRootIno;
+  if (it == (*dir)->children.end()) return PosixError(ENOENT, "no such entry");
+  uint64_t ino = it->second + kRootIno;
   return AttrOf(ino, index_->nodes[it->second]);
 }
 
-absl::StatusOr<fuse::Attr> LayerTree::GetAttr(uint64_t ino) {
+absl::StatusOr<Attr> LayerTree::GetAttr(uint64_t ino) {
   auto n = Node(ino);
   if (!n.ok()) return n.status();
   return AttrOf(ino, **n);
 }
 
-absl::StatusOr<std::vector<fuse::DirEntry>> LayerTree::ReadDir(uint64_t ino) {
+absl::StatusOr<std::vector<DirEntry>> LayerTree::ReadDir(uint64_t ino) {
   auto dir = Node(ino);
   if (!dir.ok()) return dir.status();
-  if (!S_ISDIR((*dir)->mode)) return fuse::PosixError(ENOTDIR, "not a directory");
-  std::vector<fuse::DirEntry> out;
+  if (!S_ISDIR((*dir)->mode)) return PosixError(ENOTDIR, "not a directory");
+  std::vector<DirEntry> out;
   out.reserve((*dir)->children.size());
   for (const auto& [name, id] : (*dir)->children) {
-    out.push_back({name, AttrOf(id + fuse::kRootIno, index_->nodes[id])});
+    out.push_back({name, AttrOf(id + kRootIno, index_->nodes[id])});
   }
   return out;
 }
 
-absl::StatusOr<fuse::OpenResult> LayerTree::Open(uint64_t ino, int flags) {
+absl::StatusOr<OpenResult> LayerTree::Open(uint64_t ino, int flags) {
   auto n = Node(ino);
   if (!n.ok()) return n.status();
   if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) {
-    return fuse::PosixError(EROFS, "image layers are read-only");
+    return PosixError(EROFS, "image layers are read-only");
   }
-  if (!S_ISREG((*n)->mode)) return fuse::PosixError(EINVAL, "not a regular file");
+  if (!S_ISREG((*n)->mode)) return PosixError(EINVAL, "not a regular file");
   // The layer never changes: what the kernel cached stays right.
-  return fuse::OpenResult{ino, /*keep_cache=*/true};
+  return OpenResult{ino, /*keep_cache=*/true};
 }
 
 absl::Status LayerTree::Reopen(uint64_t ino, uint64_t handle, int flags) {
-  if (handle != ino) return fuse::PosixError(EBADF, "a handle of another tree");
+  if (handle != ino) return PosixError(EBADF, "a handle of another tree");
   return Open(ino, flags).status();
 }
 
-absl::StatusOr<fuse::ReadResult> LayerTree::Read(uint64_t handle, uint64_t offset, size_t size) {
+absl::StatusOr<ReadResult> LayerTree::Read(uint64_t handle, uint64_t offset, size_t size) {
   auto n = Node(handle);
   if (!n.ok()) return n.status();
   const LayerNode& node = **n;
-  fuse::ReadResult r;
+  ReadResult r;
   if (!S_ISREG(node.mode) || offset >= node.size || size == 0) return r;
   size = std::min<uint64_t>(size, node.size - offset);
   bytes_read_ += size;
-  if (files_) {
-    return ReadThrough(EstargzFiles::Target(files_, static_cast<uint32_t>(handle - fuse::kRootIno)),
-                       offset, size);
+  uint32_t layer = index_->merged ? node.layer : 0;
+  if (layer >= sources_.size()) return PosixError(EIO, "a node of no layer");
+  const Source& src = sources_[layer];
+  if (src.files) {
+    uint32_t in_layer = index_->merged ? node.layer_node : static_cast<uint32_t>(handle - kRootIno);
+    return ReadThrough(EstargzFiles::Target(src.files, in_layer), offset, size);
   }
-  return ReadThrough(blob_, node.offset + offset, size);
+  return ReadThrough(src.blob, node.offset + offset, size);
 }
 
-absl::StatusOr<fuse::ReadResult> LayerTree::ReadThrough(const cache::FetchTarget& t, uint64_t at,
-                                                        size_t size) {
-  fuse::ReadResult r;
+absl::StatusOr<ReadResult> LayerTree::ReadThrough(const cache::FetchTarget& t, uint64_t at,
+                                                  size_t size) {
+  ReadResult r;
   const std::string key = cache::StoreKey(t);
   // A hit on checked bytes (chunks checked as they land, or the whole blob
   // matched its digest): lend the cache's range, spliced to the kernel.
@@ -127,7 +131,7 @@ absl::StatusOr<fuse::ReadResult> LayerTree::ReadThrough(const cache::FetchTarget
   }
   r.bytes.resize(size);
   auto got = fetcher_.Read(t, at, absl::MakeSpan(r.bytes));
-  if (!got.ok()) return fuse::PosixError(EIO, std::string(got.status().message()));
+  if (!got.ok()) return PosixError(EIO, std::string(got.status().message()));
   r.bytes.resize(*got);
   return r;
 }
@@ -135,7 +139,7 @@ absl::StatusOr<fuse::ReadResult> LayerTree::ReadThrough(const cache::FetchTarget
 absl::StatusOr<std::string> LayerTree::Readlink(uint64_t ino) {
   auto n = Node(ino);
   if (!n.ok()) return n.status();
-  if (!S_ISLNK((*n)->mode)) return fuse::PosixError(EINVAL, "not a symlink");
+  if (!S_ISLNK((*n)->mode)) return PosixError(EINVAL, "not a symlink");
   return (*n)->link;
 }
 
@@ -144,7 +148,7 @@ absl::StatusOr<std::string> LayerTree::GetXattr(uint64_t ino, const std::string&
   if (!n.ok()) return n.status();
   if (name == kOpaqueXattr && (*n)->opaque) return std::string("y");
   auto it = (*n)->xattrs.find(name);
-  if (it == (*n)->xattrs.end()) return fuse::PosixError(ENODATA, "no such attribute");
+  if (it == (*n)->xattrs.end()) return PosixError(ENODATA, "no such attribute");
   return it->second;
 }
 
@@ -157,4 +161,4 @@ absl::StatusOr<std::string> LayerTree::ListXattr(uint64_t ino) {
   return out;
 }
 
-}  // namespace strata::snapshotter
+}  // namespace strata::fuse

@@ -11,10 +11,10 @@
 #include <string>
 
 #include "cache/fetcher.h"
+#include "fuse/layer_index.h"
 #include "origin/origin.h"
-#include "snapshotter/layer_index.h"
 
-namespace strata::snapshotter {
+namespace strata::fuse {
 
 class EstargzFiles final : public origin::Origin {
  public:
@@ -40,4 +40,4 @@ class EstargzFiles final : public origin::Origin {
   const std::string url_;
 };
 
-}  // namespace strata::snapshotter
+}  // namespace strata::fuse
