@@ -4,15 +4,17 @@
 #include <thread>
 
 #include "base/logging.h"
+#include "fuse/image_tree.h"
 
 namespace strata::csi {
 namespace {
 
 class TreeSession final : public FuseSession {
  public:
-  TreeSession(std::string id, std::unique_ptr<fuse::VolumeTree> tree,
+  // `volume` is `tree` when it is a volume tree (its counters), else null.
+  TreeSession(std::string id, std::unique_ptr<fuse::Tree> tree, fuse::VolumeTree* volume,
               std::unique_ptr<fuse::FuseServer> server)
-      : id_(std::move(id)), tree_(std::move(tree)), server_(std::move(server)) {}
+      : id_(std::move(id)), tree_(std::move(tree)), volume_(volume), server_(std::move(server)) {}
   ~TreeSession() override { Stop(); }
 
   fuse::Handoff handoff() const override { return server_ ? server_->handoff() : fuse::Handoff{}; }
@@ -31,11 +33,18 @@ class TreeSession final : public FuseSession {
     server_.reset();
   }
   absl::StatusOr<struct statvfs> StatFs() override { return tree_->StatFs(); }
-  fuse::VolumeStats Stats() const override { return tree_->Stats(); }
+  fuse::VolumeStats Stats() const override {
+    if (volume_) return volume_->Stats();
+    fuse::VolumeStats s;  // an image: only what was read
+    if (auto* layers = dynamic_cast<fuse::LayerTree*>(tree_.get()))
+      s.bytes_read = layers->bytes_read();
+    return s;
+  }
 
  private:
   std::string id_;  // for the log
-  std::unique_ptr<fuse::VolumeTree> tree_;
+  std::unique_ptr<fuse::Tree> tree_;
+  fuse::VolumeTree* volume_;
   std::unique_ptr<fuse::FuseServer> server_;
   std::thread serving_;
   std::atomic<bool> running_{false};
@@ -47,11 +56,22 @@ absl::StatusOr<std::unique_ptr<FuseSession>> CacheFuseLauncher::Launch(
     const std::string& id, std::shared_ptr<origin::Origin> origin,
     const fuse::VolumeOptions& volume, const fuse::MountOptions& mount,
     const fuse::Handoff* adopt) {
-  auto tree = std::make_unique<fuse::VolumeTree>(std::move(origin), store_, fetcher_, volume);
+  std::unique_ptr<fuse::Tree> tree;
+  fuse::VolumeTree* as_volume = nullptr;
+  if (volume.image_files) {
+    // The same index every time: a successor's inodes are the kernel's.
+    auto image = fuse::OpenImageTree(std::move(origin), store_, fetcher_);
+    if (!image.ok()) return image.status();
+    tree = std::move(*image);
+  } else {
+    auto v = std::make_unique<fuse::VolumeTree>(std::move(origin), store_, fetcher_, volume);
+    as_volume = v.get();
+    tree = std::move(v);
+  }
   auto server =
       adopt ? fuse::FuseServer::Adopt(*tree, mount, *adopt) : fuse::FuseServer::Mount(*tree, mount);
   if (!server.ok()) return server.status();
-  return std::make_unique<TreeSession>(id, std::move(tree), std::move(*server));
+  return std::make_unique<TreeSession>(id, std::move(tree), as_volume, std::move(*server));
 }
 
 }  // namespace strata::csi

@@ -89,6 +89,7 @@ absl::Status VolumeHost::Start(Volume& v, int adopt_fd) {
   vo.chunk_size = v.spec.chunk_size;
   vo.attr_ttl = absl::Seconds(v.spec.attr_ttl_s);
   vo.xattrs = v.spec.xattrs;
+  vo.image_files = v.spec.origin.rfind("oci://", 0) == 0 && !v.spec.image_blobs;
   vo.read_only = v.spec.read_only;
   vo.mount_gid = v.mount_gid;
   if (!opts_.inode_dir.empty()) {

@@ -37,6 +37,11 @@ absl::Status CheckVolumeOption(const std::string& key, const std::string& value)
     return absl::OkStatus();
   }
   if (key == kReadOnly || key == kXattrs) return ParseBool(key, value).status();
+  if (key == kView) {
+    if (value == "files" || value == "blobs") return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat(kView, " must be files or blobs (oci:// volumes), not '", value, "'"));
+  }
   if (key == kOrigin) {
     if (value.empty()) return absl::InvalidArgumentError("origin is empty");
     for (const char* scheme : {"file://", "s3://", "http://", "https://", "oci://"}) {
@@ -45,8 +50,9 @@ absl::Status CheckVolumeOption(const std::string& key, const std::string& value)
     return absl::InvalidArgumentError(absl::StrCat(
         "origin '", value, "' has no supported scheme (file://, s3://, http(s)://, oci://)"));
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown volume option '", key, "' (known: origin, chunkSize, attrTTL, readOnly, xattrs)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown volume option '", key,
+                   "' (known: origin, chunkSize, attrTTL, readOnly, xattrs, view)"));
 }
 
 absl::StatusOr<VolumeSpec> ParseVolumeContext(const StringMap& context) {
@@ -62,6 +68,7 @@ absl::StatusOr<VolumeSpec> ParseVolumeContext(const StringMap& context) {
     if (key == kAttrTtl) (void)absl::SimpleAtod(value, &spec.attr_ttl_s);
     if (key == kReadOnly) spec.read_only = *ParseBool(key, value);
     if (key == kXattrs) spec.xattrs = *ParseBool(key, value);
+    if (key == kView) spec.image_blobs = value == "blobs";
   }
   if (spec.origin.empty()) {
     return absl::InvalidArgumentError(

@@ -24,6 +24,9 @@ inline constexpr char kChunkSize[] = "chunkSize";
 inline constexpr char kAttrTtl[] = "attrTTL";
 inline constexpr char kReadOnly[] = "readOnly";
 inline constexpr char kXattrs[] = "xattrs";
+// oci:// volumes: "files" (the image's unpacked files, the default) or
+// "blobs" (its config and layer blobs, named by digest).
+inline constexpr char kView[] = "view";
 // StorageClass only.
 inline constexpr char kSubPathFrom[] = "subPathFrom";
 inline constexpr char kOnDelete[] = "onDelete";
@@ -32,12 +35,13 @@ inline constexpr char kEphemeral[] = "csi.storage.k8s.io/ephemeral";
 
 // How a node mounts a volume.
 struct VolumeSpec {
-  std::string origin;       // the volume's own origin URL
-  uint32_t chunk_size = 0;  // 0: the node's default
-  double attr_ttl_s = 1.0;  // metadata cache; opens always revalidate
-  bool read_only = false;   // the volume refuses writes wherever published
-  bool xattrs = false;      // file:// volumes keep user xattrs (see VolumeOptions)
-  bool ephemeral = false;   // an inline volume in a pod spec
+  std::string origin;        // the volume's own origin URL
+  uint32_t chunk_size = 0;   // 0: the node's default
+  double attr_ttl_s = 1.0;   // metadata cache; opens always revalidate
+  bool read_only = false;    // the volume refuses writes wherever published
+  bool xattrs = false;       // file:// volumes keep user xattrs (see VolumeOptions)
+  bool ephemeral = false;    // an inline volume in a pod spec
+  bool image_blobs = false;  // oci://: the image's blobs rather than its files
 };
 
 // Parses a volume context (a node's view). Keys under "csi.storage.k8s.io/"

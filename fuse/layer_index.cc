@@ -650,6 +650,25 @@ bool LooksLikeTar(absl::Span<const char> first_block) {
   return !AllZero(h) && ChecksumOk(h);
 }
 
+absl::StatusOr<LayerIndex> IndexRawFile(const std::string& path, uint64_t size, int64_t mtime_ns) {
+  BlobReader none = [](uint64_t, absl::Span<char>) {
+    return absl::InternalError("a raw layer reads no tar");
+  };
+  Indexer b(none, size, IndexLimits{});
+  LayerNode n;
+  n.mode = 0444;
+  n.mtime_ns = mtime_ns;
+  b.index().files = 1;
+  if (absl::Status st = b.Insert('0', path, "", std::move(n), size, 0); !st.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("file \"", absl::CHexEscape(path.substr(0, 256)), "\": ", st.message()));
+  }
+  if (b.last_placed() == 0 || !S_ISREG(b.index().nodes[b.last_placed()].mode)) {
+    return absl::InvalidArgumentError("a raw layer's name must be a file's");
+  }
+  return std::move(b.index());
+}
+
 absl::StatusOr<LayerIndex> IndexTar(const BlobReader& read, uint64_t blob_size,
                                     const IndexLimits& limits) {
   return Indexer(read, blob_size, limits).Run();

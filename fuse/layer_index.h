@@ -102,6 +102,11 @@ absl::StatusOr<LayerIndex> IndexEstargz(const BlobReader& read, uint64_t blob_si
                                         const std::string& toc_digest,
                                         const IndexLimits& limits = {});
 
+// A layer that is one file (a raw model layer): `size` bytes at offset 0
+// of the blob, named `path` (cleaned, and refused with "..", as tar names).
+absl::StatusOr<LayerIndex> IndexRawFile(const std::string& path, uint64_t size,
+                                        int64_t mtime_ns = 0);
+
 // Inflates the gzip member at the start of `compressed` until `want` bytes
 // came out or the member ends; DataLoss when the bytes are not gzip.
 absl::StatusOr<std::string> InflateMember(std::string_view compressed, size_t want);

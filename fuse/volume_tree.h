@@ -64,6 +64,9 @@ struct VolumeOptions {
   // inodes as having none without FUSE_HANDLE_KILLPRIV_V2, which needs
   // libfuse 3.15+), one more round trip per write(2).
   bool xattrs = false;
+  // oci:// origins: serve the image's unpacked files (image_tree.h), not
+  // its blobs by digest.
+  bool image_files = false;
   // Ages metadata against the TTL and stamps new objects; tests pass a fake.
   Clock* clock = RealClock();
 };

@@ -222,6 +222,28 @@ class OciOrigin final : public Origin {
     return out;
   }
 
+  absl::StatusOr<std::vector<LayerDescriptor>> Layers() override {
+    auto m = Manifest();
+    if (!m.ok()) return m.status();
+    std::vector<LayerDescriptor> out;
+    for (const json& l : *Member(*m, "layers")) {  // an array: Manifest checked
+      LayerDescriptor d;
+      d.digest = StringAt(l, "digest");
+      if (!IsDigest(d.digest) || !SizeAt(l, "size", &d.size)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(url_, ": a layer without a sha256 digest or a size"));
+      }
+      d.media_type = StringAt(l, "mediaType");
+      if (const json* a = Member(l, "annotations"); a && a->is_object()) {
+        for (const auto& [k, v] : a->items()) {
+          if (v.is_string()) d.annotations[k] = v.get<std::string>();
+        }
+      }
+      out.push_back(std::move(d));
+    }
+    return out;
+  }
+
   absl::Status ReadInRange(const std::string& path, const ObjectStat& stat, uint64_t offset,
                            absl::Span<char> out) override {
     std::string digest = path.empty() ? ref_ : path;

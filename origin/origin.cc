@@ -97,4 +97,8 @@ absl::Status CheckEntryName(const std::string& name) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<LayerDescriptor>> Origin::Layers() {
+  return absl::UnimplementedError(absl::StrCat(url(), " is not an image"));
+}
+
 }  // namespace strata::origin

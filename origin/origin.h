@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,6 +43,14 @@ struct ObjectStat {
 struct DirEntry {
   std::string name;
   ObjectStat stat;
+};
+
+// A layer of an image, as the image's manifest describes it.
+struct LayerDescriptor {
+  std::string digest;  // sha256:<hex>, checked
+  uint64_t size = 0;
+  std::string media_type;
+  std::map<std::string, std::string> annotations;
 };
 
 // Error codes every origin uses, so callers can decide without parsing text:
@@ -88,6 +97,10 @@ class Origin {
   // only this node can vouch for (a local directory's inode and mtime) is
   // not. Default: only content digests.
   virtual bool SharedVersion(const ObjectStat& stat) const { return !stat.digest.empty(); }
+
+  // An image origin's (oci://) layers, bottom first, each also an object
+  // named by its digest; Unimplemented for every other origin.
+  virtual absl::StatusOr<std::vector<LayerDescriptor>> Layers();
 
  protected:
   // ReadRange of a non-empty range that lies within stat.size.

@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/logging.h"
+#include "fuse/image_tree.h"
 #include "fuse/layer_index.h"
 
 namespace strata::snapshotter {
@@ -89,34 +90,6 @@ void LazyLayers::Stop(Layer& l) {
   l.server.reset();
 }
 
-absl::StatusOr<fuse::LayerIndex> LazyLayers::BuildIndex(const cache::FetchTarget& blob,
-                                                        const std::string& toc_digest) {
-  // What the layer is: only uncompressed tar is read lazily so far.
-  std::string first(std::min<uint64_t>(512, blob.stat.size), '\0');
-  auto n = fetcher_.ReadUnverified(blob, 0, absl::MakeSpan(first));
-  if (!n.ok()) return n.status();
-  auto reader = [&](uint64_t off, absl::Span<char> out) -> absl::Status {
-    auto got = fetcher_.ReadUnverified(blob, off, out);
-    if (!got.ok()) return got.status();
-    if (*got != out.size()) return absl::DataLossError("the layer blob ended early");
-    return absl::OkStatus();
-  };
-  if (first.size() >= 2 && first[0] == '\x1f' && first[1] == '\x8b') {
-    auto index = fuse::IndexEstargz(reader, blob.stat.size, toc_digest);
-    if (absl::IsFailedPrecondition(index.status())) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "layer ", blob.path, " is gzip-compressed, not eStargz (", index.status().message(),
-          "); only uncompressed tar and eStargz layers are read lazily"));
-    }
-    return index;
-  }
-  if (!fuse::LooksLikeTar(first)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("layer ", blob.path, " is neither tar nor gzip; not read lazily"));
-  }
-  return fuse::IndexTar(reader, blob.stat.size);
-}
-
 absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
                                               const std::string& dir, const std::string& adopt_init,
                                               fuse::LayerIndexStore* indexes) {
@@ -151,7 +124,7 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
     }
   }
   if (!index.ok()) {
-    index = BuildIndex(blob, layer.toc_digest);
+    index = fuse::IndexLayerBlob(fetcher_, blob, layer.toc_digest);
     if (!index.ok()) return index.status();
     if (indexes) {
       if (absl::Status st = indexes->PutIndex(layer.digest, fuse::EncodeIndex(*index)); !st.ok()) {

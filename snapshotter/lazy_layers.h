@@ -86,10 +86,6 @@ class LazyLayers {
     std::atomic<bool> stop{false};
   };
   void Stop(Layer& l);
-  // The layer's index from its blob's headers (read without waiting for the
-  // digest check: nothing of a file is served before it).
-  absl::StatusOr<fuse::LayerIndex> BuildIndex(const cache::FetchTarget& blob,
-                                              const std::string& toc_digest);
 
   cache::ChunkStore& store_;
   cache::Fetcher& fetcher_;

@@ -76,6 +76,7 @@ TEST_F(CsiOciTest, InlineArtifactVolumeServesItsBlobsReadOnly) {
 
   std::string target = dir_.path() + "/kubelet/pods/p/volumes/model";
   Context ctx{{"origin", "oci://127.0.0.1:" + std::to_string(port_) + "/models/llama:v1"},
+              {"view", "blobs"},
               {"csi.storage.k8s.io/ephemeral", "true"}};
   grpc::Status st = driver_->Publish("csi-oci-1", "", target, false, MountCap(), ctx);
   ASSERT_TRUE(st.ok()) << st.error_message();
@@ -92,6 +93,68 @@ TEST_F(CsiOciTest, InlineArtifactVolumeServesItsBlobsReadOnly) {
   ASSERT_TRUE(driver_->Unpublish("csi-oci-1", target).ok());
   EXPECT_FALSE(strata::testing::IsMounted(target));
   EXPECT_FALSE(std::filesystem::exists(target));
+}
+
+// By default an inline volume naming an image shows its files: the layers
+// indexed in place and merged, read lazily through the cache.
+TEST_F(CsiOciTest, InlineImageVolumeShowsItsUnpackedFiles) {
+  std::string weights(5 << 20, '\0');
+  for (size_t i = 0; i < weights.size(); ++i) weights[i] = static_cast<char>(i * 7 + i / 4093);
+  std::filesystem::create_directories(dir_.path() + "/src/model/sub");
+  std::ofstream(dir_.path() + "/src/model/weights.bin", std::ios::binary) << weights;
+  std::ofstream(dir_.path() + "/src/model/sub/config.json") << "{\"layers\": 32}\n";
+  std::string out;
+  ASSERT_EQ(RunCommand({"/bin/bash", kPush, "127.0.0.1:" + std::to_string(port_), "models/img:v1",
+                        dir_.path() + "/src"},
+                       &out),
+            0)
+      << out;
+  std::string target = dir_.path() + "/kubelet/pods/p/volumes/img";
+  Context ctx{{"origin", "oci://127.0.0.1:" + std::to_string(port_) + "/models/img:v1"},
+              {"csi.storage.k8s.io/ephemeral", "true"}};
+  grpc::Status st = driver_->Publish("csi-oci-img", "", target, false, MountCap(), ctx);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  std::set<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(target))
+    names.insert(e.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{"model"}));
+  EXPECT_TRUE(ReadPath(target + "/model/weights.bin") == weights) << "weights differ";
+  EXPECT_EQ(ReadPath(target + "/model/sub/config.json"), "{\"layers\": 32}\n");
+  EXPECT_FALSE(std::ofstream(target + "/model/new").good()) << "an image is read-only";
+  ASSERT_TRUE(driver_->Unpublish("csi-oci-img", target).ok());
+  EXPECT_FALSE(strata::testing::IsMounted(target));
+}
+
+// A ModelPack-style model artifact (each file a raw layer named by its
+// org.cncf.model.filepath annotation): the pod sees the weights by their
+// file names.
+TEST_F(CsiOciTest, ModelArtifactVolumeShowsTheWeightsByName) {
+  std::string part0(3 << 20, 'a'), part1 = "tail of the model\n";
+  for (size_t i = 0; i < part0.size(); ++i) part0[i] = static_cast<char>(i * 31 + i / 511);
+  std::filesystem::create_directories(dir_.path() + "/mp/weights");
+  std::ofstream(dir_.path() + "/mp/weights/part-0.safetensors", std::ios::binary) << part0;
+  std::ofstream(dir_.path() + "/mp/weights/part-1.safetensors", std::ios::binary) << part1;
+  std::ofstream(dir_.path() + "/mp/tokenizer.json") << "{}\n";
+  std::string out;
+  ASSERT_EQ(RunCommand({"/bin/bash", kPush, "127.0.0.1:" + std::to_string(port_), "models/mp:v1",
+                        dir_.path() + "/mp", "--modelpack"},
+                       &out),
+            0)
+      << out;
+  std::string target = dir_.path() + "/kubelet/pods/p/volumes/mp";
+  Context ctx{{"origin", "oci://127.0.0.1:" + std::to_string(port_) + "/models/mp:v1"},
+              {"csi.storage.k8s.io/ephemeral", "true"}};
+  grpc::Status st = driver_->Publish("csi-oci-mp", "", target, false, MountCap(), ctx);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  std::set<std::string> names;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(target))
+    names.insert(std::filesystem::relative(e.path(), target).string());
+  EXPECT_EQ(names, (std::set<std::string>{"tokenizer.json", "weights", "weights/part-0.safetensors",
+                                          "weights/part-1.safetensors"}));
+  EXPECT_TRUE(ReadPath(target + "/weights/part-0.safetensors") == part0);
+  EXPECT_EQ(ReadPath(target + "/weights/part-1.safetensors"), part1);
+  EXPECT_EQ(ReadPath(target + "/tokenizer.json"), "{}\n");
+  ASSERT_TRUE(driver_->Unpublish("csi-oci-mp", target).ok());
 }
 
 }  // namespace

@@ -13,6 +13,11 @@
 #   --curl     push with curl through the distribution API (the default)
 #   --skopeo   push with `skopeo copy --all --preserve-digests` from the OCI layout
 #   --layout   keep the OCI image layout in DIR (default: a temp dir, removed)
+#   --modelpack  a ModelPack-style model artifact instead of an image: each
+#              regular file of SRC_DIR is a raw layer
+#              (application/vnd.cncf.model.weight.v1.raw) annotated with its
+#              path (org.cncf.model.filepath), the config is
+#              application/vnd.cncf.model.config.v1+json
 #
 # The tag names an image index (application/vnd.oci.image.index.v1+json) with
 # one entry, platform linux/amd64, pointing at the image manifest
@@ -37,7 +42,7 @@ MT_CONFIG=application/vnd.oci.image.config.v1+json
 [ $# -ge 3 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 REG=$1 REF=$2 SRC=$3
 shift 3
-CREDS="" GZIP=0 METHOD=curl LAYOUT=""
+CREDS="" GZIP=0 METHOD=curl LAYOUT="" MODELPACK=0
 while [ $# -gt 0 ]; do
   case $1 in
     --creds) [ $# -ge 2 ] || die "--creds needs USER:PASS"; CREDS=$2; shift 2 ;;
@@ -45,6 +50,7 @@ while [ $# -gt 0 ]; do
     --curl) METHOD=curl; shift ;;
     --skopeo) METHOD=skopeo; shift ;;
     --layout) [ $# -ge 2 ] || die "--layout needs DIR"; LAYOUT=$2; shift 2 ;;
+    --modelpack) MODELPACK=1; shift ;;
     *) die "unknown option $1" ;;
   esac
 done
@@ -75,6 +81,24 @@ put_blob() {  # FILE -> moves it into blobs/sha256, prints the hex digest
 }
 
 # --- layer ---------------------------------------------------------------
+LAYERS_JSON="" PUSH_LAYERS=()
+if [ "$MODELPACK" -eq 1 ]; then
+  DIFF_IDS=""
+  while IFS= read -r -d '' rel; do
+    [[ $rel =~ ^[A-Za-z0-9._/-]+$ ]] || die "file name '$rel' needs JSON escaping; not supported"
+    cp "$SRC/$rel" "$WORK/raw.blob"
+    rs=$(size "$WORK/raw.blob"); rh=$(put_blob "$WORK/raw.blob")
+    LAYERS_JSON+="${LAYERS_JSON:+,}{\"mediaType\":\"application/vnd.cncf.model.weight.v1.raw\",\"digest\":\"sha256:$rh\",\"size\":$rs,\"annotations\":{\"org.cncf.model.filepath\":\"$rel\"}}"
+    DIFF_IDS+="${DIFF_IDS:+,}\"sha256:$rh\""
+    PUSH_LAYERS+=("$rh")
+    [ -n "${LAYER:-}" ] || { LAYER=$rh LAYER_SIZE=$rs DIFF_ID=$rh; }
+  done < <(cd "$SRC" && find . -type f -printf '%P\0' | LC_ALL=C sort -z)
+  [ ${#PUSH_LAYERS[@]} -gt 0 ] || die "$SRC holds no files"
+  LAYER_MT=application/vnd.cncf.model.weight.v1.raw
+  MT_CONFIG=application/vnd.cncf.model.config.v1+json
+  printf '{"descriptor":{"name":"strata-test"},"config":{},"modelfs":{"type":"layers","diffIds":[%s]}}' \
+    "$DIFF_IDS" >"$WORK/config.json"
+else
 (cd "$SRC" && find . -mindepth 1 -printf '%P\0' | LC_ALL=C sort -z |
   tar --null --verbatim-files-from --no-recursion -T - \
       --format=posix --pax-option=delete=atime,delete=ctime \
@@ -89,15 +113,18 @@ else
 fi
 LAYER_SIZE=$(size "$WORK/layer.blob")
 LAYER=$(put_blob "$WORK/layer.blob")
+LAYERS_JSON="{\"mediaType\":\"$LAYER_MT\",\"digest\":\"sha256:$LAYER\",\"size\":$LAYER_SIZE}"
+PUSH_LAYERS=("$LAYER")
 
 # --- config, manifest, index -------------------------------------------------
 printf '{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"strata tests/util/push_image.sh"}]}' \
   "$DIFF_ID" >"$WORK/config.json"
+fi
 CONFIG_SIZE=$(size "$WORK/config.json")
 CONFIG=$(put_blob "$WORK/config.json")
 
-printf '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"%s","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"%s","digest":"sha256:%s","size":%s}]}' \
-  "$MT_MANIFEST" "$MT_CONFIG" "$CONFIG" "$CONFIG_SIZE" "$LAYER_MT" "$LAYER" "$LAYER_SIZE" >"$WORK/manifest.json"
+printf '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"%s","digest":"sha256:%s","size":%s},"layers":[%s]}' \
+  "$MT_MANIFEST" "$MT_CONFIG" "$CONFIG" "$CONFIG_SIZE" "$LAYERS_JSON" >"$WORK/manifest.json"
 MANIFEST_SIZE=$(size "$WORK/manifest.json")
 MANIFEST=$(put_blob "$WORK/manifest.json")
 
@@ -177,7 +204,7 @@ if [ "$METHOD" = skopeo ]; then
   [ -z "$got" ] || [ "$got" = "sha256:$INDEX" ] || die "skopeo stored $TAG as $got, not sha256:$INDEX"
 else
   resolve_auth
-  push_blob "$LAYER"
+  for h in "${PUSH_LAYERS[@]}"; do push_blob "$h"; done
   push_blob "$CONFIG"
   push_manifest "$MANIFEST" "$MT_MANIFEST" "sha256:$MANIFEST"
   push_manifest "$INDEX" "$MT_INDEX" "$TAG"
