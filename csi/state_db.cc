@@ -56,18 +56,9 @@ absl::StatusOr<std::unique_ptr<StateDb>> StateDb::Open(const std::string& dir) {
   // Records may hold credentials (a volume's secrets): root's alone.
   std::filesystem::permissions(dir, std::filesystem::perms::owner_all,
                                std::filesystem::perm_options::replace, ec);
-  rocksdb::Options opts;
-  opts.create_if_missing = true;
-  opts.max_open_files = 64;
-  opts.keep_log_file_num = 2;
-  rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(opts, dir, &raw);
-  if (s.IsIOError() && absl::StrContains(s.ToString(), "lock")) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("state directory ", dir, " is in use by another process: ", s.ToString()));
-  }
-  if (!s.ok()) return RocksStatus(s, absl::StrCat("cannot open the state database in ", dir));
-  return std::make_unique<RocksStateDb>(std::unique_ptr<rocksdb::DB>(raw));
+  auto db = OpenRecordDb(dir, "state directory");
+  if (!db.ok()) return db.status();
+  return std::make_unique<RocksStateDb>(std::move(*db));
 }
 
 absl::Status RocksStateDb::Put(const std::string& key, const nlohmann::json& value) {

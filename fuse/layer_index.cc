@@ -410,18 +410,28 @@ class Indexer {
     return cur;
   }
 
-  absl::Status Place(std::vector<std::string> parts, LayerNode n) {
-    if (parts.empty()) return absl::InvalidArgumentError("only a directory may be the root");
+  // The directory a new entry `parts` goes in (made where missing) and its
+  // name there, which must be free.
+  absl::StatusOr<std::pair<uint32_t, std::string>> Slot(std::vector<std::string> parts,
+                                                        const char* root_error) {
+    if (parts.empty()) return absl::InvalidArgumentError(root_error);
     std::string base = std::move(parts.back());
     parts.pop_back();
     auto dir = Dir(parts);
     if (!dir.ok()) return dir.status();
-    auto& children = index_.nodes[*dir].children;
-    if (children.count(base)) return absl::InvalidArgumentError("the layer names it twice");
-    n.parent = *dir;
+    if (index_.nodes[*dir].children.count(base)) {
+      return absl::InvalidArgumentError("the layer names it twice");
+    }
+    return std::make_pair(*dir, std::move(base));
+  }
+
+  absl::Status Place(std::vector<std::string> parts, LayerNode n) {
+    auto slot = Slot(std::move(parts), "only a directory may be the root");
+    if (!slot.ok()) return slot.status();
+    n.parent = slot->first;
     uint32_t id = static_cast<uint32_t>(index_.nodes.size());
     index_.nodes.push_back(std::move(n));
-    index_.nodes[*dir].children[base] = id;
+    index_.nodes[slot->first].children[slot->second] = id;
     last_placed_ = id;
     return absl::OkStatus();
   }
@@ -465,14 +475,9 @@ class Indexer {
   }
 
   absl::Status Link(std::vector<std::string> parts, uint32_t target) {
-    if (parts.empty()) return absl::InvalidArgumentError("a hard link cannot be the root");
-    std::string base = std::move(parts.back());
-    parts.pop_back();
-    auto dir = Dir(parts);
-    if (!dir.ok()) return dir.status();
-    auto& children = index_.nodes[*dir].children;
-    if (children.count(base)) return absl::InvalidArgumentError("the layer names it twice");
-    children[base] = target;
+    auto slot = Slot(std::move(parts), "a hard link cannot be the root");
+    if (!slot.ok()) return slot.status();
+    index_.nodes[slot->first].children[slot->second] = target;
     index_.nodes[target].nlink++;
     last_placed_ = target;
     return absl::OkStatus();

@@ -92,18 +92,9 @@ absl::StatusOr<std::unique_ptr<SnapshotDb>> SnapshotDb::Open(const std::string& 
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
-  rocksdb::Options opts;
-  opts.create_if_missing = true;
-  opts.max_open_files = 64;
-  opts.keep_log_file_num = 2;
-  rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(opts, dir, &raw);
-  if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the snapshot database ", dir, " is held by another process: ", s.ToString()));
-  }
-  if (!s.ok()) return RocksStatus(s, absl::StrCat("opening the snapshot database ", dir));
-  return std::unique_ptr<SnapshotDb>(new SnapshotDb(std::unique_ptr<rocksdb::DB>(raw)));
+  auto db = OpenRecordDb(dir, "the snapshot database");
+  if (!db.ok()) return db.status();
+  return std::unique_ptr<SnapshotDb>(new SnapshotDb(std::move(*db)));
 }
 
 absl::StatusOr<std::optional<SnapshotInfo>> SnapshotDb::Get(const std::string& name) {

@@ -218,15 +218,6 @@ class TestDriver : public CsiClient {
   std::unique_ptr<grpc::Server> server_;
 };
 
-// Lazily detaches whatever a test left mounted under `dir`, deepest first.
-inline void UnmountUnder(const std::string& dir) {
-  std::ifstream m("/proc/self/mounts");
-  std::vector<std::string> found;
-  std::string dev, path, rest;
-  while (m >> dev >> path && std::getline(m, rest)) {
-    if (path.rfind(dir, 0) == 0) found.push_back(path);
-  }
-  for (auto it = found.rbegin(); it != found.rend(); ++it) ::umount2(it->c_str(), MNT_DETACH);
-}
+using strata::testing::UnmountUnder;
 
 }  // namespace strata::csi::testing

@@ -469,12 +469,20 @@ class LayerTreeTest : public ::testing::Test {
     t.path = name;
     t.stat = *origin_->Stat(name);
     t.stat.digest = digest.empty() ? "sha256:" + Sha256Hex(blob) : digest;
-    trees_.push_back(std::make_unique<LayerTree>(
-        std::make_shared<const LayerIndex>(std::move(*idx)), t, nullptr, *store_, *fetcher_));
+    return MountTree(
+        std::make_unique<LayerTree>(std::make_shared<const LayerIndex>(std::move(*idx)), t, nullptr,
+                                    *store_, *fetcher_),
+        name);
+  }
+
+  // Mounts `tree` (kept until the test ends) at a new mountpoint; returns it.
+  std::string MountTree(std::unique_ptr<LayerTree> tree, const std::string& name) {
+    trees_.push_back(std::move(tree));
     std::string mnt = dir_.path() + "/" + name + ".mnt";
     fs::create_directories(mnt);
     auto server = FuseServer::Mount(*trees_.back(), {.mountpoint = mnt});
     EXPECT_TRUE(server.ok()) << server.status();
+    if (!server.ok()) return mnt;
     FuseServer* s = server->get();
     servers_.push_back(std::move(*server));
     threads_.emplace_back([s] { s->Run().IgnoreError(); });
@@ -577,14 +585,8 @@ TEST_F(LayerTreeTest, ServesEstargzFilesChunkByChunkCheckingEach) {
   t.stat.digest = "sha256:" + Sha256Hex(blob);
   auto shared = std::make_shared<const LayerIndex>(std::move(*idx));
   auto files = std::make_shared<EstargzFiles>(shared, t);
-  trees_.push_back(std::make_unique<LayerTree>(shared, t, files, *store_, *fetcher_));
-  std::string mnt = dir_.path() + "/estargz.mnt";
-  fs::create_directories(mnt);
-  auto server = FuseServer::Mount(*trees_.back(), {.mountpoint = mnt});
-  ASSERT_TRUE(server.ok()) << server.status();
-  FuseServer* s = server->get();
-  servers_.push_back(std::move(*server));
-  threads_.emplace_back([s] { s->Run().IgnoreError(); });
+  std::string mnt =
+      MountTree(std::make_unique<LayerTree>(shared, t, files, *store_, *fetcher_), "estargz");
 
   EXPECT_EQ(ReadPath(mnt + "/good.bin"), good);
   int fd = ::open((mnt + "/bad.bin").c_str(), O_RDONLY);

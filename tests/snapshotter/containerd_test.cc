@@ -19,6 +19,7 @@
 #include "cri_image.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/util/fault_proxy.h"
+#include "tests/util/mount.h"
 #include "tests/util/subprocess.h"
 #include "tests/util/test_util.h"
 
@@ -28,6 +29,7 @@ namespace {
 using strata::testing::ReadPath;
 using strata::testing::RunCommand;
 using strata::testing::TempDir;
+using strata::testing::UnmountUnder;
 
 constexpr const char* kRegistry = STRATA_SOURCE_DIR "/tests/util/registry.sh";
 constexpr const char* kContainerd = STRATA_SOURCE_DIR "/tests/util/containerd.sh";
@@ -40,16 +42,6 @@ std::map<std::string, std::string> Facts(const std::string& out) {
     if (kv.size() == 2) facts[kv[0]] = kv[1];
   }
   return facts;
-}
-
-void UnmountUnder(const std::string& dir) {
-  std::ifstream m("/proc/self/mounts");
-  std::vector<std::string> found;
-  std::string dev, path, rest;
-  while (m >> dev >> path && std::getline(m, rest)) {
-    if (path.rfind(dir, 0) == 0) found.push_back(path);
-  }
-  for (auto it = found.rbegin(); it != found.rend(); ++it) ::umount2(it->c_str(), MNT_DETACH);
 }
 
 class ContainerdTest : public ::testing::Test {
@@ -113,6 +105,28 @@ class ContainerdTest : public ::testing::Test {
     ::kill(node_.pid, sig);
     strata::testing::Wait(node_, std::chrono::seconds(30));
     node_ = {};
+  }
+
+  // ctr-remote images rpull: the pull that labels each layer with where it
+  // is, into Strata.
+  void Rpull(const std::string& ref) {
+    std::string out;
+    ASSERT_EQ(RunCommand({"/usr/bin/ctr-remote", "--address", Ctd() + "/containerd.sock", "images",
+                          "rpull", "--plain-http", "--snapshotter", "strata", ref},
+                         &out, std::chrono::seconds(180)),
+              0)
+        << out;
+  }
+
+  // None of `layers` is in containerd's content store (namespace `ns`):
+  // served lazily, never downloaded.
+  void ExpectNotDownloaded(const std::vector<std::string>& layers,
+                           const std::string& ns = "default") {
+    std::string out;
+    ASSERT_EQ(Ctr({"-n", ns, "content", "ls", "-q"}, &out), 0) << out;
+    for (const std::string& l : layers) {
+      EXPECT_FALSE(absl::StrContains(out, l)) << "layer " << l << " was downloaded:\n" << out;
+    }
   }
 
   // ctr against the test's containerd; returns its exit code, output in `out`.
@@ -241,16 +255,9 @@ TEST_F(ContainerdTest, RpullServesTarLayersLazily) {
   std::vector<std::string> layers = absl::StrSplit(image["layers"], ',');
   ASSERT_EQ(layers.size(), 3u) << image["layers"];
   std::string out;
-  ASSERT_EQ(RunCommand({"/usr/bin/ctr-remote", "--address", Ctd() + "/containerd.sock", "images",
-                        "rpull", "--plain-http", "--snapshotter", "strata", image["ref"]},
-                       &out, std::chrono::seconds(180)),
-            0)
-      << out;
+  ASSERT_NO_FATAL_FAILURE(Rpull(image["ref"]));
   // containerd's content store holds the manifest and config, no layer.
-  ASSERT_EQ(Ctr({"content", "ls", "-q"}, &out), 0) << out;
-  for (const std::string& l : layers) {
-    EXPECT_FALSE(absl::StrContains(out, l)) << "layer " << l << " was downloaded:\n" << out;
-  }
+  ExpectNotDownloaded(layers);
   ASSERT_EQ(Ctr({"run", "--rm", "--snapshotter", "strata", image["ref"], "lazy1", "/bin/sh", "-c",
                  std::string(kCheckBase) + " && sha256sum /models/weights.bin"},
                 &out),
@@ -300,10 +307,7 @@ TEST_F(ContainerdCriTest, KubeletsPullServesLayersLazily) {
   ASSERT_TRUE(st.ok()) << st.error_code() << ": " << st.error_message();
   EXPECT_TRUE(absl::StartsWith(resp.image_ref(), "sha256:")) << resp.image_ref();
   std::string out;
-  ASSERT_EQ(Ctr({"-n", "k8s.io", "content", "ls", "-q"}, &out), 0) << out;
-  for (const std::string& l : layers) {
-    EXPECT_FALSE(absl::StrContains(out, l)) << "layer " << l << " was downloaded:\n" << out;
-  }
+  ExpectNotDownloaded(layers, "k8s.io");
   ASSERT_EQ(Ctr({"-n", "k8s.io", "run", "--rm", "--snapshotter", "strata", image["ref"], "cri1",
                  "/bin/sh", "-c", std::string(kCheckBase) + " && sha256sum /models/weights.bin"},
                 &out),
@@ -322,11 +326,7 @@ TEST_F(ContainerdTest, ARunningContainerReadsOnAcrossASigkillOfTheNode) {
   StartNode(/*keeper=*/true);
   auto image = Push({"weights", "24"});
   std::string out;
-  ASSERT_EQ(RunCommand({"/usr/bin/ctr-remote", "--address", Ctd() + "/containerd.sock", "images",
-                        "rpull", "--plain-http", "--snapshotter", "strata", image["ref"]},
-                       &out, std::chrono::seconds(180)),
-            0)
-      << out;
+  ASSERT_NO_FATAL_FAILURE(Rpull(image["ref"]));
   ASSERT_EQ(
       Ctr({"run", "-d", "--snapshotter", "strata", image["ref"], "long1", "/bin/sleep", "600"},
           &out),
@@ -365,15 +365,8 @@ TEST_F(ContainerdTest, RpullServesEstargzLayersLazily) {
   auto esgz = Facts(out);
   std::vector<std::string> layers = absl::StrSplit(esgz["layers"], ',');
   ASSERT_EQ(layers.size(), 3u) << out;
-  ASSERT_EQ(RunCommand({"/usr/bin/ctr-remote", "--address", Ctd() + "/containerd.sock", "images",
-                        "rpull", "--plain-http", "--snapshotter", "strata", esgz["ref"]},
-                       &out, std::chrono::seconds(180)),
-            0)
-      << out;
-  ASSERT_EQ(Ctr({"content", "ls", "-q"}, &out), 0) << out;
-  for (const std::string& l : layers) {
-    EXPECT_FALSE(absl::StrContains(out, l)) << "layer " << l << " was downloaded:\n" << out;
-  }
+  ASSERT_NO_FATAL_FAILURE(Rpull(esgz["ref"]));
+  ExpectNotDownloaded(layers);
   ASSERT_EQ(Ctr({"run", "--rm", "--snapshotter", "strata", esgz["ref"], "esgz1", "/bin/sh", "-c",
                  std::string(kCheckBase) + " && sha256sum /models/weights.bin"},
                 &out),
@@ -396,11 +389,7 @@ TEST_F(ContainerdTest, AHostileLayerIsRefusedAndNothingEscapes) {
   std::vector<std::string> layers = absl::StrSplit(image["layers"], ',');
   ASSERT_EQ(layers.size(), 3u) << image["layers"];
   std::string out;
-  ASSERT_EQ(RunCommand({"/usr/bin/ctr-remote", "--address", Ctd() + "/containerd.sock", "images",
-                        "rpull", "--plain-http", "--snapshotter", "strata", image["ref"]},
-                       &out, std::chrono::seconds(180)),
-            0)
-      << out;
+  ASSERT_NO_FATAL_FAILURE(Rpull(image["ref"]));
   EXPECT_TRUE(absl::StrContains(NodeLog(), "climbs out with \"..\"")) << NodeLog();
   ASSERT_EQ(Ctr({"content", "ls", "-q"}, &out), 0) << out;
   EXPECT_TRUE(absl::StrContains(out, layers[2])) << "containerd pulled the hostile layer itself";
@@ -428,11 +417,7 @@ TEST_F(ContainerdTest, GzipLayersArePulledAsUsual) {
   ASSERT_EQ(image["layer_media_type"], "application/vnd.oci.image.layer.v1.tar+gzip");
   std::vector<std::string> layers = absl::StrSplit(image["layers"], ',');
   std::string out;
-  ASSERT_EQ(RunCommand({"/usr/bin/ctr-remote", "--address", Ctd() + "/containerd.sock", "images",
-                        "rpull", "--plain-http", "--snapshotter", "strata", image["ref"]},
-                       &out, std::chrono::seconds(180)),
-            0)
-      << out;
+  ASSERT_NO_FATAL_FAILURE(Rpull(image["ref"]));
   ASSERT_EQ(Ctr({"content", "ls", "-q"}, &out), 0) << out;
   for (const std::string& l : layers) {
     EXPECT_TRUE(absl::StrContains(out, l)) << "layer " << l << " was not pulled:\n" << out;

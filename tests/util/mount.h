@@ -39,6 +39,17 @@ inline void AbortFuse(const std::string& mountpoint) {
   }
 }
 
+// Lazily detaches whatever a test left mounted under `dir`, deepest first.
+inline void UnmountUnder(const std::string& dir) {
+  std::ifstream m("/proc/self/mounts");
+  std::vector<std::string> found;
+  std::string dev, path, rest;
+  while (m >> dev >> path && std::getline(m, rest)) {
+    if (path.rfind(dir, 0) == 0) found.push_back(path);
+  }
+  for (auto it = found.rbegin(); it != found.rend(); ++it) ::umount2(it->c_str(), MNT_DETACH);
+}
+
 inline bool IsMounted(const std::string& mountpoint) {
   std::ifstream m("/proc/mounts");
   std::string dev, dir, rest;
