@@ -151,6 +151,16 @@ absl::StatusOr<std::vector<std::string>> CleanName(const std::string& name, uint
   return parts;
 }
 
+// What an entry says of itself (a directory's attributes, not its
+// children).
+void CopyAttrs(const LayerNode& from, LayerNode& to) {
+  to.mode = from.mode;
+  to.uid = from.uid;
+  to.gid = from.gid;
+  to.mtime_ns = from.mtime_ns;
+  to.xattrs = from.xattrs;
+}
+
 class Indexer {
  public:
   Indexer(const BlobReader& read, uint64_t size, const IndexLimits& limits)
@@ -443,11 +453,7 @@ class Indexer {
       LayerNode& root = index_.nodes[0];
       if (explicit_root_) return absl::InvalidArgumentError("the layer names the root twice");
       explicit_root_ = true;
-      root.mode = n.mode;
-      root.uid = n.uid;
-      root.gid = n.gid;
-      root.mtime_ns = n.mtime_ns;
-      root.xattrs = std::move(n.xattrs);
+      CopyAttrs(n, root);
       return absl::OkStatus();
     }
     std::vector<std::string> up(parts.begin(), parts.end() - 1);
@@ -465,12 +471,7 @@ class Indexer {
     uint32_t id = it->second;
     named_dirs_.insert(id);
     last_placed_ = id;
-    LayerNode& d = index_.nodes[id];
-    d.mode = n.mode;
-    d.uid = n.uid;
-    d.gid = n.gid;
-    d.mtime_ns = n.mtime_ns;
-    d.xattrs = std::move(n.xattrs);
+    CopyAttrs(n, index_.nodes[id]);
     return absl::OkStatus();
   }
 
@@ -977,14 +978,6 @@ class Merger {
   }
 
  private:
-  void CopyAttrs(const LayerNode& from, LayerNode& to) {
-    to.mode = from.mode;
-    to.uid = from.uid;
-    to.gid = from.gid;
-    to.mtime_ns = from.mtime_ns;
-    to.xattrs = from.xattrs;
-  }
-
   void Walk(uint32_t layer, const LayerIndex& l, uint32_t from, uint32_t to,
             std::map<uint32_t, uint32_t>& copied) {
     const LayerNode& dir = l.nodes[from];
