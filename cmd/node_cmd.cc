@@ -273,6 +273,16 @@ absl::Status RunNode(const NodeFlags& o) {
               store.Stats(), fetcher.Stats(),
               n ? std::optional<fuse::VolumeStats>(n->VolumeTotals()) : std::nullopt);
           text += peers.MetricsText();
+          if (snapshotter::LazyLayers* lazy = lazy_layers.get()) {
+            snapshotter::LazyLayers::Stats ls = lazy->GetStats();
+            absl::StrAppend(
+                &text, "# HELP strata_lazy_layers Image layers this node serves lazily.\n",
+                "# TYPE strata_lazy_layers gauge\nstrata_lazy_layers ", ls.layers,
+                "\n# HELP strata_lazy_layer_read_bytes_total Bytes containers read from lazily "
+                "served layers.\n# TYPE strata_lazy_layer_read_bytes_total counter\n"
+                "strata_lazy_layer_read_bytes_total ",
+                ls.bytes_read, "\n");
+          }
           if (n) {
             absl::StrAppend(&text, "# HELP strata_volumes Volumes this node serves.\n",
                             "# TYPE strata_volumes gauge\nstrata_volumes ", n->Volumes(),
@@ -324,10 +334,10 @@ absl::Status RunNode(const NodeFlags& o) {
   if (snapshots_server) {
     snapshots_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   }
+  metrics.reset();  // it reads what goes next
   snapshots.reset();
   lazy_layers.reset();  // unmounts the layers: the containers over them are gone too
-  metrics.reset();
-  node.reset();  // stops serving; the records stay for the next start
+  node.reset();         // stops serving; the records stay for the next start
   store.Flush();
   std::printf("strata node: stopped\n");
   return absl::OkStatus();

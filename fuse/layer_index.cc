@@ -285,7 +285,7 @@ class Indexer {
     }
     if (auto it = pax.find("mtime"); it != pax.end()) {
       double secs = 0;
-      if (!absl::SimpleAtod(it->second, &secs) || secs < 0 || secs > 1e17) {
+      if (!absl::SimpleAtod(it->second, &secs) || !(secs >= 0 && secs <= 9e9)) {
         return absl::InvalidArgumentError("bad pax mtime");
       }
       n.mtime_ns = static_cast<int64_t>(secs * 1e9);

@@ -510,6 +510,11 @@ std::string DockerCredentials(const OriginOptions& o, const std::string& registr
       if (absl::StartsWith(h, p)) h = h.substr(strlen(p));
     }
     h = h.substr(0, h.find('/'));
+    // Docker Hub's entries are keyed by its old index host (docker login
+    // writes https://index.docker.io/v1/); its API host is another.
+    if ((h == "index.docker.io" || h == "docker.io") && registry == "registry-1.docker.io") {
+      h = registry;
+    }
     if (h != registry || !entry.is_object()) continue;
     std::string basic;
     if (entry.contains("auth")) {

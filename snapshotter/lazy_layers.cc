@@ -229,6 +229,7 @@ absl::Status LazyLayers::Unmount(uint64_t id) {
     if (it == layers_.end()) return absl::OkStatus();
     l = std::move(it->second);
     layers_.erase(it);
+    unmounted_bytes_read_ += l->tree->bytes_read();
   }
   Stop(*l);
   if (opts_.keeper) {
@@ -237,6 +238,15 @@ absl::Status LazyLayers::Unmount(uint64_t id) {
     }
   }
   return absl::OkStatus();
+}
+
+LazyLayers::Stats LazyLayers::GetStats() {
+  absl::MutexLock lock(&mu_);
+  Stats s;
+  s.layers = layers_.size();
+  s.bytes_read = unmounted_bytes_read_;
+  for (const auto& [id, l] : layers_) s.bytes_read += l->tree->bytes_read();
+  return s;
 }
 
 bool LazyLayers::Mounted(uint64_t id) {

@@ -78,6 +78,12 @@ class LazyLayers {
   absl::Status Unmount(uint64_t id);
   bool Mounted(uint64_t id);
 
+  struct Stats {
+    uint64_t layers = 0;      // mounted now
+    uint64_t bytes_read = 0;  // by containers, from every layer ever mounted
+  };
+  Stats GetStats();
+
  private:
   struct Layer {
     std::unique_ptr<fuse::LayerTree> tree;
@@ -92,6 +98,7 @@ class LazyLayers {
   const LazyLayerOptions opts_;
   absl::Mutex mu_;
   std::map<uint64_t, std::unique_ptr<Layer>> layers_ ABSL_GUARDED_BY(mu_);
+  uint64_t unmounted_bytes_read_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace strata::snapshotter

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cri_image.grpc.pb.h"
@@ -88,8 +89,9 @@ class ContainerdTest : public ::testing::Test {
     node_ = strata::testing::Spawn(
         {"/bin/sh", "-c",
          absl::StrCat("exec ", STRATA_PATH, " node --state-dir ", dir_.path(), "/node --fd-keeper ",
-                      keeper ? "spawn" : "off", " --admin-socket off --snapshotter-address ",
-                      Socket(), " >> ", log, " 2>&1")});
+                      keeper ? "spawn" : "off",
+                      " --admin-socket off --metrics-port 0 --snapshotter-address ", Socket(),
+                      " >> ", log, " 2>&1")});
     ASSERT_GT(node_.pid, 0);
     for (int i = 0; i < 600; ++i) {
       if (ReadPath(log).find("running", before) != std::string::npos) return;
@@ -99,6 +101,23 @@ class ContainerdTest : public ::testing::Test {
   }
 
   std::string NodeLog() const { return ReadPath(dir_.path() + "/node.log"); }
+
+  // The value of metric `name` on the node's /metrics ("" if absent).
+  std::string Metric(const std::string& name) {
+    std::string log = NodeLog();
+    const std::string tag = "metrics on http://";
+    size_t at = log.rfind(tag);
+    if (at == std::string::npos) return "";
+    std::string url = log.substr(at + tag.size(), log.find('\n', at) - at - tag.size());
+    std::string out;
+    if (RunCommand({"/usr/bin/curl", "-s", "--max-time", "10", "http://" + url}, &out) != 0) {
+      return "";
+    }
+    for (absl::string_view line : absl::StrSplit(out, '\n')) {
+      if (absl::StartsWith(line, name + " ")) return std::string(line.substr(name.size() + 1));
+    }
+    return "";
+  }
 
   void StopNode(int sig) {
     if (node_.pid <= 0) return;
@@ -269,6 +288,10 @@ TEST_F(ContainerdTest, RpullServesTarLayersLazily) {
       << out;
   ExpectBaseImage(out);
   EXPECT_TRUE(absl::StrContains(out, image["weights_sha256"] + "  /models/weights.bin")) << out;
+  EXPECT_EQ(Metric("strata_lazy_layers"), "3");
+  int64_t read = 0;
+  EXPECT_TRUE(absl::SimpleAtoi(Metric("strata_lazy_layer_read_bytes_total"), &read));
+  EXPECT_GE(read, 48 << 20) << "at least the weights were read";
   // Each layer is a committed Strata snapshot mounted as a layer tree.
   std::ifstream mounts("/proc/self/mounts");
   std::string line;
