@@ -87,6 +87,10 @@ struct ObjectSpec {
   uint64_t size = 0;
   std::string identity;     // origin and version, for operators and logs
   uint32_t chunk_size = 0;  // 0: the store's default
+  // None of the object is served before all of it is present and checked
+  // (a whole-object digest): every chunk is read back as soon as the last
+  // lands, so chunks are written through the page cache, not around it.
+  bool whole_before_use = false;
 };
 
 struct ObjectInfo {

@@ -60,6 +60,7 @@ absl::Status ChunkStoreImpl::Register(const ObjectSpec& spec) {
       if (o.rec.size == spec.size && o.rec.chunk_size == cs) {
         o.rec.last_use_us = now;
         o.last_use_dirty = true;
+        o.buffered_writes |= spec.whole_before_use;
         return absl::OkStatus();
       }
       if (o.Busy()) {
@@ -78,6 +79,7 @@ absl::Status ChunkStoreImpl::Register(const ObjectSpec& spec) {
     obj = std::make_shared<Object>();
     obj->key = spec.key;
     obj->fs = fs_.get();
+    obj->buffered_writes = spec.whole_before_use;
     obj->rec.size = spec.size;
     obj->rec.chunk_size = cs;
     obj->rec.last_use_us = now;
@@ -578,6 +580,7 @@ std::vector<uint32_t> ChunkStoreImpl::Drop(const ObjectPtr& obj,
 absl::Status ChunkStoreImpl::Store(const ObjectPtr& obj, uint32_t index, const ChunkBytes& bytes) {
   uint32_t len = static_cast<uint32_t>(bytes.size());
   int fd;
+  bool buffered;
   std::pair<uint64_t, uint64_t> alloc;
   {
     absl::MutexLock l(&mu_);
@@ -595,6 +598,7 @@ absl::Status ChunkStoreImpl::Store(const ObjectPtr& obj, uint32_t index, const C
       return fd_or.status();
     }
     fd = *fd_or;
+    buffered = obj->buffered_writes;
     used_ += len;  // reserved; given back if the write fails
     alloc = AllocationFor(*obj, index, len);
     if (used_ > HighLocked()) {
@@ -620,7 +624,8 @@ absl::Status ChunkStoreImpl::Store(const ObjectPtr& obj, uint32_t index, const C
           static_cast<uint64_t>(index) * obj->rec.chunk_size,
           const_cast<char*>(bytes.data()),
           len,
-          0};
+          0,
+          buffered};
   absl::Status st = fs_->Submit(absl::MakeSpan(&op, 1));
   if (st.ok() && op.result != static_cast<ssize_t>(len)) {
     st = op.result < 0

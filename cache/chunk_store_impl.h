@@ -76,6 +76,7 @@ struct Object {
   uint32_t read_ahead_chunk = 0;  // chunks before it were read ahead for a sequential reader
   bool removing = false;
   bool last_use_dirty = false;
+  bool buffered_writes = false;  // ObjectSpec::whole_before_use
   StoreFs* fs = nullptr;
 
   ~Object() {

@@ -34,6 +34,12 @@ std::string StoreKey(const FetchTarget& t) {
 
 namespace {
 
+// Nothing of the target is served before all of it matched its whole digest
+// (no per-chunk digests vouch for parts of it).
+bool WholeBeforeUse(const FetchTarget& t) {
+  return !t.stat.digest.empty() && t.chunk_sha256.empty();
+}
+
 enum class Priority { kDemand = 0, kReadahead = 1, kPrefetch = 2 };
 
 // Limits the requests in flight to one origin; a free slot goes to a waiting
@@ -153,7 +159,7 @@ class Fetcher::Impl {
       if (!direct.ok()) return Fail(t, direct);
       return n;
     }
-    if (verified && !t.stat.digest.empty() && t.chunk_sha256.empty()) {
+    if (verified && WholeBeforeUse(t)) {
       if (absl::Status v = EnsureDigestVerified(t, key); !v.ok()) return Fail(t, v);
     }
     uint32_t cs = ChunkSize(key);
@@ -194,7 +200,7 @@ class Fetcher::Impl {
     length = std::min<uint64_t>(length, t.stat.size - offset);
     if (absl::Status st = Register(t, key); !st.ok())
       return false;  // Read falls back to the origin
-    if (!t.stat.digest.empty() && t.chunk_sha256.empty()) {
+    if (WholeBeforeUse(t)) {
       if (absl::Status v = EnsureDigestVerified(t, key); !v.ok()) return Fail(t, v);
     }
     uint32_t cs = ChunkSize(key);
@@ -275,7 +281,7 @@ class Fetcher::Impl {
       progress(total, total);
       mu.Lock();
     }
-    if (!t.stat.digest.empty() && t.chunk_sha256.empty() && ranges.empty()) {
+    if (WholeBeforeUse(t) && ranges.empty()) {
       mu.Unlock();
       absl::Status v = EnsureDigestVerified(t, key);
       mu.Lock();
@@ -314,8 +320,8 @@ class Fetcher::Impl {
   }
 
   absl::Status Register(const FetchTarget& t, const std::string& key) {
-    absl::Status st = store_.Register(
-        {key, t.stat.size, absl::StrCat(Name(t), " ", t.stat.version), t.chunk_size});
+    absl::Status st = store_.Register({key, t.stat.size, absl::StrCat(Name(t), " ", t.stat.version),
+                                       t.chunk_size, WholeBeforeUse(t)});
     if (st.ok() && opts_.record_seen) RecordSeen(t, key);
     return st;
   }

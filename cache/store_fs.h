@@ -27,6 +27,9 @@ struct IoOp {
   char* buf = nullptr;
   size_t len = 0;
   ssize_t result = 0;
+  // A write that goes through the page cache even where it could go direct:
+  // its bytes are read back soon.
+  bool buffered = false;
 };
 
 struct FsSpace {

@@ -52,9 +52,10 @@ class ChunkStoreTest : public ::testing::Test {
   }
 
   // Writes chunks [0, n) of `key` (size n chunks unless `size` is given).
-  void Put(ChunkStore& s, const std::string& key, uint32_t n, uint64_t size = 0) {
+  void Put(ChunkStore& s, const std::string& key, uint32_t n, uint64_t size = 0,
+           bool whole_before_use = false) {
     if (size == 0) size = uint64_t{n} * kChunk;
-    ASSERT_TRUE(s.Register({key, size, "test", 0}).ok());
+    ASSERT_TRUE(s.Register({key, size, "test", 0, whole_before_use}).ok());
     for (uint32_t i = 0; i < n; ++i) {
       uint32_t len = std::min<uint64_t>(kChunk, size - uint64_t{i} * kChunk);
       auto r = s.WriteChunk(key, i, Pattern(1, i, len));
@@ -798,6 +799,24 @@ TEST_F(ChunkStoreTest, DroppedOrRemovedChunksAreNotServedFromMemory) {
   EXPECT_EQ(s->Read("other", 0, absl::MakeSpan(out)).status().code(), absl::StatusCode::kNotFound);
 }
 
+// Pages of the object's file in the page cache.
+size_t CachedPages(const std::string& file, uint64_t size) {
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  EXPECT_GE(fd, 0) << file;
+  if (fd < 0) return 0;
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  EXPECT_NE(map, MAP_FAILED);
+  size_t cached = 0;
+  if (map != MAP_FAILED) {
+    std::vector<unsigned char> resident((size + 4095) / 4096);
+    EXPECT_EQ(::mincore(map, size, resident.data()), 0);
+    for (unsigned char v : resident) cached += v & 1;
+    ::munmap(map, size);
+  }
+  ::close(fd);
+  return cached;
+}
+
 TEST_F(ChunkStoreTest, ChunksAreWrittenAroundThePageCache) {
   struct statfs fs;
   ASSERT_EQ(::statfs(dir_.path().c_str(), &fs), 0);
@@ -807,23 +826,28 @@ TEST_F(ChunkStoreTest, ChunksAreWrittenAroundThePageCache) {
   Put(*s, "obj", 3, size);
   std::string file = ObjectFile(*s, "obj");
   ASSERT_FALSE(file.empty());
-  int fd = ::open(file.c_str(), O_RDONLY);
-  ASSERT_GE(fd, 0);
-  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-  ASSERT_NE(map, MAP_FAILED);
-  std::vector<unsigned char> resident((size + 4095) / 4096);
-  ASSERT_EQ(::mincore(map, size, resident.data()), 0);
-  size_t cached_pages = 0;
-  for (unsigned char v : resident) cached_pages += v & 1;
   // Only the unaligned tail went through the page cache.
-  EXPECT_LE(cached_pages, 1u);
-  ::munmap(map, size);
-  ::close(fd);
+  EXPECT_LE(CachedPages(file, size), 1u);
   // And the bytes are there, tail included.
   s.reset();
   s = OpenStore();
   std::string whole = Pattern(1, 0, kChunk) + Pattern(1, 1, kChunk) + Pattern(1, 2, 1000);
   EXPECT_TRUE(ReadAll(*s, "obj", 0, size) == whole);
+}
+
+TEST_F(ChunkStoreTest, AnObjectServedOnlyWhenWholeIsWrittenThroughThePageCache) {
+  // Every chunk of it is read back as soon as the last lands (to check its
+  // digest, then to serve it): from memory, not from disk.
+  auto s = OpenStore();
+  const uint64_t size = 2 * kChunk + 1000;
+  Put(*s, "blob", 3, size, /*whole_before_use=*/true);
+  std::string file = ObjectFile(*s, "blob");
+  ASSERT_FALSE(file.empty());
+  EXPECT_EQ(CachedPages(file, size), (size + 4095) / 4096);
+  s.reset();
+  s = OpenStore();
+  std::string whole = Pattern(1, 0, kChunk) + Pattern(1, 1, kChunk) + Pattern(1, 2, 1000);
+  EXPECT_TRUE(ReadAll(*s, "blob", 0, size) == whole);
 }
 
 TEST_F(ChunkStoreTest, MemoryTierCountsWhatItHolds) {
