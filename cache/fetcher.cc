@@ -4,6 +4,9 @@
 // serves waiting readers before readahead and readahead before prefetch.
 #include "cache/fetcher.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <deque>
@@ -76,10 +79,29 @@ class OriginGate {
   int waiting_[3] ABSL_GUARDED_BY(mu_) = {0, 0, 0};
 };
 
-// Threads that run queued tasks; a task queue per priority.
+// The nice value prefetch runs at: a node's own work (a container starting,
+// a reader's fetches) gets the CPU first, while an idle node still prefetches
+// at full speed.
+constexpr int kPrefetchNice = 10;
+
+// Whether this process may raise a thread's priority back after lowering it
+// (root, or CAP_SYS_NICE): tried on a thread of its own.
+bool CanRenice() {
+  bool ok = false;
+  std::thread([&ok] {
+    ok = ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), kPrefetchNice) == 0 &&
+         ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 0) == 0;
+  }).join();
+  return ok;
+}
+
+// Threads that run queued tasks; a task queue per priority. Background
+// threads also run demand tasks when there are some; they run prefetch tasks
+// at kPrefetchNice where the process may renice its threads.
 class WorkerPool {
  public:
-  WorkerPool(int demand, int background) {
+  WorkerPool(int demand, int background) : renice_(CanRenice()) {
+    if (!renice_) spdlog::info("fetcher: cannot renice threads; prefetch runs at normal priority");
     for (int i = 0; i < demand; ++i) threads_.emplace_back([this] { Loop(true); });
     for (int i = 0; i < background; ++i) threads_.emplace_back([this] { Loop(false); });
   }
@@ -97,8 +119,10 @@ class WorkerPool {
 
  private:
   void Loop(bool demand_only) {
+    int nice = 0;
     for (;;) {
       std::function<void()> fn;
+      int q = 0;
       {
         absl::MutexLock l(&mu_);
         auto has_work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -106,11 +130,15 @@ class WorkerPool {
           return !demand_only && (!queues_[1].empty() || !queues_[2].empty());
         };
         mu_.Await(absl::Condition(&has_work));
-        int q = 0;
         while (q < 3 && (queues_[q].empty() || (demand_only && q > 0))) ++q;
         if (q == 3) return;  // stopping with nothing this thread may run
         fn = std::move(queues_[q].front());
         queues_[q].pop_front();
+      }
+      int want = q == static_cast<int>(Priority::kPrefetch) ? kPrefetchNice : 0;
+      if (renice_ && want != nice &&
+          ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), want) == 0) {
+        nice = want;
       }
       fn();
     }
@@ -119,6 +147,7 @@ class WorkerPool {
   absl::Mutex mu_;
   std::deque<std::function<void()>> queues_[3] ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  const bool renice_;
   std::vector<std::thread> threads_;
 };
 

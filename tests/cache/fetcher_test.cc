@@ -4,6 +4,8 @@
 #include "cache/fetcher.h"
 
 #include <openssl/sha.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
@@ -440,6 +442,7 @@ class RecordingPeers final : public ChunkPeers {
       absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin) override {
     absl::MutexLock l(&mu_);
     asked_.push_back(std::string(chunk.key) + "#" + std::to_string(chunk.index));
+    nice_[chunk.index] = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
     if (lie_) {
       std::memset(out.data(), 'x', out.size());
       return ChunkFrom::kPeer;
@@ -453,10 +456,16 @@ class RecordingPeers final : public ChunkPeers {
     return asked_;
   }
   void Lie() { lie_ = true; }
+  // The nice value of the thread that fetched each chunk.
+  std::map<uint32_t, int> nice() {
+    absl::MutexLock l(&mu_);
+    return nice_;
+  }
 
  private:
   absl::Mutex mu_;
   std::vector<std::string> asked_ ABSL_GUARDED_BY(mu_);
+  std::map<uint32_t, int> nice_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> lie_{false};
 };
 
@@ -484,6 +493,23 @@ TEST_F(FetcherTest, AVersionOnlyThisNodeKnowsIsNeverAskedOfPeers) {
   EXPECT_FALSE(t.origin->SharedVersion(t.stat));
   EXPECT_EQ(ReadAll(f, t, 1 << 20), data_);
   EXPECT_TRUE(peers.asked().empty());
+}
+
+TEST_F(FetcherTest, PrefetchRunsAtALowerCpuPriorityThanReaders) {
+  if (::geteuid() != 0) GTEST_SKIP() << "renicing a thread back up needs root (CAP_SYS_NICE)";
+  RecordingPeers peers;  // asked on the thread that fetches
+  FetcherOptions o;
+  o.peers = &peers;
+  Fetcher f(*store_, o);
+  FetchTarget t = Target(nullptr);
+  std::string buf(2 * kChunk, '\0');
+  ASSERT_TRUE(f.Read(t, 0, absl::MakeSpan(buf)).ok());          // chunks 0 and 1: a reader's
+  ASSERT_TRUE(f.Prefetch(t, {{4 * kChunk, 4 * kChunk}}).ok());  // chunks 4 to 7
+  // A reader again, on threads that may just have prefetched.
+  ASSERT_TRUE(f.Read(t, 15 * kChunk, absl::MakeSpan(buf)).ok());  // chunks 15 and 16
+  std::map<uint32_t, int> want = {{0, 0},  {1, 0},  {4, 10}, {5, 10},
+                                  {6, 10}, {7, 10}, {15, 0}, {16, 0}};
+  EXPECT_EQ(peers.nice(), want);
 }
 
 TEST_F(FetcherTest, APeersBytesThatDoNotMatchTheirDigestAreFetchedAgain) {
