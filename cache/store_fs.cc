@@ -115,13 +115,18 @@ class PosixStoreFs final : public StoreFs {
 
   absl::Status Submit(absl::Span<IoOp> ops) override {
     absl::Status st = RunBatch(ops);
-    // Buffered writes kept for a reader: their writeback starts now, so that
-    // they are clean by the time something syncs the file system (unmounting
-    // an overlay syncs its upper file system, often the cache's own; with a
-    // pile of dirty chunks there, every container's exit waited on the disk).
+    // Buffered writes kept for a reader are written back now, and waited for
+    // as a direct write would be. Left to the kernel, a layer's worth of dirty
+    // chunks piled up: an overlay's unmount (it syncs its upper file system,
+    // often the cache's own) then waited on all of them at a container's
+    // exit, and their writeback queued in front of every fsync of containerd
+    // and of our own records, so containers started slower (first command
+    // 0.8-1.7 s with writeback started but not waited for, 0.67-0.94 s so).
     for (const IoOp& op : ops) {
       if (op.kind == IoOp::Kind::kWrite && op.buffered && op.result > 0) {
-        ::sync_file_range(op.fd, static_cast<off_t>(op.offset), op.result, SYNC_FILE_RANGE_WRITE);
+        ::sync_file_range(
+            op.fd, static_cast<off_t>(op.offset), op.result,
+            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
       }
     }
     return st;
