@@ -176,6 +176,14 @@ void ReplyEntry(fuse_req_t req, const Attr& a) {
   fuse_reply_entry(req, &e);
 }
 
+// The largest read the kernel asks for. A spliced reply (header and data)
+// must fit one pipe, and a pipe grows past /proc/sys/fs/pipe-max-size (1 MiB)
+// only with CAP_SYS_RESOURCE, which containers and this machine's root lack.
+// A full 1 MiB read did not fit: libfuse then copied every reply through a
+// 1 MiB buffer of its own (slower, and heap that stayed: a reader with a
+// 4 MiB readahead window left the daemon's heap 150 MiB larger).
+constexpr uint32_t kMaxRead = (1u << 20) - (16u << 10);
+
 void OnInit(void* userdata, fuse_conn_info* conn) {
   auto* self = static_cast<Impl*>(userdata);
   // Cached bytes go from the store's files to /dev/fuse by splice.
@@ -187,7 +195,7 @@ void OnInit(void* userdata, fuse_conn_info* conn) {
   // Content is revalidated at open (keep_cache decides), not on each getattr.
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
   conn->max_write = 1 << 20;
-  conn->max_read = 1 << 20;  // must match the max_read mount option
+  conn->max_read = kMaxRead;  // must match the max_read mount option
   conn->max_readahead = 1 << 20;
   if (!self->tree->read_only() && (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)) {
     conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
@@ -517,6 +525,20 @@ int ConnectionOf(const std::string& mountpoint) {
   return found;
 }
 
+// Sets the readahead window of FUSE connection `connection` through its
+// backing device (/sys/class/bdi/0:N; root only). A failure costs only speed.
+void SetReadAhead(const std::string& mountpoint, int connection, uint32_t kib) {
+  if (kib == 0 || connection < 0) return;
+  std::string path = absl::StrCat("/sys/class/bdi/0:", connection, "/read_ahead_kb");
+  std::ofstream out(path);
+  out << kib << '\n';
+  out.flush();
+  if (!out) {
+    spdlog::warn("{}: cannot set the readahead window to {} KiB ({}); sequential reads are slower",
+                 mountpoint, kib, path);
+  }
+}
+
 fuse_lowlevel_ops Ops(bool xattrs) {
   fuse_lowlevel_ops ops{};
   ops.init = OnInit;
@@ -573,7 +595,7 @@ absl::StatusOr<std::unique_ptr<Impl>> NewSession(Tree& tree, const MountOptions&
     fsname += c;
   }
   std::string o =
-      absl::StrCat("fsname=", fsname, ",subtype=strata,default_permissions,max_read=1048576");
+      absl::StrCat("fsname=", fsname, ",subtype=strata,default_permissions,max_read=", kMaxRead);
   if (options.allow_other) o += ",allow_other";
   if (tree.read_only()) o += ",ro";
   std::vector<std::string> argv_s = {"strata", "-o", o};
@@ -667,6 +689,8 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(Tree& tree,
   (*impl)->init = init;
   (*impl)->resend = KernelResends(init);
   ProcessInit(se, init);
+  // After INIT: its reply sets the window, and can only narrow it.
+  SetReadAhead(options.mountpoint, (*impl)->connection, options.read_ahead_kib);
   (*impl)->Serve();
   return std::unique_ptr<FuseServer>(new FuseServer(std::move(*impl)));
 }

@@ -17,6 +17,10 @@ struct MountOptions {
   std::string fsname = "strata";  // shown in /proc/mounts
   int max_threads = 16;
   bool allow_other = true;  // pods run as other users than the daemon
+  // The mount's readahead window (0: the kernel's 128 KiB, which INIT can
+  // only lower). Wider, a sequential reader has several reads in flight,
+  // served in parallel, instead of one at a time.
+  uint32_t read_ahead_kib = 4096;
 };
 
 // What a successor daemon needs to take over a live mount: the /dev/fuse

@@ -5,6 +5,8 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -79,6 +81,18 @@ TEST_F(MountTest, ReadsAtOddOffsetsAndSizesAndThroughMmap) {
   // Reread with the page cache dropped: now served from the chunk cache.
   std::ofstream("/proc/sys/vm/drop_caches") << "3";
   EXPECT_EQ(ReadPath(path), data_);
+}
+
+TEST_F(MountTest, SequentialReadersGetAWideReadaheadWindow) {
+  // The kernel starts a FUSE mount at 128 KiB; the daemon widens it to 4 MiB.
+  auto m = Mount(mnt_);
+  ASSERT_TRUE(m->ok());
+  struct stat st;
+  ASSERT_EQ(::stat(mnt_.c_str(), &st), 0);
+  std::string kb =
+      ReadPath("/sys/class/bdi/0:" + std::to_string(minor(st.st_dev)) + "/read_ahead_kb");
+  EXPECT_EQ(kb, "4096\n");
+  EXPECT_EQ(ReadPath(mnt_ + "/models/weights.bin"), data_);
 }
 
 TEST_F(MountTest, LargeDirectoriesAndConcurrentReaders) {
