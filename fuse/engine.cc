@@ -195,8 +195,8 @@ void OnInit(void* userdata, fuse_conn_info* conn) {
   // Content is revalidated at open (keep_cache decides), not on each getattr.
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
   conn->max_write = 1 << 20;
-  conn->max_read = kMaxRead;  // must match the max_read mount option
-  conn->max_readahead = 1 << 20;
+  conn->max_read = kMaxRead;      // must match the max_read mount option
+  conn->max_readahead = 1 << 20;  // INIT only lowers the kernel's 128 KiB: see SetReadAhead
   if (!self->tree->read_only() && (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)) {
     conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
   }
