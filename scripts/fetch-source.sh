@@ -5,14 +5,17 @@
 # list is never changed, and no host name is written here). Prints the
 # unpacked directory. Idempotent: an unpacked tree is reused.
 #   scripts/fetch-source.sh PACKAGE VERSION DEST [SUITE]
+# An empty VERSION takes the version SUITE has now (a stable release's
+# point updates change the Debian revision, not what is built).
 set -euo pipefail
 pkg=$1 version=$2 dest=$3
 suite=${4:-$(. /etc/os-release && echo "$VERSION_CODENAME")}
-upstream=${version#*:}
-upstream=${upstream%-*}
-tree="$dest/$pkg-$upstream"
-if [ -f "$tree/.strata-fetched" ]; then
-  echo "$tree"
+tree_of() {
+  local upstream=${1#*:}
+  echo "$dest/$pkg-${upstream%-*}"
+}
+if [ -n "$version" ] && [ -f "$(tree_of "$version")/.strata-fetched" ]; then
+  tree_of "$version"
   exit 0
 fi
 
@@ -42,6 +45,20 @@ opts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt_dir/parts
   -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
   -o APT::Sandbox::User=root -qq)
 apt-get "${opts[@]}" update >/dev/null
+if [ -z "$version" ]; then
+  version=$(apt-cache "${opts[@]}" showsrc "$pkg" | awk '/^Version:/ {print $2; exit}')
+  if [ -z "$version" ]; then
+    echo "fetch-source: $suite has no source package $pkg" >&2
+    exit 1
+  fi
+fi
+upstream=${version#*:}
+upstream=${upstream%-*}
+tree=$(tree_of "$version")
+if [ -f "$tree/.strata-fetched" ]; then
+  echo "$tree"
+  exit 0
+fi
 mkdir -p "$dest"
 work=$(mktemp -d "$dest/.fetch.XXXXXX")
 (cd "$work" && apt-get "${opts[@]}" source "$pkg=$version" >/dev/null 2>&1) || {

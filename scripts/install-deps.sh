@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs, from Debian 12's own archive, every package Strata builds, tests
-# and benchmarks with. Idempotent and silent when nothing is missing.
+# and benchmarks with, and builds libfuse 3.17+ from Debian 13's source
+# package (scripts/build-libfuse.sh). Idempotent and silent when nothing is
+# missing.
 set -euo pipefail
 
 PACKAGES=(
@@ -9,7 +11,9 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   liburing-dev librocksdb-dev libxxhash-dev libzstd-dev zlib1g-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev
+  fuse3 libcurl4-openssl-dev libssl-dev
+  # libfuse 3.17+ is built from source (FUSE passthrough): see build-libfuse.sh
+  meson dpkg-dev
   fio procps util-linux curl time bc
   # servers the integration tests and benchmarks run on 127.0.0.1
   nginx-light docker-registry skopeo apache2-utils openssl python3 nodejs npm
@@ -32,6 +36,7 @@ if command -v npm >/dev/null 2>&1; then
   read -r -a missing <<<"${missing[*]}"
 fi
 if [ ${#missing[@]} -eq 0 ]; then
+  "$here/build-libfuse.sh"
   exec "$here/../tests/util/s3_server.sh" install
 fi
 
@@ -51,4 +56,5 @@ fi
 trap '[ "$made_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+"$here/build-libfuse.sh"
 "$here/../tests/util/s3_server.sh" install
