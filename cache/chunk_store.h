@@ -157,6 +157,7 @@ struct StoreStats {
   uint64_t evicted_bytes = 0;
   uint64_t corrupt_index_records = 0;
   uint64_t open_files = 0;
+  uint64_t kernel_held_objects = 0;  // whole objects the kernel reads itself (LeaseWhole)
   bool degraded = false;
   std::string health;  // "ok" or why the store is not caching
 };
@@ -255,6 +256,15 @@ class ChunkStore {
   // A verified, present range held against eviction (for splicing).
   virtual absl::StatusOr<ReadLease> Lease(const std::string& key, uint64_t offset,
                                           size_t length) = 0;
+  // The whole object, for the kernel to read from its file itself (FUSE
+  // passthrough): while the lease lives, the object is not evicted,
+  // removed, replaced, nor are holes punched in its file, whatever the
+  // scrub finds. Unless `as_is`, every chunk must be present and checked
+  // by this process (FailedPrecondition otherwise: the caller serves the
+  // object through Lease); `as_is` holds an object the kernel already
+  // reads (after a restart), whatever its state. NotFound for an unknown
+  // or empty object.
+  virtual absl::StatusOr<ReadLease> LeaseWhole(const std::string& key, bool as_is = false) = 0;
 
   // Records that the complete object was checked against its content
   // digest. The mark is persisted and dropped as soon as any chunk is (a

@@ -188,6 +188,34 @@ absl::StatusOr<ReadLease> ChunkStoreImpl::Lease(const std::string& key, uint64_t
       std::move(acquired->memory), acquired->memory_offset);
 }
 
+absl::StatusOr<ReadLease> ChunkStoreImpl::LeaseWhole(const std::string& key, bool as_is) {
+  absl::MutexLock l(&mu_);
+  auto it = objects_.find(key);
+  if (it == objects_.end() || it->second->removing || it->second->rec.size == 0) {
+    return absl::NotFoundError(absl::StrCat("no object to hold: ", key));
+  }
+  ObjectPtr obj = it->second;
+  if (!as_is) {
+    for (const Chunk& c : obj->chunks) {
+      if (c.state != ChunkState::kPresent || !c.verified || c.verifying) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(key, " is not all present and checked yet"));
+      }
+    }
+  }
+  auto fd = EnsureFdLocked(*obj);
+  if (!fd.ok()) return fd.status();
+  // A reader (no hole is punched under it, see BeginDropLocked) that is
+  // never done before the lease is.
+  ++obj->readers;
+  ++obj->kernel_holds;
+  return ReadLease(*fd, 0, obj->rec.size, [this, obj] {
+    absl::MutexLock l(&mu_);
+    --obj->kernel_holds;
+    --obj->readers;
+  });
+}
+
 absl::StatusOr<FillResult> ChunkStoreImpl::Fill(const std::string& key, uint32_t index,
                                                 ChunkSource source) {
   ObjectPtr obj;
@@ -352,6 +380,7 @@ StoreStats ChunkStoreImpl::Stats() const {
     for (const auto& [k, o] : objects_) {
       if (o->removing) continue;
       ++s.objects;
+      s.kernel_held_objects += o->kernel_holds > 0;
       for (const Chunk& c : o->chunks) s.chunks_present += c.state == ChunkState::kPresent;
     }
     s.open_files = open_files_;

@@ -67,7 +67,8 @@ struct Object {
   std::vector<Chunk> chunks;
   absl::flat_hash_map<uint32_t, std::shared_ptr<Flight>> flights;
   int fd = -1;
-  int readers = 0;
+  int readers = 0;       // ranges lent out, including whole-object leases
+  int kernel_holds = 0;  // whole-object leases (LeaseWhole): never punched
   int pins = 0;
   uint64_t bytes_present = 0;
   uint64_t next_offset = 0;       // where the last read ended: sequential reads verify ahead
@@ -177,6 +178,7 @@ class ChunkStoreImpl final : public ChunkStore {
   absl::StatusOr<std::vector<uint32_t>> MissingChunks(const std::string& key, uint64_t offset,
                                                       uint64_t length) const override;
   absl::StatusOr<ReadLease> Lease(const std::string& key, uint64_t offset, size_t length) override;
+  absl::StatusOr<ReadLease> LeaseWhole(const std::string& key, bool as_is) override;
   absl::StatusOr<FillResult> Fill(const std::string& key, uint32_t index,
                                   ChunkSource source) override;
   absl::Status MarkDigestVerified(const std::string& key) override;

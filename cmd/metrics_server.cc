@@ -76,6 +76,10 @@ std::string PrometheusText(const cache::StoreStats& s, const cache::FetcherStats
          "Bytes of just-filled chunks the cache keeps in memory.", s.memory_bytes);
   Metric(o, "strata_cache_memory_hits_total", "counter",
          "Reads answered from chunks in memory, without the cache file.", s.memory_hits);
+  Metric(o, "strata_cache_kernel_held_objects", "gauge",
+         "Objects the kernel reads from the cache file itself (FUSE passthrough opens): "
+         "never evicted while held.",
+         s.kernel_held_objects);
   Metric(o, "strata_cache_evicted_bytes_total", "counter", "Bytes evicted.", s.evicted_bytes);
   Metric(o, "strata_cache_degraded", "gauge", "1 when the cache cannot store (serving uncached).",
          s.degraded);

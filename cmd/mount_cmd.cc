@@ -24,6 +24,7 @@ struct MountFlags {
   double attr_ttl = 1.0;
   bool read_only = false;
   bool xattrs = false;
+  bool passthrough = true;
   int metrics_port = 0;
 };
 
@@ -54,6 +55,7 @@ absl::Status Mount(const MountFlags& o) {
   fuse::MountOptions mo;
   mo.mountpoint = o.mountpoint;
   mo.fsname = "strata:" + o.origin;
+  mo.passthrough = o.passthrough;
   auto server = fuse::FuseServer::Mount(tree, mo);
   if (!server.ok()) return server.status();
   std::atomic<bool> serving{true};
@@ -105,6 +107,9 @@ void AddMountCommands(CLI::App& app, Runner& run) {
   m->add_flag("--xattrs", o->xattrs,
               "Serve the origin's user.* extended attributes (file:// only; costs a round trip "
               "per write)");
+  m->add_flag("!--no-fuse-passthrough", o->passthrough,
+              "Read every cached file through the daemon (by default, the kernel reads files "
+              "whole in the cache from the cache's file itself: FUSE passthrough)");
   m->add_option("--metrics-port", o->metrics_port,
                 "Port on 127.0.0.1 for /metrics and /healthz (0: any free port; -1: none)")
       ->capture_default_str();

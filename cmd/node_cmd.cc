@@ -106,6 +106,7 @@ struct NodeFlags {
   PeerFlags peers;
   std::string snapshotter_address;
   bool lazy_layers = true;
+  bool passthrough = true;
 };
 
 std::unique_ptr<fuse::FdKeeperClient> OpenKeeper(const NodeFlags& o) {
@@ -231,6 +232,7 @@ absl::Status RunNode(const NodeFlags& o) {
     no.state = node_db.get();
     no.keeper = keeper.get();
     no.inode_dir = o.state_dir + "/csi-node-inodes";
+    no.passthrough = o.passthrough;
     no.group_mount_dir = o.state_dir + "/csi-node-group-mounts";
     auto inline_origins = csi::InlineOrigins::Parse(o.allowed_inline);
     if (!inline_origins.ok()) return UsageError(inline_origins.status());
@@ -428,6 +430,9 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
   c->add_option("--snapshotter-address", o->snapshotter_address,
                 "Serve containerd's snapshots API on this unix socket, for a proxy_plugins "
                 "entry of type snapshot (empty: no snapshotter)");
+  c->add_flag("!--no-fuse-passthrough", o->passthrough,
+              "Read every cached file through the daemon (by default, the kernel reads files "
+              "whole in the cache from the cache's file itself: FUSE passthrough)");
   c->add_flag("!--no-lazy-layers", o->lazy_layers,
               "Let containerd pull every layer (by default, layers that can be read lazily are "
               "served from the registry through the cache without being pulled)");

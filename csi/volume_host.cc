@@ -99,6 +99,10 @@ absl::Status VolumeHost::Start(Volume& v, int adopt_fd) {
   fuse::MountOptions mo;
   mo.mountpoint = v.mountpoint;
   mo.fsname = absl::StrCat("strata:", v.id);
+  mo.passthrough = opts_.passthrough;
+  if (!opts_.inode_dir.empty()) {
+    mo.open_log = absl::StrCat(opts_.inode_dir, "/", absl::WebSafeBase64Escape(v.id), ".opens");
+  }
   fuse::Handoff adopt{adopt_fd, v.init};
   v.session.reset();  // a stopped one: its tree goes before the new one logs inodes
   auto session = launcher_.Launch(v.id, v.origin, vo, mo, adopt_fd >= 0 ? &adopt : nullptr);

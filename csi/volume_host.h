@@ -36,7 +36,9 @@ struct VolumeHostOptions {
   // the next one takes the mounts over (pods never see them go). Null: a
   // restarted daemon mounts everything again instead.
   fuse::FdKeeperClient* keeper = nullptr;
-  std::string inode_dir;  // volumes' inode logs, for a takeover
+  std::string inode_dir;  // volumes' inode and open logs, for a takeover
+  // FUSE passthrough for files whole in the cache (fuse::MountOptions).
+  bool passthrough = true;
   // Where a volume published with another fsGroup than it was staged with
   // gets a mount of its own for that group (pods bind to it). Empty: such
   // publications see the staged group.

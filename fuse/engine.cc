@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <linux/fuse.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -27,10 +28,21 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "base/logging.h"
+#include "fuse/open_log.h"
 
 namespace strata::fuse {
 
 namespace {
+
+// The kernel's backing-file calls on /dev/fuse (Linux 6.9, protocol 7.40),
+// which this machine's headers may predate.
+struct BackingMap {
+  int32_t fd;
+  uint32_t flags;
+  uint64_t padding;
+};
+constexpr unsigned long kBackingOpen = _IOW(229, 1, BackingMap);
+constexpr unsigned long kBackingClose = _IOW(229, 2, uint32_t);
 
 // Tells the kernel to forget names, from a thread of its own that starts
 // with the first one (see KernelCache). The queue is bounded: past it a
@@ -110,9 +122,142 @@ struct FuseServer::Impl {
   // The tree's way to the kernel's caches, set once the session is mounted.
   std::unique_ptr<EntryNotifier> notifier;
 
+  // How the kernel holds each open file and inode (see open_log.h). Only
+  // for trees with backing files: others are always cached.
+  bool track_io = false;
+  std::atomic<bool> passthrough{false};  // wanted, and the kernel agreed at INIT
+  struct InodeIo {
+    int cached = 0;
+    int passthrough = 0;
+    int32_t backing_id = 0;  // the kernel's, while passthrough > 0
+    std::string backing;     // BackingFile::id of it
+  };
+  absl::Mutex io_mu;
+  OpenFiles opens ABSL_GUARDED_BY(io_mu);
+  absl::flat_hash_map<uint64_t, InodeIo> inodes ABSL_GUARDED_BY(io_mu);
+  std::unique_ptr<OpenLog> log ABSL_GUARDED_BY(io_mu);
+
   void Serve() {
     notifier = std::make_unique<EntryNotifier>(se);
     tree->set_kernel_cache(notifier.get());
+  }
+
+  // Chooses how the kernel does the I/O of a new open of `ino` (handle
+  // fi->fh) and records it. The kernel takes nothing but passthrough with
+  // the same backing file for an inode that has one, and no passthrough
+  // for an inode in its page cache's mode (the open fails with EIO).
+  void Opening(uint64_t ino, fuse_file_info* fi, bool read_only) {
+    if (!track_io) return;
+    absl::MutexLock l(&io_mu);
+    InodeIo& s = inodes[ino];
+    OpenRecord r{ino, IoMode::kCached, 0, ""};
+    if (s.passthrough > 0) {
+      // Also when the file has changed at the origin since (a new open
+      // would see the new version): until the last of those opens is
+      // closed, the kernel reads the version they read.
+      if (absl::Status st = tree->HoldBacking(fi->fh, s.backing); !st.ok()) {
+        spdlog::warn("{}: {} cannot be held again: {}", opts.mountpoint, s.backing, st.message());
+      }
+      r = OpenRecord{ino, IoMode::kPassthrough, s.backing_id, s.backing};
+    } else if (read_only && passthrough && s.cached == 0) {
+      auto b = tree->Backing(fi->fh);
+      if (b.ok()) {
+        BackingMap map{b->fd, 0, 0};
+        int id = ::ioctl(fuse_session_fd(se), kBackingOpen, &map);
+        if (id > 0) {
+          s.backing_id = id;
+          s.backing = b->id;
+          r = OpenRecord{ino, IoMode::kPassthrough, id, b->id};
+        } else {
+          spdlog::warn("{}: the kernel refused a backing file ({}): reads go through the daemon",
+                       opts.mountpoint, std::strerror(errno));
+          passthrough = false;
+        }
+      }
+    }
+    if (r.mode == IoMode::kPassthrough) {
+      ++s.passthrough;
+      fi->backing_id = r.backing_id;
+      fi->keep_cache = 0;  // the kernel allows no page cache flags with a backing file
+      fi->direct_io = 0;
+    } else {
+      ++s.cached;
+    }
+    opens[fi->fh] = r;
+    if (log) log->Opened(fi->fh, r, opens);
+  }
+
+  // The kernel let go of `handle` (or never got it).
+  void Closed(uint64_t handle) {
+    if (!track_io) return;
+    absl::MutexLock l(&io_mu);
+    auto it = opens.find(handle);
+    if (it == opens.end()) return;
+    OpenRecord r = std::move(it->second);
+    opens.erase(it);
+    if (log) log->Closed(handle, opens);
+    auto in = inodes.find(r.ino);
+    if (in == inodes.end()) return;
+    InodeIo& s = in->second;
+    if (r.mode == IoMode::kCached) --s.cached;
+    if (r.mode == IoMode::kPassthrough && --s.passthrough == 0) {
+      // The kernel's open files hold the backing file themselves; the id
+      // is only for new opens.
+      uint32_t id = static_cast<uint32_t>(s.backing_id);
+      if (::ioctl(fuse_session_fd(se), kBackingClose, &id) != 0) {
+        spdlog::warn("{}: closing backing file {}: {}", opts.mountpoint, id, std::strerror(errno));
+      }
+      s.backing_id = 0;
+      s.backing.clear();
+    }
+    if (s.cached <= 0 && s.passthrough <= 0) inodes.erase(in);
+  }
+
+  // A successor's start: what the log says the kernel holds (none: no passthrough).
+  void Resume() {
+    if (!track_io) return;
+    absl::MutexLock l(&io_mu);
+    absl::StatusOr<OpenFiles> known =
+        opts.open_log.empty() ? absl::NotFoundError("no open log") : OpenLog::Read(opts.open_log);
+    if (!known.ok()) {
+      // Opens of files the kernel reads from a backing file would fail
+      // (EIO) until those are closed: no new backing files, so at least
+      // nothing else does.
+      spdlog::error(
+          "{}: taken over without knowing how the kernel holds its open files ({}): no "
+          "passthrough until it is mounted afresh; opens of files passed through before may "
+          "fail until they are closed",
+          opts.mountpoint, known.status().message());
+      passthrough = false;
+      return;
+    }
+    for (auto& [handle, r] : *known) {
+      InodeIo& s = inodes[r.ino];
+      if (r.mode == IoMode::kCached) {
+        ++s.cached;
+      } else {
+        ++s.passthrough;
+        s.backing_id = r.backing_id;
+        s.backing = r.backing;
+        if (absl::Status st = tree->HoldBacking(handle, r.backing); !st.ok()) {
+          spdlog::warn("{}: the kernel reads {} itself, but it cannot be held: {}",
+                       opts.mountpoint, r.backing, st.message());
+        }
+      }
+    }
+    opens = std::move(*known);
+    StartLog();
+  }
+
+  void StartLog() ABSL_EXCLUSIVE_LOCKS_REQUIRED(io_mu) {
+    if (opts.open_log.empty()) return;
+    auto started = OpenLog::Start(opts.open_log, opens);
+    if (!started.ok()) {
+      spdlog::error("{}: {}; a daemon taking this mount over will do all I/O uncached",
+                    opts.mountpoint, started.status().message());
+      return;
+    }
+    log = std::move(*started);
   }
 };
 
@@ -199,6 +344,19 @@ void OnInit(void* userdata, fuse_conn_info* conn) {
   conn->max_readahead = 1 << 20;  // INIT only lowers the kernel's 128 KiB: see SetReadAhead
   if (!self->tree->read_only() && (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)) {
     conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  }
+  if (self->track_io && self->opts.passthrough) {
+    if (conn->capable_ext & FUSE_CAP_PASSTHROUGH) {
+      conn->want |= FUSE_CAP_PASSTHROUGH;
+      // Backing files are the store's, on a plain file system, and the
+      // mount may itself be a lower layer of overlayfs (stack depth 1).
+      conn->max_backing_stack_depth = FUSE_BACKING_STACKED_UNDER;
+      self->passthrough = true;
+    } else {
+      spdlog::warn("{}: this kernel offers no FUSE passthrough (Linux 6.9+, CAP_SYS_ADMIN): "
+                   "every read goes through the daemon",
+                   self->opts.mountpoint);
+    }
   }
 }
 
@@ -306,11 +464,16 @@ void OnRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
 }
 
 void OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  auto o = Self(req)->tree->Open(ino, fi->flags);
+  Impl* self = Self(req);
+  auto o = self->tree->Open(ino, fi->flags);
   if (!o.ok()) return Fail(req, "open", ino, o.status());
   fi->fh = o->handle;
   fi->keep_cache = o->keep_cache;
-  fuse_reply_open(req, fi);
+  self->Opening(ino, fi, (fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC));
+  if (fuse_reply_open(req, fi) != 0) {  // interrupted: the kernel never opened it
+    self->Closed(fi->fh);
+    self->tree->Release(fi->fh);
+  }
 }
 
 void OnCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
@@ -325,7 +488,11 @@ void OnCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   e.attr = ToStat(r->first);
   e.attr_timeout = Seconds(Self(req)->tree->attr_timeout());
   e.entry_timeout = Seconds(Self(req)->tree->entry_timeout());
-  fuse_reply_create(req, &e, fi);
+  Self(req)->Opening(e.ino, fi, /*read_only=*/false);
+  if (fuse_reply_create(req, &e, fi) != 0) {
+    Self(req)->Closed(fi->fh);
+    Self(req)->tree->Release(fi->fh);
+  }
 }
 
 // Runs `op` on a file handle; a handle the tree does not know (it was
@@ -397,6 +564,7 @@ void OnFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t l
 }
 
 void OnRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  Self(req)->Closed(fi->fh);
   Self(req)->tree->Release(fi->fh);
   fuse_reply_err(req, 0);
 }
@@ -587,6 +755,7 @@ absl::StatusOr<std::unique_ptr<Impl>> NewSession(Tree& tree, const MountOptions&
   auto impl = std::make_unique<Impl>();
   impl->tree = &tree;
   impl->opts = options;
+  impl->track_io = tree.has_backing_files() && options.passthrough;
   // The name comes from outside (a CSI volume id): a ',' in it would add
   // mount options (suid, dev), so ',' and '\\' are escaped as libfuse reads them.
   std::string fsname;
@@ -691,6 +860,10 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(Tree& tree,
   ProcessInit(se, init);
   // After INIT: its reply sets the window, and can only narrow it.
   SetReadAhead(options.mountpoint, (*impl)->connection, options.read_ahead_kib);
+  if ((*impl)->track_io) {
+    absl::MutexLock l(&(*impl)->io_mu);
+    (*impl)->StartLog();  // nothing is open yet
+  }
   (*impl)->Serve();
   return std::unique_ptr<FuseServer>(new FuseServer(std::move(*impl)));
 }
@@ -737,6 +910,7 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Adopt(Tree& tree,
   h.unique = ~uint64_t{0} - 1;
   std::memcpy(replay.data(), &h, sizeof h);
   ProcessInit((*impl)->se, replay);
+  (*impl)->Resume();
   (*impl)->resend = KernelResends(handoff.init);
   if ((*impl)->resend) {
     // Requests the dead daemon had read but not answered go back to the
@@ -778,6 +952,10 @@ absl::Status FuseServer::Run() {
 
 void FuseServer::Stop() {
   fuse_session_exit(impl_->se);
+  {
+    absl::MutexLock l(&impl_->io_mu);
+    if (impl_->log) impl_->log->Remove();  // no successor will take this mount over
+  }
   // The loop blocks reading /dev/fuse. Detaching the mount wakes it, unless
   // bind mounts of it (CSI publications) keep the file system alive; so the
   // connection is aborted as well, and whatever still refers to it sees

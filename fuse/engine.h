@@ -21,6 +21,17 @@ struct MountOptions {
   // only lower). Wider, a sequential reader has several reads in flight,
   // served in parallel, instead of one at a time.
   uint32_t read_ahead_kib = 4096;
+  // FUSE passthrough (Linux 6.9+, CAP_SYS_ADMIN): a read-only open of a
+  // file the tree has a backing file for (Tree::Backing) is read by the
+  // kernel from that file itself, without this daemon. Where the kernel
+  // cannot, one log line, and reads go through the daemon as before.
+  bool passthrough = true;
+  // Where the kernel's opens of this mount are logged for a successor
+  // (open_log.h); empty: nowhere. A successor (Adopt) of a tree with
+  // backing files that finds no log cannot know how the kernel holds its
+  // inodes: it makes no passthrough opens, and opens of files its
+  // predecessor passed through fail until those are closed.
+  std::string open_log;
 };
 
 // What a successor daemon needs to take over a live mount: the /dev/fuse

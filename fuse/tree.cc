@@ -84,6 +84,14 @@ absl::Status Tree::Reopen(uint64_t, uint64_t handle, int) {
   return PosixError(EBADF, absl::StrCat("unknown file handle ", handle));
 }
 
+absl::StatusOr<BackingFile> Tree::Backing(uint64_t) {
+  return absl::UnimplementedError("this tree has no backing files");
+}
+
+absl::Status Tree::HoldBacking(uint64_t, const std::string&) {
+  return absl::UnimplementedError("this tree has no backing files");
+}
+
 absl::StatusOr<struct statvfs> Tree::StatFs() {
   struct statvfs sv {};
   sv.f_bsize = 1 << 20;

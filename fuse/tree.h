@@ -62,6 +62,13 @@ struct OpenResult {
   bool keep_cache = false;  // the kernel's cached pages are still right
 };
 
+// A file holding an open file's bytes at the same offsets, which the kernel
+// may read itself (FUSE passthrough, see Tree::Backing).
+struct BackingFile {
+  int fd = -1;     // owned by the tree; valid until the handle's Release
+  std::string id;  // names those bytes; equal ids, equal bytes (HoldBacking)
+};
+
 // What a tree may ask of the kernel's caches. Calls return at once: the
 // engine tells the kernel in the background, since inside a request the
 // kernel may hold the very locks that the notification needs.
@@ -139,6 +146,19 @@ class Tree {
   // over (see FuseServer::Adopt): make `handle` usable again for `ino`,
   // opened with `flags`. The default cannot.
   virtual absl::Status Reopen(uint64_t ino, uint64_t handle, int flags);
+
+  // FUSE passthrough. The backing file of a read-only `handle` whose bytes
+  // are all present, checked and cannot change: they stay held (never
+  // evicted, punched or rewritten) until Release(handle). Otherwise
+  // FailedPrecondition (not yet whole, or checked) or Unimplemented (never:
+  // the default), and the handle is read through Read as usual.
+  virtual absl::StatusOr<BackingFile> Backing(uint64_t handle);
+  // Whether Backing may ever answer (false: the default).
+  virtual bool has_backing_files() const { return false; }
+  // After a takeover: the kernel reads `handle`, opened under the previous
+  // daemon, from the backing file `id` named; hold those bytes again until
+  // Release(handle).
+  virtual absl::Status HoldBacking(uint64_t handle, const std::string& id);
 
   // Sizes for statfs (df, CSI volume stats). The default describes a tree
   // with no fixed size, as object stores and image layers are.

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <fstream>
 #include <random>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -617,7 +618,50 @@ VolumeStats VolumeTree::Stats() const {
                      bytes_read_, cached_bytes_, bytes_written_, errors_};
 }
 
-void VolumeTree::Release(uint64_t handle) { writes_->Release(handle); }
+void VolumeTree::Release(uint64_t handle) {
+  writes_->Release(handle);
+  cache::ReadLease held;  // let go of outside the lock: the store takes its own
+  absl::MutexLock l(&mu_);
+  if (auto it = backings_.find(handle); it != backings_.end()) {
+    held = std::move(it->second);
+    backings_.erase(it);
+  }
+}
+
+absl::StatusOr<BackingFile> VolumeTree::Backing(uint64_t handle) {
+  if (!opts_.read_only) return absl::FailedPreconditionError("the volume is writable");
+  cache::FetchTarget target;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = handles_.find(handle);
+    if (it == handles_.end()) return PosixError(EBADF, absl::StrCat("unknown handle ", handle));
+    if (it->second.fd >= 0 || it->second.dirty) {
+      return absl::FailedPreconditionError("the handle writes");
+    }
+    target = it->second.target;
+  }
+  const std::string key = cache::StoreKey(target);
+  // As ReadUncounted: an object checked by its whole digest only once checked.
+  if (!target.stat.digest.empty() && target.chunk_sha256.empty() && !store_.DigestVerified(key)) {
+    return absl::FailedPreconditionError(absl::StrCat(key, " is not checked against its digest"));
+  }
+  auto lease = store_.LeaseWhole(key);
+  if (!lease.ok()) return lease.status();
+  BackingFile b{lease->fd(), key};
+  cache::ReadLease replaced;
+  absl::MutexLock l(&mu_);
+  replaced = std::exchange(backings_[handle], std::move(*lease));
+  return b;
+}
+
+absl::Status VolumeTree::HoldBacking(uint64_t handle, const std::string& id) {
+  auto lease = store_.LeaseWhole(id, /*as_is=*/true);
+  if (!lease.ok()) return lease.status();
+  cache::ReadLease replaced;
+  absl::MutexLock l(&mu_);
+  replaced = std::exchange(backings_[handle], std::move(*lease));
+  return absl::OkStatus();
+}
 
 absl::Status VolumeTree::Flush(uint64_t handle) { return writes_->Flush(handle); }
 

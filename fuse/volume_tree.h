@@ -120,6 +120,13 @@ class VolumeTree final : public Tree {
                         int flags) override;
   absl::Status RemoveXattr(uint64_t ino, const std::string& name) override;
   absl::Status Reopen(uint64_t ino, uint64_t handle, int flags) override;
+  // Read-only volumes only: the kernel refuses any other than passthrough
+  // open of a file it reads from a backing file, writers' included. The
+  // store's file of the version opened, once whole and checked, held by a
+  // LeaseWhole.
+  absl::StatusOr<BackingFile> Backing(uint64_t handle) override;
+  bool has_backing_files() const override { return opts_.read_only; }
+  absl::Status HoldBacking(uint64_t handle, const std::string& id) override;
   // A POSIX origin's file system; the default (no fixed size) elsewhere.
   absl::StatusOr<struct statvfs> StatFs() override;
 
@@ -224,6 +231,8 @@ class VolumeTree final : public Tree {
   absl::flat_hash_map<std::string, uint64_t> inos_ ABSL_GUARDED_BY(mu_);  // name -> inode
   absl::flat_hash_map<FileId, uint64_t> by_id_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Handle> handles_ ABSL_GUARDED_BY(mu_);
+  // Whole objects the kernel reads itself, by handle (see Backing).
+  absl::flat_hash_map<uint64_t, cache::ReadLease> backings_ ABSL_GUARDED_BY(mu_);
   // Handles start at a random number, so that handles the kernel kept from
   // a replaced daemon (see Reopen) do not collide with new ones.
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_);

@@ -1,0 +1,229 @@
+// FUSE passthrough over a real mount: a file whole in the store is read by
+// the kernel from the store's file, held there against eviction while it is
+// open, a new version gets a new backing file, and with passthrough off
+// every read goes through the daemon.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "cache/chunk_store.h"
+#include "cache/fetcher.h"
+#include "fuse/engine.h"
+#include "fuse/open_log.h"
+#include "fuse/volume_tree.h"
+#include "origin/origin.h"
+#include "tests/util/test_util.h"
+
+namespace strata::fuse {
+namespace {
+
+namespace fs = std::filesystem;
+using strata::testing::TempDir;
+
+std::string Pattern(size_t n, int seed) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(i * 31 + i / 4096 + seed);
+  return s;
+}
+
+// Every byte of the open file `fd`, by pread (so the kernel's reads are
+// whole requests, not whatever a stream library makes of them).
+// The kernel's cached pages of it are dropped first: reads that the daemon
+// serves reach it.
+std::string ReadFd(int fd) {
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  std::string out, buf(1 << 20, '\0');
+  for (;;) {
+    ssize_t n = ::pread(fd, buf.data(), buf.size(), static_cast<off_t>(out.size()));
+    if (n <= 0) break;
+    out.append(buf.data(), static_cast<size_t>(n));
+  }
+  return out;
+}
+
+cache::EvictRequest EvictAll() {
+  cache::EvictRequest r;
+  r.mode = cache::EvictRequest::Mode::kAll;
+  return r;
+}
+
+// Waits (at most 10 s, in 5 ms steps) for `done`; whether it came.
+bool Eventually(const std::function<bool()>& done) {
+  for (int i = 0; i < 2000; ++i) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return done();
+}
+
+class PassthroughTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "mounting needs root";
+    fs::create_directories(dir_.path() + "/origin");
+    fs::create_directories(mnt_);
+    auto o = origin::OpenOrigin("file://" + dir_.path() + "/origin", {});
+    ASSERT_TRUE(o.ok()) << o.status();
+    origin_ = std::shared_ptr<origin::Origin>(std::move(*o));
+    cache::StoreOptions so;
+    so.dir = dir_.path() + "/cache";
+    so.chunk_size = 1 << 20;
+    auto store = cache::ChunkStore::Open(so);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    fetcher_ = std::make_unique<cache::Fetcher>(*store_);
+  }
+  void TearDown() override {
+    ::umount2(mnt_.c_str(), MNT_DETACH);
+    if (server_) server_->Stop();
+    if (serve_.joinable()) serve_.join();
+    server_.reset();
+    tree_.reset();
+  }
+
+  void Mount(bool passthrough, bool read_only = true) {
+    VolumeOptions vo;
+    vo.read_only = read_only;
+    tree_ = std::make_unique<VolumeTree>(origin_, *store_, *fetcher_, vo);
+    MountOptions mo;
+    mo.mountpoint = mnt_;
+    mo.passthrough = passthrough;
+    mo.open_log = log_;
+    auto server = FuseServer::Mount(*tree_, mo);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    serve_ = std::thread([s = server_.get()] { s->Run().IgnoreError(); });
+  }
+
+  void Put(const std::string& name, const std::string& bytes) {
+    std::ofstream(dir_.path() + "/origin/" + name, std::ios::binary | std::ios::trunc) << bytes;
+  }
+  int Open(const std::string& name) { return ::open((mnt_ + "/" + name).c_str(), O_RDONLY); }
+  uint64_t Held() { return store_->Stats().kernel_held_objects; }
+  uint64_t DaemonReads() { return tree_->Stats().reads; }
+  // What the open log says is open now (the daemon has seen every release).
+  size_t LoggedOpens(IoMode mode) {
+    auto open = OpenLog::Read(log_);
+    EXPECT_TRUE(open.ok()) << open.status();
+    size_t n = 0;
+    if (open.ok()) {
+      for (const auto& [h, r] : *open) n += r.mode == mode;
+    }
+    return n;
+  }
+  bool NothingOpen() {
+    auto open = OpenLog::Read(log_);
+    return open.ok() && open->empty();
+  }
+
+  TempDir dir_;
+  std::string mnt_ = dir_.path() + "/mnt", log_ = dir_.path() + "/opens";
+  std::shared_ptr<origin::Origin> origin_;
+  std::unique_ptr<cache::ChunkStore> store_;
+  std::unique_ptr<cache::Fetcher> fetcher_;
+  std::unique_ptr<VolumeTree> tree_;
+  std::unique_ptr<FuseServer> server_;
+  std::thread serve_;
+};
+
+TEST_F(PassthroughTest, AWholeFileIsReadByTheKernelAndHeldAgainstEviction) {
+  Mount(/*passthrough=*/true);
+  const std::string v1 = Pattern((8 << 20) + 4097, 1);
+  Put("w.bin", v1);
+
+  // Cold: the first open is served by the daemon, which fills the store.
+  int fd = Open("w.bin");
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(ReadFd(fd), v1);
+  EXPECT_EQ(LoggedOpens(IoMode::kCached), 1u);
+  EXPECT_EQ(Held(), 0u);
+  ::close(fd);
+  ASSERT_TRUE(Eventually([&] { return NothingOpen(); })) << "the release never arrived";
+
+  // Whole and checked now: the next open reads the store's file, and the
+  // daemon sees none of its reads.
+  fd = Open("w.bin");
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(LoggedOpens(IoMode::kPassthrough), 1u);
+  EXPECT_EQ(Held(), 1u);
+  uint64_t before = DaemonReads();
+  EXPECT_EQ(ReadFd(fd), v1);
+  EXPECT_EQ(DaemonReads(), before) << "a passthrough read reached the daemon";
+
+  // A second open of the same inode shares the backing file.
+  int fd2 = Open("w.bin");
+  ASSERT_GE(fd2, 0) << std::strerror(errno);
+  EXPECT_EQ(LoggedOpens(IoMode::kPassthrough), 2u);
+  EXPECT_EQ(ReadFd(fd2), v1);
+  ::close(fd2);
+
+  // Eviction passes it by, whatever it is asked.
+  cache::EvictReport rep = store_->Evict(EvictAll());
+  EXPECT_GE(rep.skipped_busy, 1u);
+  EXPECT_EQ(rep.objects, 0u);
+  EXPECT_EQ(ReadFd(fd), v1);
+  ::close(fd);
+
+  // Closed: no longer held, and eviction takes it.
+  ASSERT_TRUE(Eventually([&] { return Held() == 0; }));
+  ASSERT_TRUE(Eventually([&] { return NothingOpen(); }));
+  rep = store_->Evict(EvictAll());
+  EXPECT_EQ(rep.objects, 1u);
+  EXPECT_EQ(store_->Stats().objects, 0u);
+}
+
+TEST_F(PassthroughTest, ANewVersionGetsANewBackingFile) {
+  Mount(/*passthrough=*/true);
+  const std::string v1 = Pattern(3 << 20, 1), v2 = Pattern((5 << 20) + 11, 2);
+  Put("w.bin", v1);
+  for (int i = 0; i < 2; ++i) {
+    int fd = Open("w.bin");
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(ReadFd(fd), v1);
+    ::close(fd);
+    ASSERT_TRUE(Eventually([&] { return NothingOpen(); }));
+  }
+  // The origin file changes: the next open is a new version, read through
+  // the daemon until it is whole, then passed through on its own backing.
+  Put("w.bin", v2);
+  for (IoMode mode : {IoMode::kCached, IoMode::kPassthrough}) {
+    int fd = Open("w.bin");
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(LoggedOpens(mode), 1u);
+    EXPECT_EQ(ReadFd(fd), v2);
+    ::close(fd);
+    ASSERT_TRUE(Eventually([&] { return NothingOpen(); }));
+  }
+}
+
+TEST_F(PassthroughTest, OffOrWritableEveryReadGoesThroughTheDaemon) {
+  for (bool writable : {false, true}) {
+    SCOPED_TRACE(writable ? "writable volume" : "passthrough off");
+    Mount(/*passthrough=*/writable, /*read_only=*/!writable);
+    const std::string v = Pattern(2 << 20, writable ? 3 : 4);
+    Put("w.bin", v);
+    for (int i = 0; i < 2; ++i) {
+      int fd = Open("w.bin");
+      ASSERT_GE(fd, 0);
+      EXPECT_EQ(Held(), 0u);
+      uint64_t before = DaemonReads();
+      EXPECT_EQ(ReadFd(fd), v);
+      EXPECT_GT(DaemonReads(), before);
+      ::close(fd);
+      // No log is kept where nothing is ever passed through.
+      EXPECT_FALSE(fs::exists(log_));
+    }
+    TearDown();
+  }
+}
+
+}  // namespace
+}  // namespace strata::fuse
