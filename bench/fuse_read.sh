@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Reads through a Strata mount of a file:// origin against the same file read
-# natively, in one run, with fio: first (cold) read, cached sequential read
-# (page cache dropped), page-cache-hot read, 4k random-read IOPS, and the
-# daemon's peak RSS. Targets (Debian's libfuse 3.14): cached >= 0.65x native,
-# hot >= 0.6x, 4k random IOPS >= 0.65x, first read >= 0.5x, RSS < 300 MiB.
+# Reads through a read-only Strata mount of a file:// origin against the same
+# file read natively, in one run, with fio, in two columns: every read
+# through the daemon (--no-fuse-passthrough) and FUSE passthrough (files
+# whole in the cache are read by the kernel from the cache's file). Each at
+# queue depth 1 (psync) and 32 (io_uring):
+#   first (cold) read from the origin, cached sequential read (page cache
+#   dropped), page-cache-hot read, 4k random-read IOPS;
+# then a metadata-heavy case (stat, then open and close, of 10,000 small
+# files) and the daemon's peak RSS.
+# Targets (issue 15, passthrough): cached, hot and 4k random >= 0.95x
+# native at both depths, first read >= 0.8x, RSS < 300 MiB.
 #   SIZE_MIB=2048 RUNTIME=10 REPS=3 bench/fuse_read.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +21,7 @@ scripts/build.sh release
 SIZE_MIB=${SIZE_MIB:-2048}
 RUNTIME=${RUNTIME:-10}
 REPS=${REPS:-3}
+SMALL_FILES=${SMALL_FILES:-10000}
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/strata-fuse.XXXXXX")
 mnt="$work/mnt"
 pid=""
@@ -24,23 +31,46 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir -p "$work/origin" "$mnt"
+mkdir -p "$work/origin/small" "$mnt" "$work/r"
 head -c "$((SIZE_MIB << 20))" /dev/urandom > "$work/origin/data.bin"
+for i in $(seq "$SMALL_FILES"); do printf 'file %s\n' "$i" > "$work/origin/small/f$i"; done
 sync
 
-# (Re)mounts with an empty cache, so a first read can be measured again.
+# (Re)mounts read-only with an empty cache, so a first read can be measured
+# again; $1 is the column: daemon or passthrough.
 mount_fresh() {
   if [ -n "$pid" ]; then kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; fi
   rm -rf "$work/cache"
+  local flags=(--read-only)
+  [ "$1" = daemon ] && flags+=(--no-fuse-passthrough)
   build/cmd/strata --log-level warn mount "file://$work/origin" "$mnt" --cache-dir "$work/cache" \
-    --chunk-size 4MiB --metrics-port -1 > "$work/mount.log" 2>&1 &
+    --chunk-size 4MiB --metrics-port -1 "${flags[@]}" > "$work/mount.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do grep -q " $mnt " /proc/mounts && break; sleep 0.1; done
 }
-# fio bandwidth (MiB/s) or IOPS of one job; $1 file, $2 rw, $3 bs, $4 invalidate
+# fio bandwidth (MiB/s) or IOPS of one job: $1 file, $2 rw, $3 bs,
+# $4 invalidate, $5 depth, $6 extra options
 fio_run() {
-  fio --name=j --filename="$1" --readonly --rw="$2" --bs="$3" --ioengine=psync --invalidate="$4" \
-      --size="${SIZE_MIB}M" ${5:-} --minimal | awk -F';' -v bs="$3" '{ if (bs == "4k") print $8; else printf "%.1f\n", $7 / 1024 }'
+  local engine=(--ioengine=psync)
+  [ "$5" -gt 1 ] && engine=(--ioengine=io_uring "--iodepth=$5")
+  # shellcheck disable=SC2086
+  fio --name=j --filename="$1" --readonly --rw="$2" --bs="$3" "${engine[@]}" --invalidate="$4" \
+      --size="${SIZE_MIB}M" ${6:-} --minimal |
+    awk -F';' -v bs="$3" '{ if (bs == "4k") print $8; else printf "%.1f\n", $7 / 1024 }'
+}
+# Seconds to stat every small file, then to open and close each.
+metadata_s() {
+  python3 - "$1" "$SMALL_FILES" <<'EOF'
+import os, sys, time
+d, n = sys.argv[1], int(sys.argv[2])
+names = [os.path.join(d, "f%d" % i) for i in range(1, n + 1)]
+t = time.monotonic()
+for p in names: os.stat(p)
+s = time.monotonic() - t
+t = time.monotonic()
+for p in names: os.close(os.open(p, os.O_RDONLY))
+print("%.3f %.3f" % (s, time.monotonic() - t))
+EOF
 }
 rss_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status"; }
 peak_rss=0
@@ -48,32 +78,56 @@ note_rss() { local r; r=$(rss_mib); [ "$r" -gt "$peak_rss" ] && peak_rss=$r; tru
 
 native="$work/origin/data.bin"
 through="$mnt/data.bin"
+r="$work/r"
 # The disk is noisy: every strata figure is interleaved with a native one,
 # REPS times, and medians are kept. Each first read starts from an empty cache.
-for _ in $(seq "$REPS"); do
-  mount_fresh
-  drop_caches; fio_run "$native" read 1M 1 >> "$work/native_cold"
-  drop_caches; fio_run "$through" read 1M 1 >> "$work/first"     # origin -> cache -> reader
-  drop_caches; fio_run "$through" read 1M 1 >> "$work/cached"    # from the chunk cache, page cache dropped
+for col in daemon passthrough; do
+  for _ in $(seq "$REPS"); do
+    mount_fresh "$col"
+    drop_caches; fio_run "$native" read 1M 1 1 >> "$r/native_cold"
+    drop_caches; fio_run "$through" read 1M 1 1 >> "$r/${col}_first"   # origin -> cache -> reader
+    for d in 1 32; do
+      drop_caches; fio_run "$native" read 1M 1 "$d" >> "$r/native_cached_$d"
+      drop_caches; fio_run "$through" read 1M 1 "$d" >> "$r/${col}_cached_$d"   # from the cache's file
+    done
+    note_rss
+  done
+  fio_run "$native" read 1M 0 1 > /dev/null; fio_run "$through" read 1M 0 1 > /dev/null  # warm both
+  for d in 1 32; do
+    for _ in $(seq "$REPS"); do
+      fio_run "$native" read 1M 0 "$d" >> "$r/native_hot_$d"
+      fio_run "$through" read 1M 0 "$d" >> "$r/${col}_hot_$d"
+    done
+    drop_caches; fio_run "$native" randread 4k 1 "$d" "--runtime=$RUNTIME --time_based" >> "$r/native_iops_$d"
+    drop_caches; fio_run "$through" randread 4k 1 "$d" "--runtime=$RUNTIME --time_based" >> "$r/${col}_iops_$d"
+  done
+  note_rss
+  # Metadata: a first pass (origin asked), then the figures of a second.
+  metadata_s "$work/origin/small" > /dev/null; metadata_s "$mnt/small" > /dev/null
+  metadata_s "$work/origin/small" >> "$r/native_meta_$col"
+  metadata_s "$mnt/small" >> "$r/${col}_meta"
   note_rss
 done
-first=$(median < "$work/first")
-native_cold=$(median < "$work/native_cold"); cached=$(median < "$work/cached")
-fio_run "$native" read 1M 0 > /dev/null; fio_run "$through" read 1M 0 > /dev/null  # warm both
-for _ in $(seq "$REPS"); do
-  fio_run "$native" read 1M 0 >> "$work/native_hot"
-  fio_run "$through" read 1M 0 >> "$work/hot"
-done
-native_hot=$(median < "$work/native_hot"); hot=$(median < "$work/hot")
-drop_caches; native_iops=$(fio_run "$native" randread 4k 1 "--runtime=$RUNTIME --time_based")
-drop_caches; iops=$(fio_run "$through" randread 4k 1 "--runtime=$RUNTIME --time_based")
-note_rss
-rss=$peak_rss
 
-echo "native: cold ${native_cold} MiB/s, hot ${native_hot} MiB/s, 4k random ${native_iops} IOPS"
-echo "strata: first read ${first} MiB/s, cached ${cached} MiB/s, hot ${hot} MiB/s, 4k random ${iops} IOPS"
-echo "daemon peak RSS: ${rss} MiB"
-awk -v nc="$native_cold" -v f="$first" -v c="$cached" -v nh="$native_hot" -v h="$hot" -v ni="$native_iops" \
-    -v i="$iops" -v r="$rss" 'BEGIN {
-  printf "RESULT cached_ratio=%.2f hot_ratio=%.2f rand4k_iops_ratio=%.2f first_read_ratio=%.2f cached_mibps=%s hot_mibps=%s first_mibps=%s native_mibps=%s native_hot_mibps=%s iops=%s native_iops=%s peak_rss_mib=%s\n",
-    c / nc, h / nh, i / ni, f / nc, c, h, f, nc, nh, i, ni, r }'
+m() { median < "$r/$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+res="RESULT"
+echo "native: cold $(m native_cold) MiB/s; cached $(m native_cached_1)/$(m native_cached_32) MiB/s," \
+  "hot $(m native_hot_1)/$(m native_hot_32) MiB/s, 4k random $(m native_iops_1)/$(m native_iops_32) IOPS" \
+  "(depth 1/32); stat $(awk '{print $1}' "$r/native_meta_daemon") s, open+close $(awk '{print $2}' "$r/native_meta_daemon") s"
+for col in daemon passthrough; do
+  p=$([ "$col" = daemon ] && echo d || echo pt)
+  echo "$col: first $(m "${col}_first") MiB/s; cached $(m "${col}_cached_1")/$(m "${col}_cached_32") MiB/s," \
+    "hot $(m "${col}_hot_1")/$(m "${col}_hot_32") MiB/s, 4k random $(m "${col}_iops_1")/$(m "${col}_iops_32") IOPS;" \
+    "stat $(awk '{print $1}' "$r/${col}_meta") s, open+close $(awk '{print $2}' "$r/${col}_meta") s"
+  res+=" ${p}_first_ratio=$(ratio "$(m "${col}_first")" "$(m native_cold)")"
+  for d in 1 32; do
+    res+=" ${p}_cached${d}_ratio=$(ratio "$(m "${col}_cached_$d")" "$(m "native_cached_$d")")"
+    res+=" ${p}_hot${d}_ratio=$(ratio "$(m "${col}_hot_$d")" "$(m "native_hot_$d")")"
+    res+=" ${p}_rand4k${d}_iops_ratio=$(ratio "$(m "${col}_iops_$d")" "$(m "native_iops_$d")")"
+  done
+  res+=" ${p}_stat_slowdown=$(ratio "$(awk '{print $1}' "$r/${col}_meta")" "$(awk '{print $1}' "$r/native_meta_$col")")"
+  res+=" ${p}_openclose_slowdown=$(ratio "$(awk '{print $2}' "$r/${col}_meta")" "$(awk '{print $2}' "$r/native_meta_$col")")"
+done
+echo "daemon peak RSS: ${peak_rss} MiB"
+echo "$res peak_rss_mib=$peak_rss"

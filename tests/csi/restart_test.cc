@@ -16,12 +16,15 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <thread>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "fuse/open_log.h"
 #include "tests/csi/driver.h"
 #include "tests/util/mount.h"
 #include "tests/util/subprocess.h"
@@ -265,6 +268,60 @@ TEST_F(NodeRestartTest, KillsAtRandomMomentsNeverHangOrFailAPod) {
   ExpectNoErrors();
   EXPECT_GT(ok_, 40);
   EXPECT_EQ(ReadPath(pod_ + "/weights.bin"), weights_);
+}
+
+// A pod reading a file that the kernel reads from the store itself (FUSE
+// passthrough, on a read-only volume) reads on while the daemon is dead and
+// after a new one takes the mount over. The new daemon knows from the open
+// log that the kernel holds that file's backing file, holds it again, and
+// answers a new open of the file with the same backing file (any other
+// answer, the kernel would fail with EIO).
+TEST_F(NodeRestartTest, PassthroughFilesReadOnAcrossAKill) {
+  StartNode();
+  AwaitRunning();
+  {
+    CsiClient client(Connect());
+    Context ctx{{"origin", "file://" + origin_}};
+    auto cap = MountCap(AccessMode::MULTI_NODE_READER_ONLY);
+    grpc::Status st = client.Stage("pv-w", stage_, ctx, cap);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    st = client.Publish("pv-w", stage_, pod_, true, cap, ctx);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  const std::string log =
+      state_ + "/csi-node-inodes/" + absl::WebSafeBase64Escape("pv-w") + ".opens";
+  auto opens = [&](std::optional<fuse::IoMode> mode) {
+    auto open = fuse::OpenLog::Read(log);
+    size_t n = 0;
+    if (open.ok()) {
+      for (const auto& [h, r] : *open) n += !mode || r.mode == *mode;
+    }
+    return n;
+  };
+  // Through the daemon, which fills the cache; then, whole, passed through.
+  ASSERT_EQ(ReadPath(pod_ + "/weights.bin"), weights_);
+  ASSERT_TRUE(strata::testing::Eventually([&] { return opens(std::nullopt) == 0; }));
+  std::filesystem::remove(stop_file_);
+  pods_.push_back(strata::testing::Spawn(
+      {POD_PATH, "-", "reader", pod_ + "/weights.bin", origin_ + "/weights.bin", stop_file_}));
+  ASSERT_TRUE(strata::testing::Eventually([&] { return opens(fuse::IoMode::kPassthrough) == 1; }))
+      << "the pod's open was not passed through";
+
+  Kill();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  StartNode();
+  AwaitRunning();
+  EXPECT_EQ(opens(fuse::IoMode::kPassthrough), 1u) << "the new daemon's log";
+  EXPECT_EQ(ReadPath(pod_ + "/weights.bin"), weights_) << "a new open of the file";
+  StopWorkers();
+  EXPECT_GT(ok_, 0);
+  ExpectNoErrors();
+  EXPECT_TRUE(strata::testing::Eventually([&] { return opens(std::nullopt) == 0; }));
+
+  CsiClient client(Connect());
+  ASSERT_TRUE(client.Unpublish("pv-w", pod_).ok());
+  ASSERT_TRUE(client.Unstage("pv-w", stage_).ok());
+  EXPECT_FALSE(std::filesystem::exists(log)) << "the open log outlived its mount";
 }
 
 }  // namespace

@@ -10,7 +10,6 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -26,6 +25,7 @@ namespace strata::fuse {
 namespace {
 
 namespace fs = std::filesystem;
+using strata::testing::Eventually;
 using strata::testing::TempDir;
 
 std::string Pattern(size_t n, int seed) {
@@ -53,15 +53,6 @@ cache::EvictRequest EvictAll() {
   cache::EvictRequest r;
   r.mode = cache::EvictRequest::Mode::kAll;
   return r;
-}
-
-// Waits (at most 10 s, in 5 ms steps) for `done`; whether it came.
-bool Eventually(const std::function<bool()>& done) {
-  for (int i = 0; i < 2000; ++i) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return done();
 }
 
 class PassthroughTest : public ::testing::Test {

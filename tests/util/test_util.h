@@ -3,12 +3,15 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <thread>
 
+#include "absl/functional/function_ref.h"
 #include "absl/types/span.h"
 #include "origin/origin.h"
 
@@ -66,6 +69,17 @@ inline std::string ReadAtOrigin(const std::string& url, const origin::OriginOpti
   std::string out(st->size, '\0');
   if (!(*origin)->ReadRange(path, *st, 0, absl::MakeSpan(out)).ok()) return "<unreadable>";
   return out;
+}
+
+// Waits for `done`, asking every 5 ms for at most 10 s (something the
+// kernel or a daemon does soon, such as a FUSE release, but with no signal
+// to wait on); whether it came.
+inline bool Eventually(absl::FunctionRef<bool()> done) {
+  for (int i = 0; i < 2000; ++i) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return done();
 }
 
 }  // namespace strata::testing
