@@ -240,8 +240,8 @@ struct FuseServer::Impl {
         s.backing_id = r.backing_id;
         s.backing = r.backing;
         if (absl::Status st = tree->HoldBacking(handle, r.backing); !st.ok()) {
-          spdlog::warn("{}: the kernel reads {} itself, but it cannot be held: {}",
-                       opts.mountpoint, r.backing, st.message());
+          spdlog::warn("{}: the kernel reads {} itself, but it cannot be held: {}", opts.mountpoint,
+                       r.backing, st.message());
         }
       }
     }
@@ -253,7 +253,7 @@ struct FuseServer::Impl {
     if (opts.open_log.empty()) return;
     auto started = OpenLog::Start(opts.open_log, opens);
     if (!started.ok()) {
-      spdlog::error("{}: {}; a daemon taking this mount over will do all I/O uncached",
+      spdlog::error("{}: {}; a daemon taking this mount over will make no passthrough opens",
                     opts.mountpoint, started.status().message());
       return;
     }
@@ -353,9 +353,10 @@ void OnInit(void* userdata, fuse_conn_info* conn) {
       conn->max_backing_stack_depth = FUSE_BACKING_STACKED_UNDER;
       self->passthrough = true;
     } else {
-      spdlog::warn("{}: this kernel offers no FUSE passthrough (Linux 6.9+, CAP_SYS_ADMIN): "
-                   "every read goes through the daemon",
-                   self->opts.mountpoint);
+      spdlog::warn(
+          "{}: this kernel offers no FUSE passthrough (Linux 6.9+, CAP_SYS_ADMIN): "
+          "every read goes through the daemon",
+          self->opts.mountpoint);
     }
   }
 }

@@ -155,9 +155,10 @@ void OpenLog::Append(const std::string& record, const OpenFiles& open) {
 void OpenLog::Broken(const std::string& what) {
   // A log that misses a record would mislead a successor; none at all
   // tells it to assume nothing (see FuseServer::Adopt).
-  spdlog::error("open log {} cannot be written ({}): removed; a daemon taking this mount over "
-                "will do all I/O through itself, uncached",
-                path_, what);
+  spdlog::error(
+      "open log {} cannot be written ({}): removed; a daemon taking this mount over "
+      "will make no passthrough opens",
+      path_, what);
   ::unlink(path_.c_str());
   ::close(fd_);
   fd_ = -1;

@@ -22,9 +22,9 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "fuse/open_log.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "fuse/open_log.h"
 #include "tests/csi/driver.h"
 #include "tests/util/mount.h"
 #include "tests/util/subprocess.h"
