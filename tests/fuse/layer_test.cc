@@ -24,6 +24,7 @@
 #include "fuse/layer_tree.h"
 #include "nlohmann/json.hpp"
 #include "origin/origin.h"
+#include "tests/util/local_cache.h"
 #include "tests/util/test_util.h"
 
 namespace strata::fuse {
@@ -440,17 +441,9 @@ class LayerTreeTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (::geteuid() != 0) GTEST_SKIP() << "mounting needs root";
-    fs::create_directories(dir_.path() + "/origin");
-    auto o = origin::OpenOrigin("file://" + dir_.path() + "/origin", {});
-    ASSERT_TRUE(o.ok()) << o.status();
-    origin_ = std::shared_ptr<origin::Origin>(std::move(*o));
-    cache::StoreOptions so;
-    so.dir = dir_.path() + "/cache";
-    so.chunk_size = 1 << 20;
-    auto store = cache::ChunkStore::Open(so);
-    ASSERT_TRUE(store.ok()) << store.status();
-    store_ = std::move(*store);
-    fetcher_ = std::make_unique<cache::Fetcher>(*store_);
+    auto c = strata::testing::OpenLocalCache(dir_.path());
+    ASSERT_TRUE(c.ok()) << c.status();
+    cache_ = std::move(*c);
   }
   void TearDown() override {
     for (auto it = mounts_.rbegin(); it != mounts_.rend(); ++it) ::umount2(it->c_str(), MNT_DETACH);
@@ -465,13 +458,13 @@ class LayerTreeTest : public ::testing::Test {
     auto idx = Index(blob);
     EXPECT_TRUE(idx.ok()) << idx.status();
     cache::FetchTarget t;
-    t.origin = origin_;
+    t.origin = cache_.origin;
     t.path = name;
-    t.stat = *origin_->Stat(name);
+    t.stat = *cache_.origin->Stat(name);
     t.stat.digest = digest.empty() ? "sha256:" + Sha256Hex(blob) : digest;
     return MountTree(
         std::make_unique<LayerTree>(std::make_shared<const LayerIndex>(std::move(*idx)), t, nullptr,
-                                    *store_, *fetcher_),
+                                    *cache_.store, *cache_.fetcher),
         name);
   }
 
@@ -490,9 +483,7 @@ class LayerTreeTest : public ::testing::Test {
   }
 
   TempDir dir_;
-  std::shared_ptr<origin::Origin> origin_;
-  std::unique_ptr<cache::ChunkStore> store_;
-  std::unique_ptr<cache::Fetcher> fetcher_;
+  strata::testing::LocalCache cache_;
   std::vector<std::unique_ptr<LayerTree>> trees_;
   std::vector<std::unique_ptr<FuseServer>> servers_;
   std::vector<std::thread> threads_;
@@ -579,14 +570,14 @@ TEST_F(LayerTreeTest, ServesEstargzFilesChunkByChunkCheckingEach) {
   served.replace(c.blob_offset, evil.size(), evil);
   std::ofstream(dir_.path() + "/origin/layer", std::ios::binary) << served;
   cache::FetchTarget t;
-  t.origin = origin_;
+  t.origin = cache_.origin;
   t.path = "layer";
-  t.stat = *origin_->Stat("layer");
+  t.stat = *cache_.origin->Stat("layer");
   t.stat.digest = "sha256:" + Sha256Hex(blob);
   auto shared = std::make_shared<const LayerIndex>(std::move(*idx));
   auto files = std::make_shared<EstargzFiles>(shared, t);
-  std::string mnt =
-      MountTree(std::make_unique<LayerTree>(shared, t, files, *store_, *fetcher_), "estargz");
+  std::string mnt = MountTree(
+      std::make_unique<LayerTree>(shared, t, files, *cache_.store, *cache_.fetcher), "estargz");
 
   EXPECT_EQ(ReadPath(mnt + "/good.bin"), good);
   int fd = ::open((mnt + "/bad.bin").c_str(), O_RDONLY);

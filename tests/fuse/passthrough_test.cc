@@ -19,6 +19,7 @@
 #include "fuse/open_log.h"
 #include "fuse/volume_tree.h"
 #include "origin/origin.h"
+#include "tests/util/local_cache.h"
 #include "tests/util/test_util.h"
 
 namespace strata::fuse {
@@ -59,18 +60,10 @@ class PassthroughTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (::geteuid() != 0) GTEST_SKIP() << "mounting needs root";
-    fs::create_directories(dir_.path() + "/origin");
     fs::create_directories(mnt_);
-    auto o = origin::OpenOrigin("file://" + dir_.path() + "/origin", {});
-    ASSERT_TRUE(o.ok()) << o.status();
-    origin_ = std::shared_ptr<origin::Origin>(std::move(*o));
-    cache::StoreOptions so;
-    so.dir = dir_.path() + "/cache";
-    so.chunk_size = 1 << 20;
-    auto store = cache::ChunkStore::Open(so);
-    ASSERT_TRUE(store.ok()) << store.status();
-    store_ = std::move(*store);
-    fetcher_ = std::make_unique<cache::Fetcher>(*store_);
+    auto c = strata::testing::OpenLocalCache(dir_.path());
+    ASSERT_TRUE(c.ok()) << c.status();
+    cache_ = std::move(*c);
   }
   void TearDown() override {
     ::umount2(mnt_.c_str(), MNT_DETACH);
@@ -83,7 +76,7 @@ class PassthroughTest : public ::testing::Test {
   void Mount(bool passthrough, bool read_only = true) {
     VolumeOptions vo;
     vo.read_only = read_only;
-    tree_ = std::make_unique<VolumeTree>(origin_, *store_, *fetcher_, vo);
+    tree_ = std::make_unique<VolumeTree>(cache_.origin, *cache_.store, *cache_.fetcher, vo);
     MountOptions mo;
     mo.mountpoint = mnt_;
     mo.passthrough = passthrough;
@@ -98,7 +91,7 @@ class PassthroughTest : public ::testing::Test {
     std::ofstream(dir_.path() + "/origin/" + name, std::ios::binary | std::ios::trunc) << bytes;
   }
   int Open(const std::string& name) { return ::open((mnt_ + "/" + name).c_str(), O_RDONLY); }
-  uint64_t Held() { return store_->Stats().kernel_held_objects; }
+  uint64_t Held() { return cache_.store->Stats().kernel_held_objects; }
   uint64_t DaemonReads() { return tree_->Stats().reads; }
   // What the open log says is open now (the daemon has seen every release).
   size_t LoggedOpens(IoMode mode) {
@@ -117,9 +110,7 @@ class PassthroughTest : public ::testing::Test {
 
   TempDir dir_;
   std::string mnt_ = dir_.path() + "/mnt", log_ = dir_.path() + "/opens";
-  std::shared_ptr<origin::Origin> origin_;
-  std::unique_ptr<cache::ChunkStore> store_;
-  std::unique_ptr<cache::Fetcher> fetcher_;
+  strata::testing::LocalCache cache_;
   std::unique_ptr<VolumeTree> tree_;
   std::unique_ptr<FuseServer> server_;
   std::thread serve_;
@@ -157,7 +148,7 @@ TEST_F(PassthroughTest, AWholeFileIsReadByTheKernelAndHeldAgainstEviction) {
   ::close(fd2);
 
   // Eviction passes it by, whatever it is asked.
-  cache::EvictReport rep = store_->Evict(EvictAll());
+  cache::EvictReport rep = cache_.store->Evict(EvictAll());
   EXPECT_GE(rep.skipped_busy, 1u);
   EXPECT_EQ(rep.objects, 0u);
   EXPECT_EQ(ReadFd(fd), v1);
@@ -166,9 +157,9 @@ TEST_F(PassthroughTest, AWholeFileIsReadByTheKernelAndHeldAgainstEviction) {
   // Closed: no longer held, and eviction takes it.
   ASSERT_TRUE(Eventually([&] { return Held() == 0; }));
   ASSERT_TRUE(Eventually([&] { return NothingOpen(); }));
-  rep = store_->Evict(EvictAll());
+  rep = cache_.store->Evict(EvictAll());
   EXPECT_EQ(rep.objects, 1u);
-  EXPECT_EQ(store_->Stats().objects, 0u);
+  EXPECT_EQ(cache_.store->Stats().objects, 0u);
 }
 
 TEST_F(PassthroughTest, ANewVersionGetsANewBackingFile) {
