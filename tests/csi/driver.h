@@ -24,6 +24,7 @@
 namespace strata::csi::testing {
 
 using strata::testing::ReadPath;
+using strata::testing::SameBytes;
 using strata::testing::TempDir;
 using ::testing::HasSubstr;
 using Code = grpc::StatusCode;

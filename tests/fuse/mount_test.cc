@@ -24,6 +24,7 @@ namespace {
 
 using strata::testing::Pattern;
 using strata::testing::ReadPath;
+using strata::testing::SameBytes;
 using strata::testing::TempDir;
 using strata::testing::WriteFile;
 using testing::StrataMount;
@@ -80,7 +81,7 @@ TEST_F(MountTest, ReadsAtOddOffsetsAndSizesAndThroughMmap) {
   ::close(fd);
   // Reread with the page cache dropped: now served from the chunk cache.
   std::ofstream("/proc/sys/vm/drop_caches") << "3";
-  EXPECT_EQ(ReadPath(path), data_);
+  EXPECT_TRUE(SameBytes(ReadPath(path), data_));
 }
 
 TEST_F(MountTest, SequentialReadersGetAWideReadaheadWindow) {
@@ -92,7 +93,7 @@ TEST_F(MountTest, SequentialReadersGetAWideReadaheadWindow) {
   std::string kb =
       ReadPath("/sys/class/bdi/0:" + std::to_string(minor(st.st_dev)) + "/read_ahead_kb");
   EXPECT_EQ(kb, "4096\n");
-  EXPECT_EQ(ReadPath(mnt_ + "/models/weights.bin"), data_);
+  EXPECT_TRUE(SameBytes(ReadPath(mnt_ + "/models/weights.bin"), data_));
 }
 
 TEST_F(MountTest, LargeDirectoriesAndConcurrentReaders) {
@@ -122,15 +123,15 @@ TEST_F(MountTest, ChangesAtTheOriginAreSeenAtTheNextOpen) {
   std::string mnt2 = dir_.path() + "/mnt2";
   std::filesystem::create_directories(mnt2);
   auto b = Mount(mnt2);  // a second node on the same origin
-  EXPECT_EQ(ReadPath(mnt_ + "/models/weights.bin"), data_);
-  EXPECT_EQ(ReadPath(mnt2 + "/models/weights.bin"), data_);
+  EXPECT_TRUE(SameBytes(ReadPath(mnt_ + "/models/weights.bin"), data_));
+  EXPECT_TRUE(SameBytes(ReadPath(mnt2 + "/models/weights.bin"), data_));
   // Another writer replaces the file (same size, new bytes) and closes it.
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   std::string next = Pattern(42, 0, data_.size());
   WriteFile(origin_ + "/models/weights.bin", next);
   WriteFile(origin_ + "/new.txt", "new file");
-  EXPECT_EQ(ReadPath(mnt_ + "/models/weights.bin"), next);
-  EXPECT_EQ(ReadPath(mnt2 + "/models/weights.bin"), next);
+  EXPECT_TRUE(SameBytes(ReadPath(mnt_ + "/models/weights.bin"), next));
+  EXPECT_TRUE(SameBytes(ReadPath(mnt2 + "/models/weights.bin"), next));
   std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // past the metadata TTL
   EXPECT_EQ(ReadPath(mnt2 + "/new.txt"), "new file");
 }
@@ -184,7 +185,7 @@ TEST_F(MountTest, SigkillDuringReadsThenRemountServesRightBytes) {
   reader.join();
   EXPECT_FALSE(wrong.load()) << "a read returned wrong bytes";
   auto again = Mount(mnt_);
-  EXPECT_EQ(ReadPath(mnt_ + "/models/weights.bin"), data_);
+  EXPECT_TRUE(SameBytes(ReadPath(mnt_ + "/models/weights.bin"), data_));
 }
 
 TEST_F(MountTest, UnmountCommandDetachesADeadMount) {
@@ -224,17 +225,17 @@ TEST_F(MountTest, WritesGoThroughToTheOriginAndToOtherNodes) {
   }
   data[5] = 'X';
   data[6] = 'Y';
-  EXPECT_EQ(ReadPath(origin_ + "/out/ckpt.bin"), data);  // write-through
-  EXPECT_EQ(ReadPath(mnt_ + "/out/ckpt.bin"), data);     // this node
-  EXPECT_EQ(ReadPath(mnt2 + "/out/ckpt.bin"), data);     // the other node, at its next open
+  EXPECT_TRUE(SameBytes(ReadPath(origin_ + "/out/ckpt.bin"), data));  // write-through
+  EXPECT_TRUE(SameBytes(ReadPath(mnt_ + "/out/ckpt.bin"), data));     // this node
+  EXPECT_TRUE(SameBytes(ReadPath(mnt2 + "/out/ckpt.bin"), data));     // the other node, at its next open
   EXPECT_EQ(
       std::filesystem::status(mnt_ + "/out/ckpt.bin").permissions() & std::filesystem::perms::all,
       std::filesystem::perms(0640));
   // Overwritten after being cached: never the stale cached bytes.
   std::string next = Pattern(44, 0, data.size());
   { std::ofstream(mnt_ + "/out/ckpt.bin", std::ios::binary | std::ios::trunc) << next; }
-  EXPECT_EQ(ReadPath(mnt_ + "/out/ckpt.bin"), next);
-  EXPECT_EQ(ReadPath(mnt2 + "/out/ckpt.bin"), next);
+  EXPECT_TRUE(SameBytes(ReadPath(mnt_ + "/out/ckpt.bin"), next));
+  EXPECT_TRUE(SameBytes(ReadPath(mnt2 + "/out/ckpt.bin"), next));
 }
 
 TEST_F(MountTest, NamespaceOperations) {
@@ -291,7 +292,7 @@ TEST_F(MountTest, TruncateWhileAnotherHandleReads) {
   ASSERT_GE(n, 0);
   EXPECT_EQ(buf.substr(0, n), data_.substr(99000, n));
   ::close(rfd);
-  EXPECT_EQ(ReadPath(mnt_ + "/models/weights.bin"), data_.substr(0, 100000));
+  EXPECT_TRUE(SameBytes(ReadPath(mnt_ + "/models/weights.bin"), data_.substr(0, 100000)));
 }
 
 TEST_F(MountTest, ConcurrentReadersAndAWriter) {
@@ -347,8 +348,8 @@ TEST_F(MountTest, PermissionsAreEnforcedForOtherUsers) {
 
 TEST_F(MountTest, MetricsAndHealthEndpoints) {
   auto m = Mount(mnt_);
-  ASSERT_EQ(ReadPath(mnt_ + "/models/weights.bin"), data_);
-  ASSERT_EQ(ReadPath(mnt_ + "/models/weights.bin"), data_);
+  ASSERT_TRUE(SameBytes(ReadPath(mnt_ + "/models/weights.bin"), data_));
+  ASSERT_TRUE(SameBytes(ReadPath(mnt_ + "/models/weights.bin"), data_));
   size_t at = m->output().find("metrics on http://127.0.0.1:");
   ASSERT_NE(at, std::string::npos) << m->output();
   std::string base = m->output().substr(at + 11, m->output().find("/metrics", at) - at - 11);

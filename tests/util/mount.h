@@ -9,6 +9,7 @@
 #include <sys/sysmacros.h>
 
 #include <atomic>
+#include <iostream>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -16,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "gtest/gtest.h"
 #include "tests/util/subprocess.h"
 
 namespace strata::testing {
@@ -109,6 +111,13 @@ class StrataMount {
     }
     int st = Wait(child_, std::chrono::seconds(10));
     child_.pid = -1;
+    if (::testing::Test::HasFailure()) {
+      // What the daemon said is what explains a failure; its last lines.
+      std::string out = output();
+      constexpr size_t kTail = 8192;
+      std::cerr << "--- strata mount " << mountpoint_ << ", the end of its log:\n"
+                << (out.size() > kTail ? out.substr(out.size() - kTail) : out) << "---\n";
+    }
     if (IsMounted(mountpoint_)) {
       AbortFuse(mountpoint_);
       ::umount2(mountpoint_.c_str(), MNT_DETACH);

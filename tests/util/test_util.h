@@ -13,6 +13,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/types/span.h"
+#include "gtest/gtest.h"
 #include "origin/origin.h"
 
 namespace strata::testing {
@@ -69,6 +70,20 @@ inline std::string ReadAtOrigin(const std::string& url, const origin::OriginOpti
   std::string out(st->size, '\0');
   if (!(*origin)->ReadRange(path, *st, 0, absl::MakeSpan(out)).ok()) return "<unreadable>";
   return out;
+}
+
+// Whether `got` is `want`, said in a line: a failure gives the sizes and the
+// first offset that differs, not megabytes of both.
+inline ::testing::AssertionResult SameBytes(const std::string& got, const std::string& want) {
+  if (got == want) return ::testing::AssertionSuccess();
+  size_t i = 0;
+  while (i < got.size() && i < want.size() && got[i] == want[i]) ++i;
+  auto near = [i](const std::string& s) {
+    return ::testing::PrintToString(s.substr(i, 16));
+  };
+  return ::testing::AssertionFailure()
+         << got.size() << " bytes where " << want.size() << " were wanted; the first difference is at "
+         << i << ": " << near(got) << " where " << near(want);
 }
 
 // Waits for `done`, asking every 5 ms for at most 10 s (something the
