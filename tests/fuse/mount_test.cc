@@ -227,7 +227,8 @@ TEST_F(MountTest, WritesGoThroughToTheOriginAndToOtherNodes) {
   data[6] = 'Y';
   EXPECT_TRUE(SameBytes(ReadPath(origin_ + "/out/ckpt.bin"), data));  // write-through
   EXPECT_TRUE(SameBytes(ReadPath(mnt_ + "/out/ckpt.bin"), data));     // this node
-  EXPECT_TRUE(SameBytes(ReadPath(mnt2 + "/out/ckpt.bin"), data));     // the other node, at its next open
+  // The other node, at its next open.
+  EXPECT_TRUE(SameBytes(ReadPath(mnt2 + "/out/ckpt.bin"), data));
   EXPECT_EQ(
       std::filesystem::status(mnt_ + "/out/ckpt.bin").permissions() & std::filesystem::perms::all,
       std::filesystem::perms(0640));

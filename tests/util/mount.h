@@ -9,8 +9,8 @@
 #include <sys/sysmacros.h>
 
 #include <atomic>
-#include <iostream>
 #include <fstream>
+#include <iostream>
 #include <mutex>
 #include <sstream>
 #include <string>

@@ -78,12 +78,10 @@ inline ::testing::AssertionResult SameBytes(const std::string& got, const std::s
   if (got == want) return ::testing::AssertionSuccess();
   size_t i = 0;
   while (i < got.size() && i < want.size() && got[i] == want[i]) ++i;
-  auto near = [i](const std::string& s) {
-    return ::testing::PrintToString(s.substr(i, 16));
-  };
-  return ::testing::AssertionFailure()
-         << got.size() << " bytes where " << want.size() << " were wanted; the first difference is at "
-         << i << ": " << near(got) << " where " << near(want);
+  auto near = [i](const std::string& s) { return ::testing::PrintToString(s.substr(i, 16)); };
+  return ::testing::AssertionFailure() << got.size() << " bytes where " << want.size()
+                                       << " were wanted; the first difference is at " << i << ": "
+                                       << near(got) << " where " << near(want);
 }
 
 // Waits for `done`, asking every 5 ms for at most 10 s (something the
