@@ -159,7 +159,7 @@ struct FuseServer::Impl {
         spdlog::warn("{}: {} cannot be held again: {}", opts.mountpoint, s.backing, st.message());
       }
       r = OpenRecord{ino, IoMode::kPassthrough, s.backing_id, s.backing};
-    } else if (read_only && passthrough && s.cached == 0) {
+    } else if (read_only && passthrough && s.cached == 0 && LogKept()) {
       auto b = tree->Backing(fi->fh);
       if (b.ok()) {
         BackingMap map{b->fd, 0, 0};
@@ -185,6 +185,14 @@ struct FuseServer::Impl {
     }
     opens[fi->fh] = r;
     if (log) log->Opened(fi->fh, r, opens);
+  }
+
+  // A successor will know of a passthrough open made now: the mount keeps
+  // no log (nothing takes it over), or its log is still written. One that
+  // could not be means a successor assumes nothing, and every file passed
+  // through would fail its new opens there until closed: so no more.
+  bool LogKept() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(io_mu) {
+    return opts.open_log.empty() || (log && log->ok());
   }
 
   // The kernel let go of `handle` (or never got it).
@@ -756,7 +764,10 @@ absl::StatusOr<std::unique_ptr<Impl>> NewSession(Tree& tree, const MountOptions&
   auto impl = std::make_unique<Impl>();
   impl->tree = &tree;
   impl->opts = options;
-  impl->track_io = tree.has_backing_files() && options.passthrough;
+  // Also with passthrough off: a successor must know the backing files its
+  // predecessor gave the kernel (the flag only stops new ones), and the
+  // next daemon how this one held its opens.
+  impl->track_io = tree.has_backing_files();
   // The name comes from outside (a CSI volume id): a ',' in it would add
   // mount options (suid, dev), so ',' and '\\' are escaped as libfuse reads them.
   std::string fsname;

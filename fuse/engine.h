@@ -25,6 +25,8 @@ struct MountOptions {
   // file the tree has a backing file for (Tree::Backing) is read by the
   // kernel from that file itself, without this daemon. Where the kernel
   // cannot, one log line, and reads go through the daemon as before.
+  // Off, no new backing files; a successor still keeps to those its
+  // predecessor gave the kernel, as the kernel requires, until closed.
   bool passthrough = true;
   // Where the kernel's opens of this mount are logged for a successor
   // (open_log.h); empty: nowhere. A successor (Adopt) of a tree with

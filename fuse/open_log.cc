@@ -1,6 +1,7 @@
 #include "fuse/open_log.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -22,6 +23,9 @@ constexpr uint8_t kClose = 4;
 constexpr size_t kHeader = 8;
 constexpr size_t kFixed = 1 + 8 + 8 + 4;
 constexpr size_t kMaxBacking = 4096;  // store keys are at most 4096 bytes
+// Far past what compaction lets a log grow to (1,024 records or 4x the open
+// files, of at most 4 KiB each).
+constexpr off_t kMaxLogBytes = 64 << 20;
 
 template <typename T>
 void Put(std::string& out, T v) {
@@ -59,6 +63,25 @@ bool WriteAll(int fd, const std::string& data) {
   return true;
 }
 
+// What the kernel allows (open_log.h): an inode's opens are all cached, or
+// all passed through one backing file. A log that says otherwise was not
+// written by a daemon of this mount and is not believed.
+absl::Status CheckOpens(const OpenFiles& open) {
+  absl::flat_hash_map<uint64_t, const OpenRecord*> first;
+  for (const auto& [handle, r] : open) {
+    if (r.mode == IoMode::kPassthrough && (r.backing_id <= 0 || r.backing.empty())) {
+      return absl::DataLossError(absl::StrCat("handle ", handle, " is passed through nothing"));
+    }
+    auto [it, fresh] = first.emplace(r.ino, &r);
+    const OpenRecord& o = *it->second;
+    if (!fresh && (o.mode != r.mode || o.backing_id != r.backing_id || o.backing != r.backing)) {
+      return absl::DataLossError(
+          absl::StrCat("inode ", r.ino, " is held two ways (handle ", handle, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<OpenLog>> OpenLog::Start(const std::string& path,
@@ -72,6 +95,9 @@ absl::StatusOr<std::unique_ptr<OpenLog>> OpenLog::Start(const std::string& path,
   if (fd.get() < 0 || !WriteAll(fd.get(), all) || ::rename(tmp.c_str(), path.c_str()) != 0) {
     int err = errno;
     ::unlink(tmp.c_str());
+    // An older log left in place would speak for opens of another
+    // connection (backing ids are per connection): none at all is the truth.
+    ::unlink(path.c_str());
     return absl::InternalError(absl::StrCat("open log ", path, ": ", std::strerror(err)));
   }
   auto log = std::unique_ptr<OpenLog>(new OpenLog(path, fd.release()));
@@ -86,6 +112,13 @@ absl::StatusOr<OpenFiles> OpenLog::Read(const std::string& path) {
     std::string msg = absl::StrCat("open log ", path, ": ", std::strerror(err));
     return err == ENOENT ? absl::NotFoundError(msg) : absl::InternalError(msg);
   }
+  // A log is compacted long before this (open_log.h); a larger file is
+  // not one this daemon wrote.
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > kMaxLogBytes) {
+    return absl::DataLossError(absl::StrCat("open log ", path, ": not a log of this size (",
+                                            static_cast<int64_t>(st.st_size), " bytes)"));
+  }
   std::string data;
   char buf[1 << 16];
   for (;;) {
@@ -93,6 +126,9 @@ absl::StatusOr<OpenFiles> OpenLog::Read(const std::string& path) {
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return absl::InternalError(absl::StrCat("read ", path, ": ", std::strerror(errno)));
     if (n == 0) break;
+    if (data.size() + static_cast<size_t>(n) > static_cast<size_t>(kMaxLogBytes)) {
+      return absl::DataLossError(absl::StrCat("open log ", path, ": grew past its limit"));
+    }
     data.append(buf, static_cast<size_t>(n));
   }
   OpenFiles open;
@@ -125,6 +161,9 @@ absl::StatusOr<OpenFiles> OpenLog::Read(const std::string& path) {
   if (at != data.size()) {
     spdlog::warn("open log {}: ignored {} bytes after the last whole record", path,
                  data.size() - at);
+  }
+  if (absl::Status bad = CheckOpens(open); !bad.ok()) {
+    return absl::DataLossError(absl::StrCat("open log ", path, ": ", bad.message()));
   }
   return open;
 }

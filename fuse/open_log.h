@@ -42,10 +42,13 @@ using OpenFiles = absl::flat_hash_map<uint64_t, OpenRecord>;
 
 class OpenLog {
  public:
-  // Starts the log at `path` with `open` (replacing any log there).
+  // Starts the log at `path` with `open` (replacing any log there; on
+  // failure, removing it).
   static absl::StatusOr<std::unique_ptr<OpenLog>> Start(const std::string& path,
                                                         const OpenFiles& open);
-  // What the log at `path` says is open; NotFound when there is no log.
+  // What the log at `path` says is open; NotFound when there is no log,
+  // DataLoss when it is not one this mount's daemons wrote (too large, or
+  // opens the kernel would not allow together).
   static absl::StatusOr<OpenFiles> Read(const std::string& path);
   ~OpenLog();
 
@@ -56,6 +59,8 @@ class OpenLog {
   void Closed(uint64_t handle, const OpenFiles& open);
   // The mount is gone: so is its log.
   void Remove();
+  // Still written (not removed after a failed write).
+  bool ok() const { return fd_ >= 0; }
 
  private:
   OpenLog(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}

@@ -73,9 +73,12 @@ class NodeRestartTest : public ::testing::Test {
   }
 
   // kubelet's way: `strata node` with the defaults and its CSI socket.
-  void StartNode() {
-    node_ = strata::testing::Spawn({STRATA_PATH, "node", "--state-dir", state_, "--csi-endpoint",
-                                    "unix://" + socket_, "--node-id", "node-a"});
+  void StartNode(const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv = {STRATA_PATH, "node",           "--state-dir",
+                                     state_,      "--csi-endpoint", "unix://" + socket_,
+                                     "--node-id", "node-a"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    node_ = strata::testing::Spawn(argv);
     ASSERT_GT(node_.pid, 0);
   }
   void AwaitRunning() {
@@ -275,7 +278,8 @@ TEST_F(NodeRestartTest, KillsAtRandomMomentsNeverHangOrFailAPod) {
 // after a new one takes the mount over. The new daemon knows from the open
 // log that the kernel holds that file's backing file, holds it again, and
 // answers a new open of the file with the same backing file (any other
-// answer, the kernel would fail with EIO).
+// answer, the kernel would fail with EIO), also when restarted with
+// passthrough off.
 TEST_F(NodeRestartTest, PassthroughFilesReadOnAcrossAKill) {
   StartNode();
   AwaitRunning();
@@ -313,6 +317,17 @@ TEST_F(NodeRestartTest, PassthroughFilesReadOnAcrossAKill) {
   AwaitRunning();
   EXPECT_EQ(opens(fuse::IoMode::kPassthrough), 1u) << "the new daemon's log";
   EXPECT_TRUE(SameBytes(ReadPath(pod_ + "/weights.bin"), weights_)) << "a new open of the file";
+
+  // Again, now with passthrough off (an operator's way out): no new backing
+  // files, but the one the kernel holds is still known, so a new open of
+  // that file is answered with it (any other answer, the kernel fails).
+  Kill();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  StartNode({"--no-fuse-passthrough"});
+  AwaitRunning();
+  EXPECT_EQ(opens(fuse::IoMode::kPassthrough), 1u) << "the third daemon's log";
+  EXPECT_TRUE(SameBytes(ReadPath(pod_ + "/weights.bin"), weights_))
+      << "a new open of the file, passthrough off";
   StopWorkers();
   EXPECT_GT(ok_, 0);
   ExpectNoErrors();

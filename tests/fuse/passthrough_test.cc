@@ -200,11 +200,79 @@ TEST_F(PassthroughTest, OffOrWritableEveryReadGoesThroughTheDaemon) {
       EXPECT_EQ(ReadFd(fd), v);
       EXPECT_GT(DaemonReads(), before);
       ::close(fd);
-      // No log is kept where nothing is ever passed through.
-      EXPECT_FALSE(fs::exists(log_));
+      if (writable) {
+        // No log is kept where nothing is ever passed through.
+        EXPECT_FALSE(fs::exists(log_));
+      } else {
+        // Off, the opens are still logged: a successor with passthrough on
+        // must know that the kernel holds them cached.
+        ASSERT_TRUE(Eventually([&] { return NothingOpen(); }));
+      }
     }
     TearDown();
   }
+}
+
+// The open log outside a mount: what a successor is told, and what it
+// refuses to believe.
+class OpenLogTest : public ::testing::Test {
+ protected:
+  OpenRecord Passed(uint64_t ino, int32_t id, std::string backing) {
+    return OpenRecord{ino, IoMode::kPassthrough, id, std::move(backing)};
+  }
+  TempDir dir_;
+  std::string path_ = dir_.path() + "/v.opens";
+};
+
+TEST_F(OpenLogTest, OpensAndClosesAreReadBackAndATornTailIsDropped) {
+  auto log = OpenLog::Start(path_, {{7, OpenRecord{3, IoMode::kCached, 0, ""}}});
+  ASSERT_TRUE(log.ok()) << log.status();
+  OpenFiles open = {{7, OpenRecord{3, IoMode::kCached, 0, ""}}, {8, Passed(4, 2, "k@v1")}};
+  (*log)->Opened(8, open[8], open);
+  open.erase(7);
+  (*log)->Closed(7, open);
+  auto read = OpenLog::Read(path_);
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ(read->size(), 1u);
+  EXPECT_EQ(read->at(8).backing, "k@v1");
+  EXPECT_EQ(read->at(8).backing_id, 2);
+  // A daemon killed mid-write leaves part of a record: it never happened.
+  std::ofstream(path_, std::ios::app) << std::string(11, '\x7f');
+  read = OpenLog::Read(path_);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->size(), 1u);
+}
+
+TEST_F(OpenLogTest, ALogThatCannotStartLeavesNoOlderOneBehind) {
+  ASSERT_TRUE(OpenLog::Start(path_, {{1, Passed(5, 1, "k@v1")}}).ok());
+  ASSERT_TRUE(fs::exists(path_));
+  // The next mount's log cannot be written (its temporary name is taken by
+  // a directory): the old one, of another connection's backing ids, goes.
+  fs::create_directories(path_ + ".new/x");
+  auto log = OpenLog::Start(path_, {});
+  EXPECT_FALSE(log.ok());
+  EXPECT_FALSE(fs::exists(path_));
+  EXPECT_EQ(OpenLog::Read(path_).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(OpenLogTest, OpensTheKernelWouldNotAllowTogetherAreNotBelieved) {
+  const std::vector<std::pair<std::string, OpenFiles>> lies = {
+      {"passed through no backing id", {{1, Passed(5, 0, "k@v1")}}},
+      {"passed through no backing file", {{1, Passed(5, 3, "")}}},
+      {"two backing files for one inode", {{1, Passed(5, 3, "k@v1")}, {2, Passed(5, 4, "k@v2")}}},
+      {"cached and passed through at once",
+       {{1, Passed(5, 3, "k@v1")}, {2, OpenRecord{5, IoMode::kCached, 0, ""}}}},
+  };
+  for (const auto& [what, open] : lies) {
+    SCOPED_TRACE(what);
+    ASSERT_TRUE(OpenLog::Start(path_, open).ok());
+    auto read = OpenLog::Read(path_);
+    EXPECT_EQ(read.status().code(), absl::StatusCode::kDataLoss) << read.status();
+  }
+  // Nor a file far larger than a log ever grows.
+  ASSERT_TRUE(OpenLog::Start(path_, {}).ok());
+  fs::resize_file(path_, (64 << 20) + 1);
+  EXPECT_EQ(OpenLog::Read(path_).status().code(), absl::StatusCode::kDataLoss);
 }
 
 }  // namespace
