@@ -74,6 +74,11 @@ struct StoreOptions {
   // Run the background evictor and verify-ahead threads. Tools that only
   // inspect a store turn them off.
   bool background_work = true;
+  // Objects held as LeaseWhole(key, as_is) holds them from the moment the
+  // store opens, before any eviction, until ReleaseOpenHolds(): the backing
+  // files a killed daemon gave the kernel, which reads them on (and never
+  // marks them used) until its successor holds them again per open.
+  std::vector<std::string> held_at_open;
   std::shared_ptr<StoreFs> fs;        // null: the real io_uring file system
   rocksdb::Env* index_env = nullptr;  // the index's RocksDB I/O; null: the real one
   // What last-use stamps (eviction order, the open-file budget) and the
@@ -265,6 +270,8 @@ class ChunkStore {
   // reads (after a restart), whatever its state. NotFound for an unknown
   // or empty object.
   virtual absl::StatusOr<ReadLease> LeaseWhole(const std::string& key, bool as_is = false) = 0;
+  // Lets go of StoreOptions::held_at_open (once; later calls do nothing).
+  virtual void ReleaseOpenHolds() = 0;
 
   // Records that the complete object was checked against its content
   // digest. The mark is persisted and dropped as soon as any chunk is (a

@@ -216,6 +216,15 @@ absl::StatusOr<ReadLease> ChunkStoreImpl::LeaseWhole(const std::string& key, boo
   });
 }
 
+void ChunkStoreImpl::ReleaseOpenHolds() {
+  absl::MutexLock l(&mu_);
+  for (const ObjectPtr& obj : open_holds_) {
+    --obj->kernel_holds;
+    --obj->readers;
+  }
+  open_holds_.clear();
+}
+
 absl::StatusOr<FillResult> ChunkStoreImpl::Fill(const std::string& key, uint32_t index,
                                                 ChunkSource source) {
   ObjectPtr obj;

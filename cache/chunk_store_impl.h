@@ -179,6 +179,7 @@ class ChunkStoreImpl final : public ChunkStore {
                                                       uint64_t length) const override;
   absl::StatusOr<ReadLease> Lease(const std::string& key, uint64_t offset, size_t length) override;
   absl::StatusOr<ReadLease> LeaseWhole(const std::string& key, bool as_is) override;
+  void ReleaseOpenHolds() override;
   absl::StatusOr<FillResult> Fill(const std::string& key, uint32_t index,
                                   ChunkSource source) override;
   absl::Status MarkDigestVerified(const std::string& key) override;
@@ -275,6 +276,7 @@ class ChunkStoreImpl final : public ChunkStore {
   absl::CondVar cv_;        // fills finished, drops finished, removals finished
   absl::CondVar evict_cv_;  // wakes the evictor
   absl::flat_hash_map<std::string, ObjectPtr> objects_ ABSL_GUARDED_BY(mu_);
+  std::vector<ObjectPtr> open_holds_ ABSL_GUARDED_BY(mu_);  // StoreOptions::held_at_open
   uint64_t used_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t open_files_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t capacity_ ABSL_GUARDED_BY(mu_) = 0;

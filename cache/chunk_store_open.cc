@@ -102,6 +102,14 @@ absl::Status ChunkStoreImpl::OpenDisk() {
   }
   absl::MutexLock l(&mu_);
   objects_ = std::move(loaded);
+  // As LeaseWhole(as_is) holds them; the evictor starts after this.
+  for (const std::string& key : opts_.held_at_open) {
+    auto it = objects_.find(key);
+    if (it == objects_.end() || it->second->rec.size == 0) continue;
+    ++it->second->readers;
+    ++it->second->kernel_holds;
+    open_holds_.push_back(it->second);
+  }
   used_ = used;
   capacity_ = capacity;
   health_ok_ = true;

@@ -20,6 +20,7 @@
 #include "cmd/peers.h"
 #include "csi/controller_service.h"
 #include "csi/node_service.h"
+#include "fuse/open_log.h"
 #include "snapshotter/snapshots_service.h"
 
 namespace strata::cmd {
@@ -171,6 +172,11 @@ absl::Status RunNode(const NodeFlags& o) {
   if (!opened_peers.ok()) return opened_peers.status();
   Peers peers = std::move(*opened_peers);
   if (peers.enabled()) cache_options->fetcher->peers = peers.client.get();
+  // Files a killed predecessor gave the kernel to read itself: held before
+  // the evictor can punch them (the kernel's reads never mark them used),
+  // until the volumes are taken over and hold them per open.
+  const std::string inode_dir = o.state_dir + "/csi-node-inodes";
+  cache_options->store.held_at_open = fuse::OpenLog::BackingsIn(inode_dir);
   auto cache = OpenDaemonCacheStack(*cache_options);
   if (!cache.ok()) return cache.status();
   cache::ChunkStore& store = *cache->store;
@@ -231,7 +237,7 @@ absl::Status RunNode(const NodeFlags& o) {
     no.staging_dir = cache->staging_dir;
     no.state = node_db.get();
     no.keeper = keeper.get();
-    no.inode_dir = o.state_dir + "/csi-node-inodes";
+    no.inode_dir = inode_dir;
     no.passthrough = o.passthrough;
     no.group_mount_dir = o.state_dir + "/csi-node-group-mounts";
     auto inline_origins = csi::InlineOrigins::Parse(o.allowed_inline);
@@ -265,6 +271,8 @@ absl::Status RunNode(const NodeFlags& o) {
     std::printf("strata node: containerd snapshotter on %s (snapshots in %s/snapshotter)\n",
                 o.snapshotter_address.c_str(), o.state_dir.c_str());
   }
+  // Taken over (or mounted afresh): each passthrough open holds its own.
+  store.ReleaseOpenHolds();
   std::unique_ptr<MetricsServer> metrics;
   if (o.metrics_port >= 0) {
     csi::NodeService* n = node.get();

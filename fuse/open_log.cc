@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "base/logging.h"
@@ -166,6 +167,20 @@ absl::StatusOr<OpenFiles> OpenLog::Read(const std::string& path) {
     return absl::DataLossError(absl::StrCat("open log ", path, ": ", bad.message()));
   }
   return open;
+}
+
+std::vector<std::string> OpenLog::BackingsIn(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    if (e.path().extension() != ".opens") continue;
+    auto open = Read(e.path().string());
+    if (!open.ok()) continue;  // its successor says why, and makes nothing of it
+    for (const auto& [handle, r] : *open) {
+      if (r.mode == IoMode::kPassthrough) out.push_back(r.backing);
+    }
+  }
+  return out;
 }
 
 OpenLog::~OpenLog() {

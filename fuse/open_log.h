@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -50,6 +51,9 @@ class OpenLog {
   // DataLoss when it is not one this mount's daemons wrote (too large, or
   // opens the kernel would not allow together).
   static absl::StatusOr<OpenFiles> Read(const std::string& path);
+  // The backing files (BackingFile::id) that the logs in `dir` (*.opens)
+  // say the kernel reads, for the store to hold from its start.
+  static std::vector<std::string> BackingsIn(const std::string& dir);
   ~OpenLog();
 
   // Record an open or a close; `open` is everything open after it (the log

@@ -48,6 +48,7 @@ class ChunkStoreTest : public ::testing::Test {
     o.memory_bytes = memory_bytes_;
     o.fs = fs_;
     o.clock = &clock_;
+    o.held_at_open = held_at_open_;
     auto s = ChunkStore::Open(o);
     EXPECT_TRUE(s.ok()) << s.status();
     return s.ok() ? std::move(*s) : nullptr;
@@ -84,6 +85,7 @@ class ChunkStoreTest : public ::testing::Test {
 
   TempDir dir_;
   uint64_t memory_bytes_ = StoreOptions{}.memory_bytes;
+  std::vector<std::string> held_at_open_;
   std::shared_ptr<FaultyFs> fs_ = std::make_shared<FaultyFs>(NewPosixStoreFs());
   strata::testing::FakeClock clock_;
 };
@@ -575,6 +577,33 @@ TEST_F(ChunkStoreTest, NeverEvictsPinnedOrLeasedObjects) {
   EXPECT_EQ(s->Evict({EvictRequest::Mode::kAll, 0, ""}).objects, 1u);
   EXPECT_EQ(s->Stats().used_bytes, 0u);
   EXPECT_EQ(s->Lease("gone", 0, 1).status().code(), absl::StatusCode::kNotFound);
+}
+
+// After a restart, objects the kernel still reads (FUSE passthrough backing
+// files of a killed daemon) are held from the store's first moment: the
+// evictor, which starts at once when the store is over its high watermark,
+// passes them by until they are let go of.
+TEST_F(ChunkStoreTest, ObjectsTheKernelReadsAreHeldFromTheStoresOpen) {
+  {
+    auto s = OpenStore();
+    Put(*s, "backing", 4);
+    Put(*s, "other", 4);
+  }
+  held_at_open_ = {"backing", "never-cached"};
+  auto s = OpenStore(4 * kChunk);  // over its high watermark: the evictor runs at once
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->Stats().kernel_held_objects, 1u);
+  EvictReport rep = s->Evict({EvictRequest::Mode::kAll, 0, ""});
+  EXPECT_EQ(rep.skipped_busy, 1u);
+  EXPECT_FALSE(s->Lookup("other"));
+  EXPECT_EQ(ReadAll(*s, "backing", 0, 4 * kChunk), Pattern(1, 0, kChunk) + Pattern(1, 1, kChunk) +
+                                                       Pattern(1, 2, kChunk) +
+                                                       Pattern(1, 3, kChunk));
+  s->ReleaseOpenHolds();
+  s->ReleaseOpenHolds();  // once only
+  EXPECT_EQ(s->Stats().kernel_held_objects, 0u);
+  s->Evict({EvictRequest::Mode::kAll, 0, ""});  // or the evictor did, meanwhile
+  EXPECT_FALSE(s->Lookup("backing"));
 }
 
 TEST_F(ChunkStoreTest, SingleFlightFetchesEachChunkOnce) {
