@@ -68,7 +68,7 @@ class NodeRestartTest : public ::testing::Test {
     // still holds would wait for a server: abort it first.
     strata::testing::AbortFuse(pod_);
     strata::testing::AbortFuse(stage_);
-    strata::testing::RunCommand({"/usr/bin/pkill", "-f", state_ + "/fd-keeper.sock"});
+    strata::testing::StopMatching(state_ + "/fd-keeper.sock");
     UnmountUnder(dir_.path());
   }
 

@@ -71,7 +71,7 @@ class ContainerdTest : public ::testing::Test {
     if (containerd_started_) RunCommand({"/bin/bash", kContainerd, "stop", Ctd()});
     StopNode(SIGTERM);
     // A keeper the node spawned outlives it by design.
-    RunCommand({"/usr/bin/pkill", "-f", dir_.path() + "/node/fd-keeper.sock"});
+    strata::testing::StopMatching(dir_.path() + "/node/fd-keeper.sock");
     UnmountUnder(dir_.path());
     if (registry_started_) RunCommand({"/bin/bash", kRegistry, "stop", dir_.path() + "/reg"});
   }

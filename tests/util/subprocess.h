@@ -107,4 +107,17 @@ inline int RunCommand(const std::vector<std::string>& argv, std::string* out = n
   return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+// Stops every process whose command line matches `pattern` (pkill -f) and
+// waits until none is left (SIGKILL after 5 s, at most 10 s in all): one
+// that outlives its test would still remove files from the test's directory
+// (an FD keeper its socket) while that directory is being removed.
+inline void StopMatching(const std::string& pattern) {
+  RunCommand({"/usr/bin/pkill", "-f", pattern});
+  for (int i = 0; i < 1000; ++i) {
+    if (RunCommand({"/usr/bin/pgrep", "-f", pattern}) == 1) return;  // none matches
+    if (i == 500) RunCommand({"/usr/bin/pkill", "-KILL", "-f", pattern});
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
 }  // namespace strata::testing
