@@ -115,8 +115,11 @@ absl::StatusOr<OpenFiles> OpenLog::Read(const std::string& path) {
   }
   // A log is compacted long before this (open_log.h); a larger file is
   // not one this daemon wrote.
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > kMaxLogBytes) {
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    return absl::InternalError(absl::StrCat("stat ", path, ": ", std::strerror(errno)));
+  }
+  if (!S_ISREG(st.st_mode) || st.st_size > kMaxLogBytes) {
     return absl::DataLossError(absl::StrCat("open log ", path, ": not a log of this size (",
                                             static_cast<int64_t>(st.st_size), " bytes)"));
   }
@@ -127,9 +130,6 @@ absl::StatusOr<OpenFiles> OpenLog::Read(const std::string& path) {
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return absl::InternalError(absl::StrCat("read ", path, ": ", std::strerror(errno)));
     if (n == 0) break;
-    if (data.size() + static_cast<size_t>(n) > static_cast<size_t>(kMaxLogBytes)) {
-      return absl::DataLossError(absl::StrCat("open log ", path, ": grew past its limit"));
-    }
     data.append(buf, static_cast<size_t>(n));
   }
   OpenFiles open;

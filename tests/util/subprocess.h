@@ -113,9 +113,15 @@ inline int RunCommand(const std::vector<std::string>& argv, std::string* out = n
 // (an FD keeper its socket) while that directory is being removed.
 inline void StopMatching(const std::string& pattern) {
   RunCommand({"/usr/bin/pkill", "-f", pattern});
-  for (int i = 0; i < 1000; ++i) {
-    if (RunCommand({"/usr/bin/pgrep", "-f", pattern}) == 1) return;  // none matches
-    if (i == 500) RunCommand({"/usr/bin/pkill", "-KILL", "-f", pattern});
+  const auto start = std::chrono::steady_clock::now();
+  bool killed = false;
+  while (RunCommand({"/usr/bin/pgrep", "-f", pattern}) != 1) {  // 1: none matches
+    auto waited = std::chrono::steady_clock::now() - start;
+    if (waited > std::chrono::seconds(10)) return;
+    if (!killed && waited > std::chrono::seconds(5)) {
+      RunCommand({"/usr/bin/pkill", "-KILL", "-f", pattern});
+      killed = true;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 }
