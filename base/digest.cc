@@ -1,11 +1,15 @@
 // SHA-256 and HMAC come from OpenSSL. Over memory they fail only if OpenSSL
 // itself is broken (no provider for SHA-256), which no input could cause or
-// recover from, so that aborts.
+// recover from, so that aborts. Chunk checksums come from libxxhash.
 #include "base/digest.h"
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <xxhash.h>
+#if defined(__x86_64__)
+#include <xxh_x86dispatch.h>
+#endif
 
 #include <cstdio>
 #include <cstdlib>
@@ -25,6 +29,17 @@ std::string_view Bytes(const unsigned char* data, unsigned int n) {
 }
 
 }  // namespace
+
+// On x86-64 through libxxhash's dispatcher, which picks AVX2 or AVX-512
+// where the CPU has them: the same value, at about twice the speed of the
+// baseline SSE2 build.
+uint64_t ChunkChecksum(std::string_view data) {
+#if defined(__x86_64__)
+  return XXH3_64bits_dispatch(data.data(), data.size());
+#else
+  return XXH3_64bits(data.data(), data.size());
+#endif
+}
 
 std::string HexLower(std::string_view bytes) {
   static constexpr char kHex[] = "0123456789abcdef";

@@ -3,11 +3,17 @@
 // records shorten long names.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
 
 namespace strata {
+
+// XXH3-64 of `data`: the checksum of a chunk, as the chunk store keeps it and
+// as it travels between peers. Not a content digest: it catches corruption,
+// not a forger.
+uint64_t ChunkChecksum(std::string_view data);
 
 // Lowercase hex of `bytes`.
 std::string HexLower(std::string_view bytes);

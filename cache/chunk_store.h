@@ -227,6 +227,14 @@ class ReadLease {
   size_t chunk_offset_ = 0;
 };
 
+// A present, verified chunk held against eviction, to be passed on as it
+// is stored (to a peer): its range of the object, and the checksum
+// (XXH3-64 of its bytes) it was stored and checked with.
+struct ChunkLease {
+  ReadLease range;
+  uint64_t checksum = 0;
+};
+
 class ChunkStore {
  public:
   static absl::StatusOr<std::unique_ptr<ChunkStore>> Open(StoreOptions options);
@@ -261,6 +269,9 @@ class ChunkStore {
   // A verified, present range held against eviction (for splicing).
   virtual absl::StatusOr<ReadLease> Lease(const std::string& key, uint64_t offset,
                                           size_t length) = 0;
+  // Chunk `index`, likewise, with its checksum; Unavailable when it is not
+  // present.
+  virtual absl::StatusOr<ChunkLease> LeaseChunk(const std::string& key, uint32_t index) = 0;
   // The whole object, for the kernel to read from its file itself (FUSE
   // passthrough): while the lease lives, the object is not evicted,
   // removed, replaced, nor are holes punched in its file, whatever the

@@ -13,6 +13,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/digest.h"
 #include "base/logging.h"
 
 namespace strata::cache::internal {
@@ -183,9 +184,49 @@ absl::StatusOr<ReadLease> ChunkStoreImpl::Lease(const std::string& key, uint64_t
     return absl::UnavailableError(
         absl::StrFormat("%s [%u, +%u) is not fully cached", key, offset, length));
   }
+  return LeaseOf(*std::move(acquired), offset);
+}
+
+ReadLease ChunkStoreImpl::LeaseOf(Acquired&& a, uint64_t offset) {
   return ReadLease(
-      acquired->fd, offset, acquired->length, [this, obj = acquired->obj] { Release(obj); },
-      std::move(acquired->memory), acquired->memory_offset);
+      a.fd, offset, a.length, [this, obj = a.obj] { Release(obj); }, std::move(a.memory),
+      a.memory_offset);
+}
+
+absl::StatusOr<ChunkLease> ChunkStoreImpl::LeaseChunk(const std::string& key, uint32_t index) {
+  uint64_t offset;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = objects_.find(key);
+    if (it == objects_.end())
+      return absl::NotFoundError(absl::StrCat("object not in the cache: ", key));
+    offset = uint64_t{index} * it->second->rec.chunk_size;
+  }
+  auto a = Acquire(key, offset, 1);
+  if (!a.ok()) return a.status();
+  if (!a->missing.empty() || a->obj == nullptr) {
+    return absl::UnavailableError(absl::StrFormat("chunk %u of %s is not cached", index, key));
+  }
+  uint64_t checksum = 0;
+  bool same = false;
+  {
+    absl::MutexLock l(&mu_);
+    const Object& o = *a->obj;
+    // The object may have been registered anew, in chunks of another
+    // size, since the offset was worked out: then this is not the chunk.
+    same = offset == uint64_t{index} * o.rec.chunk_size;
+    if (same) {
+      checksum = o.chunks[index].checksum;
+      a->length = std::min<uint64_t>(o.rec.chunk_size, o.rec.size - offset);
+    }
+  }
+  if (!same) {
+    Release(a->obj);
+    return absl::UnavailableError(absl::StrFormat("%s changed while being leased", key));
+  }
+  // It will be read whole, in pieces: one request for all of it now.
+  if (a->memory == nullptr) fs_->WillNeed(a->fd, offset, a->length);
+  return ChunkLease{LeaseOf(*std::move(a), offset), checksum};
 }
 
 absl::StatusOr<ReadLease> ChunkStoreImpl::LeaseWhole(const std::string& key, bool as_is) {
@@ -656,7 +697,7 @@ absl::Status ChunkStoreImpl::Store(const ObjectPtr& obj, uint32_t index, const C
     return why;
   };
   if (alloc.second > 0) fs_->Allocate(fd, alloc.first, alloc.second).IgnoreError();  // a hint
-  uint64_t sum = ChunkChecksum(bytes.data(), len);
+  uint64_t sum = ChunkChecksum(std::string_view(bytes.data(), len));
   IoOp op{IoOp::Kind::kWrite,
           fd,
           static_cast<uint64_t>(index) * obj->rec.chunk_size,

@@ -100,9 +100,6 @@ struct Counters {
   std::atomic<uint64_t> corrupt_index_records{0};
 };
 
-// A chunk's checksum (XXH3-64), as written at fill and checked at read.
-uint64_t ChunkChecksum(const char* data, size_t len);
-
 // ---------------------------------------------------------------------------
 // BufferPool (chunk_store_buffers.cc): chunk buffers for fills, recycled:
 // fresh memory per chunk (page faults and zeroing) costs as much as the copy
@@ -178,6 +175,7 @@ class ChunkStoreImpl final : public ChunkStore {
   absl::StatusOr<std::vector<uint32_t>> MissingChunks(const std::string& key, uint64_t offset,
                                                       uint64_t length) const override;
   absl::StatusOr<ReadLease> Lease(const std::string& key, uint64_t offset, size_t length) override;
+  absl::StatusOr<ChunkLease> LeaseChunk(const std::string& key, uint32_t index) override;
   absl::StatusOr<ReadLease> LeaseWhole(const std::string& key, bool as_is) override;
   void ReleaseOpenHolds() override;
   absl::StatusOr<FillResult> Fill(const std::string& key, uint32_t index,
@@ -233,6 +231,7 @@ class ChunkStoreImpl final : public ChunkStore {
   std::pair<uint64_t, uint64_t> ReadAheadLocked(Object& o, uint32_t last)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Release(const ObjectPtr& obj);
+  ReadLease LeaseOf(Acquired&& a, uint64_t offset);
   absl::Status Store(const ObjectPtr& obj, uint32_t index, const ChunkBytes& bytes);
   std::pair<uint64_t, uint64_t> AllocationFor(Object& o, uint32_t index, uint32_t len)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

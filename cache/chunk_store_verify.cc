@@ -1,32 +1,15 @@
 // Checking what the store serves: chunk checksums on first read, verify-ahead
 // for sequential readers on a background thread, the full Verify, and the
 // scrub for data files deleted behind the store's back.
-#include <xxhash.h>
-
 #include <algorithm>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_format.h"
+#include "base/digest.h"
 #include "base/logging.h"
 #include "cache/chunk_store_impl.h"
 
-// ChunkChecksum's dispatcher.
-#if defined(__x86_64__)
-#include <xxh_x86dispatch.h>
-#endif
-
 namespace strata::cache::internal {
-
-// On x86-64 through libxxhash's dispatcher, which picks AVX2 or AVX-512
-// where the CPU has them: the same value, at about twice the speed of the
-// baseline SSE2 build on the fill path.
-uint64_t ChunkChecksum(const char* data, size_t len) {
-#if defined(__x86_64__)
-  return XXH3_64bits_dispatch(data, len);
-#else
-  return XXH3_64bits(data, len);
-#endif
-}
 
 namespace {
 
@@ -153,7 +136,7 @@ bool ChunkStoreImpl::CheckChunk(Object& obj, int fd, uint32_t i, uint64_t want) 
                            : absl::StrFormat("read %d of %u bytes", got_bytes, len));
     return false;
   }
-  uint64_t got = ChunkChecksum(buf, len);
+  uint64_t got = ChunkChecksum(std::string_view(buf, len));
   if (got != want) {
     spdlog::error(
         "chunk {} of {} failed its checksum in {} (want {:016x}, got {:016x}); refetching", i,

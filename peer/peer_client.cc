@@ -205,7 +205,8 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
   SendOptions so;
   so.link_bytes_per_second = link_rate;
   bool sent =
-      SendChunk<v1::FetchRequest>(*stream, std::string_view(out.data(), out.size()), so, nullptr);
+      SendChunk<v1::FetchRequest>(*stream, std::string_view(out.data(), out.size()), so, nullptr)
+          .ok();
   stream->WritesDone();
   v1::FetchResponse stored;
   bool ok = sent && stream->Read(&stored) && stored.has_stored();

@@ -1,10 +1,14 @@
 // PeerService: Wants answered from the store, fills made by leases.
 #include "peer/peer_service.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/errno_status.h"
 #include "base/logging.h"
 #include "peer/wire.h"
 
@@ -69,9 +73,9 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
       std::min<uint64_t>(c.chunk_size(), c.object_size() - uint64_t{c.index()} * c.chunk_size()));
   if (want.only_if_present()) {
     SendSlot slot(*this);
-    auto bytes = ReadPresent(key, c, len);
-    if (!bytes) return grpc::Status(grpc::StatusCode::NOT_FOUND, "not here");
-    return Send(stream, want, *bytes, len);
+    auto present = LeasePresent(key, c);
+    if (!present.ok()) return grpc::Status(grpc::StatusCode::NOT_FOUND, "not here");
+    return SendStored(stream, want, *present);
   }
   absl::Status last = absl::UnavailableError("no fill was attempted");
   for (int attempt = 0; attempt < opts_.max_fill_attempts; ++attempt) {
@@ -99,13 +103,17 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
       continue;
     }
     SendSlot slot(*this);
-    std::shared_ptr<const cache::ChunkBytes> bytes = r->bytes;
-    if (!bytes) bytes = ReadPresent(key, c, len);  // it was present already
-    if (!bytes) {
+    if (r->bytes) {  // just filled: the bytes are in hand
+      std::string_view bytes = r->bytes->view().substr(0, len);
+      return Send(stream, want, len, ChunkChecksum(bytes),
+                  [&](size_t offset, absl::Span<char> out) { return CopyOut(bytes, offset, out); });
+    }
+    auto present = LeasePresent(key, c);  // it was present already
+    if (!present.ok()) {
       last = absl::UnavailableError("evicted while being served");
       continue;
     }
-    return Send(stream, want, *bytes, len);
+    return SendStored(stream, want, *present);
   }
   return ToGrpc(absl::UnavailableError(
       absl::StrCat("no node could fetch chunk ", c.index(), " of ", key, ": ", last.message())));
@@ -125,36 +133,56 @@ PeerService::SendSlot::~SendSlot() {
   --service_.sending_;
 }
 
-std::shared_ptr<const cache::ChunkBytes> PeerService::ReadPresent(const std::string& key,
-                                                                  const v1::ChunkRef& c,
-                                                                  uint32_t len) {
+absl::StatusOr<cache::ChunkLease> PeerService::LeasePresent(const std::string& key,
+                                                            const v1::ChunkRef& c) {
   auto info = store_.Lookup(key);
-  if (!info || info->size != c.object_size() || info->chunk_size != c.chunk_size()) return nullptr;
-  auto buf = std::make_shared<cache::ChunkBytes>((len + cache::kIoAlign - 1) / cache::kIoAlign *
-                                                 cache::kIoAlign);
-  buf->resize(len);
-  auto rr =
-      store_.Read(key, uint64_t{c.index()} * c.chunk_size(), absl::MakeSpan(buf->data(), len));
-  if (!rr.ok() || !rr->missing.empty()) return nullptr;
-  return buf;
+  if (!info || info->size != c.object_size() || info->chunk_size != c.chunk_size()) {
+    return absl::NotFoundError("not here");
+  }
+  return store_.LeaseChunk(key, c.index());
 }
 
-grpc::Status PeerService::Send(Stream* stream, const v1::Want& want, const cache::ChunkBytes& bytes,
-                               uint32_t len) {
+grpc::Status PeerService::SendStored(Stream* stream, const v1::Want& want,
+                                     const cache::ChunkLease& chunk) {
+  const cache::ReadLease& range = chunk.range;
+  const std::string_view memory = range.memory();
+  return Send(stream, want, range.length(), chunk.checksum,
+              [&](size_t offset, absl::Span<char> out) -> absl::Status {
+                if (!memory.empty()) return CopyOut(memory, offset, out);
+                for (size_t done = 0; done < out.size();) {
+                  ssize_t n = ::pread(range.fd(), out.data() + done, out.size() - done,
+                                      static_cast<off_t>(range.offset() + offset + done));
+                  if (n < 0 && errno == EINTR) continue;
+                  if (n < 0) return ErrnoStatus(errno, "reading the cache's data file");
+                  if (n == 0) return absl::DataLossError("the cache's data file ends early");
+                  done += static_cast<size_t>(n);
+                }
+                return absl::OkStatus();
+              });
+}
+
+grpc::Status PeerService::Send(Stream* stream, const v1::Want& want, size_t length, uint64_t xxh3,
+                               ChunkReader read) {
   SendOptions so;
   so.zstd =
       std::find(want.accept().begin(), want.accept().end(), v1::CODEC_ZSTD) != want.accept().end();
   so.link_bytes_per_second = want.link_bytes_per_second();
   so.compress_bytes_per_second = compress_rate_;
   SendReport rep;
-  if (!SendChunk<v1::FetchResponse>(*stream, bytes.view().substr(0, len), so, &rep)) {
+  absl::Status st = SendChunk<v1::FetchResponse>(*stream, length, xxh3, read, so, &rep);
+  if (absl::IsUnavailable(st)) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "the asker went away");
+  }
+  if (!st.ok()) {
+    spdlog::error("peers: cannot send chunk {} of {}: {}", want.chunk().index(), want.chunk().key(),
+                  st.message());
+    return ToGrpc(st);
   }
   if (rep.compress_bytes_per_second > 0) {
     compress_rate_ = 0.8 * compress_rate_ + 0.2 * rep.compress_bytes_per_second;
   }
   ++served_;
-  bytes_ += len;
+  bytes_ += length;
   wire_ += rep.wire_bytes;
   if (rep.compressed) ++compressed_;
   return grpc::Status::OK;

@@ -23,6 +23,7 @@
 #include "cache/chunk_store.h"
 #include "peer.grpc.pb.h"
 #include "peer/tls.h"
+#include "peer/wire.h"
 
 namespace strata::peer {
 
@@ -75,11 +76,15 @@ class PeerService final : public v1::Peer::Service {
    private:
     PeerService& service_;
   };
-  // The chunk's bytes if this node has them now; null otherwise.
-  std::shared_ptr<const cache::ChunkBytes> ReadPresent(const std::string& key,
-                                                       const v1::ChunkRef& chunk, uint32_t len);
+  // The chunk, held, if this node has it now in the shape asked for.
+  absl::StatusOr<cache::ChunkLease> LeasePresent(const std::string& key, const v1::ChunkRef& chunk);
+  // Sends a held chunk as it is stored: from the store's memory or straight
+  // from its file into the pieces, with the checksum it was checked with
+  // (no copy of the whole chunk is made, and it is not hashed again).
+  grpc::Status SendStored(grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>* stream,
+                          const v1::Want& want, const cache::ChunkLease& chunk);
   grpc::Status Send(grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>* stream,
-                    const v1::Want& want, const cache::ChunkBytes& bytes, uint32_t len);
+                    const v1::Want& want, size_t length, uint64_t xxh3, ChunkReader read);
 
   cache::ChunkStore& store_;
   const PeerServiceOptions opts_;

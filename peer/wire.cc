@@ -1,9 +1,9 @@
 // Chunk encoding on the peer wire: pieces, zstd where it pays, checksums.
 #include "peer/wire.h"
 
-#include <xxhash.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -45,15 +45,20 @@ bool ShouldCompress(double sample_ratio, double link_bytes_per_second,
   return link_bytes_per_second < compress_bytes_per_second * (1 - sample_ratio);
 }
 
-bool EncodeChunk(std::string_view chunk, const SendOptions& options,
-                 absl::FunctionRef<bool(const v1::ChunkHeader&)> send_header,
-                 absl::FunctionRef<bool(v1::Piece&&)> send_piece, SendReport* report) {
+absl::Status EncodeChunk(size_t length, uint64_t xxh3, ChunkReader read, const SendOptions& options,
+                         absl::FunctionRef<bool(const v1::ChunkHeader&)> send_header,
+                         v1::Piece& piece, absl::FunctionRef<bool()> send_piece,
+                         SendReport* report) {
+  const absl::Status gone = absl::UnavailableError("the receiver went away");
   SendReport r;
   bool zstd = false;
-  if (options.zstd && chunk.size() >= kSampleBytes && options.link_bytes_per_second > 0) {
+  std::string raw;  // the bytes to compress, when they are compressed
+  if (options.zstd && length >= kSampleBytes && options.link_bytes_per_second > 0) {
+    raw.resize(kSampleBytes);
+    if (absl::Status st = read(0, absl::MakeSpan(raw)); !st.ok()) return st;
     std::string sample(ZSTD_compressBound(kSampleBytes), '\0');
     auto start = std::chrono::steady_clock::now();
-    size_t n = ZSTD_compressCCtx(Cctx(), sample.data(), sample.size(), chunk.data(), kSampleBytes,
+    size_t n = ZSTD_compressCCtx(Cctx(), sample.data(), sample.size(), raw.data(), kSampleBytes,
                                  kZstdLevel);
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!ZSTD_isError(n)) {
@@ -64,30 +69,33 @@ bool EncodeChunk(std::string_view chunk, const SendOptions& options,
     }
   }
   v1::ChunkHeader h;
-  h.set_length(static_cast<uint32_t>(chunk.size()));
-  h.set_xxh3_64(XXH3_64bits(chunk.data(), chunk.size()));
+  h.set_length(static_cast<uint32_t>(length));
+  h.set_xxh3_64(xxh3);
   h.set_codec(zstd ? v1::CODEC_ZSTD : v1::CODEC_NONE);
-  if (!send_header(h)) return false;
+  if (!send_header(h)) return gone;
   r.compressed = zstd;
-  for (size_t off = 0; off < chunk.size(); off += kPieceBytes) {
-    std::string_view raw = chunk.substr(off, kPieceBytes);
-    v1::Piece p;
-    p.set_raw_length(static_cast<uint32_t>(raw.size()));
+  for (size_t off = 0; off < length; off += kPieceBytes) {
+    const size_t n = std::min(kPieceBytes, length - off);
+    piece.set_raw_length(static_cast<uint32_t>(n));
+    std::string* data = piece.mutable_data();
     if (zstd) {
-      std::string* data = p.mutable_data();
-      data->resize(ZSTD_compressBound(raw.size()));
-      size_t n =
-          ZSTD_compressCCtx(Cctx(), data->data(), data->size(), raw.data(), raw.size(), kZstdLevel);
-      if (ZSTD_isError(n)) return false;
-      data->resize(n);
+      raw.resize(n);
+      if (absl::Status st = read(off, absl::MakeSpan(raw)); !st.ok()) return st;
+      data->resize(ZSTD_compressBound(n));
+      size_t z = ZSTD_compressCCtx(Cctx(), data->data(), data->size(), raw.data(), n, kZstdLevel);
+      if (ZSTD_isError(z)) {
+        return absl::InternalError(absl::StrCat("zstd: ", ZSTD_getErrorName(z)));
+      }
+      data->resize(z);
     } else {
-      p.set_data(raw.data(), raw.size());
+      data->resize(n);
+      if (absl::Status st = read(off, absl::MakeSpan(data->data(), n)); !st.ok()) return st;
     }
-    r.wire_bytes += p.data().size();
-    if (!send_piece(std::move(p))) return false;
+    r.wire_bytes += data->size();
+    if (!send_piece()) return gone;
   }
   if (report != nullptr) *report = r;
-  return true;
+  return absl::OkStatus();
 }
 
 absl::Status ChunkReceiver::Begin(const v1::ChunkHeader& header) {
@@ -134,7 +142,7 @@ absl::Status ChunkReceiver::Finish() const {
   if (!complete()) {
     return absl::DataLossError(absl::StrFormat("%u of %u bytes arrived", filled_, out_.size()));
   }
-  uint64_t got = XXH3_64bits(out_.data(), out_.size());
+  uint64_t got = ChunkChecksum(std::string_view(out_.data(), out_.size()));
   if (got != header_.xxh3_64()) {
     return absl::DataLossError(absl::StrFormat(
         "the chunk's checksum is %016x, the sender said %016x: corrupted on the way", got,

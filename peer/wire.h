@@ -8,12 +8,14 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <string_view>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
+#include "base/digest.h"
 #include "peer.pb.h"
 
 namespace strata::peer {
@@ -43,10 +45,23 @@ struct SendReport {
   double compress_bytes_per_second = 0;  // measured on this chunk; 0: none
 };
 
-// Sends `chunk` as a header and pieces; false as soon as a send fails.
-bool EncodeChunk(std::string_view chunk, const SendOptions& options,
-                 absl::FunctionRef<bool(const v1::ChunkHeader&)> send_header,
-                 absl::FunctionRef<bool(v1::Piece&&)> send_piece, SendReport* report);
+// Copies [offset, offset + out.size()) of the chunk being sent into `out`.
+using ChunkReader = absl::FunctionRef<absl::Status(size_t offset, absl::Span<char> out)>;
+
+// A ChunkReader's work for a chunk in memory.
+inline absl::Status CopyOut(std::string_view chunk, size_t offset, absl::Span<char> out) {
+  std::memcpy(out.data(), chunk.data() + offset, out.size());
+  return absl::OkStatus();
+}
+
+// Sends a chunk of `length` bytes whose ChunkChecksum is `xxh3` as a header and
+// pieces, each read through `read` into `piece` (reused: a chunk in flight
+// costs one piece of memory, not its whole size) and sent by `send_piece`.
+// Unavailable as soon as a send fails; a failed read's own status.
+absl::Status EncodeChunk(size_t length, uint64_t xxh3, ChunkReader read, const SendOptions& options,
+                         absl::FunctionRef<bool(const v1::ChunkHeader&)> send_header,
+                         v1::Piece& piece, absl::FunctionRef<bool()> send_piece,
+                         SendReport* report);
 
 // Assembles one chunk into `out` (exactly its length) from its header and
 // pieces. Every check failure is DataLoss (a corrupt or lying sender) or
@@ -73,20 +88,26 @@ class ChunkReceiver {
 // the stream carries in that direction (FetchRequest or FetchResponse),
 // both of which hold a `header` and a `piece`.
 template <typename Message, typename Writer>
-bool SendChunk(Writer& stream, std::string_view chunk, const SendOptions& options,
-               SendReport* report) {
+absl::Status SendChunk(Writer& stream, size_t length, uint64_t xxh3, ChunkReader read,
+                       const SendOptions& options, SendReport* report) {
+  Message m;  // every piece goes out in this one message
   return EncodeChunk(
-      chunk, options,
+      length, xxh3, read, options,
       [&](const v1::ChunkHeader& h) {
-        Message m;
-        *m.mutable_header() = h;
-        return stream.Write(m);
+        Message hm;
+        *hm.mutable_header() = h;
+        return stream.Write(hm);
       },
-      [&](v1::Piece&& p) {
-        Message m;
-        *m.mutable_piece() = std::move(p);
-        return stream.Write(m);
-      },
+      *m.mutable_piece(), [&] { return stream.Write(m); }, report);
+}
+
+// A chunk in memory.
+template <typename Message, typename Writer>
+absl::Status SendChunk(Writer& stream, std::string_view chunk, const SendOptions& options,
+                       SendReport* report) {
+  return SendChunk<Message>(
+      stream, chunk.size(), ChunkChecksum(chunk),
+      [chunk](size_t offset, absl::Span<char> out) { return CopyOut(chunk, offset, out); }, options,
       report);
 }
 
@@ -96,8 +117,8 @@ absl::Status ReceiveChunk(Reader& stream, const v1::ChunkHeader& header, absl::S
                           uint64_t* wire_bytes) {
   ChunkReceiver rx(out);
   absl::Status st = rx.Begin(header);
+  Message m;  // reused: its piece's buffer is allocated once
   while (st.ok() && !rx.complete()) {
-    Message m;
     if (!stream.Read(&m))
       return absl::UnavailableError("the stream ended in the middle of a chunk");
     if (!m.has_piece()) return absl::InvalidArgumentError("expected a piece of the chunk");

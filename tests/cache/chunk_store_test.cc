@@ -20,6 +20,8 @@
 #include <set>
 #include <thread>
 
+#include "base/digest.h"
+#include "base/unique_fd.h"
 #include "cache/chunk_index.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -577,6 +579,47 @@ TEST_F(ChunkStoreTest, NeverEvictsPinnedOrLeasedObjects) {
   EXPECT_EQ(s->Evict({EvictRequest::Mode::kAll, 0, ""}).objects, 1u);
   EXPECT_EQ(s->Stats().used_bytes, 0u);
   EXPECT_EQ(s->Lease("gone", 0, 1).status().code(), absl::StatusCode::kNotFound);
+}
+
+// A chunk passed on as stored (to a peer): its range, held like any lease,
+// its bytes when still in memory, and the checksum it was stored with; a
+// chunk checked again after a restart, and found rotten, is not leased.
+TEST_F(ChunkStoreTest, AChunkIsLeasedWithTheChecksumItWasStoredWith) {
+  const uint64_t size = 2 * kChunk + 100;
+  {
+    auto s = OpenStore();
+    Put(*s, "obj", 3, size);
+    auto c = s->LeaseChunk("obj", 2);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->range.offset(), 2u * kChunk);
+    EXPECT_EQ(c->range.length(), 100u) << "the last chunk is short";
+    EXPECT_EQ(c->range.memory(), Pattern(1, 2, 100)) << "just filled: still in memory";
+    EXPECT_EQ(c->checksum, ChunkChecksum(Pattern(1, 2, 100)));
+    EXPECT_EQ(s->Evict({EvictRequest::Mode::kKey, 0, "obj"}).skipped_busy, 1u);
+    EXPECT_EQ(s->LeaseChunk("obj", 3).status().code(), absl::StatusCode::kOutOfRange);
+    EXPECT_EQ(s->LeaseChunk("other", 0).status().code(), absl::StatusCode::kNotFound);
+    ASSERT_TRUE(s->Register({"half", 2 * kChunk, "test", 0}).ok());
+    ASSERT_TRUE(s->WriteChunk("half", 0, Pattern(2, 0, kChunk)).ok());
+    EXPECT_EQ(s->LeaseChunk("half", 1).status().code(), absl::StatusCode::kUnavailable);
+    ASSERT_TRUE(s->Remove("half").ok());  // one object left: ObjectFile finds it
+  }
+  std::string file = ObjectFile(*OpenStore(), "obj");
+  {
+    UniqueFd fd(::open(file.c_str(), O_WRONLY | O_CLOEXEC));
+    ASSERT_GE(fd.get(), 0);
+    ASSERT_EQ(::pwrite(fd.get(), "X", 1, kChunk + 7), 1);  // chunk 1 rots while closed
+  }
+  memory_bytes_ = 0;
+  auto s = OpenStore();
+  auto c = s->LeaseChunk("obj", 0);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->range.memory().empty()) << "not in memory: read from the file";
+  std::string got(kChunk, '\0');
+  ASSERT_EQ(::pread(c->range.fd(), got.data(), kChunk, c->range.offset()), kChunk);
+  EXPECT_EQ(got, Pattern(1, 0, kChunk));
+  EXPECT_EQ(c->checksum, ChunkChecksum(got));
+  EXPECT_EQ(s->LeaseChunk("obj", 1).status().code(), absl::StatusCode::kUnavailable)
+      << "checked on its first use since the restart, found rotten, dropped";
 }
 
 // After a restart, objects the kernel still reads (FUSE passthrough backing

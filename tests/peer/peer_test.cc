@@ -3,14 +3,18 @@
 // real chunk store, peer service and client talking gRPC on 127.0.0.x:
 // leases, single fetches under concurrency, lying and dead peers, mutual
 // TLS. The origin is a counting function at the fetcher's seam.
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <map>
 #include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "base/unique_fd.h"
 #include "cache/chunk_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -154,21 +158,26 @@ struct Captured {
   uint64_t wire = 0;
 };
 
+// Encodes `chunk` as SendChunk does, read piece by piece from memory.
 Captured Encode(const std::string& chunk, const SendOptions& o, SendReport* rep = nullptr) {
   Captured c;
   SendReport r;
-  EXPECT_TRUE(EncodeChunk(
-      chunk, o,
+  v1::Piece piece;
+  absl::Status st = EncodeChunk(
+      chunk.size(), ChunkChecksum(chunk),
+      [&](size_t offset, absl::Span<char> out) { return CopyOut(chunk, offset, out); }, o,
       [&](const v1::ChunkHeader& h) {
         c.header = h;
         return true;
       },
-      [&](v1::Piece&& p) {
-        c.wire += p.data().size();
-        c.pieces.push_back(std::move(p));
+      piece,
+      [&] {
+        c.wire += piece.data().size();
+        c.pieces.push_back(piece);
         return true;
       },
-      &r));
+      &r);
+  EXPECT_TRUE(st.ok()) << st;
   if (rep) *rep = r;
   return c;
 }
@@ -276,9 +285,39 @@ TEST(WireTest, EveryKindOfBadChunkIsDataLossNeverBytes) {
   EXPECT_TRUE(absl::IsInvalidArgument(Decode(c, out)));
 }
 
+TEST(WireTest, AChunkIsReadAPieceAtATimeAndAFailedReadStopsTheSend) {
+  std::string chunk = Random(3 << 20, 11);
+  std::vector<std::pair<size_t, size_t>> reads;
+  int pieces = 0;
+  v1::Piece piece;
+  absl::Status st = EncodeChunk(
+      chunk.size(), ChunkChecksum(chunk),
+      [&](size_t offset, absl::Span<char> out) -> absl::Status {
+        reads.emplace_back(offset, out.size());
+        if (offset >= 2 * kPieceBytes) return absl::DataLossError("the disk lost it");
+        return CopyOut(chunk, offset, out);
+      },
+      {}, [](const v1::ChunkHeader&) { return true; }, piece,
+      [&] {
+        ++pieces;
+        return true;
+      },
+      nullptr);
+  EXPECT_TRUE(absl::IsDataLoss(st)) << st;
+  EXPECT_THAT(st.message(), HasSubstr("the disk lost it"));
+  EXPECT_EQ(pieces, 2) << "nothing is sent after the failed read";
+  std::vector<std::pair<size_t, size_t>> want = {
+      {0, kPieceBytes}, {kPieceBytes, kPieceBytes}, {2 * kPieceBytes, kPieceBytes}};
+  EXPECT_EQ(reads, want) << "one piece at a time, never the whole chunk";
+}
+
 // --- nodes ----------------------------------------------------------------
 
 constexpr uint32_t kChunk = 1 << 20;
+
+// The memory tier of the nodes' stores (a test that must see the disk sets
+// it to 0 before it starts its nodes).
+uint64_t node_memory_bytes = cache::StoreOptions{}.memory_bytes;
 
 // A node: a chunk store, the peer service on its own 127.0.0.x address,
 // and a client that knows every node of the cluster.
@@ -297,6 +336,7 @@ struct Node {
     so.chunk_size = kChunk;
     so.capacity_bytes = 1ull << 30;
     so.background_work = false;
+    so.memory_bytes = node_memory_bytes;
     auto s = cache::ChunkStore::Open(so);
     EXPECT_TRUE(s.ok()) << s.status();
     store = std::move(*s);
@@ -522,6 +562,41 @@ TEST_F(PeersTest, BytesCorruptedOnTheWayCostARefetchNeverAWrongByte) {
   ASSERT_EQ(stats.peers.size(), 1u);
   EXPECT_EQ(stats.peers[0].corrupt, 1u);
   EXPECT_EQ(stats.peers[0].chunks, 3u);
+}
+
+TEST_F(PeersTest, AChunkThatRotsOnTheOwnersDiskAfterItsCheckIsCaughtByTheAsker) {
+  // The owner sends a chunk from its file with the checksum it stored it
+  // with, not one made again from what the file holds now.
+  node_memory_bytes = 0;  // the owner reads its disk, not its memory
+  StartNodes(2);
+  node_memory_bytes = cache::StoreOptions{}.memory_bytes;
+  const std::string key = "http://o/rot@\"v\"";
+  uint32_t i = ChunkOwnedBy(0, key, 64);
+  std::string b = Bytes(key, i);
+  ASSERT_TRUE(nodes_[0]->store->Register({key, kObject, "test", kChunk}).ok());
+  ASSERT_TRUE(nodes_[0]->store->WriteChunk(key, i, absl::MakeSpan(b)).ok());
+  std::string file;
+  for (const auto& e :
+       std::filesystem::recursive_directory_iterator(nodes_[0]->dir.path() + "/cache/objects")) {
+    if (e.is_regular_file()) file = e.path();
+  }
+  ASSERT_FALSE(file.empty());
+  {
+    UniqueFd fd(::open(file.c_str(), O_WRONLY | O_CLOEXEC));
+    ASSERT_GE(fd.get(), 0);
+    char rotten = static_cast<char>(b[kChunk / 2] ^ 0x04);
+    ASSERT_EQ(::pwrite(fd.get(), &rotten, 1, static_cast<off_t>(uint64_t{i} * kChunk + kChunk / 2)),
+              1);
+  }
+  std::string got;
+  auto from = Read(1, key, i, &got);
+  ASSERT_TRUE(from.ok()) << from.status();
+  EXPECT_EQ(*from, cache::ChunkFrom::kOrigin);
+  EXPECT_EQ(origin_reads_, 1);
+  EXPECT_TRUE(got == b) << "the asker stored and served the origin's bytes";
+  auto stats = nodes_[1]->client->Stats();
+  ASSERT_EQ(stats.peers.size(), 1u);
+  EXPECT_EQ(stats.peers[0].corrupt, 1u);
 }
 
 TEST_F(PeersTest, ALeaseHolderThatSendsBadBytesFailsTheFillAndTheNextWaiterFetches) {
