@@ -84,7 +84,7 @@ void PeerClient::Update(const std::string& address, F f) {
   if (it != links_.end()) f(it->second->stats);
 }
 
-PeerClient::Link* PeerClient::Connect(const std::string& address) {
+absl::StatusOr<PeerClient::Link*> PeerClient::Connect(const std::string& address) {
   Link* link;
   {
     absl::MutexLock l(&mu_);
@@ -113,9 +113,20 @@ PeerClient::Link* PeerClient::Connect(const std::string& address) {
     }
     link = slot.get();
   }
-  if (link->channel->GetState(/*try_to_connect=*/true) != GRPC_CHANNEL_READY &&
-      !link->channel->WaitForConnected(After(opts_.connect_timeout))) {
-    return nullptr;
+  // Up to connect_timeout for a peer that does not answer, but none for
+  // one that refuses (a node whose daemon is gone, still listed): that
+  // fails the attempt at once, rather than each of its chunks waiting out
+  // the timeout.
+  const auto deadline = After(opts_.connect_timeout);
+  for (grpc_connectivity_state st = link->channel->GetState(/*try_to_connect=*/true);
+       st != GRPC_CHANNEL_READY; st = link->channel->GetState(/*try_to_connect=*/true)) {
+    if (st == GRPC_CHANNEL_TRANSIENT_FAILURE || st == GRPC_CHANNEL_SHUTDOWN) {
+      return absl::UnavailableError("cannot connect: refused or unreachable");
+    }
+    if (!link->channel->WaitForStateChange(st, deadline)) {
+      return absl::UnavailableError(absl::StrCat("cannot connect: no answer within ",
+                                                 absl::FormatDuration(opts_.connect_timeout)));
+    }
   }
   return link;
 }
@@ -129,12 +140,10 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
     Update(address, [](PeerLinkStats& s) { ++s.failures; });
     return Outcome::kPeerFailed;
   };
-  Link* link = Connect(address);
+  absl::StatusOr<Link*> connected = Connect(address);
   Update(address, [](PeerLinkStats& s) { ++s.requests; });
-  if (link == nullptr) {
-    return fail(
-        absl::StrCat("cannot connect within ", absl::FormatDuration(opts_.connect_timeout)));
-  }
+  if (!connected.ok()) return fail(std::string(connected.status().message()));
+  Link* link = *connected;
   uint64_t link_rate;
   {
     absl::MutexLock l(&mu_);

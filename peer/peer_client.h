@@ -85,8 +85,9 @@ class PeerClient final : public cache::ChunkPeers {
   Outcome Ask(const std::string& address, const cache::ChunkId& chunk, absl::Span<char> out,
               absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin,
               absl::Status* origin_status, bool probe = false);
-  // The link to `address`, connected within the connect timeout; null if not.
-  Link* Connect(const std::string& address);
+  // The link to `address`, connected; Unavailable, saying why, when the
+  // peer refuses or does not answer within the connect timeout.
+  absl::StatusOr<Link*> Connect(const std::string& address);
   template <typename F>
   void Update(const std::string& address, F f);
 
