@@ -35,6 +35,10 @@ class ChunkPeers {
   virtual absl::StatusOr<ChunkFrom> Fetch(
       const ChunkId& chunk, absl::Span<char> out,
       absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin) = 0;
+
+  // Whether this node owns the chunk now: it is the node the others ask
+  // for it first.
+  virtual bool Owns(const ChunkId& chunk) const = 0;
 };
 
 }  // namespace strata::cache

@@ -262,6 +262,17 @@ class Fetcher::Impl {
     }
     std::sort(chunks.begin(), chunks.end());
     chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
+    // The chunks this node owns first. Nodes that warm one object at once
+    // (a DaemonSet's prefetch, a scale-out) would otherwise move through it
+    // in step, all waiting on the same few chunks' origin reads; this way
+    // each reads its own share from the origin straight into its store (no
+    // lease, no upload), all shares at once, and then takes the rest from
+    // owners that have it by then.
+    if (opts_.peers != nullptr && t.origin->SharedVersion(t.stat)) {
+      std::stable_partition(chunks.begin(), chunks.end(), [&](uint32_t c) {
+        return opts_.peers->Owns({key, c, t.stat.size, cs});
+      });
+    }
     auto chunk_len = [&](uint32_t c) {
       return std::min<uint64_t>(cs, t.stat.size - uint64_t{c} * cs);
     };

@@ -77,6 +77,11 @@ absl::StatusOr<cache::ChunkFrom> PeerClient::Fetch(
   return cache::ChunkFrom::kOrigin;
 }
 
+bool PeerClient::Owns(const cache::ChunkId& chunk) const {
+  std::vector<Candidate> c = membership_.Candidates(chunk.key, chunk.index, 1);
+  return !c.empty() && c[0].self;
+}
+
 template <typename F>
 void PeerClient::Update(const std::string& address, F f) {
   absl::MutexLock l(&mu_);

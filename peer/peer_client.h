@@ -69,6 +69,7 @@ class PeerClient final : public cache::ChunkPeers {
   absl::StatusOr<cache::ChunkFrom> Fetch(
       const cache::ChunkId& chunk, absl::Span<char> out,
       absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin) override;
+  bool Owns(const cache::ChunkId& chunk) const override;
 
   PeerClientStats Stats() const;
 

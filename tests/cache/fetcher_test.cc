@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "absl/strings/escaping.h"
@@ -451,11 +452,14 @@ class RecordingPeers final : public ChunkPeers {
     if (!st.ok()) return st;
     return ChunkFrom::kOrigin;
   }
+  bool Owns(const ChunkId& chunk) const override { return owned_.contains(chunk.index); }
   std::vector<std::string> asked() {
     absl::MutexLock l(&mu_);
     return asked_;
   }
   void Lie() { lie_ = true; }
+  // The chunks this node owns (set before use).
+  void Own(std::set<uint32_t> chunks) { owned_ = std::move(chunks); }
   // The nice value of the thread that fetched each chunk.
   std::map<uint32_t, int> nice() {
     absl::MutexLock l(&mu_);
@@ -467,6 +471,7 @@ class RecordingPeers final : public ChunkPeers {
   std::vector<std::string> asked_ ABSL_GUARDED_BY(mu_);
   std::map<uint32_t, int> nice_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> lie_{false};
+  std::set<uint32_t> owned_;
 };
 
 TEST_F(FetcherTest, ChunksOfASharedVersionAreAskedOfPeersFirst) {
@@ -480,6 +485,27 @@ TEST_F(FetcherTest, ChunksOfASharedVersionAreAskedOfPeersFirst) {
   auto asked = peers.asked();
   EXPECT_EQ(asked.size(), 17u);
   for (const auto& a : asked) EXPECT_THAT(a, ::testing::StartsWith(StoreKey(t) + "#"));
+}
+
+// Nodes warming one object at once each start with the chunks they own, so
+// that all of it is read from the origin at once, each chunk by its owner.
+TEST_F(FetcherTest, APrefetchStartsWithTheChunksThisNodeOwns) {
+  RecordingPeers peers;
+  peers.Own({3, 9, 12});
+  FetcherOptions o;
+  o.peers = &peers;
+  o.background_workers = 1;  // chunks are fetched in the order they are queued
+  Fetcher f(*store_, o);
+  FetchTarget t = Target(nullptr);
+  ASSERT_TRUE(f.Prefetch(t, {{2 * kChunk, 12 * kChunk}}).ok());  // chunks 2 to 13
+  std::vector<std::string> want;
+  for (uint32_t i : {3, 9, 12, 2, 4, 5, 6, 7, 8, 10, 11, 13}) {
+    want.push_back(StoreKey(t) + "#" + std::to_string(i));
+  }
+  EXPECT_EQ(peers.asked(), want);
+  std::string all(t.stat.size, '\0');
+  ASSERT_TRUE(f.Read(t, 0, absl::MakeSpan(all)).ok());
+  EXPECT_TRUE(all == data_);
 }
 
 TEST_F(FetcherTest, AVersionOnlyThisNodeKnowsIsNeverAskedOfPeers) {
