@@ -62,6 +62,9 @@ absl::StatusOr<std::unique_ptr<FuseSession>> CacheFuseLauncher::Launch(
     // The same index every time: a successor's inodes are the kernel's.
     auto image = fuse::OpenImageTree(std::move(origin), store_, fetcher_);
     if (!image.ok()) return image.status();
+    // Whole files (raw model layers) are passed through where a successor
+    // can learn which the kernel holds.
+    if (!mount.open_log.empty()) (*image)->EnableBackingFiles();
     tree = std::move(*image);
   } else {
     auto v = std::make_unique<fuse::VolumeTree>(std::move(origin), store_, fetcher_, volume);

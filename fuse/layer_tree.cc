@@ -6,12 +6,21 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
 namespace strata::fuse {
 
 constexpr char kOpaqueXattr[] = "trusted.overlay.opaque";
+
+namespace {
+
+// A handle's inode: its low 32 bits (a handle of an older daemon is the
+// inode number itself).
+uint64_t InoOf(uint64_t handle) { return handle & 0xffffffffu; }
+
+}  // namespace
 
 LayerTree::LayerTree(std::shared_ptr<const LayerIndex> index, cache::FetchTarget blob,
                      std::shared_ptr<EstargzFiles> files, cache::ChunkStore& store,
@@ -78,16 +87,78 @@ absl::StatusOr<OpenResult> LayerTree::Open(uint64_t ino, int flags) {
     return PosixError(EROFS, "image layers are read-only");
   }
   if (!S_ISREG((*n)->mode)) return PosixError(EINVAL, "not a regular file");
+  // A handle of its own per open, where an open may hold a backing file
+  // until its release; the inode number otherwise.
+  uint64_t handle = backing_files_ ? (uint64_t{next_open_++} << 32) | ino : ino;
   // The layer never changes: what the kernel cached stays right.
-  return OpenResult{ino, /*keep_cache=*/true};
+  return OpenResult{handle, /*keep_cache=*/true};
 }
 
 absl::Status LayerTree::Reopen(uint64_t ino, uint64_t handle, int flags) {
-  if (handle != ino) return PosixError(EBADF, "a handle of another tree");
+  if (InoOf(handle) != ino) return PosixError(EBADF, "a handle of another inode");
   return Open(ino, flags).status();
 }
 
+void LayerTree::Release(uint64_t handle) {
+  cache::ReadLease held;  // let go of outside the lock: the store takes its own
+  absl::MutexLock l(&mu_);
+  if (auto it = backings_.find(handle); it != backings_.end()) {
+    held = std::move(it->second);
+    backings_.erase(it);
+  }
+}
+
+absl::StatusOr<std::pair<cache::FetchTarget, bool>> LayerTree::WholeObjectOf(uint64_t ino) const {
+  auto n = Node(ino);
+  if (!n.ok()) return n.status();
+  const LayerNode& node = **n;
+  uint32_t layer = index_->merged ? node.layer : 0;
+  if (!S_ISREG(node.mode) || layer >= sources_.size()) {
+    return absl::FailedPreconditionError("not a file of a layer");
+  }
+  const Source& src = sources_[layer];
+  if (src.files) {
+    uint32_t in_layer = index_->merged ? node.layer_node : static_cast<uint32_t>(ino - kRootIno);
+    return std::make_pair(EstargzFiles::Target(src.files, in_layer), true);
+  }
+  if (node.offset != 0 || node.size != src.blob.stat.size) {
+    return absl::FailedPreconditionError(
+        "an extent of the layer's blob, which the kernel cannot read as a file");
+  }
+  return std::make_pair(src.blob, false);
+}
+
+absl::StatusOr<BackingFile> LayerTree::Backing(uint64_t handle) {
+  if (!backing_files_) return absl::UnimplementedError("no backing files for this mount");
+  auto whole = WholeObjectOf(InoOf(handle));
+  if (!whole.ok()) return whole.status();
+  const std::string key = cache::StoreKey(whole->first);
+  // As ReadThrough: a blob's bytes only once it matched its digest.
+  if (!whole->second && !store_.DigestVerified(key)) {
+    return absl::FailedPreconditionError(absl::StrCat(key, " is not checked against its digest"));
+  }
+  auto lease = store_.LeaseWhole(key);
+  if (!lease.ok()) return lease.status();
+  BackingFile b{lease->fd(), key};
+  Hold(handle, *std::move(lease));
+  return b;
+}
+
+absl::Status LayerTree::HoldBacking(uint64_t handle, const std::string& id) {
+  auto lease = store_.LeaseWhole(id, /*as_is=*/true);
+  if (!lease.ok()) return lease.status();
+  Hold(handle, *std::move(lease));
+  return absl::OkStatus();
+}
+
+void LayerTree::Hold(uint64_t handle, cache::ReadLease lease) {
+  cache::ReadLease replaced;  // let go of outside the lock
+  absl::MutexLock l(&mu_);
+  replaced = std::exchange(backings_[handle], std::move(lease));
+}
+
 absl::StatusOr<ReadResult> LayerTree::Read(uint64_t handle, uint64_t offset, size_t size) {
+  handle = InoOf(handle);
   auto n = Node(handle);
   if (!n.ok()) return n.status();
   const LayerNode& node = **n;

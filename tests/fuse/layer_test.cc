@@ -22,6 +22,7 @@
 #include "fuse/estargz_files.h"
 #include "fuse/layer_index.h"
 #include "fuse/layer_tree.h"
+#include "fuse/open_log.h"
 #include "nlohmann/json.hpp"
 #include "origin/origin.h"
 #include "tests/util/local_cache.h"
@@ -469,12 +470,21 @@ class LayerTreeTest : public ::testing::Test {
         name);
   }
 
-  // Mounts `tree` (kept until the test ends) at a new mountpoint; returns it.
-  std::string MountTree(std::unique_ptr<LayerTree> tree, const std::string& name) {
+  // Mounts `tree` (kept until the test ends) at a new mountpoint; returns
+  // it. With `passthrough`, whole files are passed through, and the opens
+  // are logged in `name`.opens.
+  std::string MountTree(std::unique_ptr<LayerTree> tree, const std::string& name,
+                        bool passthrough = false) {
     trees_.push_back(std::move(tree));
     std::string mnt = dir_.path() + "/" + name + ".mnt";
     fs::create_directories(mnt);
-    auto server = FuseServer::Mount(*trees_.back(), {.mountpoint = mnt});
+    MountOptions mo;
+    mo.mountpoint = mnt;
+    if (passthrough) {
+      trees_.back()->EnableBackingFiles();
+      mo.open_log = dir_.path() + "/" + name + ".opens";
+    }
+    auto server = FuseServer::Mount(*trees_.back(), mo);
     EXPECT_TRUE(server.ok()) << server.status();
     if (!server.ok()) return mnt;
     FuseServer* s = server->get();
@@ -591,6 +601,95 @@ TEST_F(LayerTreeTest, ServesEstargzFilesChunkByChunkCheckingEach) {
   EXPECT_EQ(::pread(fd, buf.data(), 4096, 8192), 4096);
   EXPECT_EQ(buf, bad.substr(8192, 4096));
   ::close(fd);
+}
+
+// Files that are whole objects of the cache (a raw model layer's one file is
+// its blob; an eStargz file is cached by its content) are read by the
+// kernel from the store's file once whole and checked, and held against
+// eviction meanwhile; a file inside a tar layer, an extent of the blob, is
+// read through the daemon.
+TEST_F(LayerTreeTest, WholeObjectFilesArePassedThroughOnceCachedAndChecked) {
+  const std::string weights = Pattern(9, 0, (3 << 20) + 5);
+  auto target = [&](const std::string& name, const std::string& blob) {
+    std::ofstream(dir_.path() + "/origin/" + name, std::ios::binary) << blob;
+    cache::FetchTarget t;
+    t.origin = cache_.origin;
+    t.path = name;
+    t.stat = *cache_.origin->Stat(name);
+    t.stat.digest = "sha256:" + Sha256Hex(blob);
+    return t;
+  };
+  cache::FetchTarget raw = target("raw", weights);
+  auto raw_index = IndexRawFile("w.bin", weights.size());
+  ASSERT_TRUE(raw_index.ok()) << raw_index.status();
+  std::string toc;
+  cache::FetchTarget esgz =
+      target("esgz", Estargz({{.name = "w.bin", .data = weights}}, 1 << 20, &toc));
+  auto esgz_index = IndexStargz(ReadPath(dir_.path() + "/origin/esgz"), toc);
+  ASSERT_TRUE(esgz_index.ok()) << esgz_index.status();
+  cache::FetchTarget tar = target("tar", Tar().File("w.bin", weights).Done());
+  auto tar_index = Index(ReadPath(dir_.path() + "/origin/tar"));
+  ASSERT_TRUE(tar_index.ok()) << tar_index.status();
+
+  auto shared_esgz = std::make_shared<const LayerIndex>(std::move(*esgz_index));
+  struct Case {
+    std::string name;
+    std::unique_ptr<LayerTree> tree;
+    bool passed_through;
+  };
+  std::vector<Case> cases;
+  cases.push_back(
+      {"raw",
+       std::make_unique<LayerTree>(std::make_shared<const LayerIndex>(std::move(*raw_index)), raw,
+                                   nullptr, *cache_.store, *cache_.fetcher),
+       true});
+  cases.push_back({"esgz",
+                   std::make_unique<LayerTree>(shared_esgz, esgz,
+                                               std::make_shared<EstargzFiles>(shared_esgz, esgz),
+                                               *cache_.store, *cache_.fetcher),
+                   true});
+  cases.push_back(
+      {"tar",
+       std::make_unique<LayerTree>(std::make_shared<const LayerIndex>(std::move(*tar_index)), tar,
+                                   nullptr, *cache_.store, *cache_.fetcher),
+       false});
+  for (Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    LayerTree* tree = c.tree.get();
+    std::string mnt = MountTree(std::move(c.tree), c.name + "-pt", /*passthrough=*/true);
+    std::string log = dir_.path() + "/" + c.name + "-pt.opens";
+    auto nothing_open = [&] {
+      auto open = OpenLog::Read(log);
+      return open.ok() && open->empty();
+    };
+    // Cold: read through the daemon, which fetches and checks it.
+    int fd = ::open((mnt + "/w.bin").c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    EXPECT_TRUE(SameBytes(strata::testing::ReadFdUncached(fd), weights));
+    ::close(fd);
+    ASSERT_TRUE(strata::testing::Eventually(nothing_open)) << "the release never arrived";
+    EXPECT_EQ(cache_.store->Stats().kernel_held_objects, 0u);
+
+    fd = ::open((mnt + "/w.bin").c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    uint64_t before = tree->bytes_read();
+    EXPECT_TRUE(SameBytes(strata::testing::ReadFdUncached(fd), weights));
+    if (c.passed_through) {
+      EXPECT_EQ(tree->bytes_read(), before) << "a passthrough read reached the daemon";
+      EXPECT_EQ(cache_.store->Stats().kernel_held_objects, 1u);
+      cache::EvictRequest all;
+      all.mode = cache::EvictRequest::Mode::kAll;
+      EXPECT_GE(cache_.store->Evict(all).skipped_busy, 1u);
+      EXPECT_TRUE(SameBytes(strata::testing::ReadFdUncached(fd), weights));
+    } else {
+      EXPECT_GT(tree->bytes_read(), before) << "an extent of a tar layer read by the kernel";
+      EXPECT_EQ(cache_.store->Stats().kernel_held_objects, 0u);
+    }
+    ::close(fd);
+    ASSERT_TRUE(strata::testing::Eventually(nothing_open));
+    ASSERT_TRUE(strata::testing::Eventually(
+        [&] { return cache_.store->Stats().kernel_held_objects == 0; }));
+  }
 }
 
 TEST_F(LayerTreeTest, ABlobThatDoesNotMatchItsDigestServesNoByte) {

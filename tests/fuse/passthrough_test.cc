@@ -27,27 +27,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using strata::testing::Eventually;
+using strata::testing::ReadFdUncached;
 using strata::testing::TempDir;
 
 std::string Pattern(size_t n, int seed) {
   std::string s(n, '\0');
   for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(i * 31 + i / 4096 + seed);
   return s;
-}
-
-// Every byte of the open file `fd`, by pread (so the kernel's reads are
-// whole requests, not whatever a stream library makes of them).
-// The kernel's cached pages of it are dropped first: reads that the daemon
-// serves reach it.
-std::string ReadFd(int fd) {
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  std::string out, buf(1 << 20, '\0');
-  for (;;) {
-    ssize_t n = ::pread(fd, buf.data(), buf.size(), static_cast<off_t>(out.size()));
-    if (n <= 0) break;
-    out.append(buf.data(), static_cast<size_t>(n));
-  }
-  return out;
 }
 
 cache::EvictRequest EvictAll() {
@@ -124,7 +110,7 @@ TEST_F(PassthroughTest, AWholeFileIsReadByTheKernelAndHeldAgainstEviction) {
   // Cold: the first open is served by the daemon, which fills the store.
   int fd = Open("w.bin");
   ASSERT_GE(fd, 0);
-  EXPECT_EQ(ReadFd(fd), v1);
+  EXPECT_EQ(ReadFdUncached(fd), v1);
   EXPECT_EQ(LoggedOpens(IoMode::kCached), 1u);
   EXPECT_EQ(Held(), 0u);
   ::close(fd);
@@ -137,21 +123,21 @@ TEST_F(PassthroughTest, AWholeFileIsReadByTheKernelAndHeldAgainstEviction) {
   EXPECT_EQ(LoggedOpens(IoMode::kPassthrough), 1u);
   EXPECT_EQ(Held(), 1u);
   uint64_t before = DaemonReads();
-  EXPECT_EQ(ReadFd(fd), v1);
+  EXPECT_EQ(ReadFdUncached(fd), v1);
   EXPECT_EQ(DaemonReads(), before) << "a passthrough read reached the daemon";
 
   // A second open of the same inode shares the backing file.
   int fd2 = Open("w.bin");
   ASSERT_GE(fd2, 0) << std::strerror(errno);
   EXPECT_EQ(LoggedOpens(IoMode::kPassthrough), 2u);
-  EXPECT_EQ(ReadFd(fd2), v1);
+  EXPECT_EQ(ReadFdUncached(fd2), v1);
   ::close(fd2);
 
   // Eviction passes it by, whatever it is asked.
   cache::EvictReport rep = cache_.store->Evict(EvictAll());
   EXPECT_GE(rep.skipped_busy, 1u);
   EXPECT_EQ(rep.objects, 0u);
-  EXPECT_EQ(ReadFd(fd), v1);
+  EXPECT_EQ(ReadFdUncached(fd), v1);
   ::close(fd);
 
   // Closed: no longer held, and eviction takes it.
@@ -169,7 +155,7 @@ TEST_F(PassthroughTest, ANewVersionGetsANewBackingFile) {
   for (int i = 0; i < 2; ++i) {
     int fd = Open("w.bin");
     ASSERT_GE(fd, 0);
-    EXPECT_EQ(ReadFd(fd), v1);
+    EXPECT_EQ(ReadFdUncached(fd), v1);
     ::close(fd);
     ASSERT_TRUE(Eventually([&] { return NothingOpen(); }));
   }
@@ -180,7 +166,7 @@ TEST_F(PassthroughTest, ANewVersionGetsANewBackingFile) {
     int fd = Open("w.bin");
     ASSERT_GE(fd, 0);
     EXPECT_EQ(LoggedOpens(mode), 1u);
-    EXPECT_EQ(ReadFd(fd), v2);
+    EXPECT_EQ(ReadFdUncached(fd), v2);
     ::close(fd);
     ASSERT_TRUE(Eventually([&] { return NothingOpen(); }));
   }
@@ -197,7 +183,7 @@ TEST_F(PassthroughTest, OffOrWritableEveryReadGoesThroughTheDaemon) {
       ASSERT_GE(fd, 0);
       EXPECT_EQ(Held(), 0u);
       uint64_t before = DaemonReads();
-      EXPECT_EQ(ReadFd(fd), v);
+      EXPECT_EQ(ReadFdUncached(fd), v);
       EXPECT_GT(DaemonReads(), before);
       ::close(fd);
       if (writable) {

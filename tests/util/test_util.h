@@ -1,6 +1,7 @@
 // Helpers for the cache tests: scratch directories and deterministic chunks.
 #pragma once
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -57,6 +58,21 @@ inline void WriteFile(const std::string& path, const std::string& data) {
 inline std::string ReadPath(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// Every byte of the open file `fd`, by pread (so the kernel's reads are
+// whole requests, not whatever a stream library makes of them). The
+// kernel's cached pages of it are dropped first: on a FUSE file, reads that
+// the daemon serves reach it.
+inline std::string ReadFdUncached(int fd) {
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  std::string out, buf(1 << 20, '\0');
+  for (;;) {
+    ssize_t n = ::pread(fd, buf.data(), buf.size(), static_cast<off_t>(out.size()));
+    if (n <= 0) break;
+    out.append(buf.data(), static_cast<size_t>(n));
+  }
+  return out;
 }
 
 // The whole object `path` as the origin at `url` itself has it (not through
