@@ -12,6 +12,8 @@
 #include <memory>
 #include <string>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
 #include "csi/controller_service.h"
@@ -179,6 +181,11 @@ class TestDriver : public CsiClient {
   }
 
   NodeService& node_service() { return *node_; }
+  cache::ChunkStore& store() { return *store_; }
+  // Where volume `id`'s opens are logged, as `strata node` logs them.
+  std::string open_log(const std::string& id) const {
+    return absl::StrCat(dir_, "/state/inodes/", absl::WebSafeBase64Escape(id), ".opens");
+  }
 
  private:
   void Start() {
@@ -189,6 +196,7 @@ class TestDriver : public CsiClient {
     no.staging_dir = dir_ + "/staging";
     no.state = node_db_.get();
     no.group_mount_dir = dir_ + "/group-mounts";
+    no.inode_dir = dir_ + "/state/inodes";
     no.inline_origins = *InlineOrigins::Parse(allowed_inline_);
     node_ = std::make_unique<NodeService>(*store_, *fetcher_, no);
     std::string socket = "unix://" + dir_ + "/csi.sock";

@@ -1,6 +1,7 @@
 // An inline volume naming an OCI artifact (an image pushed to Debian's
 // docker-registry on 127.0.0.1): the image's config and layer blobs appear
 // as read-only files named by digest, read lazily through the cache.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -9,6 +10,7 @@
 #include <set>
 
 #include "absl/strings/str_split.h"
+#include "fuse/open_log.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/csi/driver.h"
@@ -154,6 +156,31 @@ TEST_F(CsiOciTest, ModelArtifactVolumeShowsTheWeightsByName) {
   EXPECT_TRUE(ReadPath(target + "/weights/part-0.safetensors") == part0);
   EXPECT_TRUE(SameBytes(ReadPath(target + "/weights/part-1.safetensors"), part1));
   EXPECT_EQ(ReadPath(target + "/tokenizer.json"), "{}\n");
+
+  // Read whole and checked against its digest, a weights file (its raw
+  // layer's blob) is read by the kernel from the cache's file at its next
+  // open (FUSE passthrough), held against eviction meanwhile.
+  const std::string log = driver_->open_log("csi-oci-mp");
+  auto passed_through = [&] {
+    auto open = fuse::OpenLog::Read(log);
+    size_t n = 0;
+    if (open.ok()) {
+      for (const auto& [h, r] : *open) n += r.mode == fuse::IoMode::kPassthrough;
+    }
+    return n;
+  };
+  ASSERT_TRUE(strata::testing::Eventually([&] {
+    auto open = fuse::OpenLog::Read(log);
+    return open.ok() && open->empty();
+  })) << "the releases never arrived";
+  int fd = ::open((target + "/weights/part-0.safetensors").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(passed_through(), 1u);
+  EXPECT_EQ(driver_->store().Stats().kernel_held_objects, 1u);
+  EXPECT_TRUE(SameBytes(strata::testing::ReadFdUncached(fd), part0));
+  ::close(fd);
+  ASSERT_TRUE(strata::testing::Eventually(
+      [&] { return driver_->store().Stats().kernel_held_objects == 0; }));
   ASSERT_TRUE(driver_->Unpublish("csi-oci-mp", target).ok());
 }
 
