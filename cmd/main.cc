@@ -45,11 +45,12 @@ int main(int argc, char** argv) {
   RaiseFileLimit();
   // Chunk buffers and their pieces on the peer wire are megabytes, freed by
   // other threads than allocated them; with glibc's default of eight arenas
-  // per core, each arena keeps its own free megabytes. Four arenas keep the
-  // daemon's peak RSS about a quarter lower at no measured cost in speed (a
-  // fixed mmap threshold instead cost a third of the peer read rate in page
-  // faults).
-  mallopt(M_ARENA_MAX, 4);
+  // per core, each arena keeps its own free megabytes. Two arenas keep the
+  // peak RSS of a node serving 15 peers under 300 MiB (four: 300-324 MiB in
+  // bench/peers.sh's 16-node run) and were no slower there or in a peer
+  // read (a fixed mmap threshold instead cost a third of the peer read rate
+  // in page faults).
+  mallopt(M_ARENA_MAX, 2);
   CLI::App app{"Strata: a caching storage layer for AI workloads on Kubernetes"};
   app.set_version_flag("--version", "strata 0.1.0");
   app.require_subcommand(1);

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <random>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -30,7 +31,11 @@ LayerTree::LayerTree(std::shared_ptr<const LayerIndex> index, cache::FetchTarget
 
 LayerTree::LayerTree(std::shared_ptr<const LayerIndex> merged, std::vector<Source> layers,
                      cache::ChunkStore& store, cache::Fetcher& fetcher)
-    : index_(std::move(merged)), sources_(std::move(layers)), store_(store), fetcher_(fetcher) {}
+    : index_(std::move(merged)),
+      sources_(std::move(layers)),
+      store_(store),
+      fetcher_(fetcher),
+      next_open_(std::random_device()()) {}
 
 absl::StatusOr<const LayerNode*> LayerTree::Node(uint64_t ino) const {
   if (ino < kRootIno || ino - kRootIno >= index_->nodes.size()) {
@@ -89,7 +94,12 @@ absl::StatusOr<OpenResult> LayerTree::Open(uint64_t ino, int flags) {
   if (!S_ISREG((*n)->mode)) return PosixError(EINVAL, "not a regular file");
   // A handle of its own per open, where an open may hold a backing file
   // until its release; the inode number otherwise.
-  uint64_t handle = backing_files_ ? (uint64_t{next_open_++} << 32) | ino : ino;
+  uint64_t handle = ino;
+  if (backing_files_) {
+    uint32_t serial = next_open_++;
+    if (serial == 0) serial = next_open_++;  // 0 is the inode-only handle
+    handle |= uint64_t{serial} << 32;
+  }
   // The layer never changes: what the kernel cached stays right.
   return OpenResult{handle, /*keep_cache=*/true};
 }

@@ -92,7 +92,10 @@ class LayerTree final : public Tree {
   cache::Fetcher& fetcher_;
   std::atomic<uint64_t> bytes_read_{0};
   bool backing_files_ = false;
-  std::atomic<uint32_t> next_open_{1};  // the high half of a handle
+  // The high half of the next handle: from a random start, so that a
+  // successor's new handles do not meet those the kernel holds from its
+  // predecessor (as VolumeTree's).
+  std::atomic<uint32_t> next_open_;
   absl::Mutex mu_;
   std::map<uint64_t, cache::ReadLease> backings_ ABSL_GUARDED_BY(mu_);
 };

@@ -170,7 +170,7 @@ grpc::Status PeerService::Send(Stream* stream, const v1::Want& want, size_t leng
   so.compress_bytes_per_second = compress_rate_;
   SendReport rep;
   absl::Status st = SendChunk<v1::FetchResponse>(*stream, length, xxh3, read, so, &rep);
-  if (absl::IsUnavailable(st)) {
+  if (absl::IsCancelled(st)) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "the asker went away");
   }
   if (!st.ok()) {

@@ -49,7 +49,7 @@ absl::Status EncodeChunk(size_t length, uint64_t xxh3, ChunkReader read, const S
                          absl::FunctionRef<bool(const v1::ChunkHeader&)> send_header,
                          v1::Piece& piece, absl::FunctionRef<bool()> send_piece,
                          SendReport* report) {
-  const absl::Status gone = absl::UnavailableError("the receiver went away");
+  const absl::Status gone = absl::CancelledError("the receiver went away");
   SendReport r;
   bool zstd = false;
   std::string raw;  // the bytes to compress, when they are compressed

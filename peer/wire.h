@@ -57,7 +57,7 @@ inline absl::Status CopyOut(std::string_view chunk, size_t offset, absl::Span<ch
 // Sends a chunk of `length` bytes whose ChunkChecksum is `xxh3` as a header and
 // pieces, each read through `read` into `piece` (reused: a chunk in flight
 // costs one piece of memory, not its whole size) and sent by `send_piece`.
-// Unavailable as soon as a send fails; a failed read's own status.
+// Cancelled as soon as a send fails; a failed read's own status.
 absl::Status EncodeChunk(size_t length, uint64_t xxh3, ChunkReader read, const SendOptions& options,
                          absl::FunctionRef<bool(const v1::ChunkHeader&)> send_header,
                          v1::Piece& piece, absl::FunctionRef<bool()> send_piece,
