@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
   // Chunk buffers and their pieces on the peer wire are megabytes, freed by
   // other threads than allocated them; with glibc's default of eight arenas
   // per core, each arena keeps its own free megabytes. Two arenas keep the
-  // peak RSS of a node serving 15 peers under 300 MiB (four: 300-324 MiB in
+  // peak RSS of a node serving 15 peers under 300 MiB (four: 300-317 MiB in
   // bench/peers.sh's 16-node run) and were no slower there or in a peer
   // read (a fixed mmap threshold instead cost a third of the peer read rate
   // in page faults).
