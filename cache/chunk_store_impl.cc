@@ -194,15 +194,20 @@ ReadLease ChunkStoreImpl::LeaseOf(Acquired&& a, uint64_t offset) {
 }
 
 absl::StatusOr<ChunkLease> ChunkStoreImpl::LeaseChunk(const std::string& key, uint32_t index) {
-  uint64_t offset;
+  uint64_t offset, length;
   {
     absl::MutexLock l(&mu_);
     auto it = objects_.find(key);
     if (it == objects_.end())
       return absl::NotFoundError(absl::StrCat("object not in the cache: ", key));
-    offset = uint64_t{index} * it->second->rec.chunk_size;
+    const ObjectRecord& rec = it->second->rec;
+    offset = uint64_t{index} * rec.chunk_size;
+    // Past the end, Acquire says OutOfRange.
+    length = offset < rec.size ? std::min<uint64_t>(rec.chunk_size, rec.size - offset) : 1;
   }
-  auto a = Acquire(key, offset, 1);
+  // The whole chunk, as a reader of it would: the object's sequential-read
+  // mark then stays where that reader leaves it.
+  auto a = Acquire(key, offset, length);
   if (!a.ok()) return a.status();
   if (!a->missing.empty() || a->obj == nullptr) {
     return absl::UnavailableError(absl::StrFormat("chunk %u of %s is not cached", index, key));
