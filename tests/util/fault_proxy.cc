@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -233,22 +234,27 @@ void FaultProxy::Serve(int client) {
   bool ok = SendAll(client, rh.data(), rh.size());
   uint64_t sent = 0;
   uint64_t limit = f.kind == Fault::Kind::kTruncate ? f.bytes : UINT64_MAX;
-  char tmp[65536];
+  // Paced in slices of about a millisecond of the link (16 to 128 KiB), so
+  // that many connections share it fairly without a wakeup per few bytes:
+  // the proxy stands for a remote origin, and should take little of this
+  // machine's CPU from the nodes it serves.
+  const uint64_t rate = rate_;
+  const size_t slice = std::clamp<size_t>(rate / 1000, 16384, 131072);
+  std::vector<char> tmp(131072);
   while (ok) {
     if (body.empty()) {
       if (clen >= 0 && sent >= static_cast<uint64_t>(clen)) break;
-      ssize_t r = ::recv(up, tmp, sizeof tmp, 0);
+      ssize_t r = ::recv(up, tmp.data(), tmp.size(), 0);
       if (r <= 0) break;
-      body.assign(tmp, r);
+      body.assign(tmp.data(), r);
     }
     size_t take = std::min<uint64_t>(body.size(), limit - sent);
     if (take == 0) break;
     if (f.kind == Fault::Kind::kCorrupt && f.bytes >= sent && f.bytes < sent + take) {
       body[f.bytes - sent] ^= 0x20;
     }
-    // Pace in slices so many connections share the link fairly.
-    for (size_t off = 0; off < take && ok; off += 16384) {
-      size_t m = std::min<size_t>(16384, take - off);
+    for (size_t off = 0; off < take && ok; off += slice) {
+      size_t m = std::min<size_t>(slice, take - off);
       Pace(m);
       ok = SendAll(client, body.data() + off, m);
       if (ok) body_bytes_ += m;

@@ -47,6 +47,7 @@ class FaultProxy {
   uint64_t faults() const { return faults_; }
   // Response body bytes sent to clients (what the origin served).
   uint64_t body_bytes() const { return body_bytes_; }
+  int active() const { return active_; }
 
   // Shared link: bytes per second to clients (0: unlimited), and a delay
   // added once per request before the response starts (a round trip).

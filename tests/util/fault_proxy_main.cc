@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   // SIGUSR1 prints what it served so far and goes on; SIGINT/SIGTERM print
   // it and end. For benchmarks that count what the origin served.
   while (sigwait(&set, &sig) == 0 && sig == SIGUSR1) {
-    std::printf("requests=%llu body_bytes=%llu\n",
+    std::printf("active=%d requests=%llu body_bytes=%llu\n", proxy.active(),
                 static_cast<unsigned long long>(proxy.requests()),
                 static_cast<unsigned long long>(proxy.body_bytes()));
     std::fflush(stdout);
