@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "absl/functional/function_ref.h"
@@ -36,9 +37,13 @@ class ChunkPeers {
       const ChunkId& chunk, absl::Span<char> out,
       absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin) = 0;
 
-  // Whether this node owns the chunk now: it is the node the others ask
-  // for it first.
-  virtual bool Owns(const ChunkId& chunk) const = 0;
+  // The node that owns the chunk now, the one every node asks for it first:
+  // its address, or "" when it is this node.
+  virtual std::string Owner(const ChunkId& chunk) const = 0;
+
+  // A value that changes whenever chunks may have changed owners (a peer
+  // was set aside or is back, joined or left).
+  virtual uint64_t Epoch() const = 0;
 };
 
 }  // namespace strata::cache

@@ -23,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "base/digest.h"
 #include "base/logging.h"
+#include "cache/prefetch_lanes.h"
 
 namespace strata::cache {
 
@@ -247,7 +248,8 @@ class Fetcher::Impl {
   }
 
   absl::Status Prefetch(const FetchTarget& t, const Fetcher::Ranges& ranges,
-                        const std::function<void(uint64_t, uint64_t)>& progress) {
+                        const std::function<void(uint64_t, uint64_t)>& progress,
+                        const std::function<bool()>& stop) {
     std::string key = StoreKey(t);
     if (absl::Status st = Register(t, key); !st.ok()) return Fail(t, st);
     uint32_t cs = ChunkSize(key);
@@ -262,49 +264,63 @@ class Fetcher::Impl {
     }
     std::sort(chunks.begin(), chunks.end());
     chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
-    // The chunks this node owns first. Nodes that warm one object at once
-    // (a DaemonSet's prefetch, a scale-out) would otherwise move through it
-    // in step, all waiting on the same few chunks' origin reads; this way
-    // each reads its own share from the origin straight into its store (no
-    // lease, no upload), all shares at once, and then takes the rest from
-    // owners that have it by then.
-    if (opts_.peers != nullptr && t.origin->SharedVersion(t.stat)) {
-      std::stable_partition(chunks.begin(), chunks.end(), [&](uint32_t c) {
-        return opts_.peers->Owns({key, c, t.stat.size, cs});
-      });
+    // The chunks this node owns from the origin and the rest from their
+    // owners, both at once (see PrefetchLanes); split again when owners
+    // change.
+    PrefetchLanes::OwnerFn owner;
+    const bool shared = opts_.peers != nullptr && t.origin->SharedVersion(t.stat);
+    if (shared) {
+      owner = [&](uint32_t c) { return opts_.peers->Owner({key, c, t.stat.size, cs}); };
     }
+    uint64_t epoch = shared ? opts_.peers->Epoch() : 0;
     auto chunk_len = [&](uint32_t c) {
       return std::min<uint64_t>(cs, t.stat.size - uint64_t{c} * cs);
     };
     uint64_t total = 0;
     for (uint32_t c : chunks) total += chunk_len(c);
+    PrefetchLanes lanes(std::move(chunks), owner);
     absl::Mutex mu;
     absl::CondVar cv;
     uint64_t done_bytes = 0;
     std::optional<uint64_t> reported;  // the count progress() last heard
-    int outstanding = 0;
+    int outstanding[2] = {0, 0};
     absl::Status first_error;
-    // Keep a bounded number queued, so a huge prefetch does not flood the pool.
-    const int window = std::max(2, opts_.background_workers * 2);
-    size_t next = 0;
+    // Keep a bounded number queued, so a huge prefetch does not flood the
+    // pool: twice the workers, split between the lanes.
+    const int both = std::max(2, opts_.background_workers * 2);
+    bool stopped = false;
     absl::MutexLock l(&mu);
-    while (next < chunks.size() || outstanding > 0) {
-      while (next < chunks.size() && outstanding < window && first_error.ok()) {
-        uint32_t idx = chunks[next++];
-        ++outstanding;
-        ++prefetch_chunks_;
-        pool_.Submit(Priority::kPrefetch, [&, idx] {
-          auto r = FetchChunk(t, key, idx, Priority::kPrefetch);
-          absl::MutexLock l2(&mu);
-          --outstanding;
-          if (!r.ok() && first_error.ok()) first_error = r.status();
-          if (r.ok()) done_bytes += chunk_len(idx);
-          cv.Signal();
-        });
+    while (!lanes.Empty() || outstanding[0] + outstanding[1] > 0) {
+      if (stop && !lanes.Empty() && first_error.ok()) {
+        mu.Unlock();
+        stopped = stop();
+        mu.Lock();
+        if (stopped) lanes.Clear();  // queue no more; wait for those in flight
       }
-      if (!first_error.ok()) next = chunks.size();  // stop queueing; wait for the rest
-      int before = outstanding;
-      while (outstanding == before && outstanding > 0) cv.Wait(&mu);
+      if (shared && !lanes.Empty()) {
+        if (uint64_t e = opts_.peers->Epoch(); e != epoch) {
+          epoch = e;
+          lanes.Resplit();
+        }
+      }
+      for (auto k : {PrefetchLanes::kOwn, PrefetchLanes::kTheirs}) {
+        while (lanes.Left(k) > 0 && outstanding[k] < lanes.Window(k, both) && first_error.ok()) {
+          uint32_t idx = lanes.Take(k);
+          ++outstanding[k];
+          ++prefetch_chunks_;
+          pool_.Submit(Priority::kPrefetch, [&, idx, k] {
+            auto r = FetchChunk(t, key, idx, Priority::kPrefetch);
+            absl::MutexLock l2(&mu);
+            --outstanding[k];
+            if (!r.ok() && first_error.ok()) first_error = r.status();
+            if (r.ok()) done_bytes += chunk_len(idx);
+            cv.Signal();
+          });
+        }
+      }
+      if (!first_error.ok()) lanes.Clear();  // queue no more; wait for the rest
+      int before = outstanding[0] + outstanding[1];
+      while (outstanding[0] + outstanding[1] == before && before > 0) cv.Wait(&mu);
       if (progress) {
         uint64_t d = done_bytes;
         reported = d;
@@ -314,6 +330,7 @@ class Fetcher::Impl {
       }
     }
     if (!first_error.ok()) return Fail(t, first_error);
+    if (stopped) return absl::CancelledError("the prefetch was stopped");
     // The last chunks can land while an earlier count is being reported, and
     // end the loop unreported: the caller always hears the final count.
     if (progress && reported != total) {
@@ -706,8 +723,9 @@ absl::StatusOr<size_t> Fetcher::ReadUnverified(const FetchTarget& t, uint64_t of
 }
 
 absl::Status Fetcher::Prefetch(const FetchTarget& t, const Ranges& ranges,
-                               const std::function<void(uint64_t, uint64_t)>& progress) {
-  return impl_->Prefetch(t, ranges, progress);
+                               const std::function<void(uint64_t, uint64_t)>& progress,
+                               const std::function<bool()>& stop) {
+  return impl_->Prefetch(t, ranges, progress, stop);
 }
 
 absl::StatusOr<bool> Fetcher::Ensure(const FetchTarget& t, uint64_t offset, uint64_t length) {

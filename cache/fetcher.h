@@ -110,10 +110,14 @@ class Fetcher {
   // Warms the chunks under `ranges` ({offset, length} pairs; none: the whole
   // object) at low priority; `progress(done, total)` is called from this
   // thread as chunks land, in bytes of chunks, and last with done == total
-  // when every chunk landed. Returns the first error.
+  // when every chunk landed. `stop()`, asked on this thread before each
+  // chunk is queued and whenever one lands, ends it early: nothing more is
+  // queued, the chunks in flight finish, and the answer is Cancelled.
+  // Returns the first error.
   using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
   absl::Status Prefetch(const FetchTarget& target, const Ranges& ranges = {},
-                        const std::function<void(uint64_t done, uint64_t total)>& progress = {});
+                        const std::function<void(uint64_t done, uint64_t total)>& progress = {},
+                        const std::function<bool()>& stop = {});
 
   FetcherStats Stats() const;
 

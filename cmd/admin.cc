@@ -27,7 +27,6 @@ namespace {
 using nlohmann::json;
 
 constexpr size_t kMaxRequest = 64 << 10;
-constexpr uint64_t kSlice = 64ull << 20;  // a prefetch stops between slices
 constexpr int kRequestTimeoutMs = 10'000;
 constexpr int kIdleTimeoutMs = 300'000;  // the client's wait for the next line
 constexpr int kSendTimeoutS = 30;        // a client that stops reading is dropped
@@ -269,26 +268,20 @@ void AdminServer::Serve(int conn) {
   spdlog::info("admin: prefetching {} ({} bytes)", ref.url, target->stat.size);
   const uint64_t size = target->stat.size;
   bool connected = true;
-  absl::Status st;
-  // Slices, so that a client that goes away or a node that stops ends it.
-  for (uint64_t off = 0; off < size && st.ok(); off += kSlice) {
-    if (stopping_ || !connected) {
-      st = absl::CancelledError(stopping_ ? "the node is stopping" : "the client went away");
-      break;
-    }
-    uint64_t len = std::min(kSlice, size - off);
-    st = fetcher_.Prefetch(*target, {{off, len}}, [&](uint64_t done, uint64_t total) {
-      uint64_t got = total == 0 ? len
-                                : static_cast<uint64_t>(static_cast<long double>(len) * done /
-                                                        static_cast<long double>(total));
-      connected =
-          connected && SendLine(conn, json{{"done", off + std::min(got, len)}, {"total", size}});
-    });
-  }
-  // An object checked by its whole digest: the check, over what is now
-  // cached (a mismatch drops it and is the answer).
-  if (st.ok() && !target->stat.digest.empty() && target->chunk_sha256.empty()) {
-    st = fetcher_.Prefetch(*target, {}, {});
+  // One prefetch of the whole object, so that its chunks stay in flight
+  // from the first to the last (slices made every slice wait on its
+  // slowest chunk), which a client that goes away or a node that stops
+  // ends between two chunks. An object checked by its whole digest is
+  // checked at the end, over what is then cached (a mismatch drops it and
+  // is the answer).
+  absl::Status st = fetcher_.Prefetch(
+      *target, {},
+      [&](uint64_t done, uint64_t total) {
+        connected = connected && SendLine(conn, json{{"done", done}, {"total", total}});
+      },
+      [&] { return stopping_ || !connected; });
+  if (absl::IsCancelled(st)) {
+    st = absl::CancelledError(stopping_ ? "the node is stopping" : "the client went away");
   }
   if (!st.ok()) {
     spdlog::warn("admin: prefetch of {} ended: {}", ref.url, st.message());

@@ -186,6 +186,17 @@ std::vector<Candidate> Membership::Candidates(std::string_view key, uint32_t ind
   return out;
 }
 
+uint64_t Membership::Epoch() const {
+  // The live members' seeds (hashes of their addresses), summed.
+  uint64_t sum = 0;
+  absl::Time now = opts_.clock->Now();
+  absl::MutexLock l(&mu_);
+  for (const auto& [address, m] : members_) {
+    if (m.set_aside_until <= now) sum += m.seed;
+  }
+  return sum;
+}
+
 bool Membership::HasPeers() const {
   absl::MutexLock l(&mu_);
   return !members_.empty();

@@ -70,6 +70,10 @@ class Membership {
   // with it at the latest.
   std::vector<Candidate> Candidates(std::string_view key, uint32_t index, size_t max) const;
 
+  // A value that changes whenever the set of live members does, and with
+  // it the owners of chunks.
+  uint64_t Epoch() const;
+
   // Whether any member but this node is known (live or not).
   bool HasPeers() const;
 

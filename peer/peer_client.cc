@@ -77,9 +77,9 @@ absl::StatusOr<cache::ChunkFrom> PeerClient::Fetch(
   return cache::ChunkFrom::kOrigin;
 }
 
-bool PeerClient::Owns(const cache::ChunkId& chunk) const {
+std::string PeerClient::Owner(const cache::ChunkId& chunk) const {
   std::vector<Candidate> c = membership_.Candidates(chunk.key, chunk.index, 1);
-  return !c.empty() && c[0].self;
+  return c.empty() || c[0].self ? "" : std::move(c[0].address);
 }
 
 template <typename F>

@@ -69,7 +69,8 @@ class PeerClient final : public cache::ChunkPeers {
   absl::StatusOr<cache::ChunkFrom> Fetch(
       const cache::ChunkId& chunk, absl::Span<char> out,
       absl::FunctionRef<absl::Status(absl::Span<char>)> from_origin) override;
-  bool Owns(const cache::ChunkId& chunk) const override;
+  std::string Owner(const cache::ChunkId& chunk) const override;
+  uint64_t Epoch() const override { return membership_.Epoch(); }
 
   PeerClientStats Stats() const;
 

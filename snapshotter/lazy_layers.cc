@@ -171,11 +171,12 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
     absl::Status st = s->Run();
     if (!st.ok()) spdlog::warn("layer at {}: {}", dir, st.message());
   });
-  // The rest of the blob, slice by slice at the fetcher's low priority
-  // (readers' demand fetches go first), then checked against its digest.
+  // The rest of the blob at the fetcher's low priority (readers' demand
+  // fetches go first), then checked against its digest. An unmount stops
+  // it between two chunks.
   Layer* raw = l.get();
-  const uint64_t slice = opts_.background_slice;
-  l->background = std::thread([this, raw, blob, slice, shared, estargz] {
+  l->background = std::thread([this, raw, blob, shared, estargz] {
+    auto stop = [raw] { return raw->stop.load(); };
     if (estargz) {
       // File by file in the blob's order, which puts the files the image
       // asks to have first (before its prefetch landmark) first; each file's
@@ -188,7 +189,9 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
       std::sort(order.begin(), order.end());
       for (const auto& [at, node] : order) {
         if (raw->stop) return;
-        absl::Status st = fetcher_.Prefetch(fuse::EstargzFiles::Target(estargz, node));
+        absl::Status st =
+            fetcher_.Prefetch(fuse::EstargzFiles::Target(estargz, node), {}, {}, stop);
+        if (absl::IsCancelled(st)) return;
         if (!st.ok()) {
           spdlog::warn("background fetch of layer {}: {}", blob.path, st.message());
           return;
@@ -197,16 +200,10 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
       spdlog::info("layer {} fetched whole, every chunk checked against the TOC", blob.path);
       return;
     }
-    for (uint64_t off = 0; off < blob.stat.size && !raw->stop; off += slice) {
-      uint64_t len = std::min(slice, blob.stat.size - off);
-      absl::Status st = fetcher_.Prefetch(blob, {{off, len}});
-      if (!st.ok()) {
-        spdlog::warn("background fetch of layer {}: {}", blob.path, st.message());
-        return;
-      }
-    }
-    if (raw->stop) return;
-    absl::Status st = fetcher_.Prefetch(blob);  // all present by now: the digest check
+    // The whole blob in one prefetch, so that its chunks stay in flight from
+    // the first to the last; the digest is checked at its end.
+    absl::Status st = fetcher_.Prefetch(blob, {}, {}, stop);
+    if (absl::IsCancelled(st)) return;
     if (!st.ok()) {
       spdlog::error("layer {}: {}", blob.path, st.message());
     } else {

@@ -50,9 +50,6 @@ struct LazyLayerOptions {
   // them carry on (null: a restart mounts the layers afresh, and running
   // containers over them see errors). Not owned.
   fuse::FdKeeperClient* keeper = nullptr;
-  // The background fetch goes in slices of this many bytes, so that a
-  // layer being unmounted stops it within one slice.
-  uint64_t background_slice = 64ull << 20;
 };
 
 class LazyLayers {

@@ -452,13 +452,17 @@ class RecordingPeers final : public ChunkPeers {
     if (!st.ok()) return st;
     return ChunkFrom::kOrigin;
   }
-  bool Owns(const ChunkId& chunk) const override { return owned_.contains(chunk.index); }
+  std::string Owner(const ChunkId& chunk) const override {
+    return owned_.contains(chunk.index) ? "" : "peer-" + std::to_string(chunk.index % 2);
+  }
+  uint64_t Epoch() const override { return 0; }
   std::vector<std::string> asked() {
     absl::MutexLock l(&mu_);
     return asked_;
   }
   void Lie() { lie_ = true; }
-  // The chunks this node owns (set before use).
+  // The chunks this node owns (set before use); the others' owners are
+  // peer-0 (even chunks) and peer-1 (odd ones).
   void Own(std::set<uint32_t> chunks) { owned_ = std::move(chunks); }
   // The nice value of the thread that fetched each chunk.
   std::map<uint32_t, int> nice() {
@@ -487,25 +491,56 @@ TEST_F(FetcherTest, ChunksOfASharedVersionAreAskedOfPeersFirst) {
   for (const auto& a : asked) EXPECT_THAT(a, ::testing::StartsWith(StoreKey(t) + "#"));
 }
 
-// Nodes warming one object at once each start with the chunks they own, so
-// that all of it is read from the origin at once, each chunk by its owner.
-TEST_F(FetcherTest, APrefetchStartsWithTheChunksThisNodeOwns) {
+// Nodes warming one object at once read the chunks they own from the origin
+// and take the others from their owners at the same time: two lanes, the
+// owned chunks in order, the others in the order their owners read them.
+TEST_F(FetcherTest, APrefetchReadsItsOwnChunksAndAsksForTheOthersAtOnce) {
   RecordingPeers peers;
   peers.Own({3, 9, 12});
   FetcherOptions o;
   o.peers = &peers;
-  o.background_workers = 1;  // chunks are fetched in the order they are queued
+  o.background_workers = 1;  // each lane's chunks are fetched in the order they are queued
   Fetcher f(*store_, o);
   FetchTarget t = Target(nullptr);
   ASSERT_TRUE(f.Prefetch(t, {{2 * kChunk, 12 * kChunk}}).ok());  // chunks 2 to 13
-  std::vector<std::string> want;
-  for (uint32_t i : {3, 9, 12, 2, 4, 5, 6, 7, 8, 10, 11, 13}) {
-    want.push_back(StoreKey(t) + "#" + std::to_string(i));
+  std::vector<uint32_t> own, theirs;
+  for (const std::string& a : peers.asked()) {
+    ASSERT_THAT(a, ::testing::StartsWith(StoreKey(t) + "#"));
+    uint32_t i = std::stoul(a.substr(a.rfind('#') + 1));
+    (i == 3 || i == 9 || i == 12 ? own : theirs).push_back(i);
   }
-  EXPECT_EQ(peers.asked(), want);
+  EXPECT_EQ(own, (std::vector<uint32_t>{3, 9, 12}));
+  // peer-0 has 2, 4, 6, 8, 10; peer-1 has 5, 7, 11, 13: first of each, second...
+  EXPECT_EQ(theirs, (std::vector<uint32_t>{2, 5, 4, 7, 6, 11, 8, 13, 10}));
   std::string all(t.stat.size, '\0');
   ASSERT_TRUE(f.Read(t, 0, absl::MakeSpan(all)).ok());
   EXPECT_TRUE(all == data_);
+}
+
+// A prefetch that is told to stop (its client went away, the node is
+// stopping) queues nothing more, lets the chunks in flight land, and says
+// it was cancelled.
+TEST_F(FetcherTest, AStoppedPrefetchQueuesNothingMore) {
+  FetcherOptions o;
+  o.background_workers = 1;  // two chunks queued at a time
+  Fetcher f(*store_, o);
+  FetchTarget t = Target(nullptr);
+  int asked = 0;
+  std::vector<uint64_t> seen;
+  absl::Status st = f.Prefetch(
+      t, {}, [&](uint64_t done, uint64_t) { seen.push_back(done); }, [&] { return ++asked > 1; });
+  EXPECT_EQ(st.code(), absl::StatusCode::kCancelled) << st;
+  // Asked before the first two chunks were queued (go on), and when the
+  // first landed (stop); not again, with nothing left to queue.
+  EXPECT_EQ(asked, 2);
+  EXPECT_EQ(f.Stats().prefetch_chunks, 2u);
+  EXPECT_EQ(seen.back(), 2u * kChunk);
+  auto missing = store_->MissingChunks(StoreKey(t), 0, kSize);
+  ASSERT_TRUE(missing.ok());
+  EXPECT_EQ(missing->size(), 17u - 2u);
+  EXPECT_EQ(missing->front(), 2u);
+  // Nothing was lost: a read has it all.
+  EXPECT_EQ(ReadAll(f, t, 1 << 20), data_);
 }
 
 TEST_F(FetcherTest, AVersionOnlyThisNodeKnowsIsNeverAskedOfPeers) {

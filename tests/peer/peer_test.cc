@@ -90,10 +90,13 @@ TEST(MembershipTest, AFailedPeerIsSetAsideForABackoffThatGrowsAndThenTriedAgain)
   // A chunk kFour[1] owns.
   uint32_t idx = 0;
   while (m->Candidates("k", idx, 1)[0].address != kFour[1]) ++idx;
+  const uint64_t all_live = m->Epoch();
   m->Failed(kFour[1]);
   EXPECT_NE(m->Candidates("k", idx, 1)[0].address, kFour[1]);
+  EXPECT_NE(m->Epoch(), all_live);  // owners changed: prefetches split their chunks again
   clock.Advance(absl::Milliseconds(1100));
   EXPECT_EQ(m->Candidates("k", idx, 1)[0].address, kFour[1]);
+  EXPECT_EQ(m->Epoch(), all_live);
   m->Failed(kFour[1]);  // the second failure in a row: two seconds
   clock.Advance(absl::Milliseconds(1100));
   EXPECT_NE(m->Candidates("k", idx, 1)[0].address, kFour[1]);
@@ -127,13 +130,17 @@ TEST(MembershipTest, TheServiceNameListsMembersAtOurPortWithoutOurselves) {
     return out;
   };
   EXPECT_THAT(addresses(), ::testing::ElementsAre("10.0.0.6:9470", "10.0.0.7:9470"));
+  const uint64_t before = (*m)->Epoch();
   answer = {"10.0.0.5", "10.0.0.7", "10.0.0.8", "fe80::1"};
   (*m)->Refresh();
   EXPECT_THAT(addresses(),
               ::testing::ElementsAre("10.0.0.7:9470", "10.0.0.8:9470", "[fe80::1]:9470"));
+  const uint64_t after = (*m)->Epoch();
+  EXPECT_NE(after, before);
   fail = true;  // a DNS failure is not everyone leaving
   (*m)->Refresh();
   EXPECT_EQ(addresses().size(), 3u);
+  EXPECT_EQ((*m)->Epoch(), after);
 }
 
 TEST(MembershipTest, AddressesAreChecked) {

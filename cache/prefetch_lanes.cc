@@ -1,0 +1,60 @@
+// PrefetchLanes: a prefetch's chunks split by owner and ordered to follow
+// the owners' progress.
+#include "cache/prefetch_lanes.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+
+namespace strata::cache {
+
+PrefetchLanes::PrefetchLanes(std::vector<uint32_t> chunks, OwnerFn owner)
+    : owner_(std::move(owner)) {
+  Split(std::move(chunks));
+}
+
+void PrefetchLanes::Clear() {
+  for (int k : {kOwn, kTheirs}) next_[k] = lanes_[k].size();
+}
+
+void PrefetchLanes::Resplit() {
+  if (!owner_) return;
+  std::vector<uint32_t> rest;
+  for (int k : {kOwn, kTheirs})
+    rest.insert(rest.end(), lanes_[k].begin() + next_[k], lanes_[k].end());
+  std::sort(rest.begin(), rest.end());
+  Split(std::move(rest));
+}
+
+int PrefetchLanes::Window(Lane lane, int both) const {
+  Lane other = lane == kOwn ? kTheirs : kOwn;
+  return Left(other) == 0 ? both : std::max(1, both / 2);
+}
+
+void PrefetchLanes::Split(std::vector<uint32_t> chunks) {
+  for (int k : {kOwn, kTheirs}) {
+    lanes_[k].clear();
+    next_[k] = 0;
+  }
+  if (!owner_) {
+    lanes_[kOwn] = std::move(chunks);
+    return;
+  }
+  // Owners read their own chunks in the object's order, all at about the
+  // same pace: a chunk's place in its owner's order says when it lands.
+  absl::flat_hash_map<std::string, uint32_t> taken;   // by owner: chunks so far
+  std::vector<std::pair<uint32_t, uint32_t>> theirs;  // (place at its owner, chunk)
+  for (uint32_t c : chunks) {
+    std::string owner = owner_(c);
+    if (owner.empty()) {
+      lanes_[kOwn].push_back(c);
+    } else {
+      theirs.push_back({taken[owner]++, c});
+    }
+  }
+  std::sort(theirs.begin(), theirs.end());
+  for (const auto& [place, c] : theirs) lanes_[kTheirs].push_back(c);
+}
+
+}  // namespace strata::cache

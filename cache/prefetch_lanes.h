@@ -1,0 +1,52 @@
+// The order in which a prefetch queues an object's chunks when nodes share
+// them: two lanes, each with its own window of chunks in flight, so that
+// the origin and the links between nodes are busy at the same time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace strata::cache {
+
+// Lane kOwn holds the chunks this node owns, in the object's order: it
+// reads them from the origin. Lane kTheirs holds the rest, in the order
+// their owners read them (each owner's first chunk, then each one's
+// second...), so that they are asked for as they land. Nodes that warm one
+// object at once (a DaemonSet's prefetch, a scale-out) so read their shares
+// from the origin all at once, each straight into its own store, while the
+// shares that have landed flow between them. In one lane in the object's
+// order they moved in step, all waiting on the same few chunks' origin
+// reads; with owned chunks first, the links between nodes were idle until
+// the origin was done. Without an owner function there is one lane.
+class PrefetchLanes {
+ public:
+  enum Lane { kOwn = 0, kTheirs = 1 };
+  // `owner(chunk)`: the chunk's owner now, "" for this node; empty: one lane.
+  using OwnerFn = std::function<std::string(uint32_t chunk)>;
+
+  PrefetchLanes(std::vector<uint32_t> chunks, OwnerFn owner);
+
+  bool Empty() const { return Left(kOwn) == 0 && Left(kTheirs) == 0; }
+  size_t Left(Lane lane) const { return lanes_[lane].size() - next_[lane]; }
+  // The next chunk of `lane`, which must not be empty.
+  uint32_t Take(Lane lane) { return lanes_[lane][next_[lane]++]; }
+  // Drops every chunk not taken yet.
+  void Clear();
+  // Splits the chunks not taken yet again, after owners changed (a peer
+  // set aside, back, joined or left).
+  void Resplit();
+  // How many of `both` chunks in flight `lane` may have: half, or all when
+  // the other lane has nothing left.
+  int Window(Lane lane, int both) const;
+
+ private:
+  void Split(std::vector<uint32_t> chunks);
+
+  OwnerFn owner_;
+  std::vector<uint32_t> lanes_[2];
+  size_t next_[2] = {0, 0};
+};
+
+}  // namespace strata::cache
