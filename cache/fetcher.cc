@@ -285,9 +285,8 @@ class Fetcher::Impl {
     std::optional<uint64_t> reported;  // the count progress() last heard
     int outstanding[2] = {0, 0};
     absl::Status first_error;
-    // Keep a bounded number queued, so a huge prefetch does not flood the
-    // pool: twice the workers, split between the lanes.
-    const int both = std::max(2, opts_.background_workers * 2);
+    // A bounded number queued, so a huge prefetch does not flood the pool.
+    const int workers = std::max(1, opts_.background_workers);
     bool stopped = false;
     absl::MutexLock l(&mu);
     while (!lanes.Empty() || outstanding[0] + outstanding[1] > 0) {
@@ -304,7 +303,7 @@ class Fetcher::Impl {
         }
       }
       for (auto k : {PrefetchLanes::kOwn, PrefetchLanes::kTheirs}) {
-        while (lanes.Left(k) > 0 && outstanding[k] < lanes.Window(k, both) && first_error.ok()) {
+        while (lanes.Left(k) > 0 && outstanding[k] < lanes.Window(k, workers) && first_error.ok()) {
           uint32_t idx = lanes.Take(k);
           ++outstanding[k];
           ++prefetch_chunks_;

@@ -27,9 +27,10 @@ void PrefetchLanes::Resplit() {
   Split(std::move(rest));
 }
 
-int PrefetchLanes::Window(Lane lane, int both) const {
+int PrefetchLanes::Window(Lane lane, int workers) const {
   Lane other = lane == kOwn ? kTheirs : kOwn;
-  return Left(other) == 0 ? both : std::max(1, both / 2);
+  if (Left(other) == 0) return 2 * workers;
+  return lane == kOwn ? std::max(1, workers / 2) : workers;
 }
 
 void PrefetchLanes::Split(std::vector<uint32_t> chunks) {

@@ -37,9 +37,14 @@ class PrefetchLanes {
   // Splits the chunks not taken yet again, after owners changed (a peer
   // set aside, back, joined or left).
   void Resplit();
-  // How many of `both` chunks in flight `lane` may have: half, or all when
-  // the other lane has nothing left.
-  int Window(Lane lane, int both) const;
+  // How many chunks `lane` may have queued on a pool of `workers` threads.
+  // With both lanes busy, the owned lane at most half the workers: its
+  // origin reads are slow, and with all the workers in them the chunks
+  // that have landed at other nodes waited (and 8 origin reads per node
+  // made four nodes slower than 4 did: more CPU for the same bytes); the
+  // other lane all of them. Alone, twice the workers, so that the pool
+  // never waits for the next chunk to be queued.
+  int Window(Lane lane, int workers) const;
 
  private:
   void Split(std::vector<uint32_t> chunks);

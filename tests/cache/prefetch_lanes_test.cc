@@ -27,7 +27,7 @@ std::vector<uint32_t> Range(uint32_t from, uint32_t to) {
 TEST(PrefetchLanesTest, WithoutPeersEveryChunkIsInOneLaneInOrderWithTheWholeWindow) {
   PrefetchLanes lanes({0, 1, 2, 3}, nullptr);
   EXPECT_EQ(lanes.Left(PrefetchLanes::kTheirs), 0u);
-  EXPECT_EQ(lanes.Window(PrefetchLanes::kOwn, 16), 16);
+  EXPECT_EQ(lanes.Window(PrefetchLanes::kOwn, 8), 16);
   lanes.Resplit();  // nothing to split by
   EXPECT_EQ(Drain(lanes, PrefetchLanes::kOwn), Range(0, 4));
   EXPECT_TRUE(lanes.Empty());
@@ -37,14 +37,14 @@ TEST(PrefetchLanesTest, OthersChunksComeInTheOrderTheirOwnersReadThem) {
   // a owns 0-5, b owns 6-8, this node owns 9 and 10.
   auto owner = [](uint32_t c) -> std::string { return c < 6 ? "a" : c < 9 ? "b" : ""; };
   PrefetchLanes lanes(Range(0, 11), owner);
-  EXPECT_EQ(lanes.Window(PrefetchLanes::kOwn, 16), 8);
-  EXPECT_EQ(lanes.Window(PrefetchLanes::kTheirs, 16), 8);
+  EXPECT_EQ(lanes.Window(PrefetchLanes::kOwn, 8), 4);
+  EXPECT_EQ(lanes.Window(PrefetchLanes::kTheirs, 8), 8);
+  EXPECT_EQ(lanes.Window(PrefetchLanes::kOwn, 1), 1);
   EXPECT_EQ(Drain(lanes, PrefetchLanes::kOwn), (std::vector<uint32_t>{9, 10}));
   // With its own lane done, the other lane may have every slot.
-  EXPECT_EQ(lanes.Window(PrefetchLanes::kTheirs, 16), 16);
+  EXPECT_EQ(lanes.Window(PrefetchLanes::kTheirs, 8), 16);
   EXPECT_EQ(Drain(lanes, PrefetchLanes::kTheirs),
             (std::vector<uint32_t>{0, 6, 1, 7, 2, 8, 3, 4, 5}));
-  EXPECT_EQ(lanes.Window(PrefetchLanes::kOwn, 1), 1);
 }
 
 TEST(PrefetchLanesTest, ChunksNotTakenYetAreSplitAgainWhenOwnersChange) {
