@@ -107,6 +107,7 @@ struct NodeFlags {
   PeerFlags peers;
   std::string snapshotter_address;
   bool lazy_layers = true;
+  double layer_fetch_delay = 1;
   bool passthrough = true;
 };
 
@@ -259,6 +260,7 @@ absl::Status RunNode(const NodeFlags& o) {
     if (o.lazy_layers) {
       snapshotter::LazyLayerOptions lo;
       lo.keeper = keeper.get();
+      lo.background_delay = absl::Seconds(o.layer_fetch_delay);
       lazy_layers = std::make_unique<snapshotter::LazyLayers>(store, fetcher, lo);
     }
     auto sn = snapshotter::Snapshotter::Open({o.state_dir + "/snapshotter", lazy_layers.get()});
@@ -444,6 +446,11 @@ void AddNodeCommand(CLI::App& app, Runner& run) {
   c->add_flag("!--no-lazy-layers", o->lazy_layers,
               "Let containerd pull every layer (by default, layers that can be read lazily are "
               "served from the registry through the cache without being pulled)");
+  c->add_option("--layer-fetch-delay", o->layer_fetch_delay,
+                "Seconds a layer served lazily waits, once mounted, before the rest of it is "
+                "fetched in the background, so that a container's start goes first")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   c->callback([o, &run] { run = StatusRunner([o] { return RunNode(*o); }); });
 }
 

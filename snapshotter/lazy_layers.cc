@@ -83,7 +83,7 @@ LazyLayers::~LazyLayers() {
 }
 
 void LazyLayers::Stop(Layer& l) {
-  l.stop = true;
+  if (!l.stop.exchange(true)) l.stopping.Notify();
   if (l.server) l.server->Stop();
   if (l.serve.joinable()) l.serve.join();
   if (l.background.joinable()) l.background.join();
@@ -172,11 +172,12 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
     if (!st.ok()) spdlog::warn("layer at {}: {}", dir, st.message());
   });
   // The rest of the blob at the fetcher's low priority (readers' demand
-  // fetches go first), then checked against its digest. An unmount stops
-  // it between two chunks.
+  // fetches go first), after the delay a container's start takes, then
+  // checked against its digest. An unmount stops it between two chunks.
   Layer* raw = l.get();
   l->background = std::thread([this, raw, blob, shared, estargz] {
     auto stop = [raw] { return raw->stop.load(); };
+    if (raw->stopping.WaitForNotificationWithTimeout(opts_.background_delay)) return;
     if (estargz) {
       // File by file in the blob's order, which puts the files the image
       // asks to have first (before its prefetch landmark) first; each file's

@@ -16,6 +16,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "cache/fetcher.h"
 #include "fuse/engine.h"
 #include "fuse/fd_keeper.h"
@@ -50,6 +52,12 @@ struct LazyLayerOptions {
   // them carry on (null: a restart mounts the layers afresh, and running
   // containers over them see errors). Not owned.
   fuse::FdKeeperClient* keeper = nullptr;
+  // How long a freshly mounted layer waits before the rest of it is fetched
+  // in the background. A container's start (runc, its entrypoint's first
+  // reads, which are fetched at once) takes about a second, and the bulk
+  // fetch at full speed beside it made the start take about twice as long.
+  // Readers' own fetches and their readahead do not wait.
+  absl::Duration background_delay = absl::Seconds(1);
 };
 
 class LazyLayers {
@@ -87,6 +95,7 @@ class LazyLayers {
     std::unique_ptr<fuse::FuseServer> server;
     std::thread serve, background;
     std::atomic<bool> stop{false};
+    absl::Notification stopping;  // notified once, with stop
   };
   void Stop(Layer& l);
 

@@ -78,6 +78,8 @@ class ContainerdTest : public ::testing::Test {
 
   // Whether containerd runs its CRI plugin, with Strata as its snapshotter.
   virtual bool Cri() const { return false; }
+  // Flags strata node gets besides the fixture's own.
+  virtual std::string ExtraNodeFlags() const { return ""; }
   std::string Ctd() const { return dir_.path() + "/ctd"; }
   std::string Socket() const { return dir_.path() + "/sn.sock"; }
 
@@ -91,7 +93,7 @@ class ContainerdTest : public ::testing::Test {
          absl::StrCat("exec ", STRATA_PATH, " node --state-dir ", dir_.path(), "/node --fd-keeper ",
                       keeper ? "spawn" : "off",
                       " --admin-socket off --metrics-port 0 --snapshotter-address ", Socket(),
-                      " >> ", log, " 2>&1")});
+                      ExtraNodeFlags(), " >> ", log, " 2>&1")});
     ASSERT_GT(node_.pid, 0);
     for (int i = 0; i < 600; ++i) {
       if (ReadPath(log).find("running", before) != std::string::npos) return;
@@ -179,6 +181,13 @@ class ContainerdTest : public ::testing::Test {
   bool registry_started_ = false, containerd_started_ = false;
   strata::testing::Child node_;
 };
+
+// How many times `what` occurs in `text`.
+int CountOf(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
 
 // What a container of the base image (whatever layers follow) prints of it.
 constexpr const char* kCheckBase =
@@ -300,6 +309,43 @@ TEST_F(ContainerdTest, RpullServesTarLayersLazily) {
     if (absl::StrContains(line, "strata-layer") && absl::StrContains(line, dir_.path())) ++trees;
   }
   EXPECT_EQ(trees, 3);
+  // After the start's grace period, the rest of every layer was fetched in
+  // the background and checked.
+  for (int i = 0; i < 1200 && CountOf(NodeLog(), "fetched whole and checked") < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(CountOf(NodeLog(), "fetched whole and checked"), 3) << NodeLog();
+}
+
+// A layer's bulk fetch waits for the container's start (--layer-fetch-delay);
+// a node stopped during the wait stops at once.
+class ContainerdSlowBulkTest : public ContainerdTest {
+ protected:
+  std::string ExtraNodeFlags() const override { return " --layer-fetch-delay 3600"; }
+};
+
+TEST_F(ContainerdSlowBulkTest, TheBulkFetchWaitsForTheContainersStart) {
+  auto image = Push({"weights", "48"});
+  ASSERT_NO_FATAL_FAILURE(Rpull(image["ref"]));
+  std::string out;
+  ASSERT_EQ(Ctr({"run", "--rm", "--snapshotter", "strata", image["ref"], "slow1", "/bin/sh", "-c",
+                 kCheckBase},
+                &out),
+            0)
+      << out;
+  ExpectBaseImage(out);
+  // The base's files the container read, and the layers' indexes: not the
+  // weights, which nobody read and the bulk fetch has not started on.
+  int64_t origin = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(Metric("strata_bytes_total{source=\"origin\"}"), &origin));
+  EXPECT_LT(origin, 16 << 20);
+  EXPECT_EQ(CountOf(NodeLog(), "fetched whole"), 0) << NodeLog();
+  // Stopped during the wait: at once, not in an hour.
+  RunCommand({"/bin/bash", kContainerd, "stop", Ctd()});
+  containerd_started_ = false;
+  auto t0 = std::chrono::steady_clock::now();
+  StopNode(SIGTERM);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20));
 }
 
 // kubelet's way: the CRI plugin pulls through its image service, with
