@@ -172,12 +172,23 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
     if (!st.ok()) spdlog::warn("layer at {}: {}", dir, st.message());
   });
   // The rest of the blob at the fetcher's low priority (readers' demand
-  // fetches go first), after the delay a container's start takes, then
-  // checked against its digest. An unmount stops it between two chunks.
+  // fetches go first), after the delay a container's start takes or from
+  // the first read of the layer, then checked against its digest. An
+  // unmount stops it between two chunks.
   Layer* raw = l.get();
   l->background = std::thread([this, raw, blob, shared, estargz] {
     auto stop = [raw] { return raw->stop.load(); };
-    if (raw->stopping.WaitForNotificationWithTimeout(opts_.background_delay)) return;
+    // Until the delay is over, or a container reads from this layer (it
+    // wants its bytes now: a model being loaded).
+    const absl::Time start = absl::Now() + opts_.background_delay;
+    for (absl::Time now = absl::Now(); now < start && raw->tree->bytes_read() == 0;
+         now = absl::Now()) {
+      if (raw->stopping.WaitForNotificationWithTimeout(
+              std::min(absl::Milliseconds(20), start - now))) {
+        return;
+      }
+    }
+    if (raw->stop) return;
     if (estargz) {
       // File by file in the blob's order, which puts the files the image
       // asks to have first (before its prefetch landmark) first; each file's

@@ -53,9 +53,10 @@ struct LazyLayerOptions {
   // containers over them see errors). Not owned.
   fuse::FdKeeperClient* keeper = nullptr;
   // How long a freshly mounted layer waits before the rest of it is fetched
-  // in the background. A container's start (runc, its entrypoint's first
-  // reads, which are fetched at once) takes about a second, and the bulk
-  // fetch at full speed beside it made the start take about twice as long.
+  // in the background, unless a container reads from it first. A
+  // container's start (runc, its entrypoint's first reads, which are
+  // fetched at once) takes about a second, and the bulk fetch of a large
+  // layer at full speed beside it made the start take about twice as long.
   // Readers' own fetches and their readahead do not wait.
   absl::Duration background_delay = absl::Seconds(1);
 };
