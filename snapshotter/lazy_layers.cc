@@ -83,7 +83,7 @@ LazyLayers::~LazyLayers() {
 }
 
 void LazyLayers::Stop(Layer& l) {
-  if (!l.stop.exchange(true)) l.stopping.Notify();
+  if (!l.stop.HasBeenNotified()) l.stop.Notify();
   if (l.server) l.server->Stop();
   if (l.serve.joinable()) l.serve.join();
   if (l.background.joinable()) l.background.join();
@@ -177,18 +177,17 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
   // unmount stops it between two chunks.
   Layer* raw = l.get();
   l->background = std::thread([this, raw, blob, shared, estargz] {
-    auto stop = [raw] { return raw->stop.load(); };
+    auto stop = [raw] { return raw->stop.HasBeenNotified(); };
     // Until the delay is over, or a container reads from this layer (it
     // wants its bytes now: a model being loaded).
     const absl::Time start = absl::Now() + opts_.background_delay;
     for (absl::Time now = absl::Now(); now < start && raw->tree->bytes_read() == 0;
          now = absl::Now()) {
-      if (raw->stopping.WaitForNotificationWithTimeout(
-              std::min(absl::Milliseconds(20), start - now))) {
+      if (raw->stop.WaitForNotificationWithTimeout(std::min(absl::Milliseconds(20), start - now))) {
         return;
       }
     }
-    if (raw->stop) return;
+    if (stop()) return;
     if (estargz) {
       // File by file in the blob's order, which puts the files the image
       // asks to have first (before its prefetch landmark) first; each file's
@@ -200,7 +199,7 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
       }
       std::sort(order.begin(), order.end());
       for (const auto& [at, node] : order) {
-        if (raw->stop) return;
+        if (stop()) return;
         absl::Status st =
             fetcher_.Prefetch(fuse::EstargzFiles::Target(estargz, node), {}, {}, stop);
         if (absl::IsCancelled(st)) return;

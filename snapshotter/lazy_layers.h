@@ -6,7 +6,6 @@
 // against its digest before any file's bytes are served.
 #pragma once
 
-#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -95,8 +94,7 @@ class LazyLayers {
     std::unique_ptr<fuse::LayerTree> tree;
     std::unique_ptr<fuse::FuseServer> server;
     std::thread serve, background;
-    std::atomic<bool> stop{false};
-    absl::Notification stopping;  // notified once, with stop
+    absl::Notification stop;  // the layer is being unmounted
   };
   void Stop(Layer& l);
 
