@@ -44,6 +44,15 @@ struct BackingMap {
 constexpr unsigned long kBackingOpen = _IOW(229, 1, BackingMap);
 constexpr unsigned long kBackingClose = _IOW(229, 2, uint32_t);
 
+// Whether the kernel refusing a backing file with `err` means it will refuse
+// every one on this mount: no privilege (EPERM), no passthrough in this
+// connection or a file system it will not stack on (EINVAL, EOPNOTSUPP,
+// ENOTTY, ELOOP). Anything else (ENOMEM, EMFILE, ENFILE, ...) is this
+// open's bad luck, and the next may pass.
+bool RefusesEveryBackingFile(int err) {
+  return err == EPERM || err == EINVAL || err == EOPNOTSUPP || err == ENOTTY || err == ELOOP;
+}
+
 // Tells the kernel to forget names, from a thread of its own that starts
 // with the first one (see KernelCache). The queue is bounded: past it a
 // name is left to its entry timeout.
@@ -99,6 +108,12 @@ class EntryNotifier final : public KernelCache {
 };
 
 }  // namespace
+
+int KernelOpenBacking(int fuse_fd, int backing_fd) {
+  BackingMap map{backing_fd, 0, 0};
+  int id = ::ioctl(fuse_fd, kBackingOpen, &map);
+  return id > 0 ? id : -(id < 0 ? errno : EIO);
+}
 
 struct FuseServer::Impl {
   Tree* tree = nullptr;
@@ -162,16 +177,26 @@ struct FuseServer::Impl {
     } else if (read_only && passthrough && s.cached == 0 && LogKept()) {
       auto b = tree->Backing(fi->fh);
       if (b.ok()) {
-        BackingMap map{b->fd, 0, 0};
-        int id = ::ioctl(fuse_session_fd(se), kBackingOpen, &map);
+        const int fd = fuse_session_fd(se);
+        int id = opts.open_backing ? opts.open_backing(fd, b->fd) : KernelOpenBacking(fd, b->fd);
         if (id > 0) {
           s.backing_id = id;
           s.backing = b->id;
           r = OpenRecord{ino, IoMode::kPassthrough, id, b->id};
         } else {
-          spdlog::warn("{}: the kernel refused a backing file ({}): reads go through the daemon",
-                       opts.mountpoint, std::strerror(errno));
-          passthrough = false;
+          tree->BackingRefused(fi->fh);
+          if (RefusesEveryBackingFile(-id)) {
+            spdlog::warn(
+                "{}: the kernel refuses backing files ({}): reads go through the daemon from now "
+                "on",
+                opts.mountpoint, std::strerror(-id));
+            passthrough = false;
+          } else {
+            spdlog::warn(
+                "{}: the kernel refused {} as a backing file ({}): this open's reads go "
+                "through the daemon",
+                opts.mountpoint, b->id, std::strerror(-id));
+          }
         }
       }
     }

@@ -3,6 +3,7 @@
 // from the store's files to the kernel without a copy through the daemon.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -34,7 +35,15 @@ struct MountOptions {
   // inodes: it makes no passthrough opens, and opens of files its
   // predecessor passed through fail until those are closed.
   std::string open_log;
+  // Gives the kernel `backing_fd` to read a passthrough open from, on the
+  // session's /dev/fuse descriptor `fuse_fd`: the kernel's id for it, or
+  // -errno. Null: the kernel's FUSE_DEV_IOC_BACKING_OPEN. Tests put faults
+  // here.
+  std::function<int(int fuse_fd, int backing_fd)> open_backing;
 };
+
+// MountOptions::open_backing's default: the kernel's FUSE_DEV_IOC_BACKING_OPEN.
+int KernelOpenBacking(int fuse_fd, int backing_fd);
 
 // What a successor daemon needs to take over a live mount: the /dev/fuse
 // descriptor (kept open meanwhile by someone else, see fd_keeper.h) and the

@@ -109,14 +109,7 @@ absl::Status LayerTree::Reopen(uint64_t ino, uint64_t handle, int flags) {
   return Open(ino, flags).status();
 }
 
-void LayerTree::Release(uint64_t handle) {
-  cache::ReadLease held;  // let go of outside the lock: the store takes its own
-  absl::MutexLock l(&mu_);
-  if (auto it = backings_.find(handle); it != backings_.end()) {
-    held = std::move(it->second);
-    backings_.erase(it);
-  }
-}
+void LayerTree::Release(uint64_t handle) { backings_.LetGo(handle); }
 
 absl::StatusOr<std::pair<cache::FetchTarget, bool>> LayerTree::WholeObjectOf(uint64_t ino) const {
   auto n = Node(ino);
@@ -150,21 +143,15 @@ absl::StatusOr<BackingFile> LayerTree::Backing(uint64_t handle) {
   auto lease = store_.LeaseWhole(key);
   if (!lease.ok()) return lease.status();
   BackingFile b{lease->fd(), key};
-  Hold(handle, *std::move(lease));
+  backings_.Hold(handle, *std::move(lease));
   return b;
 }
 
 absl::Status LayerTree::HoldBacking(uint64_t handle, const std::string& id) {
   auto lease = store_.LeaseWhole(id, /*as_is=*/true);
   if (!lease.ok()) return lease.status();
-  Hold(handle, *std::move(lease));
+  backings_.Hold(handle, *std::move(lease));
   return absl::OkStatus();
-}
-
-void LayerTree::Hold(uint64_t handle, cache::ReadLease lease) {
-  cache::ReadLease replaced;  // let go of outside the lock
-  absl::MutexLock l(&mu_);
-  replaced = std::exchange(backings_[handle], std::move(lease));
 }
 
 absl::StatusOr<ReadResult> LayerTree::Read(uint64_t handle, uint64_t offset, size_t size) {

@@ -19,12 +19,11 @@
 #pragma once
 
 #include <atomic>
-#include <map>
 #include <memory>
 
-#include "absl/synchronization/mutex.h"
 #include "cache/fetcher.h"
 #include "fuse/estargz_files.h"
+#include "fuse/held_backings.h"
 #include "fuse/layer_index.h"
 #include "fuse/tree.h"
 
@@ -68,6 +67,7 @@ class LayerTree final : public Tree {
   bool has_backing_files() const override { return backing_files_; }
   absl::StatusOr<BackingFile> Backing(uint64_t handle) override;
   absl::Status HoldBacking(uint64_t handle, const std::string& id) override;
+  void BackingRefused(uint64_t handle) override { backings_.LetGo(handle); }
 
   uint64_t bytes_read() const { return bytes_read_.load(); }
 
@@ -84,7 +84,6 @@ class LayerTree final : public Tree {
   // blob only against its digest). FailedPrecondition for an extent of a
   // larger object.
   absl::StatusOr<std::pair<cache::FetchTarget, bool>> WholeObjectOf(uint64_t ino) const;
-  void Hold(uint64_t handle, cache::ReadLease lease);
 
   const std::shared_ptr<const LayerIndex> index_;
   const std::vector<Source> sources_;
@@ -96,8 +95,7 @@ class LayerTree final : public Tree {
   // successor's new handles do not meet those the kernel holds from its
   // predecessor (as VolumeTree's).
   std::atomic<uint32_t> next_open_;
-  absl::Mutex mu_;
-  std::map<uint64_t, cache::ReadLease> backings_ ABSL_GUARDED_BY(mu_);
+  HeldBackings backings_;
 };
 
 }  // namespace strata::fuse

@@ -159,6 +159,9 @@ class Tree {
   // daemon, from the backing file `id` named; hold those bytes again until
   // Release(handle).
   virtual absl::Status HoldBacking(uint64_t handle, const std::string& id);
+  // The kernel would not take Backing(handle)'s file: `handle` is read
+  // through Read, and its bytes need no holding.
+  virtual void BackingRefused(uint64_t /*handle*/) {}
 
   // Sizes for statfs (df, CSI volume stats). The default describes a tree
   // with no fixed size, as object stores and image layers are.

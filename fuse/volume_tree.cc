@@ -620,12 +620,7 @@ VolumeStats VolumeTree::Stats() const {
 
 void VolumeTree::Release(uint64_t handle) {
   writes_->Release(handle);
-  cache::ReadLease held;  // let go of outside the lock: the store takes its own
-  absl::MutexLock l(&mu_);
-  if (auto it = backings_.find(handle); it != backings_.end()) {
-    held = std::move(it->second);
-    backings_.erase(it);
-  }
+  backings_.LetGo(handle);
 }
 
 absl::StatusOr<BackingFile> VolumeTree::Backing(uint64_t handle) {
@@ -648,18 +643,14 @@ absl::StatusOr<BackingFile> VolumeTree::Backing(uint64_t handle) {
   auto lease = store_.LeaseWhole(key);
   if (!lease.ok()) return lease.status();
   BackingFile b{lease->fd(), key};
-  cache::ReadLease replaced;
-  absl::MutexLock l(&mu_);
-  replaced = std::exchange(backings_[handle], std::move(*lease));
+  backings_.Hold(handle, *std::move(lease));
   return b;
 }
 
 absl::Status VolumeTree::HoldBacking(uint64_t handle, const std::string& id) {
   auto lease = store_.LeaseWhole(id, /*as_is=*/true);
   if (!lease.ok()) return lease.status();
-  cache::ReadLease replaced;
-  absl::MutexLock l(&mu_);
-  replaced = std::exchange(backings_[handle], std::move(*lease));
+  backings_.Hold(handle, *std::move(lease));
   return absl::OkStatus();
 }
 

@@ -24,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "base/clock.h"
 #include "cache/fetcher.h"
+#include "fuse/held_backings.h"
 #include "fuse/tree.h"
 #include "fuse/writes.h"
 #include "origin/origin.h"
@@ -127,6 +128,7 @@ class VolumeTree final : public Tree {
   absl::StatusOr<BackingFile> Backing(uint64_t handle) override;
   bool has_backing_files() const override { return opts_.read_only; }
   absl::Status HoldBacking(uint64_t handle, const std::string& id) override;
+  void BackingRefused(uint64_t handle) override { backings_.LetGo(handle); }
   // A POSIX origin's file system; the default (no fixed size) elsewhere.
   absl::StatusOr<struct statvfs> StatFs() override;
 
@@ -231,8 +233,7 @@ class VolumeTree final : public Tree {
   absl::flat_hash_map<std::string, uint64_t> inos_ ABSL_GUARDED_BY(mu_);  // name -> inode
   absl::flat_hash_map<FileId, uint64_t> by_id_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Handle> handles_ ABSL_GUARDED_BY(mu_);
-  // Whole objects the kernel reads itself, by handle (see Backing).
-  absl::flat_hash_map<uint64_t, cache::ReadLease> backings_ ABSL_GUARDED_BY(mu_);
+  HeldBackings backings_;  // see Backing
   // Handles start at a random number, so that handles the kernel kept from
   // a replaced daemon (see Reopen) do not collide with new ones.
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_);

@@ -7,9 +7,11 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -59,7 +61,8 @@ class PassthroughTest : public ::testing::Test {
     tree_.reset();
   }
 
-  void Mount(bool passthrough, bool read_only = true) {
+  void Mount(bool passthrough, bool read_only = true,
+             std::function<int(int, int)> open_backing = nullptr) {
     VolumeOptions vo;
     vo.read_only = read_only;
     tree_ = std::make_unique<VolumeTree>(cache_.origin, *cache_.store, *cache_.fetcher, vo);
@@ -67,6 +70,7 @@ class PassthroughTest : public ::testing::Test {
     mo.mountpoint = mnt_;
     mo.passthrough = passthrough;
     mo.open_log = log_;
+    mo.open_backing = std::move(open_backing);
     auto server = FuseServer::Mount(*tree_, mo);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
@@ -169,6 +173,38 @@ TEST_F(PassthroughTest, ANewVersionGetsANewBackingFile) {
     EXPECT_EQ(ReadFdUncached(fd), v2);
     ::close(fd);
     ASSERT_TRUE(Eventually([&] { return NothingOpen(); }));
+  }
+}
+
+// The kernel refusing a backing file for want of memory costs that one
+// open: it is read through the daemon, its bytes are not held, and the next
+// open passes through. A refusal every backing file would get (no
+// privilege) turns passthrough off for the mount after that one try.
+TEST_F(PassthroughTest, ATransientRefusalCostsOneOpenAndAPermanentOneTheMount) {
+  for (int err : {ENOMEM, EPERM}) {
+    SCOPED_TRACE(std::strerror(err));
+    std::atomic<int> tries{0};
+    Mount(/*passthrough=*/true, /*read_only=*/true, [&](int fuse_fd, int backing_fd) {
+      return tries++ == 0 ? -err : KernelOpenBacking(fuse_fd, backing_fd);
+    });
+    const std::string v = Pattern((2 << 20) + 5, err);
+    const std::string name = absl::StrCat("w", err, ".bin");
+    Put(name, v);
+    // Cold, then refused, then (for ENOMEM) passed through.
+    for (IoMode mode : {IoMode::kCached, IoMode::kCached,
+                        err == ENOMEM ? IoMode::kPassthrough : IoMode::kCached}) {
+      int fd = Open(name);
+      ASSERT_GE(fd, 0) << std::strerror(errno);
+      EXPECT_EQ(LoggedOpens(mode), 1u);
+      EXPECT_EQ(Held(), mode == IoMode::kPassthrough ? 1u : 0u);
+      uint64_t before = DaemonReads();
+      EXPECT_EQ(ReadFdUncached(fd), v);
+      EXPECT_EQ(DaemonReads() > before, mode == IoMode::kCached);
+      ::close(fd);
+      ASSERT_TRUE(Eventually([&] { return NothingOpen(); }));
+    }
+    EXPECT_EQ(tries.load(), err == ENOMEM ? 2 : 1) << "a refused mount kept trying";
+    TearDown();
   }
 }
 
