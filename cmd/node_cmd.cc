@@ -177,7 +177,11 @@ absl::Status RunNode(const NodeFlags& o) {
   // the evictor can punch them (the kernel's reads never mark them used),
   // until the volumes are taken over and hold them per open.
   const std::string inode_dir = o.state_dir + "/csi-node-inodes";
+  const std::string layer_opens_dir = o.state_dir + "/snapshotter-opens";
   cache_options->store.held_at_open = fuse::OpenLog::BackingsIn(inode_dir);
+  for (std::string& b : fuse::OpenLog::BackingsIn(layer_opens_dir)) {
+    cache_options->store.held_at_open.push_back(std::move(b));
+  }
   auto cache = OpenDaemonCacheStack(*cache_options);
   if (!cache.ok()) return cache.status();
   cache::ChunkStore& store = *cache->store;
@@ -261,6 +265,8 @@ absl::Status RunNode(const NodeFlags& o) {
       snapshotter::LazyLayerOptions lo;
       lo.keeper = keeper.get();
       lo.background_delay = absl::Seconds(o.layer_fetch_delay);
+      lo.open_log_dir = layer_opens_dir;
+      lo.passthrough = o.passthrough;
       lazy_layers = std::make_unique<snapshotter::LazyLayers>(store, fetcher, lo);
     }
     auto sn = snapshotter::Snapshotter::Open({o.state_dir + "/snapshotter", lazy_layers.get()});

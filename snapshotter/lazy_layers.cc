@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -74,7 +76,13 @@ absl::StatusOr<std::optional<RemoteLayer>> RemoteLayerFromLabels(
 }
 
 LazyLayers::LazyLayers(cache::ChunkStore& store, cache::Fetcher& fetcher, LazyLayerOptions options)
-    : store_(store), fetcher_(fetcher), opts_(std::move(options)) {}
+    : store_(store), fetcher_(fetcher), opts_(std::move(options)) {
+  if (!opts_.open_log_dir.empty() && ::mkdir(opts_.open_log_dir.c_str(), 0700) != 0 &&
+      errno != EEXIST) {
+    spdlog::warn("{}: {}; layer mounts will log no opens and pass no file through",
+                 opts_.open_log_dir, std::strerror(errno));
+  }
+}
 
 LazyLayers::~LazyLayers() {
   absl::MutexLock lock(&mu_);
@@ -145,6 +153,11 @@ absl::StatusOr<std::string> LazyLayers::Mount(uint64_t id, RemoteLayer& layer,
   mo.mountpoint = dir;
   mo.fsname = "strata-layer";
   mo.max_threads = opts_.fuse_threads;
+  mo.passthrough = opts_.passthrough;
+  if (!opts_.open_log_dir.empty()) {
+    mo.open_log = absl::StrCat(opts_.open_log_dir, "/", KeeperKey(id), ".opens");
+    l->tree->EnableBackingFiles();
+  }
   absl::StatusOr<std::unique_ptr<fuse::FuseServer>> server;
   if (!adopt_init.empty()) {
     if (!opts_.keeper) return absl::FailedPreconditionError("no FD keeper to take a mount over");

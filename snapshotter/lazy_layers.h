@@ -58,6 +58,14 @@ struct LazyLayerOptions {
   // layer at full speed beside it made the start take about twice as long.
   // Readers' own fetches and their readahead do not wait.
   absl::Duration background_delay = absl::Seconds(1);
+  // Where each layer mount logs the kernel's opens (layer-ID.opens), so
+  // that a successor knows which files the kernel reads from the cache's
+  // files itself; empty: nowhere, and no layer file is passed through.
+  // Files that are whole objects (eStargz files, raw model layers) are
+  // passed through once cached and checked; files inside a tar layer are
+  // extents of its blob and always go through the daemon.
+  std::string open_log_dir;
+  bool passthrough = true;  // MountOptions::passthrough
 };
 
 class LazyLayers {

@@ -175,6 +175,24 @@ class ContainerdTest : public ::testing::Test {
     return facts;
   }
 
+  // Converts the pushed image `from` to eStargz with ctr-remote (in a
+  // containerd of its own, so that the test's holds none of its blobs) and
+  // pushes it as test/weights:esgz; its facts (ref, layers).
+  std::map<std::string, std::string> PushEstargz(const std::string& from) {
+    std::string conv = dir_.path() + "/conv";
+    std::string out;
+    EXPECT_EQ(RunCommand({"/bin/bash", kContainerd, "start", conv}, &out, std::chrono::seconds(60)),
+              0)
+        << out;
+    int rc =
+        RunCommand({"/bin/bash", kMakeImage, "estargz", registry_, from, "test/weights:esgz", conv},
+                   &out, std::chrono::seconds(300));
+    std::string stop_out;
+    RunCommand({"/bin/bash", kContainerd, "stop", conv}, &stop_out);
+    EXPECT_EQ(rc, 0) << out;
+    return Facts(out);
+  }
+
   TempDir dir_;
   int port_ = 0;
   std::string registry_;
@@ -427,22 +445,12 @@ TEST_F(ContainerdTest, ARunningContainerReadsOnAcrossASigkillOfTheNode) {
 // chunk checked against the TOC that the manifest's annotation vouches for.
 TEST_F(ContainerdTest, RpullServesEstargzLayersLazily) {
   auto image = Push({"weights", "12"});
-  std::string conv = dir_.path() + "/conv";
-  std::string out;
-  ASSERT_EQ(RunCommand({"/bin/bash", kContainerd, "start", conv}, &out, std::chrono::seconds(60)),
-            0)
-      << out;
-  int rc = RunCommand(
-      {"/bin/bash", kMakeImage, "estargz", registry_, "test/weights:1", "test/weights:esgz", conv},
-      &out, std::chrono::seconds(300));
-  std::string stop_out;
-  RunCommand({"/bin/bash", kContainerd, "stop", conv}, &stop_out);
-  ASSERT_EQ(rc, 0) << out;
-  auto esgz = Facts(out);
+  auto esgz = PushEstargz("test/weights:1");
   std::vector<std::string> layers = absl::StrSplit(esgz["layers"], ',');
-  ASSERT_EQ(layers.size(), 3u) << out;
+  ASSERT_EQ(layers.size(), 3u) << esgz["layers"];
   ASSERT_NO_FATAL_FAILURE(Rpull(esgz["ref"]));
   ExpectNotDownloaded(layers);
+  std::string out;
   ASSERT_EQ(Ctr({"run", "--rm", "--snapshotter", "strata", esgz["ref"], "esgz1", "/bin/sh", "-c",
                  std::string(kCheckBase) + " && sha256sum /models/weights.bin"},
                 &out),
@@ -450,6 +458,65 @@ TEST_F(ContainerdTest, RpullServesEstargzLayersLazily) {
       << out << NodeLog();
   ExpectBaseImage(out);
   EXPECT_TRUE(absl::StrContains(out, image["weights_sha256"] + "  /models/weights.bin")) << out;
+}
+
+// An eStargz layer's files are whole objects of the cache (each cached by
+// its content). Once one is cached and checked, a container's opens of it,
+// through overlayfs, are FUSE passthrough opens: the kernel reads the
+// cache's file itself, which is held against eviction meanwhile. A
+// container holding it open reads on across a SIGKILL of strata node,
+// whose successor learns from the layer's open log that the kernel still
+// reads that file, and holds it again.
+TEST_F(ContainerdTest, CachedEstargzFilesArePassedThroughAcrossASigkill) {
+  StopNode(SIGTERM);
+  StartNode(/*keeper=*/true);
+  auto image = Push({"weights", "12"});
+  auto esgz = PushEstargz("test/weights:1");
+  ASSERT_NO_FATAL_FAILURE(Rpull(esgz["ref"]));
+  const std::string sum = image["weights_sha256"];
+  std::string out;
+  // Not cached yet: read through the daemon, which caches and checks it.
+  ASSERT_EQ(Ctr({"run", "--rm", "--snapshotter", "strata", esgz["ref"], "cold1", "/bin/sh", "-c",
+                 "sha256sum /models/weights.bin"},
+                &out),
+            0)
+      << out << NodeLog();
+  EXPECT_TRUE(absl::StrContains(out, sum)) << out;
+  EXPECT_EQ(Metric("strata_cache_kernel_held_objects"), "0");
+  // Every file whole and checked once the layers' background fetches end.
+  for (int i = 0; i < 1200 && CountOf(NodeLog(), "fetched whole") < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_EQ(CountOf(NodeLog(), "fetched whole"), 3) << NodeLog();
+  // Cached: this container's opens are passed through, and held: the
+  // shell's binary (busybox, run as sh and sleep) and the weights.
+  ASSERT_EQ(Ctr({"run", "-d", "--snapshotter", "strata", esgz["ref"], "hold1", "/bin/sh", "-c",
+                 "exec 3</models/weights.bin && sleep 600"},
+                &out),
+            0)
+      << out;
+  auto held_becomes = [&](const std::string& want) {
+    for (int i = 0; i < 600 && Metric("strata_cache_kernel_held_objects") != want; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return Metric("strata_cache_kernel_held_objects");
+  };
+  EXPECT_EQ(held_becomes("2"), "2") << NodeLog();
+  StopNode(SIGKILL);
+  std::ofstream("/proc/sys/vm/drop_caches") << "3";
+  StartNode(/*keeper=*/true);
+  EXPECT_TRUE(absl::StrContains(NodeLog(), "taken over")) << NodeLog();
+  EXPECT_EQ(Metric("strata_cache_kernel_held_objects"), "2") << NodeLog();
+  // Read through the open file itself, and opened anew (the same backing
+  // file, as the kernel requires while it holds one for the inode).
+  ASSERT_EQ(Ctr({"tasks", "exec", "--exec-id", "e1", "hold1", "/bin/sh", "-c",
+                 "sha256sum /proc/1/fd/3 /models/weights.bin"},
+                &out),
+            0)
+      << out << NodeLog();
+  EXPECT_EQ(CountOf(out, sum), 2) << out;
+  Ctr({"tasks", "kill", "-s", "KILL", "hold1"}, &out);
+  EXPECT_EQ(held_becomes("0"), "0") << NodeLog();
 }
 
 // A layer no honest tool writes (a name climbing out, a hard link to a file
