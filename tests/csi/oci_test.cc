@@ -128,8 +128,8 @@ TEST_F(CsiOciTest, InlineImageVolumeShowsItsUnpackedFiles) {
 }
 
 // A ModelPack-style model artifact (each file a raw layer named by its
-// org.cncf.model.filepath annotation): the pod sees the weights by their
-// file names.
+// org.cncf.model.filepath annotation), pushed by skopeo from its OCI
+// layout: the pod sees the weights by their file names.
 TEST_F(CsiOciTest, ModelArtifactVolumeShowsTheWeightsByName) {
   std::string part0(3 << 20, 'a'), part1 = "tail of the model\n";
   for (size_t i = 0; i < part0.size(); ++i) part0[i] = static_cast<char>(i * 31 + i / 511);
@@ -139,7 +139,7 @@ TEST_F(CsiOciTest, ModelArtifactVolumeShowsTheWeightsByName) {
   std::ofstream(dir_.path() + "/mp/tokenizer.json") << "{}\n";
   std::string out;
   ASSERT_EQ(RunCommand({"/bin/bash", kPush, "127.0.0.1:" + std::to_string(port_), "models/mp:v1",
-                        dir_.path() + "/mp", "--modelpack"},
+                        dir_.path() + "/mp", "--modelpack", "--skopeo"},
                        &out),
             0)
       << out;
