@@ -193,6 +193,9 @@ class Fetcher::Impl {
       if (absl::Status v = EnsureDigestVerified(t, key); !v.ok()) return Fail(t, v);
     }
     uint32_t cs = ChunkSize(key);
+    // Readahead is queued as a read arrives, so that it runs beside the
+    // fetch this read may have to wait for, not after it.
+    Sequential(t, key, cs, offset, n);
     for (int attempt = 0; attempt < 4; ++attempt) {
       auto r = store_.Read(key, offset, out);
       if (!r.ok()) {
@@ -202,10 +205,7 @@ class Fetcher::Impl {
         }
         return Fail(t, r.status());
       }
-      if (r->missing.empty()) {
-        Sequential(t, key, cs, offset, n);
-        return n;
-      }
+      if (r->missing.empty()) return n;
       std::vector<uint32_t> missing = std::move(r->missing);
       auto results = FetchAll(t, key, missing);
       if (!results.ok()) return Fail(t, results.status());
@@ -215,10 +215,7 @@ class Fetcher::Impl {
       for (size_t i = 0; i < missing.size(); ++i) {
         if ((*results)[i].bytes) fetched[missing[i]] = (*results)[i].bytes;
       }
-      if (Assemble(key, cs, offset, out, fetched)) {
-        Sequential(t, key, cs, offset, n);
-        return n;
-      }
+      if (Assemble(key, cs, offset, out, fetched)) return n;
     }
     return Fail(t,
                 absl::UnavailableError("chunks kept disappearing from the cache while being read"));
@@ -549,16 +546,26 @@ class Fetcher::Impl {
       absl::MutexLock l(&seq_mu_);
       if (seq_.size() > 4096) seq_.clear();  // bounded: forget old streams
       SequentialState& s = seq_[key];
-      if (offset == s.next_offset && offset != 0) {
-        s.window = std::min<uint64_t>(std::max<uint64_t>(s.window * 2, 2ull * cs),
-                                      opts_.readahead_max_bytes);
+      // The kernel's own readahead sends several reads of a stream at once,
+      // and the mount's workers hand them over in any order: a read that
+      // arrives late (up to two chunks behind where the stream has got to,
+      // within what is queued) is still the stream, and does not reset it.
+      const uint64_t slack = 2ull * cs;
+      const bool in_stream = s.next_offset != 0 && offset + slack >= s.next_offset &&
+                             offset <= std::max(s.ahead_until, s.next_offset);
+      if (in_stream && offset != 0) {
+        if (offset + n > s.next_offset) {
+          s.window = std::min<uint64_t>(std::max<uint64_t>(s.window * 2, 2ull * cs),
+                                        opts_.readahead_max_bytes);
+        }
       } else if (offset != 0 || s.next_offset != 0) {
         s.window = 0;
         s.ahead_until = 0;
+        s.next_offset = 0;
       } else {
         s.window = 0;  // a first read at 0: wait for the second to call it sequential
       }
-      s.next_offset = offset + n;
+      s.next_offset = std::max(s.next_offset, offset + n);
       if (s.window == 0) return;
       uint64_t start = std::max(s.ahead_until, offset + n);
       uint64_t stop = std::min(t.stat.size, offset + n + s.window);

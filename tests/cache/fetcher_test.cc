@@ -17,6 +17,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/util/fake_clock.h"
@@ -291,6 +292,102 @@ TEST_F(FetcherTest, SequentialReadersGetReadahead) {
   for (int i = 0; i < 200 && present() <= 4; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_GT(present(), 4u);
+}
+
+// The kernel's readahead sends several reads of a stream at once, and the
+// mount's workers hand them over in any order: a read that arrives late,
+// behind where the stream has got to, does not reset it, and the next read
+// in order still gets readahead.
+TEST_F(FetcherTest, AReadArrivingLateDoesNotResetTheStream) {
+  Fetcher f(*store_);
+  FetchTarget t = Target(nullptr);
+  const uint64_t half = kChunk / 2;
+  std::string buf(half, '\0');
+  auto read = [&](uint64_t off) {
+    ASSERT_TRUE(f.Read(t, off, absl::MakeSpan(buf)).ok());
+    EXPECT_TRUE(buf == data_.substr(off, half)) << "at " << off;
+  };
+  for (uint64_t i : {0, 1, 3, 2}) read(i * half);  // the read of 2 arrives late
+  const uint64_t queued = f.Stats().readahead_chunks;
+  EXPECT_GT(queued, 0u);
+  read(4 * half);
+  EXPECT_GT(f.Stats().readahead_chunks, queued) << "the late read reset the stream";
+}
+
+// An origin in memory whose reads of chunk `gated` wait until it is
+// released; it records which chunks were asked for.
+class GatedOrigin final : public origin::Origin {
+ public:
+  GatedOrigin(std::string data, uint32_t gated) : data_(std::move(data)), gated_(gated) {}
+  const std::string& url() const override { return url_; }
+  absl::StatusOr<origin::ObjectStat> Stat(const std::string&) override {
+    origin::ObjectStat st;
+    st.size = data_.size();
+    st.version = "v1";
+    return st;
+  }
+  absl::StatusOr<std::vector<origin::DirEntry>> List(const std::string&) override {
+    return absl::UnimplementedError("no listing");
+  }
+  void Release() { gate_.Notify(); }
+  bool Asked(uint32_t chunk) {
+    absl::MutexLock l(&mu_);
+    return asked_.count(chunk) > 0;
+  }
+
+ protected:
+  absl::Status ReadInRange(const std::string&, const origin::ObjectStat&, uint64_t offset,
+                           absl::Span<char> out) override {
+    const uint32_t chunk = static_cast<uint32_t>(offset / kChunk);
+    {
+      absl::MutexLock l(&mu_);
+      asked_.insert(chunk);
+    }
+    if (chunk == gated_ && !gate_.WaitForNotificationWithTimeout(absl::Seconds(30))) {
+      return absl::UnavailableError("never released");
+    }
+    std::memcpy(out.data(), data_.data() + offset, out.size());
+    return absl::OkStatus();
+  }
+
+ private:
+  const std::string url_ = "mem://gated";
+  const std::string data_;
+  const uint32_t gated_;
+  absl::Notification gate_;
+  absl::Mutex mu_;
+  std::set<uint32_t> asked_ ABSL_GUARDED_BY(mu_);
+};
+
+// Readahead is queued as a sequential read arrives, so it runs beside the
+// fetch that read waits for: while a reader waits on a slow chunk, the
+// chunks after it are already being fetched.
+TEST_F(FetcherTest, ReadaheadRunsBesideTheFetchAReaderWaitsFor) {
+  auto origin = std::make_shared<GatedOrigin>(data_, /*gated=*/2);
+  Fetcher f(*store_);
+  FetchTarget t;
+  t.origin = origin;
+  t.stat = *origin->Stat("");
+  t.chunk_size = kChunk;
+  std::string buf(kChunk, '\0');
+  // Chunks 0 and 1: sequential, readahead queued for chunks 2 and 3.
+  for (uint64_t off : {uint64_t{0}, uint64_t{kChunk}}) {
+    ASSERT_TRUE(f.Read(t, off, absl::MakeSpan(buf)).ok());
+  }
+  // Chunk 2 waits on the gate; its read widens the window to chunk 4 and
+  // 5 before it waits.
+  std::string got(kChunk, '\0');
+  absl::StatusOr<size_t> n;
+  std::thread reader([&] { n = f.Read(t, 2 * kChunk, absl::MakeSpan(got)); });
+  bool asked = false;
+  for (int i = 0; i < 1000 && !(asked = origin->Asked(5)); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  origin->Release();
+  reader.join();
+  EXPECT_TRUE(asked) << "chunk 5 was not asked for while the reader waited for chunk 2";
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_TRUE(got == data_.substr(2 * kChunk, kChunk));
 }
 
 TEST_F(FetcherTest, PrefetchWarmsAndReportsProgressWithoutStarvingReaders) {
