@@ -314,11 +314,11 @@ TEST_F(FetcherTest, AReadArrivingLateDoesNotResetTheStream) {
   EXPECT_GT(f.Stats().readahead_chunks, queued) << "the late read reset the stream";
 }
 
-// An origin in memory whose reads of chunk `gated` wait until it is
-// released; it records which chunks were asked for.
-class GatedOrigin final : public origin::Origin {
+// An origin in memory: one object at version v1, no listing. Subclasses
+// read it, each with its own faults.
+class MemOrigin : public origin::Origin {
  public:
-  GatedOrigin(std::string data, uint32_t gated) : data_(std::move(data)), gated_(gated) {}
+  MemOrigin(std::string url, std::string data) : url_(std::move(url)), data_(std::move(data)) {}
   const std::string& url() const override { return url_; }
   absl::StatusOr<origin::ObjectStat> Stat(const std::string&) override {
     origin::ObjectStat st;
@@ -329,6 +329,18 @@ class GatedOrigin final : public origin::Origin {
   absl::StatusOr<std::vector<origin::DirEntry>> List(const std::string&) override {
     return absl::UnimplementedError("no listing");
   }
+
+ protected:
+  const std::string url_;
+  const std::string data_;
+};
+
+// An origin in memory whose reads of chunk `gated` wait until it is
+// released; it records which chunks were asked for.
+class GatedOrigin final : public MemOrigin {
+ public:
+  GatedOrigin(std::string data, uint32_t gated)
+      : MemOrigin("mem://gated", std::move(data)), gated_(gated) {}
   void Release() { gate_.Notify(); }
   bool Asked(uint32_t chunk) {
     absl::MutexLock l(&mu_);
@@ -351,8 +363,6 @@ class GatedOrigin final : public origin::Origin {
   }
 
  private:
-  const std::string url_ = "mem://gated";
-  const std::string data_;
   const uint32_t gated_;
   absl::Notification gate_;
   absl::Mutex mu_;
@@ -492,22 +502,15 @@ TEST_F(FetcherTest, FileOriginChangedUnderAReaderIsAnError) {
 
 // An origin in memory that fails its first `failures` reads with a transient
 // error, and takes `latency` of the test's clock per read.
-class FlakyOrigin final : public origin::Origin {
+class FlakyOrigin final : public MemOrigin {
  public:
   FlakyOrigin(std::string data, int failures, strata::testing::FakeClock* clock,
               absl::Duration latency)
-      : data_(std::move(data)), failures_(failures), clock_(clock), latency_(latency) {}
+      : MemOrigin("mem://flaky", std::move(data)),
+        failures_(failures),
+        clock_(clock),
+        latency_(latency) {}
 
-  const std::string& url() const override { return url_; }
-  absl::StatusOr<origin::ObjectStat> Stat(const std::string&) override {
-    origin::ObjectStat st;
-    st.size = data_.size();
-    st.version = "v1";
-    return st;
-  }
-  absl::StatusOr<std::vector<origin::DirEntry>> List(const std::string&) override {
-    return absl::UnimplementedError("no listing");
-  }
   int reads() const { return reads_; }
 
  protected:
@@ -520,8 +523,6 @@ class FlakyOrigin final : public origin::Origin {
   }
 
  private:
-  const std::string url_ = "mem://flaky";
-  const std::string data_;
   const int failures_;
   strata::testing::FakeClock* const clock_;
   const absl::Duration latency_;
