@@ -45,6 +45,13 @@ std::map<std::string, std::string> Facts(const std::string& out) {
   return facts;
 }
 
+// How many times `what` occurs in `text`.
+int CountOf(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
 class ContainerdTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -103,6 +110,15 @@ class ContainerdTest : public ::testing::Test {
   }
 
   std::string NodeLog() const { return ReadPath(dir_.path() + "/node.log"); }
+
+  // How many times `what` is in the node's log, once it is there `n` times
+  // or after a minute.
+  int WaitForLogCount(const std::string& what, int n) {
+    for (int i = 0; i < 1200 && CountOf(NodeLog(), what) < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return CountOf(NodeLog(), what);
+  }
 
   // The value of metric `name` on the node's /metrics ("" if absent).
   std::string Metric(const std::string& name) {
@@ -199,13 +215,6 @@ class ContainerdTest : public ::testing::Test {
   bool registry_started_ = false, containerd_started_ = false;
   strata::testing::Child node_;
 };
-
-// How many times `what` occurs in `text`.
-int CountOf(const std::string& text, const std::string& what) {
-  int n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
 
 // What a container of the base image (whatever layers follow) prints of it.
 constexpr const char* kCheckBase =
@@ -329,10 +338,7 @@ TEST_F(ContainerdTest, RpullServesTarLayersLazily) {
   EXPECT_EQ(trees, 3);
   // After the start's grace period, the rest of every layer was fetched in
   // the background and checked.
-  for (int i = 0; i < 1200 && CountOf(NodeLog(), "fetched whole and checked") < 3; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  EXPECT_EQ(CountOf(NodeLog(), "fetched whole and checked"), 3) << NodeLog();
+  EXPECT_EQ(WaitForLogCount("fetched whole and checked", 3), 3) << NodeLog();
 }
 
 // A layer's bulk fetch waits for the container's start (--layer-fetch-delay)
@@ -366,10 +372,7 @@ TEST_F(ContainerdSlowBulkTest, TheBulkFetchWaitsForTheContainersStartOrItsFirstR
                 &out),
             0)
       << out;
-  for (int i = 0; i < 1200 && CountOf(NodeLog(), "fetched whole and checked") < 3; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  EXPECT_EQ(CountOf(NodeLog(), "fetched whole and checked"), 3) << NodeLog();
+  EXPECT_EQ(WaitForLogCount("fetched whole and checked", 3), 3) << NodeLog();
   // Stopped during the wait: at once, not in an hour.
   RunCommand({"/bin/bash", kContainerd, "stop", Ctd()});
   containerd_started_ = false;
@@ -484,10 +487,7 @@ TEST_F(ContainerdTest, CachedEstargzFilesArePassedThroughAcrossASigkill) {
   EXPECT_TRUE(absl::StrContains(out, sum)) << out;
   EXPECT_EQ(Metric("strata_cache_kernel_held_objects"), "0");
   // Every file whole and checked once the layers' background fetches end.
-  for (int i = 0; i < 1200 && CountOf(NodeLog(), "fetched whole") < 3; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ASSERT_EQ(CountOf(NodeLog(), "fetched whole"), 3) << NodeLog();
+  ASSERT_EQ(WaitForLogCount("fetched whole", 3), 3) << NodeLog();
   // Cached: this container's opens are passed through, and held: the
   // shell's binary (busybox, run as sh and sleep) and the weights.
   ASSERT_EQ(Ctr({"run", "-d", "--snapshotter", "strata", esgz["ref"], "hold1", "/bin/sh", "-c",
