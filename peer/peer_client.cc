@@ -100,12 +100,16 @@ absl::StatusOr<PeerClient::Link*> PeerClient::Connect(const std::string& address
       if (!creds_.server_name.empty()) args.SetSslTargetNameOverride(creds_.server_name);
       args.SetMaxReceiveMessageSize(8 << 20);
       // A peer cut off by the network (not refusing, just silent) is found
-      // by pings within seconds, and its calls fail then, rather than each
-      // waiting out its deadline on a connection that looks alive. Only
-      // while calls are in flight: idle channels to a thousand peers
-      // should not ping.
-      args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
-      args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
+      // by pings, and its calls fail then, rather than each waiting out its
+      // deadline on a connection that looks alive. Only while calls are in
+      // flight: idle channels to a thousand peers should not ping. A ping
+      // unanswered drops the connection and every chunk on it (a lease
+      // holder's upload included, which the next waiter then fetches from
+      // the origin again), so a busy peer gets ten seconds to answer: with
+      // two, sixteen nodes on two cores (bench/peers.sh) lost connections
+      // to peers that were only slow, and the origin served 7-12% twice.
+      args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 3000);
+      args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
       args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
       args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
       // Our own set-aside decides when a failed peer is tried again; the

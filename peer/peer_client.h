@@ -33,8 +33,9 @@ namespace strata::peer {
 struct PeerClientOptions {
   // A whole exchange with one peer (waiting for a lease holder included).
   absl::Duration timeout = absl::Seconds(20);
-  // Connecting to a peer that is not connected yet.
-  absl::Duration connect_timeout = absl::Seconds(2);
+  // Connecting to a peer that is not connected yet (a refusing peer fails
+  // at once; this is for a silent or a busy one).
+  absl::Duration connect_timeout = absl::Seconds(5);
   // Members asked, in rendezvous order, before this node reads the origin.
   size_t max_candidates = 2;
   bool zstd = true;  // accept zstd pieces

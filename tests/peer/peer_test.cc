@@ -738,6 +738,45 @@ TEST_F(PeersTest, ASilentPartitionCostsOneDeadlineNotARead) {
   EXPECT_EQ(origin_reads_, 3);
 }
 
+// A peer that stalls for seconds (a CPU-starved node, a long GC of its
+// network) but then answers is waited for: its connection's pings give it
+// ten seconds, and dropping it would cost the chunks in flight on it (and
+// leases' uploads) a second trip to the origin. The stall here outlasts
+// what the pings once allowed (a ping every 2 s, 2 s to answer) and is
+// well inside what they allow now (3 s and 10 s).
+TEST_F(PeersTest, APeerThatStallsForSecondsIsWaitedForNotDropped) {
+  StartNodes(1);
+  const std::string key = "http://o/s@\"v\"";
+  strata::testing::TcpProxy link("127.0.0.9", "127.0.0.1", Port(0));
+  ASSERT_TRUE(link.ok());
+  std::string via = absl::StrCat("127.0.0.9:", link.port());
+  auto m = Members("127.0.0.2:1", {via});
+  PeerClient client(*m, Insecure(), {.timeout = absl::Seconds(60)});
+  const uint32_t idx = FirstOwnedBy(*m, via, key);
+  auto fetch = [&](cache::ChunkFrom* from) {
+    std::string got(kChunk, '\0');
+    auto f = client.Fetch({key, idx, kObject, kChunk}, absl::MakeSpan(got),
+                          [&](absl::Span<char> o) { return FromOrigin(key, idx, o); });
+    ASSERT_TRUE(f.ok()) << f.status();
+    *from = *f;
+    EXPECT_TRUE(got == Bytes(key, idx));
+  };
+  cache::ChunkFrom from;
+  fetch(&from);  // connected, and node 0 holds the chunk (this node's lease)
+  ASSERT_EQ(from, cache::ChunkFrom::kOrigin);
+  link.Blackhole(true);
+  std::thread resume([&] {
+    std::this_thread::sleep_for(std::chrono::seconds(5));
+    link.Blackhole(false);
+  });
+  fetch(&from);
+  resume.join();
+  EXPECT_EQ(from, cache::ChunkFrom::kPeer);
+  EXPECT_EQ(origin_reads_, 1);
+  EXPECT_EQ(client.Stats().peers[0].failures, 0u);
+  EXPECT_FALSE(m->Stats()[0].set_aside);
+}
+
 TEST_F(PeersTest, MalformedOrConflictingWantsAreRefusedWithTheRightCode) {
   StartNodes(1);
   ASSERT_TRUE(nodes_[0]->store->Register({"known", kObject, "test", kChunk}).ok());
