@@ -11,7 +11,7 @@
 #      and the time until the last is done / the lone node's (goal <= 1.3);
 #   4. a fifth node joining the warm four: its read from peers against the
 #      same read by a lone node from the loopback nginx, unthrottled (goal:
-#      peer rate >= 0.9x nginx rate);
+#      peer rate >= 0.9x nginx rate), the median of JOIN_SAMPLES (3) of each;
 #   5. a scale run: SCALE_NODES nodes (16) start a SCALE_MIB file at once:
 #      origin bytes / size, the largest share of the chunks served between
 #      nodes that one node served (1/SCALE_NODES is even), the time to the
@@ -20,7 +20,7 @@
 # writes its own copy to the one shared disk, so the time of 4 nodes is also
 # given against what this machine can do for four nodes at all (four lone
 # nodes on the unthrottled origin).
-#   SIZE_MIB=2048 SCALE_MIB=1024 RATE_MIB=200 bench/peers.sh
+#   SIZE_MIB=2048 SCALE_MIB=1024 RATE_MIB=200 JOIN_SAMPLES=3 bench/peers.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -31,6 +31,7 @@ scripts/build.sh release
 SIZE_MIB=${SIZE_MIB:-2048}
 SCALE_MIB=${SCALE_MIB:-1024}
 SCALE_NODES=${SCALE_NODES:-16}
+JOIN_SAMPLES=${JOIN_SAMPLES:-3}
 RATE_MIB=${RATE_MIB:-200}
 strata=build/cmd/strata
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/strata-peers.XXXXXX")
@@ -99,7 +100,7 @@ start_node() {
   $strata "${args[@]}" > "$work/$name.log" 2>&1 &
   node_pids+=($!)
   echo $! > "$work/$name.pid"
-  for _ in $(seq 600); do grep -q running "$work/$name.log" && return 0; sleep 0.05; done
+  for _ in $(seq 600); do grep -qs running "$work/$name.log" && return 0; sleep 0.05; done
   echo "node $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
 }
 # Records the peak RSS (KiB) of every node started so far under the phase
@@ -158,16 +159,34 @@ bytes_peers=$(proxy_bytes)
 
 # 4. a fifth node joins the warm four and reads through them (the same
 #    origin URL: it is part of the chunk key; the origin only answers its
-#    stat); a lone node reads the same from loopback nginx.
-start_node peer5 127.0.0.5 "$list"
-drop_caches
-t_join=$(prefetch_all "http://127.0.0.1:$pport/model.bin" peer5)
+#    stat); a lone node reads the same from loopback nginx. Both reads come
+#    from this machine's one disk, whose speed swings by half between two
+#    identical reads, so each is taken JOIN_SAMPLES times, alternating, each
+#    time by a fresh node with an empty cache, and the medians compared.
+stop_one() {  # stop_one NAME PHASE: stops that node alone, recording its peak RSS
+  local p
+  p=$(cat "$work/$1.pid")
+  awk -v phase="$2" '/VmHWM/ {print phase, $2}' "/proc/$p/status" >> "$work/rss_kib" 2>/dev/null || true
+  kill "$p"
+  wait "$p" 2>/dev/null || true
+  rm -rf "${work:?}/$1"
+}
+joins=()
+nginxes=()
+for _ in $(seq "$JOIN_SAMPLES"); do
+  start_node peer5 127.0.0.5 "$list"
+  drop_caches
+  joins+=("$(prefetch_all "http://127.0.0.1:$pport/model.bin" peer5)")
+  stop_one peer5 peers
+  start_node nginxread 127.0.0.6
+  drop_caches
+  nginxes+=("$(prefetch_all "http://127.0.0.1:$port/model.bin" nginxread)")
+  stop_one nginxread nginx
+done
+t_join=$(printf '%s\n' "${joins[@]}" | median)
+t_nginx=$(printf '%s\n' "${nginxes[@]}" | median)
 bytes_join=$(( $(stop_proxy) - bytes_peers ))
 stop_nodes peers
-start_node nginxread 127.0.0.6
-drop_caches
-t_nginx=$(prefetch_all "http://127.0.0.1:$port/model.bin" nginxread)
-stop_nodes nginx
 
 # 5. the scale run
 start_proxy
@@ -192,7 +211,7 @@ echo "one node alone: ${t_alone} s"
 echo "4 nodes, no peers: ${t_nopeers} s, origin served $bytes_nopeers bytes"
 echo "4 nodes, peers: ${t_peers} s, origin served $bytes_peers bytes"
 echo "4 nodes, no peers, unthrottled origin (this machine's bound): ${t_bound} s"
-echo "5th node from warm peers: ${t_join} s (origin $bytes_join bytes); the same from loopback nginx: ${t_nginx} s"
+echo "5th node from warm peers: ${joins[*]} s, median ${t_join} (origin $bytes_join bytes in all); the same from loopback nginx: ${nginxes[*]} s, median ${t_nginx}"
 echo "$SCALE_NODES nodes, $SCALE_MIB MiB: ${t_scale} s, origin served $bytes_scale bytes; chunks served to peers: max $max_served of $total_served (file: $chunks_scale chunks)"
 echo "peak daemon RSS: ${rss_mib} MiB (by phase: ${rss_by_phase%, })"
 awk -v size="$size" -v ssize="$((SCALE_MIB << 20))" -v ta="$t_alone" -v tn="$t_nopeers" \
