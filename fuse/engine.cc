@@ -160,17 +160,19 @@ struct FuseServer::Impl {
   // Chooses how the kernel does the I/O of a new open of `ino` (handle
   // fi->fh) and records it. The kernel takes nothing but passthrough with
   // the same backing file for an inode that has one, and no passthrough
-  // for an inode in its page cache's mode (the open fails with EIO).
-  void Opening(uint64_t ino, fuse_file_info* fi, bool read_only) {
-    if (!track_io) return;
+  // for an inode in its page cache's mode (the open fails with EIO). ESTALE:
+  // the handle is of other bytes than the inode's backing file (the file
+  // changed at the origin just now), and the open must look again.
+  absl::Status Opening(uint64_t ino, fuse_file_info* fi, bool read_only) {
+    if (!track_io) return absl::OkStatus();
     absl::MutexLock l(&io_mu);
     InodeIo& s = inodes[ino];
     OpenRecord r{ino, IoMode::kCached, 0, ""};
     if (s.passthrough > 0) {
-      // Also when the file has changed at the origin since (a new open
-      // would see the new version): until the last of those opens is
-      // closed, the kernel reads the version they read.
-      if (absl::Status st = tree->HoldBacking(fi->fh, s.backing); !st.ok()) {
+      // A file changed since is another inode (VolumeTree::PassedOver); a
+      // change the tree saw only after it opened this one is caught here.
+      if (absl::Status st = tree->HoldBacking(fi->fh, ino, s.backing); !st.ok()) {
+        if (ErrnoOf(st) == ESTALE) return st;
         spdlog::warn("{}: {} cannot be held again: {}", opts.mountpoint, s.backing, st.message());
       }
       r = OpenRecord{ino, IoMode::kPassthrough, s.backing_id, s.backing};
@@ -210,6 +212,7 @@ struct FuseServer::Impl {
     }
     opens[fi->fh] = r;
     if (log) log->Opened(fi->fh, r, opens);
+    return absl::OkStatus();
   }
 
   // A successor will know of a passthrough open made now: the mount keeps
@@ -272,7 +275,7 @@ struct FuseServer::Impl {
         ++s.passthrough;
         s.backing_id = r.backing_id;
         s.backing = r.backing;
-        if (absl::Status st = tree->HoldBacking(handle, r.backing); !st.ok()) {
+        if (absl::Status st = tree->HoldBacking(handle, r.ino, r.backing); !st.ok()) {
           spdlog::warn("{}: the kernel reads {} itself, but it cannot be held: {}", opts.mountpoint,
                        r.backing, st.message());
         }
@@ -503,7 +506,11 @@ void OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (!o.ok()) return Fail(req, "open", ino, o.status());
   fi->fh = o->handle;
   fi->keep_cache = o->keep_cache;
-  self->Opening(ino, fi, (fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC));
+  const bool read_only = (fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC);
+  if (absl::Status st = self->Opening(ino, fi, read_only); !st.ok()) {
+    self->tree->Release(fi->fh);
+    return Fail(req, "open", ino, st);
+  }
   if (fuse_reply_open(req, fi) != 0) {  // interrupted: the kernel never opened it
     self->Closed(fi->fh);
     self->tree->Release(fi->fh);
@@ -522,7 +529,10 @@ void OnCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   e.attr = ToStat(r->first);
   e.attr_timeout = Seconds(Self(req)->tree->attr_timeout());
   e.entry_timeout = Seconds(Self(req)->tree->entry_timeout());
-  Self(req)->Opening(e.ino, fi, /*read_only=*/false);
+  if (absl::Status st = Self(req)->Opening(e.ino, fi, /*read_only=*/false); !st.ok()) {
+    Self(req)->tree->Release(fi->fh);
+    return Fail(req, "create", parent, st);
+  }
   if (fuse_reply_create(req, &e, fi) != 0) {
     Self(req)->Closed(fi->fh);
     Self(req)->tree->Release(fi->fh);

@@ -143,14 +143,14 @@ absl::StatusOr<BackingFile> LayerTree::Backing(uint64_t handle) {
   auto lease = store_.LeaseWhole(key);
   if (!lease.ok()) return lease.status();
   BackingFile b{lease->fd(), key};
-  backings_.Hold(handle, *std::move(lease));
+  backings_.Hold(handle, InoOf(handle), key, *std::move(lease));
   return b;
 }
 
-absl::Status LayerTree::HoldBacking(uint64_t handle, const std::string& id) {
+absl::Status LayerTree::HoldBacking(uint64_t handle, uint64_t ino, const std::string& id) {
   auto lease = store_.LeaseWhole(id, /*as_is=*/true);
   if (!lease.ok()) return lease.status();
-  backings_.Hold(handle, *std::move(lease));
+  backings_.Hold(handle, ino, id, *std::move(lease));
   return absl::OkStatus();
 }
 

@@ -66,7 +66,7 @@ class LayerTree final : public Tree {
   void EnableBackingFiles() { backing_files_ = true; }
   bool has_backing_files() const override { return backing_files_; }
   absl::StatusOr<BackingFile> Backing(uint64_t handle) override;
-  absl::Status HoldBacking(uint64_t handle, const std::string& id) override;
+  absl::Status HoldBacking(uint64_t handle, uint64_t ino, const std::string& id) override;
   void BackingRefused(uint64_t handle) override { backings_.LetGo(handle); }
 
   uint64_t bytes_read() const { return bytes_read_.load(); }

@@ -88,7 +88,7 @@ absl::StatusOr<BackingFile> Tree::Backing(uint64_t) {
   return absl::UnimplementedError("this tree has no backing files");
 }
 
-absl::Status Tree::HoldBacking(uint64_t, const std::string&) {
+absl::Status Tree::HoldBacking(uint64_t, uint64_t, const std::string&) {
   return absl::UnimplementedError("this tree has no backing files");
 }
 

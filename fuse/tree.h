@@ -155,10 +155,13 @@ class Tree {
   virtual absl::StatusOr<BackingFile> Backing(uint64_t handle);
   // Whether Backing may ever answer (false: the default).
   virtual bool has_backing_files() const { return false; }
-  // After a takeover: the kernel reads `handle`, opened under the previous
-  // daemon, from the backing file `id` named; hold those bytes again until
-  // Release(handle).
-  virtual absl::Status HoldBacking(uint64_t handle, const std::string& id);
+  // The kernel reads `handle`, an open file of `ino`, from the backing file
+  // `id` names, given for an earlier open of the same inode (or one opened
+  // under the previous daemon, after a takeover): hold those bytes until
+  // Release(handle). ESTALE when `handle` was opened for other bytes (a new
+  // version, since that backing file was given): the kernel takes one
+  // backing file per inode, so the open must look its name up again.
+  virtual absl::Status HoldBacking(uint64_t handle, uint64_t ino, const std::string& id);
   // The kernel would not take Backing(handle)'s file: `handle` is read
   // through Read, and its bytes need no holding.
   virtual void BackingRefused(uint64_t /*handle*/) {}

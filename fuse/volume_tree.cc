@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <utility>
 
@@ -104,12 +105,13 @@ uint64_t VolumeTree::InoFor(const std::string& path, const origin::ObjectStat& s
   auto it = inos_.find(path);
   if (it != inos_.end()) {
     Node& n = nodes_[it->second];
-    if (st.ino == 0 || n.id == id) {
+    const bool passed_over = PassedOver(it->second, path, st);
+    if (!passed_over && (st.ino == 0 || n.id == id)) {
       n.path = path;
       n.named = true;
       return it->second;
     }
-    if (n.id == FileId{0, 0} && !by_id_.contains(id)) {
+    if (!passed_over && n.id == FileId{0, 0} && !by_id_.contains(id)) {
       // Known by name only (the root, or from an older inode log): now by
       // file, and logged so, for the next daemon to take over.
       n.id = id;
@@ -124,6 +126,12 @@ uint64_t VolumeTree::InoFor(const std::string& path, const origin::ObjectStat& s
   if (known != by_id_.end() && !nodes_[known->second].named && HeldIsGone(known->second)) {
     // The origin gave a removed file's number to a new file, while the old
     // one is still open here: the new file is another inode.
+    by_id_.erase(known);
+    known = by_id_.end();
+  }
+  if (known != by_id_.end() && PassedOver(known->second, path, st)) {
+    // Changed in place while the kernel reads the old version from a
+    // backing file: the new version is another inode.
     by_id_.erase(known);
     known = by_id_.end();
   }
@@ -145,6 +153,19 @@ uint64_t VolumeTree::InoFor(const std::string& path, const origin::ObjectStat& s
   }
   Name(path, ino);
   return ino;
+}
+
+bool VolumeTree::PassedOver(uint64_t ino, const std::string& path, const origin::ObjectStat& st) {
+  if (st.is_dir) return false;
+  std::optional<std::string> held = backings_.HeldFor(ino);
+  if (!held) return false;
+  auto key = [&](const std::string& p) {
+    return cache::StoreKey(cache::FetchTarget{origin_, p, st, opts_.chunk_size, {}});
+  };
+  if (*held == key(path)) return false;
+  // Held through another name of the file (a hard link)?
+  auto n = nodes_.find(ino);
+  return n == nodes_.end() || *held != key(n->second.path);
 }
 
 void VolumeTree::Name(const std::string& path, uint64_t ino) {
@@ -360,10 +381,14 @@ bool VolumeTree::HeldIsGone(uint64_t ino) {
 absl::StatusOr<Attr> VolumeTree::AttrOfOpen(uint64_t ino) {
   strata::UniqueFd fd = HeldFd(ino);
   struct stat local;
-  if (fd.get() < 0 || ::fstat(fd.get(), &local) != 0) {
-    return PosixError(ESTALE, absl::StrCat("inode ", ino, " has no name and is not open"));
+  if (fd.get() >= 0 && ::fstat(fd.get(), &local) == 0) return ToAttr(ino, origin::StatOf(local));
+  if (backings_.HeldFor(ino)) {
+    // An older version the kernel reads from a backing file: as it was.
+    absl::MutexLock l(&mu_);
+    auto n = nodes_.find(ino);
+    if (n != nodes_.end() && !n->second.stat.version.empty()) return ToAttr(ino, n->second.stat);
   }
-  return ToAttr(ino, origin::StatOf(local));
+  return PosixError(ESTALE, absl::StrCat("inode ", ino, " has no name and is not open"));
 }
 
 absl::StatusOr<std::vector<DirEntry>> VolumeTree::ReadDir(uint64_t ino) {
@@ -626,6 +651,7 @@ void VolumeTree::Release(uint64_t handle) {
 absl::StatusOr<BackingFile> VolumeTree::Backing(uint64_t handle) {
   if (!opts_.read_only) return absl::FailedPreconditionError("the volume is writable");
   cache::FetchTarget target;
+  uint64_t ino;
   {
     absl::MutexLock l(&mu_);
     auto it = handles_.find(handle);
@@ -634,6 +660,7 @@ absl::StatusOr<BackingFile> VolumeTree::Backing(uint64_t handle) {
       return absl::FailedPreconditionError("the handle writes");
     }
     target = it->second.target;
+    ino = it->second.ino;
   }
   const std::string key = cache::StoreKey(target);
   // As ReadUncounted: an object checked by its whole digest only once checked.
@@ -643,14 +670,23 @@ absl::StatusOr<BackingFile> VolumeTree::Backing(uint64_t handle) {
   auto lease = store_.LeaseWhole(key);
   if (!lease.ok()) return lease.status();
   BackingFile b{lease->fd(), key};
-  backings_.Hold(handle, *std::move(lease));
+  backings_.Hold(handle, ino, key, *std::move(lease));
   return b;
 }
 
-absl::Status VolumeTree::HoldBacking(uint64_t handle, const std::string& id) {
+absl::Status VolumeTree::HoldBacking(uint64_t handle, uint64_t ino, const std::string& id) {
+  {
+    absl::MutexLock l(&mu_);
+    auto it = handles_.find(handle);  // none after a takeover: the kernel opened it
+    if (it != handles_.end() && cache::StoreKey(it->second.target) != id) {
+      return PosixError(
+          ESTALE, absl::StrCat(it->second.target.path,
+                               " changed at the origin while the kernel reads ", id, " for it"));
+    }
+  }
   auto lease = store_.LeaseWhole(id, /*as_is=*/true);
   if (!lease.ok()) return lease.status();
-  backings_.Hold(handle, *std::move(lease));
+  backings_.Hold(handle, ino, id, *std::move(lease));
   return absl::OkStatus();
 }
 

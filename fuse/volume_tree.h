@@ -12,7 +12,9 @@
 // a rename keeps it; the number is the origin's own where it can be. On an
 // object store an inode stands for a path (a hash of it). Either way the
 // numbers are stable across restarts, and an inode log lets a successor
-// daemon know the ones the kernel holds.
+// daemon know the ones the kernel holds. A file that changes while the
+// kernel reads its old version from a backing file (FUSE passthrough)
+// becomes another inode, for the kernel takes one backing file per inode.
 #pragma once
 
 #include <atomic>
@@ -127,7 +129,7 @@ class VolumeTree final : public Tree {
   // LeaseWhole.
   absl::StatusOr<BackingFile> Backing(uint64_t handle) override;
   bool has_backing_files() const override { return opts_.read_only; }
-  absl::Status HoldBacking(uint64_t handle, const std::string& id) override;
+  absl::Status HoldBacking(uint64_t handle, uint64_t ino, const std::string& id) override;
   void BackingRefused(uint64_t handle) override { backings_.LetGo(handle); }
   // A POSIX origin's file system; the default (no fixed size) elsewhere.
   absl::StatusOr<struct statvfs> StatFs() override;
@@ -168,6 +170,12 @@ class VolumeTree final : public Tree {
   // The inode that `path`, which the origin just described as `st`, names
   // (see the top of this file), recorded as one of its names.
   uint64_t InoFor(const std::string& path, const origin::ObjectStat& st)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the kernel reads `ino` from a backing file of other bytes than
+  // `path` has now (`st`): then `path` is another inode, since the kernel
+  // takes one backing file per inode, and opens of the new version need
+  // their own (or none, until it is whole).
+  bool PassedOver(uint64_t ino, const std::string& path, const origin::ObjectStat& st)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records `path` as the name of `ino` it was last known by.
   void Name(const std::string& path, uint64_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

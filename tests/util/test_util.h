@@ -11,6 +11,7 @@
 #include <iterator>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/functional/function_ref.h"
 #include "absl/types/span.h"
@@ -98,6 +99,19 @@ inline ::testing::AssertionResult SameBytes(const std::string& got, const std::s
   return ::testing::AssertionFailure() << got.size() << " bytes where " << want.size()
                                        << " were wanted; the first difference is at " << i << ": "
                                        << near(got) << " where " << near(want);
+}
+
+// Closes this process's descriptors of files under `dir` (a mount a test
+// serves itself, before it stops serving it).
+inline void CloseFdsUnder(const std::string& dir) {
+  std::error_code ec;
+  std::vector<int> fds;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    std::error_code lec;
+    std::string target = std::filesystem::read_symlink(e.path(), lec).string();
+    if (!lec && target.rfind(dir + "/", 0) == 0) fds.push_back(std::stoi(e.path().filename()));
+  }
+  for (int fd : fds) ::close(fd);
 }
 
 // Waits for `done`, asking every 5 ms for at most 10 s (something the
