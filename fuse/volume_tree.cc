@@ -158,14 +158,24 @@ uint64_t VolumeTree::InoFor(const std::string& path, const origin::ObjectStat& s
 bool VolumeTree::PassedOver(uint64_t ino, const std::string& path, const origin::ObjectStat& st) {
   if (st.is_dir) return false;
   std::optional<std::string> held = backings_.HeldFor(ino);
-  if (!held) return false;
+  return held && !IsHeldVersion(ino, *held, path, st);
+}
+
+bool VolumeTree::IsHeldVersion(uint64_t ino, const std::string& held, const std::string& path,
+                               const origin::ObjectStat& st) {
   auto key = [&](const std::string& p) {
     return cache::StoreKey(cache::FetchTarget{origin_, p, st, opts_.chunk_size, {}});
   };
-  if (*held == key(path)) return false;
-  // Held through another name of the file (a hard link)?
+  if (held == key(path)) return true;
+  // Held through another name of the file (a hard link): the version of the
+  // handle that holds it says, or else the name last known.
+  for (const auto& [h, handle] : handles_) {
+    if (handle.ino == ino && cache::StoreKey(handle.target) == held) {
+      return handle.target.stat.version == st.version && handle.target.stat.digest == st.digest;
+    }
+  }
   auto n = nodes_.find(ino);
-  return n == nodes_.end() || *held != key(n->second.path);
+  return n != nodes_.end() && held == key(n->second.path);
 }
 
 void VolumeTree::Name(const std::string& path, uint64_t ino) {
@@ -678,7 +688,8 @@ absl::Status VolumeTree::HoldBacking(uint64_t handle, uint64_t ino, const std::s
   {
     absl::MutexLock l(&mu_);
     auto it = handles_.find(handle);  // none after a takeover: the kernel opened it
-    if (it != handles_.end() && cache::StoreKey(it->second.target) != id) {
+    if (it != handles_.end() &&
+        !IsHeldVersion(ino, id, it->second.target.path, it->second.target.stat)) {
       return PosixError(
           ESTALE, absl::StrCat(it->second.target.path,
                                " changed at the origin while the kernel reads ", id, " for it"));

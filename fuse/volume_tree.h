@@ -177,6 +177,10 @@ class VolumeTree final : public Tree {
   // their own (or none, until it is whole).
   bool PassedOver(uint64_t ino, const std::string& path, const origin::ObjectStat& st)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `st`, of `path`, a name of `ino`, is the version whose bytes
+  // `held` (a store key) names.
+  bool IsHeldVersion(uint64_t ino, const std::string& held, const std::string& path,
+                     const origin::ObjectStat& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records `path` as the name of `ino` it was last known by.
   void Name(const std::string& path, uint64_t ino) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `path` no longer names what it did (unlinked, renamed, replaced).

@@ -67,9 +67,11 @@ class PassthroughTest : public ::testing::Test {
   }
 
   void Mount(bool passthrough, bool read_only = true,
-             std::function<int(int, int)> open_backing = nullptr) {
+             std::function<int(int, int)> open_backing = nullptr,
+             absl::Duration attr_ttl = absl::Seconds(1)) {
     VolumeOptions vo;
     vo.read_only = read_only;
+    vo.attr_ttl = attr_ttl;
     tree_ = std::make_unique<VolumeTree>(cache_.origin, *cache_.store, *cache_.fetcher, vo);
     MountOptions mo;
     mo.mountpoint = mnt_;
@@ -225,6 +227,38 @@ TEST_F(PassthroughTest, ANewVersionUnderAnOpenPassthroughFileIsAnotherInode) {
   ::close(old_fd);
   ASSERT_TRUE(Eventually([&] { return NothingOpen(); }));
   ASSERT_TRUE(Eventually([&] { return Held() == 0; }));
+}
+
+// Another name of a file passed through (a hard link at the origin) is the
+// same file, however often it is looked up: not taken for a new version.
+TEST_F(PassthroughTest, AHardLinkOfAFilePassedThroughStaysTheSameInode) {
+  Mount(/*passthrough=*/true, /*read_only=*/true, nullptr, absl::ZeroDuration());
+  const std::string v = Pattern((2 << 20) + 3, 5);
+  Put("a.bin", v);
+  ASSERT_EQ(
+      ::link((dir_.path() + "/origin/a.bin").c_str(), (dir_.path() + "/origin/b.bin").c_str()), 0);
+  int fd = Open("a.bin");
+  ASSERT_GE(fd, 0);
+  EXPECT_TRUE(SameBytes(ReadFdUncached(fd), v));
+  ::close(fd);
+  ASSERT_TRUE(Eventually([&] { return NothingOpen(); }));
+  fd = Open("a.bin");
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(LoggedOpens(IoMode::kPassthrough), 1u);
+  struct stat held;
+  ASSERT_EQ(::fstat(fd, &held), 0);
+  for (const char* name : {"b.bin", "b.bin", "a.bin", "b.bin"}) {
+    SCOPED_TRACE(name);
+    struct stat st;
+    ASSERT_EQ(::stat((mnt_ + "/" + name).c_str(), &st), 0);  // a lookup each: no entry TTL
+    EXPECT_EQ(st.st_ino, held.st_ino);
+  }
+  int other = Open("b.bin");
+  ASSERT_GE(other, 0) << std::strerror(errno);
+  EXPECT_TRUE(SameBytes(ReadFdUncached(other), v));
+  ::close(other);
+  ::close(fd);
+  ASSERT_TRUE(Eventually([&] { return NothingOpen(); }));
 }
 
 // The kernel refusing a backing file for want of memory costs that one
