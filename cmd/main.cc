@@ -47,10 +47,18 @@ int main(int argc, char** argv) {
   // other threads than allocated them; with glibc's default of eight arenas
   // per core, each arena keeps its own free megabytes. Two arenas keep the
   // peak RSS of a node serving 15 peers under 300 MiB (four: 300-317 MiB in
-  // bench/peers.sh's 16-node run) and were no slower there or in a peer
-  // read (a fixed mmap threshold instead cost a third of the peer read rate
-  // in page faults).
+  // bench/peers.sh's 16-node run).
   mallopt(M_ARENA_MAX, 2);
+  // glibc's default returns the free top of a heap to the kernel once it
+  // passes twice the largest block freed lately (a few MiB here), so the
+  // pieces and gRPC buffers of every chunk were handed back and faulted in
+  // again, zeroed page by page (a third of a node's CPU in `perf` while
+  // four nodes shared a file). Keeping up to 64 MiB per heap cut the CPU
+  // four nodes spend sharing a 2 GiB file by about a third (bench/peers.sh,
+  // phase 3 on an unthrottled origin: 24-27 CPU-s, now 16-19), at no cost
+  // in peak RSS. Setting it also fixes glibc's mmap threshold at 128 KiB,
+  // so a megabyte piece is mapped and unmapped on its own.
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
   CLI::App app{"Strata: a caching storage layer for AI workloads on Kubernetes"};
   app.set_version_flag("--version", "strata 0.1.0");
   app.require_subcommand(1);
