@@ -1,6 +1,9 @@
 // PeerClient: owner first, lease when granted, origin last.
 #include "peer/peer_client.h"
 
+#include <grpcpp/impl/rpc_method.h>
+#include <grpcpp/support/sync_stream.h>
+
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -117,7 +120,6 @@ absl::StatusOr<PeerClient::Link*> PeerClient::Connect(const std::string& address
       args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
       args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
       slot->channel = grpc::CreateCustomChannel(address, creds_.channel, args);
-      slot->stub = v1::Peer::NewStub(slot->channel);
       slot->stats.address = address;
     }
     link = slot.get();
@@ -161,7 +163,13 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
   grpc::ClientContext ctx;
   // A probe is answered at once, or never: it is worth little time.
   ctx.set_deadline(After(probe ? std::min(opts_.timeout, absl::Seconds(2)) : opts_.timeout));
-  auto stream = link->stub->Fetch(&ctx);
+  // The messages go as byte buffers (peer/wire.h), on the method the
+  // generated stub would call.
+  const grpc::internal::RpcMethod method(kFetchMethod, grpc::internal::RpcMethod::BIDI_STREAMING,
+                                         link->channel);
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
+          link->channel.get(), method, &ctx));
   v1::FetchRequest req;
   v1::Want* w = req.mutable_want();
   w->mutable_chunk()->set_key(std::string(chunk.key));
@@ -172,11 +180,17 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
   w->set_only_if_present(probe);
   if (opts_.zstd) w->add_accept(v1::CODEC_ZSTD);
   w->set_link_bytes_per_second(link_rate);
-  v1::FetchResponse resp;
-  if (!stream->Write(req) || !stream->Read(&resp)) {
+  grpc::ByteBuffer answer;
+  if (!stream->Write(Pack(req)) || !stream->Read(&answer)) {
     grpc::Status st = stream->Finish();
     if (probe && st.error_code() == grpc::StatusCode::NOT_FOUND) return Outcome::kAbsent;
     return fail(absl::StrCat("no answer (", st.error_message(), ")"));
+  }
+  v1::FetchResponse resp;
+  if (!Unpack(answer, &resp)) {
+    ctx.TryCancel();
+    stream->Finish().ok();
+    return fail("a malformed answer");
   }
   if (resp.has_header()) {
     auto start = std::chrono::steady_clock::now();
@@ -215,19 +229,20 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
   if (!origin_status->ok()) {
     v1::FetchRequest f;
     f.mutable_lease_failed()->set_reason(std::string(origin_status->message()));
-    stream->Write(f);
+    stream->Write(Pack(f));
     stream->WritesDone();
     stream->Finish().ok();
     return Outcome::kOriginFailed;
   }
   SendOptions so;
   so.link_bytes_per_second = link_rate;
-  bool sent =
-      SendChunk<v1::FetchRequest>(*stream, std::string_view(out.data(), out.size()), so, nullptr)
-          .ok();
+  bool sent = SendChunk<v1::FetchRequest>(*stream, std::string_view(out.data(), out.size()), so,
+                                          *pieces_, nullptr)
+                  .ok();
   stream->WritesDone();
+  grpc::ByteBuffer reply;
   v1::FetchResponse stored;
-  bool ok = sent && stream->Read(&stored) && stored.has_stored();
+  bool ok = sent && stream->Read(&reply) && Unpack(reply, &stored) && stored.has_stored();
   grpc::Status st = stream->Finish();
   if (!ok) {
     // This node has the bytes; only the owner's copy is lost, and the next

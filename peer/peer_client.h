@@ -24,9 +24,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cache/chunk_peers.h"
-#include "peer.grpc.pb.h"
 #include "peer/membership.h"
 #include "peer/tls.h"
+#include "peer/wire.h"
 
 namespace strata::peer {
 
@@ -79,7 +79,6 @@ class PeerClient final : public cache::ChunkPeers {
   enum class Outcome { kGot, kLeased, kOriginFailed, kPeerFailed, kAbsent };
   struct Link {
     std::shared_ptr<grpc::Channel> channel;
-    std::unique_ptr<v1::Peer::Stub> stub;
     PeerLinkStats stats;
   };
 
@@ -97,6 +96,7 @@ class PeerClient final : public cache::ChunkPeers {
   Membership& membership_;
   const PeerCredentials creds_;
   const PeerClientOptions opts_;
+  const std::shared_ptr<PiecePool> pieces_ = PiecePool::Create();
   std::atomic<uint64_t> owned_{0}, runner_up_{0}, leased_{0}, fallback_{0};
   mutable absl::Mutex mu_;
   // Links are never removed while the client lives: Ask holds a pointer.

@@ -1,6 +1,8 @@
 // PeerService: Wants answered from the store, fills made by leases.
 #include "peer/peer_service.h"
 
+#include <grpcpp/impl/rpc_service_method.h>
+#include <grpcpp/support/method_handler.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,7 +17,7 @@
 namespace strata::peer {
 namespace {
 
-using Stream = grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>;
+using Stream = PeerService::Stream;
 
 constexpr size_t kMaxKeyBytes = 4096;
 constexpr uint64_t kMaxObjectBytes = 1ull << 50;  // the store's limit
@@ -42,19 +44,28 @@ absl::Status CheckWant(const v1::Want& w) {
 }  // namespace
 
 PeerService::PeerService(cache::ChunkStore& store, PeerServiceOptions options)
-    : store_(store), opts_(options) {}
+    : store_(store), opts_(options) {
+  AddMethod(new grpc::internal::RpcServiceMethod(
+      kFetchMethod, grpc::internal::RpcMethod::BIDI_STREAMING,
+      new grpc::internal::BidiStreamingHandler<PeerService, grpc::ByteBuffer, grpc::ByteBuffer>(
+          [](PeerService* service, grpc::ServerContext* context, Stream* stream) {
+            return service->Fetch(context, stream);
+          },
+          this)));
+}
 
 grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
   const std::string asker = context->peer();
-  v1::FetchRequest req;
-  if (!stream->Read(&req)) return grpc::Status::OK;  // the asker left before asking
+  grpc::ByteBuffer first;
+  if (!stream->Read(&first)) return grpc::Status::OK;  // the asker left before asking
   ++wants_;
   auto refuse = [&](const absl::Status& st) {
     ++refused_;
     spdlog::warn("peers: refused a request from {}: {}", asker, st.message());
     return ToGrpc(st);
   };
-  if (!req.has_want())
+  v1::FetchRequest req;
+  if (!Unpack(first, &req) || !req.has_want())
     return refuse(absl::InvalidArgumentError("the first message must be a Want"));
   const v1::Want want = req.want();
   if (absl::Status st = CheckWant(want); !st.ok()) return refuse(st);
@@ -95,7 +106,7 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
       if (!r.ok()) return ToGrpc(lease_status.ok() ? r.status() : lease_status);
       v1::FetchResponse done;
       done.mutable_stored();
-      stream->Write(done);
+      stream->Write(Pack(done));
       return grpc::Status::OK;
     }
     if (!r.ok()) {  // another asker's lease failed, or the object went: again
@@ -169,7 +180,7 @@ grpc::Status PeerService::Send(Stream* stream, const v1::Want& want, size_t leng
   so.link_bytes_per_second = want.link_bytes_per_second();
   so.compress_bytes_per_second = compress_rate_;
   SendReport rep;
-  absl::Status st = SendChunk<v1::FetchResponse>(*stream, length, xxh3, read, so, &rep);
+  absl::Status st = SendChunk<v1::FetchResponse>(*stream, length, xxh3, read, so, *pieces_, &rep);
   if (absl::IsCancelled(st)) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "the asker went away");
   }
@@ -196,7 +207,7 @@ absl::Status PeerService::Lease(Stream* stream, const v1::Want& want, const std:
   v1::FetchResponse grant;
   grant.mutable_lease()->set_timeout_ms(
       static_cast<uint32_t>(absl::ToInt64Milliseconds(opts_.lease_timeout)));
-  if (!stream->Write(grant)) return absl::UnavailableError("the asker went away");
+  if (!stream->Write(Pack(grant))) return absl::UnavailableError("the asker went away");
   ++leases_;
   auto failed = [&](absl::Status st) {
     ++leases_failed_;
@@ -204,8 +215,10 @@ absl::Status PeerService::Lease(Stream* stream, const v1::Want& want, const std:
                  want.chunk().index(), want.chunk().key(), asker, st.message());
     return st;
   };
+  grpc::ByteBuffer message;
+  if (!stream->Read(&message)) return failed(absl::UnavailableError("the lease holder went away"));
   v1::FetchRequest up;
-  if (!stream->Read(&up)) return failed(absl::UnavailableError("the lease holder went away"));
+  if (!Unpack(message, &up)) return failed(absl::InvalidArgumentError("a malformed message"));
   if (up.has_lease_failed()) {
     return failed(absl::UnavailableError(
         absl::StrCat("the lease holder could not fetch it: ", up.lease_failed().reason())));

@@ -10,6 +10,8 @@
 #pragma once
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/service_type.h>
+#include <grpcpp/support/sync_stream.h>
 
 #include <atomic>
 #include <cstdint>
@@ -21,7 +23,6 @@
 #include "absl/time/time.h"
 #include "base/grpc_status.h"
 #include "cache/chunk_store.h"
-#include "peer.grpc.pb.h"
 #include "peer/tls.h"
 #include "peer/wire.h"
 
@@ -49,21 +50,26 @@ struct PeerServiceStats {
   uint64_t chunks_received = 0;  // lease holders' uploads stored
 };
 
-class PeerService final : public v1::Peer::Service {
+// proto/peer.proto's Peer service, its messages taken and given as byte
+// buffers (peer/wire.h says why): registered as the generated service
+// would register it, under the same name, so any client of the proto
+// reaches it.
+class PeerService final : public grpc::Service {
  public:
+  // Either way, FetchRequests up and FetchResponses down, encoded.
+  using Stream = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
+
   PeerService(cache::ChunkStore& store, PeerServiceOptions options = {});
 
-  grpc::Status Fetch(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>* stream) override;
+  grpc::Status Fetch(grpc::ServerContext* context, Stream* stream);
 
   PeerServiceStats Stats() const;
 
  private:
   // The source of a fill that this asker's lease makes: grant it, then take
   // the bytes the asker sends up the stream into `out`.
-  absl::Status Lease(grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>* stream,
-                     const v1::Want& want, const std::string& asker, absl::Span<char> out);
+  absl::Status Lease(Stream* stream, const v1::Want& want, const std::string& asker,
+                     absl::Span<char> out);
 
   // One of the max_sending slots, held while it lives.
   class SendSlot {
@@ -81,13 +87,13 @@ class PeerService final : public v1::Peer::Service {
   // Sends a held chunk as it is stored: from the store's memory or straight
   // from its file into the pieces, with the checksum it was checked with
   // (no copy of the whole chunk is made, and it is not hashed again).
-  grpc::Status SendStored(grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>* stream,
-                          const v1::Want& want, const cache::ChunkLease& chunk);
-  grpc::Status Send(grpc::ServerReaderWriter<v1::FetchResponse, v1::FetchRequest>* stream,
-                    const v1::Want& want, size_t length, uint64_t xxh3, ChunkReader read);
+  grpc::Status SendStored(Stream* stream, const v1::Want& want, const cache::ChunkLease& chunk);
+  grpc::Status Send(Stream* stream, const v1::Want& want, size_t length, uint64_t xxh3,
+                    ChunkReader read);
 
   cache::ChunkStore& store_;
   const PeerServiceOptions opts_;
+  const std::shared_ptr<PiecePool> pieces_ = PiecePool::Create();
   absl::Mutex send_mu_;
   int sending_ ABSL_GUARDED_BY(send_mu_) = 0;
   std::atomic<double> compress_rate_{300e6};  // bytes/s zstd manages here (EWMA)

@@ -18,6 +18,7 @@
 #include "cache/chunk_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "peer.grpc.pb.h"
 #include "peer/membership.h"
 #include "peer/peer_client.h"
 #include "peer/peer_service.h"
@@ -161,7 +162,7 @@ TEST(MembershipTest, AddressesAreChecked) {
 
 struct Captured {
   v1::ChunkHeader header;
-  std::vector<v1::Piece> pieces;
+  std::vector<grpc::ByteBuffer> pieces;  // FetchResponses, as they go on the wire
   uint64_t wire = 0;
 };
 
@@ -169,18 +170,17 @@ struct Captured {
 Captured Encode(const std::string& chunk, const SendOptions& o, SendReport* rep = nullptr) {
   Captured c;
   SendReport r;
-  v1::Piece piece;
+  auto pool = PiecePool::Create();
   absl::Status st = EncodeChunk(
       chunk.size(), ChunkChecksum(chunk),
-      [&](size_t offset, absl::Span<char> out) { return CopyOut(chunk, offset, out); }, o,
+      [&](size_t offset, absl::Span<char> out) { return CopyOut(chunk, offset, out); }, o, *pool,
       [&](const v1::ChunkHeader& h) {
         c.header = h;
         return true;
       },
-      piece,
-      [&] {
-        c.wire += piece.data().size();
-        c.pieces.push_back(piece);
+      [&](OutPiece p) {
+        c.wire += p.size;
+        c.pieces.push_back(PieceMessage(v1::FetchResponse::kPieceFieldNumber, std::move(p)));
         return true;
       },
       &r);
@@ -194,9 +194,22 @@ absl::Status Decode(const Captured& c, std::string& out) {
   absl::Status st = rx.Begin(c.header);
   for (const auto& p : c.pieces) {
     if (!st.ok()) break;
-    st = rx.Add(p);
+    st = rx.AddFrom<v1::FetchResponse>(p);
   }
   return st.ok() ? rx.Finish() : st;
+}
+
+// A message's bytes on the wire, and a message of given bytes.
+std::string WireBytes(const grpc::ByteBuffer& b) {
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(b.Dump(&slices).ok());
+  std::string s;
+  for (const auto& sl : slices) s.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  return s;
+}
+grpc::ByteBuffer Message(const std::string& bytes) {
+  grpc::Slice s(bytes);
+  return grpc::ByteBuffer(&s, 1);
 }
 
 std::string Text(size_t n) {
@@ -263,9 +276,10 @@ TEST(WireTest, EveryKindOfBadChunkIsDataLossNeverBytes) {
     ASSERT_EQ(good.header.codec() == v1::CODEC_ZSTD, zstd);
     std::string out(src.size(), '\0');
 
-    Captured flipped = good;  // a bit flipped on the way
-    std::string& d = *flipped.pieces[1].mutable_data();
+    Captured flipped = good;  // a bit flipped on the way, in the piece's bytes
+    std::string d = WireBytes(flipped.pieces[1]);
     d[d.size() / 2] ^= 0x10;
+    flipped.pieces[1] = Message(d);
     absl::Status st = Decode(flipped, out);
     EXPECT_TRUE(absl::IsDataLoss(st)) << st;
 
@@ -296,7 +310,7 @@ TEST(WireTest, AChunkIsReadAPieceAtATimeAndAFailedReadStopsTheSend) {
   std::string chunk = Random(3 << 20, 11);
   std::vector<std::pair<size_t, size_t>> reads;
   int pieces = 0;
-  v1::Piece piece;
+  auto pool = PiecePool::Create();
   absl::Status st = EncodeChunk(
       chunk.size(), ChunkChecksum(chunk),
       [&](size_t offset, absl::Span<char> out) -> absl::Status {
@@ -304,8 +318,8 @@ TEST(WireTest, AChunkIsReadAPieceAtATimeAndAFailedReadStopsTheSend) {
         if (offset >= 2 * kPieceBytes) return absl::DataLossError("the disk lost it");
         return CopyOut(chunk, offset, out);
       },
-      {}, [](const v1::ChunkHeader&) { return true; }, piece,
-      [&] {
+      {}, *pool, [](const v1::ChunkHeader&) { return true; },
+      [&](OutPiece) {
         ++pieces;
         return true;
       },
@@ -316,6 +330,77 @@ TEST(WireTest, AChunkIsReadAPieceAtATimeAndAFailedReadStopsTheSend) {
   std::vector<std::pair<size_t, size_t>> want = {
       {0, kPieceBytes}, {kPieceBytes, kPieceBytes}, {2 * kPieceBytes, kPieceBytes}};
   EXPECT_EQ(reads, want) << "one piece at a time, never the whole chunk";
+}
+
+// The receiver reads a piece encoded as PieceMessage encodes it straight
+// from the message's bytes; any other valid encoding of the same piece (a
+// peer built from the proto by other means) is parsed as a message, with
+// the same result; a malformed one is an error, never bytes.
+TEST(WireTest, APieceIsTakenTheSameHoweverItIsValidlyEncoded) {
+  const std::string chunk = Random(kPieceBytes, 13);
+  Captured c = Encode(chunk, {});
+  ASSERT_EQ(c.pieces.size(), 1u);
+  const std::string plain = WireBytes(c.pieces[0]);
+  v1::FetchResponse parsed;
+  ASSERT_TRUE(parsed.ParseFromString(plain)) << "PieceMessage is a FetchResponse";
+  ASSERT_TRUE(parsed.has_piece());
+  EXPECT_EQ(parsed.piece().raw_length(), kPieceBytes);
+  EXPECT_TRUE(parsed.piece().data() == chunk);
+  EXPECT_EQ(parsed.SerializeAsString(), plain) << "the encoding protobuf itself writes";
+
+  auto take = [&](const std::string& message) {
+    std::string out(chunk.size(), '\0');
+    ChunkReceiver rx(absl::MakeSpan(out));
+    absl::Status st = rx.Begin(c.header);
+    if (st.ok()) st = rx.AddFrom<v1::FetchResponse>(Message(message));
+    if (st.ok()) st = rx.Finish();
+    if (st.ok() && out != chunk) st = absl::InternalError("other bytes");
+    return st;
+  };
+  EXPECT_TRUE(take(plain).ok());
+  // An unknown field after the piece (a newer peer's).
+  EXPECT_TRUE(take(plain + std::string("\x78\x01", 2)).ok());
+  // The piece's fields the other way round.
+  v1::Piece length_only;
+  length_only.set_raw_length(kPieceBytes);
+  v1::Piece data_only;
+  data_only.set_data(chunk);
+  const std::string inner = length_only.SerializeAsString() + data_only.SerializeAsString();
+  v1::FetchResponse wrapper;
+  ASSERT_TRUE(wrapper.mutable_piece()->ParseFromString(inner));
+  std::string reversed = "\x12";  // field 2 (piece), length-delimited
+  for (size_t n = inner.size(); n != 0; n >>= 7)
+    reversed += static_cast<char>((n & 0x7f) | (n >= 0x80 ? 0x80 : 0));
+  reversed += inner;
+  EXPECT_TRUE(take(reversed).ok());
+  // Cut short, or not a piece at all.
+  absl::Status st = take(plain.substr(0, plain.size() - 100));
+  EXPECT_TRUE(absl::IsInvalidArgument(st)) << st;
+  v1::FetchResponse lease;
+  lease.mutable_lease()->set_timeout_ms(5);
+  st = take(lease.SerializeAsString());
+  EXPECT_TRUE(absl::IsInvalidArgument(st)) << st;
+  EXPECT_THAT(st.message(), HasSubstr("expected a piece"));
+}
+
+TEST(WireTest, APiecesBufferGoesBackToItsPoolWhenTheTransportLetsGo) {
+  auto pool = PiecePool::Create(/*keep=*/1);
+  const char* first;
+  {
+    PiecePool::Buffer b = pool->Take();
+    first = b.data();
+    std::memset(b.data(), 'x', 10);
+    grpc::ByteBuffer m =
+        PieceMessage(v1::FetchResponse::kPieceFieldNumber, OutPiece{std::move(b), 10, 10});
+    grpc::ByteBuffer copy(m);  // what a transport holds after the write
+    EXPECT_EQ(pool->idle(), 0u);
+    m.Clear();
+    EXPECT_EQ(pool->idle(), 0u) << "still held by the copy";
+  }
+  EXPECT_EQ(pool->idle(), 1u);
+  EXPECT_EQ(pool->Take().data(), first) << "reused, not allocated again";
+  { PiecePool::Buffer a = pool->Take(), b = pool->Take(); }
+  EXPECT_EQ(pool->idle(), 1u) << "the pool keeps no more than it was told";
 }
 
 // --- nodes ----------------------------------------------------------------
