@@ -55,9 +55,10 @@ int main(int argc, char** argv) {
   // again, zeroed page by page (a third of a node's CPU in `perf` while
   // four nodes shared a file). Keeping up to 64 MiB per heap cut the CPU
   // four nodes spend sharing a 2 GiB file by about a third (bench/peers.sh,
-  // phase 3 on an unthrottled origin: 24-27 CPU-s, now 16-19), at no cost
-  // in peak RSS. Setting it also fixes glibc's mmap threshold at 128 KiB,
-  // so a megabyte piece is mapped and unmapped on its own.
+  // phase 3 on an unthrottled origin: 24-27 CPU-s, now 16-19). The peak
+  // RSS there, in the 16-node run, went from 265 to 272-288 MiB. Setting
+  // it also fixes glibc's mmap threshold at 128 KiB, so a megabyte piece
+  // is mapped and unmapped on its own.
   mallopt(M_TRIM_THRESHOLD, 64 << 20);
   CLI::App app{"Strata: a caching storage layer for AI workloads on Kubernetes"};
   app.set_version_flag("--version", "strata 0.1.0");

@@ -1,7 +1,6 @@
 // PeerClient: owner first, lease when granted, origin last.
 #include "peer/peer_client.h"
 
-#include <grpcpp/impl/rpc_method.h>
 #include <grpcpp/support/sync_stream.h>
 
 #include <chrono>
@@ -120,6 +119,8 @@ absl::StatusOr<PeerClient::Link*> PeerClient::Connect(const std::string& address
       args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
       args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
       slot->channel = grpc::CreateCustomChannel(address, creds_.channel, args);
+      slot->fetch = std::make_unique<grpc::internal::RpcMethod>(
+          kFetchMethod, grpc::internal::RpcMethod::BIDI_STREAMING, slot->channel);
       slot->stats.address = address;
     }
     link = slot.get();
@@ -163,13 +164,9 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
   grpc::ClientContext ctx;
   // A probe is answered at once, or never: it is worth little time.
   ctx.set_deadline(After(probe ? std::min(opts_.timeout, absl::Seconds(2)) : opts_.timeout));
-  // The messages go as byte buffers (peer/wire.h), on the method the
-  // generated stub would call.
-  const grpc::internal::RpcMethod method(kFetchMethod, grpc::internal::RpcMethod::BIDI_STREAMING,
-                                         link->channel);
   std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
       grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
-          link->channel.get(), method, &ctx));
+          link->channel.get(), *link->fetch, &ctx));
   v1::FetchRequest req;
   v1::Want* w = req.mutable_want();
   w->mutable_chunk()->set_key(std::string(chunk.key));

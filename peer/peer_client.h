@@ -12,6 +12,7 @@
 #pragma once
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/rpc_method.h>
 
 #include <atomic>
 #include <cstdint>
@@ -79,6 +80,9 @@ class PeerClient final : public cache::ChunkPeers {
   enum class Outcome { kGot, kLeased, kOriginFailed, kPeerFailed, kAbsent };
   struct Link {
     std::shared_ptr<grpc::Channel> channel;
+    // Fetch on this channel, registered once, as a generated stub does; its
+    // messages go as byte buffers (peer/wire.h).
+    std::unique_ptr<grpc::internal::RpcMethod> fetch;
     PeerLinkStats stats;
   };
 
