@@ -10,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -20,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -51,6 +53,45 @@ constexpr unsigned long kBackingClose = _IOW(229, 2, uint32_t);
 // open's bad luck, and the next may pass.
 bool RefusesEveryBackingFile(int err) {
   return err == EPERM || err == EINVAL || err == EOPNOTSUPP || err == ENOTTY || err == ELOOP;
+}
+
+// Marks a request the kernel sends again, to a server that took over from
+// one that died with it unanswered (FUSE_UNIQUE_RESEND, Linux 6.9). The
+// request keeps its id otherwise.
+constexpr uint64_t kUniqueResend = 1ull << 63;
+
+// The kernel's id of the request this worker thread serves (its
+// fuse_in_header.unique), taken as the worker reads it: libfuse gives a
+// file system no request ids, and an open that a dead daemon logged but
+// never answered is known by its request's (Impl::ForgetUnanswered).
+thread_local uint64_t t_request = 0;
+
+ssize_t ReadRequest(int fd, void* buf, size_t len, void*) {
+  ssize_t n = ::read(fd, buf, len);
+  if (n >= static_cast<ssize_t>(sizeof(fuse_in_header))) {
+    fuse_in_header h;
+    std::memcpy(&h, buf, sizeof h);
+    t_request = h.unique;
+  }
+  return n;
+}
+ssize_t WriteReply(int fd, iovec* iov, int count, void*) { return ::writev(fd, iov, count); }
+ssize_t SpliceReply(int from, off_t* from_off, int to, off_t* to_off, size_t len, unsigned flags,
+                    void*) {
+  return ::splice(from, from_off, to, to_off, len, flags);
+}
+
+// Has the session read requests through ReadRequest; replies are written
+// as libfuse writes them (splice included; it reads no request by splice).
+// Only where the kernel resends: then every worker reads from the
+// session's descriptor (FuseServer::Run), so no clone_fd is needed.
+absl::Status SeeRequestIds(fuse_session* se) {
+  static const fuse_custom_io io = {WriteReply, ReadRequest, nullptr, SpliceReply, nullptr};
+  int rc = fuse_session_custom_io(se, &io, fuse_session_fd(se));
+  if (rc != 0) {
+    return absl::InternalError(absl::StrCat("libfuse refused its reads: ", std::strerror(-rc)));
+  }
+  return absl::OkStatus();
 }
 
 // Tells the kernel to forget names, from a thread of its own that starts
@@ -168,6 +209,7 @@ struct FuseServer::Impl {
     absl::MutexLock l(&io_mu);
     InodeIo& s = inodes[ino];
     OpenRecord r{ino, IoMode::kCached, 0, ""};
+    const uint64_t request = t_request & ~kUniqueResend;
     if (s.passthrough > 0) {
       // A file changed since is another inode (VolumeTree::PassedOver); a
       // change the tree saw only after it opened this one is caught here.
@@ -210,9 +252,35 @@ struct FuseServer::Impl {
     } else {
       ++s.cached;
     }
+    r.request = request;
     opens[fi->fh] = r;
     if (log) log->Opened(fi->fh, r, opens);
     return absl::OkStatus();
+  }
+
+  // Before an open or create. If the kernel sends this request again (the
+  // daemon that had it died), an open that daemon logged for it never
+  // reached the kernel, and the kernel will never release it. It is
+  // forgotten as a release would forget it: otherwise it would fix its
+  // inode's way of I/O, and hold a backing file with its cache object,
+  // until the mount goes.
+  void ForgetUnanswered() {
+    if (!track_io || !(t_request & kUniqueResend)) return;
+    const uint64_t request = t_request & ~kUniqueResend;
+    std::optional<uint64_t> handle;
+    {
+      absl::MutexLock l(&io_mu);
+      for (const auto& [h, r] : opens) {
+        if (r.request == request) handle = h;
+      }
+    }
+    if (!handle) return;
+    spdlog::info(
+        "{}: the kernel sent open request {} again: the open logged for it (handle {}) never "
+        "reached the kernel, and is forgotten",
+        opts.mountpoint, request, *handle);
+    Closed(*handle);
+    tree->Release(*handle);
   }
 
   // A successor will know of a passthrough open made now: the mount keeps
@@ -502,6 +570,7 @@ void OnRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
 
 void OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Impl* self = Self(req);
+  self->ForgetUnanswered();
   auto o = self->tree->Open(ino, fi->flags);
   if (!o.ok()) return Fail(req, "open", ino, o.status());
   fi->fh = o->handle;
@@ -519,6 +588,7 @@ void OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void OnCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
               fuse_file_info* fi) {
+  Self(req)->ForgetUnanswered();
   auto r = Self(req)->tree->Create(parent, name, mode, fi->flags, Who(req));
   if (!r.ok()) return Fail(req, "create", parent, r.status());
   fi->fh = r->second.handle;
@@ -904,6 +974,13 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Mount(Tree& tree,
   init.resize(static_cast<size_t>(n));
   (*impl)->init = init;
   (*impl)->resend = KernelResends(init);
+  if ((*impl)->resend) {
+    if (absl::Status st = SeeRequestIds(se); !st.ok()) {
+      auto server = std::unique_ptr<FuseServer>(new FuseServer(std::move(*impl)));
+      server->Stop();
+      return st;
+    }
+  }
   ProcessInit(se, init);
   // After INIT: its reply sets the window, and can only narrow it.
   SetReadAhead(options.mountpoint, (*impl)->connection, options.read_ahead_kib);
@@ -956,9 +1033,15 @@ absl::StatusOr<std::unique_ptr<FuseServer>> FuseServer::Adopt(Tree& tree,
   }
   h.unique = ~uint64_t{0} - 1;
   std::memcpy(replay.data(), &h, sizeof h);
+  (*impl)->resend = KernelResends(handoff.init);
+  if ((*impl)->resend) {
+    if (absl::Status st = SeeRequestIds((*impl)->se); !st.ok()) {
+      auto server = std::unique_ptr<FuseServer>(new FuseServer(std::move(*impl)));
+      return st;
+    }
+  }
   ProcessInit((*impl)->se, replay);
   (*impl)->Resume();
-  (*impl)->resend = KernelResends(handoff.init);
   if ((*impl)->resend) {
     // Requests the dead daemon had read but not answered go back to the
     // queue, to be read and answered by this one: the caller sees a pause.

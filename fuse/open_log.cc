@@ -18,9 +18,12 @@ namespace strata::fuse {
 namespace {
 
 // A record: u32 length of the whole record, u32 XXH32 of what follows it,
-// then u8 kind, u64 handle, u64 inode, i32 backing id, and the backing's id
-// to the end. Little-endian, as the machine that wrote it.
+// then u8 kind, u64 handle, u64 inode, i32 backing id, with kWithRequest in
+// the kind a u64 request id, and the backing's id to the end.
+// Little-endian, as the machine that wrote it. (Daemons before request ids
+// stop reading a log at the first record that has one.)
 constexpr uint8_t kClose = 4;
+constexpr uint8_t kWithRequest = 0x10;
 constexpr size_t kHeader = 8;
 constexpr size_t kFixed = 1 + 8 + 8 + 4;
 constexpr size_t kMaxBacking = 4096;  // store keys are at most 4096 bytes
@@ -41,11 +44,13 @@ T Get(const char* p) {
 }
 
 std::string Encode(uint8_t kind, uint64_t handle, const OpenRecord& r) {
+  const bool request = kind != kClose && r.request != 0;
   std::string body;
-  Put(body, kind);
+  Put(body, static_cast<uint8_t>(kind | (request ? kWithRequest : 0)));
   Put(body, handle);
   Put(body, r.ino);
   Put(body, r.backing_id);
+  if (request) Put(body, r.request);
   body += r.backing;
   std::string out;
   Put(out, static_cast<uint32_t>(kHeader + body.size()));
@@ -137,17 +142,21 @@ absl::StatusOr<OpenFiles> OpenLog::Read(const std::string& path) {
   while (data.size() - at >= kHeader + kFixed) {
     const char* p = data.data() + at;
     uint32_t len = Get<uint32_t>(p);
-    if (len < kHeader + kFixed || len > kHeader + kFixed + kMaxBacking || len > data.size() - at ||
-        Get<uint32_t>(p + 4) != XXH32(p + kHeader, len - kHeader, 0)) {
+    if (len < kHeader + kFixed || len > kHeader + kFixed + 8 + kMaxBacking ||
+        len > data.size() - at || Get<uint32_t>(p + 4) != XXH32(p + kHeader, len - kHeader, 0)) {
       break;  // torn by a kill mid-write: it and anything after never happened
     }
     const char* b = p + kHeader;
     uint8_t kind = Get<uint8_t>(b);
+    const size_t fixed = kFixed + ((kind & kWithRequest) ? 8 : 0);
+    if (len < kHeader + fixed) break;
     uint64_t handle = Get<uint64_t>(b + 1);
     OpenRecord r;
     r.ino = Get<uint64_t>(b + 9);
     r.backing_id = Get<int32_t>(b + 17);
-    r.backing.assign(b + kFixed, len - kHeader - kFixed);
+    if (kind & kWithRequest) r.request = Get<uint64_t>(b + kFixed);
+    kind &= ~kWithRequest;
+    r.backing.assign(b + fixed, len - kHeader - fixed);
     if (kind == kClose) {
       open.erase(handle);
     } else if (kind == static_cast<uint8_t>(IoMode::kCached) ||

@@ -36,6 +36,10 @@ struct OpenRecord {
   IoMode mode = IoMode::kCached;
   int32_t backing_id = 0;  // kPassthrough: the kernel's id of the backing file
   std::string backing;     // kPassthrough: BackingFile::id, to hold it again
+  // The kernel's id of the OPEN or CREATE request answered with it (0: not
+  // known): a successor to which the kernel resends that request knows
+  // the answer never reached the kernel (FuseServer::Adopt).
+  uint64_t request = 0;
 };
 
 // Open files by file handle.

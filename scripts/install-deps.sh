@@ -15,6 +15,8 @@ PACKAGES=(
   # libfuse 3.17+ is built from source (FUSE passthrough): see build-libfuse.sh
   meson dpkg-dev
   fio procps util-linux curl time bc
+  # a test holds a daemon at one syscall (strace fault injection)
+  strace
   # servers the integration tests and benchmarks run on 127.0.0.1
   nginx-light docker-registry skopeo apache2-utils openssl python3 nodejs npm
   # tests/deploy/manifest_test.py parses the Kubernetes manifests

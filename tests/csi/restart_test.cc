@@ -96,6 +96,34 @@ class NodeRestartTest : public ::testing::Test {
       }
     });
   }
+  // Stops the running daemon for good in the syscall exit of the next write
+  // it makes to `path` (strace holds it there; each thread's first write
+  // after this returns): that one thread, after the write and before
+  // whatever it does next. Kill() ends both.
+  strata::testing::Child HoldAfterNextWriteTo(const std::string& path) {
+    strata::testing::Child tracer = strata::testing::Spawn(
+        {"/usr/bin/strace", "-f", "-o", "/dev/null", "-P", path, "-e", "trace=write", "-e",
+         "inject=write:delay_exit=3600s:when=1", "-p", std::to_string(node_.pid)});
+    std::string said = strata::testing::ReadUntil(tracer.out, "threads", std::chrono::seconds(30));
+    EXPECT_THAT(said, ::testing::HasSubstr("attached")) << said;
+    return tracer;
+  }
+  // Kill() under such a tracer: the daemon first (the held thread would go
+  // on the moment its tracer is gone), then the tracer, which until it goes
+  // keeps the dead daemon from being reaped.
+  void KillHeld(strata::testing::Child& tracer) {
+    ::kill(node_.pid, SIGKILL);
+    EXPECT_TRUE(strata::testing::Eventually([&] {
+      std::ifstream stat(absl::StrCat("/proc/", node_.pid, "/stat"));
+      std::string line;
+      std::getline(stat, line);
+      size_t end = line.rfind(") ");
+      return end != std::string::npos && line.size() > end + 2 && line[end + 2] == 'Z';
+    })) << "the daemon did not die";
+    ::kill(tracer.pid, SIGKILL);
+    strata::testing::Wait(tracer, std::chrono::seconds(10));
+    Kill();
+  }
   void Kill() {
     ::kill(node_.pid, SIGKILL);
     draining_ = false;
@@ -347,6 +375,69 @@ TEST_F(NodeRestartTest, PassthroughFilesReadOnAcrossAKill) {
   ASSERT_TRUE(client.Unpublish("pv-w", pod_).ok());
   ASSERT_TRUE(client.Unstage("pv-w", stage_).ok());
   EXPECT_FALSE(std::filesystem::exists(log)) << "the open log outlived its mount";
+}
+
+// A daemon killed after it logged an open (here one passed through) but
+// before the kernel had its answer. The kernel sends that open again to the
+// next daemon, which must forget the logged one: the kernel will never
+// release it, and it would hold the file's backing file and cache object
+// until the volume is unmounted. Once the pod closes the file, nothing is
+// open. strace holds the second daemon's write of that record at its exit,
+// so the kill falls exactly there.
+TEST_F(NodeRestartTest, AnOpenLoggedButNeverAnsweredIsForgottenWhenTheKernelSendsItAgain) {
+  if (!KernelResends()) GTEST_SKIP() << "the kernel resends no requests (Linux 6.9+)";
+  StartNode();
+  AwaitRunning();
+  {
+    CsiClient client(Connect());
+    Context ctx{{"origin", "file://" + origin_}};
+    auto cap = MountCap(AccessMode::MULTI_NODE_READER_ONLY);
+    grpc::Status st = client.Stage("pv-w", stage_, ctx, cap);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    st = client.Publish("pv-w", stage_, pod_, true, cap, ctx);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  const std::string log =
+      state_ + "/csi-node-inodes/" + absl::WebSafeBase64Escape("pv-w") + ".opens";
+  auto opens = [&](std::optional<fuse::IoMode> mode) {
+    auto open = fuse::OpenLog::Read(log);
+    size_t n = 0;
+    if (open.ok()) {
+      for (const auto& [h, r] : *open) n += !mode || r.mode == *mode;
+    }
+    return n;
+  };
+  // Read whole through the daemon, so that the next open is passed through.
+  ASSERT_TRUE(SameBytes(ReadPath(pod_ + "/weights.bin"), weights_));
+  ASSERT_TRUE(strata::testing::Eventually([&] { return opens(std::nullopt) == 0; }));
+
+  strata::testing::Child tracer = HoldAfterNextWriteTo(log);
+  std::filesystem::remove(stop_file_);
+  pods_.push_back(strata::testing::Spawn(
+      {POD_PATH, "-", "reader", pod_ + "/weights.bin", origin_ + "/weights.bin", stop_file_}));
+  ASSERT_TRUE(strata::testing::Eventually([&] { return opens(fuse::IoMode::kPassthrough) == 1; }))
+      << "the pod's open was not logged as passed through: " << opens(std::nullopt) << " opens";
+  KillHeld(tracer);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+
+  StartNode();
+  AwaitRunning();
+  // The pod's open, sent again, is answered: it reads, through one open.
+  EXPECT_TRUE(strata::testing::Eventually([&] {
+    auto open = fuse::OpenLog::Read(log);
+    return open.ok() && open->size() == 1 && open->begin()->second.request != 0;
+  })) << "opens the third daemon knows: "
+      << opens(std::nullopt);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the pod reads on
+  StopWorkers();
+  EXPECT_GT(ok_, 0);
+  ExpectNoErrors();
+  EXPECT_TRUE(strata::testing::Eventually([&] { return opens(std::nullopt) == 0; }))
+      << "an open the kernel never had is still held: " << opens(std::nullopt);
+
+  CsiClient client(Connect());
+  ASSERT_TRUE(client.Unpublish("pv-w", pod_).ok());
+  ASSERT_TRUE(client.Unstage("pv-w", stage_).ok());
 }
 
 }  // namespace

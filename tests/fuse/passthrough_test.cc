@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -348,6 +350,52 @@ TEST_F(OpenLogTest, OpensAndClosesAreReadBackAndATornTailIsDropped) {
   read = OpenLog::Read(path_);
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_EQ(read->size(), 1u);
+}
+
+// An open record as daemons wrote it before request ids: u32 length, u32
+// XXH32 of the rest, u8 kind, u64 handle, u64 inode, i32 backing id, the
+// backing's id.
+std::string OldRecord(uint8_t kind, uint64_t handle, uint64_t ino, int32_t id,
+                      const std::string& backing) {
+  std::string body(1 + 8 + 8 + 4, '\0');
+  std::memcpy(body.data(), &kind, 1);
+  std::memcpy(body.data() + 1, &handle, 8);
+  std::memcpy(body.data() + 9, &ino, 8);
+  std::memcpy(body.data() + 17, &id, 4);
+  body += backing;
+  const uint32_t len = static_cast<uint32_t>(8 + body.size());
+  const uint32_t sum = XXH32(body.data(), body.size(), 0);
+  std::string out(8, '\0');
+  std::memcpy(out.data(), &len, 4);
+  std::memcpy(out.data() + 4, &sum, 4);
+  return out + body;
+}
+
+TEST_F(OpenLogTest, RequestIdsAreReadBackAndOlderRecordsHaveNone) {
+  OpenRecord cached{3, IoMode::kCached, 0, ""};
+  cached.request = 0x1234;
+  OpenRecord passed = Passed(4, 2, "k@v1");
+  passed.request = 0x7ffffffffffffffe;  // the largest id the kernel gives
+  OpenFiles open = {{7, cached}};
+  auto log = OpenLog::Start(path_, open);
+  ASSERT_TRUE(log.ok()) << log.status();
+  open[8] = passed;
+  (*log)->Opened(8, passed, open);
+  log->reset();
+  // Then a record of a daemon from before request ids, as after an upgrade.
+  std::ofstream(path_, std::ios::app | std::ios::binary) << OldRecord(2, 9, 5, 3, "k@v2");
+  auto read = OpenLog::Read(path_);
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ(read->size(), 3u);
+  EXPECT_EQ(read->at(7).request, 0x1234u);
+  EXPECT_EQ(read->at(7).mode, IoMode::kCached);
+  EXPECT_EQ(read->at(8).request, 0x7ffffffffffffffeu);
+  EXPECT_EQ(read->at(8).mode, IoMode::kPassthrough);
+  EXPECT_EQ(read->at(8).backing, "k@v1");
+  EXPECT_EQ(read->at(8).backing_id, 2);
+  EXPECT_EQ(read->at(9).request, 0u);
+  EXPECT_EQ(read->at(9).backing, "k@v2");
+  EXPECT_EQ(read->at(9).backing_id, 3);
 }
 
 TEST_F(OpenLogTest, ALogThatCannotStartLeavesNoOlderOneBehind) {
