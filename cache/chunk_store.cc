@@ -19,6 +19,7 @@ ReadLease& ReadLease::operator=(ReadLease&& o) noexcept {
     release_ = std::move(o.release_);
     o.release_ = nullptr;
     chunk_ = std::move(o.chunk_);
+    next_ = std::move(o.next_);
     fd_ = o.fd_;
     offset_ = o.offset_;
     length_ = o.length_;

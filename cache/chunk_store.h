@@ -193,13 +193,25 @@ struct VerifyReport {
 // When the range is still in the store's memory, `memory()` holds it too,
 // and a reader should copy from there rather than read the file (chunks are
 // written around the page cache, so the file's copy is on disk).
+// The bytes of a leased range that are in memory: `head`, then `tail` (the
+// start of the next chunk, for a range that crosses into it). Both empty
+// when the range is read from the cache file.
+struct MemoryParts {
+  std::string_view head, tail;
+  bool empty() const { return head.empty(); }
+};
+
 class ReadLease {
  public:
   ReadLease() = default;
+  // `chunk` (from `chunk_offset`) and `next` hold the range when it is in
+  // memory; `next` only for a range that ends in the chunk after `chunk`.
   ReadLease(int fd, uint64_t offset, size_t length, std::function<void()> release,
-            std::shared_ptr<const ChunkBytes> chunk = nullptr, size_t chunk_offset = 0)
+            std::shared_ptr<const ChunkBytes> chunk = nullptr, size_t chunk_offset = 0,
+            std::shared_ptr<const ChunkBytes> next = nullptr)
       : release_(std::move(release)),
         chunk_(std::move(chunk)),
+        next_(std::move(next)),
         fd_(fd),
         offset_(offset),
         length_(length),
@@ -214,13 +226,15 @@ class ReadLease {
   uint64_t offset() const { return offset_; }
   size_t length() const { return length_; }
   // The leased bytes when they are in memory; empty otherwise.
-  std::string_view memory() const {
-    return chunk_ ? chunk_->view().substr(chunk_offset_, length_) : std::string_view();
+  MemoryParts memory() const {
+    if (!chunk_) return {};
+    std::string_view head = chunk_->view().substr(chunk_offset_, length_);
+    return {head, next_ ? next_->view().substr(0, length_ - head.size()) : std::string_view()};
   }
 
  private:
   std::function<void()> release_;
-  std::shared_ptr<const ChunkBytes> chunk_;
+  std::shared_ptr<const ChunkBytes> chunk_, next_;
   int fd_ = -1;
   uint64_t offset_ = 0;
   size_t length_ = 0;

@@ -206,8 +206,9 @@ class ChunkStoreImpl final : public ChunkStore {
     size_t length = 0;
     uint32_t first = 0, last = 0;
     std::vector<uint32_t> missing;
-    // The chunk's bytes when the range lies in one chunk that is in memory.
-    std::shared_ptr<const ChunkBytes> memory;
+    // The chunk's bytes when the range lies in one chunk, or in two, that
+    // are in memory (`memory_next`: the second).
+    std::shared_ptr<const ChunkBytes> memory, memory_next;
     size_t memory_offset = 0;
   };
 

@@ -215,7 +215,13 @@ Output WriteOut(std::string_view data) {
 // cache file. When stdout takes no sendfile (a terminal), `sendfile_ok` is
 // cleared and the rest is kUnsent: the caller reads it through a buffer.
 Output Send(const cache::ReadLease& lease, bool& sendfile_ok) {
-  if (!lease.memory().empty()) return WriteOut(lease.memory());
+  if (cache::MemoryParts m = lease.memory(); !m.empty()) {
+    Output out = WriteOut(m.head);
+    if (out.result != Output::kDone || m.tail.empty()) return out;
+    Output tail = WriteOut(m.tail);
+    tail.bytes += out.bytes;
+    return tail;
+  }
   Output out;
   off_t from = static_cast<off_t>(lease.offset());
   while (out.bytes < lease.length()) {

@@ -626,9 +626,11 @@ void OnRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
   auto r =
       OnHandle(req, ino, fi, [&] { return t->Read(fi->fh, static_cast<uint64_t>(off), size); });
   if (!r.ok()) return Fail(req, "read", ino, r.status());
-  if (std::string_view m = r->lease.memory(); !m.empty()) {
+  if (cache::MemoryParts m = r->lease.memory(); !m.empty()) {
     // Still in the store's memory: one copy into the kernel, no disk read.
-    fuse_reply_buf(req, m.data(), m.size());
+    iovec parts[2] = {{const_cast<char*>(m.head.data()), m.head.size()},
+                      {const_cast<char*>(m.tail.data()), m.tail.size()}};
+    fuse_reply_iov(req, parts, m.tail.empty() ? 1 : 2);
     return;
   }
   if (r->lease.fd() >= 0) {

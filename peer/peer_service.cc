@@ -156,7 +156,7 @@ absl::StatusOr<cache::ChunkLease> PeerService::LeasePresent(const std::string& k
 grpc::Status PeerService::SendStored(Stream* stream, const v1::Want& want,
                                      const cache::ChunkLease& chunk) {
   const cache::ReadLease& range = chunk.range;
-  const std::string_view memory = range.memory();
+  const std::string_view memory = range.memory().head;  // one chunk: no tail
   return Send(stream, want, range.length(), chunk.checksum,
               [&](size_t offset, absl::Span<char> out) -> absl::Status {
                 if (!memory.empty()) return CopyOut(memory, offset, out);

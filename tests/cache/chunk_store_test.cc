@@ -593,7 +593,7 @@ TEST_F(ChunkStoreTest, AChunkIsLeasedWithTheChecksumItWasStoredWith) {
     ASSERT_TRUE(c.ok()) << c.status();
     EXPECT_EQ(c->range.offset(), 2u * kChunk);
     EXPECT_EQ(c->range.length(), 100u) << "the last chunk is short";
-    EXPECT_EQ(c->range.memory(), Pattern(1, 2, 100)) << "just filled: still in memory";
+    EXPECT_EQ(c->range.memory().head, Pattern(1, 2, 100)) << "just filled: still in memory";
     EXPECT_EQ(c->checksum, ChunkChecksum(Pattern(1, 2, 100)));
     EXPECT_EQ(s->Evict({EvictRequest::Mode::kKey, 0, "obj"}).skipped_busy, 1u);
     EXPECT_EQ(s->LeaseChunk("obj", 3).status().code(), absl::StatusCode::kOutOfRange);
@@ -822,6 +822,34 @@ TEST_F(ChunkStoreTest, OpenFilesStayWithinTheirBudget) {
   EXPECT_EQ(std::string(buf, 100), Pattern(1, 0, kChunk).substr(0, 100));
 }
 
+// A reader's request that crosses from one chunk into the next (the kernel
+// asks for up to max_read from wherever its readahead got to) is served
+// from memory when both chunks are there; with only one of them there,
+// from the file.
+TEST_F(ChunkStoreTest, ARangeAcrossTwoChunksInMemoryIsServedFromMemory) {
+  memory_bytes_ = 2 * (kChunk + 1024);  // the last two chunks filled
+  auto s = OpenStore();
+  Put(*s, "obj", 4);
+  uint64_t disk_reads = fs_->reads;
+  const std::string all = Pattern(1, 2, kChunk) + Pattern(1, 3, kChunk);
+  const uint64_t at = 2 * uint64_t{kChunk} + kChunk - 100;  // 100 bytes before chunk 3
+  auto lease = s->Lease("obj", at, 300);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  cache::MemoryParts m = lease->memory();
+  EXPECT_EQ(m.head, all.substr(kChunk - 100, 100));
+  EXPECT_EQ(m.tail, all.substr(kChunk, 200));
+  EXPECT_EQ(ReadAll(*s, "obj", at - 7, 250), all.substr(kChunk - 107, 250));
+  EXPECT_EQ(fs_->reads, disk_reads);
+  EXPECT_EQ(s->Stats().memory_hits, 2u);
+  // Chunks 1 and 2: chunk 1 is on disk only.
+  lease = s->Lease("obj", uint64_t{kChunk} + kChunk - 100, 300);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_TRUE(lease->memory().empty());
+  EXPECT_EQ(ReadAll(*s, "obj", uint64_t{kChunk} + kChunk - 100, 300),
+            Pattern(1, 1, kChunk).substr(kChunk - 100) + Pattern(1, 2, kChunk).substr(0, 200));
+  EXPECT_GT(fs_->reads, disk_reads);
+}
+
 TEST_F(ChunkStoreTest, JustFilledChunksAreServedFromMemoryWithinItsBudget) {
   memory_bytes_ = 3 * (kChunk + 1024);  // three chunks and their bookkeeping
   auto s = OpenStore();
@@ -832,7 +860,7 @@ TEST_F(ChunkStoreTest, JustFilledChunksAreServedFromMemoryWithinItsBudget) {
   for (uint32_t i = 2; i < 5; ++i) {
     auto lease = s->Lease("obj", uint64_t{i} * kChunk + 10, 100);
     ASSERT_TRUE(lease.ok()) << lease.status();
-    EXPECT_TRUE(lease->memory() == Pattern(1, i, kChunk).substr(10, 100));
+    EXPECT_TRUE(lease->memory().head == Pattern(1, i, kChunk).substr(10, 100));
     EXPECT_EQ(ReadAll(*s, "obj", uint64_t{i} * kChunk + 5, 50),
               Pattern(1, i, kChunk).substr(5, 50));
   }
@@ -849,7 +877,7 @@ TEST_F(ChunkStoreTest, JustFilledChunksAreServedFromMemoryWithinItsBudget) {
   EXPECT_EQ(std::string(buf, 100), Pattern(1, 0, kChunk).substr(10, 100));
   EXPECT_EQ(ReadAll(*s, "obj", 5, 50), Pattern(1, 0, kChunk).substr(5, 50));
   EXPECT_GT(fs_->reads, disk_reads);
-  // A range over two chunks is read from the file.
+  // A range over two chunks comes whole (both are in memory).
   EXPECT_EQ(ReadAll(*s, "obj", 3 * kChunk - 5, 10),
             Pattern(1, 2, kChunk).substr(kChunk - 5) + Pattern(1, 3, kChunk).substr(0, 5));
 }

@@ -65,7 +65,9 @@ class DigestOrigin final : public origin::Origin {
 
 // The bytes a read answered with, whichever way it came.
 std::string Served(const ReadResult& r) {
-  if (!r.lease.memory().empty()) return std::string(r.lease.memory());
+  if (cache::MemoryParts m = r.lease.memory(); !m.empty()) {
+    return std::string(m.head) + std::string(m.tail);
+  }
   if (r.lease.fd() >= 0) {
     std::string out(r.lease.length(), '\0');
     if (::pread(r.lease.fd(), out.data(), out.size(), static_cast<off_t>(r.lease.offset())) !=
