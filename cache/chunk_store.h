@@ -188,11 +188,6 @@ struct VerifyReport {
   uint64_t objects_missing_file = 0;  // data file deleted behind the store
 };
 
-// A range of an object that is present and verified, held against eviction
-// until the lease is destroyed: the FUSE layer splices from (fd, offset).
-// When the range is still in the store's memory, `memory()` holds it too,
-// and a reader should copy from there rather than read the file (chunks are
-// written around the page cache, so the file's copy is on disk).
 // The bytes of a leased range that are in memory: `head`, then `tail` (the
 // start of the next chunk, for a range that crosses into it). Both empty
 // when the range is read from the cache file.
@@ -201,6 +196,11 @@ struct MemoryParts {
   bool empty() const { return head.empty(); }
 };
 
+// A range of an object that is present and verified, held against eviction
+// until the lease is destroyed: the FUSE layer splices from (fd, offset).
+// When the range is still in the store's memory, `memory()` holds it too,
+// and a reader should copy from there rather than read the file (chunks are
+// written around the page cache, so the file's copy is on disk).
 class ReadLease {
  public:
   ReadLease() = default;

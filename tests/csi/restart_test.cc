@@ -200,6 +200,30 @@ class NodeRestartTest : public ::testing::Test {
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
 
+  // Stage and publish the static PV read-only, where whole files are
+  // passed through.
+  void StageAndPublishReadOnly() {
+    CsiClient client(Connect());
+    Context ctx{{"origin", "file://" + origin_}};
+    auto cap = MountCap(AccessMode::MULTI_NODE_READER_ONLY);
+    grpc::Status st = client.Stage("pv-w", stage_, ctx, cap);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    st = client.Publish("pv-w", stage_, pod_, true, cap, ctx);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  // The volume's open log, and how many opens it holds (of `mode`, if given).
+  std::string OpenLogPath() const {
+    return state_ + "/csi-node-inodes/" + absl::WebSafeBase64Escape("pv-w") + ".opens";
+  }
+  size_t OpensLogged(std::optional<fuse::IoMode> mode) const {
+    auto open = fuse::OpenLog::Read(OpenLogPath());
+    size_t n = 0;
+    if (open.ok()) {
+      for (const auto& [h, r] : *open) n += !mode || r.mode == *mode;
+    }
+    return n;
+  }
+
   void ExpectNoErrors() {
     int allowed_aborts = KernelResends() ? 0 : 1000;
     EXPECT_EQ(wrong_, 0);
@@ -311,25 +335,9 @@ TEST_F(NodeRestartTest, KillsAtRandomMomentsNeverHangOrFailAPod) {
 TEST_F(NodeRestartTest, PassthroughFilesReadOnAcrossAKill) {
   StartNode();
   AwaitRunning();
-  {
-    CsiClient client(Connect());
-    Context ctx{{"origin", "file://" + origin_}};
-    auto cap = MountCap(AccessMode::MULTI_NODE_READER_ONLY);
-    grpc::Status st = client.Stage("pv-w", stage_, ctx, cap);
-    ASSERT_TRUE(st.ok()) << st.error_message();
-    st = client.Publish("pv-w", stage_, pod_, true, cap, ctx);
-    ASSERT_TRUE(st.ok()) << st.error_message();
-  }
-  const std::string log =
-      state_ + "/csi-node-inodes/" + absl::WebSafeBase64Escape("pv-w") + ".opens";
-  auto opens = [&](std::optional<fuse::IoMode> mode) {
-    auto open = fuse::OpenLog::Read(log);
-    size_t n = 0;
-    if (open.ok()) {
-      for (const auto& [h, r] : *open) n += !mode || r.mode == *mode;
-    }
-    return n;
-  };
+  ASSERT_NO_FATAL_FAILURE(StageAndPublishReadOnly());
+  const std::string log = OpenLogPath();
+  auto opens = [&](std::optional<fuse::IoMode> mode) { return OpensLogged(mode); };
   // Through the daemon, which fills the cache; then, whole, passed through.
   ASSERT_TRUE(SameBytes(ReadPath(pod_ + "/weights.bin"), weights_));
   ASSERT_TRUE(strata::testing::Eventually([&] { return opens(std::nullopt) == 0; }));
@@ -382,31 +390,15 @@ TEST_F(NodeRestartTest, PassthroughFilesReadOnAcrossAKill) {
 // next daemon, which must forget the logged one: the kernel will never
 // release it, and it would hold the file's backing file and cache object
 // until the volume is unmounted. Once the pod closes the file, nothing is
-// open. strace holds the second daemon's write of that record at its exit,
-// so the kill falls exactly there.
+// open. strace holds the daemon's write of that record at its exit, so the
+// kill falls exactly there.
 TEST_F(NodeRestartTest, AnOpenLoggedButNeverAnsweredIsForgottenWhenTheKernelSendsItAgain) {
   if (!KernelResends()) GTEST_SKIP() << "the kernel resends no requests (Linux 6.9+)";
   StartNode();
   AwaitRunning();
-  {
-    CsiClient client(Connect());
-    Context ctx{{"origin", "file://" + origin_}};
-    auto cap = MountCap(AccessMode::MULTI_NODE_READER_ONLY);
-    grpc::Status st = client.Stage("pv-w", stage_, ctx, cap);
-    ASSERT_TRUE(st.ok()) << st.error_message();
-    st = client.Publish("pv-w", stage_, pod_, true, cap, ctx);
-    ASSERT_TRUE(st.ok()) << st.error_message();
-  }
-  const std::string log =
-      state_ + "/csi-node-inodes/" + absl::WebSafeBase64Escape("pv-w") + ".opens";
-  auto opens = [&](std::optional<fuse::IoMode> mode) {
-    auto open = fuse::OpenLog::Read(log);
-    size_t n = 0;
-    if (open.ok()) {
-      for (const auto& [h, r] : *open) n += !mode || r.mode == *mode;
-    }
-    return n;
-  };
+  ASSERT_NO_FATAL_FAILURE(StageAndPublishReadOnly());
+  const std::string log = OpenLogPath();
+  auto opens = [&](std::optional<fuse::IoMode> mode) { return OpensLogged(mode); };
   // Read whole through the daemon, so that the next open is passed through.
   ASSERT_TRUE(SameBytes(ReadPath(pod_ + "/weights.bin"), weights_));
   ASSERT_TRUE(strata::testing::Eventually([&] { return opens(std::nullopt) == 0; }));
