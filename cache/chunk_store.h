@@ -241,11 +241,10 @@ class ReadLease {
   size_t chunk_offset_ = 0;
 };
 
-// A present, verified chunk held against eviction, to be passed on as it
-// is stored (to a peer): its range of the object, and the checksum
-// (XXH3-64 of its bytes) it was stored and checked with.
-struct ChunkLease {
-  ReadLease range;
+// A present chunk to be passed on as it is stored (to a peer): its bytes,
+// checked, and the checksum (XXH3-64 of them) it was stored with.
+struct StoredChunk {
+  std::shared_ptr<const ChunkBytes> bytes;
   uint64_t checksum = 0;
 };
 
@@ -283,9 +282,12 @@ class ChunkStore {
   // A verified, present range held against eviction (for splicing).
   virtual absl::StatusOr<ReadLease> Lease(const std::string& key, uint64_t offset,
                                           size_t length) = 0;
-  // Chunk `index`, likewise, with its checksum; Unavailable when it is not
-  // present.
-  virtual absl::StatusOr<ChunkLease> LeaseChunk(const std::string& key, uint32_t index) = 0;
+  // Chunk `index` whole, to be passed on: from the memory tier, or read
+  // from its file around the page cache, checked, and kept in the memory
+  // tier for the next asker. Unavailable when it is not present, or when it
+  // cannot be read or fails its checksum (it is then dropped, as a read
+  // drops it).
+  virtual absl::StatusOr<StoredChunk> ReadChunk(const std::string& key, uint32_t index) = 0;
   // The whole object, for the kernel to read from its file itself (FUSE
   // passthrough): while the lease lives, the object is not evicted,
   // removed, replaced, nor are holes punched in its file, whatever the

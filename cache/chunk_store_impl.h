@@ -175,7 +175,7 @@ class ChunkStoreImpl final : public ChunkStore {
   absl::StatusOr<std::vector<uint32_t>> MissingChunks(const std::string& key, uint64_t offset,
                                                       uint64_t length) const override;
   absl::StatusOr<ReadLease> Lease(const std::string& key, uint64_t offset, size_t length) override;
-  absl::StatusOr<ChunkLease> LeaseChunk(const std::string& key, uint32_t index) override;
+  absl::StatusOr<StoredChunk> ReadChunk(const std::string& key, uint32_t index) override;
   absl::StatusOr<ReadLease> LeaseWhole(const std::string& key, bool as_is) override;
   void ReleaseOpenHolds() override;
   absl::StatusOr<FillResult> Fill(const std::string& key, uint32_t index,
@@ -228,7 +228,16 @@ class ChunkStoreImpl final : public ChunkStore {
 
   // chunk_store_impl.cc: reads, fills, drops and removals.
   int64_t NowUs() const;  // the store's clock, as last-use stamps hold it
-  absl::StatusOr<Acquired> Acquire(const std::string& key, uint64_t offset, size_t length);
+  // `read_ahead`: a sequential reader's next chunks are read into the page
+  // cache (not for a chunk read whole around it).
+  absl::StatusOr<Acquired> Acquire(const std::string& key, uint64_t offset, size_t length,
+                                   bool read_ahead = true);
+  // Reads chunk `index` of `a` (held, present, not in memory) whole around
+  // the page cache, checks it against `checksum`, and keeps it in the
+  // memory tier. An error (logged) when it cannot be read or is not right.
+  absl::StatusOr<std::shared_ptr<const ChunkBytes>> ReadIntoMemory(const Acquired& a,
+                                                                   uint32_t index,
+                                                                   uint64_t checksum);
   std::pair<uint64_t, uint64_t> ReadAheadLocked(Object& o, uint32_t last)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Release(const ObjectPtr& obj);

@@ -7,7 +7,8 @@
 // what is hot). Writes marked IoOp::buffered stay buffered: an object served
 // only once it is whole is read back right after its last chunk lands, and
 // from disk that read is the slower part (a 1 GiB layer: 2.3 s back from
-// disk, 0.6 s from the page cache; bench/lazy_image.sh). Reads stay buffered.
+// disk, 0.6 s from the page cache; bench/lazy_image.sh). Reads are buffered
+// unless marked IoOp::direct.
 #include "cache/store_fs.h"
 
 #include <dirent.h>
@@ -88,7 +89,7 @@ class PosixStoreFs final : public StoreFs {
     int fd = ::open(path.c_str(), flags, 0600);
     if (fd < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
     if (direct_ok_.load(std::memory_order_relaxed)) {
-      int dfd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT);
+      int dfd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);
       if (dfd >= 0) {
         absl::MutexLock l(&direct_mu_);
         direct_[fd] = dfd;
@@ -134,10 +135,11 @@ class PosixStoreFs final : public StoreFs {
     return st;
   }
 
-  // Runs a batch: aligned writes direct where they may, the rest buffered.
+  // Runs a batch: aligned writes and direct reads around the page cache
+  // where they may, the rest buffered.
   absl::Status RunBatch(absl::Span<IoOp> ops) {
     for (auto& op : ops) op.result = 0;
-    // Aligned writes are split into a direct part and a buffered tail.
+    // They are split into a direct part and a buffered tail.
     std::vector<IoOp> run;
     std::vector<size_t> from;  // index in `ops` of each op of `run`
     bool split = SplitDirect(ops, run, from);
@@ -156,10 +158,10 @@ class PosixStoreFs final : public StoreFs {
     for (size_t i = 0; i < run.size(); ++i) {
       IoOp& part = run[i];
       if ((part.result == -EINVAL || part.result == -EOPNOTSUPP) && part.fd != ops[from[i]].fd) {
-        // The file system refused this direct write: write it buffered.
+        // The file system refused this direct transfer: run it buffered.
         NoDirect("the cache directory", part.result == -EINVAL
-                                            ? "a direct write failed with EINVAL"
-                                            : "a direct write failed with EOPNOTSUPP");
+                                            ? "a direct transfer failed with EINVAL"
+                                            : "a direct transfer failed with EOPNOTSUPP");
         part.fd = ops[from[i]].fd;
         part.result = 0;
         RunSync(part);
@@ -240,21 +242,22 @@ class PosixStoreFs final : public StoreFs {
   }
 
  private:
-  // Expands `ops` into `run` when some write can go direct; false when none.
+  // Expands `ops` into `run` when some op can go direct; false when none.
   bool SplitDirect(absl::Span<IoOp> ops, std::vector<IoOp>& run, std::vector<size_t>& from) {
     if (!direct_ok_.load(std::memory_order_relaxed)) return false;
-    bool writes = false;
-    for (const IoOp& op : ops) writes |= op.kind == IoOp::Kind::kWrite;
-    if (!writes) return false;
+    auto goes_direct = [](const IoOp& op) {
+      return op.kind == IoOp::Kind::kWrite ? !op.buffered : op.direct;
+    };
+    if (std::none_of(ops.begin(), ops.end(), goes_direct)) return false;
     absl::MutexLock l(&direct_mu_);
     bool any = false;
     for (size_t i = 0; i < ops.size(); ++i) {
       IoOp op = ops[i];
-      auto it = op.kind == IoOp::Kind::kWrite ? direct_.find(op.fd) : direct_.end();
+      auto it = goes_direct(op) ? direct_.find(op.fd) : direct_.end();
       // Split at a page boundary: the direct part and the buffered tail must
       // not share a page of the page cache.
       size_t head = op.len / page_ * page_;
-      if (it == direct_.end() || op.buffered || head == 0 || op.offset % page_ != 0 ||
+      if (it == direct_.end() || head == 0 || op.offset % page_ != 0 ||
           reinterpret_cast<uintptr_t>(op.buf) % kBufferAlign != 0) {
         run.push_back(op);
         from.push_back(i);
@@ -377,7 +380,7 @@ class PosixStoreFs final : public StoreFs {
     return absl::OkStatus();
   }
 
-  static constexpr size_t kBufferAlign = 4096;  // of a direct write's memory
+  static constexpr size_t kBufferAlign = 4096;  // of a direct transfer's memory
   const size_t page_ = std::max<size_t>(4096, static_cast<size_t>(::sysconf(_SC_PAGESIZE)));
   std::array<std::unique_ptr<Ring>, kRings> rings_;
   std::atomic<bool> direct_ok_{true};

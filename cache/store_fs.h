@@ -30,6 +30,11 @@ struct IoOp {
   // A write that goes through the page cache even where it could go direct:
   // its bytes are read back soon.
   bool buffered = false;
+  // A read that goes around the page cache where it can (aligned): the
+  // caller keeps the bytes it reads, so pages cached for them would only be
+  // a second copy, and filling fresh page-cache pages costs more than the
+  // disk read.
+  bool direct = false;
 };
 
 struct FsSpace {

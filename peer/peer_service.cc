@@ -3,14 +3,11 @@
 
 #include <grpcpp/impl/rpc_service_method.h>
 #include <grpcpp/support/method_handler.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "base/errno_status.h"
 #include "base/logging.h"
 #include "peer/wire.h"
 
@@ -80,11 +77,9 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
                           key, info->size, info->chunk_size, c.object_size(), c.chunk_size())));
     }
   }
-  const uint32_t len = static_cast<uint32_t>(
-      std::min<uint64_t>(c.chunk_size(), c.object_size() - uint64_t{c.index()} * c.chunk_size()));
   if (want.only_if_present()) {
     SendSlot slot(*this);
-    auto present = LeasePresent(key, c);
+    auto present = ReadPresent(key, c);
     if (!present.ok()) return grpc::Status(grpc::StatusCode::NOT_FOUND, "not here");
     return SendStored(stream, want, *present);
   }
@@ -115,11 +110,9 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
     }
     SendSlot slot(*this);
     if (r->bytes) {  // just filled: the bytes are in hand
-      std::string_view bytes = r->bytes->view().substr(0, len);
-      return Send(stream, want, len, ChunkChecksum(bytes),
-                  [&](size_t offset, absl::Span<char> out) { return CopyOut(bytes, offset, out); });
+      return SendStored(stream, want, {r->bytes, ChunkChecksum(r->bytes->view())});
     }
-    auto present = LeasePresent(key, c);  // it was present already
+    auto present = ReadPresent(key, c);  // it was present already
     if (!present.ok()) {
       last = absl::UnavailableError("evicted while being served");
       continue;
@@ -144,32 +137,20 @@ PeerService::SendSlot::~SendSlot() {
   --service_.sending_;
 }
 
-absl::StatusOr<cache::ChunkLease> PeerService::LeasePresent(const std::string& key,
+absl::StatusOr<cache::StoredChunk> PeerService::ReadPresent(const std::string& key,
                                                             const v1::ChunkRef& c) {
   auto info = store_.Lookup(key);
   if (!info || info->size != c.object_size() || info->chunk_size != c.chunk_size()) {
     return absl::NotFoundError("not here");
   }
-  return store_.LeaseChunk(key, c.index());
+  return store_.ReadChunk(key, c.index());
 }
 
 grpc::Status PeerService::SendStored(Stream* stream, const v1::Want& want,
-                                     const cache::ChunkLease& chunk) {
-  const cache::ReadLease& range = chunk.range;
-  const std::string_view memory = range.memory().head;  // one chunk: no tail
-  return Send(stream, want, range.length(), chunk.checksum,
-              [&](size_t offset, absl::Span<char> out) -> absl::Status {
-                if (!memory.empty()) return CopyOut(memory, offset, out);
-                for (size_t done = 0; done < out.size();) {
-                  ssize_t n = ::pread(range.fd(), out.data() + done, out.size() - done,
-                                      static_cast<off_t>(range.offset() + offset + done));
-                  if (n < 0 && errno == EINTR) continue;
-                  if (n < 0) return ErrnoStatus(errno, "reading the cache's data file");
-                  if (n == 0) return absl::DataLossError("the cache's data file ends early");
-                  done += static_cast<size_t>(n);
-                }
-                return absl::OkStatus();
-              });
+                                     const cache::StoredChunk& chunk) {
+  const std::string_view bytes = chunk.bytes->view();
+  return Send(stream, want, bytes.size(), chunk.checksum,
+              [&](size_t offset, absl::Span<char> out) { return CopyOut(bytes, offset, out); });
 }
 
 grpc::Status PeerService::Send(Stream* stream, const v1::Want& want, size_t length, uint64_t xxh3,

@@ -82,12 +82,11 @@ class PeerService final : public grpc::Service {
    private:
     PeerService& service_;
   };
-  // The chunk, held, if this node has it now in the shape asked for.
-  absl::StatusOr<cache::ChunkLease> LeasePresent(const std::string& key, const v1::ChunkRef& chunk);
-  // Sends a held chunk as it is stored: from the store's memory or straight
-  // from its file into the pieces, with the checksum it was checked with
-  // (no copy of the whole chunk is made, and it is not hashed again).
-  grpc::Status SendStored(Stream* stream, const v1::Want& want, const cache::ChunkLease& chunk);
+  // The chunk's bytes, if this node has it now in the shape asked for.
+  absl::StatusOr<cache::StoredChunk> ReadPresent(const std::string& key, const v1::ChunkRef& chunk);
+  // Sends a chunk's bytes with the checksum they were stored (or just
+  // checked) with: they are not hashed again.
+  grpc::Status SendStored(Stream* stream, const v1::Want& want, const cache::StoredChunk& chunk);
   grpc::Status Send(Stream* stream, const v1::Want& want, size_t length, uint64_t xxh3,
                     ChunkReader read);
 

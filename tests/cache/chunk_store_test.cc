@@ -581,26 +581,43 @@ TEST_F(ChunkStoreTest, NeverEvictsPinnedOrLeasedObjects) {
   EXPECT_EQ(s->Lease("gone", 0, 1).status().code(), absl::StatusCode::kNotFound);
 }
 
-// A chunk passed on as stored (to a peer): its range, held like any lease,
-// its bytes when still in memory, and the checksum it was stored with; a
-// chunk checked again after a restart, and found rotten, is not leased.
-TEST_F(ChunkStoreTest, AChunkIsLeasedWithTheChecksumItWasStoredWith) {
+// Pages of the object's file in the page cache.
+size_t CachedPages(const std::string& file, uint64_t size) {
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  EXPECT_GE(fd, 0) << file;
+  if (fd < 0) return 0;
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  EXPECT_NE(map, MAP_FAILED);
+  size_t cached = 0;
+  if (map != MAP_FAILED) {
+    std::vector<unsigned char> resident((size + 4095) / 4096);
+    EXPECT_EQ(::mincore(map, size, resident.data()), 0);
+    for (unsigned char v : resident) cached += v & 1;
+    ::munmap(map, size);
+  }
+  ::close(fd);
+  return cached;
+}
+
+// A chunk passed on as stored (to a peer): its bytes and the checksum it
+// was stored with; a chunk checked again after a restart, and found
+// rotten, is not passed on.
+TEST_F(ChunkStoreTest, AChunkIsPassedOnWithTheChecksumItWasStoredWith) {
   const uint64_t size = 2 * kChunk + 100;
   {
     auto s = OpenStore();
     Put(*s, "obj", 3, size);
-    auto c = s->LeaseChunk("obj", 2);
+    uint64_t disk_reads = fs_->reads;
+    auto c = s->ReadChunk("obj", 2);
     ASSERT_TRUE(c.ok()) << c.status();
-    EXPECT_EQ(c->range.offset(), 2u * kChunk);
-    EXPECT_EQ(c->range.length(), 100u) << "the last chunk is short";
-    EXPECT_EQ(c->range.memory().head, Pattern(1, 2, 100)) << "just filled: still in memory";
+    EXPECT_EQ(c->bytes->view(), Pattern(1, 2, 100)) << "the last chunk is short";
     EXPECT_EQ(c->checksum, ChunkChecksum(Pattern(1, 2, 100)));
-    EXPECT_EQ(s->Evict({EvictRequest::Mode::kKey, 0, "obj"}).skipped_busy, 1u);
-    EXPECT_EQ(s->LeaseChunk("obj", 3).status().code(), absl::StatusCode::kOutOfRange);
-    EXPECT_EQ(s->LeaseChunk("other", 0).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(fs_->reads, disk_reads) << "just filled: from memory";
+    EXPECT_EQ(s->ReadChunk("obj", 3).status().code(), absl::StatusCode::kOutOfRange);
+    EXPECT_EQ(s->ReadChunk("other", 0).status().code(), absl::StatusCode::kNotFound);
     ASSERT_TRUE(s->Register({"half", 2 * kChunk, "test", 0}).ok());
     ASSERT_TRUE(s->WriteChunk("half", 0, Pattern(2, 0, kChunk)).ok());
-    EXPECT_EQ(s->LeaseChunk("half", 1).status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_EQ(s->ReadChunk("half", 1).status().code(), absl::StatusCode::kUnavailable);
     ASSERT_TRUE(s->Remove("half").ok());  // one object left: ObjectFile finds it
   }
   std::string file = ObjectFile(*OpenStore(), "obj");
@@ -611,15 +628,71 @@ TEST_F(ChunkStoreTest, AChunkIsLeasedWithTheChecksumItWasStoredWith) {
   }
   memory_bytes_ = 0;
   auto s = OpenStore();
-  auto c = s->LeaseChunk("obj", 0);
+  auto c = s->ReadChunk("obj", 0);
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_TRUE(c->range.memory().empty()) << "not in memory: read from the file";
-  std::string got(kChunk, '\0');
-  ASSERT_EQ(::pread(c->range.fd(), got.data(), kChunk, c->range.offset()), kChunk);
-  EXPECT_EQ(got, Pattern(1, 0, kChunk));
-  EXPECT_EQ(c->checksum, ChunkChecksum(got));
-  EXPECT_EQ(s->LeaseChunk("obj", 1).status().code(), absl::StatusCode::kUnavailable)
+  EXPECT_EQ(c->bytes->view(), Pattern(1, 0, kChunk));
+  EXPECT_EQ(c->checksum, ChunkChecksum(Pattern(1, 0, kChunk)));
+  EXPECT_EQ(s->ReadChunk("obj", 1).status().code(), absl::StatusCode::kUnavailable)
       << "checked on its first use since the restart, found rotten, dropped";
+  EXPECT_EQ(s->Lookup("obj")->chunks_present, 2u);
+}
+
+// Every peer that reads a chunk asks its owner for it: the owner reads it
+// from disk once, around the page cache (filling page-cache pages costs
+// more than the read), and the next askers are served from memory.
+TEST_F(ChunkStoreTest, AChunkPassedOnIsReadOnceAroundThePageCacheThenFromMemory) {
+  memory_bytes_ = kChunk + 1024;  // one chunk: the last one filled
+  auto s = OpenStore();
+  Put(*s, "obj", 3);
+  std::string file = ObjectFile(*s, "obj");
+  struct statfs fs;
+  ASSERT_EQ(::statfs(dir_.path().c_str(), &fs), 0);
+  const bool tmpfs = fs.f_type == TMPFS_MAGIC;  // which keeps every page in memory
+  uint64_t disk_reads = fs_->reads;
+  auto c = s->ReadChunk("obj", 0);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->bytes->view() == Pattern(1, 0, kChunk));
+  EXPECT_EQ(fs_->reads, disk_reads + 1);
+  if (!tmpfs) {
+    EXPECT_EQ(CachedPages(file, 3 * kChunk), 0u);
+  }
+  // Now in memory (chunk 2 made room): other askers and readers touch no file.
+  for (int asker = 0; asker < 3; ++asker) {
+    auto again = s->ReadChunk("obj", 0);
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(again->bytes.get(), c->bytes.get());
+  }
+  EXPECT_EQ(ReadAll(*s, "obj", 100, 200), Pattern(1, 0, kChunk).substr(100, 200));
+  EXPECT_EQ(fs_->reads, disk_reads + 1);
+  EXPECT_EQ(s->Stats().memory_hits, 4u);
+}
+
+// A chunk that reads back wrong, short or not at all is dropped, as a read
+// drops it: nothing wrong is passed on, and it is fetched again.
+TEST_F(ChunkStoreTest, AChunkThatCannotBeReadRightIsDroppedNotPassedOn) {
+  memory_bytes_ = 0;  // every chunk comes from the (faulty) disk
+  auto s = OpenStore();
+  Put(*s, "obj", 3);
+  fs_->flip_read_bits = true;
+  EXPECT_EQ(s->ReadChunk("obj", 0).status().code(), absl::StatusCode::kUnavailable);
+  fs_->flip_read_bits = false;
+  fs_->short_reads = true;
+  EXPECT_EQ(s->ReadChunk("obj", 1).status().code(), absl::StatusCode::kUnavailable);
+  fs_->short_reads = false;
+  fs_->read_errno = EIO;
+  EXPECT_EQ(s->ReadChunk("obj", 2).status().code(), absl::StatusCode::kUnavailable);
+  fs_->read_errno = 0;
+  EXPECT_EQ(s->Stats().checksum_failures, 3u);
+  EXPECT_EQ(s->Lookup("obj")->chunks_present, 0u);
+  std::string out(kChunk, '\0');
+  auto r = s->Read("obj", 0, absl::MakeSpan(out));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(r->missing, ElementsAre(0));
+  // Fetched again, it is passed on right.
+  ASSERT_TRUE(s->WriteChunk("obj", 0, Pattern(1, 0, kChunk)).ok());
+  auto c = s->ReadChunk("obj", 0);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->bytes->view() == Pattern(1, 0, kChunk));
 }
 
 // After a restart, objects the kernel still reads (FUSE passthrough backing
@@ -906,24 +979,6 @@ TEST_F(ChunkStoreTest, DroppedOrRemovedChunksAreNotServedFromMemory) {
   EXPECT_EQ(s->Evict({EvictRequest::Mode::kKey, 0, "other"}).objects, 1u);
   EXPECT_FALSE(s->Lookup("other"));
   EXPECT_EQ(s->Read("other", 0, absl::MakeSpan(out)).status().code(), absl::StatusCode::kNotFound);
-}
-
-// Pages of the object's file in the page cache.
-size_t CachedPages(const std::string& file, uint64_t size) {
-  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-  EXPECT_GE(fd, 0) << file;
-  if (fd < 0) return 0;
-  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-  EXPECT_NE(map, MAP_FAILED);
-  size_t cached = 0;
-  if (map != MAP_FAILED) {
-    std::vector<unsigned char> resident((size + 4095) / 4096);
-    EXPECT_EQ(::mincore(map, size, resident.data()), 0);
-    for (unsigned char v : resident) cached += v & 1;
-    ::munmap(map, size);
-  }
-  ::close(fd);
-  return cached;
 }
 
 // Dirty and under-writeback pages of a file, by cachestat(2) (Linux 6.5;

@@ -656,9 +656,9 @@ TEST_F(PeersTest, BytesCorruptedOnTheWayCostARefetchNeverAWrongByte) {
   EXPECT_EQ(stats.peers[0].chunks, 3u);
 }
 
-TEST_F(PeersTest, AChunkThatRotsOnTheOwnersDiskAfterItsCheckIsCaughtByTheAsker) {
-  // The owner sends a chunk from its file with the checksum it stored it
-  // with, not one made again from what the file holds now.
+TEST_F(PeersTest, AChunkThatRotsOnTheOwnersDiskAfterItsCheckIsCaughtByTheOwner) {
+  // The owner checks a chunk it reads from its file against the checksum it
+  // stored it with: a rotten one is dropped, not sent, and fetched again.
   node_memory_bytes = 0;  // the owner reads its disk, not its memory
   StartNodes(2);
   node_memory_bytes = cache::StoreOptions{}.memory_bytes;
@@ -686,9 +686,15 @@ TEST_F(PeersTest, AChunkThatRotsOnTheOwnersDiskAfterItsCheckIsCaughtByTheAsker) 
   EXPECT_EQ(*from, cache::ChunkFrom::kOrigin);
   EXPECT_EQ(origin_reads_, 1);
   EXPECT_TRUE(got == b) << "the asker stored and served the origin's bytes";
+  EXPECT_EQ(nodes_[0]->store->Stats().checksum_failures, 1u);
   auto stats = nodes_[1]->client->Stats();
   ASSERT_EQ(stats.peers.size(), 1u);
-  EXPECT_EQ(stats.peers[0].corrupt, 1u);
+  EXPECT_EQ(stats.peers[0].corrupt, 0u) << "the owner sent nothing wrong";
+  // The asker's fetch refilled the owner (it held the lease): the owner
+  // now has the right bytes.
+  auto again = nodes_[0]->store->ReadChunk(key, i);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->bytes->view() == b);
 }
 
 TEST_F(PeersTest, ALeaseHolderThatSendsBadBytesFailsTheFillAndTheNextWaiterFetches) {
