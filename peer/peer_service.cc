@@ -240,9 +240,8 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartPeerServer(const std::string&
   // Waiters hold a thread each while a chunk's fetch is under way: bound
   // them, so that a flood of asks costs the askers a fallback (the call is
   // refused) rather than this node its memory.
-  grpc::ResourceQuota quota("strata-peer");
-  quota.SetMaxThreads(512);
-  b.SetResourceQuota(quota);
+  PeerMemoryQuota().SetMaxThreads(512);
+  b.SetResourceQuota(PeerMemoryQuota());
   b.RegisterService(&service);
   auto server = b.BuildAndStart();
   if (!server || port == 0) {

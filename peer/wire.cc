@@ -45,6 +45,15 @@ ZSTD_DCtx* Dctx() {
 
 }  // namespace
 
+grpc::ResourceQuota& PeerMemoryQuota() {
+  static grpc::ResourceQuota* quota = [] {
+    auto* q = new grpc::ResourceQuota("strata-peer-memory");
+    q->Resize(kPeerMemoryBytes);
+    return q;
+  }();
+  return *quota;
+}
+
 bool ShouldCompress(double sample_ratio, double link_bytes_per_second,
                     double compress_bytes_per_second) {
   if (sample_ratio >= kMaxRatio || link_bytes_per_second <= 0 || compress_bytes_per_second <= 0) {
