@@ -67,9 +67,10 @@ struct StoreOptions {
   // Data files kept open at most; idle objects' files are closed past it.
   // Each open file may hold two descriptors (one for direct writes).
   uint64_t max_open_files = 4096;
-  // Bytes of recently filled chunks kept in memory (oldest dropped first):
-  // a sequential reader arriving just behind readahead is served from here,
-  // and chunks written with O_DIRECT are not read back from disk. 0: none.
+  // Bytes of recently filled chunks, and of chunks passed on (ReadChunk),
+  // kept in memory (oldest dropped first): a sequential reader arriving just
+  // behind readahead, or the next peer asking, is served from here, and
+  // chunks written with O_DIRECT are not read back from disk. 0: none.
   uint64_t memory_bytes = 64ull << 20;
   // Run the background evictor and verify-ahead threads. Tools that only
   // inspect a store turn them off.

@@ -52,7 +52,8 @@ void AddCacheFlags(CLI::App& command, CacheFlags& flags, const CacheFlagSpec& sp
   if (spec.memory) {
     command
         .add_option("--cache-memory", flags.memory,
-                    "Just-filled chunks kept in memory for the readers right behind (0: none)")
+                    "Recently filled (or peer-served) chunks kept in memory for the readers right "
+                    "behind (0: none)")
         ->capture_default_str();
   }
   switch (spec.chunk_size) {

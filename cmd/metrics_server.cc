@@ -73,7 +73,7 @@ std::string PrometheusText(const cache::StoreStats& s, const cache::FetcherStats
          s.capacity_bytes ? static_cast<double>(s.used_bytes) / s.capacity_bytes : 0);
   Metric(o, "strata_cache_objects", "gauge", "Objects in the chunk cache.", s.objects);
   Metric(o, "strata_cache_memory_bytes", "gauge",
-         "Bytes of just-filled chunks the cache keeps in memory.", s.memory_bytes);
+         "Bytes of recent chunks the cache keeps in memory.", s.memory_bytes);
   Metric(o, "strata_cache_memory_hits_total", "counter",
          "Reads answered from chunks in memory, without the cache file.", s.memory_hits);
   Metric(o, "strata_cache_kernel_held_objects", "gauge",
