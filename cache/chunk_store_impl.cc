@@ -141,14 +141,9 @@ absl::StatusOr<ReadResult> ChunkStoreImpl::Read(const std::string& key, uint64_t
     return ReadResult{a.length, {}};
   }
   IoOp op{IoOp::Kind::kRead, a.fd, offset, out.data(), a.length, 0};
-  absl::Status st = fs_->Submit(absl::MakeSpan(&op, 1));
-  if (!st.ok() || op.result != static_cast<ssize_t>(a.length)) {
-    std::string why = !st.ok() ? std::string(st.message())
-                      : op.result < 0
-                          ? ErrnoStatus(op.result, "read").ToString()
-                          : absl::StrFormat("short read (%d of %u bytes)", op.result, a.length);
+  if (absl::Status st = SubmitOne(op, "read"); !st.ok()) {
     spdlog::error("cannot read {} [{}, +{}) from {}: {}; dropping its chunks", key, offset,
-                  a.length, a.obj->rec.file, why);
+                  a.length, a.obj->rec.file, st.message());
     std::vector<uint32_t> all;
     for (uint32_t i = a.first; i <= a.last; ++i) all.push_back(i);
     ++ctr_.read_misses;
@@ -193,6 +188,14 @@ ReadLease ChunkStoreImpl::LeaseOf(Acquired&& a, uint64_t offset) {
   return ReadLease(
       a.fd, offset, a.length, [this, obj = a.obj] { Release(obj); }, std::move(a.memory),
       a.memory_offset, std::move(a.memory_next));
+}
+
+absl::Status ChunkStoreImpl::SubmitOne(IoOp& op, const std::string& what) {
+  absl::Status st = fs_->Submit(absl::MakeSpan(&op, 1));
+  if (!st.ok() || op.result == static_cast<ssize_t>(op.len)) return st;
+  if (op.result < 0) return ErrnoStatus(op.result, what);
+  return absl::DataLossError(
+      absl::StrFormat("%s: short (%d of %u bytes)", what, op.result, op.len));
 }
 
 absl::StatusOr<StoredChunk> ChunkStoreImpl::ReadChunk(const std::string& key, uint32_t index) {
@@ -253,12 +256,7 @@ absl::StatusOr<std::shared_ptr<const ChunkBytes>> ChunkStoreImpl::ReadIntoMemory
   std::shared_ptr<ChunkBytes> bytes = buffers_->Get(a.length);
   IoOp op{IoOp::Kind::kRead, a.fd, offset, bytes->data(), a.length, 0};
   op.direct = true;
-  absl::Status st = fs_->Submit(absl::MakeSpan(&op, 1));
-  if (st.ok() && op.result != static_cast<ssize_t>(a.length)) {
-    st = op.result < 0 ? ErrnoStatus(op.result, "read")
-                       : absl::DataLossError(
-                             absl::StrFormat("short read (%d of %u bytes)", op.result, a.length));
-  }
+  absl::Status st = SubmitOne(op, "read");
   if (st.ok()) {
     if (uint64_t got = ChunkChecksum(bytes->view()); got != checksum) {
       st = absl::DataLossError(absl::StrFormat("checksum %016x, stored with %016x", got, checksum));
@@ -764,12 +762,7 @@ absl::Status ChunkStoreImpl::Store(const ObjectPtr& obj, uint32_t index, const C
           len,
           0,
           buffered};
-  absl::Status st = fs_->Submit(absl::MakeSpan(&op, 1));
-  if (st.ok() && op.result != static_cast<ssize_t>(len)) {
-    st = op.result < 0
-             ? ErrnoStatus(op.result, absl::StrCat("write ", opts_.dir, "/objects/", obj->rec.file))
-             : absl::DataLossError("short write");
-  }
+  absl::Status st = SubmitOne(op, absl::StrCat("write ", opts_.dir, "/objects/", obj->rec.file));
   if (!st.ok()) {
     spdlog::error("cannot cache chunk {} of {}: {}", index, obj->key, st.message());
     return unreserve(st);

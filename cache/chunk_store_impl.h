@@ -228,6 +228,9 @@ class ChunkStoreImpl final : public ChunkStore {
 
   // chunk_store_impl.cc: reads, fills, drops and removals.
   int64_t NowUs() const;  // the store's clock, as last-use stamps hold it
+  // Submits `op` alone: OK only when it moved all its bytes; `what` names
+  // it in an error.
+  absl::Status SubmitOne(IoOp& op, const std::string& what);
   // `read_ahead`: a sequential reader's next chunks are read into the page
   // cache (not for a chunk read whole around it).
   absl::StatusOr<Acquired> Acquire(const std::string& key, uint64_t offset, size_t length,

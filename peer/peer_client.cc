@@ -101,7 +101,7 @@ absl::StatusOr<PeerClient::Link*> PeerClient::Connect(const std::string& address
       grpc::ChannelArguments args;
       if (!creds_.server_name.empty()) args.SetSslTargetNameOverride(creds_.server_name);
       args.SetMaxReceiveMessageSize(8 << 20);
-      args.SetResourceQuota(PeerMemoryQuota());
+      args.SetResourceQuota(PeerQuota());
       // A peer cut off by the network (not refusing, just silent) is found
       // by pings, and its calls fail then, rather than each waiting out its
       // deadline on a connection that looks alive. Only while calls are in

@@ -237,11 +237,7 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartPeerServer(const std::string&
   b.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
   b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   b.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  // Waiters hold a thread each while a chunk's fetch is under way: bound
-  // them, so that a flood of asks costs the askers a fallback (the call is
-  // refused) rather than this node its memory.
-  PeerMemoryQuota().SetMaxThreads(512);
-  b.SetResourceQuota(PeerMemoryQuota());
+  b.SetResourceQuota(PeerQuota());  // bounds its handler threads too
   b.RegisterService(&service);
   auto server = b.BuildAndStart();
   if (!server || port == 0) {

@@ -45,10 +45,11 @@ ZSTD_DCtx* Dctx() {
 
 }  // namespace
 
-grpc::ResourceQuota& PeerMemoryQuota() {
+grpc::ResourceQuota& PeerQuota() {
   static grpc::ResourceQuota* quota = [] {
-    auto* q = new grpc::ResourceQuota("strata-peer-memory");
-    q->Resize(kPeerMemoryBytes);
+    auto* q = new grpc::ResourceQuota("strata-peer");
+    q->Resize(32u << 20);
+    q->SetMaxThreads(512);
     return q;
   }();
   return *quota;

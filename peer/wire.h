@@ -42,18 +42,20 @@ namespace strata::peer {
 namespace v1 = ::strata::peer::v1;
 
 inline constexpr size_t kPieceBytes = 1u << 20;
-inline constexpr size_t kPeerMemoryBytes = 32u << 20;
 
 // The one method of proto/peer.proto's Peer service, as both sides name it
 // on the wire (the generated stub and service use the same name).
 inline constexpr char kFetchMethod[] = "/strata.peer.v1.Peer/Fetch";
 
-// The memory every peer connection of this process, either way, reads into:
-// gRPC sizes its socket reads and flow-control windows to what is left of
-// it. Unbounded, each connection read ahead into buffers of up to 4 MiB,
-// and a node talking to fifteen peers held 140 MiB of them
-// (bench/peers.sh's 16-node run, by heaptrack).
-grpc::ResourceQuota& PeerMemoryQuota();
+// The quota of every peer connection of this process, either way.
+// Memory: 32 MiB, which they read into; gRPC sizes its socket reads and
+// flow-control windows to what is left of it. Unbounded, each connection
+// read ahead into buffers of up to 4 MiB, and a node talking to fifteen
+// peers held 140 MiB of them (bench/peers.sh's 16-node run, by heaptrack).
+// Threads: 512, for the server's handlers; waiters hold one each while a
+// chunk's fetch is under way, so a flood of asks costs the askers a
+// fallback (the call is refused) rather than this node its memory.
+grpc::ResourceQuota& PeerQuota();
 
 // Whether to compress a chunk whose sample compressed to `sample_ratio` of
 // its size, over a link of `link_bytes_per_second` (0: not measured yet),
