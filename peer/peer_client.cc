@@ -5,6 +5,7 @@
 
 #include <chrono>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "base/logging.h"
 #include "peer/wire.h"
@@ -91,13 +92,27 @@ void PeerClient::Update(const std::string& address, F f) {
   if (it != links_.end()) f(it->second->stats);
 }
 
-absl::StatusOr<PeerClient::Link*> PeerClient::Connect(const std::string& address) {
-  Link* link;
+void PeerClient::ForgetDeparted() {
+  const uint64_t epoch = membership_.Epoch();
+  {
+    absl::MutexLock l(&mu_);
+    if (epoch == links_epoch_) return;
+    links_epoch_ = epoch;
+  }
+  absl::flat_hash_set<std::string> members;
+  for (const MemberStats& m : membership_.Stats()) members.insert(m.address);
+  absl::MutexLock l(&mu_);
+  absl::erase_if(links_, [&](const auto& link) { return !members.contains(link.first); });
+}
+
+absl::StatusOr<std::shared_ptr<PeerClient::Link>> PeerClient::Connect(const std::string& address) {
+  ForgetDeparted();
+  std::shared_ptr<Link> link;
   {
     absl::MutexLock l(&mu_);
     auto& slot = links_[address];
     if (!slot) {
-      slot = std::make_unique<Link>();
+      slot = std::make_shared<Link>();
       grpc::ChannelArguments args;
       if (!creds_.server_name.empty()) args.SetSslTargetNameOverride(creds_.server_name);
       args.SetMaxReceiveMessageSize(8 << 20);
@@ -124,7 +139,7 @@ absl::StatusOr<PeerClient::Link*> PeerClient::Connect(const std::string& address
           kFetchMethod, grpc::internal::RpcMethod::BIDI_STREAMING, slot->channel);
       slot->stats.address = address;
     }
-    link = slot.get();
+    link = slot;
   }
   // Up to connect_timeout for a peer that does not answer, but none for
   // one that refuses (a node whose daemon is gone, still listed): that
@@ -153,10 +168,10 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
     Update(address, [](PeerLinkStats& s) { ++s.failures; });
     return Outcome::kPeerFailed;
   };
-  absl::StatusOr<Link*> connected = Connect(address);
+  absl::StatusOr<std::shared_ptr<Link>> connected = Connect(address);
   Update(address, [](PeerLinkStats& s) { ++s.requests; });
   if (!connected.ok()) return fail(std::string(connected.status().message()));
-  Link* link = *connected;
+  Link* link = connected->get();
   uint64_t link_rate;
   {
     absl::MutexLock l(&mu_);

@@ -93,7 +93,12 @@ class PeerClient final : public cache::ChunkPeers {
               absl::Status* origin_status, bool probe = false);
   // The link to `address`, connected; Unavailable, saying why, when the
   // peer refuses or does not answer within the connect timeout.
-  absl::StatusOr<Link*> Connect(const std::string& address);
+  absl::StatusOr<std::shared_ptr<Link>> Connect(const std::string& address);
+  // Drops the links to peers that are no longer members (a Service's pod
+  // that is gone), with their channels and their series in the metrics;
+  // looked at whenever the members changed. Without it a node kept a
+  // channel and a set of series for every pod that ever served the Service.
+  void ForgetDeparted();
   template <typename F>
   void Update(const std::string& address, F f);
 
@@ -103,8 +108,10 @@ class PeerClient final : public cache::ChunkPeers {
   const std::shared_ptr<PiecePool> pieces_ = PiecePool::Create();
   std::atomic<uint64_t> owned_{0}, runner_up_{0}, leased_{0}, fallback_{0};
   mutable absl::Mutex mu_;
-  // Links are never removed while the client lives: Ask holds a pointer.
-  absl::flat_hash_map<std::string, std::unique_ptr<Link>> links_ ABSL_GUARDED_BY(mu_);
+  // An Ask holds its link's reference: a link dropped meanwhile lives on
+  // until that exchange is over.
+  absl::flat_hash_map<std::string, std::shared_ptr<Link>> links_ ABSL_GUARDED_BY(mu_);
+  uint64_t links_epoch_ ABSL_GUARDED_BY(mu_) = 0;  // the members' Epoch last looked at
 };
 
 }  // namespace strata::peer

@@ -36,10 +36,11 @@ constexpr uint64_t kChunk = 4ull << 20;
 // the TLS handshake is the in-process tests' subject).
 class NodeProcess {
  public:
-  // `netns`: a network namespace (its /run/netns name) to run in, entered
-  // for the network alone (nsenter), so that its mounts are the test's.
+  // `members`: the flags that say who the peers are (--peers or
+  // --peer-service). `wrap`: a command the daemon runs under (nsenter into
+  // a network namespace, unshare for a private /etc/hosts).
   NodeProcess(const std::string& root, int index, const std::string& address,
-              const std::string& peers, const std::string& netns = "")
+              const std::vector<std::string>& members, const std::vector<std::string>& wrap = {})
       : state_(absl::StrCat(root, "/node", index)), address_(address) {
     std::filesystem::create_directories(state_);
     std::vector<std::string> argv = {STRATA_PATH,
@@ -54,16 +55,13 @@ class NodeProcess {
                                      "off",
                                      "--peer-address",
                                      address_,
-                                     "--peers",
-                                     peers,
                                      "--peer-insecure",
                                      "--peer-timeout",
                                      "10",
                                      "--metrics-port",
                                      "0"};
-    if (!netns.empty()) {
-      argv.insert(argv.begin(), {"/usr/bin/nsenter", "--net=/run/netns/" + netns, "--"});
-    }
+    argv.insert(argv.end(), members.begin(), members.end());
+    argv.insert(argv.begin(), wrap.begin(), wrap.end());
     child_ = strata::testing::Spawn(argv);
     std::string out = strata::testing::ReadUntil(child_.out, "running", std::chrono::seconds(60));
     running_ = out.find("running") != std::string::npos;
@@ -188,8 +186,8 @@ class PeersE2eTest : public ::testing::Test {
     std::vector<std::string> all;
     for (int i = 0; i < n; ++i) all.push_back(absl::StrCat("127.0.0.", i + 1, ":", port));
     for (int i = 0; i < n; ++i) {
-      nodes_.push_back(
-          std::make_unique<NodeProcess>(dir_.path(), i, all[i], absl::StrJoin(all, ",")));
+      nodes_.push_back(std::make_unique<NodeProcess>(
+          dir_.path(), i, all[i], std::vector<std::string>{"--peers", absl::StrJoin(all, ",")}));
       ASSERT_TRUE(nodes_.back()->running()) << nodes_.back()->log();
     }
   }
@@ -292,6 +290,87 @@ TEST_F(PeersE2eTest, StrataPrefetchWarmsANodeThroughItsPeers) {
   EXPECT_LE(proxy_->body_bytes() - once, 8192u);
 }
 
+// Kubernetes discovery: the nodes know each other only by a headless
+// Service's name (--peer-service), which each looks up with the system's
+// resolver (getaddrinfo), as in a pod, every second. Each daemon has a
+// private /etc/hosts (a mount namespace of its own) in which the name has
+// the nodes' addresses, as cluster DNS gives a headless Service's ready
+// endpoints. A node taken out of the name is asked for nothing more and
+// forgotten (its channel and its metrics); one put back is a member again.
+TEST_F(PeersE2eTest, NodesFindEachOtherByTheServiceNameAndFollowItsChanges) {
+  const std::string name = "strata-peers.strata-system.svc.cluster.local";
+  const std::string hosts = dir_.path() + "/hosts";
+  auto publish = [&](int nodes) {
+    // Rewritten in place: the daemons' /etc/hosts is this file, bind-mounted.
+    std::ofstream f(hosts, std::ios::trunc);
+    f << "127.0.0.1 localhost\n";
+    for (int i = 0; i < nodes; ++i) f << "127.0.0." << i + 1 << " " << name << "\n";
+  };
+  publish(3);
+  const int port = strata::testing::FreePort();
+  for (int i = 0; i < 3; ++i) {
+    nodes_.push_back(std::make_unique<NodeProcess>(
+        dir_.path(), i, absl::StrCat("127.0.0.", i + 1, ":", port),
+        std::vector<std::string>{"--peer-service", name, "--peer-resolve-interval", "1"},
+        std::vector<std::string>{"/usr/bin/unshare", "--mount", "--propagation", "private", "--",
+                                 "/bin/sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+                                 hosts}));
+    ASSERT_TRUE(nodes_.back()->running()) << nodes_.back()->log();
+  }
+  // The name is resolved before a node says it is running; itself left out.
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(nodes_[i]->Metric("strata_peer_members"), 2) << i;
+
+  auto prefetch = [&](const std::string& file, std::vector<int> on) {
+    std::vector<Child> runs;
+    for (int i : on) {
+      runs.push_back(strata::testing::Spawn(
+          {STRATA_PATH, "prefetch", Origin() + file, "--node-socket", nodes_[i]->admin()}));
+    }
+    for (Child& c : runs) {
+      std::string out = strata::testing::ReadUntil(c.out, "", std::chrono::seconds(120));
+      int st = strata::testing::Wait(c, std::chrono::seconds(10));
+      EXPECT_TRUE(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0) << out;
+    }
+  };
+  proxy_->Throttle(200ull << 20, 0);
+  prefetch("weights.bin", {0, 1, 2});
+  EXPECT_GE(proxy_->body_bytes(), kSize);
+  EXPECT_LE(proxy_->body_bytes(), kSize + 3 * kChunk) << proxy_->body_bytes();
+  double from_peers = 0;
+  for (auto& n : nodes_) from_peers += n->Metric("strata_bytes_total{source=\"peer\"}");
+  EXPECT_GE(from_peers, static_cast<double>(kSize)) << "the nodes did not share";
+
+  // Bounded: the daemons look again every second.
+  auto members_become = [&](int node, double want) {
+    for (int i = 0; i < 150; ++i) {
+      if (nodes_[node]->Metric("strata_peer_members") == want) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return false;
+  };
+  const std::string asked_of_2 =
+      absl::StrCat("strata_peer_requests_total{peer=\"", nodes_[2]->address(), "\"}");
+  EXPECT_GE(nodes_[0]->Metric(asked_of_2), 1);
+  EXPECT_GE(nodes_[1]->Metric(asked_of_2), 1);
+  publish(2);  // node 2 leaves the Service (its pod is no longer ready)
+  ASSERT_TRUE(members_become(0, 1)) << nodes_[0]->log();
+  ASSERT_TRUE(members_become(1, 1)) << nodes_[1]->log();
+  const double served_by_2 = nodes_[2]->Metric("strata_peer_served_chunks_total");
+  std::ofstream(dir_.path() + "/www/models/other.bin", std::ios::binary)
+      << data_.substr(0, 8 * kChunk);
+  const uint64_t origin_before = proxy_->body_bytes();
+  prefetch("other.bin", {0, 1});
+  // Nothing was asked of it, and the others dropped their link to it and
+  // its series in their metrics (-1: absent).
+  EXPECT_EQ(nodes_[2]->Metric("strata_peer_served_chunks_total"), served_by_2);
+  EXPECT_EQ(nodes_[0]->Metric(asked_of_2), -1);
+  EXPECT_EQ(nodes_[1]->Metric(asked_of_2), -1);
+  EXPECT_LE(proxy_->body_bytes() - origin_before, 8 * kChunk + 2 * kChunk);
+
+  publish(3);  // and comes back
+  EXPECT_TRUE(members_become(0, 2)) << nodes_[0]->log();
+}
+
 // Nodes in network namespaces of their own on a bridge the test makes; one
 // is cut off mid-read by taking its link down (packets dropped, not
 // refused: only deadlines notice). The others finish with the right bytes.
@@ -353,8 +432,9 @@ TEST_F(PeersNetnsTest, ANodeCutOffMidReadCostsTheOthersTimeNotBytes) {
   std::vector<std::string> all;
   for (int i = 0; i < 3; ++i) all.push_back(absl::StrCat(Subnet(10 + i), ":", port));
   for (int i = 0; i < 3; ++i) {
-    nodes_.push_back(
-        std::make_unique<NodeProcess>(dir_.path(), i, all[i], absl::StrJoin(all, ","), Ns(i)));
+    nodes_.push_back(std::make_unique<NodeProcess>(
+        dir_.path(), i, all[i], std::vector<std::string>{"--peers", absl::StrJoin(all, ",")},
+        std::vector<std::string>{"/usr/bin/nsenter", "--net=/run/netns/" + Ns(i), "--"}));
     ASSERT_TRUE(nodes_.back()->running()) << nodes_.back()->log();
   }
   std::vector<std::string> files;
