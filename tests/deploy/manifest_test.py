@@ -16,7 +16,14 @@ failure names the file, the object and the field.
 import json
 import os
 import re
+import select
+import shlex
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 import unittest
 
 import yaml
@@ -1223,6 +1230,215 @@ class Containerd(unittest.TestCase):
                                                 d.where("containers[%s]" % c.get("name")), show(sock)))
         if problems:
             self.fail("\n  " + "\n  ".join(problems))
+
+
+def read_unit(path):
+    """A systemd unit file as {section: [(key, value), ...]}, continuation
+    lines joined and comments dropped, as systemd reads it."""
+    sections, section, pending = {}, None, ""
+    with open(path) as f:
+        for raw in f:
+            line = raw.rstrip("\n")
+            if not pending and line.lstrip().startswith(("#", ";")):
+                continue
+            if line.endswith("\\"):
+                pending += line[:-1] + " "
+                continue
+            line, pending = (pending + line).strip(), ""
+            if not line:
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                section = sections.setdefault(line[1:-1], [])
+            elif section is not None and "=" in line:
+                k, v = line.split("=", 1)
+                section.append((k.strip(), v.strip()))
+    return sections
+
+
+def unit_value(unit, section, key):
+    values = [v for k, v in unit.get(section, []) if k == key]
+    return values[-1] if values else None
+
+
+def words_flag(words, name):
+    """flag() over a list of words."""
+    return flag({"args": words}, name)
+
+
+class HostMode(unittest.TestCase):
+    """deploy/host: `strata node` as a systemd service with a registrar-only
+    DaemonSet, for nodes whose containerd 1.6 uses Strata as the snapshotter
+    of every container (a pod cannot serve the snapshotter its own
+    containers are made through)."""
+
+    def setUp(self):
+        self.dir = os.path.join(DEPLOY_DIR, "host")
+        self.unit_path = os.path.join(self.dir, "strata-node.service")
+        self.unit = read_unit(self.unit_path)
+        self.exec = shlex.split(unit_value(self.unit, "Service", "ExecStart") or "")
+        self.where = "deploy/host/strata-node.service"
+        with open(os.path.join(self.dir, "node-registrar.yaml")) as f:
+            self.registrar = [Doc(os.path.join(self.dir, "node-registrar.yaml"), i, o)
+                              for i, o in enumerate(yaml.safe_load_all(f)) if o is not None]
+
+    def test_unit_is_valid_for_systemd(self):
+        # systemd-analyze checks the directives and that ExecStart is an
+        # executable: the built binary stands in for /usr/local/bin/strata.
+        # It exits 0 on directives it ignores; anything it says is a fault.
+        exe = os.environ.get("STRATA_BIN", "/bin/true")
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = os.path.join(tmp, "strata-node.service")
+            with open(self.unit_path) as f, open(copy, "w") as out:
+                out.write(f.read().replace(STRATA_BINARY, exe))
+            r = subprocess.run(["systemd-analyze", "verify", copy], capture_output=True,
+                               text=True, timeout=60)
+        self.assertEqual((r.returncode, r.stdout + r.stderr), (0, ""),
+                         "%s: systemd-analyze verify" % self.where)
+
+    def test_unit_runs_the_node_as_node_yaml_does(self):
+        w = self.exec
+        self.assertGreater(len(w), 1, "%s: no ExecStart" % self.where)
+        self.assertEqual(w[:2], [STRATA_BINARY, "node"], "%s: ExecStart" % self.where)
+        self.assertEqual(unix_path(words_flag(w, "--csi-endpoint")), REGISTRATION_PATH,
+                         "%s: --csi-endpoint must be where kubelet finds the driver" % self.where)
+        with open(os.path.join(DEPLOY_DIR, CONTAINERD_FRAGMENT), "rb") as f:
+            address = get(tomllib.load(f), "proxy_plugins", {}).get(SNAPSHOTTER_NAME, {}).get("address")
+        self.assertEqual(words_flag(w, "--snapshotter-address"), address,
+                         "%s: --snapshotter-address is not the containerd fragment's" % self.where)
+        self.assertIn("$STRATA_ARGS", w, "%s: the node's own flags (EnvironmentFile)" % self.where)
+        # The keeper spawned by the daemon outlives its restarts: systemd
+        # must stop the daemon alone, and start it again by itself.
+        self.assertIn(words_flag(w, "--fd-keeper"), (None, "spawn"), self.where)
+        self.assertEqual(unit_value(self.unit, "Service", "KillMode"), "process",
+                         "%s: KillMode (the default kills the FD keeper, and every mount, at "
+                         "each restart)" % self.where)
+        self.assertEqual(unit_value(self.unit, "Service", "Restart"), "always", self.where)
+        self.assertIn("containerd.service",
+                      (unit_value(self.unit, "Unit", "Before") or "").split(), self.where)
+
+    def test_environment_file(self):
+        env = {}
+        with open(os.path.join(self.dir, "strata-node.env")) as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    k, v = line.split("=", 1)
+                    env[k] = shlex.split(v)[0] if v else ""
+        self.assertEqual(sorted(env), ["STRATA_ARGS"], "deploy/host/strata-node.env")
+        args = shlex.split(env["STRATA_ARGS"])
+        # The port the registrar pods declare for the strata-peers Service.
+        pod = pod_spec(self.registrar[0])
+        peer_port = container_port(containers(pod)[0], "peer")
+        self.assertEqual(words_flag(args, "--peer-address"), "NODE_IP:%s" % peer_port)
+        service = words_flag(args, "--peer-service")
+        self.assertEqual(service, "strata-peers.strata-system.svc.cluster.local")
+        self.assertEqual(words_flag(args, "--peer-tls-dir"), "/etc/strata/peer-tls")
+
+    def test_registrar_daemonset(self):
+        problems = []
+        d = self.registrar[0]
+        spec = pod_spec(d)
+        if len(self.registrar) != 1 or d.kind != "DaemonSet" or spec is None:
+            self.fail("deploy/host/node-registrar.yaml: expected one DaemonSet")
+        for c in containers(spec):
+            if strata_subcommand(c) is not None:
+                problems.append("%s: runs strata: the host runs it" % d.where("containers[%s]" % c.get("name")))
+        if spec.get("hostNetwork") is not True:
+            problems.append("%s: hostNetwork must be true (the peers Service lists the node's IP)"
+                            % d.where("spec.template.spec"))
+        reg = containers(spec)[0]
+        if flag(reg, "--kubelet-registration-path") != REGISTRATION_PATH:
+            problems.append("%s: --kubelet-registration-path is not %s" % (d.where("containers[0]"),
+                                                                          REGISTRATION_PATH))
+        vol, rel = resolve_path(spec, reg, unix_path(flag(reg, "--csi-address")) or "")
+        host = get(vol or {}, "hostPath.path")
+        if host is None or os.path.join(host, rel) != REGISTRATION_PATH:
+            problems.append("%s: --csi-address is not the host's %s" % (d.where("containers[0]"),
+                                                                       REGISTRATION_PATH))
+        # The strata-peers Service selects these pods.
+        docs, _ = load_manifests(DEPLOY_DIR)
+        svc = next((x for x in docs if x.kind == "Service" and x.name == "strata-peers"), None)
+        labels = get(d.obj, "spec.template.metadata.labels") or {}
+        for k, v in (get(svc.obj, "spec.selector") or {}).items() if svc else []:
+            if labels.get(k) != v:
+                problems.append("%s: label %s=%s, which strata-peers selects" % (
+                    d.where("spec.template.metadata.labels"), k, v))
+        if problems:
+            self.fail("\n  " + "\n  ".join(problems))
+
+    def test_the_units_command_runs(self):
+        """ExecStart as systemd would run it, with the paths moved under a
+        temporary root: the daemon serves the CSI and snapshotter sockets;
+        killed, it leaves its FD keeper behind, and the next one (Restart=)
+        uses that keeper."""
+        exe = os.environ.get("STRATA_BIN")
+        if not exe or os.geteuid() != 0:
+            self.skipTest("needs STRATA_BIN (set by ctest) and root")
+        root = tempfile.mkdtemp(prefix="strata-host-")
+        moved = {"/var/lib/strata": root + "/state", "/var/lib/kubelet": root + "/kubelet",
+                 "/run/strata": root + "/run"}
+
+        def move(word):
+            for old, new in moved.items():
+                word = word.replace(old, new)
+            return word
+
+        argv = [exe]
+        for w in self.exec[1:]:
+            if w == "$STRATA_ARGS":
+                argv += ["--peer-address=127.0.0.1:%d" % free_port(), "--peer-insecure"]
+            elif w.startswith("--metrics-port="):
+                argv.append("--metrics-port=0")  # 9464 may be taken on this machine
+            else:
+                argv.append(move(w))
+        keeper_sock = os.path.join(root, "state", "fd-keeper.sock")
+        procs, keeper = [], None
+        try:
+            for run in range(2):
+                p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                procs.append(p)
+                out = read_until(p, b"running", 60)
+                self.assertIn(b"running", out, out.decode(errors="replace"))
+                for sock in (unix_path(move(words_flag(self.exec, "--csi-endpoint"))),
+                             move(words_flag(self.exec, "--snapshotter-address")), keeper_sock):
+                    self.assertTrue(os.path.exists(sock), "run %d: no %s" % (run, sock))
+                p.kill()  # a crash; KillMode=process leaves the keeper
+                p.wait(timeout=30)
+                keepers = subprocess.run(["pgrep", "-f", "fd-keeper.*" + keeper_sock],
+                                         capture_output=True, text=True).stdout.split()
+                self.assertEqual(len(keepers), 1, "run %d: keepers %s" % (run, keepers))
+                # The second daemon used the keeper the first one left.
+                self.assertEqual(keepers[0], keeper or keepers[0], "run %d" % run)
+                keeper = keepers[0]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(timeout=30)
+                p.stdout.close()
+            subprocess.run(["pkill", "-KILL", "-f", root])
+            subprocess.run(["umount", "-R", "-l", root], capture_output=True)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_until(proc, want, seconds):
+    """What the process printed until `want`, its exit or `seconds`."""
+    out, deadline = b"", time.monotonic() + seconds
+    fd = proc.stdout.fileno()
+    while want not in out and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            out += chunk
+    return out
 
 
 class Dockerfile(unittest.TestCase):
