@@ -355,9 +355,7 @@ class Fetcher::Impl {
     s.digest_failures = digest_failures_;
     s.readahead_chunks = readahead_chunks_;
     s.prefetch_chunks = prefetch_chunks_;
-    absl::MutexLock l(&lat_mu_);
-    std::copy(std::begin(lat_), std::end(lat_), std::begin(s.latency_buckets));
-    s.latency_sum_ms = lat_sum_ms_;
+    s.latency = latency_.Counts();
     return s;
   }
 
@@ -424,7 +422,7 @@ class Fetcher::Impl {
       absl::Time start = clock_->Now();
       st = t.origin->ReadRange(t.path, t.stat, offset, out);
       gate.Release();
-      Record(clock_->Now() - start);
+      latency_.Record(clock_->Now() - start);
       ++requests_;
       if (st.ok()) {
         bytes_ += out.size();
@@ -682,16 +680,6 @@ class Fetcher::Impl {
     return store_.MarkDigestVerified(key);
   }
 
-  void Record(absl::Duration d) {
-    double ms = absl::ToDoubleMilliseconds(d);
-    size_t b = 0;
-    while (b < std::size(FetcherStats::kLatencyBoundsMs) && ms > FetcherStats::kLatencyBoundsMs[b])
-      ++b;
-    absl::MutexLock l(&lat_mu_);
-    ++lat_[b];
-    lat_sum_ms_ += ms;
-  }
-
   ChunkStore& store_;
   FetcherOptions opts_;
   Clock* const clock_;
@@ -699,9 +687,7 @@ class Fetcher::Impl {
   std::atomic<uint64_t> requests_{0}, bytes_{0}, retries_{0}, failures_{0}, corrupt_{0};
   std::atomic<uint64_t> digest_failures_{0}, readahead_chunks_{0}, prefetch_chunks_{0};
   std::atomic<uint64_t> peer_bytes_{0}, peer_corrupt_{0};
-  mutable absl::Mutex lat_mu_;
-  uint64_t lat_[std::size(FetcherStats::kLatencyBoundsMs) + 1] ABSL_GUARDED_BY(lat_mu_) = {};
-  double lat_sum_ms_ ABSL_GUARDED_BY(lat_mu_) = 0;
+  LatencyHistogram latency_;  // of origin requests
   absl::Mutex gates_mu_;
   absl::flat_hash_map<const origin::Origin*, std::unique_ptr<OriginGate>> gates_
       ABSL_GUARDED_BY(gates_mu_);

@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "base/clock.h"
+#include "base/latency.h"
 #include "cache/chunk_peers.h"
 #include "cache/chunk_store.h"
 #include "origin/origin.h"
@@ -75,10 +76,7 @@ struct FetcherStats {
   uint64_t digest_failures = 0;  // whole-object digest mismatches
   uint64_t readahead_chunks = 0;
   uint64_t prefetch_chunks = 0;
-  // Origin request latency: counts of requests at or under each bound.
-  static constexpr double kLatencyBoundsMs[] = {1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000};
-  uint64_t latency_buckets[std::size(kLatencyBoundsMs) + 1] = {};
-  double latency_sum_ms = 0;
+  LatencyCounts latency;  // of origin requests
 };
 
 class Fetcher {

@@ -23,6 +23,25 @@ void Metric(std::string& out, const char* name, const char* type, const char* he
                   absl::StrFormat("%.15g", value), "\n");
 }
 
+void Histogram(std::string& out, const char* name, const char* help, const LatencyCounts& counts,
+               const std::string& labels) {
+  if (out.find(absl::StrCat("# TYPE ", name, " ")) == std::string::npos) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " histogram\n");
+  }
+  const std::string sep = labels.empty() ? "" : ",";
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < std::size(counts.buckets); ++i) {
+    cumulative += counts.buckets[i];
+    std::string le = i < std::size(LatencyCounts::kBoundsMs)
+                         ? absl::StrFormat("%g", LatencyCounts::kBoundsMs[i] / 1000.0)
+                         : "+Inf";
+    absl::StrAppend(&out, name, "_bucket{", labels, sep, "le=\"", le, "\"} ", cumulative, "\n");
+  }
+  const std::string braces = labels.empty() ? "" : absl::StrCat("{", labels, "}");
+  absl::StrAppend(&out, name, "_sum", braces, " ", absl::StrFormat("%.6f", counts.sum_ms / 1000.0),
+                  "\n", name, "_count", braces, " ", cumulative, "\n");
+}
+
 std::string PrometheusText(const cache::StoreStats& s, const cache::FetcherStats& f,
                            std::optional<fuse::VolumeStats> v) {
   std::string o;
@@ -52,20 +71,7 @@ std::string PrometheusText(const cache::StoreStats& s, const cache::FetcherStats
   Metric(o, "strata_origin_requests_total", "counter", "Requests sent to origins.",
          f.origin_requests);
   Metric(o, "strata_origin_retries_total", "counter", "Origin requests retried.", f.retries);
-  // Fetch latency as a Prometheus histogram (cumulative buckets).
-  absl::StrAppend(&o, "# HELP strata_fetch_latency_seconds Origin request latency.\n",
-                  "# TYPE strata_fetch_latency_seconds histogram\n");
-  uint64_t cum = 0;
-  for (size_t i = 0; i <= std::size(cache::FetcherStats::kLatencyBoundsMs); ++i) {
-    cum += f.latency_buckets[i];
-    std::string le = i < std::size(cache::FetcherStats::kLatencyBoundsMs)
-                         ? absl::StrFormat("%g", cache::FetcherStats::kLatencyBoundsMs[i] / 1000.0)
-                         : "+Inf";
-    absl::StrAppend(&o, "strata_fetch_latency_seconds_bucket{le=\"", le, "\"} ", cum, "\n");
-  }
-  absl::StrAppend(&o, "strata_fetch_latency_seconds_sum ",
-                  absl::StrFormat("%.6f", f.latency_sum_ms / 1000.0),
-                  "\nstrata_fetch_latency_seconds_count ", cum, "\n");
+  Histogram(o, "strata_fetch_latency_seconds", "Origin request latency.", f.latency);
   Metric(o, "strata_cache_used_bytes", "gauge", "Bytes in the chunk cache.", s.used_bytes);
   Metric(o, "strata_cache_capacity_bytes", "gauge", "Byte budget of the chunk cache.",
          s.capacity_bytes);

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "base/latency.h"
 #include "cache/chunk_store.h"
 #include "cache/fetcher.h"
 #include "fuse/volume_tree.h"
@@ -21,6 +22,10 @@ namespace strata::cmd {
 // time) in the Prometheus text format; `labels` as in a{b="c"}, or "".
 void Metric(std::string& out, const char* name, const char* type, const char* help, double value,
             const std::string& labels = "");
+// Appends `counts` as the histogram `name` (in seconds): its cumulative
+// _bucket samples, _sum and _count, with `labels` on each.
+void Histogram(std::string& out, const char* name, const char* help, const LatencyCounts& counts,
+               const std::string& labels = "");
 
 std::string PrometheusText(const cache::StoreStats& store, const cache::FetcherStats& fetch,
                            std::optional<fuse::VolumeStats> volume);

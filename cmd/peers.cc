@@ -116,6 +116,11 @@ std::string Peers::MetricsText() const {
          c.leased_chunks, "how=\"lease\"");
   Metric(o, "strata_peer_chunks_total", "counter", "Missed chunks by who fetched them.",
          c.fallback_chunks, "how=\"fallback\"");
+  const char* answers =
+      "Time from asking a peer for a chunk to its answer: the chunk's last byte, or a fetch "
+      "lease (waiting out another node's lease included).";
+  Histogram(o, "strata_peer_answer_seconds", answers, c.chunk_answers, "answer=\"chunk\"");
+  Histogram(o, "strata_peer_answer_seconds", answers, c.lease_answers, "answer=\"lease\"");
   if (service) {
     peer::PeerServiceStats s = service->Stats();
     Metric(o, "strata_peer_served_chunks_total", "counter", "Chunks served to peers.",

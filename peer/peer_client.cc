@@ -168,6 +168,7 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
     Update(address, [](PeerLinkStats& s) { ++s.failures; });
     return Outcome::kPeerFailed;
   };
+  const absl::Time asked = absl::Now();
   absl::StatusOr<std::shared_ptr<Link>> connected = Connect(address);
   Update(address, [](PeerLinkStats& s) { ++s.requests; });
   if (!connected.ok()) return fail(std::string(connected.status().message()));
@@ -218,6 +219,7 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
     }
     stream->WritesDone();
     stream->Finish().ok();  // the bytes are in and checked: that is what counts
+    chunk_answers_.Record(absl::Now() - asked);
     Update(address, [&](PeerLinkStats& s) {
       ++s.chunks;
       s.bytes += out.size();
@@ -237,6 +239,7 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
     stream->Finish().ok();
     return fail("answered neither a chunk nor a lease");
   }
+  lease_answers_.Record(absl::Now() - asked);
   Update(address, [](PeerLinkStats& s) { ++s.leases; });
   *origin_status = from_origin(out);
   if (!origin_status->ok()) {
@@ -272,6 +275,8 @@ PeerClientStats PeerClient::Stats() const {
   s.runner_up_chunks = runner_up_;
   s.leased_chunks = leased_;
   s.fallback_chunks = fallback_;
+  s.chunk_answers = chunk_answers_.Counts();
+  s.lease_answers = lease_answers_.Counts();
   absl::MutexLock l(&mu_);
   for (const auto& [address, link] : links_) s.peers.push_back(link->stats);
   std::sort(s.peers.begin(), s.peers.end(),

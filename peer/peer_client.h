@@ -24,6 +24,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/latency.h"
 #include "cache/chunk_peers.h"
 #include "peer/membership.h"
 #include "peer/tls.h"
@@ -60,6 +61,9 @@ struct PeerClientStats {
   uint64_t runner_up_chunks = 0;  // of those, found at the runner-up
   uint64_t leased_chunks = 0;     // fetched from the origin under a lease
   uint64_t fallback_chunks = 0;   // read from the origin after peers failed
+  // From asking a peer to its answer: the chunk's last byte, or a fetch
+  // lease (the wait for another holder's fetch included).
+  LatencyCounts chunk_answers, lease_answers;
 };
 
 class PeerClient final : public cache::ChunkPeers {
@@ -107,6 +111,7 @@ class PeerClient final : public cache::ChunkPeers {
   const PeerClientOptions opts_;
   const std::shared_ptr<PiecePool> pieces_ = PiecePool::Create();
   std::atomic<uint64_t> owned_{0}, runner_up_{0}, leased_{0}, fallback_{0};
+  LatencyHistogram chunk_answers_, lease_answers_;
   mutable absl::Mutex mu_;
   // An Ask holds its link's reference: a link dropped meanwhile lives on
   // until that exchange is over.

@@ -740,8 +740,9 @@ TEST_F(FetcherClockTest, RetriesWaitOnTheClockWithCappedBackoff) {
   EXPECT_EQ(st.retries, 3u);
   EXPECT_EQ(st.origin_requests, 4u);
   // Latencies are the clock's: 30 ms per request.
-  EXPECT_DOUBLE_EQ(st.latency_sum_ms, 4 * 30.0);
-  EXPECT_EQ(st.latency_buckets[4], 4u);  // (25, 50] ms
+  EXPECT_DOUBLE_EQ(st.latency.sum_ms, 4 * 30.0);
+  EXPECT_EQ(st.latency.buckets[4], 4u);  // (25, 50] ms
+  EXPECT_EQ(st.latency.count(), 4u);
   // Backoffs of 1 s, then 2 s twice (capped), each jittered to [0.5, 1.5)
   // of itself.
   absl::Duration waited = clock_.Now() - t0 - 4 * absl::Milliseconds(30);

@@ -230,13 +230,20 @@ TEST_F(PeersE2eTest, FourNodesReadingOneFileAtOnceCostTheOriginItsSizeOnce) {
   // came late is allowed, a file per node is not).
   EXPECT_GE(proxy_->body_bytes(), kSize);
   EXPECT_LE(proxy_->body_bytes(), kSize + 4 * kChunk) << proxy_->body_bytes();
-  double from_peers = 0, served = 0, uploads = 0;
+  double from_peers = 0, served = 0, uploads = 0, chunk_answers = 0;
   for (auto& n : nodes_) {
     EXPECT_THAT(n->log(), ::testing::Not(::testing::HasSubstr("set aside"))) << n->log();
     from_peers += n->Metric("strata_bytes_total{source=\"peer\"}");
     served += n->Metric("strata_peer_served_bytes_total");
     uploads += n->Metric("strata_peer_lease_uploads_total");
+    // Every answer, a chunk or a lease, is in the histogram of answer times.
+    chunk_answers += n->Metric("strata_peer_answer_seconds_count{answer=\"chunk\"}");
+    EXPECT_EQ(n->Metric("strata_peer_answer_seconds_count{answer=\"lease\"}"),
+              n->Metric("strata_peer_chunks_total{how=\"lease\"}"));
+    EXPECT_EQ(n->Metric("strata_peer_answer_seconds_bucket{answer=\"lease\",le=\"+Inf\"}"),
+              n->Metric("strata_peer_chunks_total{how=\"lease\"}"));
   }
+  EXPECT_EQ(chunk_answers * kChunk, from_peers);
   // Of each chunk's four copies, one came from the origin, and the other
   // three from a peer, or (the owner's, when a lease holder fetched it)
   // with the lease holder's upload.
