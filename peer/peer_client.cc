@@ -4,6 +4,7 @@
 #include <grpcpp/support/sync_stream.h>
 
 #include <chrono>
+#include <vector>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
@@ -101,8 +102,13 @@ void PeerClient::ForgetDeparted() {
   }
   absl::flat_hash_set<std::string> members;
   for (const MemberStats& m : membership_.Stats()) members.insert(m.address);
+  std::vector<std::shared_ptr<Link>> gone;  // their channels close after the lock
   absl::MutexLock l(&mu_);
-  absl::erase_if(links_, [&](const auto& link) { return !members.contains(link.first); });
+  absl::erase_if(links_, [&](const auto& link) {
+    if (members.contains(link.first)) return false;
+    gone.push_back(link.second);
+    return true;
+  });
 }
 
 absl::StatusOr<std::shared_ptr<PeerClient::Link>> PeerClient::Connect(const std::string& address) {
@@ -168,7 +174,8 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
     Update(address, [](PeerLinkStats& s) { ++s.failures; });
     return Outcome::kPeerFailed;
   };
-  const absl::Time asked = absl::Now();
+  const auto asked = std::chrono::steady_clock::now();
+  auto since_asked = [&] { return absl::FromChrono(std::chrono::steady_clock::now() - asked); };
   absl::StatusOr<std::shared_ptr<Link>> connected = Connect(address);
   Update(address, [](PeerLinkStats& s) { ++s.requests; });
   if (!connected.ok()) return fail(std::string(connected.status().message()));
@@ -219,7 +226,7 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
     }
     stream->WritesDone();
     stream->Finish().ok();  // the bytes are in and checked: that is what counts
-    chunk_answers_.Record(absl::Now() - asked);
+    chunk_answers_.Record(since_asked());
     Update(address, [&](PeerLinkStats& s) {
       ++s.chunks;
       s.bytes += out.size();
@@ -239,7 +246,7 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
     stream->Finish().ok();
     return fail("answered neither a chunk nor a lease");
   }
-  lease_answers_.Record(absl::Now() - asked);
+  lease_answers_.Record(since_asked());
   Update(address, [](PeerLinkStats& s) { ++s.leases; });
   *origin_status = from_origin(out);
   if (!origin_status->ok()) {
