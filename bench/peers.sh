@@ -11,7 +11,8 @@
 #      and the time until the last is done / the lone node's (goal <= 1.3);
 #   4. a fifth node joining the warm four: its read from peers against the
 #      same read by a lone node from the loopback nginx, unthrottled (goal:
-#      peer rate >= 0.9x nginx rate), the median of JOIN_SAMPLES (3) of each;
+#      peer rate >= 0.9x nginx rate), the median of JOIN_SAMPLES (3) of each,
+#      with the mean wait per chunk of each read (a peer's answer; nginx's);
 #   5. a scale run: SCALE_NODES nodes (16) start a SCALE_MIB file at once:
 #      origin bytes / size, the largest share of the chunks served between
 #      nodes that one node served (1/SCALE_NODES is even), the time to the
@@ -173,14 +174,26 @@ stop_one() {  # stop_one NAME PHASE: stops that node alone, recording its peak R
 }
 joins=()
 nginxes=()
+# Per chunk: the joiner's wait for a peer's answer (strata_peer_answer_seconds)
+# and the lone node's for nginx's (strata_fetch_latency_seconds), in ms.
+answer_ms=()
+fetch_ms=()
+mean_ms() {  # mean_ms NAME HISTOGRAM [LABELS]: the histogram's mean, in ms
+  local sum count
+  sum=$(metric "$1" "${2}_sum${3:-}")
+  count=$(metric "$1" "${2}_count${3:-}")
+  awk -v s="$sum" -v c="$count" 'BEGIN {printf "%.1f", (c > 0 ? s / c * 1000 : 0)}'
+}
 for _ in $(seq "$JOIN_SAMPLES"); do
   start_node peer5 127.0.0.5 "$list"
   drop_caches
   joins+=("$(prefetch_all "http://127.0.0.1:$pport/model.bin" peer5)")
+  answer_ms+=("$(mean_ms peer5 strata_peer_answer_seconds '{answer="chunk"}')")
   stop_one peer5 peers
   start_node nginxread 127.0.0.6
   drop_caches
   nginxes+=("$(prefetch_all "http://127.0.0.1:$port/model.bin" nginxread)")
+  fetch_ms+=("$(mean_ms nginxread strata_fetch_latency_seconds)")
   stop_one nginxread nginx
 done
 t_join=$(printf '%s\n' "${joins[@]}" | median)
@@ -212,6 +225,7 @@ echo "4 nodes, no peers: ${t_nopeers} s, origin served $bytes_nopeers bytes"
 echo "4 nodes, peers: ${t_peers} s, origin served $bytes_peers bytes"
 echo "4 nodes, no peers, unthrottled origin (this machine's bound): ${t_bound} s"
 echo "5th node from warm peers: ${joins[*]} s, median ${t_join} (origin $bytes_join bytes in all); the same from loopback nginx: ${nginxes[*]} s, median ${t_nginx}"
+echo "  per chunk, waiting for a peer's answer: ${answer_ms[*]} ms; for nginx's: ${fetch_ms[*]} ms"
 echo "$SCALE_NODES nodes, $SCALE_MIB MiB: ${t_scale} s, origin served $bytes_scale bytes; chunks served to peers: max $max_served of $total_served (file: $chunks_scale chunks)"
 echo "peak daemon RSS: ${rss_mib} MiB (by phase: ${rss_by_phase%, })"
 awk -v size="$size" -v ssize="$((SCALE_MIB << 20))" -v ta="$t_alone" -v tn="$t_nopeers" \
