@@ -14,20 +14,27 @@
 #include "absl/strings/str_format.h"
 
 namespace strata::cmd {
-void Metric(std::string& out, const char* name, const char* type, const char* help, double value,
-            const std::string& labels) {
+namespace {
+
+// The HELP and TYPE lines of `name`, before its first sample.
+void Describe(std::string& out, const char* name, const char* type, const char* help) {
   if (out.find(absl::StrCat("# TYPE ", name, " ")) == std::string::npos) {
     absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
   }
+}
+
+}  // namespace
+
+void Metric(std::string& out, const char* name, const char* type, const char* help, double value,
+            const std::string& labels) {
+  Describe(out, name, type, help);
   absl::StrAppend(&out, name, labels.empty() ? "" : "{", labels, labels.empty() ? "" : "}", " ",
                   absl::StrFormat("%.15g", value), "\n");
 }
 
 void Histogram(std::string& out, const char* name, const char* help, const LatencyCounts& counts,
                const std::string& labels) {
-  if (out.find(absl::StrCat("# TYPE ", name, " ")) == std::string::npos) {
-    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " histogram\n");
-  }
+  Describe(out, name, "histogram", help);
   const std::string sep = labels.empty() ? "" : ",";
   uint64_t cumulative = 0;
   for (size_t i = 0; i < std::size(counts.buckets); ++i) {
