@@ -148,7 +148,10 @@ struct StoreStats {
   uint64_t reads = 0;
   uint64_t read_hits = 0;
   uint64_t read_misses = 0;
-  uint64_t memory_hits = 0;   // reads and leases answered from the memory tier
+  uint64_t memory_hits = 0;  // reads and leases answered from the memory tier
+  // Chunks passed on (ReadChunk) that another asker was reading from disk
+  // already: they waited for its bytes rather than read them again.
+  uint64_t read_waits = 0;
   uint64_t memory_bytes = 0;  // bytes of chunks held in the memory tier
   uint64_t bytes_read = 0;
   uint64_t chunks_written = 0;

@@ -220,6 +220,8 @@ absl::StatusOr<StoredChunk> ChunkStoreImpl::ReadChunk(const std::string& key, ui
   }
   absl::Cleanup release = [&] { Release(a->obj); };
   uint64_t checksum = 0;
+  std::shared_ptr<DiskRead> read;
+  bool reader = false;
   {
     absl::MutexLock l(&mu_);
     const Object& o = *a->obj;
@@ -230,9 +232,32 @@ absl::StatusOr<StoredChunk> ChunkStoreImpl::ReadChunk(const std::string& key, ui
     }
     checksum = o.chunks[index].checksum;
     a->length = std::min<uint64_t>(o.rec.chunk_size, o.rec.size - offset);
+    if (a->memory == nullptr) {
+      auto& slot = disk_reads_[{&o, index}];
+      if (!slot) {
+        slot = std::make_shared<DiskRead>();
+        reader = true;
+      }
+      read = slot;
+      if (!reader) {
+        ++ctr_.read_waits;
+        while (!read->done) cv_.Wait(&mu_);
+      }
+    }
   }
   if (a->memory != nullptr) return StoredChunk{std::move(a->memory), checksum};
+  if (!reader) {  // another asker's read, shared
+    if (!read->bytes.ok()) return absl::UnavailableError(read->bytes.status().message());
+    return StoredChunk{*read->bytes, checksum};
+  }
   auto bytes = ReadIntoMemory(*a, index, checksum);
+  {
+    absl::MutexLock l(&mu_);
+    read->bytes = bytes;
+    read->done = true;
+    disk_reads_.erase({a->obj.get(), index});
+    cv_.SignalAll();
+  }
   if (!bytes.ok()) {
     ++ctr_.read_misses;
     Drop(a->obj, {index}, /*corrupt=*/true);
@@ -491,6 +516,7 @@ StoreStats ChunkStoreImpl::Stats() const {
   s.read_hits = ctr_.read_hits;
   s.read_misses = ctr_.read_misses;
   s.memory_hits = ctr_.memory_hits;
+  s.read_waits = ctr_.read_waits;
   s.bytes_read = ctr_.bytes_read;
   s.chunks_written = ctr_.chunks_written;
   s.bytes_written = ctr_.bytes_written;

@@ -94,6 +94,7 @@ using ObjectPtr = std::shared_ptr<Object>;
 
 struct Counters {
   std::atomic<uint64_t> reads{0}, read_hits{0}, read_misses{0}, bytes_read{0}, memory_hits{0};
+  std::atomic<uint64_t> read_waits{0};
   std::atomic<uint64_t> chunks_written{0}, bytes_written{0}, write_errors{0};
   std::atomic<uint64_t> checksum_failures{0}, chunks_verified{0}, fills{0}, fill_waits{0};
   std::atomic<uint64_t> evicted_objects{0}, evicted_chunks{0}, evicted_bytes{0};
@@ -285,7 +286,7 @@ class ChunkStoreImpl final : public ChunkStore {
   bool health_ok_ = false;  // set once at open: the index and directory work
 
   mutable absl::Mutex mu_;
-  absl::CondVar cv_;        // fills finished, drops finished, removals finished
+  absl::CondVar cv_;        // fills, drops, removals and ReadChunk's disk reads finished
   absl::CondVar evict_cv_;  // wakes the evictor
   absl::flat_hash_map<std::string, ObjectPtr> objects_ ABSL_GUARDED_BY(mu_);
   std::vector<ObjectPtr> open_holds_ ABSL_GUARDED_BY(mu_);  // StoreOptions::held_at_open
@@ -298,6 +299,17 @@ class ChunkStoreImpl final : public ChunkStore {
   bool disk_full_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<VerifyItem> verify_queue_ ABSL_GUARDED_BY(mu_);
   MemoryTier memory_ ABSL_GUARDED_BY(mu_);
+  // ReadChunk's reads from disk under way, by object and chunk: a chunk
+  // asked for by several peers at once (or read ahead for one while it
+  // asks) is read once, and the others wait for those bytes. An object
+  // with a read under way is held by that reader, so its address is its
+  // own while it is in here.
+  struct DiskRead {
+    bool done = false;
+    absl::StatusOr<std::shared_ptr<const ChunkBytes>> bytes;
+  };
+  absl::flat_hash_map<std::pair<const Object*, uint32_t>, std::shared_ptr<DiskRead>> disk_reads_
+      ABSL_GUARDED_BY(mu_);
   std::atomic<bool> stop_verify_{false};
   Counters ctr_;
   std::shared_ptr<BufferPool> buffers_ = std::make_shared<BufferPool>();

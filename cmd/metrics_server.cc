@@ -89,6 +89,10 @@ std::string PrometheusText(const cache::StoreStats& s, const cache::FetcherStats
          "Bytes of recent chunks the cache keeps in memory.", s.memory_bytes);
   Metric(o, "strata_cache_memory_hits_total", "counter",
          "Reads answered from chunks in memory, without the cache file.", s.memory_hits);
+  Metric(o, "strata_cache_shared_disk_reads_total", "counter",
+         "Chunks passed on to peers that were being read from the cache file for another "
+         "asker already, and shared that read.",
+         s.read_waits);
   Metric(o, "strata_cache_kernel_held_objects", "gauge",
          "Objects the kernel reads from the cache file itself (FUSE passthrough opens): "
          "never evicted while held.",

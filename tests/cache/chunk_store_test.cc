@@ -667,6 +667,56 @@ TEST_F(ChunkStoreTest, AChunkPassedOnIsReadOnceAroundThePageCacheThenFromMemory)
   EXPECT_EQ(s->Stats().memory_hits, 4u);
 }
 
+// Peers that ask for one chunk at once (a node joining, several nodes at
+// the same point of one file) share one read of it from disk: the others
+// wait for the first asker's bytes rather than each read it again.
+TEST_F(ChunkStoreTest, AChunkAskedForByManyAtOnceIsReadFromDiskOnce) {
+  memory_bytes_ = 0;  // nothing is kept: only a read under way is shared
+  auto s = OpenStore();
+  Put(*s, "obj", 2);
+  const uint64_t disk_reads = fs_->reads;
+  fs_->HoldReads(true);
+  constexpr int kAskers = 3;
+  std::vector<absl::StatusOr<StoredChunk>> got(kAskers, absl::UnknownError("not run"));
+  std::vector<std::thread> askers;
+  askers.emplace_back([&] { got[0] = s->ReadChunk("obj", 1); });
+  ASSERT_TRUE(strata::testing::Eventually([&] { return fs_->reads_waiting == 1; }));
+  for (int i = 1; i < kAskers; ++i)
+    askers.emplace_back([&, i] { got[i] = s->ReadChunk("obj", 1); });
+  // Both later askers are waiting on the first one's read, not reading.
+  bool shared = strata::testing::Eventually(
+      [&] { return s->Stats().read_waits == static_cast<uint64_t>(kAskers - 1); });
+  fs_->HoldReads(false);
+  for (auto& t : askers) t.join();
+  ASSERT_TRUE(shared);
+  EXPECT_EQ(fs_->reads, disk_reads + 1);
+  for (const auto& c : got) {
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->bytes.get(), got[0]->bytes.get());
+    EXPECT_TRUE(c->bytes->view() == Pattern(1, 1, kChunk));
+    EXPECT_EQ(c->checksum, ChunkChecksum(Pattern(1, 1, kChunk)));
+  }
+  // A chunk that fails its read fails every asker waiting on it, and is
+  // dropped once.
+  fs_->flip_read_bits = true;
+  fs_->HoldReads(true);
+  std::vector<absl::Status> failed(2);
+  std::thread first([&] { failed[0] = s->ReadChunk("obj", 0).status(); });
+  ASSERT_TRUE(strata::testing::Eventually([&] { return fs_->reads_waiting == 1; }));
+  std::thread second([&] { failed[1] = s->ReadChunk("obj", 0).status(); });
+  shared = strata::testing::Eventually(
+      [&] { return s->Stats().read_waits == static_cast<uint64_t>(kAskers); });
+  fs_->HoldReads(false);
+  first.join();
+  second.join();
+  fs_->flip_read_bits = false;
+  ASSERT_TRUE(shared);
+  EXPECT_EQ(failed[0].code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(failed[1].code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s->Stats().checksum_failures, 1u);
+  EXPECT_EQ(s->Lookup("obj")->chunks_present, 1u);
+}
+
 // A chunk that reads back wrong, short or not at all is dropped, as a read
 // drops it: nothing wrong is passed on, and it is fetched again.
 TEST_F(ChunkStoreTest, AChunkThatCannotBeReadRightIsDroppedNotPassedOn) {

@@ -52,9 +52,27 @@ class FaultyFs final : public StoreFsWrapper {
   std::atomic<uint32_t> write_fail_one_in{0}, read_fail_one_in{0}, read_flip_one_in{0};
   std::atomic<uint64_t> writes{0}, reads{0}, injected{0};
 
+  // While held, a batch with a read waits in Submit (counted in
+  // reads_waiting) until the hold is let go: a test can so keep a read
+  // under way for as long as it needs.
+  void HoldReads(bool hold) {
+    absl::MutexLock l(&hold_mu_);
+    hold_ = hold;
+  }
+  std::atomic<int> reads_waiting{0};
+
   absl::Status Submit(absl::Span<IoOp> ops) override {
+    bool any_read = false;
     for (auto& op : ops) {
       (op.kind == IoOp::Kind::kWrite ? writes : reads)++;
+      any_read |= op.kind == IoOp::Kind::kRead;
+    }
+    if (any_read) {
+      absl::MutexLock l(&hold_mu_);
+      ++reads_waiting;
+      hold_mu_.Await(absl::Condition(
+          +[](bool* hold) { return !*hold; }, &hold_));
+      --reads_waiting;
     }
     if (int e = write_errno.load(); e != 0) {
       bool any_write = false;
@@ -103,6 +121,8 @@ class FaultyFs final : public StoreFsWrapper {
 
  private:
   SeededOdds odds_;
+  absl::Mutex hold_mu_;
+  bool hold_ ABSL_GUARDED_BY(hold_mu_) = false;
 };
 
 // Shared by PowerLossFs and the index's PowerLossFileSystem: one switch cuts
