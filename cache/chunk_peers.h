@@ -19,6 +19,10 @@ struct ChunkId {
   uint32_t index = 0;
   uint64_t object_size = 0;
   uint32_t chunk_size = 0;
+  // Chunks of the same object this node will ask the chunk's owner for
+  // next, in order (a prefetch knows them): the owner may read them from
+  // its disk ahead of those asks. A hint; empty when not known.
+  absl::Span<const uint32_t> next;
 };
 
 enum class ChunkFrom { kPeer, kOrigin };

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+
 namespace strata::cache {
 
 // Lane kOwn holds the chunks this node owns, in the object's order: it
@@ -45,6 +47,10 @@ class PrefetchLanes {
   // other lane all of them. Alone, twice the workers, so that the pool
   // never waits for the next chunk to be queued.
   int Window(Lane lane, int workers) const;
+  // Up to `n` chunks of lane kTheirs that follow `chunk` (one of that lane)
+  // at its owner, in the order they will be asked for: what that owner may
+  // read from its disk ahead of the asks (Want.next in proto/peer.proto).
+  std::vector<uint32_t> NextAtOwner(uint32_t chunk, size_t n) const;
 
  private:
   void Split(std::vector<uint32_t> chunks);
@@ -52,6 +58,10 @@ class PrefetchLanes {
   OwnerFn owner_;
   std::vector<uint32_t> lanes_[2];
   size_t next_[2] = {0, 0};
+  // Lane kTheirs's chunks by owner (in the object's order), and where each
+  // chunk is in its owner's list.
+  std::vector<std::vector<uint32_t>> at_owner_;
+  absl::flat_hash_map<uint32_t, std::pair<uint32_t, uint32_t>> place_;  // chunk: (owner, place)
 };
 
 }  // namespace strata::cache

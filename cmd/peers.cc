@@ -139,6 +139,11 @@ std::string Peers::MetricsText() const {
            "Chunks lease holders fetched for this node and sent it.", s.chunks_received);
     Metric(o, "strata_peer_refused_total", "counter", "Malformed or conflicting requests refused.",
            s.refused);
+    Metric(o, "strata_peer_read_ahead_chunks_total", "counter",
+           "Chunks read from disk into memory because a peer said it would ask for them next.",
+           s.read_ahead);
+    Metric(o, "strata_peer_read_ahead_dropped_total", "counter",
+           "Such hints dropped, too many being read already.", s.read_ahead_dropped);
   }
   return o;
 }

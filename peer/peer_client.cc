@@ -59,7 +59,10 @@ absl::StatusOr<cache::ChunkFrom> PeerClient::Fetch(
     }
     if (asked++ >= opts_.max_candidates) break;
     absl::Status origin_status;
-    switch (Ask(c.address, chunk, out, from_origin, &origin_status)) {
+    // What comes next is the owner's to read ahead, not the next candidate's.
+    cache::ChunkId asked_for = chunk;
+    if (i > 0) asked_for.next = {};
+    switch (Ask(c.address, asked_for, out, from_origin, &origin_status)) {
       case Outcome::kGot:
         membership_.Succeeded(c.address);
         return cache::ChunkFrom::kPeer;
@@ -201,6 +204,9 @@ PeerClient::Outcome PeerClient::Ask(const std::string& address, const cache::Chu
   w->set_only_if_present(probe);
   if (opts_.zstd) w->add_accept(v1::CODEC_ZSTD);
   w->set_link_bytes_per_second(link_rate);
+  if (!probe) {
+    for (uint32_t next : chunk.next) w->add_next(next);
+  }
   grpc::ByteBuffer answer;
   if (!stream->Write(Pack(req)) || !stream->Read(&answer)) {
     grpc::Status st = stream->Finish();

@@ -42,6 +42,9 @@ absl::Status CheckWant(const v1::Want& w) {
 
 PeerService::PeerService(cache::ChunkStore& store, PeerServiceOptions options)
     : store_(store), opts_(options) {
+  for (int i = 0; i < opts_.read_ahead_threads; ++i) {
+    ahead_threads_.emplace_back([this] { ReadAheadLoop(); });
+  }
   AddMethod(new grpc::internal::RpcServiceMethod(
       kFetchMethod, grpc::internal::RpcMethod::BIDI_STREAMING,
       new grpc::internal::BidiStreamingHandler<PeerService, grpc::ByteBuffer, grpc::ByteBuffer>(
@@ -49,6 +52,56 @@ PeerService::PeerService(cache::ChunkStore& store, PeerServiceOptions options)
             return service->Fetch(context, stream);
           },
           this)));
+}
+
+PeerService::~PeerService() {
+  {
+    absl::MutexLock l(&ahead_mu_);
+    stopping_ = true;
+  }
+  for (std::thread& t : ahead_threads_) t.join();
+}
+
+void PeerService::ReadAhead(const v1::Want& want) {
+  constexpr int kMaxNext = 4;  // more would be an asker planning this node's disk
+  const v1::ChunkRef& c = want.chunk();
+  const uint64_t chunks =
+      c.object_size() / c.chunk_size() + (c.object_size() % c.chunk_size() != 0);
+  absl::MutexLock l(&ahead_mu_);
+  for (int i = 0; i < std::min(want.next_size(), kMaxNext); ++i) {
+    const uint32_t index = want.next(i);
+    if (index >= chunks || index == c.index()) continue;
+    bool queued = std::any_of(ahead_.begin(), ahead_.end(), [&](const v1::ChunkRef& q) {
+      return q.index() == index && q.key() == c.key();
+    });
+    if (queued) continue;
+    if (ahead_.size() >= opts_.read_ahead_queue) {
+      ++read_ahead_dropped_;
+      continue;
+    }
+    ahead_.push_back(c);
+    ahead_.back().set_index(index);
+  }
+}
+
+void PeerService::ReadAheadLoop() {
+  for (;;) {
+    v1::ChunkRef c;
+    {
+      absl::MutexLock l(&ahead_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ahead_mu_) {
+        return stopping_ || !ahead_.empty();
+      };
+      ahead_mu_.Await(absl::Condition(&ready));
+      if (stopping_) return;
+      c = std::move(ahead_.front());
+      ahead_.pop_front();
+    }
+    // Into the memory tier, where the ask finds it (or, under way, waits
+    // for this read rather than reading it again); a chunk this node lacks
+    // is not fetched for a hint.
+    if (ReadPresent(c.key(), c).ok()) ++read_ahead_;
+  }
 }
 
 grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
@@ -77,6 +130,7 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
                           key, info->size, info->chunk_size, c.object_size(), c.chunk_size())));
     }
   }
+  if (!want.next().empty() && store_.Lookup(key)) ReadAhead(want);
   if (want.only_if_present()) {
     SendSlot slot(*this);
     auto present = ReadPresent(key, c);
@@ -222,6 +276,8 @@ PeerServiceStats PeerService::Stats() const {
   s.leases_granted = leases_;
   s.leases_failed = leases_failed_;
   s.chunks_received = received_;
+  s.read_ahead = read_ahead_;
+  s.read_ahead_dropped = read_ahead_dropped_;
   return s;
 }
 

@@ -15,8 +15,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -36,6 +39,11 @@ struct PeerServiceOptions {
   // pieces in flight, so a node asked by many peers at once waits rather
   // than holding one of each per ask.
   int max_sending = 16;
+  // Threads that read the chunks askers will want next (Want.next) from
+  // disk into memory, and how many such reads may wait for one; hints
+  // past that are dropped (they are only hints).
+  int read_ahead_threads = 2;
+  size_t read_ahead_queue = 16;
 };
 
 struct PeerServiceStats {
@@ -46,8 +54,10 @@ struct PeerServiceStats {
   uint64_t wire_bytes_served = 0;
   uint64_t compressed_chunks = 0;
   uint64_t leases_granted = 0;
-  uint64_t leases_failed = 0;    // the holder failed, vanished or sent bad bytes
-  uint64_t chunks_received = 0;  // lease holders' uploads stored
+  uint64_t leases_failed = 0;       // the holder failed, vanished or sent bad bytes
+  uint64_t chunks_received = 0;     // lease holders' uploads stored
+  uint64_t read_ahead = 0;          // chunks read ahead, as askers hinted
+  uint64_t read_ahead_dropped = 0;  // hints dropped: too many waiting
 };
 
 // proto/peer.proto's Peer service, its messages taken and given as byte
@@ -60,6 +70,7 @@ class PeerService final : public grpc::Service {
   using Stream = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
 
   PeerService(cache::ChunkStore& store, PeerServiceOptions options = {});
+  ~PeerService() override;
 
   grpc::Status Fetch(grpc::ServerContext* context, Stream* stream);
 
@@ -90,14 +101,24 @@ class PeerService final : public grpc::Service {
   grpc::Status Send(Stream* stream, const v1::Want& want, size_t length, uint64_t xxh3,
                     ChunkReader read);
 
+  // Queues the chunks `want` says come next, those this node has in the
+  // shape asked for, to be read into memory by the read-ahead threads.
+  void ReadAhead(const v1::Want& want);
+  void ReadAheadLoop();
+
   cache::ChunkStore& store_;
   const PeerServiceOptions opts_;
+  absl::Mutex ahead_mu_;
+  std::deque<v1::ChunkRef> ahead_ ABSL_GUARDED_BY(ahead_mu_);
+  bool stopping_ ABSL_GUARDED_BY(ahead_mu_) = false;
+  std::vector<std::thread> ahead_threads_;
   const std::shared_ptr<PiecePool> pieces_ = PiecePool::Create();
   absl::Mutex send_mu_;
   int sending_ ABSL_GUARDED_BY(send_mu_) = 0;
   std::atomic<double> compress_rate_{300e6};  // bytes/s zstd manages here (EWMA)
   std::atomic<uint64_t> wants_{0}, refused_{0}, served_{0}, bytes_{0}, wire_{0}, compressed_{0};
   std::atomic<uint64_t> leases_{0}, leases_failed_{0}, received_{0};
+  std::atomic<uint64_t> read_ahead_{0}, read_ahead_dropped_{0};
 };
 
 // Serves `service` on `address` (host:port) with `credentials`.

@@ -47,6 +47,27 @@ TEST(PrefetchLanesTest, OthersChunksComeInTheOrderTheirOwnersReadThem) {
             (std::vector<uint32_t>{0, 6, 1, 7, 2, 8, 3, 4, 5}));
 }
 
+// What each owner is told it will be asked for next, to read ahead.
+TEST(PrefetchLanesTest, AChunksNextAtItsOwnerAreThatOwnersFollowingChunks) {
+  // a owns the even chunks, b 1, 5 and 9, this node 3 and 7.
+  bool b_gone = false;
+  auto owner = [&](uint32_t c) -> std::string {
+    return c % 4 == 3 ? "" : c % 2 == 0 || b_gone ? "a" : "b";
+  };
+  PrefetchLanes lanes(Range(0, 10), owner);
+  EXPECT_EQ(lanes.NextAtOwner(0, 2), (std::vector<uint32_t>{2, 4}));
+  EXPECT_EQ(lanes.NextAtOwner(6, 2), (std::vector<uint32_t>{8}));
+  EXPECT_EQ(lanes.NextAtOwner(8, 2), (std::vector<uint32_t>{}));
+  EXPECT_EQ(lanes.NextAtOwner(1, 3), (std::vector<uint32_t>{5, 9}));
+  EXPECT_EQ(lanes.NextAtOwner(3, 2), (std::vector<uint32_t>{})) << "this node's own";
+  // After owners change, from the new split: b is gone, a owns its chunks.
+  EXPECT_EQ(lanes.Take(PrefetchLanes::kTheirs), 0u);
+  b_gone = true;
+  lanes.Resplit();
+  EXPECT_EQ(lanes.NextAtOwner(1, 3), (std::vector<uint32_t>{2, 4, 5}));
+  EXPECT_EQ(lanes.NextAtOwner(0, 1), (std::vector<uint32_t>{})) << "taken before";
+}
+
 TEST(PrefetchLanesTest, ChunksNotTakenYetAreSplitAgainWhenOwnersChange) {
   std::map<uint32_t, std::string> owners;
   for (uint32_t c = 0; c < 8; ++c) owners[c] = c % 2 == 0 ? "" : "gone";

@@ -493,7 +493,7 @@ class PeersTest : public ::testing::Test {
     if (absl::Status st = n.store->Register({key, kObject, "test", kChunk}); !st.ok()) return st;
     std::optional<cache::ChunkFrom> from;
     auto r = n.store->Fill(key, idx, [&](absl::Span<char> o) -> absl::Status {
-      auto f = n.client->Fetch({key, idx, kObject, kChunk}, o,
+      auto f = n.client->Fetch({key, idx, kObject, kChunk, {}}, o,
                                [&](absl::Span<char> oo) { return FromOrigin(key, idx, oo); });
       if (!f.ok()) return f.status();
       from = *f;
@@ -599,10 +599,11 @@ TEST_F(PeersTest, ANodeThatJoinsGetsTheChunksItNowOwnsFromTheirPreviousOwner) {
   for (uint32_t i = 0; i < 16; ++i) {
     owned += m->Candidates(key, i, 1)[0].self;
     got.assign(kChunk, '\0');
-    auto from = joiner.Fetch({key, i, kObject, kChunk}, absl::MakeSpan(got), [&](absl::Span<char>) {
-      ++origin_reads_;
-      return absl::UnavailableError("the origin is not to be asked");
-    });
+    auto from =
+        joiner.Fetch({key, i, kObject, kChunk, {}}, absl::MakeSpan(got), [&](absl::Span<char>) {
+          ++origin_reads_;
+          return absl::UnavailableError("the origin is not to be asked");
+        });
     ASSERT_TRUE(from.ok()) << from.status();
     EXPECT_EQ(*from, cache::ChunkFrom::kPeer);
     EXPECT_TRUE(got == Bytes(key, i));
@@ -610,6 +611,57 @@ TEST_F(PeersTest, ANodeThatJoinsGetsTheChunksItNowOwnsFromTheirPreviousOwner) {
   ASSERT_GT(owned, 0);
   EXPECT_EQ(origin_reads_, 16);
   EXPECT_EQ(joiner.Stats().runner_up_chunks, static_cast<uint64_t>(owned));
+}
+
+// An asker that says which of the owner's chunks it will ask for next (a
+// prefetch) finds them in the owner's memory when it asks: the owner read
+// them from its disk while it served the first.
+TEST_F(PeersTest, TheChunksAnAskerSaysComeNextAreReadAheadByTheOwner) {
+  node_memory_bytes = 4 * kChunk + (64 << 10);  // the last few chunks stored or read
+  StartNodes(2);
+  node_memory_bytes = cache::StoreOptions{}.memory_bytes;
+  const std::string key = "http://o/next@\"v\"";
+  std::vector<uint32_t> owned;  // by node 0, in order
+  for (uint32_t i = 0; i < 64 && owned.size() < 12; ++i) {
+    if (nodes_[1]->members->Candidates(key, i, 1)[0].address == nodes_[0]->address) {
+      owned.push_back(i);
+    }
+  }
+  ASSERT_EQ(owned.size(), 12u);
+  cache::ChunkStore& owner = *nodes_[0]->store;
+  ASSERT_TRUE(owner.Register({key, kObject, "test", kChunk}).ok());
+  for (uint32_t i : owned) {
+    std::string b = Bytes(key, i);
+    ASSERT_TRUE(owner.WriteChunk(key, i, absl::MakeSpan(b)).ok());
+  }
+  // The first three are on disk only now.
+  auto ask = [&](uint32_t i, std::vector<uint32_t> next) {
+    std::string got(kChunk, '\0');
+    auto from = nodes_[1]->client->Fetch({key, i, kObject, kChunk, next}, absl::MakeSpan(got),
+                                         [&](absl::Span<char> o) { return FromOrigin(key, i, o); });
+    ASSERT_TRUE(from.ok()) << from.status();
+    EXPECT_EQ(*from, cache::ChunkFrom::kPeer);
+    EXPECT_TRUE(got == Bytes(key, i)) << "chunk " << i;
+  };
+  const uint64_t disk_reads = owner.Stats().read_hits;
+  ask(owned[0], {owned[1], owned[2]});
+  ASSERT_TRUE(
+      strata::testing::Eventually([&] { return nodes_[0]->service.Stats().read_ahead == 2; }));
+  EXPECT_EQ(owner.Stats().read_hits, disk_reads + 3);
+  const uint64_t memory_hits = owner.Stats().memory_hits;
+  ask(owned[1], {});
+  ask(owned[2], {});
+  EXPECT_EQ(owner.Stats().read_hits, disk_reads + 3) << "the next two came from memory";
+  EXPECT_EQ(owner.Stats().memory_hits, memory_hits + 2);
+  // Hints are checked: past the object's end and the chunk asked for
+  // itself are passed over, and one this node lacks is not fetched.
+  uint32_t lacking = 0;
+  while (std::find(owned.begin(), owned.end(), lacking) != owned.end()) ++lacking;
+  ask(owned[3], {static_cast<uint32_t>(kObject / kChunk), owned[3], lacking, owned[4]});
+  ASSERT_TRUE(
+      strata::testing::Eventually([&] { return nodes_[0]->service.Stats().read_ahead == 3; }));
+  EXPECT_EQ(owner.Lookup(key)->chunks_present, owned.size());
+  EXPECT_EQ(origin_reads_, 0);
 }
 
 TEST_F(PeersTest, BytesCorruptedOnTheWayCostARefetchNeverAWrongByte) {
@@ -633,7 +685,7 @@ TEST_F(PeersTest, BytesCorruptedOnTheWayCostARefetchNeverAWrongByte) {
     if (tried == 0) proxy.FlipMarker(b.substr(kChunk / 2, 16), 1);
     std::string got(kChunk, '\0');
     int before = origin_reads_;
-    auto from = client.Fetch({key, i, kObject, kChunk}, absl::MakeSpan(got),
+    auto from = client.Fetch({key, i, kObject, kChunk, {}}, absl::MakeSpan(got),
                              [&](absl::Span<char> o) { return FromOrigin(key, i, o); });
     ASSERT_TRUE(from.ok()) << from.status();
     EXPECT_TRUE(got == b) << "chunk " << i;
@@ -722,7 +774,7 @@ TEST_F(PeersTest, ALeaseHolderThatSendsBadBytesFailsTheFillAndTheNextWaiterFetch
   absl::StatusOr<cache::ChunkFrom> honest = absl::UnknownError("not run");
   PeerClient client(*m, Insecure(), {.timeout = absl::Seconds(10), .max_candidates = 1});
   std::thread waiter([&] {
-    honest = client.Fetch({key, idx, kObject, kChunk}, absl::MakeSpan(got),
+    honest = client.Fetch({key, idx, kObject, kChunk, {}}, absl::MakeSpan(got),
                           [&](absl::Span<char> o) { return FromOrigin(key, idx, o); });
   });
   for (int i = 0; i < 1000 && nodes_[0]->service.Stats().wants < 2; ++i) {
@@ -800,7 +852,7 @@ TEST_F(PeersTest, ASilentPartitionCostsOneDeadlineNotARead) {
   ASSERT_EQ(owned.size(), 3u);
   auto fetch = [&](uint32_t i, cache::ChunkFrom* from) {
     std::string b = Bytes(key, i), got(kChunk, '\0');
-    auto f = client.Fetch({key, i, kObject, kChunk}, absl::MakeSpan(got),
+    auto f = client.Fetch({key, i, kObject, kChunk, {}}, absl::MakeSpan(got),
                           [&](absl::Span<char> o) { return FromOrigin(key, i, o); });
     EXPECT_TRUE(f.ok()) << f.status();
     if (f.ok()) *from = *f;
@@ -846,7 +898,7 @@ TEST_F(PeersTest, APeerThatStallsForSecondsIsWaitedForNotDropped) {
   const uint32_t idx = FirstOwnedBy(*m, via, key);
   auto fetch = [&](cache::ChunkFrom* from) {
     std::string got(kChunk, '\0');
-    auto f = client.Fetch({key, idx, kObject, kChunk}, absl::MakeSpan(got),
+    auto f = client.Fetch({key, idx, kObject, kChunk, {}}, absl::MakeSpan(got),
                           [&](absl::Span<char> o) { return FromOrigin(key, idx, o); });
     ASSERT_TRUE(f.ok()) << f.status();
     *from = *f;
@@ -963,7 +1015,7 @@ class PeerTlsTest : public PeersTest {
     PeerClient client(*m, creds, {.timeout = absl::Seconds(5), .max_candidates = 1});
     std::string got(kChunk, '\0');
     auto from =
-        client.Fetch({key, idx, kObject, kChunk}, absl::MakeSpan(got), [&](absl::Span<char> o) {
+        client.Fetch({key, idx, kObject, kChunk, {}}, absl::MakeSpan(got), [&](absl::Span<char> o) {
           std::memcpy(o.data(), b.data(), o.size());
           return absl::OkStatus();
         });
