@@ -11,8 +11,10 @@
 #      and the time until the last is done / the lone node's (goal <= 1.3);
 #   4. a fifth node joining the warm four: its read from peers against the
 #      same read by a lone node from the loopback nginx, unthrottled (goal:
-#      peer rate >= 0.9x nginx rate), the median of JOIN_SAMPLES (3) of each,
-#      with the mean wait per chunk of each read (a peer's answer; nginx's);
+#      peer rate >= 0.9x nginx rate), taken JOIN_SAMPLES (5) times in pairs,
+#      with the mean wait per chunk of each read (a peer's answer; nginx's)
+#      and the disk traffic of each (both read the file from this one disk
+#      and write it to it: on one machine this read is bound by the disk);
 #   5. a scale run: SCALE_NODES nodes (16) start a SCALE_MIB file at once:
 #      origin bytes / size, the largest share of the chunks served between
 #      nodes that one node served (1/SCALE_NODES is even), the time to the
@@ -21,7 +23,7 @@
 # writes its own copy to the one shared disk, so the time of 4 nodes is also
 # given against what this machine can do for four nodes at all (four lone
 # nodes on the unthrottled origin).
-#   SIZE_MIB=2048 SCALE_MIB=1024 RATE_MIB=200 JOIN_SAMPLES=3 bench/peers.sh
+#   SIZE_MIB=2048 SCALE_MIB=1024 RATE_MIB=200 JOIN_SAMPLES=5 bench/peers.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -32,7 +34,7 @@ scripts/build.sh release
 SIZE_MIB=${SIZE_MIB:-2048}
 SCALE_MIB=${SCALE_MIB:-1024}
 SCALE_NODES=${SCALE_NODES:-16}
-JOIN_SAMPLES=${JOIN_SAMPLES:-3}
+JOIN_SAMPLES=${JOIN_SAMPLES:-5}
 RATE_MIB=${RATE_MIB:-200}
 strata=build/cmd/strata
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/strata-peers.XXXXXX")
@@ -160,10 +162,14 @@ bytes_peers=$(proxy_bytes)
 
 # 4. a fifth node joins the warm four and reads through them (the same
 #    origin URL: it is part of the chunk key; the origin only answers its
-#    stat); a lone node reads the same from loopback nginx. Both reads come
-#    from this machine's one disk, whose speed swings by half between two
-#    identical reads, so each is taken JOIN_SAMPLES times, alternating, each
-#    time by a fresh node with an empty cache, and the medians compared.
+#    stat); a lone node reads the same from loopback nginx. Both read the
+#    file from this machine's one disk and write it to that disk (the same
+#    bytes either way, as the disk counters show), and that disk's speed
+#    drifts by half between two identical reads. So the two are taken
+#    JOIN_SAMPLES times in pairs, the nginx read right after the peer read,
+#    each by a fresh node with an empty cache after the page cache is
+#    dropped, and peer_vs_nginx is the median of the pairs' ratios (each
+#    printed): the two reads of a pair see the disk in about the same state.
 stop_one() {  # stop_one NAME PHASE: stops that node alone, recording its peak RSS
   local p
   p=$(cat "$work/$1.pid")
@@ -178,6 +184,8 @@ nginxes=()
 # and the lone node's for nginx's (strata_fetch_latency_seconds), in ms.
 answer_ms=()
 fetch_ms=()
+join_disk=()  # disk MiB read/written during each read
+nginx_disk=()
 mean_ms() {  # mean_ms NAME HISTOGRAM [LABELS]: the histogram's mean, in ms
   local sum count
   sum=$(metric "$1" "${2}_sum${3:-}")
@@ -187,17 +195,26 @@ mean_ms() {  # mean_ms NAME HISTOGRAM [LABELS]: the histogram's mean, in ms
 for _ in $(seq "$JOIN_SAMPLES"); do
   start_node peer5 127.0.0.5 "$list"
   drop_caches
+  d0=$(disk_sectors "$work")
   joins+=("$(prefetch_all "http://127.0.0.1:$pport/model.bin" peer5)")
+  join_disk+=("$(disk_mib "$d0" "$(disk_sectors "$work")")")
   answer_ms+=("$(mean_ms peer5 strata_peer_answer_seconds '{answer="chunk"}')")
   stop_one peer5 peers
   start_node nginxread 127.0.0.6
   drop_caches
+  d0=$(disk_sectors "$work")
   nginxes+=("$(prefetch_all "http://127.0.0.1:$port/model.bin" nginxread)")
+  nginx_disk+=("$(disk_mib "$d0" "$(disk_sectors "$work")")")
   fetch_ms+=("$(mean_ms nginxread strata_fetch_latency_seconds)")
   stop_one nginxread nginx
 done
 t_join=$(printf '%s\n' "${joins[@]}" | median)
 t_nginx=$(printf '%s\n' "${nginxes[@]}" | median)
+pair_ratios=()  # nginx's time / the peer read's, pair by pair
+for i in "${!joins[@]}"; do
+  pair_ratios+=("$(awk -v g="${nginxes[$i]}" -v j="${joins[$i]}" 'BEGIN {printf "%.3f", g / j}')")
+done
+peer_vs_nginx=$(printf '%s\n' "${pair_ratios[@]}" | median)
 bytes_join=$(( $(stop_proxy) - bytes_peers ))
 stop_nodes peers
 
@@ -226,13 +243,15 @@ echo "4 nodes, peers: ${t_peers} s, origin served $bytes_peers bytes"
 echo "4 nodes, no peers, unthrottled origin (this machine's bound): ${t_bound} s"
 echo "5th node from warm peers: ${joins[*]} s, median ${t_join} (origin $bytes_join bytes in all); the same from loopback nginx: ${nginxes[*]} s, median ${t_nginx}"
 echo "  per chunk, waiting for a peer's answer: ${answer_ms[*]} ms; for nginx's: ${fetch_ms[*]} ms"
+echo "  pair by pair, nginx's time / the peer read's: ${pair_ratios[*]}, median $peer_vs_nginx"
+echo "  disk MiB read/written during each: peers ${join_disk[*]}; nginx ${nginx_disk[*]}"
 echo "$SCALE_NODES nodes, $SCALE_MIB MiB: ${t_scale} s, origin served $bytes_scale bytes; chunks served to peers: max $max_served of $total_served (file: $chunks_scale chunks)"
 echo "peak daemon RSS: ${rss_mib} MiB (by phase: ${rss_by_phase%, })"
 awk -v size="$size" -v ssize="$((SCALE_MIB << 20))" -v ta="$t_alone" -v tn="$t_nopeers" \
     -v tp="$t_peers" -v bn="$bytes_nopeers" -v bp="$bytes_peers" -v tj="$t_join" \
-    -v tg="$t_nginx" -v ts="$t_scale" -v bs="$bytes_scale" -v ms="$max_served" \
+    -v tg="$t_nginx" -v pvn="$peer_vs_nginx" -v ts="$t_scale" -v bs="$bytes_scale" -v ms="$max_served" \
     -v ts_="$total_served" -v tb="$t_bound" -v r="$rss_mib" -v nodes="$SCALE_NODES" 'BEGIN {
   bound = tb > ta ? tb : ta
   printf "RESULT origin_ratio_peers=%.3f origin_ratio_nopeers=%.3f time_ratio_4nodes=%.2f time_ratio_vs_machine_bound=%.2f time_alone_s=%.1f time_4nodes_peers_s=%.1f time_4nodes_nopeers_s=%.1f machine_bound_s=%.1f peer_vs_nginx=%.2f peer_mibps=%.0f nginx_mibps=%.0f scale_nodes=%d scale_origin_ratio=%.3f scale_max_share=%.3f scale_time_s=%.1f peak_rss_mib=%s\n",
-    bp / size, bn / size, tp / ta, tp / bound, ta, tp, tn, tb, tg / tj, size / 1048576 / tj, size / 1048576 / tg,
+    bp / size, bn / size, tp / ta, tp / bound, ta, tp, tn, tb, pvn, size / 1048576 / tj, size / 1048576 / tg,
     nodes, bs / ssize, ms / ts_, ts, r }'
