@@ -82,6 +82,7 @@ void Peers::Stop() {
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     server.reset();
   }
+  if (service) service->Stop();
 }
 
 std::string Peers::MetricsText() const {

@@ -44,7 +44,8 @@ struct Peers {
   bool enabled() const { return membership != nullptr; }
   // Starts serving `store` on the peer address.
   absl::Status Serve(cache::ChunkStore& store);
-  // Stops serving; chunks being served are cut off (their askers fall back).
+  // Stops serving: chunks being sent are cut off (their askers fall back),
+  // and reading ahead for askers ends.
   void Stop();
   std::string MetricsText() const;
 };

@@ -54,12 +54,16 @@ PeerService::PeerService(cache::ChunkStore& store, PeerServiceOptions options)
           this)));
 }
 
-PeerService::~PeerService() {
+PeerService::~PeerService() { Stop(); }
+
+void PeerService::Stop() {
   {
     absl::MutexLock l(&ahead_mu_);
     stopping_ = true;
   }
-  for (std::thread& t : ahead_threads_) t.join();
+  for (std::thread& t : ahead_threads_) {
+    if (t.joinable()) t.join();
+  }
 }
 
 void PeerService::ReadAhead(const v1::Want& want) {

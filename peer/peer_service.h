@@ -70,7 +70,11 @@ class PeerService final : public grpc::Service {
   using Stream = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
 
   PeerService(cache::ChunkStore& store, PeerServiceOptions options = {});
-  ~PeerService() override;
+  ~PeerService() override;  // Stop()s
+
+  // Ends the read-ahead threads (a read under way is finished first): the
+  // store may go once this returns and the server has shut down.
+  void Stop();
 
   grpc::Status Fetch(grpc::ServerContext* context, Stream* stream);
 
