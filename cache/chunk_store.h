@@ -250,6 +250,7 @@ class ReadLease {
 struct StoredChunk {
   std::shared_ptr<const ChunkBytes> bytes;
   uint64_t checksum = 0;
+  bool read_from_disk = false;  // by this call (not from memory, nor another's read)
 };
 
 class ChunkStore {

@@ -245,27 +245,31 @@ absl::StatusOr<StoredChunk> ChunkStoreImpl::ReadChunk(const std::string& key, ui
       }
     }
   }
-  if (a->memory != nullptr) return StoredChunk{std::move(a->memory), checksum};
+  if (a->memory != nullptr) return StoredChunk{std::move(a->memory), checksum, false};
   if (!reader) {  // another asker's read, shared
     if (!read->bytes.ok()) return absl::UnavailableError(read->bytes.status().message());
-    return StoredChunk{*read->bytes, checksum};
+    return StoredChunk{*read->bytes, checksum, false};
   }
   auto bytes = ReadIntoMemory(*a, index, checksum);
+  DropPlan drop;
   {
     absl::MutexLock l(&mu_);
     read->bytes = bytes;
     read->done = true;
     disk_reads_.erase({a->obj.get(), index});
+    // A chunk that cannot be read right stops being present here, so that
+    // no asker after this one reads it again.
+    if (!bytes.ok()) drop = BeginDropLocked(*a->obj, {index});
     cv_.SignalAll();
   }
   if (!bytes.ok()) {
     ++ctr_.read_misses;
-    Drop(a->obj, {index}, /*corrupt=*/true);
+    FinishDrop(a->obj, drop, /*corrupt=*/true);
     return absl::UnavailableError(bytes.status().message());
   }
   ++ctr_.read_hits;
   ctr_.bytes_read += a->length;
-  return StoredChunk{*std::move(bytes), checksum};
+  return StoredChunk{*std::move(bytes), checksum, /*read_from_disk=*/true};
 }
 
 // A chunk passed on whole is asked for by every peer that reads it. Read

@@ -313,8 +313,16 @@ class Fetcher::Impl {
           // disk only when asked for kept a worker here waiting for that
           // read (11 ms of a 4 MiB chunk's 17 ms, bench/peers.sh's join).
           // Two: the next one is often asked for at the same time already.
+          // Only chunks still missing here: a present one is not asked for.
           std::vector<uint32_t> next;
-          if (k == PrefetchLanes::kTheirs) next = lanes.NextAtOwner(idx, kNextAtOwner);
+          if (k == PrefetchLanes::kTheirs) {
+            for (uint32_t c : lanes.NextAtOwner(idx, 2 * kNextAtOwner)) {
+              auto missing = store_.MissingChunks(key, uint64_t{c} * cs, chunk_len(c));
+              if (next.size() < kNextAtOwner && missing.ok() && !missing->empty()) {
+                next.push_back(c);
+              }
+            }
+          }
           pool_.Submit(Priority::kPrefetch, [&, idx, k, next = std::move(next)] {
             auto r = FetchChunk(t, key, idx, Priority::kPrefetch, next);
             absl::MutexLock l2(&mu);

@@ -188,7 +188,7 @@ absl::Status RunNode(const NodeFlags& o) {
   cache::Fetcher& fetcher = *cache->fetcher;
   // The peer server goes before the store it serves, however this returns.
   absl::Cleanup stop_peers = [&peers] { peers.Stop(); };
-  if (absl::Status st = peers.Serve(store); !st.ok()) return st;
+  if (absl::Status st = peers.Serve(store, cache_options->store.memory_bytes); !st.ok()) return st;
   if (peers.enabled()) {
     std::printf("strata node: serving peers on %s (%s, %zu static peers%s%s)\n",
                 o.peers.address.c_str(), o.peers.insecure ? "plain TCP" : "mutual TLS",

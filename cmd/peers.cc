@@ -68,9 +68,16 @@ absl::StatusOr<Peers> OpenPeers(const PeerFlags& f) {
   return p;
 }
 
-absl::Status Peers::Serve(cache::ChunkStore& store) {
+absl::Status Peers::Serve(cache::ChunkStore& store, uint64_t memory_bytes) {
   if (!enabled()) return absl::OkStatus();
-  service = std::make_unique<peer::PeerService>(store);
+  // Chunks read ahead wait in the memory tier for their asks: no more are
+  // queued than half of it holds (of the default chunk size), and none
+  // without one, where they would only be read twice.
+  peer::PeerServiceOptions so;
+  so.read_ahead_queue = std::min<size_t>(so.read_ahead_queue,
+                                         memory_bytes / (2 * uint64_t{cache::kDefaultChunkSize}));
+  if (so.read_ahead_queue == 0) so.read_ahead_threads = 0;
+  service = std::make_unique<peer::PeerService>(store, so);
   auto s = peer::StartPeerServer(membership->self(), credentials, *service);
   if (!s.ok()) return s.status();
   server = std::move(*s);
@@ -140,8 +147,12 @@ std::string Peers::MetricsText() const {
            "Chunks lease holders fetched for this node and sent it.", s.chunks_received);
     Metric(o, "strata_peer_refused_total", "counter", "Malformed or conflicting requests refused.",
            s.refused);
+    Metric(o, "strata_peer_read_ahead_queued_total", "counter",
+           "Chunks peers said they would ask for next, queued to be read ahead.",
+           s.read_ahead_queued);
     Metric(o, "strata_peer_read_ahead_chunks_total", "counter",
-           "Chunks read from disk into memory because a peer said it would ask for them next.",
+           "Of those, chunks read from disk into memory before they were asked for (the rest "
+           "were in memory already, absent, or asked for first).",
            s.read_ahead);
     Metric(o, "strata_peer_read_ahead_dropped_total", "counter",
            "Such hints dropped, too many being read already.", s.read_ahead_dropped);

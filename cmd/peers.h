@@ -42,8 +42,9 @@ struct Peers {
   peer::PeerCredentials credentials;
 
   bool enabled() const { return membership != nullptr; }
-  // Starts serving `store` on the peer address.
-  absl::Status Serve(cache::ChunkStore& store);
+  // Starts serving `store`, whose memory tier holds `memory_bytes`, on the
+  // peer address.
+  absl::Status Serve(cache::ChunkStore& store, uint64_t memory_bytes);
   // Stops serving: chunks being sent are cut off (their askers fall back),
   // and reading ahead for askers ends.
   void Stop();

@@ -67,7 +67,8 @@ void PeerService::Stop() {
 }
 
 void PeerService::ReadAhead(const v1::Want& want) {
-  constexpr int kMaxNext = 4;  // more would be an asker planning this node's disk
+  constexpr int kMaxNext = 4;          // more would be an asker planning this node's disk
+  if (ahead_threads_.empty()) return;  // read-ahead is off
   const v1::ChunkRef& c = want.chunk();
   const uint64_t chunks =
       c.object_size() / c.chunk_size() + (c.object_size() % c.chunk_size() != 0);
@@ -85,6 +86,7 @@ void PeerService::ReadAhead(const v1::Want& want) {
     }
     ahead_.push_back(c);
     ahead_.back().set_index(index);
+    ++read_ahead_queued_;
   }
 }
 
@@ -103,8 +105,9 @@ void PeerService::ReadAheadLoop() {
     }
     // Into the memory tier, where the ask finds it (or, under way, waits
     // for this read rather than reading it again); a chunk this node lacks
-    // is not fetched for a hint.
-    if (ReadPresent(c.key(), c).ok()) ++read_ahead_;
+    // is not fetched for a hint, and one in memory already costs nothing.
+    auto read = ReadPresent(c.key(), c);
+    if (read.ok() && read->read_from_disk) ++read_ahead_;
   }
 }
 
@@ -168,7 +171,7 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
     }
     SendSlot slot(*this);
     if (r->bytes) {  // just filled: the bytes are in hand
-      return SendStored(stream, want, {r->bytes, ChunkChecksum(r->bytes->view())});
+      return SendStored(stream, want, {r->bytes, ChunkChecksum(r->bytes->view()), false});
     }
     auto present = ReadPresent(key, c);  // it was present already
     if (!present.ok()) {
@@ -280,6 +283,7 @@ PeerServiceStats PeerService::Stats() const {
   s.leases_granted = leases_;
   s.leases_failed = leases_failed_;
   s.chunks_received = received_;
+  s.read_ahead_queued = read_ahead_queued_;
   s.read_ahead = read_ahead_;
   s.read_ahead_dropped = read_ahead_dropped_;
   return s;

@@ -56,7 +56,8 @@ struct PeerServiceStats {
   uint64_t leases_granted = 0;
   uint64_t leases_failed = 0;       // the holder failed, vanished or sent bad bytes
   uint64_t chunks_received = 0;     // lease holders' uploads stored
-  uint64_t read_ahead = 0;          // chunks read ahead, as askers hinted
+  uint64_t read_ahead_queued = 0;   // chunks askers said came next, queued
+  uint64_t read_ahead = 0;          // of those, read from disk ahead of their asks
   uint64_t read_ahead_dropped = 0;  // hints dropped: too many waiting
 };
 
@@ -122,7 +123,7 @@ class PeerService final : public grpc::Service {
   std::atomic<double> compress_rate_{300e6};  // bytes/s zstd manages here (EWMA)
   std::atomic<uint64_t> wants_{0}, refused_{0}, served_{0}, bytes_{0}, wire_{0}, compressed_{0};
   std::atomic<uint64_t> leases_{0}, leases_failed_{0}, received_{0};
-  std::atomic<uint64_t> read_ahead_{0}, read_ahead_dropped_{0};
+  std::atomic<uint64_t> read_ahead_queued_{0}, read_ahead_{0}, read_ahead_dropped_{0};
 };
 
 // Serves `service` on `address` (host:port) with `credentials`.

@@ -20,6 +20,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "base/digest.h"
 #include "base/unique_fd.h"
 #include "cache/chunk_index.h"
@@ -679,6 +680,13 @@ TEST_F(ChunkStoreTest, AChunkAskedForByManyAtOnceIsReadFromDiskOnce) {
   constexpr int kAskers = 3;
   std::vector<absl::StatusOr<StoredChunk>> got(kAskers, absl::UnknownError("not run"));
   std::vector<std::thread> askers;
+  // However this test ends, no read stays held and no thread is left.
+  absl::Cleanup let_go = [&] {
+    fs_->HoldReads(false);
+    for (auto& t : askers) {
+      if (t.joinable()) t.join();
+    }
+  };
   askers.emplace_back([&] { got[0] = s->ReadChunk("obj", 1); });
   ASSERT_TRUE(strata::testing::Eventually([&] { return fs_->reads_waiting == 1; }));
   for (int i = 1; i < kAskers; ++i)
@@ -688,6 +696,7 @@ TEST_F(ChunkStoreTest, AChunkAskedForByManyAtOnceIsReadFromDiskOnce) {
       [&] { return s->Stats().read_waits == static_cast<uint64_t>(kAskers - 1); });
   fs_->HoldReads(false);
   for (auto& t : askers) t.join();
+  askers.clear();
   ASSERT_TRUE(shared);
   EXPECT_EQ(fs_->reads, disk_reads + 1);
   for (const auto& c : got) {
@@ -701,14 +710,13 @@ TEST_F(ChunkStoreTest, AChunkAskedForByManyAtOnceIsReadFromDiskOnce) {
   fs_->flip_read_bits = true;
   fs_->HoldReads(true);
   std::vector<absl::Status> failed(2);
-  std::thread first([&] { failed[0] = s->ReadChunk("obj", 0).status(); });
+  askers.emplace_back([&] { failed[0] = s->ReadChunk("obj", 0).status(); });
   ASSERT_TRUE(strata::testing::Eventually([&] { return fs_->reads_waiting == 1; }));
-  std::thread second([&] { failed[1] = s->ReadChunk("obj", 0).status(); });
+  askers.emplace_back([&] { failed[1] = s->ReadChunk("obj", 0).status(); });
   shared = strata::testing::Eventually(
       [&] { return s->Stats().read_waits == static_cast<uint64_t>(kAskers); });
   fs_->HoldReads(false);
-  first.join();
-  second.join();
+  for (auto& t : askers) t.join();
   fs_->flip_read_bits = false;
   ASSERT_TRUE(shared);
   EXPECT_EQ(failed[0].code(), absl::StatusCode::kUnavailable);

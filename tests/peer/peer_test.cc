@@ -416,7 +416,8 @@ uint64_t node_memory_bytes = cache::StoreOptions{}.memory_bytes;
 struct Node {
   TempDir dir;
   std::unique_ptr<cache::ChunkStore> store;
-  PeerService service{*store_for_ctor()};
+  // One read-ahead thread: hints are read in the order they came.
+  PeerService service{*store_for_ctor(), {.read_ahead_threads = 1}};
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<Membership> members;
   std::unique_ptr<PeerClient> client;
@@ -647,6 +648,7 @@ TEST_F(PeersTest, TheChunksAnAskerSaysComeNextAreReadAheadByTheOwner) {
   ask(owned[0], {owned[1], owned[2]});
   ASSERT_TRUE(
       strata::testing::Eventually([&] { return nodes_[0]->service.Stats().read_ahead == 2; }));
+  EXPECT_EQ(nodes_[0]->service.Stats().read_ahead_queued, 2u);
   EXPECT_EQ(owner.Stats().read_hits, disk_reads + 3);
   const uint64_t memory_hits = owner.Stats().memory_hits;
   ask(owned[1], {});
@@ -654,7 +656,8 @@ TEST_F(PeersTest, TheChunksAnAskerSaysComeNextAreReadAheadByTheOwner) {
   EXPECT_EQ(owner.Stats().read_hits, disk_reads + 3) << "the next two came from memory";
   EXPECT_EQ(owner.Stats().memory_hits, memory_hits + 2);
   // Hints are checked: past the object's end and the chunk asked for
-  // itself are passed over, and one this node lacks is not fetched.
+  // itself are passed over, and one this node lacks is not fetched (it is
+  // handled before the last, which is read).
   uint32_t lacking = 0;
   while (std::find(owned.begin(), owned.end(), lacking) != owned.end()) ++lacking;
   ask(owned[3], {static_cast<uint32_t>(kObject / kChunk), owned[3], lacking, owned[4]});

@@ -292,10 +292,10 @@ TEST_F(PeersE2eTest, StrataPrefetchWarmsANodeThroughItsPeers) {
       << out;
   EXPECT_LE(proxy_->body_bytes() - once, 4096u);  // a stat at most, no chunk
   // The second node told the first which of the first's chunks it would
-  // ask for next, and the first read them ahead (its reads are counted
-  // once done, after its answers).
-  EXPECT_TRUE(strata::testing::Eventually(
-      [&] { return nodes_[0]->Metric("strata_peer_read_ahead_chunks_total") > 0; }));
+  // ask for next. (Whether the first read them before they were asked for
+  // depends on the race between its read-ahead and the second's many asks
+  // in flight; PeersTest checks the reading itself.)
+  EXPECT_GT(nodes_[0]->Metric("strata_peer_read_ahead_queued_total"), 0);
   // And the second node serves it from its own cache now.
   std::string file = nodes_[1]->Mount(Origin()) + "/weights.bin";
   EXPECT_EQ(ReadAll({file})[0], sha_);
