@@ -19,6 +19,11 @@ using Stream = PeerService::Stream;
 constexpr size_t kMaxKeyBytes = 4096;
 constexpr uint64_t kMaxObjectBytes = 1ull << 50;  // the store's limit
 
+// The chunks of the object `c` is a chunk of (its sizes checked).
+uint64_t ChunkCount(const v1::ChunkRef& c) {
+  return c.object_size() / c.chunk_size() + (c.object_size() % c.chunk_size() != 0);
+}
+
 // What is wrong with a Want, before anything is done with it.
 absl::Status CheckWant(const v1::Want& w) {
   const v1::ChunkRef& c = w.chunk();
@@ -30,7 +35,7 @@ absl::Status CheckWant(const v1::Want& w) {
     return absl::InvalidArgumentError(
         absl::StrFormat("bad chunk size %u or object size %u", c.chunk_size(), c.object_size()));
   }
-  uint64_t chunks = c.object_size() / c.chunk_size() + (c.object_size() % c.chunk_size() != 0);
+  const uint64_t chunks = ChunkCount(c);
   if (c.index() >= chunks) {
     return absl::OutOfRangeError(
         absl::StrFormat("chunk %u of an object of %u chunks", c.index(), chunks));
@@ -67,11 +72,10 @@ void PeerService::Stop() {
 }
 
 void PeerService::ReadAhead(const v1::Want& want) {
-  constexpr int kMaxNext = 4;          // more would be an asker planning this node's disk
-  if (ahead_threads_.empty()) return;  // read-ahead is off
+  constexpr int kMaxNext = 4;  // more would be an asker planning this node's disk
+  if (want.next().empty() || ahead_threads_.empty()) return;  // no hints, or read-ahead is off
   const v1::ChunkRef& c = want.chunk();
-  const uint64_t chunks =
-      c.object_size() / c.chunk_size() + (c.object_size() % c.chunk_size() != 0);
+  const uint64_t chunks = ChunkCount(c);
   absl::MutexLock l(&ahead_mu_);
   for (int i = 0; i < std::min(want.next_size(), kMaxNext); ++i) {
     const uint32_t index = want.next(i);
@@ -136,8 +140,8 @@ grpc::Status PeerService::Fetch(grpc::ServerContext* context, Stream* stream) {
           absl::StrFormat("this node caches %s as %u bytes in chunks of %u, not %u in chunks of %u",
                           key, info->size, info->chunk_size, c.object_size(), c.chunk_size())));
     }
+    ReadAhead(want);  // what comes next, of an object this node has
   }
-  if (!want.next().empty() && store_.Lookup(key)) ReadAhead(want);
   if (want.only_if_present()) {
     SendSlot slot(*this);
     auto present = ReadPresent(key, c);
