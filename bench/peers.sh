@@ -13,8 +13,9 @@
 #      same read by a lone node from the loopback nginx, unthrottled (goal:
 #      peer rate >= 0.9x nginx rate), taken JOIN_SAMPLES (5) times in pairs,
 #      with the mean wait per chunk of each read (a peer's answer; nginx's)
-#      and the disk traffic of each (both read the file from this one disk
-#      and write it to it: on one machine this read is bound by the disk);
+#      and the disk traffic of each, bytes and requests (both read the file
+#      from this one disk and write it to it: on one machine this read is
+#      bound by the disk, and by how many requests carry its chunks);
 #   5. a scale run: SCALE_NODES nodes (16) start a SCALE_MIB file at once:
 #      origin bytes / size, the largest share of the chunks served between
 #      nodes that one node served (1/SCALE_NODES is even), the time to the
@@ -184,7 +185,7 @@ nginxes=()
 # and the lone node's for nginx's (strata_fetch_latency_seconds), in ms.
 answer_ms=()
 fetch_ms=()
-join_disk=()  # disk MiB read/written during each read
+join_disk=()  # disk MiB read/written during each read, and in how many requests
 nginx_disk=()
 mean_ms() {  # mean_ms NAME HISTOGRAM [LABELS]: the histogram's mean, in ms
   local sum count
@@ -244,7 +245,7 @@ echo "4 nodes, no peers, unthrottled origin (this machine's bound): ${t_bound} s
 echo "5th node from warm peers: ${joins[*]} s, median ${t_join} (origin $bytes_join bytes in all); the same from loopback nginx: ${nginxes[*]} s, median ${t_nginx}"
 echo "  per chunk, waiting for a peer's answer: ${answer_ms[*]} ms; for nginx's: ${fetch_ms[*]} ms"
 echo "  pair by pair, nginx's time / the peer read's: ${pair_ratios[*]}, median $peer_vs_nginx"
-echo "  disk MiB read/written during each: peers ${join_disk[*]}; nginx ${nginx_disk[*]}"
+echo "  disk read/written during each, peers: $(printf '%s; ' "${join_disk[@]}")nginx: $(printf '%s; ' "${nginx_disk[@]}")"
 echo "$SCALE_NODES nodes, $SCALE_MIB MiB: ${t_scale} s, origin served $bytes_scale bytes; chunks served to peers: max $max_served of $total_served (file: $chunks_scale chunks)"
 echo "peak daemon RSS: ${rss_mib} MiB (by phase: ${rss_by_phase%, })"
 awk -v size="$size" -v ssize="$((SCALE_MIB << 20))" -v ta="$t_alone" -v tn="$t_nopeers" \

@@ -31,13 +31,10 @@ ReadLease::~ReadLease() {
   if (release_) release_();
 }
 
-ChunkBytes::ChunkBytes(size_t capacity)
-    : data_(static_cast<char*>(std::aligned_alloc(
-          kIoAlign, (std::max<size_t>(capacity, 1) + kIoAlign - 1) / kIoAlign * kIoAlign))),
-      capacity_(capacity) {
-  if (data_ == nullptr) throw std::bad_alloc();
+ChunkBytes::ChunkBytes(size_t capacity) : buf_(IoBuffer::Allocate(capacity)), capacity_(capacity) {
+  if (!buf_) throw std::bad_alloc();
 }
-ChunkBytes::~ChunkBytes() { std::free(data_); }
+ChunkBytes::~ChunkBytes() = default;
 void ChunkBytes::resize(size_t n) {
   assert(n <= capacity_);
   size_ = n;

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "base/clock.h"
+#include "base/io_buffer.h"
 #include "cache/store_fs.h"
 
 namespace rocksdb {
@@ -32,7 +33,7 @@ inline constexpr uint32_t kDefaultChunkSize = 4u << 20;
 // can be written with O_DIRECT (no page cache copy of what is written).
 inline constexpr size_t kIoAlign = 4096;
 
-// A chunk's bytes in memory: a fixed-capacity buffer aligned for direct I/O.
+// A chunk's bytes in memory: a fixed-capacity buffer for direct I/O.
 class ChunkBytes {
  public:
   explicit ChunkBytes(size_t capacity);
@@ -40,15 +41,15 @@ class ChunkBytes {
   ChunkBytes(const ChunkBytes&) = delete;
   ChunkBytes& operator=(const ChunkBytes&) = delete;
 
-  char* data() { return data_; }
-  const char* data() const { return data_; }
+  char* data() { return buf_.data(); }
+  const char* data() const { return buf_.data(); }
   size_t size() const { return size_; }
   size_t capacity() const { return capacity_; }
   void resize(size_t n);  // n <= capacity(); the bytes are not touched
-  std::string_view view() const { return {data_, size_}; }
+  std::string_view view() const { return {buf_.data(), size_}; }
 
  private:
-  char* data_;
+  IoBuffer buf_;
   size_t size_ = 0;
   size_t capacity_;
 };

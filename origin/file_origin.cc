@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "base/errno_status.h"
+#include "base/io_buffer.h"
 #include "origin/origin_impl.h"
 #include "origin/root_dir.h"
 
@@ -102,24 +103,21 @@ class FileOrigin final : public Origin {
   // (into an aligned buffer, then copied: one copy, as a buffered read
   // makes); file systems without O_DIRECT, and unaligned ranges, are read
   // the ordinary way.
-  static constexpr size_t kAlign = 4096, kPiece = 4 << 20;
-  using Bounce = std::unique_ptr<char, decltype(&std::free)>;
+  static constexpr size_t kAlign = IoBuffer::kAlign, kPiece = 4 << 20;
 
   // An aligned buffer for O_DIRECT reads: a recycled one if there is one.
-  Bounce TakeBounce() {
+  IoBuffer TakeBounce() {
     {
       absl::MutexLock l(&bounce_mu_);
       if (!bounces_.empty()) {
-        Bounce b = std::move(bounces_.back());
+        IoBuffer b = std::move(bounces_.back());
         bounces_.pop_back();
         return b;
       }
     }
-    void* p = nullptr;
-    if (::posix_memalign(&p, kAlign, kPiece) != 0) p = nullptr;
-    return Bounce(static_cast<char*>(p), &std::free);
+    return IoBuffer::Allocate(kPiece);
   }
-  void GiveBounce(Bounce b) {
+  void GiveBounce(IoBuffer b) {
     absl::MutexLock l(&bounce_mu_);
     if (b && bounces_.size() < 8) bounces_.push_back(std::move(b));
   }
@@ -130,18 +128,18 @@ class FileOrigin final : public Origin {
                        absl::Span<char> out) {
     size_t done = 0;
     if (direct) {
-      Bounce bounce = TakeBounce();
+      IoBuffer bounce = TakeBounce();
       while (bounce && done < out.size()) {
         size_t piece = std::min(kPiece, out.size() - done);
         size_t aligned = (piece + kAlign - 1) / kAlign * kAlign;
-        ssize_t n = ::pread(fd, bounce.get(), aligned, static_cast<off_t>(offset + done));
+        ssize_t n = ::pread(fd, bounce.data(), aligned, static_cast<off_t>(offset + done));
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) break;  // EINVAL and the like: finish buffered
         if (static_cast<size_t>(n) < piece) {
           GiveBounce(std::move(bounce));
           return absl::DataLossError(absl::StrCat(name, " was truncated during a read"));
         }
-        std::memcpy(out.data() + done, bounce.get(), piece);
+        std::memcpy(out.data() + done, bounce.data(), piece);
         done += piece;
       }
       GiveBounce(std::move(bounce));
@@ -165,7 +163,7 @@ class FileOrigin final : public Origin {
   RootDir root_;
   const bool shared_;
   absl::Mutex bounce_mu_;
-  std::vector<Bounce> bounces_ ABSL_GUARDED_BY(bounce_mu_);
+  std::vector<IoBuffer> bounces_ ABSL_GUARDED_BY(bounce_mu_);
 };
 
 // Whether `dir` is on a file system that other nodes mount too (by its

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -1133,6 +1135,52 @@ TEST_F(ChunkStoreTest, OnlySequentialFillsReserveDiskAhead) {
   ASSERT_TRUE(s->WriteChunk("big", 90, Pattern(1, 90, kChunk))->cached);
   EXPECT_LE(allocated(), before + kChunk + 4096);
   EXPECT_EQ(ReadAll(*s, "big", 0, 8 * kChunk).substr(7 * kChunk), Pattern(1, 7, kChunk));
+}
+
+// The flags the kernel shows for the mapping that holds `p` (smaps' VmFlags).
+std::string VmFlagsOf(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  auto at = reinterpret_cast<uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2) {
+      inside = lo <= at && at < hi;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line;
+    }
+  }
+  return "";
+}
+
+// A chunk buffer is what the store's direct reads and writes go through: a
+// block device splits a request at max_segments pieces (254 on virtio-blk),
+// so a 4 MiB chunk in 4 KiB pages went to the disk as five requests. A
+// buffer of a huge page or more starts on a huge-page boundary and is advised
+// to huge pages (whether the kernel has one free is its business); a smaller
+// one is page-aligned, from the heap.
+TEST(ChunkBytesTest, AChunkOfAHugePageOrMoreSitsOnHugePages) {
+  ChunkBytes big(kDefaultChunkSize);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(big.data()) % IoBuffer::kHugePage, 0u);
+  EXPECT_THAT(VmFlagsOf(big.data()), ::testing::HasSubstr(" hg"));
+  std::memset(big.data(), 7, kDefaultChunkSize);  // all of it is writable
+  big.resize(kDefaultChunkSize);
+  EXPECT_EQ(big.view().back(), 7);
+
+  ChunkBytes odd(kDefaultChunkSize + 100);  // a size that is no page multiple
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(odd.data()) % IoBuffer::kHugePage, 0u);
+  std::memset(odd.data(), 1, kDefaultChunkSize + 100);
+
+  ChunkBytes small(64 << 10);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(small.data()) % kIoAlign, 0u);
+  std::memset(small.data(), 1, 64 << 10);
+
+  IoBuffer moved = IoBuffer::Allocate(IoBuffer::kHugePage);
+  char* where = moved.data();
+  IoBuffer to = std::move(moved);
+  EXPECT_FALSE(moved);
+  EXPECT_EQ(to.data(), where);
+  EXPECT_EQ(to.size(), IoBuffer::kHugePage);
 }
 
 }  // namespace
