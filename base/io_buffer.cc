@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <fstream>
+#include <string>
 
 namespace strata {
 
@@ -32,6 +34,13 @@ IoBuffer IoBuffer::Allocate(size_t size) {
   // buffer is 4 KiB pages and works as before.
   ::madvise(reinterpret_cast<void*>(start), len, MADV_HUGEPAGE);
   return IoBuffer(reinterpret_cast<char*>(start), len);
+}
+
+bool IoBuffer::HugePagesOn() {
+  std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string modes;
+  // No such file: a kernel without them.
+  return std::getline(f, modes) && modes.find("[never]") == std::string::npos;
 }
 
 IoBuffer& IoBuffer::operator=(IoBuffer&& o) noexcept {

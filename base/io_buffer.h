@@ -22,6 +22,9 @@ class IoBuffer {
   IoBuffer() = default;
   // An empty buffer when the memory cannot be had.
   static IoBuffer Allocate(size_t size);
+  // False where this kernel gives no process transparent huge pages (its
+  // setting is "never"): large buffers are then 4 KiB pages.
+  static bool HugePagesOn();
   IoBuffer(IoBuffer&& o) noexcept { *this = static_cast<IoBuffer&&>(o); }
   IoBuffer& operator=(IoBuffer&& o) noexcept;
   IoBuffer(const IoBuffer&) = delete;

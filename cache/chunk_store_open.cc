@@ -25,6 +25,12 @@ absl::Status ChunkStoreImpl::Init() {
         opts_.high_watermark <= 1.0)) {
     return absl::InvalidArgumentError("watermarks must satisfy 0 < low < high <= 1");
   }
+  if (opts_.chunk_size >= IoBuffer::kHugePage && !IoBuffer::HugePagesOn()) {
+    spdlog::warn(
+        "transparent huge pages are off on this node: a chunk goes to the disk in several "
+        "requests instead of one, and disk reads are slower (set "
+        "/sys/kernel/mm/transparent_hugepage/enabled to madvise)");
+  }
   absl::Status st = OpenDisk();
   if (!st.ok()) {
     if (!opts_.degrade_on_error) return st;
