@@ -14,9 +14,8 @@ namespace strata {
 
 IoBuffer IoBuffer::Allocate(size_t size) {
   size_t len = (std::max<size_t>(size, 1) + kAlign - 1) / kAlign * kAlign;
-  // A buffer smaller than a huge page comes from the heap: the memory tier
-  // holds many of them, and a mapping each would count against the
-  // process's limit on mappings.
+  // A buffer smaller than a huge page could not sit on one: it comes from
+  // the heap, as every buffer did before.
   if (len < kHugePage) {
     return IoBuffer(static_cast<char*>(std::aligned_alloc(kAlign, len)), len);
   }
