@@ -99,10 +99,11 @@ class FileOrigin final : public Origin {
  private:
   // The bytes read here go into the chunk cache, which keeps them. Read
   // through the page cache too, they would be held twice, and every page
-  // would cost an allocation. So aligned ranges are read with O_DIRECT
-  // (into an aligned buffer, then copied: one copy, as a buffered read
-  // makes); file systems without O_DIRECT, and unaligned ranges, are read
-  // the ordinary way.
+  // would cost an allocation. So aligned ranges are read with O_DIRECT:
+  // straight into the caller's buffer where it is aligned (a chunk buffer
+  // is, so a chunk is not copied at all), else into an aligned buffer and
+  // copied (one copy, as a buffered read makes). File systems without
+  // O_DIRECT, and unaligned ranges, are read the ordinary way.
   static constexpr size_t kAlign = IoBuffer::kAlign, kPiece = 4 << 20;
 
   // An aligned buffer for O_DIRECT reads: a recycled one if there is one.
@@ -127,7 +128,18 @@ class FileOrigin final : public Origin {
   absl::Status ReadAll(int fd, bool direct, const std::string& name, uint64_t offset,
                        absl::Span<char> out) {
     size_t done = 0;
-    if (direct) {
+    if (direct && reinterpret_cast<uintptr_t>(out.data()) % kAlign == 0) {
+      // The whole blocks of the range; a tail shorter than a block below.
+      const size_t whole = out.size() / kAlign * kAlign;
+      while (done < whole && done % kAlign == 0) {
+        ssize_t n = ::pread(fd, out.data() + done, whole - done, static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) break;  // EINVAL and the like: on with the bounce buffer or buffered
+        if (n == 0) return absl::DataLossError(absl::StrCat(name, " was truncated during a read"));
+        done += static_cast<size_t>(n);
+      }
+    }
+    if (direct && done < out.size() && done % kAlign == 0) {
       IoBuffer bounce = TakeBounce();
       while (bounce && done < out.size()) {
         size_t piece = std::min(kPiece, out.size() - done);
@@ -143,8 +155,8 @@ class FileOrigin final : public Origin {
         done += piece;
       }
       GiveBounce(std::move(bounce));
-      if (done < out.size()) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_DIRECT);
     }
+    if (direct && done < out.size()) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_DIRECT);
     while (done < out.size()) {
       ssize_t n = ::pread(fd, out.data() + done, out.size() - done, offset + done);
       if (n < 0 && errno == EINTR) continue;
