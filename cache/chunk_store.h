@@ -31,7 +31,7 @@ namespace strata::cache {
 inline constexpr uint32_t kDefaultChunkSize = 4u << 20;
 // Alignment of chunk buffers, chunk offsets and chunk sizes, so that chunks
 // can be written with O_DIRECT (no page cache copy of what is written).
-inline constexpr size_t kIoAlign = 4096;
+inline constexpr size_t kIoAlign = IoBuffer::kAlign;
 
 // A chunk's bytes in memory: a fixed-capacity buffer for direct I/O.
 class ChunkBytes {
